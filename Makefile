@@ -1,0 +1,46 @@
+# The two commands: `make demo` and `make test`. Both create or reuse .venv themselves.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.tessera-installed
+TINY_MODEL := .cache/models/tessera-tiny
+TINY_STAMP := $(TINY_MODEL)/.complete
+
+.PHONY: demo test lint format venv tiny-model bench clean
+
+venv: $(STAMP)
+
+# torch first, pinned, so pip takes the local CPU build and never the CUDA wheels.
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet "torch==2.13.0"
+	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	touch $@
+
+tiny-model: $(TINY_STAMP)
+
+$(TINY_STAMP): $(STAMP) $(wildcard src/tessera/models/*.py src/tessera/models/corpus/*.txt)
+	$(BIN)/tessera models make-tiny $(TINY_MODEL)
+
+demo: $(TINY_STAMP)
+	$(BIN)/tessera demo --model-dir $(TINY_MODEL)
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: $(STAMP)
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+test: $(TINY_STAMP) lint
+	TESSERA_TINY_MODEL_DIR=$(TINY_MODEL) $(BIN)/python -m pytest
+
+bench: $(TINY_STAMP)
+	TESSERA_TINY_MODEL_DIR=$(TINY_MODEL) $(BIN)/python bench/tiny_model_speed.py
+	TESSERA_TINY_MODEL_DIR=$(TINY_MODEL) $(BIN)/python bench/gateway_overhead.py
+
+clean:
+	rm -rf $(VENV) .cache .pytest_cache .ruff_cache

@@ -1,0 +1,91 @@
+"""One exception tree for all of Tessera, and the one map from it to OpenAI error bodies.
+
+    TesseraError                      500 server_error
+    ├── InvalidRequest                400 invalid_request_error  (bad field, bad JSON, unsupported option)
+    │   └── PayloadTooLarge           413 invalid_request_error
+    ├── AuthenticationFailed          401 invalid_request_error  (missing or wrong API key)
+    ├── ModelNotFound                 404 invalid_request_error  code=model_not_found
+    ├── NoCapacity                    503 service_unavailable    (no live provider can serve now)
+    ├── ProviderFailed                502 provider_error         (the provider broke the job)
+    ├── ProtocolViolation             —   a peer broke the wire protocol (error frame, not HTTP)
+    └── ConfigError                   —   a setting or file is wrong; the message says how to fix it
+
+Foreign errors are translated where they enter (``raise X(...) from exc``); nothing else
+reaches a client. Never validate input with ``assert``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class TesseraError(Exception):
+    """Base of every error Tessera raises on purpose."""
+
+    status_code: int = 500
+    error_type: str = "server_error"
+    default_code: str | None = None
+
+    def __init__(self, message: str, *, param: str | None = None, code: str | None = None):
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        self.code = code if code is not None else self.default_code
+
+
+class InvalidRequest(TesseraError):
+    status_code = 400
+    error_type = "invalid_request_error"
+
+
+class PayloadTooLarge(InvalidRequest):
+    status_code = 413
+    default_code = "payload_too_large"
+
+
+class AuthenticationFailed(TesseraError):
+    status_code = 401
+    error_type = "invalid_request_error"
+    default_code = "invalid_api_key"
+
+
+class ModelNotFound(TesseraError):
+    status_code = 404
+    error_type = "invalid_request_error"
+    default_code = "model_not_found"
+
+
+class NoCapacity(TesseraError):
+    status_code = 503
+    error_type = "service_unavailable"
+    default_code = "no_provider_available"
+
+
+class ProviderFailed(TesseraError):
+    status_code = 502
+    error_type = "provider_error"
+    default_code = "provider_failed"
+
+
+class ProtocolViolation(TesseraError):
+    """A peer sent a frame that breaks the provider protocol."""
+
+    default_code = "protocol_violation"
+
+
+class ConfigError(TesseraError):
+    """A setting, file or flag is wrong; the message says what to do next."""
+
+    default_code = "config_error"
+
+
+def openai_error_body(error: TesseraError) -> dict[str, Any]:
+    """The body OpenAI clients expect: ``{"error": {message, type, param, code}}``."""
+    return {
+        "error": {
+            "message": error.message,
+            "type": error.error_type,
+            "param": error.param,
+            "code": error.code,
+        }
+    }

@@ -1,0 +1,223 @@
+"""Provider protocol: the typed frames that cross the provider WebSocket.
+
+Every frame is a JSON object with a ``type`` field. The provider dials out to the
+gateway; the conversation is::
+
+    gateway  -> hello        (fresh nonce)
+    provider -> register     (capabilities + nonce, signed by the provider key)
+    gateway  -> welcome      | error + close
+    provider -> heartbeat    (every heartbeat_interval_s)       gateway -> heartbeat_ack
+    gateway  -> job          provider -> chunk* then done | job_error
+    gateway  -> cancel       (client went away)
+
+Our own protocol forbids unknown fields: a peer that sends them is broken or hostile.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+
+PROTOCOL_VERSION = 1
+REGISTER_DOMAIN = "tessera/register/v1"
+
+HexKey = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
+HexSig = Annotated[str, Field(pattern=r"^[0-9a-f]{128}$")]
+Sha256 = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
+Name = Annotated[str, Field(min_length=1, max_length=200)]
+ShortText = Annotated[str, Field(max_length=2_000)]
+JobId = Annotated[str, Field(min_length=1, max_length=100)]
+Count = Annotated[int, Field(ge=0, le=10_000_000)]
+
+
+class Frame(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+
+# ---------------------------------------------------------------- capabilities
+
+
+class ModelOffer(Frame):
+    """One model a provider serves, with the hash of its weights and its price."""
+
+    name: Name
+    weights_sha256: Sha256
+    kind: Literal["text", "embedding"]
+    context_length: Annotated[int, Field(ge=1, le=10_000_000)]
+    supports_tools: bool = False
+    embedding_dimensions: Annotated[int, Field(ge=1, le=65_536)] | None = None
+    # Base units (1 token = 10**9 units) per million tokens.
+    price_input_per_mtok: Annotated[int, Field(ge=0, le=10**18)] = 0
+    price_output_per_mtok: Annotated[int, Field(ge=0, le=10**18)] = 0
+
+
+class GpuInfo(Frame):
+    name: Name
+    memory_bytes: Annotated[int, Field(ge=0)]
+
+
+class Hardware(Frame):
+    cpu: ShortText
+    cpu_cores: Annotated[int, Field(ge=1, le=100_000)]
+    ram_bytes: Annotated[int, Field(ge=0)]
+    gpus: Annotated[list[GpuInfo], Field(max_length=64)] = []
+
+
+class Capabilities(Frame):
+    """What a provider announces. Signed together with the gateway's nonce."""
+
+    public_key: HexKey
+    agent_version: Annotated[str, Field(max_length=50)]
+    models: Annotated[list[ModelOffer], Field(min_length=1, max_length=64)]
+    hardware: Hardware
+    region: Annotated[str, Field(pattern=r"^[A-Z]{2}(-[a-z0-9-]{1,30})?$")]
+    max_concurrent_jobs: Annotated[int, Field(ge=1, le=1024)]
+    label: Annotated[str, Field(max_length=100)] = ""
+
+
+# ---------------------------------------------------------------- handshake
+
+
+class Hello(Frame):
+    type: Literal["hello"] = "hello"
+    version: int = PROTOCOL_VERSION
+    gateway_id: Name
+    nonce: Sha256  # 32 random bytes, hex
+
+
+class Register(Frame):
+    type: Literal["register"] = "register"
+    version: int
+    nonce: Sha256
+    capabilities: Capabilities
+    signature: HexSig
+
+    def signed_payload(self) -> dict[str, object]:
+        return register_payload(self.nonce, self.capabilities)
+
+
+def register_payload(nonce: str, capabilities: Capabilities) -> dict[str, object]:
+    """What the provider signs on connect: the gateway's nonce and its capabilities."""
+    return {"nonce": nonce, "capabilities": capabilities.model_dump(mode="json")}
+
+
+class Welcome(Frame):
+    type: Literal["welcome"] = "welcome"
+    provider_id: Name
+    heartbeat_interval_s: float
+
+
+class Heartbeat(Frame):
+    type: Literal["heartbeat"] = "heartbeat"
+    active_jobs: Count = 0
+
+
+class HeartbeatAck(Frame):
+    type: Literal["heartbeat_ack"] = "heartbeat_ack"
+
+
+class ErrorFrame(Frame):
+    type: Literal["error"] = "error"
+    code: Annotated[str, Field(max_length=100)]
+    message: ShortText
+
+
+# ---------------------------------------------------------------- jobs
+
+
+class ChatMessage(Frame):
+    role: Literal["system", "user", "assistant", "developer", "tool"]
+    content: Annotated[str, Field(max_length=4_000_000)]
+
+
+class SamplingParams(Frame):
+    max_tokens: Annotated[int, Field(ge=1, le=1_000_000)]
+    temperature: Annotated[float, Field(ge=0.0, le=2.0)] = 1.0
+    top_p: Annotated[float, Field(gt=0.0, le=1.0)] = 1.0
+    seed: int | None = None
+    stop: Annotated[list[Annotated[str, Field(min_length=1, max_length=500)]], Field(max_length=4)] = []
+    logprobs: bool = False
+    top_logprobs: Annotated[int, Field(ge=0, le=20)] = 0
+
+
+TokenIds = Annotated[list[Annotated[int, Field(ge=0, le=10_000_000)]], Field(max_length=1_000_000)]
+
+
+class Job(Frame):
+    """Work for one provider. ``kind`` says which of the input fields is set.
+
+    chat: ``messages`` (the provider renders its model's chat template);
+    completion: ``prompts`` (each a string or token ids; chunk ``index`` follows them);
+    embedding: ``inputs`` (strings or token ids).
+    """
+
+    type: Literal["job"] = "job"
+    job_id: JobId
+    model: Name
+    kind: Literal["chat", "completion", "embedding"]
+    messages: Annotated[list[ChatMessage], Field(max_length=10_000)] | None = None
+    prompts: Annotated[list[str | TokenIds], Field(max_length=2_048)] | None = None
+    inputs: Annotated[list[str | TokenIds], Field(max_length=2_048)] | None = None
+    params: SamplingParams | None = None
+
+
+class TopLogprob(Frame):
+    token: Annotated[str, Field(max_length=1_000)]
+    logprob: Annotated[float, Field(le=0.0)]
+
+
+class TokenLogprob(Frame):
+    token: Annotated[str, Field(max_length=1_000)]
+    token_id: Annotated[int, Field(ge=0)]
+    logprob: Annotated[float, Field(le=0.0)]
+    top_logprobs: Annotated[list[TopLogprob], Field(max_length=20)] = []
+
+
+class Chunk(Frame):
+    """Text produced for choice ``index``; finish_reason set on the choice's last chunk."""
+
+    type: Literal["chunk"] = "chunk"
+    job_id: JobId
+    index: Annotated[int, Field(ge=0, le=2_048)] = 0
+    text: Annotated[str, Field(max_length=1_000_000)] = ""
+    logprobs: Annotated[list[TokenLogprob], Field(max_length=10_000)] = []
+    finish_reason: Literal["stop", "length"] | None = None
+
+
+class Usage(Frame):
+    prompt_tokens: Count
+    completion_tokens: Count
+
+
+class Done(Frame):
+    type: Literal["done"] = "done"
+    job_id: JobId
+    usage: Usage
+    # Embedding jobs only: one base64 float32 little-endian vector per input.
+    embeddings_b64: Annotated[list[Annotated[str, Field(max_length=1_000_000)]], Field(max_length=2_048)] | None = None
+
+
+class JobError(Frame):
+    type: Literal["job_error"] = "job_error"
+    job_id: JobId
+    code: Annotated[str, Field(max_length=100)]
+    message: ShortText
+    # True when the job never started, so another provider may take it.
+    retryable: bool = False
+
+
+class Cancel(Frame):
+    type: Literal["cancel"] = "cancel"
+    job_id: JobId
+
+
+ProviderFrame = Annotated[
+    Register | Heartbeat | Chunk | Done | JobError | ErrorFrame, Field(discriminator="type")
+]
+GatewayFrame = Annotated[
+    Hello | Welcome | HeartbeatAck | Job | Cancel | ErrorFrame, Field(discriminator="type")
+]
+
+provider_frame_adapter: TypeAdapter[ProviderFrame] = TypeAdapter(ProviderFrame)
+gateway_frame_adapter: TypeAdapter[GatewayFrame] = TypeAdapter(GatewayFrame)

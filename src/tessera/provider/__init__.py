@@ -1,0 +1,1 @@
+"""The provider agent: hardware probe, identity, connection loop and model backends."""

@@ -1,0 +1,123 @@
+"""The interfaces every backend implements, and the events they produce.
+
+A backend owns one model. Text backends stream :class:`Delta` events and end with one
+:class:`Finish`; they must never block the event loop (heavy work runs in a thread) and
+must stop promptly once ``cancel`` is set. Embedding backends return all vectors at once.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from typing import Literal, Protocol, runtime_checkable
+
+from tessera.protocol.wire import ChatMessage, SamplingParams
+
+
+@dataclass(frozen=True, slots=True)
+class ModelInfo:
+    """What a backend serves: announced to the gateway inside a ModelOffer."""
+
+    name: str
+    weights_sha256: str
+    kind: Literal["text", "embedding"]
+    context_length: int
+    supports_tools: bool = False
+    embedding_dimensions: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class TopToken:
+    token: str
+    logprob: float
+
+
+@dataclass(frozen=True, slots=True)
+class TokenLogprob:
+    """Log-probability of a produced token under the model's raw distribution."""
+
+    token: str
+    token_id: int
+    logprob: float
+    top: tuple[TopToken, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Delta:
+    """New text; ``logprobs`` has one entry per token that produced this text."""
+
+    text: str
+    logprobs: tuple[TokenLogprob, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Finish:
+    """Always the last event of a stream."""
+
+    reason: Literal["stop", "length"]
+    prompt_tokens: int
+    completion_tokens: int
+
+
+@dataclass(frozen=True, slots=True)
+class EmbeddingResult:
+    vectors: list[list[float]]
+    prompt_tokens: int
+
+
+# A prompt is chat messages (rendered with the model's template), text, or token ids.
+Prompt = Sequence[ChatMessage] | str | Sequence[int]
+
+
+class BackendError(Exception):
+    """The backend could not do the work; ``code`` is sent to the gateway."""
+
+    def __init__(self, message: str, code: str = "backend_error") -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class PromptTooLong(BackendError):
+    def __init__(self, message: str) -> None:
+        super().__init__(message, code="context_length_exceeded")
+
+
+@dataclass(slots=True)
+class CancelToken:
+    """Set by the agent when the client went away; checked by the backend every token."""
+
+    _event: threading.Event = field(default_factory=threading.Event)
+
+    def cancel(self) -> None:
+        self._event.set()
+
+    @property
+    def cancelled(self) -> bool:
+        return self._event.is_set()
+
+
+@runtime_checkable
+class TextBackend(Protocol):
+    info: ModelInfo
+
+    def stream(
+        self, prompt: Prompt, params: SamplingParams, cancel: CancelToken
+    ) -> AsyncIterator[Delta | Finish]:
+        """Yield Deltas as tokens are produced, then exactly one Finish.
+
+        Raises BackendError (PromptTooLong for an over-long prompt) before the first
+        event when the work cannot start.
+        """
+        ...
+
+    async def close(self) -> None: ...
+
+
+@runtime_checkable
+class EmbeddingBackend(Protocol):
+    info: ModelInfo
+
+    async def embed(self, inputs: Sequence[str | Sequence[int]]) -> EmbeddingResult: ...
+
+    async def close(self) -> None: ...
