@@ -136,7 +136,9 @@ class SamplingParams(Frame):
     temperature: Annotated[float, Field(ge=0.0, le=2.0)] = 1.0
     top_p: Annotated[float, Field(gt=0.0, le=1.0)] = 1.0
     seed: int | None = None
-    stop: Annotated[list[Annotated[str, Field(min_length=1, max_length=500)]], Field(max_length=4)] = []
+    stop: Annotated[
+        list[Annotated[str, Field(min_length=1, max_length=500)]], Field(max_length=4)
+    ] = []
     logprobs: bool = False
     top_logprobs: Annotated[int, Field(ge=0, le=20)] = 0
 
@@ -195,7 +197,9 @@ class Done(Frame):
     job_id: JobId
     usage: Usage
     # Embedding jobs only: one base64 float32 little-endian vector per input.
-    embeddings_b64: Annotated[list[Annotated[str, Field(max_length=1_000_000)]], Field(max_length=2_048)] | None = None
+    embeddings_b64: (
+        Annotated[list[Annotated[str, Field(max_length=1_000_000)]], Field(max_length=2_048)] | None
+    ) = None
 
 
 class JobError(Frame):

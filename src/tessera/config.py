@@ -1,0 +1,70 @@
+"""Settings: one class per process, built once by the CLI and passed down.
+
+Every field has a default, a docstring-like description and its unit in its name.
+Values come from flags, then ``TESSERA_*`` environment variables, then defaults; nothing
+reads the environment at import time.
+"""
+
+from __future__ import annotations
+
+import secrets
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def default_data_dir() -> Path:
+    return Path.home() / ".tessera"
+
+
+class GatewaySettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="TESSERA_GATEWAY_", extra="forbid")
+
+    host: str = Field("127.0.0.1", description="Address to listen on.")
+    port: int = Field(8000, ge=0, le=65535, description="TCP port to listen on (0 picks one).")
+    data_dir: Path = Field(default_factory=default_data_dir, description="Database and keys.")
+    database_url: str | None = Field(
+        None, description="SQLAlchemy URL; default is SQLite in data_dir (PostgreSQL at scale)."
+    )
+    gateway_id: str = Field(
+        default_factory=lambda: "gw-" + secrets.token_hex(4), description="Name in hello frames."
+    )
+    max_body_bytes: int = Field(8 * 1024 * 1024, ge=1024, description="Largest HTTP body.")
+    ws_max_frame_bytes: int = Field(16 * 1024 * 1024, description="Largest provider frame.")
+    heartbeat_interval_s: float = Field(5.0, gt=0, description="How often providers beat.")
+    heartbeat_timeout_s: float = Field(
+        20.0, gt=0, description="Silence before a provider is dropped."
+    )
+    register_timeout_s: float = Field(10.0, gt=0, description="Time a new socket has to register.")
+    max_bad_frames: int = Field(5, ge=1, description="Malformed frames tolerated per connection.")
+    queue_timeout_s: float = Field(
+        30.0, ge=0, description="How long a request waits for a free provider slot before 503."
+    )
+    first_token_timeout_s: float = Field(
+        120.0, gt=0, description="How long to wait for a provider's first output."
+    )
+    max_attempts: int = Field(3, ge=1, description="Providers tried when one drops before output.")
+    default_max_tokens: int = Field(512, ge=1, description="max_tokens when the client sets none.")
+    api_key_cache_ttl_s: float = Field(30.0, ge=0, description="How long a key lookup is cached.")
+
+
+class ProviderSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="TESSERA_PROVIDER_", extra="forbid")
+
+    gateway_urls: list[str] = Field(
+        default_factory=lambda: ["http://127.0.0.1:8000"], description="Gateways to dial out to."
+    )
+    key_file: Path = Field(
+        default_factory=lambda: default_data_dir() / "provider.key",
+        description="Ed25519 identity (mode 0600), created on first run.",
+    )
+    region: str = Field("US", description="ISO country code, optionally -region (e.g. DE-eu).")
+    label: str = Field("", description="Human name shown in the explorer.")
+    max_concurrent_jobs: int = Field(4, ge=1, le=1024, description="Jobs run at once.")
+    price_input_per_mtok: int = Field(0, ge=0, description="Base units per million input tokens.")
+    price_output_per_mtok: int = Field(0, ge=0, description="Base units per million output tokens.")
+    torch_threads: int | None = Field(None, ge=1, description="CPU threads for torch (None: auto).")
+    device: str = Field("auto", description="auto, cpu, cuda, cuda:N.")
+    backoff_initial_s: float = Field(0.5, gt=0, description="First reconnect delay.")
+    backoff_max_s: float = Field(30.0, gt=0, description="Longest reconnect delay.")

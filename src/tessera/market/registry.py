@@ -1,0 +1,152 @@
+"""The live provider registry: who is connected, what they serve, how busy they are.
+
+Lives in memory so the hot path never reads a table. The gateway's hub feeds it events
+(connect, disconnect, job started, job ended); the router reads it. Invariant: for every
+provider, ``0 <= active_jobs <= max_concurrent_jobs``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from tessera.protocol.wire import Capabilities, ModelOffer
+
+
+@dataclass(slots=True)
+class LiveProvider:
+    """A connected provider; mutable only through the registry."""
+
+    provider_id: str
+    capabilities: Capabilities
+    connected_at: float
+    active_jobs: int = 0
+    offers: dict[str, ModelOffer] = field(default_factory=dict)
+
+    @property
+    def max_concurrent_jobs(self) -> int:
+        return self.capabilities.max_concurrent_jobs
+
+    @property
+    def free_slots(self) -> int:
+        return self.max_concurrent_jobs - self.active_jobs
+
+    @property
+    def load(self) -> float:
+        """Fraction of its declared concurrency in use."""
+        return self.active_jobs / self.max_concurrent_jobs
+
+
+@dataclass(frozen=True, slots=True)
+class ModelSummary:
+    """What /v1/models shows for one model."""
+
+    name: str
+    kind: str
+    providers: int
+    context_length: int
+    price_input_min: int
+    price_input_max: int
+    price_output_min: int
+    price_output_max: int
+    supports_tools: bool
+    embedding_dimensions: int | None
+
+
+class SlotError(RuntimeError):
+    """A caller broke the acquire/release contract (a bug, not bad input)."""
+
+
+class ProviderRegistry:
+    """Connected providers indexed by id and by model name."""
+
+    def __init__(self) -> None:
+        self._providers: dict[str, LiveProvider] = {}
+        self._by_model: dict[str, dict[str, LiveProvider]] = {}
+        self._known_models: set[str] = set()
+
+    def __len__(self) -> int:
+        return len(self._providers)
+
+    def add(self, provider_id: str, capabilities: Capabilities, now: float) -> LiveProvider:
+        """Register a provider; replaces an earlier entry with the same id."""
+        self.remove(provider_id)
+        live = LiveProvider(
+            provider_id=provider_id,
+            capabilities=capabilities,
+            connected_at=now,
+            offers={offer.name: offer for offer in capabilities.models},
+        )
+        self._providers[provider_id] = live
+        for name in live.offers:
+            self._by_model.setdefault(name, {})[provider_id] = live
+            self._known_models.add(name)
+        return live
+
+    def remove(self, provider_id: str) -> LiveProvider | None:
+        live = self._providers.pop(provider_id, None)
+        if live is None:
+            return None
+        for name in live.offers:
+            holders = self._by_model.get(name)
+            if holders is not None:
+                holders.pop(provider_id, None)
+                if not holders:
+                    del self._by_model[name]
+        return live
+
+    def get(self, provider_id: str) -> LiveProvider | None:
+        return self._providers.get(provider_id)
+
+    def all(self) -> list[LiveProvider]:
+        return list(self._providers.values())
+
+    def remember_models(self, names: Iterable[str]) -> None:
+        """Mark models as known (seen before) so a request for them is 503, not 404."""
+        self._known_models.update(names)
+
+    def is_known(self, model: str) -> bool:
+        return model in self._known_models
+
+    def serving(self, model: str) -> list[LiveProvider]:
+        """Live providers that announced ``model``."""
+        return list(self._by_model.get(model, {}).values())
+
+    def offer(self, model: str) -> ModelOffer | None:
+        """Any live provider's offer for ``model`` (they agree on kind and limits)."""
+        holders = self._by_model.get(model)
+        if not holders:
+            return None
+        return next(iter(holders.values())).offers[model]
+
+    def acquire(self, provider_id: str) -> None:
+        live = self._providers.get(provider_id)
+        if live is None or live.free_slots <= 0:
+            raise SlotError(f"provider {provider_id} has no free slot")
+        live.active_jobs += 1
+
+    def release(self, provider_id: str) -> None:
+        """Free a slot; a no-op for a provider that has disconnected since."""
+        live = self._providers.get(provider_id)
+        if live is not None and live.active_jobs > 0:
+            live.active_jobs -= 1
+
+    def summaries(self) -> list[ModelSummary]:
+        out = []
+        for name in sorted(self._by_model):
+            offers = [p.offers[name] for p in self._by_model[name].values()]
+            out.append(
+                ModelSummary(
+                    name=name,
+                    kind=offers[0].kind,
+                    providers=len(offers),
+                    context_length=min(o.context_length for o in offers),
+                    price_input_min=min(o.price_input_per_mtok for o in offers),
+                    price_input_max=max(o.price_input_per_mtok for o in offers),
+                    price_output_min=min(o.price_output_per_mtok for o in offers),
+                    price_output_max=max(o.price_output_per_mtok for o in offers),
+                    supports_tools=all(o.supports_tools for o in offers),
+                    embedding_dimensions=offers[0].embedding_dimensions,
+                )
+            )
+        return out
