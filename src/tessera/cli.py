@@ -1,0 +1,316 @@
+"""The `tessera` command line: gateway, provider, keys, models, demo."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.logging import RichHandler
+
+from tessera import __version__
+from tessera.config import GatewaySettings, ProviderSettings, default_data_dir
+from tessera.errors import TesseraError
+
+app = typer.Typer(
+    help="Tessera: an open network that turns idle GPUs into one inference cloud.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+keys_app = typer.Typer(help="Create, list and revoke API keys.", no_args_is_help=True)
+models_app = typer.Typer(help="Make and inspect local models.", no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
+app.add_typer(models_app, name="models")
+
+console = Console(stderr=True)
+DataDir = Annotated[Path, typer.Option(help="Where the database and keys live.")]
+DatabaseUrl = Annotated[
+    str | None, typer.Option(help="SQLAlchemy URL (default: SQLite in --data-dir).")
+]
+
+
+def _logging(verbose: bool) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(message)s",
+        handlers=[RichHandler(console=console, show_path=False, rich_tracebacks=True)],
+    )
+    for noisy in ("httpx", "uvicorn.access", "websockets"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def _fail(error: TesseraError) -> None:
+    console.print(f"[bold red]error:[/] {error.message}")
+    raise typer.Exit(2)
+
+
+@app.command()
+def version() -> None:
+    """Print the version."""
+    print(__version__)
+
+
+@app.command()
+def gateway(
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
+    data_dir: DataDir = default_data_dir(),
+    database_url: DatabaseUrl = None,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+) -> None:
+    """Run a gateway: the OpenAI-compatible API and the provider hub."""
+    import uvicorn
+
+    from tessera.gateway.app import create_app
+
+    _logging(verbose)
+    settings = GatewaySettings(host=host, port=port, data_dir=data_dir, database_url=database_url)
+    console.print(f"[bold]Tessera gateway[/] {__version__} on http://{host}:{port}")
+    uvicorn.run(
+        create_app(settings),
+        host=host,
+        port=port,
+        log_level="warning",
+        ws_max_size=settings.ws_max_frame_bytes,
+        timeout_graceful_shutdown=5,
+    )
+
+
+@app.command()
+def provider(
+    gateway: Annotated[
+        list[str], typer.Option("--gateway", help="Gateway URL; repeat to serve several.")
+    ] = ["http://127.0.0.1:8000"],  # noqa: B006
+    model: Annotated[
+        list[str],
+        typer.Option("--model", help="Model directory, or 'minilm'; repeat to serve several."),
+    ] = [],  # noqa: B006
+    upstream: Annotated[
+        str | None, typer.Option(help="OpenAI-compatible upstream base URL (vLLM, llama.cpp).")
+    ] = None,
+    upstream_model: Annotated[str | None, typer.Option(help="Model name at the upstream.")] = None,
+    served_name: Annotated[str | None, typer.Option(help="Name to announce for it.")] = None,
+    weights_sha256: Annotated[
+        str | None, typer.Option(help="Hash of its weights (`tessera models hash DIR`).")
+    ] = None,
+    upstream_kind: Annotated[str, typer.Option(help="text or embedding.")] = "text",
+    upstream_context: Annotated[int, typer.Option(help="Its context length.")] = 4096,
+    region: Annotated[str, typer.Option(help="ISO country code, e.g. US or DE-eu.")] = "US",
+    label: Annotated[str, typer.Option(help="Name shown to users.")] = "",
+    price_in: Annotated[int, typer.Option(help="Base units per million input tokens.")] = 0,
+    price_out: Annotated[int, typer.Option(help="Base units per million output tokens.")] = 0,
+    max_concurrent_jobs: Annotated[int, typer.Option(help="Jobs run at once.")] = 4,
+    key_file: Annotated[Path, typer.Option(help="Ed25519 identity file (0600).")] = (
+        default_data_dir() / "provider.key"
+    ),
+    threads: Annotated[int | None, typer.Option(help="CPU threads for torch.")] = None,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N.")] = "auto",
+    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+) -> None:
+    """Run a provider agent: load models, dial out to the gateway, serve jobs."""
+    from tessera.provider.hardware import probe
+    from tessera.provider.identity import load_or_create_key
+    from tessera.provider.loading import UpstreamSpec, load_local, load_upstream
+
+    _logging(verbose)
+    try:
+        settings = ProviderSettings(
+            gateway_urls=gateway,
+            key_file=key_file,
+            region=region,
+            label=label,
+            max_concurrent_jobs=max_concurrent_jobs,
+            price_input_per_mtok=price_in,
+            price_output_per_mtok=price_out,
+            torch_threads=threads,
+            device=device,
+        )
+        key = load_or_create_key(settings.key_file)
+        served = []
+        for spec in model:
+            with console.status(f"loading {spec}…"):
+                served.append(load_local(spec, settings))
+            console.print(f"loaded [bold]{served[-1].offer.name}[/] ({spec})")
+        if upstream:
+            if not (upstream_model and weights_sha256):
+                console.print("[red]--upstream needs --upstream-model and --weights-sha256[/]")
+                raise typer.Exit(2)
+            spec_ = UpstreamSpec(
+                base_url=upstream,
+                upstream_model=upstream_model,
+                served_name=served_name or upstream_model,
+                weights_sha256=weights_sha256,
+                kind=upstream_kind,
+                context_length=upstream_context,
+            )
+            served.append(load_upstream(spec_, settings))
+        if not served:
+            console.print(
+                "[red]nothing to serve:[/] give --model DIR, --model minilm or --upstream"
+            )
+            raise typer.Exit(2)
+    except TesseraError as exc:
+        _fail(exc)
+        return
+    asyncio.run(_run_provider(settings, key, served, probe()))
+
+
+async def _run_provider(settings, key, served, hardware) -> None:  # type: ignore[no-untyped-def]
+    from tessera.provider.agent import ProviderAgent
+
+    agent = ProviderAgent(settings, key, served, hardware, on_status=_print_status)
+    console.print(f"provider id [bold]{agent.provider_id}[/]")
+    await agent.run()
+
+
+def _print_status(url: str, status: str) -> None:
+    console.print(f"[cyan]{url}[/] {status}")
+
+
+# ------------------------------------------------------------------ keys
+
+
+async def _keys_store(data_dir: Path, database_url: str | None):  # type: ignore[no-untyped-def]
+    from tessera.store.api_keys import ApiKeyStore
+    from tessera.store.engine import create_engine, database_url_for
+    from tessera.store.migrate import upgrade_to_head
+
+    await asyncio.to_thread(data_dir.mkdir, parents=True, exist_ok=True)
+    url = database_url or database_url_for(data_dir)
+    await upgrade_to_head(url)
+    engine = create_engine(url)
+    return engine, ApiKeyStore(engine)
+
+
+@keys_app.command("create")
+def keys_create(
+    name: Annotated[str, typer.Option(help="What the key is for.")] = "default",
+    data_dir: DataDir = default_data_dir(),
+    database_url: DatabaseUrl = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Create an API key. The key is shown once; only its hash is stored."""
+
+    async def run() -> tuple[str, str]:
+        engine, keys = await _keys_store(data_dir, database_url)
+        try:
+            plaintext, record = await keys.create(name)
+            return plaintext, record.id
+        finally:
+            await engine.dispose()
+
+    try:
+        plaintext, key_id = asyncio.run(run())
+    except TesseraError as exc:
+        _fail(exc)
+        return
+    if as_json:
+        print(json.dumps({"id": key_id, "name": name, "key": plaintext}))
+    else:
+        console.print(f"created key [bold]{key_id}[/] ({name}); it is shown only now:")
+        print(plaintext)
+
+
+@keys_app.command("list")
+def keys_list(data_dir: DataDir = default_data_dir(), database_url: DatabaseUrl = None) -> None:
+    """List API keys (prefixes only)."""
+    from rich.table import Table
+
+    async def run():  # type: ignore[no-untyped-def]
+        engine, keys = await _keys_store(data_dir, database_url)
+        try:
+            return await keys.list()
+        finally:
+            await engine.dispose()
+
+    table = Table("id", "name", "prefix", "created", "revoked")
+    for record in asyncio.run(run()):
+        table.add_row(
+            record.id,
+            record.name,
+            record.prefix,
+            str(record.created_at),
+            str(record.revoked_at or ""),
+        )
+    Console().print(table)
+
+
+@keys_app.command("revoke")
+def keys_revoke(
+    key_id: str, data_dir: DataDir = default_data_dir(), database_url: DatabaseUrl = None
+) -> None:
+    """Revoke an API key by id."""
+
+    async def run() -> bool:
+        engine, keys = await _keys_store(data_dir, database_url)
+        try:
+            return await keys.revoke(key_id)
+        finally:
+            await engine.dispose()
+
+    if not asyncio.run(run()):
+        console.print(f"[red]no active key {key_id}[/]")
+        raise typer.Exit(1)
+    console.print(f"revoked {key_id}")
+
+
+# ------------------------------------------------------------------ models
+
+
+@models_app.command("make-tiny")
+def models_make_tiny(
+    directory: Path,
+    steps: Annotated[
+        int | None, typer.Option(help="Training steps (default: a few minutes).")
+    ] = None,
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+) -> None:
+    """Train a small GPT-style model on shipped public-domain text into DIRECTORY."""
+    from tessera.models.make_tiny import make_tiny
+
+    kwargs = {} if steps is None else {"steps": steps}
+    path = make_tiny(directory, seed=seed, show_progress=True, **kwargs)
+    console.print(f"wrote [bold]{path}[/]")
+
+
+@models_app.command("hash")
+def models_hash(directory: Path) -> None:
+    """Print the SHA-256 model hash of a model directory's weights."""
+    from tessera.provider.model_hash import weights_sha256
+
+    try:
+        print(weights_sha256(directory))
+    except TesseraError as exc:
+        _fail(exc)
+
+
+# ------------------------------------------------------------------ demo
+
+
+@app.command()
+def demo(
+    port: Annotated[int, typer.Option(help="Gateway port (0: pick a free one).")] = 8000,
+    providers: Annotated[int, typer.Option(help="Provider processes to start.")] = 3,
+    data_dir: Annotated[Path, typer.Option(help="Where the demo keeps its state.")] = Path(
+        ".cache/demo"
+    ),
+    model_dir: Annotated[Path, typer.Option(help="Text model directory (made if missing).")] = Path(
+        ".cache/models/tessera-tiny"
+    ),
+    once: Annotated[bool, typer.Option("--once", help="Exit after the tour.")] = False,
+) -> None:
+    """Start a whole local network, tour it with the openai SDK, then stay up."""
+    from tessera.demo import run_demo
+
+    sys.exit(
+        run_demo(port=port, providers=providers, data_dir=data_dir, model_dir=model_dir, once=once)
+    )
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,272 @@
+"""`tessera demo`: a whole local network in one command, toured with the openai SDK.
+
+Starts one gateway and N provider processes on 127.0.0.1 (each in its own region, at its
+own price, serving the tiny text model and all-MiniLM-L6-v2), creates a funded dev key,
+and shows the network answering the official client. Child processes are always stopped
+on exit, Ctrl-C included.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import math
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+from rich.console import Console
+from rich.panel import Panel
+from rich.table import Table
+
+console = Console()
+
+REGIONS = [
+    ("US-east", "us-east-1", 200_000_000, 600_000_000),
+    ("DE-eu", "frankfurt", 150_000_000, 500_000_000),
+    ("JP-apac", "tokyo", 250_000_000, 700_000_000),
+    ("BR-sa", "sao-paulo", 120_000_000, 450_000_000),
+    ("IN-apac", "mumbai", 100_000_000, 400_000_000),
+]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class Network:
+    """The child processes of a local network; stop() always ends them all."""
+
+    data_dir: Path
+    processes: list[tuple[str, subprocess.Popen[bytes]]] = field(default_factory=list)
+
+    def spawn(self, name: str, args: list[str]) -> subprocess.Popen[bytes]:
+        logs = self.data_dir / "logs"
+        logs.mkdir(parents=True, exist_ok=True)
+        log_file = (logs / f"{name}.log").open("wb")
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1"}
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "tessera.cli", *args],
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=env,
+            start_new_session=True,
+        )
+        self.processes.append((name, proc))
+        return proc
+
+    def dead(self) -> list[str]:
+        return [name for name, proc in self.processes if proc.poll() is not None]
+
+    def stop(self) -> None:
+        for _, proc in self.processes:
+            if proc.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + 10
+        for _, proc in self.processes:
+            try:
+                proc.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+def wait_for_network(
+    base: str, providers: int, network: Network, timeout_s: float = 300
+) -> dict[str, object]:
+    """Poll /health until ``providers`` providers are connected."""
+    deadline = time.monotonic() + timeout_s
+    health: dict[str, object] = {}
+    with console.status("starting the network…") as status:
+        while time.monotonic() < deadline:
+            dead = network.dead()
+            if dead:
+                raise RuntimeError(
+                    f"{', '.join(dead)} exited; see {network.data_dir / 'logs'} for why"
+                )
+            try:
+                health = httpx.get(f"{base}/health", timeout=2).json()
+                status.update(f"waiting for providers: {health.get('providers', 0)}/{providers}")
+                if int(health.get("providers", 0)) >= providers:  # type: ignore[call-overload]
+                    return health
+            except httpx.HTTPError:
+                status.update("waiting for the gateway…")
+            time.sleep(0.5)
+    raise RuntimeError(f"the network did not come up in {timeout_s:.0f}s: {health}")
+
+
+async def _create_key(data_dir: Path) -> str:
+    from tessera.store.api_keys import ApiKeyStore
+    from tessera.store.engine import create_engine, database_url_for
+    from tessera.store.migrate import upgrade_to_head
+
+    url = database_url_for(data_dir)
+    await upgrade_to_head(url)
+    engine = create_engine(url)
+    try:
+        plaintext, _ = await ApiKeyStore(engine).create("demo")
+    finally:
+        await engine.dispose()
+    return plaintext
+
+
+def tour(base_url: str, api_key: str, text_model: str) -> list[tuple[str, bool, str, str]]:
+    """Use the network as a developer would; returns (step, ok, provider, what happened)."""
+    from openai import OpenAI
+
+    client = OpenAI(base_url=base_url, api_key=api_key, max_retries=0, timeout=120)
+    steps: list[tuple[str, bool, str, str]] = []
+
+    def step(name: str, run) -> None:  # type: ignore[no-untyped-def]
+        try:
+            provider, note = run()
+            steps.append((name, True, provider, note))
+        except Exception as exc:
+            steps.append((name, False, "-", f"{type(exc).__name__}: {exc}"))
+
+    def models():  # type: ignore[no-untyped-def]
+        listed = client.models.list()
+        return "-", ", ".join(m.id for m in listed.data)
+
+    def chat():  # type: ignore[no-untyped-def]
+        raw = client.chat.completions.with_raw_response.create(
+            model=text_model,
+            messages=[{"role": "user", "content": "Tell me a story about a fox."}],
+            max_tokens=48,
+            temperature=0.7,
+            seed=7,
+        )
+        reply = raw.parse()
+        text = reply.choices[0].message.content or ""
+        usage = reply.usage
+        note = f"{text.strip()!r} ({usage.prompt_tokens}+{usage.completion_tokens} tokens)"
+        return raw.headers["x-tessera-provider"][:12], note
+
+    def stream():  # type: ignore[no-untyped-def]
+        with client.chat.completions.with_streaming_response.create(
+            model=text_model,
+            messages=[{"role": "user", "content": "What did the ant say?"}],
+            max_tokens=48,
+            stream=True,
+            stream_options={"include_usage": True},
+        ) as response:
+            pieces, usage = [], None
+            for chunk in response.parse():
+                if chunk.choices and chunk.choices[0].delta.content:
+                    pieces.append(chunk.choices[0].delta.content)
+                if chunk.usage:
+                    usage = chunk.usage
+            provider = response.headers["x-tessera-provider"][:12]
+        tokens = usage.completion_tokens if usage else "?"
+        return provider, f"{len(pieces)} chunks, {tokens} tokens: {''.join(pieces).strip()!r}"
+
+    def embeddings():  # type: ignore[no-untyped-def]
+        texts = [
+            "The fox jumped over the fence.",
+            "A fox leapt across the wall.",
+            "Interest rates rose in March.",
+        ]
+        raw = client.embeddings.with_raw_response.create(model="all-MiniLM-L6-v2", input=texts)
+        vectors = [d.embedding for d in raw.parse().data]
+
+        def cos(a: list[float], b: list[float]) -> float:
+            dot = sum(x * y for x, y in zip(a, b, strict=True))
+            return dot / math.sqrt(sum(x * x for x in a) * sum(y * y for y in b))
+
+        note = (
+            f"{len(vectors[0])} dims; similar {cos(vectors[0], vectors[1]):.3f} vs "
+            f"unrelated {cos(vectors[0], vectors[2]):.3f}"
+        )
+        return raw.headers["x-tessera-provider"][:12], note
+
+    step("list models", models)
+    step("chat completion", chat)
+    step("streamed chat", stream)
+    step("embeddings", embeddings)
+    return steps
+
+
+def run_demo(port: int, providers: int, data_dir: Path, model_dir: Path, once: bool) -> int:
+    if not (model_dir / ".complete").exists():
+        from tessera.models.make_tiny import make_tiny
+
+        console.print(f"no tiny model at {model_dir}: training one now (a few minutes)")
+        make_tiny(model_dir, show_progress=True)
+    data_dir.mkdir(parents=True, exist_ok=True)
+    port = port or free_port()
+    base = f"http://127.0.0.1:{port}"
+    network = Network(data_dir)
+    try:
+        network.spawn("gateway", ["gateway", "--port", str(port), "--data-dir", str(data_dir)])
+        api_key = asyncio.run(_create_key(data_dir))
+        for i in range(providers):
+            region, label, price_in, price_out = REGIONS[i % len(REGIONS)]
+            network.spawn(
+                f"provider-{i + 1}",
+                [
+                    "provider",
+                    "--gateway", base,
+                    "--model", str(model_dir),
+                    "--model", "minilm",
+                    "--region", region,
+                    "--label", f"{label}-{i + 1}",
+                    "--price-in", str(price_in),
+                    "--price-out", str(price_out),
+                    "--key-file", str(data_dir / f"provider-{i + 1}.key"),
+                    "--threads", "1",
+                    "--max-concurrent-jobs", "2",
+                ],
+            )  # fmt: skip
+        wait_for_network(base, providers, network)
+        (data_dir / "demo.json").write_text(
+            json.dumps({"base_url": f"{base}/v1", "api_key": api_key}, indent=2)
+        )
+        steps = tour(f"{base}/v1", api_key, "tessera-tiny")
+        table = Table(title=f"Tessera demo: {providers} providers behind {base}")
+        for column in ("step", "ok", "provider", "what happened"):
+            table.add_column(column)
+        for name, ok, provider, note in steps:
+            table.add_row(name, "[green]yes[/]" if ok else "[red]NO[/]", provider, note)
+        console.print(table)
+        failed = [s for s in steps if not s[1]]
+        if once:
+            return 1 if failed else 0
+        console.print(
+            Panel(
+                f"gateway  {base}/v1\napi key  {api_key}\n\n"
+                f"curl {base}/v1/chat/completions \\\n"
+                f"  -H 'Authorization: Bearer {api_key}' -H 'Content-Type: application/json' \\\n"
+                '  -d \'{"model": "tessera-tiny", "messages": [{"role": "user", '
+                '"content": "Tell me a story."}]}\'\n\n'
+                "from openai import OpenAI\n"
+                f'client = OpenAI(base_url="{base}/v1", api_key="{api_key}")\n'
+                'print(client.chat.completions.create(model="tessera-tiny", messages=['
+                '{"role": "user", "content": "Hello"}]).choices[0].message.content)\n\n'
+                f"state and logs in {data_dir}; Ctrl-C stops the network",
+                title="the network is up",
+            )
+        )
+        while not network.dead():
+            time.sleep(1)
+        console.print(f"[red]{', '.join(network.dead())} exited[/]; see {data_dir / 'logs'}")
+        return 1
+    except KeyboardInterrupt:
+        console.print("stopping…")
+        return 0
+    except RuntimeError as exc:
+        console.print(f"[bold red]demo failed:[/] {exc}")
+        return 1
+    finally:
+        network.stop()

@@ -1,0 +1,1 @@
+"""The gateway: OpenAI-compatible HTTP API, the provider hub and the explorer."""

@@ -1,0 +1,367 @@
+"""The gateway's ASGI app: routes that parse, call the serving layer, and map the result.
+
+``create_app(settings)`` builds everything a gateway process needs; the lifespan opens
+the store (running migrations), the request-log writer and the provider hub.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+from fastapi import FastAPI, Request, WebSocket
+from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.utils import get_openapi
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from pydantic import BaseModel, ValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from tessera import __version__
+from tessera.config import GatewaySettings
+from tessera.errors import InvalidRequest, TesseraError, openai_error_body
+from tessera.gateway.auth import ApiKeyAuth
+from tessera.gateway.dispatch import Dispatcher
+from tessera.gateway.http_limits import RequestIdAndBodyLimit
+from tessera.gateway.hub import ProviderHub
+from tessera.gateway.metrics import CONTENT_TYPE_LATEST, GatewayMetrics
+from tessera.gateway.serving import RequestContext, Served, Serving
+from tessera.market.registry import ProviderRegistry
+from tessera.protocol.openai_api import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
+from tessera.protocol.wire import Capabilities, Usage
+from tessera.store.api_keys import ApiKeyStore, hash_api_key
+from tessera.store.engine import create_engine, database_url_for
+from tessera.store.migrate import upgrade_to_head
+from tessera.store.providers import ProviderStore
+from tessera.store.requests_log import RequestLogWriter, RequestRecord
+
+log = logging.getLogger("tessera.gateway")
+T = TypeVar("T", bound=BaseModel)
+
+
+@dataclass
+class Gateway:
+    """Everything one gateway process holds, built in the lifespan."""
+
+    settings: GatewaySettings
+    metrics: GatewayMetrics
+    registry: ProviderRegistry
+    hub: ProviderHub
+    serving: Serving
+    auth: ApiKeyAuth
+    keys: ApiKeyStore
+    request_log: RequestLogWriter
+
+
+def create_app(settings: GatewaySettings) -> FastAPI:
+    metrics = GatewayMetrics()
+    registry = ProviderRegistry()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        url = settings.database_url or database_url_for(settings.data_dir)
+        await upgrade_to_head(url)
+        engine = create_engine(url)
+        keys = ApiKeyStore(engine)
+        providers = ProviderStore(engine)
+        request_log = RequestLogWriter(engine)
+        await request_log.start()
+
+        async def provider_seen(provider_id: str, caps: Capabilities) -> None:
+            try:
+                await providers.upsert_seen(
+                    provider_id=provider_id,
+                    label=caps.label,
+                    region=caps.region,
+                    agent_version=caps.agent_version,
+                    capabilities_json=caps.model_dump_json(),
+                    now=datetime.now(UTC),
+                )
+            except TesseraError:
+                log.exception("could not record provider %s", provider_id[:12])
+
+        hub = ProviderHub(settings, registry, metrics, on_provider_seen=provider_seen)
+
+        def record(
+            ctx: RequestContext,
+            status: str,
+            provider_id: str | None,
+            error_code: str | None,
+            usage: Usage | None,
+        ) -> None:
+            latency_s = time.perf_counter() - ctx.started
+            metrics.latency.labels(endpoint=ctx.endpoint).observe(latency_s)
+            if usage is not None:
+                metrics.tokens.labels(direction="prompt").inc(usage.prompt_tokens)
+                metrics.tokens.labels(direction="completion").inc(usage.completion_tokens)
+            request_log.submit(
+                RequestRecord(
+                    request_id=ctx.request_id,
+                    api_key_id=ctx.api_key_id,
+                    endpoint=ctx.endpoint,
+                    model=ctx.model,
+                    provider_id=provider_id,
+                    status=status,
+                    error_code=error_code,
+                    prompt_tokens=usage.prompt_tokens if usage else 0,
+                    completion_tokens=usage.completion_tokens if usage else 0,
+                    latency_ms=round(latency_s * 1000),
+                    ttft_ms=None if ctx.ttft_ms is None else round(ctx.ttft_ms),
+                    created_at=datetime.now(UTC),
+                )
+            )
+
+        serving = Serving(registry, Dispatcher(hub, settings, metrics), settings, metrics, record)
+        auth = ApiKeyAuth(keys.find_by_hash, hash_api_key, settings.api_key_cache_ttl_s)
+        app.state.gateway = Gateway(
+            settings, metrics, registry, hub, serving, auth, keys, request_log
+        )
+        try:
+            yield
+        finally:
+            await request_log.close()
+            await engine.dispose()
+
+    app = FastAPI(
+        title="Tessera gateway",
+        version=__version__,
+        description="OpenAI-compatible API of the Tessera inference network.",
+        lifespan=lifespan,
+    )
+    app.add_middleware(RequestIdAndBodyLimit, max_body_bytes=settings.max_body_bytes)
+    _install_error_handlers(app, metrics)
+    _install_routes(app, metrics, registry)
+    _install_openapi(app)
+    return app
+
+
+def gateway_of(request: Request | WebSocket) -> Gateway:
+    gateway: Gateway = request.app.state.gateway
+    return gateway
+
+
+# ------------------------------------------------------------------ errors
+
+
+def _error_response(request: Request, error: TesseraError) -> JSONResponse:
+    return JSONResponse(
+        openai_error_body(error),
+        status_code=error.status_code,
+        headers={"x-request-id": request.scope.get("state", {}).get("request_id", "")},
+    )
+
+
+def _install_error_handlers(app: FastAPI, metrics: GatewayMetrics) -> None:
+    @app.exception_handler(TesseraError)
+    async def tessera_error(request: Request, exc: TesseraError) -> JSONResponse:
+        metrics.requests.labels(endpoint=_route(request), status=str(exc.status_code)).inc()
+        return _error_response(request, exc)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        return _error_response(request, InvalidRequest(str(exc.errors()[:1])))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        error = TesseraError(str(exc.detail))
+        error.status_code = exc.status_code
+        error.error_type = "invalid_request_error" if exc.status_code < 500 else "server_error"
+        error.code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code)
+        return _error_response(request, error)
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error on %s", request.url.path)
+        return _error_response(
+            request, TesseraError("The gateway hit an internal error; retry the request.")
+        )
+
+
+# ------------------------------------------------------------------ parsing
+
+
+async def parse_body(request: Request, model: type[T]) -> T:
+    """Parse JSON into ``model`` with OpenAI-style 400s that name the bad parameter."""
+    raw = await request.body()
+    try:
+        data = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise InvalidRequest(
+            "We could not parse the JSON body of your request. Send valid JSON with "
+            "'Content-Type: application/json'.",
+            code="invalid_json",
+        ) from exc
+    if not isinstance(data, dict):
+        raise InvalidRequest("The request body must be a JSON object.", code="invalid_json")
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        # Drop pydantic's union-branch tags (e.g. 'constrained-str') from the location.
+        loc = [str(p) for p in first.get("loc", ()) if isinstance(p, int) or p.isidentifier()]
+        param = loc[0] if loc else None
+        where = ".".join(loc)
+        message = f"Invalid value for '{where}': {first.get('msg')}"
+        if first.get("type") == "missing":
+            message = f"Missing required parameter: '{where}'."
+        raise InvalidRequest(message, param=param, code="invalid_value") from exc
+
+
+async def until_disconnect(request: Request, work: Awaitable[Served]) -> Served | None:
+    """Run ``work``, cancelling it (and so the job) if the client goes away first."""
+    task = asyncio.ensure_future(work)
+
+    async def watch() -> None:
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+
+    watcher = asyncio.ensure_future(watch())
+    try:
+        await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watcher.cancel()
+    if task.done():
+        return task.result()
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    return None
+
+
+def _route(request: Request) -> str:
+    """The matched route's path: a bounded label set, unlike raw URLs."""
+    route = request.scope.get("route")
+    return getattr(route, "path", "other")
+
+
+def _respond(request: Request, served: Served | None, metrics: GatewayMetrics) -> Response:
+    path = _route(request)
+    if served is None:
+        metrics.requests.labels(endpoint=path, status="499").inc()
+        return Response(status_code=499)
+    headers = {
+        "x-request-id": request.scope["state"]["request_id"],
+        "x-tessera-provider": served.provider_id,
+    }
+    metrics.requests.labels(endpoint=path, status="200").inc()
+    if served.stream is not None:
+        headers["cache-control"] = "no-cache"
+        return StreamingResponse(served.stream, media_type="text/event-stream", headers=headers)
+    return JSONResponse(served.body, headers=headers)
+
+
+# ------------------------------------------------------------------ routes
+
+
+def _install_routes(app: FastAPI, metrics: GatewayMetrics, registry: ProviderRegistry) -> None:
+    async def context(request: Request, endpoint: str) -> RequestContext:
+        gateway = gateway_of(request)
+        key = await gateway.auth.authenticate(request.headers.get("authorization"))
+        return RequestContext(
+            request_id=request.scope["state"]["request_id"],
+            api_key_id=key.id,
+            endpoint=endpoint,
+            model="",
+            started=time.perf_counter(),
+        )
+
+    @app.get("/health")
+    async def health() -> dict[str, Any]:
+        return {
+            "status": "ok",
+            "version": __version__,
+            "providers": len(registry),
+            "models": [s.name for s in registry.summaries()],
+        }
+
+    @app.get("/metrics")
+    async def prometheus() -> Response:
+        return Response(metrics.render(), media_type=CONTENT_TYPE_LATEST)
+
+    @app.get("/v1/models")
+    async def list_models() -> dict[str, Any]:
+        return {
+            "object": "list",
+            "data": [
+                {
+                    "id": s.name,
+                    "object": "model",
+                    "created": 0,
+                    "owned_by": "tessera",
+                    "kind": s.kind,
+                    "providers": s.providers,
+                    "context_length": s.context_length,
+                    "pricing": {
+                        "input_per_mtok": {"min": s.price_input_min, "max": s.price_input_max},
+                        "output_per_mtok": {"min": s.price_output_min, "max": s.price_output_max},
+                        "unit": "base units (1 token = 10^9)",
+                    },
+                    "supports_tools": s.supports_tools,
+                    "embedding_dimensions": s.embedding_dimensions,
+                }
+                for s in registry.summaries()
+            ],
+        }
+
+    @app.post(
+        "/v1/chat/completions",
+        openapi_extra=_body_schema(ChatCompletionRequest),
+        response_model=None,
+    )
+    async def chat_completions(request: Request) -> Response:
+        ctx = await context(request, "chat.completions")
+        body = await parse_body(request, ChatCompletionRequest)
+        ctx.model = body.model
+        served = await until_disconnect(request, gateway_of(request).serving.chat(body, ctx))
+        return _respond(request, served, metrics)
+
+    @app.post("/v1/completions", openapi_extra=_body_schema(CompletionRequest), response_model=None)
+    async def completions(request: Request) -> Response:
+        ctx = await context(request, "completions")
+        body = await parse_body(request, CompletionRequest)
+        ctx.model = body.model
+        served = await until_disconnect(request, gateway_of(request).serving.completions(body, ctx))
+        return _respond(request, served, metrics)
+
+    @app.post("/v1/embeddings", openapi_extra=_body_schema(EmbeddingRequest), response_model=None)
+    async def embeddings(request: Request) -> Response:
+        ctx = await context(request, "embeddings")
+        body = await parse_body(request, EmbeddingRequest)
+        ctx.model = body.model
+        served = await until_disconnect(request, gateway_of(request).serving.embeddings(body, ctx))
+        return _respond(request, served, metrics)
+
+    @app.websocket("/v1/providers/connect")
+    async def provider_socket(websocket: WebSocket) -> None:
+        await gateway_of(websocket).hub.serve(websocket)
+
+
+_SCHEMA_DEFS: dict[str, Any] = {}
+
+
+def _body_schema(model: type[BaseModel]) -> dict[str, Any]:
+    """Document a body we parse by hand; its nested types go to components/schemas."""
+    schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
+    _SCHEMA_DEFS.update(schema.pop("$defs", {}))
+    _SCHEMA_DEFS[model.__name__] = schema
+    ref = {"$ref": f"#/components/schemas/{model.__name__}"}
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": ref}}}}
+
+
+def _install_openapi(app: FastAPI) -> None:
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = get_openapi(
+                title=app.title, version=app.version, description=app.description, routes=app.routes
+            )
+            schema.setdefault("components", {}).setdefault("schemas", {}).update(_SCHEMA_DEFS)
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]

@@ -1,0 +1,369 @@
+"""The provider hub: providers' WebSockets, the handshake, and jobs flowing over them.
+
+Providers dial in here (they sit behind NAT); each connection proves its Ed25519 identity
+by signing a fresh single-use nonce together with its capabilities. After that the hub
+hands jobs to the session and routes the frames that come back to the job's queue.
+
+Invariants: a provider's slot is taken before its job is sent and given back exactly
+once (JobStream.close); a provider that goes away wakes every job waiting on it with
+ProviderGone; nothing a provider sends can raise out of ``serve``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import secrets
+import time
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+from pydantic import ValidationError
+from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
+
+from tessera.config import GatewaySettings
+from tessera.errors import NoCapacity
+from tessera.gateway.metrics import GatewayMetrics
+from tessera.market.registry import LiveProvider, ProviderRegistry
+from tessera.market.routing import choose_provider
+from tessera.protocol import signing
+from tessera.protocol.wire import (
+    PROTOCOL_VERSION,
+    REGISTER_DOMAIN,
+    Cancel,
+    Capabilities,
+    Chunk,
+    Done,
+    ErrorFrame,
+    Frame,
+    Heartbeat,
+    HeartbeatAck,
+    Hello,
+    Job,
+    JobError,
+    Register,
+    Welcome,
+    provider_frame_adapter,
+)
+
+log = logging.getLogger("tessera.gateway.hub")
+
+POLICY_VIOLATION = 1008
+
+
+@dataclass(frozen=True, slots=True)
+class ProviderGone:
+    """Put on a job's queue when its provider's connection ends."""
+
+    reason: str
+
+
+JobEvent = Chunk | Done | JobError | ProviderGone
+OnProviderSeen = Callable[[str, Capabilities], Awaitable[None]]
+
+
+@dataclass(eq=False)
+class ProviderSession:
+    provider_id: str
+    websocket: WebSocket
+    last_seen: float
+    jobs: dict[str, asyncio.Queue[JobEvent]] = field(default_factory=dict)
+    bad_frames: int = 0
+    send_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+    async def send(self, frame: Frame) -> None:
+        async with self.send_lock:
+            await self.websocket.send_text(frame.model_dump_json())
+
+
+class JobStream:
+    """One job on one provider: its events, and the slot it holds until closed."""
+
+    def __init__(self, hub: ProviderHub, session: ProviderSession, job: Job) -> None:
+        self.hub = hub
+        self.session = session
+        self.job = job
+        self.queue: asyncio.Queue[JobEvent] = asyncio.Queue()
+        self.finished = False
+        self._closed = False
+
+    @property
+    def provider_id(self) -> str:
+        return self.session.provider_id
+
+    async def next_event(self, timeout_s: float | None = None) -> JobEvent:
+        try:
+            event = await asyncio.wait_for(self.queue.get(), timeout_s)
+        except TimeoutError:
+            return ProviderGone(f"no output from the provider within {timeout_s:.0f}s")
+        if isinstance(event, Done | JobError | ProviderGone):
+            self.finished = True
+        return event
+
+    async def close(self) -> None:
+        """Give the slot back; tell the provider to stop if the job is still running."""
+        if self._closed:
+            return
+        self._closed = True
+        self.session.jobs.pop(self.job.job_id, None)
+        self.hub.release(self.session.provider_id)
+        if not self.finished:
+            self.hub.note_cancelled(self.job.job_id)
+            with contextlib.suppress(Exception):
+                await self.session.send(Cancel(job_id=self.job.job_id))
+
+
+class ProviderHub:
+    def __init__(
+        self,
+        settings: GatewaySettings,
+        registry: ProviderRegistry,
+        metrics: GatewayMetrics,
+        on_provider_seen: OnProviderSeen | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.settings = settings
+        self.registry = registry
+        self.metrics = metrics
+        self.on_provider_seen = on_provider_seen
+        self.rng = rng or random.Random()
+        self.sessions: dict[str, ProviderSession] = {}
+        self._slot_freed = asyncio.Condition()
+        self._issued_nonces: OrderedDict[str, None] = OrderedDict()
+        self._cancelled: OrderedDict[str, None] = OrderedDict()
+
+    # ------------------------------------------------------------ jobs
+
+    async def open_job(self, job: Job, exclude: set[str]) -> JobStream:
+        """Take a slot on a provider of ``job.model`` and send it the job.
+
+        Waits up to queue_timeout_s for a free slot when every provider is busy;
+        raises NoCapacity when none serves the model or the wait runs out.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.settings.queue_timeout_s
+        while True:
+            candidates = [
+                p for p in self.registry.serving(job.model) if p.provider_id not in exclude
+            ]
+            if not candidates:
+                raise NoCapacity(f"no live provider is serving model '{job.model}' right now")
+            chosen = choose_provider(candidates, self.rng)
+            if chosen is not None:
+                stream = self._start(chosen, job)
+                if stream is not None:
+                    try:
+                        await stream.session.send(job)
+                    except Exception:
+                        await stream.close()
+                        exclude.add(chosen.provider_id)
+                        continue
+                    return stream
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                raise NoCapacity(
+                    f"every provider of '{job.model}' is at capacity; retry in a few seconds"
+                )
+            async with self._slot_freed:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._slot_freed.wait(), min(remaining, 1.0))
+
+    def _start(self, chosen: LiveProvider, job: Job) -> JobStream | None:
+        session = self.sessions.get(chosen.provider_id)
+        if session is None:
+            return None
+        self.registry.acquire(chosen.provider_id)
+        stream = JobStream(self, session, job)
+        session.jobs[job.job_id] = stream.queue
+        return stream
+
+    def release(self, provider_id: str) -> None:
+        self.registry.release(provider_id)
+        asyncio.get_running_loop().create_task(self._notify_slot())
+
+    async def _notify_slot(self) -> None:
+        async with self._slot_freed:
+            self._slot_freed.notify_all()
+
+    def note_cancelled(self, job_id: str) -> None:
+        """Remember a cancelled job so its late frames are dropped, not counted as abuse."""
+        self._cancelled[job_id] = None
+        while len(self._cancelled) > 10_000:
+            self._cancelled.popitem(last=False)
+
+    # ------------------------------------------------------------ connections
+
+    async def serve(self, websocket: WebSocket) -> None:
+        """Run one provider connection from handshake to close. Never raises."""
+        await websocket.accept()
+        session: ProviderSession | None = None
+        try:
+            session = await self._handshake(websocket)
+            if session is None:
+                return
+            await self._run_session(session)
+        except WebSocketDisconnect:
+            pass
+        except Exception:
+            log.exception("provider connection failed")
+        finally:
+            if session is not None:
+                self._drop(session, "provider disconnected")
+            if websocket.application_state != WebSocketState.DISCONNECTED:
+                with contextlib.suppress(Exception):
+                    await websocket.close()
+
+    async def _handshake(self, websocket: WebSocket) -> ProviderSession | None:
+        nonce = secrets.token_hex(32)
+        self._issued_nonces[nonce] = None
+        while len(self._issued_nonces) > 10_000:
+            self._issued_nonces.popitem(last=False)
+        hello = Hello(gateway_id=self.settings.gateway_id, nonce=nonce)
+        await websocket.send_text(hello.model_dump_json())
+        try:
+            raw = await asyncio.wait_for(websocket.receive_text(), self.settings.register_timeout_s)
+        except TimeoutError:
+            await self._refuse(websocket, "register_timeout", "no register frame in time")
+            return None
+        try:
+            frame = provider_frame_adapter.validate_json(raw)
+        except ValidationError as exc:
+            await self._refuse(websocket, "malformed_frame", _brief(exc))
+            return None
+        if not isinstance(frame, Register):
+            await self._refuse(websocket, "expected_register", f"got '{frame.type}' first")
+            return None
+        if frame.version != PROTOCOL_VERSION:
+            await self._refuse(
+                websocket,
+                "version_mismatch",
+                f"gateway speaks protocol {PROTOCOL_VERSION}, provider {frame.version}: upgrade",
+            )
+            return None
+        # Single use: a nonce is only good on the connection it was issued to, once.
+        if frame.nonce != nonce or self._issued_nonces.pop(nonce, "gone") is not None:
+            self.metrics.auth_failures.labels(reason="nonce").inc()
+            await self._refuse(websocket, "bad_nonce", "nonce is not the one issued (replay?)")
+            return None
+        caps = frame.capabilities
+        try:
+            signing.verify(
+                caps.public_key, REGISTER_DOMAIN, frame.signed_payload(), frame.signature
+            )
+        except signing.SignatureInvalid:
+            self.metrics.auth_failures.labels(reason="signature").inc()
+            await self._refuse(websocket, "bad_signature", "register signature does not verify")
+            return None
+
+        provider_id = caps.public_key
+        old = self.sessions.get(provider_id)
+        if old is not None:
+            self._drop(old, "replaced by a newer connection from the same key")
+            with contextlib.suppress(Exception):
+                await old.websocket.close(code=1000, reason="replaced")
+        session = ProviderSession(provider_id, websocket, last_seen=time.monotonic())
+        self.sessions[provider_id] = session
+        self.registry.add(provider_id, caps, now=time.time())
+        self.metrics.providers_connected.set(len(self.sessions))
+        await session.send(
+            Welcome(
+                provider_id=provider_id, heartbeat_interval_s=self.settings.heartbeat_interval_s
+            )
+        )
+        log.info("provider %s connected (%s, %s)", provider_id[:12], caps.label, caps.region)
+        if self.on_provider_seen is not None:
+            asyncio.get_running_loop().create_task(self.on_provider_seen(provider_id, caps))
+        await self._notify_slot()
+        return session
+
+    async def _refuse(self, websocket: WebSocket, code: str, message: str) -> None:
+        log.warning("refused provider connection: %s: %s", code, message)
+        with contextlib.suppress(Exception):
+            await websocket.send_text(ErrorFrame(code=code, message=message).model_dump_json())
+            await websocket.close(code=POLICY_VIOLATION, reason=code)
+
+    async def _run_session(self, session: ProviderSession) -> None:
+        watchdog = asyncio.create_task(self._watch_heartbeats(session))
+        try:
+            while True:
+                message = await session.websocket.receive()
+                if message["type"] == "websocket.disconnect":
+                    return
+                session.last_seen = time.monotonic()
+                raw = message.get("text")
+                if raw is None:
+                    ok = await self._bad_frame(session, "binary_frame", "frames are JSON text")
+                else:
+                    ok = await self._handle_frame(session, raw)
+                if not ok:
+                    return
+        finally:
+            watchdog.cancel()
+
+    async def _handle_frame(self, session: ProviderSession, raw: str) -> bool:
+        """Route one frame; False once the session must end."""
+        try:
+            frame = provider_frame_adapter.validate_json(raw)
+        except ValidationError as exc:
+            return await self._bad_frame(session, "malformed_frame", _brief(exc))
+        if isinstance(frame, Heartbeat):
+            await session.send(HeartbeatAck())
+            return True
+        if isinstance(frame, Chunk | Done | JobError):
+            queue = session.jobs.get(frame.job_id)
+            if queue is None:
+                if frame.job_id in self._cancelled:
+                    return True
+                return await self._bad_frame(
+                    session, "unknown_job", f"job {frame.job_id} is not yours"
+                )
+            queue.put_nowait(frame)
+            return True
+        if isinstance(frame, ErrorFrame):
+            log.warning(
+                "provider %s reports %s: %s", session.provider_id[:12], frame.code, frame.message
+            )
+            return True
+        return await self._bad_frame(
+            session, "unexpected_frame", f"'{frame.type}' not expected now"
+        )
+
+    async def _bad_frame(self, session: ProviderSession, code: str, message: str) -> bool:
+        session.bad_frames += 1
+        self.metrics.frames_rejected.labels(code=code).inc()
+        with contextlib.suppress(Exception):
+            await session.send(ErrorFrame(code=code, message=message))
+        if session.bad_frames >= self.settings.max_bad_frames:
+            log.warning("disconnecting provider %s: too many bad frames", session.provider_id[:12])
+            with contextlib.suppress(Exception):
+                await session.websocket.close(code=POLICY_VIOLATION, reason="too many bad frames")
+            return False
+        return True
+
+    async def _watch_heartbeats(self, session: ProviderSession) -> None:
+        interval = self.settings.heartbeat_interval_s
+        while True:
+            await asyncio.sleep(interval)
+            if time.monotonic() - session.last_seen > self.settings.heartbeat_timeout_s:
+                log.warning("provider %s missed heartbeats", session.provider_id[:12])
+                with contextlib.suppress(Exception):
+                    await session.websocket.close(code=1001, reason="heartbeat timeout")
+                return
+
+    def _drop(self, session: ProviderSession, reason: str) -> None:
+        if self.sessions.get(session.provider_id) is session:
+            del self.sessions[session.provider_id]
+            self.registry.remove(session.provider_id)
+            self.metrics.providers_connected.set(len(self.sessions))
+        for queue in session.jobs.values():
+            queue.put_nowait(ProviderGone(reason))
+        session.jobs.clear()
+
+
+def _brief(exc: ValidationError) -> str:
+    first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": str(exc)}
+    where = ".".join(str(p) for p in first.get("loc", ()))
+    return f"{where}: {first.get('msg')}"[:500]

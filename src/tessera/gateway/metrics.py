@@ -1,0 +1,62 @@
+"""Prometheus metrics for one gateway, on a registry of its own (no global state)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+__all__ = ["CONTENT_TYPE_LATEST", "GatewayMetrics"]
+
+
+class GatewayMetrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "tessera_requests_total",
+            "API requests by endpoint and HTTP status.",
+            ["endpoint", "status"],
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            "tessera_request_duration_seconds",
+            "Time from request to last byte, by endpoint.",
+            ["endpoint"],
+            registry=self.registry,
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120),
+        )
+        self.ttft = Histogram(
+            "tessera_time_to_first_token_seconds",
+            "Time from request to the provider's first output.",
+            ["endpoint"],
+            registry=self.registry,
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+        )
+        self.tokens = Counter(
+            "tessera_tokens_total",
+            "Tokens metered, by direction (prompt, completion).",
+            ["direction"],
+            registry=self.registry,
+        )
+        self.providers_connected = Gauge(
+            "tessera_providers_connected", "Providers connected now.", registry=self.registry
+        )
+        self.frames_rejected = Counter(
+            "tessera_provider_frames_rejected_total",
+            "Provider frames refused, by reason.",
+            ["code"],
+            registry=self.registry,
+        )
+        self.auth_failures = Counter(
+            "tessera_provider_auth_failures_total",
+            "Provider handshakes refused, by reason.",
+            ["reason"],
+            registry=self.registry,
+        )
+        self.retries = Counter(
+            "tessera_job_retries_total",
+            "Jobs moved to another provider before their first output.",
+            registry=self.registry,
+        )
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

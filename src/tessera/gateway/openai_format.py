@@ -1,0 +1,228 @@
+"""Builders for OpenAI response bodies and stream chunks. Pure functions over our frames."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from tessera.protocol.wire import Chunk, TokenLogprob, Usage
+
+
+@dataclass(slots=True)
+class ChoiceText:
+    """Everything produced for one choice, gathered from its chunks."""
+
+    parts: list[str] = field(default_factory=list)
+    logprobs: list[TokenLogprob] = field(default_factory=list)
+    finish_reason: str | None = None
+
+    def add(self, chunk: Chunk) -> None:
+        if chunk.text:
+            self.parts.append(chunk.text)
+        self.logprobs.extend(chunk.logprobs)
+        if chunk.finish_reason is not None:
+            self.finish_reason = chunk.finish_reason
+
+    @property
+    def text(self) -> str:
+        return "".join(self.parts)
+
+
+def usage_body(usage: Usage) -> dict[str, int]:
+    return {
+        "prompt_tokens": usage.prompt_tokens,
+        "completion_tokens": usage.completion_tokens,
+        "total_tokens": usage.prompt_tokens + usage.completion_tokens,
+    }
+
+
+def chat_logprobs(entries: list[TokenLogprob], top_n: int) -> dict[str, Any]:
+    return {
+        "content": [
+            {
+                "token": e.token,
+                "logprob": e.logprob,
+                "bytes": list(e.token.encode("utf-8")),
+                "top_logprobs": [
+                    {"token": t.token, "logprob": t.logprob, "bytes": list(t.token.encode("utf-8"))}
+                    for t in e.top_logprobs[:top_n]
+                ],
+            }
+            for e in entries
+        ],
+        "refusal": None,
+    }
+
+
+def completion_logprobs(entries: list[TokenLogprob], top_n: int, offset: int = 0) -> dict[str, Any]:
+    offsets = []
+    for e in entries:
+        offsets.append(offset)
+        offset += len(e.token)
+    return {
+        "tokens": [e.token for e in entries],
+        "token_logprobs": [e.logprob for e in entries],
+        "top_logprobs": [{t.token: t.logprob for t in e.top_logprobs[:top_n]} for e in entries],
+        "text_offset": offsets,
+    }
+
+
+def chat_completion(
+    request_id: str,
+    model: str,
+    choices: dict[int, ChoiceText],
+    usage: Usage,
+    logprobs_top_n: int | None,
+) -> dict[str, Any]:
+    return {
+        "id": f"chatcmpl-{request_id}",
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": model,
+        "system_fingerprint": None,
+        "choices": [
+            {
+                "index": index,
+                "message": {"role": "assistant", "content": choice.text, "refusal": None},
+                "logprobs": (
+                    chat_logprobs(choice.logprobs, logprobs_top_n)
+                    if logprobs_top_n is not None
+                    else None
+                ),
+                "finish_reason": choice.finish_reason or "stop",
+            }
+            for index, choice in sorted(choices.items())
+        ],
+        "usage": usage_body(usage),
+    }
+
+
+def text_completion(
+    request_id: str,
+    model: str,
+    choices: dict[int, ChoiceText],
+    usage: Usage,
+    logprobs_top_n: int | None,
+) -> dict[str, Any]:
+    return {
+        "id": f"cmpl-{request_id}",
+        "object": "text_completion",
+        "created": int(time.time()),
+        "model": model,
+        "system_fingerprint": None,
+        "choices": [
+            {
+                "index": index,
+                "text": choice.text,
+                "logprobs": (
+                    completion_logprobs(choice.logprobs, logprobs_top_n)
+                    if logprobs_top_n is not None
+                    else None
+                ),
+                "finish_reason": choice.finish_reason or "stop",
+            }
+            for index, choice in sorted(choices.items())
+        ],
+        "usage": usage_body(usage),
+    }
+
+
+class ChatChunks:
+    """Stream chunks for one chat completion, in the order OpenAI sends them."""
+
+    def __init__(self, request_id: str, model: str, include_usage: bool, top_n: int | None):
+        self.id = f"chatcmpl-{request_id}"
+        self.model = model
+        self.created = int(time.time())
+        self.include_usage = include_usage
+        self.top_n = top_n
+
+    def _chunk(self, choices: list[dict[str, Any]]) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "id": self.id,
+            "object": "chat.completion.chunk",
+            "created": self.created,
+            "model": self.model,
+            "system_fingerprint": None,
+            "choices": choices,
+        }
+        if self.include_usage:
+            body["usage"] = None
+        return body
+
+    def role(self) -> dict[str, Any]:
+        return self._chunk(
+            [
+                {
+                    "index": 0,
+                    "delta": {"role": "assistant", "content": ""},
+                    "logprobs": None,
+                    "finish_reason": None,
+                }
+            ]
+        )
+
+    def content(self, chunk: Chunk) -> dict[str, Any]:
+        delta: dict[str, Any] = {"content": chunk.text} if chunk.text else {}
+        logprobs = chat_logprobs(chunk.logprobs, self.top_n) if self.top_n is not None else None
+        return self._chunk(
+            [
+                {
+                    "index": chunk.index,
+                    "delta": delta,
+                    "logprobs": logprobs,
+                    "finish_reason": chunk.finish_reason,
+                }
+            ]
+        )
+
+    def usage(self, usage: Usage) -> dict[str, Any]:
+        body = self._chunk([])
+        body["usage"] = usage_body(usage)
+        return body
+
+
+class CompletionChunks:
+    def __init__(self, request_id: str, model: str, include_usage: bool, top_n: int | None):
+        self.id = f"cmpl-{request_id}"
+        self.model = model
+        self.created = int(time.time())
+        self.include_usage = include_usage
+        self.top_n = top_n
+        self._offsets: dict[int, int] = {}
+
+    def _chunk(self, choices: list[dict[str, Any]]) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "id": self.id,
+            "object": "text_completion",
+            "created": self.created,
+            "model": self.model,
+            "system_fingerprint": None,
+            "choices": choices,
+        }
+        if self.include_usage:
+            body["usage"] = None
+        return body
+
+    def content(self, chunk: Chunk) -> dict[str, Any]:
+        logprobs = None
+        if self.top_n is not None:
+            start = self._offsets.get(chunk.index, 0)
+            logprobs = completion_logprobs(chunk.logprobs, self.top_n, start)
+        self._offsets[chunk.index] = self._offsets.get(chunk.index, 0) + len(chunk.text)
+        return self._chunk(
+            [
+                {
+                    "index": chunk.index,
+                    "text": chunk.text,
+                    "logprobs": logprobs,
+                    "finish_reason": chunk.finish_reason,
+                }
+            ]
+        )
+
+    def usage(self, usage: Usage) -> dict[str, Any]:
+        body = self._chunk([])
+        body["usage"] = usage_body(usage)
+        return body

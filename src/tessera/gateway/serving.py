@@ -1,0 +1,340 @@
+"""The work behind each OpenAI endpoint: check, build the job, dispatch, answer.
+
+Routes call these and only map the result to HTTP. Every path ends by recording the
+request (metrics and the request log) exactly once, whether it succeeded or not.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import struct
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from tessera.config import GatewaySettings
+from tessera.errors import (
+    InvalidRequest,
+    ModelNotFound,
+    NoCapacity,
+    ProviderFailed,
+    TesseraError,
+    openai_error_body,
+)
+from tessera.gateway.dispatch import Dispatcher, job_error_to_exception
+from tessera.gateway.hub import JobEvent, JobStream, ProviderGone
+from tessera.gateway.metrics import GatewayMetrics
+from tessera.gateway.openai_format import (
+    ChatChunks,
+    ChoiceText,
+    CompletionChunks,
+    chat_completion,
+    text_completion,
+)
+from tessera.market.registry import ProviderRegistry
+from tessera.protocol.openai_api import (
+    ChatCompletionRequest,
+    CompletionRequest,
+    EmbeddingRequest,
+    refuse_unhonourable,
+)
+from tessera.protocol.wire import (
+    ChatMessage,
+    Chunk,
+    Done,
+    Job,
+    JobError,
+    ModelOffer,
+    SamplingParams,
+    Usage,
+)
+
+
+@dataclass(slots=True)
+class RequestContext:
+    """Who asked, for what, and when; carried through one request."""
+
+    request_id: str
+    api_key_id: str
+    endpoint: str
+    model: str
+    started: float  # time.perf_counter()
+    ttft_ms: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Served:
+    """A finished answer (body) or a stream of SSE bytes, and who served it."""
+
+    provider_id: str
+    body: dict[str, Any] | None = None
+    stream: AsyncIterator[bytes] | None = None
+
+
+RecordFn = Callable[[RequestContext, str, "str | None", "str | None", Usage | None], None]
+
+
+def sse(data: dict[str, Any] | str) -> bytes:
+    text = data if isinstance(data, str) else json.dumps(data, separators=(",", ":"))
+    return f"data: {text}\n\n".encode()
+
+
+class Serving:
+    def __init__(
+        self,
+        registry: ProviderRegistry,
+        dispatcher: Dispatcher,
+        settings: GatewaySettings,
+        metrics: GatewayMetrics,
+        record: RecordFn,
+    ) -> None:
+        self.registry = registry
+        self.dispatcher = dispatcher
+        self.settings = settings
+        self.metrics = metrics
+        self.record = record
+
+    # ------------------------------------------------------------ checks
+
+    def offer_for(self, model: str, kind: str) -> ModelOffer:
+        offer = self.registry.offer(model)
+        if offer is None:
+            if self.registry.is_known(model):
+                raise NoCapacity(f"no live provider is serving model '{model}' right now")
+            raise ModelNotFound(
+                f"The model '{model}' does not exist or is not served on this network. "
+                "GET /v1/models lists the models served now.",
+                param="model",
+            )
+        if offer.kind != kind:
+            use = "/v1/embeddings" if offer.kind == "embedding" else "/v1/chat/completions"
+            raise InvalidRequest(
+                f"model '{model}' is an {offer.kind} model: use {use}", param="model"
+            )
+        return offer
+
+    def sampling(
+        self,
+        req: ChatCompletionRequest | CompletionRequest,
+        offer: ModelOffer,
+        max_tokens: int | None,
+        top_logprobs: int | None,
+    ) -> SamplingParams:
+        refused = refuse_unhonourable(req, supports_tools=offer.supports_tools)
+        if refused is not None:
+            param, reason = refused
+            raise InvalidRequest(reason, param=param, code="unsupported_parameter")
+        limit = max_tokens or min(self.settings.default_max_tokens, offer.context_length)
+        if limit > offer.context_length:
+            raise InvalidRequest(
+                f"max_tokens is {limit}, but model '{offer.name}' has a context of "
+                f"{offer.context_length} tokens",
+                param="max_tokens",
+            )
+        return SamplingParams(
+            max_tokens=limit,
+            temperature=1.0 if req.temperature is None else req.temperature,
+            top_p=1.0 if req.top_p is None else req.top_p,
+            seed=req.seed,
+            stop=req.stop_list(),
+            logprobs=top_logprobs is not None,
+            top_logprobs=top_logprobs or 0,
+        )
+
+    # ------------------------------------------------------------ endpoints
+
+    async def chat(self, req: ChatCompletionRequest, ctx: RequestContext) -> Served:
+        offer = self.offer_for(req.model, "text")
+        if req.top_logprobs and not req.logprobs:
+            raise InvalidRequest("top_logprobs requires logprobs: true", param="top_logprobs")
+        top_n = (req.top_logprobs or 0) if req.logprobs else None
+        params = self.sampling(req, offer, req.max_completion_tokens or req.max_tokens, top_n)
+        messages = [ChatMessage(role=m.role, content=m.text()) for m in req.messages]
+
+        def make_job(job_id: str) -> Job:
+            return Job(
+                job_id=job_id, model=req.model, kind="chat", messages=messages, params=params
+            )
+
+        stream, first = await self._start(make_job, ctx, "messages")
+        include_usage = bool(req.stream_options and req.stream_options.include_usage)
+        if req.stream:
+            chunks = ChatChunks(ctx.request_id, req.model, include_usage, top_n)
+            head = [chunks.role()]
+            return Served(
+                stream.provider_id,
+                stream=self._relay(
+                    stream,
+                    first,
+                    ctx,
+                    head,
+                    chunks.content,
+                    chunks.usage if include_usage else None,
+                ),
+            )
+        choices, usage = await self._collect(stream, first, ctx)
+        body = chat_completion(ctx.request_id, req.model, choices, usage, top_n)
+        return Served(stream.provider_id, body=body)
+
+    async def completions(self, req: CompletionRequest, ctx: RequestContext) -> Served:
+        offer = self.offer_for(req.model, "text")
+        top_n = req.logprobs
+        params = self.sampling(req, offer, req.max_tokens, top_n)
+        prompts = req.prompts()
+
+        def make_job(job_id: str) -> Job:
+            return Job(
+                job_id=job_id, model=req.model, kind="completion", prompts=prompts, params=params
+            )
+
+        stream, first = await self._start(make_job, ctx, "prompt")
+        include_usage = bool(req.stream_options and req.stream_options.include_usage)
+        if req.stream:
+            chunks = CompletionChunks(ctx.request_id, req.model, include_usage, top_n)
+            return Served(
+                stream.provider_id,
+                stream=self._relay(
+                    stream, first, ctx, [], chunks.content, chunks.usage if include_usage else None
+                ),
+            )
+        choices, usage = await self._collect(stream, first, ctx)
+        body = text_completion(ctx.request_id, req.model, choices, usage, top_n)
+        return Served(stream.provider_id, body=body)
+
+    async def embeddings(self, req: EmbeddingRequest, ctx: RequestContext) -> Served:
+        offer = self.offer_for(req.model, "embedding")
+        if req.dimensions is not None and req.dimensions != offer.embedding_dimensions:
+            raise InvalidRequest(
+                f"model '{req.model}' returns {offer.embedding_dimensions} dimensions and "
+                "cannot shorten them",
+                param="dimensions",
+                code="unsupported_parameter",
+            )
+        inputs = req.inputs()
+
+        def make_job(job_id: str) -> Job:
+            return Job(job_id=job_id, model=req.model, kind="embedding", inputs=inputs)
+
+        stream, first = await self._start(make_job, ctx, "input")
+        try:
+            if not isinstance(first, Done) or first.embeddings_b64 is None:
+                raise ProviderFailed("the provider answered an embedding job without vectors")
+            if len(first.embeddings_b64) != len(inputs):
+                raise ProviderFailed("the provider returned the wrong number of vectors")
+            data = [
+                {"object": "embedding", "index": i, "embedding": _vector(b64, req.encoding_format)}
+                for i, b64 in enumerate(first.embeddings_b64)
+            ]
+        except TesseraError as exc:
+            self.record(ctx, "error", stream.provider_id, exc.code, None)
+            raise
+        finally:
+            await stream.close()
+        usage = first.usage
+        self.record(ctx, "ok", stream.provider_id, None, usage)
+        body = {
+            "object": "list",
+            "data": data,
+            "model": req.model,
+            "usage": {"prompt_tokens": usage.prompt_tokens, "total_tokens": usage.prompt_tokens},
+        }
+        return Served(stream.provider_id, body=body)
+
+    # ------------------------------------------------------------ plumbing
+
+    async def _start(
+        self, make_job: Callable[[str], Job], ctx: RequestContext, param: str
+    ) -> tuple[JobStream, JobEvent]:
+        try:
+            stream, first = await self.dispatcher.start(make_job, ctx.request_id, param)
+        except TesseraError as exc:
+            self.record(ctx, "error", None, exc.code, None)
+            raise
+        ctx.ttft_ms = (time.perf_counter() - ctx.started) * 1000
+        self.metrics.ttft.labels(endpoint=ctx.endpoint).observe(ctx.ttft_ms / 1000)
+        return stream, first
+
+    async def _collect(
+        self, stream: JobStream, first: JobEvent, ctx: RequestContext
+    ) -> tuple[dict[int, ChoiceText], Usage]:
+        choices: dict[int, ChoiceText] = {}
+        event = first
+        try:
+            while True:
+                if isinstance(event, Chunk):
+                    choices.setdefault(event.index, ChoiceText()).add(event)
+                elif isinstance(event, Done):
+                    choices.setdefault(0, ChoiceText())
+                    self.record(ctx, "ok", stream.provider_id, None, event.usage)
+                    return choices, event.usage
+                else:
+                    raise _failure(event)
+                event = await stream.next_event(self.settings.first_token_timeout_s)
+        except TesseraError as exc:
+            self.record(ctx, "error", stream.provider_id, exc.code, None)
+            raise
+        except BaseException:
+            self.record(ctx, "cancelled", stream.provider_id, "client_disconnected", None)
+            raise
+        finally:
+            await stream.close()
+
+    async def _relay(
+        self,
+        stream: JobStream,
+        first: JobEvent,
+        ctx: RequestContext,
+        head: list[dict[str, Any]],
+        content: Callable[[Chunk], dict[str, Any]],
+        usage_chunk: Callable[[Usage], dict[str, Any]] | None,
+    ) -> AsyncIterator[bytes]:
+        """SSE bytes as the provider produces them; cancels the job if the client leaves.
+
+        ``usage_chunk`` is set only when the client asked for stream_options.include_usage.
+        """
+        status = "cancelled"
+        error_code: str | None = "client_disconnected"
+        usage: Usage | None = None
+        try:
+            for item in head:
+                yield sse(item)
+            event = first
+            while True:
+                if isinstance(event, Chunk):
+                    yield sse(content(event))
+                elif isinstance(event, Done):
+                    usage = event.usage
+                    if usage_chunk is not None:
+                        yield sse(usage_chunk(event.usage))
+                    status, error_code = "ok", None
+                    yield sse("[DONE]")
+                    return
+                else:
+                    exc = _failure(event)
+                    status, error_code = "error", exc.code
+                    yield sse(openai_error_body(exc))
+                    yield sse("[DONE]")
+                    return
+                event = await stream.next_event(self.settings.first_token_timeout_s)
+        finally:
+            await stream.close()
+            self.record(ctx, status, stream.provider_id, error_code, usage)
+
+
+def _failure(event: JobEvent) -> TesseraError:
+    if isinstance(event, JobError):
+        return job_error_to_exception(event)
+    if isinstance(event, ProviderGone):
+        return ProviderFailed(f"the provider stopped mid-response: {event.reason}")
+    return ProviderFailed("the provider sent an unexpected frame")
+
+
+def _vector(b64: str, encoding_format: str | None) -> list[float] | str:
+    raw = base64.b64decode(b64, validate=True)
+    if len(raw) % 4:
+        raise ProviderFailed("the provider sent a malformed embedding")
+    if encoding_format == "base64":
+        return b64
+    return list(struct.unpack(f"<{len(raw) // 4}f", raw))
