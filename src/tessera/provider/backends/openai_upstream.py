@@ -1,0 +1,280 @@
+"""Backends that forward to an OpenAI-compatible server the provider already runs
+(vLLM, SGLang, llama.cpp, ...), so its GPU can serve through the Tessera agent.
+
+Text: chat messages go to ``POST {base_url}/chat/completions``, text or token ids to
+``POST {base_url}/completions``, always with ``stream=true`` and
+``stream_options.include_usage``. Upstream SSE chunks become :class:`Delta` events and
+the stream ends with exactly one :class:`Finish`.
+
+What the upstream cannot tell us, and what we do instead:
+
+- Token ids of produced tokens: taken from an ``id`` / ``token_id`` field (llama.cpp) or
+  from a ``token_id:N`` token string (vLLM ``--return-tokens-as-token-ids``); otherwise
+  ``TokenLogprob.token_id`` is 0, which here means "unknown" (the wire forbids negatives).
+- Usage: when the upstream sends none, ``completion_tokens`` counts logprob entries if
+  logprobs were asked for, else content chunks (one token each in vLLM, SGLang and
+  llama.cpp streams); ``prompt_tokens`` is the number of ids for a token-id prompt and
+  0 (unknown) for text and chat prompts.
+- Log-probs: non-finite values become -9999.0 (as vLLM does) and tiny positive rounding
+  noise becomes 0.0, so every value fits the wire's ``logprob <= 0``.
+
+Error codes (``BackendError.code``): ``upstream_unavailable`` (cannot connect, timeout,
+5xx, 408/429, broken stream, error event mid-stream), ``context_length_exceeded``
+(PromptTooLong: a 4xx whose message is about the context length; note that vLLM also
+says this when prompt + max_tokens exceeds the context), ``upstream_rejected`` (any other
+4xx, with the upstream's message), ``upstream_invalid`` (a response we cannot parse),
+``invalid_prompt`` (an empty prompt).
+
+Cancel: a background task reads the upstream; the generator polls ``cancel`` at least
+every ``CANCEL_POLL_S`` and, when it is set or the consumer closes the generator, cancels
+that task, which closes the HTTP stream (the upstream sees the disconnect and stops).
+A cancelled stream ends without a Finish.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
+
+import httpx
+from pydantic import ValidationError
+
+from tessera.protocol.wire import ChatMessage, SamplingParams
+from tessera.provider.backends.base import (
+    BackendError,
+    CancelToken,
+    Delta,
+    EmbeddingResult,
+    Finish,
+    ModelInfo,
+    Prompt,
+)
+from tessera.provider.backends.openai_wire import (
+    ChunkFolder,
+    EmbeddingResponse,
+    short,
+    status_error,
+)
+from tessera.provider.backends.sse import SSEError, aiter_sse
+
+CANCEL_POLL_S = 0.05
+CONNECT_TIMEOUT_S = 15.0
+_QUEUE_SIZE = 64
+
+
+class _Upstream:
+    """One httpx.AsyncClient per backend; closed by close()."""
+
+    def __init__(
+        self,
+        base_url: str,
+        upstream_model: str,
+        api_key: str | None,
+        timeout_s: float,
+        transport: httpx.AsyncBaseTransport | None,
+    ) -> None:
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self._model = upstream_model
+        self._client = httpx.AsyncClient(
+            base_url=base_url.rstrip("/") + "/",
+            headers=headers,
+            timeout=httpx.Timeout(timeout_s, connect=min(timeout_s, CONNECT_TIMEOUT_S)),
+            limits=httpx.Limits(max_connections=1024, max_keepalive_connections=64),
+            transport=transport,
+        )
+
+    async def close(self) -> None:
+        await self._client.aclose()
+
+
+def _transport_error(exc: httpx.HTTPError) -> BackendError:
+    detail = str(exc) or type(exc).__name__
+    return BackendError(f"upstream unreachable: {short(detail)}", "upstream_unavailable")
+
+
+# ---------------------------------------------------------------- text
+
+
+_Item = Delta | Finish | BackendError
+
+
+class OpenAIUpstreamTextBackend(_Upstream):
+    """TextBackend over an OpenAI-compatible server; ``info`` is what we announce."""
+
+    def __init__(
+        self,
+        info: ModelInfo,
+        base_url: str,
+        upstream_model: str,
+        api_key: str | None = None,
+        timeout_s: float = 600,
+        *,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        super().__init__(base_url, upstream_model, api_key, timeout_s, transport)
+        self.info = info
+
+    async def stream(
+        self, prompt: Prompt, params: SamplingParams, cancel: CancelToken
+    ) -> AsyncIterator[Delta | Finish]:
+        path, body, state = self._request(prompt, params)
+        queue: asyncio.Queue[_Item] = asyncio.Queue(maxsize=_QUEUE_SIZE)
+        reader = asyncio.create_task(self._read(path, body, state, queue))
+        try:
+            while True:
+                item = await _next_item(queue, cancel)
+                if item is None:
+                    return  # cancelled: the finally below closes the upstream stream
+                if isinstance(item, BackendError):
+                    raise item
+                yield item
+                if isinstance(item, Finish):
+                    return
+        finally:
+            reader.cancel()
+            await asyncio.wait([reader])
+
+    def _request(
+        self, prompt: Prompt, params: SamplingParams
+    ) -> tuple[str, dict[str, Any], ChunkFolder]:
+        body: dict[str, Any] = {
+            "model": self._model,
+            "stream": True,
+            "stream_options": {"include_usage": True},
+            "max_tokens": params.max_tokens,
+            "temperature": params.temperature,
+            "top_p": params.top_p,
+        }
+        if params.seed is not None:
+            body["seed"] = params.seed
+        if params.stop:
+            body["stop"] = list(params.stop)
+        known_prompt_tokens = 0
+        items: list[object] = [] if isinstance(prompt, str) else list(prompt)
+        if isinstance(prompt, str):
+            chat, body["prompt"] = False, prompt
+        elif items and all(isinstance(m, ChatMessage) for m in items):
+            chat = True
+            body["messages"] = [
+                {"role": m.role, "content": m.content} for m in items if isinstance(m, ChatMessage)
+            ]
+        elif items and all(isinstance(t, int) and not isinstance(t, bool) for t in items):
+            chat, body["prompt"] = False, items
+            known_prompt_tokens = len(items)
+        else:
+            raise BackendError("prompt must be text, token ids or chat messages", "invalid_prompt")
+        if params.logprobs and chat:
+            body["logprobs"] = True
+            body["top_logprobs"] = params.top_logprobs
+        elif params.logprobs:
+            body["logprobs"] = params.top_logprobs
+        state = ChunkFolder(chat, params.top_logprobs, known_prompt_tokens)
+        return ("chat/completions" if chat else "completions"), body, state
+
+    async def _read(
+        self, path: str, body: dict[str, Any], state: ChunkFolder, queue: asyncio.Queue[_Item]
+    ) -> None:
+        """Runs as a task: request, then chunks into the queue; ends with Finish or an error."""
+        try:
+            async with self._client.stream("POST", path, json=body) as response:
+                if response.status_code >= 400:
+                    raise status_error(response.status_code, await response.aread())
+                async for event in aiter_sse(response.aiter_bytes()):
+                    if event.data.strip() == "[DONE]":
+                        break
+                    delta = state.feed(event.data)
+                    if delta is not None:
+                        await queue.put(delta)
+            await queue.put(state.finish())
+        except BackendError as exc:
+            await queue.put(exc)
+        except httpx.HTTPError as exc:
+            await queue.put(_transport_error(exc))
+        except SSEError as exc:
+            await queue.put(BackendError(str(exc), "upstream_invalid"))
+        except Exception as exc:  # anything else must still reach the consumer, never hang it
+            await queue.put(BackendError(f"upstream stream failed: {exc!r}", "upstream_invalid"))
+
+
+async def _next_item(queue: asyncio.Queue[_Item], cancel: CancelToken) -> _Item | None:
+    """The next item, or None once ``cancel`` is set (checked at least every poll)."""
+    while not cancel.cancelled:
+        if not queue.empty():
+            return queue.get_nowait()
+        try:
+            return await asyncio.wait_for(queue.get(), CANCEL_POLL_S)
+        except TimeoutError:
+            continue
+    return None
+
+
+# ---------------------------------------------------------------- embeddings
+
+
+class OpenAIUpstreamEmbeddingBackend(_Upstream):
+    """EmbeddingBackend over ``POST {base_url}/embeddings``.
+
+    Strings and token-id lists may be mixed: they go upstream as two requests (the OpenAI
+    schema takes one kind per request) and come back in input order. Without upstream
+    usage, ``prompt_tokens`` counts token-id inputs only.
+    """
+
+    def __init__(
+        self,
+        info: ModelInfo,
+        base_url: str,
+        upstream_model: str,
+        api_key: str | None = None,
+        timeout_s: float = 600,
+        *,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        super().__init__(base_url, upstream_model, api_key, timeout_s, transport)
+        self.info = info
+
+    async def embed(self, inputs: Sequence[str | Sequence[int]]) -> EmbeddingResult:
+        texts = [i for i, x in enumerate(inputs) if isinstance(x, str)]
+        ids = [i for i, x in enumerate(inputs) if not isinstance(x, str)]
+        vectors: list[list[float]] = [[] for _ in inputs]
+        prompt_tokens = 0
+        for group in (texts, ids):
+            if not group:
+                continue
+            payload = [
+                x if isinstance(x, str) else [int(t) for t in x] for x in (inputs[i] for i in group)
+            ]
+            got, tokens = await self._post(payload)
+            for index, vector in zip(group, got, strict=True):
+                vectors[index] = vector
+            prompt_tokens += tokens
+        return EmbeddingResult(vectors=vectors, prompt_tokens=prompt_tokens)
+
+    async def _post(self, payload: list[str] | list[list[int]]) -> tuple[list[list[float]], int]:
+        body = {"model": self._model, "input": payload, "encoding_format": "float"}
+        try:
+            response = await self._client.post("embeddings", json=body)
+        except httpx.HTTPError as exc:
+            raise _transport_error(exc) from exc
+        if response.status_code >= 400:
+            raise status_error(response.status_code, response.content)
+        try:
+            parsed = EmbeddingResponse.model_validate_json(response.content)
+        except ValidationError as exc:
+            raise BackendError(
+                "upstream sent an unreadable embeddings body", "upstream_invalid"
+            ) from exc
+        by_index = {item.index: item.embedding for item in parsed.data}
+        if sorted(by_index) != list(range(len(payload))):
+            raise BackendError(
+                f"upstream returned {len(parsed.data)} embeddings for {len(payload)} inputs",
+                "upstream_invalid",
+            )
+        dims = self.info.embedding_dimensions
+        if dims is not None and any(len(v) != dims for v in by_index.values()):
+            raise BackendError(f"upstream vectors are not {dims}-dimensional", "upstream_invalid")
+        if parsed.usage is not None:
+            tokens = parsed.usage.prompt_tokens
+        else:
+            tokens = sum(len(x) for x in payload if not isinstance(x, str))
+        return [by_index[i] for i in range(len(payload))], tokens
