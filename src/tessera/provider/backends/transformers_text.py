@@ -1,0 +1,455 @@
+"""Text generation with a Hugging Face causal LM (transformers + torch).
+
+The same code serves the tiny CPU model in tests and a real model on a GPU. Each stream runs
+its own decoding loop with the KV cache in a worker thread and hands events to the event loop
+with ``call_soon_threadsafe``; the loop is never blocked. The thread checks the cancel token
+before every token, and a consumer that stops iterating cancels it.
+
+Text contract: streamed text never contains half a UTF-8 character and never runs past a
+stop string (text that could still become a stop string is held back). Logprobs come from
+the model's raw ``log_softmax`` and do not depend on temperature or top_p.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import itertools
+import json
+import threading
+from collections.abc import AsyncIterator, Callable, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from tessera.errors import ConfigError
+from tessera.protocol.wire import SamplingParams
+from tessera.provider.backends.base import (
+    BackendError,
+    CancelToken,
+    Delta,
+    Finish,
+    ModelInfo,
+    Prompt,
+    PromptTooLong,
+    TokenLogprob,
+    TopToken,
+)
+from tessera.provider.model_hash import weights_sha256
+
+REPLACEMENT_CHAR = "\ufffd"
+MIN_LOGPROB = -9999.0  # the wire forbids -inf; a token this unlikely is never chosen anyway
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+_CONTEXT_KEYS = ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length")
+_thread_ids = itertools.count(1)
+
+# ---------------------------------------------------------------- pure helpers
+
+
+class StopStringFilter:
+    """Releases text only once it can no longer be the beginning of a stop string.
+
+    ``push`` returns the text that is safe to show; once a stop string is seen, ``stopped``
+    is set, the text before it is returned, and everything after is dropped.
+    """
+
+    def __init__(self, stops: Sequence[str]) -> None:
+        self._stops = tuple(s for s in stops if s)
+        self._held = ""
+        self.stopped = False
+
+    def push(self, text: str) -> str:
+        if self.stopped:
+            return ""
+        buf = self._held + text
+        hits = [i for i in (buf.find(s) for s in self._stops) if i >= 0]
+        if hits:
+            self.stopped = True
+            self._held = ""
+            return buf[: min(hits)]
+        keep = held_suffix_length(buf, self._stops)
+        self._held = buf[len(buf) - keep :]
+        return buf[: len(buf) - keep]
+
+    def flush(self) -> str:
+        """The held text, at the end of a stream that hit no stop string."""
+        out, self._held = self._held, ""
+        return "" if self.stopped else out
+
+
+def held_suffix_length(text: str, stops: Sequence[str]) -> int:
+    """Length of the longest suffix of ``text`` that is a proper prefix of some stop string."""
+    best = 0
+    for stop in stops:
+        for n in range(min(len(stop) - 1, len(text)), best, -1):
+            if text.endswith(stop[:n]):
+                best = n
+                break
+    return best
+
+
+class IncrementalDetokenizer:
+    """Turns a growing list of token ids into text pieces without splitting characters.
+
+    It decodes a small window of recent tokens twice (with and without the newest ones) and
+    releases the difference, holding back while the decoded tail ends in U+FFFD (a UTF-8
+    sequence still incomplete). The window keeps tokenizers that drop a leading space when
+    decoding one token alone correct.
+    """
+
+    def __init__(self, decode: Callable[[list[int]], str]) -> None:
+        self._decode = decode
+        self._ids: list[int] = []
+        self._prefix = 0
+        self._read = 0
+
+    def push(self, token_id: int) -> str:
+        self._ids.append(token_id)
+        done = self._decode(self._ids[self._prefix : self._read])
+        full = self._decode(self._ids[self._prefix :])
+        if len(full) <= len(done) or full.endswith(REPLACEMENT_CHAR):
+            return ""
+        self._prefix, self._read = self._read, len(self._ids)
+        return full[len(done) :]
+
+    def flush(self) -> str:
+        """Whatever is still held (an incomplete character decodes to U+FFFD)."""
+        done = self._decode(self._ids[self._prefix : self._read])
+        full = self._decode(self._ids[self._prefix :])
+        self._prefix = self._read = len(self._ids)
+        return full[len(done) :] if len(full) > len(done) else ""
+
+
+def sample_token(
+    logits: torch.Tensor, temperature: float, top_p: float, generator: torch.Generator | None
+) -> int:
+    """Pick the next token from 1-D ``logits``: greedy at temperature 0, else nucleus sampling."""
+    if temperature == 0.0:
+        return int(torch.argmax(logits))
+    probs = torch.softmax(logits.float() / temperature, dim=-1)
+    if top_p < 1.0:
+        sorted_probs, order = torch.sort(probs, descending=True)
+        before = torch.cumsum(sorted_probs, dim=-1) - sorted_probs
+        sorted_probs = torch.where(before < top_p, sorted_probs, torch.zeros_like(sorted_probs))
+        pick = torch.multinomial(sorted_probs, 1, generator=generator)
+        return int(order[pick])
+    return int(torch.multinomial(probs, 1, generator=generator))
+
+
+# ---------------------------------------------------------------- the backend
+
+
+class TransformersTextBackend:
+    """One causal LM served from a Hugging Face model directory."""
+
+    def __init__(
+        self, model: Any, tokenizer: Any, info: ModelInfo, device: torch.device, eos: set[int]
+    ) -> None:
+        self.info = info
+        self._model: Any = model
+        self._tokenizer = tokenizer
+        self._device = device
+        self._eos_ids = frozenset(eos)
+        self._vocab_size = int(model.get_input_embeddings().num_embeddings)
+        self._tok_lock = threading.Lock()
+        self._token_texts: dict[int, str] = {}
+        self._active: dict[threading.Thread, CancelToken] = {}
+
+    @classmethod
+    def load(
+        cls,
+        model_dir: Path,
+        *,
+        name: str | None = None,
+        device: str = "auto",
+        dtype: str = "auto",
+        threads: int | None = None,
+    ) -> TransformersTextBackend:
+        """Load a model directory (blocking: call it in a thread). ConfigError if unusable.
+
+        ``device`` auto = cuda when available, else cpu; ``dtype`` auto = bfloat16 on cuda,
+        float32 elsewhere. ``threads`` sets torch's CPU threads for the whole process.
+        """
+        model_dir = Path(model_dir)
+        if not model_dir.is_dir():
+            raise ConfigError(f"model directory {model_dir} does not exist")
+        if threads is not None:
+            torch.set_num_threads(threads)
+        if device == "auto":
+            dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        else:
+            try:
+                dev = torch.device(device)
+            except RuntimeError as exc:
+                raise ConfigError(f"unknown device {device!r}: {exc}") from exc
+        if dtype == "auto":
+            torch_dtype = torch.bfloat16 if dev.type == "cuda" else torch.float32
+        elif dtype in _DTYPES:
+            torch_dtype = _DTYPES[dtype]
+        else:
+            raise ConfigError(f"unknown dtype {dtype!r}; use auto, {', '.join(_DTYPES)}")
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
+            model = AutoModelForCausalLM.from_pretrained(
+                model_dir, dtype=torch_dtype, local_files_only=True
+            )
+            model = model.to(dev).eval()
+        except (OSError, ValueError, RuntimeError, ImportError, KeyError) as exc:
+            raise ConfigError(f"cannot load a causal LM from {model_dir}: {exc}") from exc
+        info = ModelInfo(
+            name=name or _manifest_name(model_dir) or model_dir.resolve().name,
+            weights_sha256=weights_sha256(model_dir),
+            kind="text",
+            context_length=_context_length(model.config, tokenizer, model_dir),
+        )
+        return cls(model, tokenizer, info, dev, _eos_ids(model, tokenizer))
+
+    @property
+    def active_streams(self) -> int:
+        """Generation threads still running (a closed consumer's thread ends within a step)."""
+        return sum(1 for t in list(self._active) if t.is_alive())
+
+    async def stream(
+        self, prompt: Prompt, params: SamplingParams, cancel: CancelToken
+    ) -> AsyncIterator[Delta | Finish]:
+        """Yield Deltas, then one Finish. See the module docstring for the text contract."""
+        if self._model is None:
+            raise BackendError("the backend is closed", code="backend_closed")
+        ids = await asyncio.to_thread(self._encode, prompt)
+        if len(ids) >= self.info.context_length:
+            raise PromptTooLong(
+                f"the prompt has {len(ids)} tokens; {self.info.name} has a context of "
+                f"{self.info.context_length} tokens and needs room for at least one more"
+            )
+        max_new = min(params.max_tokens, self.info.context_length - len(ids))
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[Delta | Finish | BaseException] = asyncio.Queue()
+
+        def emit(item: Delta | Finish | BaseException) -> None:
+            try:
+                loop.call_soon_threadsafe(queue.put_nowait, item)
+            except RuntimeError:  # the loop is gone: nobody is listening any more
+                cancel.cancel()
+
+        thread = threading.Thread(
+            target=self._run,
+            args=(ids, max_new, params, cancel, emit),
+            name=f"tessera-textgen-{next(_thread_ids)}",
+            daemon=True,
+        )
+        self._active[thread] = cancel
+        thread.start()
+        finished = False
+        try:
+            while True:
+                item = await queue.get()
+                if isinstance(item, BackendError):
+                    raise item
+                if isinstance(item, BaseException):
+                    raise BackendError(f"generation failed: {item}", "generation_failed") from item
+                yield item
+                if isinstance(item, Finish):
+                    finished = True
+                    return
+        finally:
+            if not finished:
+                cancel.cancel()
+
+    async def close(self) -> None:
+        """Stop running streams and release the model (and its GPU memory)."""
+        for token in list(self._active.values()):
+            token.cancel()
+        threads = list(self._active)
+        await asyncio.to_thread(lambda: [t.join(timeout=30) for t in threads])
+        self._model = None
+        gc.collect()
+        if self._device.type == "cuda":
+            torch.cuda.empty_cache()
+
+    # ------------------------------------------------------------ inside the worker thread
+
+    def _run(
+        self,
+        ids: list[int],
+        max_new: int,
+        params: SamplingParams,
+        cancel: CancelToken,
+        emit: Callable[[Delta | Finish | BaseException], None],
+    ) -> None:
+        try:
+            self._generate(ids, max_new, params, cancel, emit)
+        except BaseException as exc:  # handed to the consumer, re-raised there
+            emit(exc)
+        finally:
+            self._active.pop(threading.current_thread(), None)
+
+    def _generate(
+        self,
+        ids: list[int],
+        max_new: int,
+        params: SamplingParams,
+        cancel: CancelToken,
+        emit: Callable[[Delta | Finish | BaseException], None],
+    ) -> None:
+        model = self._model
+        if model is None:
+            raise BackendError("the backend is closed", code="backend_closed")
+        generator: torch.Generator | None = None
+        if params.temperature > 0.0:
+            generator = torch.Generator(device=self._device)
+            if params.seed is None:
+                generator.seed()
+            else:
+                generator.manual_seed(params.seed)
+        detok = IncrementalDetokenizer(self._decode)
+        stops = StopStringFilter(params.stop)
+        pending: list[TokenLogprob] = []
+        produced = 0
+        reason: Literal["stop", "length"] = "length"
+        text = ""
+        with torch.inference_mode():
+            out = model(input_ids=torch.tensor([ids], device=self._device), use_cache=True)
+            while not cancel.cancelled:
+                logits = out.logits[0, -1]
+                token = sample_token(logits, params.temperature, params.top_p, generator)
+                produced += 1
+                if token in self._eos_ids:
+                    reason = "stop"
+                    break
+                logprobs = torch.log_softmax(logits.float(), dim=-1)
+                pending.append(self._token_logprob(token, logprobs, params.top_logprobs))
+                text = stops.push(detok.push(token))
+                if stops.stopped or produced >= max_new:
+                    break
+                if text:
+                    emit(Delta(text, tuple(pending)))
+                    pending, text = [], ""
+                step = torch.tensor([[token]], device=self._device)
+                out = model(input_ids=step, past_key_values=out.past_key_values, use_cache=True)
+        if not stops.stopped:
+            text += stops.push(detok.flush())
+            text += stops.flush()
+        if stops.stopped or cancel.cancelled:
+            reason = "stop"
+        if text or pending:
+            emit(Delta(text, tuple(pending)))
+        emit(Finish(reason=reason, prompt_tokens=len(ids), completion_tokens=produced))
+
+    def _token_logprob(self, token: int, logprobs: torch.Tensor, top_n: int) -> TokenLogprob:
+        top: tuple[TopToken, ...] = ()
+        if top_n > 0:
+            values, indices = torch.topk(logprobs, min(top_n, logprobs.shape[-1]))
+            top = tuple(
+                TopToken(self._token_text(int(i)), _clamp(float(v)))
+                for v, i in zip(values.tolist(), indices.tolist(), strict=True)
+            )
+        return TokenLogprob(self._token_text(token), token, _clamp(float(logprobs[token])), top)
+
+    def _token_text(self, token: int) -> str:
+        text = self._token_texts.get(token)
+        if text is None:
+            with self._tok_lock:
+                text = self._tokenizer.decode([token], clean_up_tokenization_spaces=False)
+            self._token_texts[token] = text
+        return text
+
+    def _decode(self, ids: list[int]) -> str:
+        with self._tok_lock:
+            return str(
+                self._tokenizer.decode(
+                    ids, skip_special_tokens=True, clean_up_tokenization_spaces=False
+                )
+            )
+
+    # ------------------------------------------------------------ prompts
+
+    def _encode(self, prompt: Prompt) -> list[int]:
+        """Token ids of a prompt: chat messages, text, or token ids. BackendError if invalid."""
+        tok = self._tokenizer
+        if isinstance(prompt, str):
+            with self._tok_lock:
+                ids = list(tok(prompt, add_special_tokens=True)["input_ids"])
+            if not ids:  # an empty prompt starts from the beginning-of-text token
+                start = tok.bos_token_id if tok.bos_token_id is not None else tok.eos_token_id
+                ids = [int(start)] if start is not None else []
+            if not ids:
+                raise BackendError("the prompt is empty", code="invalid_prompt")
+            return ids
+        items = list(prompt)
+        if not items:
+            raise BackendError("the prompt is empty", code="invalid_prompt")
+        if all(isinstance(t, int) and not isinstance(t, bool) for t in items):
+            bad = [t for t in items if not 0 <= int(t) < self._vocab_size]  # type: ignore[call-overload]
+            if bad:
+                raise BackendError(
+                    f"token id {bad[0]} is outside the vocabulary (size {self._vocab_size})",
+                    code="invalid_prompt",
+                )
+            return [int(t) for t in items]  # type: ignore[call-overload]
+        if all(hasattr(m, "role") and hasattr(m, "content") for m in items):
+            return self._encode_chat([{"role": m.role, "content": m.content} for m in items])  # type: ignore[union-attr]
+        raise BackendError(
+            "a prompt is chat messages, a string, or token ids", code="invalid_prompt"
+        )
+
+    def _encode_chat(self, messages: list[dict[str, str]]) -> list[int]:
+        tok = self._tokenizer
+        if not getattr(tok, "chat_template", None):
+            raise BackendError(
+                f"{self.info.name} has no chat template; send a completion prompt instead",
+                code="chat_template_missing",
+            )
+        try:
+            with self._tok_lock:
+                rendered = tok.apply_chat_template(
+                    messages, add_generation_prompt=True, tokenize=False
+                )
+                return list(tok(str(rendered), add_special_tokens=False)["input_ids"])
+        except (ValueError, TypeError, KeyError) as exc:
+            raise BackendError(f"cannot render the chat: {exc}", code="invalid_prompt") from exc
+        except Exception as exc:  # jinja2.TemplateError and friends from the model's template
+            raise BackendError(f"the chat template failed: {exc}", code="invalid_prompt") from exc
+
+
+def _clamp(logprob: float) -> float:
+    return min(0.0, max(MIN_LOGPROB, logprob))
+
+
+def _manifest_name(model_dir: Path) -> str | None:
+    path = model_dir / "tessera-model.json"
+    if not path.is_file():
+        return None
+    try:
+        name = json.loads(path.read_text(encoding="utf-8")).get("name")
+    except (OSError, ValueError, AttributeError) as exc:
+        raise ConfigError(f"{path} is not a valid tessera model manifest: {exc}") from exc
+    return name if isinstance(name, str) and name else None
+
+
+def _context_length(config: Any, tokenizer: Any, model_dir: Path) -> int:
+    text_config = config.get_text_config() if hasattr(config, "get_text_config") else config
+    for key in _CONTEXT_KEYS:
+        value = getattr(text_config, key, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    limit = getattr(tokenizer, "model_max_length", None)
+    if isinstance(limit, int) and 0 < limit < 10**8:
+        return limit
+    raise ConfigError(f"cannot tell the context length of the model in {model_dir}")
+
+
+def _eos_ids(model: Any, tokenizer: Any) -> set[int]:
+    found: set[int] = set()
+    gen_config = getattr(model, "generation_config", None)
+    for value in (
+        getattr(gen_config, "eos_token_id", None),
+        getattr(model.config, "eos_token_id", None),
+        tokenizer.eos_token_id,
+    ):
+        if isinstance(value, int):
+            found.add(value)
+        elif isinstance(value, list | tuple):
+            found.update(v for v in value if isinstance(v, int))
+    return found
