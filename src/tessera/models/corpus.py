@@ -40,7 +40,7 @@ class Passage:
     @property
     def subjects(self) -> tuple[str, ...]:
         """The characters named in the title: "THE FOX AND THE GRAPES" -> ("fox", "grapes")."""
-        parts = re.split(r"\band\b|,", self.title.lower())
+        parts = re.split(r"\b(?:and|in|who|with|of|that)\b|,", self.title.lower())
         found: list[str] = []
         for part in parts:
             words = [w for w in re.findall(r"[a-z'-]+", part) if w not in _SMALL_WORDS]

@@ -28,7 +28,7 @@ from tessera.models.corpus import ChatSample, Passage, chat_samples, corpus_file
 from tessera.provider.model_hash import weights_sha256
 
 MODEL_NAME = "tessera-tiny"
-DEFAULT_STEPS = 300
+DEFAULT_STEPS = 420
 COMPLETE_STAMP = ".complete"
 MANIFEST = "tessera-model.json"
 
@@ -92,7 +92,7 @@ def _encode_chat(tok: PreTrainedTokenizerFast, sample: ChatSample, seq_len: int)
     messages = [{"role": r, "content": c} for r, c in sample.messages]
     while True:
         text = tok.apply_chat_template(messages, tokenize=False)
-        ids: list[int] = tok(str(text), add_special_tokens=False)["input_ids"]
+        ids: list[int] = tok(str(text), add_special_tokens=False, verbose=False)["input_ids"]
         answer = messages[-1]["content"]
         if len(ids) <= seq_len + 1:
             return ids
@@ -112,7 +112,8 @@ class _Batches:
         self.rng = random.Random(seed)
         stream: list[int] = []
         for p in passages:
-            stream += tok(p.title_words + "\n\n" + p.text, add_special_tokens=False)["input_ids"]
+            text = p.title_words + "\n\n" + p.text
+            stream += tok(text, add_special_tokens=False, verbose=False)["input_ids"]
             stream.append(tok.convert_tokens_to_ids(BOS))
         self.stream = stream
         self.chats = [
