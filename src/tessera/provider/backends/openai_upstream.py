@@ -4,7 +4,9 @@
 Text: chat messages go to ``POST {base_url}/chat/completions``, text or token ids to
 ``POST {base_url}/completions``, always with ``stream=true`` and
 ``stream_options.include_usage``. Upstream SSE chunks become :class:`Delta` events and
-the stream ends with exactly one :class:`Finish`.
+the stream ends with exactly one :class:`Finish` (chunk parsing lives in openai_wire.py).
+``base_url`` includes the version prefix (``http://host:8000/v1``); ``transport`` is an
+optional httpx transport (a Unix socket, or a replay in tests).
 
 What the upstream cannot tell us, and what we do instead:
 
