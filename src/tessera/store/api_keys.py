@@ -1,0 +1,116 @@
+"""API keys: generated once, shown once, stored only as a SHA-256 hash.
+
+Why a fast hash and not bcrypt/argon2: those slow hashes exist to protect low-entropy
+human passwords from guessing. Our keys are 256 bits from ``secrets``; no amount of
+guessing finds a preimage of their SHA-256, so a slow hash would add latency to every
+request and nothing to security. A fast, deterministic hash also lets the gateway look a
+key up by an indexed equality match instead of scanning and verifying every row.
+"""
+
+from __future__ import annotations
+
+import builtins
+import hashlib
+import secrets
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import insert, select, update
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from tessera.errors import InvalidRequest
+from tessera.store.errors import translated
+from tessera.store.tables import api_keys, utc_now
+
+KEY_PREFIX = "tsk_"
+DISPLAY_PREFIX_CHARS = 8  # "tsk_" + 4 random characters: enough to tell keys apart
+MAX_NAME_CHARS = 200
+
+
+def generate_api_key() -> str:
+    """A new plaintext key: ``tsk_`` + 32 random bytes, URL-safe base64 (43 characters)."""
+    return KEY_PREFIX + secrets.token_urlsafe(32)
+
+
+def hash_api_key(key: str) -> str:
+    """SHA-256 hex of the key: what is stored and looked up (see the module docstring)."""
+    return hashlib.sha256(key.encode("utf-8")).hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class ApiKeyRecord:
+    """One stored key. Holds the hash and the display prefix, never the plaintext."""
+
+    id: str
+    name: str
+    key_hash: str
+    prefix: str
+    created_at: datetime
+    revoked_at: datetime | None
+
+    @property
+    def revoked(self) -> bool:
+        return self.revoked_at is not None
+
+
+class ApiKeyStore:
+    """Create, find, revoke and list API keys in the ``api_keys`` table."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self._engine = engine
+
+    async def create(self, name: str) -> tuple[str, ApiKeyRecord]:
+        """Store a new key named ``name``; returns (plaintext, record). The plaintext is not kept."""
+        name = name.strip()
+        if not name or len(name) > MAX_NAME_CHARS:
+            raise InvalidRequest(
+                f"an API key name must be 1 to {MAX_NAME_CHARS} characters", param="name"
+            )
+        key = generate_api_key()
+        record = ApiKeyRecord(
+            id="key_" + secrets.token_hex(8),
+            name=name,
+            key_hash=hash_api_key(key),
+            prefix=key[:DISPLAY_PREFIX_CHARS],
+            created_at=utc_now(),
+            revoked_at=None,
+        )
+        with translated(self._engine.url):
+            async with self._engine.begin() as conn:
+                await conn.execute(insert(api_keys).values(**_row(record)))
+        return key, record
+
+    async def find_by_hash(self, key_hash: str) -> ApiKeyRecord | None:
+        """The active (not revoked) key with this hash, or None. One indexed lookup."""
+        stmt = select(api_keys).where(
+            api_keys.c.key_hash == key_hash, api_keys.c.revoked_at.is_(None)
+        )
+        with translated(self._engine.url):
+            async with self._engine.connect() as conn:
+                row = (await conn.execute(stmt)).mappings().first()
+        return None if row is None else ApiKeyRecord(**row)
+
+    async def revoke(self, key_id: str) -> bool:
+        """Revoke the key; True if this call revoked it, False if unknown or already revoked."""
+        stmt = (
+            update(api_keys)
+            .where(api_keys.c.id == key_id, api_keys.c.revoked_at.is_(None))
+            .values(revoked_at=utc_now())
+        )
+        with translated(self._engine.url):
+            async with self._engine.begin() as conn:
+                result = await conn.execute(stmt)
+        return result.rowcount == 1
+
+    async def list(self) -> builtins.list[ApiKeyRecord]:
+        """Every key, revoked ones included, oldest first."""
+        stmt = select(api_keys).order_by(api_keys.c.created_at, api_keys.c.id)
+        with translated(self._engine.url):
+            async with self._engine.connect() as conn:
+                rows = (await conn.execute(stmt)).mappings().all()
+        return [ApiKeyRecord(**row) for row in rows]
+
+
+def _row(record: ApiKeyRecord) -> dict[str, Any]:
+    return {field: getattr(record, field) for field in ApiKeyRecord.__dataclass_fields__}
