@@ -39,7 +39,7 @@ from tessera.store.api_keys import ApiKeyStore, hash_api_key
 from tessera.store.engine import create_engine, database_url_for
 from tessera.store.migrate import upgrade_to_head
 from tessera.store.providers import ProviderStore
-from tessera.store.requests_log import RequestLogWriter, RequestRecord
+from tessera.store.requests_log import RequestLog, RequestLogWriter, RequestRecord
 
 log = logging.getLogger("tessera.gateway")
 T = TypeVar("T", bound=BaseModel)
@@ -71,7 +71,7 @@ def create_app(settings: GatewaySettings) -> FastAPI:
         engine = create_engine(url)
         keys = ApiKeyStore(engine)
         providers = ProviderStore(engine)
-        request_log = RequestLogWriter(engine)
+        request_log = RequestLogWriter(RequestLog(engine))
         await request_log.start()
 
         async def provider_seen(provider_id: str, caps: Capabilities) -> None:

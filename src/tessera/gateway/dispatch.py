@@ -53,7 +53,12 @@ class Dispatcher:
                 raise ProviderFailed(
                     f"no provider could complete the request (last: {last_failure}); retry later"
                 ) from None
-            first = await stream.next_event(self.settings.first_token_timeout_s)
+            try:
+                first = await stream.next_event(self.settings.first_token_timeout_s)
+            except BaseException:
+                # The client went away while we waited: free the slot, stop the provider.
+                await stream.close()
+                raise
             retry = isinstance(first, ProviderGone) or (
                 isinstance(first, JobError) and first.retryable
             )
