@@ -53,16 +53,17 @@ class Network:
     def spawn(self, name: str, args: list[str]) -> subprocess.Popen[bytes]:
         logs = self.data_dir / "logs"
         logs.mkdir(parents=True, exist_ok=True)
-        log_file = (logs / f"{name}.log").open("wb")
         env = {**os.environ, "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1"}
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "tessera.cli", *args],
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            env=env,
-            start_new_session=True,
-        )
+        # The child keeps its own copy of the log's descriptor; ours closes at once.
+        with (logs / f"{name}.log").open("ab") as log_file:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "tessera.cli", *args],
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env=env,
+                start_new_session=True,
+            )
         self.processes.append((name, proc))
         return proc
 

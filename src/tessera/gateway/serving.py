@@ -110,8 +110,11 @@ class Serving:
             )
         if offer.kind != kind:
             use = "/v1/embeddings" if offer.kind == "embedding" else "/v1/chat/completions"
+            article = "an" if offer.kind[0] in "aeiou" else "a"
             raise InvalidRequest(
-                f"model '{model}' is an {offer.kind} model: use {use}", param="model"
+                f"model '{model}' is {article} {offer.kind} model: use {use}",
+                param="model",
+                code="wrong_model_kind",
             )
         return offer
 
