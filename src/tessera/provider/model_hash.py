@@ -28,9 +28,7 @@ def file_sha256(path: Path) -> str:
 
 def weight_files(model_dir: Path) -> list[Path]:
     """Weight files under ``model_dir``, sorted by relative path."""
-    files = [
-        p for p in model_dir.rglob("*") if p.is_file() and p.suffix.lower() in WEIGHT_SUFFIXES
-    ]
+    files = [p for p in model_dir.rglob("*") if p.is_file() and p.suffix.lower() in WEIGHT_SUFFIXES]
     return sorted(files, key=lambda p: p.relative_to(model_dir).as_posix())
 
 
