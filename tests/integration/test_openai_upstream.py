@@ -8,15 +8,9 @@ in this process, so the upstream path must reproduce them exactly (greedy decodi
 from __future__ import annotations
 
 import asyncio
-import os
-import queue
 import socket
-import subprocess
-import sys
-import threading
 import time
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -41,65 +35,25 @@ from tessera.provider.backends.openai_upstream import (
 from tessera.provider.backends.sentence_embed import SentenceEmbeddingBackend
 from tessera.provider.backends.transformers_text import TransformersTextBackend
 
+from support.upstream_process import Upstream, running_upstream
+
 pytestmark = pytest.mark.integration
 
-REPO = Path(__file__).resolve().parents[2]
-SERVER_SCRIPT = REPO / "tests" / "support" / "openai_server.py"
 TEXT_NAME = "tiny"
 EMBED_NAME = "all-MiniLM-L6-v2"
-STARTUP_S = 180.0
 CHAT = [
     ChatMessage(role="system", content="You are a helpful assistant."),
     ChatMessage(role="user", content="Tell me a short fable about a fox."),
 ]
 
 
-@dataclass(frozen=True, slots=True)
-class Upstream:
-    base_url: str  # ends in /v1
-    process: subprocess.Popen[str]
-
-
-def _read_lines(stream: Any, lines: queue.Queue[str]) -> None:
-    for line in stream:
-        lines.put(line)
-
-
 @pytest.fixture(scope="module")
 def upstream(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Upstream]:
     """The server subprocess; always terminated in teardown."""
-    log = tmp_path_factory.mktemp("openai_server") / "stderr.log"
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "src"), str(REPO / "tests")])}
-    cmd = [sys.executable, str(SERVER_SCRIPT), "--model-dir", str(tiny_model_dir)]
-    cmd += ["--model-name", TEXT_NAME, "--embeddings", "--port", "0", "--threads", "1"]
-    with log.open("w") as stderr:
-        process = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=stderr, text=True, env=env)
-    lines: queue.Queue[str] = queue.Queue()
-    reader = threading.Thread(target=_read_lines, args=(process.stdout, lines), daemon=True)
-    reader.start()
-    try:
-        deadline = time.monotonic() + STARTUP_S
-        port = None
-        while port is None and time.monotonic() < deadline and process.poll() is None:
-            try:
-                line = lines.get(timeout=0.5)
-            except queue.Empty:
-                continue
-            if line.startswith("READY "):
-                port = int(line.split()[1])
-        if port is None:
-            raise RuntimeError(f"openai_server did not start:\n{log.read_text()[-3000:]}")
-        yield Upstream(f"http://127.0.0.1:{port}/v1", process)
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=15)
-        reader.join(timeout=15)  # ends at EOF once the process is gone
-        if process.stdout is not None:
-            process.stdout.close()
+    with running_upstream(
+        tiny_model_dir, tmp_path_factory.mktemp("openai_server"), TEXT_NAME
+    ) as up:
+        yield up
 
 
 @pytest.fixture(scope="module")
