@@ -108,7 +108,8 @@ def wait_for_network(
     raise RuntimeError(f"the network did not come up in {timeout_s:.0f}s: {health}")
 
 
-async def _create_key(data_dir: Path) -> str:
+async def create_api_key(data_dir: Path, name: str = "demo") -> str:
+    """A new API key in the SQLite store under ``data_dir`` (migrating it first)."""
     from tessera.store.api_keys import ApiKeyStore
     from tessera.store.engine import create_engine, database_url_for
     from tessera.store.migrate import upgrade_to_head
@@ -117,7 +118,7 @@ async def _create_key(data_dir: Path) -> str:
     await upgrade_to_head(url)
     engine = create_engine(url)
     try:
-        plaintext, _ = await ApiKeyStore(engine).create("demo")
+        plaintext, _ = await ApiKeyStore(engine).create(name)
     finally:
         await engine.dispose()
     return plaintext
@@ -211,7 +212,7 @@ def run_demo(port: int, providers: int, data_dir: Path, model_dir: Path, once: b
     network = Network(data_dir)
     try:
         network.spawn("gateway", ["gateway", "--port", str(port), "--data-dir", str(data_dir)])
-        api_key = asyncio.run(_create_key(data_dir))
+        api_key = asyncio.run(create_api_key(data_dir))
         for i in range(providers):
             region, label, price_in, price_out = REGIONS[i % len(REGIONS)]
             network.spawn(
