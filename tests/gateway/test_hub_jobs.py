@@ -173,3 +173,22 @@ async def test_bad_api_key_never_reaches_a_provider(gateway: LiveGateway) -> Non
     with pytest.raises(TimeoutError):
         await peer.recv(timeout_s=0.3)
     beat.cancel()
+
+
+async def test_flooding_a_job_with_frames_is_refused(gateway: LiveGateway) -> None:
+    peer, beat = await registered(gateway)
+    async with gateway.client() as client:
+        request = asyncio.create_task(
+            client.post("/v1/chat/completions", json=chat_body(max_tokens=2))
+        )
+        job = await peer.recv()
+        # A 2-token job has room for two token chunks, a finish and a done: four frames.
+        for _ in range(5):
+            await peer.send({"type": "chunk", "job_id": job["job_id"], "text": "x"})
+        error = await peer.recv()
+        assert (error["type"], error["code"]) == ("error", "too_many_frames")
+        beat.cancel()
+        await peer.close()
+        response = await request
+    assert response.status_code == 502
+    assert response.json()["error"]["code"] == "provider_failed"

@@ -70,13 +70,21 @@ class ProviderSession:
     provider_id: str
     websocket: WebSocket
     last_seen: float
-    jobs: dict[str, asyncio.Queue[JobEvent]] = field(default_factory=dict)
+    jobs: dict[str, JobStream] = field(default_factory=dict)
     bad_frames: int = 0
     send_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
     async def send(self, frame: Frame) -> None:
         async with self.send_lock:
             await self.websocket.send_text(frame.model_dump_json())
+
+
+def frame_budget(job: Job) -> int:
+    """Most frames an honest provider can send for ``job``."""
+    if job.kind == "embedding" or job.params is None:
+        return 1  # the done frame
+    choices = len(job.prompts) if job.prompts is not None else 1
+    return choices * (job.params.max_tokens + 1) + 1
 
 
 class JobStream:
@@ -88,6 +96,9 @@ class JobStream:
         self.job = job
         self.queue: asyncio.Queue[JobEvent] = asyncio.Queue()
         self.finished = False
+        # An honest provider sends at most one chunk per token plus a finish per choice;
+        # anything beyond that budget is a flood, refused before it fills our memory.
+        self.frames_left = frame_budget(job)
         self._closed = False
 
     @property
@@ -177,7 +188,7 @@ class ProviderHub:
             return None
         self.registry.acquire(chosen.provider_id)
         stream = JobStream(self, session, job)
-        session.jobs[job.job_id] = stream.queue
+        session.jobs[job.job_id] = stream
         return stream
 
     def release(self, provider_id: str) -> None:
@@ -313,14 +324,19 @@ class ProviderHub:
             await session.send(HeartbeatAck())
             return True
         if isinstance(frame, Chunk | Done | JobError):
-            queue = session.jobs.get(frame.job_id)
-            if queue is None:
+            stream = session.jobs.get(frame.job_id)
+            if stream is None:
                 if frame.job_id in self._cancelled:
                     return True
                 return await self._bad_frame(
                     session, "unknown_job", f"job {frame.job_id} is not yours"
                 )
-            queue.put_nowait(frame)
+            stream.frames_left -= 1
+            if stream.frames_left < 0:
+                return await self._bad_frame(
+                    session, "too_many_frames", f"job {frame.job_id} got more frames than tokens"
+                )
+            stream.queue.put_nowait(frame)
             return True
         if isinstance(frame, ErrorFrame):
             log.warning(
@@ -358,8 +374,8 @@ class ProviderHub:
             del self.sessions[session.provider_id]
             self.registry.remove(session.provider_id)
             self.metrics.providers_connected.set(len(self.sessions))
-        for queue in session.jobs.values():
-            queue.put_nowait(ProviderGone(reason))
+        for stream in session.jobs.values():
+            stream.queue.put_nowait(ProviderGone(reason))
         session.jobs.clear()
 
 
