@@ -28,7 +28,7 @@ from tessera.models.corpus import ChatSample, Passage, chat_samples, corpus_file
 from tessera.provider.model_hash import weights_sha256
 
 MODEL_NAME = "tessera-tiny"
-DEFAULT_STEPS = 420
+DEFAULT_STEPS = 360
 COMPLETE_STAMP = ".complete"
 MANIFEST = "tessera-model.json"
 

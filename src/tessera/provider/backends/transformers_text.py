@@ -7,7 +7,12 @@ before every token, and a consumer that stops iterating cancels it.
 
 Text contract: streamed text never contains half a UTF-8 character and never runs past a
 stop string (text that could still become a stop string is held back). Logprobs come from
-the model's raw ``log_softmax`` and do not depend on temperature or top_p.
+the model's raw ``log_softmax`` and do not depend on temperature or top_p; a Delta carries
+the logprobs of the tokens that produced its text (held-back tokens ride on a later Delta).
+
+Counting: ``completion_tokens`` counts every sampled token, an end-of-sequence token
+included (it has no text and no logprob entry). A stream cancelled through its token ends
+with ``Finish(reason="stop")`` counting the tokens made before the cancel was seen.
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from tessera.errors import ConfigError
-from tessera.protocol.wire import SamplingParams
+from tessera.protocol.wire import ChatMessage, SamplingParams
 from tessera.provider.backends.base import (
     BackendError,
     CancelToken,
@@ -380,16 +385,18 @@ class TransformersTextBackend:
         items = list(prompt)
         if not items:
             raise BackendError("the prompt is empty", code="invalid_prompt")
-        if all(isinstance(t, int) and not isinstance(t, bool) for t in items):
-            bad = [t for t in items if not 0 <= int(t) < self._vocab_size]  # type: ignore[call-overload]
+        token_ids = [t for t in items if isinstance(t, int) and not isinstance(t, bool)]
+        if len(token_ids) == len(items):
+            bad = [t for t in token_ids if not 0 <= t < self._vocab_size]
             if bad:
                 raise BackendError(
                     f"token id {bad[0]} is outside the vocabulary (size {self._vocab_size})",
                     code="invalid_prompt",
                 )
-            return [int(t) for t in items]  # type: ignore[call-overload]
-        if all(hasattr(m, "role") and hasattr(m, "content") for m in items):
-            return self._encode_chat([{"role": m.role, "content": m.content} for m in items])  # type: ignore[union-attr]
+            return token_ids
+        messages = [m for m in items if isinstance(m, ChatMessage)]
+        if len(messages) == len(items):
+            return self._encode_chat([{"role": m.role, "content": m.content} for m in messages])
         raise BackendError(
             "a prompt is chat messages, a string, or token ids", code="invalid_prompt"
         )
