@@ -14,6 +14,9 @@ if _TESTS_DIR not in sys.path:
 
 from support.tiny_model import ensure_tiny_model  # noqa: E402
 
+# Database fixtures (SQLite and a fresh PostgreSQL database) for every suite.
+pytest_plugins = ["support.databases"]
+
 
 @pytest.fixture(scope="session")
 def tiny_model_dir() -> Path:

@@ -11,6 +11,7 @@ import contextlib
 import json
 import socket
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -58,12 +59,16 @@ class LiveGateway:
         )
 
 
-@pytest.fixture
-async def gateway(tmp_path: Path) -> AsyncIterator[LiveGateway]:
+@asynccontextmanager
+async def live_gateway(
+    data_dir: Path, database_url: str | None = None
+) -> AsyncIterator[LiveGateway]:
+    """A gateway app served by uvicorn in this event loop, with one API key."""
     port = free_port()
     settings = GatewaySettings(
         port=port,
-        data_dir=tmp_path,
+        data_dir=data_dir,
+        database_url=database_url,
         register_timeout_s=1.0,
         heartbeat_interval_s=0.2,
         heartbeat_timeout_s=1.0,
@@ -75,8 +80,10 @@ async def gateway(tmp_path: Path) -> AsyncIterator[LiveGateway]:
     server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve())
     while not server.started:
+        if task.done():
+            task.result()  # startup failed: raise its error here
         await asyncio.sleep(0.02)
-    engine = create_engine(database_url_for(tmp_path))
+    engine = create_engine(database_url or database_url_for(data_dir))
     key, _ = await ApiKeyStore(engine).create("test")
     await engine.dispose()
     try:
@@ -86,6 +93,12 @@ async def gateway(tmp_path: Path) -> AsyncIterator[LiveGateway]:
     finally:
         server.should_exit = True
         await asyncio.wait_for(task, 10)
+
+
+@pytest.fixture
+async def gateway(tmp_path: Path) -> AsyncIterator[LiveGateway]:
+    async with live_gateway(tmp_path) as gw:
+        yield gw
 
 
 def caps_for(key: SigningKey, slots: int = 2, model: str = MODEL) -> Capabilities:
