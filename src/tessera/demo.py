@@ -43,6 +43,15 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def port_is_free(port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
 @dataclass
 class Network:
     """The child processes of a local network; stop() always ends them all."""
@@ -207,6 +216,9 @@ def run_demo(port: int, providers: int, data_dir: Path, model_dir: Path, once: b
         console.print(f"no tiny model at {model_dir}: training one now (a few minutes)")
         make_tiny(model_dir, show_progress=True)
     data_dir.mkdir(parents=True, exist_ok=True)
+    if port and not port_is_free(port):
+        console.print(f"[yellow]port {port} is taken[/]: using a free one (or pass --port)")
+        port = 0
     port = port or free_port()
     base = f"http://127.0.0.1:{port}"
     network = Network(data_dir)
