@@ -30,6 +30,28 @@ pytestmark = pytest.mark.integration
 FOX = [ChatMessage(role="user", content="Tell me a story about a fox.")]
 ANT = [ChatMessage(role="user", content="What did the ant say?")]
 WAIT_S = 20.0
+RUNAWAY_TOKENS = 300
+# Openings the tiny model continues; which of them runs long depends on the trained weights.
+CANDIDATES = (
+    "The Wolf",
+    "The Fox",
+    "The Lion",
+    "Once upon a time",
+    "The Hare",
+    "The Ant said",
+    "In olden times",
+    "The old woman",
+    "The Frog",
+    "There was once",
+    "The Crow",
+    "The Dog",
+    "The Goat",
+    "The Mouse",
+    "The little kids",
+    "The Stork",
+    "The Ass",
+    "A man",
+)
 
 
 @pytest.fixture(scope="module")
@@ -37,6 +59,23 @@ def backend(tiny_model_dir: Path) -> Iterator[TransformersTextBackend]:
     b = TransformersTextBackend.load(tiny_model_dir)
     yield b
     asyncio.run(b.close())
+
+
+@pytest.fixture(scope="module")
+def runaway(backend: TransformersTextBackend) -> str:
+    """A text prompt whose greedy continuation runs RUNAWAY_TOKENS tokens without ending."""
+
+    async def find() -> str | None:
+        for prompt in CANDIDATES:
+            _, finish = await collect(backend, prompt, params(max_tokens=RUNAWAY_TOKENS))
+            if finish.reason == "length":
+                return prompt
+        return None
+
+    found = asyncio.run(find())
+    if found is None:
+        pytest.fail(f"every candidate prompt ends before {RUNAWAY_TOKENS} tokens; add more")
+    return found
 
 
 def params(**kw: object) -> SamplingParams:
@@ -112,10 +151,13 @@ async def test_same_seed_same_sample_other_seed_other_sample(
     ]
 
 
-async def test_max_tokens_gives_length_with_exact_count(backend: TransformersTextBackend) -> None:
-    full, finish = await collect(backend, "The Fox", params(max_tokens=30))
-    assert finish.reason == "length", "precondition: greedy text runs past 30 tokens"
-    short, finish = await collect(backend, "The Fox", params(max_tokens=7))
+async def test_max_tokens_gives_length_with_exact_count(
+    backend: TransformersTextBackend, runaway: str
+) -> None:
+    full, finish = await collect(backend, runaway, params(max_tokens=30))
+    assert finish.reason == "length"
+    assert finish.completion_tokens == 30
+    short, finish = await collect(backend, runaway, params(max_tokens=7))
     assert finish.reason == "length"
     assert finish.completion_tokens == 7
     assert sum(len(d.logprobs) for d in short) == 7
@@ -123,9 +165,9 @@ async def test_max_tokens_gives_length_with_exact_count(backend: TransformersTex
 
 
 async def test_stop_string_split_across_tokens_never_leaks(
-    backend: TransformersTextBackend,
+    backend: TransformersTextBackend, runaway: str
 ) -> None:
-    deltas, _ = await collect(backend, "The Wolf", params(max_tokens=40))
+    deltas, _ = await collect(backend, runaway, params(max_tokens=40))
     texts = [d.text for d in deltas]
     k = next(
         i
@@ -135,7 +177,7 @@ async def test_stop_string_split_across_tokens_never_leaks(
     stop = texts[k][-2:] + texts[k + 1][:2]  # spans the boundary between two tokens
     full = text_of(deltas)
     expected = full[: full.find(stop)]
-    stopped, finish = await collect(backend, "The Wolf", params(max_tokens=40, stop=[stop]))
+    stopped, finish = await collect(backend, runaway, params(max_tokens=40, stop=[stop]))
     assert finish.reason == "stop"
     assert text_of(stopped) == expected
     assert stop not in text_of(stopped)
@@ -202,24 +244,24 @@ async def test_context_bounds_max_tokens(backend: TransformersTextBackend) -> No
     assert finish.prompt_tokens == ctx - 3
 
 
-async def test_cancel_stops_early(backend: TransformersTextBackend) -> None:
-    long = params(max_tokens=400)
-    _, uncancelled = await collect(backend, "The Wolf", long)
-    assert uncancelled.reason == "length", "precondition: greedy text runs to the limit"
+async def test_cancel_stops_early(backend: TransformersTextBackend, runaway: str) -> None:
     cancel = CancelToken()
     events = []
-    async for event in backend.stream("The Wolf", long, cancel):
+    async for event in backend.stream(runaway, params(max_tokens=RUNAWAY_TOKENS), cancel):
         events.append(event)
         cancel.cancel()
     finish = events[-1]
     assert isinstance(finish, Finish)
-    assert finish.completion_tokens < 400
+    # uncancelled, this prompt runs to the limit (that is how `runaway` was chosen)
+    assert finish.completion_tokens < RUNAWAY_TOKENS
     await wait_idle(backend)
 
 
-async def test_closing_the_consumer_stops_the_thread(backend: TransformersTextBackend) -> None:
+async def test_closing_the_consumer_stops_the_thread(
+    backend: TransformersTextBackend, runaway: str
+) -> None:
     cancel = CancelToken()
-    gen = backend.stream("The Wolf", params(max_tokens=1000), cancel)
+    gen = backend.stream(runaway, params(max_tokens=RUNAWAY_TOKENS), cancel)
     first = await anext(gen)
     assert isinstance(first, Delta)
     await gen.aclose()
@@ -228,13 +270,13 @@ async def test_closing_the_consumer_stops_the_thread(backend: TransformersTextBa
 
 
 async def test_cancelling_the_consumer_task_stops_the_thread(
-    backend: TransformersTextBackend,
+    backend: TransformersTextBackend, runaway: str
 ) -> None:
     cancel = CancelToken()
     started = asyncio.Event()
 
     async def consume() -> None:
-        async for _ in backend.stream("The Wolf", params(max_tokens=1000), cancel):
+        async for _ in backend.stream(runaway, params(max_tokens=RUNAWAY_TOKENS), cancel):
             started.set()
 
     task = asyncio.create_task(consume())
@@ -271,7 +313,7 @@ async def test_model_without_chat_template(tiny_model_dir: Path, tmp_path: Path)
             await anext(aiter(b.stream(FOX, params(), CancelToken())))
         assert err.value.code == "chat_template_missing"
         _, finish = await collect(b, "The Fox", params(max_tokens=3))
-        assert finish.completion_tokens == 3
+        assert 1 <= finish.completion_tokens <= 3
     finally:
         await b.close()
     with pytest.raises(BackendError) as err:
