@@ -192,3 +192,23 @@ async def test_flooding_a_job_with_frames_is_refused(gateway: LiveGateway) -> No
         response = await request
     assert response.status_code == 502
     assert response.json()["error"]["code"] == "provider_failed"
+
+
+async def test_non_streaming_answer_survives_a_provider_dying_mid_answer(
+    gateway: LiveGateway,
+) -> None:
+    flaky, flaky_beat = await registered(gateway)
+    async with gateway.client() as client:
+        request = asyncio.create_task(client.post("/v1/chat/completions", json=chat_body()))
+        job = await flaky.recv()
+        await flaky.send({"type": "chunk", "job_id": job["job_id"], "text": "half an ans"})
+        good, good_beat = await registered(gateway)
+        flaky_beat.cancel()
+        await flaky.close()
+        retried = await good.recv()
+        await answer(good, retried, "a whole answer")
+        response = await request
+    assert response.status_code == 200
+    # Nothing of the dead provider's partial output leaks into the answer.
+    assert response.json()["choices"][0]["message"]["content"] == "a whole answer"
+    good_beat.cancel()

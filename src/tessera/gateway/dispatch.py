@@ -8,6 +8,7 @@ would repeat anywhere (a prompt too long for the model) are returned at once.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass, field
 
 from tessera.config import GatewaySettings
 from tessera.errors import InvalidRequest, NoCapacity, ProviderFailed, TesseraError
@@ -31,28 +32,59 @@ def job_error_to_exception(error: JobError, param_hint: str | None = None) -> Te
     return ProviderFailed(f"the provider failed: {error.message}", code=error.code)
 
 
+@dataclass(slots=True)
+class Attempts:
+    """One request's tries across providers: who failed it, and why, so far."""
+
+    request_id: str
+    max_attempts: int
+    tried: int = 0
+    exclude: set[str] = field(default_factory=set)
+    last_failure: str | None = None
+
+    def next_job_id(self) -> str:
+        self.tried += 1
+        return f"{self.request_id}.{self.tried - 1}"
+
+    def failed(self, provider_id: str, reason: str) -> None:
+        self.exclude.add(provider_id)
+        self.last_failure = reason
+
+    @property
+    def exhausted(self) -> bool:
+        return self.tried >= self.max_attempts
+
+    def give_up(self) -> ProviderFailed:
+        return ProviderFailed(
+            f"{self.tried} provider(s) failed before answering (last: {self.last_failure}); "
+            "retry later"
+        )
+
+
 class Dispatcher:
     def __init__(self, hub: ProviderHub, settings: GatewaySettings, metrics: GatewayMetrics):
         self.hub = hub
         self.settings = settings
         self.metrics = metrics
 
+    def attempts(self, request_id: str) -> Attempts:
+        return Attempts(request_id, self.settings.max_attempts)
+
     async def start(
-        self, make_job: Callable[[str], Job], request_id: str, param_hint: str | None = None
+        self,
+        make_job: Callable[[str], Job],
+        attempts: Attempts,
+        param_hint: str | None = None,
     ) -> tuple[JobStream, JobEvent]:
         """Return a running job and its first event (a Chunk or Done)."""
-        exclude: set[str] = set()
-        last_failure: str | None = None
-        for attempt in range(self.settings.max_attempts):
-            job = make_job(f"{request_id}.{attempt}")
+        while not attempts.exhausted:
+            job = make_job(attempts.next_job_id())
             try:
-                stream = await self.hub.open_job(job, exclude)
+                stream = await self.hub.open_job(job, attempts.exclude)
             except NoCapacity:
-                if last_failure is None:
+                if attempts.last_failure is None:
                     raise
-                raise ProviderFailed(
-                    f"no provider could complete the request (last: {last_failure}); retry later"
-                ) from None
+                raise attempts.give_up() from None
             try:
                 first = await stream.next_event(self.settings.first_token_timeout_s)
             except BaseException:
@@ -63,8 +95,8 @@ class Dispatcher:
                 isinstance(first, JobError) and first.retryable
             )
             if retry:
-                last_failure = first.reason if isinstance(first, ProviderGone) else first.message
-                exclude.add(stream.provider_id)
+                reason = first.reason if isinstance(first, ProviderGone) else first.message
+                attempts.failed(stream.provider_id, reason)
                 await stream.close()
                 self.metrics.retries.inc()
                 continue
@@ -72,7 +104,4 @@ class Dispatcher:
                 await stream.close()
                 raise job_error_to_exception(first, param_hint)
             return stream, first
-        raise ProviderFailed(
-            f"{self.settings.max_attempts} providers failed before answering "
-            f"(last: {last_failure}); retry later"
-        )
+        raise attempts.give_up()

@@ -23,7 +23,7 @@ from tessera.errors import (
     TesseraError,
     openai_error_body,
 )
-from tessera.gateway.dispatch import Dispatcher, job_error_to_exception
+from tessera.gateway.dispatch import Attempts, Dispatcher, job_error_to_exception
 from tessera.gateway.hub import JobEvent, JobStream, ProviderGone
 from tessera.gateway.metrics import GatewayMetrics
 from tessera.gateway.openai_format import (
@@ -161,25 +161,16 @@ class Serving:
                 job_id=job_id, model=req.model, kind="chat", messages=messages, params=params
             )
 
+        if not req.stream:
+            provider_id, choices, usage = await self._complete(make_job, ctx, "messages")
+            body = chat_completion(ctx.request_id, req.model, choices, usage, top_n)
+            return Served(provider_id, body=body)
         stream, first = await self._start(make_job, ctx, "messages")
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
-        if req.stream:
-            chunks = ChatChunks(ctx.request_id, req.model, include_usage, top_n)
-            head = [chunks.role()]
-            return Served(
-                stream.provider_id,
-                stream=self._relay(
-                    stream,
-                    first,
-                    ctx,
-                    head,
-                    chunks.content,
-                    chunks.usage if include_usage else None,
-                ),
-            )
-        choices, usage = await self._collect(stream, first, ctx)
-        body = chat_completion(ctx.request_id, req.model, choices, usage, top_n)
-        return Served(stream.provider_id, body=body)
+        chunks = ChatChunks(ctx.request_id, req.model, include_usage, top_n)
+        usage_chunk = chunks.usage if include_usage else None
+        relay = self._relay(stream, first, ctx, [chunks.role()], chunks.content, usage_chunk)
+        return Served(stream.provider_id, stream=relay)
 
     async def completions(self, req: CompletionRequest, ctx: RequestContext) -> Served:
         offer = self.offer_for(req.model, "text")
@@ -192,19 +183,16 @@ class Serving:
                 job_id=job_id, model=req.model, kind="completion", prompts=prompts, params=params
             )
 
+        if not req.stream:
+            provider_id, choices, usage = await self._complete(make_job, ctx, "prompt")
+            body = text_completion(ctx.request_id, req.model, choices, usage, top_n)
+            return Served(provider_id, body=body)
         stream, first = await self._start(make_job, ctx, "prompt")
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
-        if req.stream:
-            chunks = CompletionChunks(ctx.request_id, req.model, include_usage, top_n)
-            return Served(
-                stream.provider_id,
-                stream=self._relay(
-                    stream, first, ctx, [], chunks.content, chunks.usage if include_usage else None
-                ),
-            )
-        choices, usage = await self._collect(stream, first, ctx)
-        body = text_completion(ctx.request_id, req.model, choices, usage, top_n)
-        return Served(stream.provider_id, body=body)
+        chunks = CompletionChunks(ctx.request_id, req.model, include_usage, top_n)
+        usage_chunk = chunks.usage if include_usage else None
+        relay = self._relay(stream, first, ctx, [], chunks.content, usage_chunk)
+        return Served(stream.provider_id, stream=relay)
 
     async def embeddings(self, req: EmbeddingRequest, ctx: RequestContext) -> Served:
         offer = self.offer_for(req.model, "embedding")
@@ -248,19 +236,52 @@ class Serving:
     # ------------------------------------------------------------ plumbing
 
     async def _start(
-        self, make_job: Callable[[str], Job], ctx: RequestContext, param: str
+        self,
+        make_job: Callable[[str], Job],
+        ctx: RequestContext,
+        param: str,
+        attempts: Attempts | None = None,
     ) -> tuple[JobStream, JobEvent]:
+        attempts = attempts or self.dispatcher.attempts(ctx.request_id)
         try:
-            stream, first = await self.dispatcher.start(make_job, ctx.request_id, param)
+            stream, first = await self.dispatcher.start(make_job, attempts, param)
         except TesseraError as exc:
             self.record(ctx, "error", None, exc.code, None)
             raise
-        ctx.ttft_ms = (time.perf_counter() - ctx.started) * 1000
-        self.metrics.ttft.labels(endpoint=ctx.endpoint).observe(ctx.ttft_ms / 1000)
+        if ctx.ttft_ms is None:
+            ctx.ttft_ms = (time.perf_counter() - ctx.started) * 1000
+            self.metrics.ttft.labels(endpoint=ctx.endpoint).observe(ctx.ttft_ms / 1000)
         return stream, first
 
+    async def _complete(
+        self, make_job: Callable[[str], Job], ctx: RequestContext, param: str
+    ) -> tuple[str, dict[int, ChoiceText], Usage]:
+        """A whole answer. A provider that vanishes mid-answer is replaced: the client has
+        seen nothing yet, so starting over elsewhere is invisible to it."""
+        attempts = self.dispatcher.attempts(ctx.request_id)
+        while True:
+            stream, first = await self._start(make_job, ctx, param, attempts)
+            try:
+                choices, usage = await self._collect(stream, first)
+            except _ProviderVanished as exc:
+                attempts.failed(stream.provider_id, exc.reason)
+                self.dispatcher.metrics.retries.inc()
+                if attempts.exhausted:
+                    error = attempts.give_up()
+                    self.record(ctx, "error", stream.provider_id, error.code, None)
+                    raise error from None
+                continue
+            except TesseraError as exc:
+                self.record(ctx, "error", stream.provider_id, exc.code, None)
+                raise
+            except BaseException:
+                self.record(ctx, "cancelled", stream.provider_id, "client_disconnected", None)
+                raise
+            self.record(ctx, "ok", stream.provider_id, None, usage)
+            return stream.provider_id, choices, usage
+
     async def _collect(
-        self, stream: JobStream, first: JobEvent, ctx: RequestContext
+        self, stream: JobStream, first: JobEvent
     ) -> tuple[dict[int, ChoiceText], Usage]:
         choices: dict[int, ChoiceText] = {}
         event = first
@@ -270,17 +291,12 @@ class Serving:
                     choices.setdefault(event.index, ChoiceText()).add(event)
                 elif isinstance(event, Done):
                     choices.setdefault(0, ChoiceText())
-                    self.record(ctx, "ok", stream.provider_id, None, event.usage)
                     return choices, event.usage
+                elif isinstance(event, ProviderGone):
+                    raise _ProviderVanished(event.reason)
                 else:
                     raise _failure(event)
                 event = await stream.next_event(self.settings.first_token_timeout_s)
-        except TesseraError as exc:
-            self.record(ctx, "error", stream.provider_id, exc.code, None)
-            raise
-        except BaseException:
-            self.record(ctx, "cancelled", stream.provider_id, "client_disconnected", None)
-            raise
         finally:
             await stream.close()
 
@@ -324,6 +340,14 @@ class Serving:
         finally:
             await stream.close()
             self.record(ctx, status, stream.provider_id, error_code, usage)
+
+
+class _ProviderVanished(Exception):
+    """The provider's connection ended mid-answer (internal: triggers a retry)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
 
 
 def _failure(event: JobEvent) -> TesseraError:
