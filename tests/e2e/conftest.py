@@ -101,5 +101,6 @@ def live_network(
 
 
 @pytest.fixture
-def client(live_network: LiveNetwork) -> OpenAI:
-    return live_network.client(timeout=120)
+def client(live_network: LiveNetwork) -> Iterator[OpenAI]:
+    with live_network.client(timeout=120) as openai_client:
+        yield openai_client

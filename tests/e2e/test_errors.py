@@ -15,8 +15,10 @@ MSG = [{"role": "user", "content": "hi"}]
 
 
 def test_missing_and_wrong_api_key_are_401(live_network: LiveNetwork) -> None:
-    wrong = OpenAI(base_url=f"{live_network.base}/v1", api_key="tsk_wrong", max_retries=0)
-    with pytest.raises(openai.AuthenticationError) as info:
+    with (
+        OpenAI(base_url=f"{live_network.base}/v1", api_key="tsk_wrong", max_retries=0) as wrong,
+        pytest.raises(openai.AuthenticationError) as info,
+    ):
         wrong.chat.completions.create(model=TEXT_MODEL, messages=MSG)
     assert info.value.code == "invalid_api_key"
     response = httpx.post(

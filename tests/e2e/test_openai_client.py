@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import struct
 
+import httpx
 import pytest
 from openai import OpenAI
 
@@ -189,15 +190,17 @@ def test_embeddings_float_base64_lists_and_tokens(
 def test_langchain_chat_openai_invoke_and_stream(live_network: LiveNetwork) -> None:
     from langchain_openai import ChatOpenAI
 
-    llm = ChatOpenAI(
-        model=TEXT_MODEL,
-        base_url=f"{live_network.base}/v1",
-        api_key=live_network.api_key,
-        max_tokens=8,
-        temperature=0,
-        max_retries=0,
-    )
-    answer = llm.invoke("Tell me a story about a fox.")
-    assert answer.content
-    streamed = "".join(str(part.content) for part in llm.stream("Tell me a story about a fox."))
+    with httpx.Client(timeout=60) as http_client:
+        llm = ChatOpenAI(
+            model=TEXT_MODEL,
+            base_url=f"{live_network.base}/v1",
+            api_key=live_network.api_key,
+            max_tokens=8,
+            temperature=0,
+            max_retries=0,
+            http_client=http_client,
+        )
+        answer = llm.invoke("Tell me a story about a fox.")
+        assert answer.content
+        streamed = "".join(str(part.content) for part in llm.stream("Tell me a story about a fox."))
     assert streamed == answer.content

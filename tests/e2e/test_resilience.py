@@ -10,6 +10,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from openai import OpenAI
 
 from tessera.demo import wait_for_network
 from tessera.provider.model_hash import weights_sha256
@@ -45,14 +46,17 @@ def test_providers_reconnect_after_gateway_is_killed(network: LiveNetwork) -> No
     )
     wait_for_network(network.base, 2, network.network, timeout_s=90)
     # The key was stored (hashed) in the gateway's database and still works.
-    reply = network.client(timeout=60).chat.completions.create(
-        model=TEXT_MODEL, messages=MSG, max_tokens=4
-    )
+    with network.client(timeout=60) as client:
+        reply = client.chat.completions.create(model=TEXT_MODEL, messages=MSG, max_tokens=4)
     assert reply.choices[0].message.content is not None
 
 
 def test_killed_provider_is_dropped_and_requests_keep_succeeding(network: LiveNetwork) -> None:
-    client = network.client(timeout=60)
+    with network.client(timeout=60) as client:
+        _killed_provider_scenario(network, client)
+
+
+def _killed_provider_scenario(network: LiveNetwork, client: OpenAI) -> None:
 
     def ask(_: int) -> str:
         raw = client.chat.completions.with_raw_response.create(
@@ -93,32 +97,36 @@ def test_upstream_provider_serves_and_abandoned_stream_is_cancelled_upstream(
             ],
         )  # fmt: skip
         wait_for_network(network.base, 3, network.network, timeout_s=90)
-        client = network.client(timeout=60)
-        direct = client.chat.completions.create(
-            model=TEXT_MODEL, messages=MSG, max_tokens=16, temperature=0
-        )
-        via_upstream = client.chat.completions.create(
-            model="tessera-tiny-upstream", messages=MSG, max_tokens=16, temperature=0
-        )
-        # Same weights behind both paths: the same greedy answer.
-        assert via_upstream.choices[0].message.content == direct.choices[0].message.content
-        assert via_upstream.usage.completion_tokens == direct.usage.completion_tokens
+        with network.client(timeout=60) as client:
+            _compare_and_abandon(client, up.base_url)
 
-        stream = client.chat.completions.create(
-            model="tessera-tiny-upstream",
-            messages=MSG,
-            max_tokens=800,
-            temperature=2.0,
-            seed=1,
-            stream=True,
-        )
-        for i, _ in enumerate(stream):
-            if i == 3:
-                break
-        stream.close()
-        status = httpx.get(f"{up.base_url.removesuffix('/v1')}/debug/streams").json()
-        deadline = time.monotonic() + 20
-        while status["abandoned"] < 1:
-            assert time.monotonic() < deadline, f"upstream stream never cancelled: {status}"
-            time.sleep(0.2)
-            status = httpx.get(f"{up.base_url.removesuffix('/v1')}/debug/streams").json()
+
+def _compare_and_abandon(client: OpenAI, upstream_url: str) -> None:
+    direct = client.chat.completions.create(
+        model=TEXT_MODEL, messages=MSG, max_tokens=16, temperature=0
+    )
+    via_upstream = client.chat.completions.create(
+        model="tessera-tiny-upstream", messages=MSG, max_tokens=16, temperature=0
+    )
+    # Same weights behind both paths: the same greedy answer.
+    assert via_upstream.choices[0].message.content == direct.choices[0].message.content
+    assert via_upstream.usage.completion_tokens == direct.usage.completion_tokens
+
+    stream = client.chat.completions.create(
+        model="tessera-tiny-upstream",
+        messages=MSG,
+        max_tokens=800,
+        temperature=2.0,
+        seed=1,
+        stream=True,
+    )
+    for i, _ in enumerate(stream):
+        if i == 3:
+            break
+    stream.close()
+    status = httpx.get(f"{upstream_url.removesuffix('/v1')}/debug/streams").json()
+    deadline = time.monotonic() + 20
+    while status["abandoned"] < 1:
+        assert time.monotonic() < deadline, f"upstream stream never cancelled: {status}"
+        time.sleep(0.2)
+        status = httpx.get(f"{upstream_url.removesuffix('/v1')}/debug/streams").json()
