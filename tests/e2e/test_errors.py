@@ -7,7 +7,7 @@ import openai
 import pytest
 from openai import OpenAI
 
-from conftest import EMBED_MODEL, TEXT_MODEL, LiveNetwork
+from support.live_network import EMBED_MODEL, TEXT_MODEL, LiveNetwork
 
 pytestmark = pytest.mark.e2e
 

@@ -9,7 +9,7 @@ import httpx
 import pytest
 from openai import OpenAI
 
-from conftest import EMBED_MODEL, TEXT_MODEL, LiveNetwork
+from support.live_network import EMBED_MODEL, TEXT_MODEL, LiveNetwork
 
 pytestmark = pytest.mark.e2e
 

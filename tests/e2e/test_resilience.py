@@ -15,7 +15,7 @@ from openai import OpenAI
 from tessera.demo import wait_for_network
 from tessera.provider.model_hash import weights_sha256
 
-from conftest import TEXT_MODEL, LiveNetwork, start_network
+from support.live_network import TEXT_MODEL, LiveNetwork, start_network
 from support.upstream_process import running_upstream
 
 pytestmark = pytest.mark.e2e

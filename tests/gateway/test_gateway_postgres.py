@@ -10,8 +10,8 @@ from sqlalchemy import text
 
 from tessera.store.engine import create_engine
 
-from conftest import Peer, answer, chat_body, live_gateway
 from support.databases import fresh_postgres_database
+from support.scripted_peers import Peer, answer, chat_body, live_gateway
 
 pytestmark = [pytest.mark.integration, pytest.mark.postgres]
 

@@ -8,7 +8,7 @@ import json
 import httpx
 import pytest
 
-from conftest import LiveGateway, Peer, answer, chat_body, wait_providers
+from support.scripted_peers import LiveGateway, Peer, answer, chat_body, wait_providers
 
 pytestmark = pytest.mark.integration
 

@@ -11,7 +11,7 @@ from websockets.exceptions import ConnectionClosed
 
 from tessera.protocol.signing import public_key_hex
 
-from conftest import LiveGateway, Peer, wait_providers
+from support.scripted_peers import LiveGateway, Peer, wait_providers
 
 pytestmark = pytest.mark.integration
 

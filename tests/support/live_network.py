@@ -1,0 +1,87 @@
+"""A real network for end-to-end tests: gateway and provider processes on free ports.
+
+Everything here is what a user runs: the `tessera` CLI in subprocesses, real models, real
+sockets on 127.0.0.1, and the official `openai` client.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from openai import OpenAI
+
+from tessera.demo import Network, free_port, wait_for_network
+
+TEXT_MODEL = "tessera-tiny"
+EMBED_MODEL = "all-MiniLM-L6-v2"
+
+
+@dataclass
+class LiveNetwork:
+    base: str
+    api_key: str
+    network: Network
+    data_dir: Path
+    port: int
+
+    def client(self, **kw: object) -> OpenAI:
+        return OpenAI(base_url=f"{self.base}/v1", api_key=self.api_key, max_retries=0, **kw)  # type: ignore[arg-type]
+
+
+def create_key(data_dir: Path) -> str:
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "tessera.cli",
+            "keys",
+            "create",
+            "--json",
+            "--data-dir",
+            str(data_dir),
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    return str(json.loads(out.stdout)["key"])
+
+
+def start_provider(network: Network, base: str, model_dir: Path, index: int, region: str) -> None:
+    network.spawn(
+        f"provider-{index}",
+        [
+            "provider",
+            "--gateway", base,
+            "--model", str(model_dir),
+            "--model", "minilm",
+            "--region", region,
+            "--label", f"e2e-{index}",
+            "--price-in", str(100 * index),
+            "--price-out", str(300 * index),
+            "--key-file", str(network.data_dir / f"provider-{index}.key"),
+            "--threads", "1",
+            "--max-concurrent-jobs", "2",
+        ],
+    )  # fmt: skip
+
+
+def start_network(data_dir: Path, model_dir: Path, providers: int = 2) -> LiveNetwork:
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    network = Network(data_dir)
+    network.spawn("gateway", ["gateway", "--port", str(port), "--data-dir", str(data_dir)])
+    try:
+        api_key = create_key(data_dir)
+        for i in range(providers):
+            start_provider(network, base, model_dir, i + 1, ["US-east", "DE-eu"][i % 2])
+        wait_for_network(base, providers, network, timeout_s=240)
+    except BaseException:
+        network.stop()
+        raise
+    return LiveNetwork(base, api_key, network, data_dir, port)
