@@ -10,7 +10,7 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -33,7 +33,12 @@ from tessera.gateway.hub import ProviderHub
 from tessera.gateway.metrics import CONTENT_TYPE_LATEST, GatewayMetrics
 from tessera.gateway.serving import RequestContext, Served, Serving
 from tessera.market.registry import ProviderRegistry
-from tessera.protocol.openai_api import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
+from tessera.protocol.openai_api import (
+    ChatCompletionRequest,
+    CompletionRequest,
+    EmbeddingRequest,
+    OpenAIRequest,
+)
 from tessera.protocol.wire import Capabilities, Usage
 from tessera.store.api_keys import ApiKeyStore, hash_api_key
 from tessera.store.engine import create_engine, database_url_for
@@ -309,33 +314,34 @@ def _install_routes(app: FastAPI, metrics: GatewayMetrics, registry: ProviderReg
             ],
         }
 
+    async def serve(
+        request: Request,
+        endpoint: str,
+        body_type: type[OpenAIRequest],
+        work: Callable[[Serving], Callable[[Any, RequestContext], Awaitable[Served]]],
+    ) -> Response:
+        """Authenticate, parse, run the work (cancelled if the client leaves), map."""
+        ctx = await context(request, endpoint)
+        body = await parse_body(request, body_type)
+        ctx.model = body.model
+        served = await until_disconnect(request, work(gateway_of(request).serving)(body, ctx))
+        return _respond(request, served, metrics)
+
     @app.post(
         "/v1/chat/completions",
         openapi_extra=_body_schema(ChatCompletionRequest),
         response_model=None,
     )
     async def chat_completions(request: Request) -> Response:
-        ctx = await context(request, "chat.completions")
-        body = await parse_body(request, ChatCompletionRequest)
-        ctx.model = body.model
-        served = await until_disconnect(request, gateway_of(request).serving.chat(body, ctx))
-        return _respond(request, served, metrics)
+        return await serve(request, "chat.completions", ChatCompletionRequest, lambda s: s.chat)
 
     @app.post("/v1/completions", openapi_extra=_body_schema(CompletionRequest), response_model=None)
     async def completions(request: Request) -> Response:
-        ctx = await context(request, "completions")
-        body = await parse_body(request, CompletionRequest)
-        ctx.model = body.model
-        served = await until_disconnect(request, gateway_of(request).serving.completions(body, ctx))
-        return _respond(request, served, metrics)
+        return await serve(request, "completions", CompletionRequest, lambda s: s.completions)
 
     @app.post("/v1/embeddings", openapi_extra=_body_schema(EmbeddingRequest), response_model=None)
     async def embeddings(request: Request) -> Response:
-        ctx = await context(request, "embeddings")
-        body = await parse_body(request, EmbeddingRequest)
-        ctx.model = body.model
-        served = await until_disconnect(request, gateway_of(request).serving.embeddings(body, ctx))
-        return _respond(request, served, metrics)
+        return await serve(request, "embeddings", EmbeddingRequest, lambda s: s.embeddings)
 
     @app.websocket("/v1/providers/connect")
     async def provider_socket(websocket: WebSocket) -> None:

@@ -128,11 +128,14 @@ def text_completion(
     }
 
 
-class ChatChunks:
-    """Stream chunks for one chat completion, in the order OpenAI sends them."""
+class _StreamChunks:
+    """Shared envelope of one stream's chunks; subclasses fill the choices."""
+
+    object_name = ""
+    id_prefix = ""
 
     def __init__(self, request_id: str, model: str, include_usage: bool, top_n: int | None):
-        self.id = f"chatcmpl-{request_id}"
+        self.id = f"{self.id_prefix}-{request_id}"
         self.model = model
         self.created = int(time.time())
         self.include_usage = include_usage
@@ -141,88 +144,65 @@ class ChatChunks:
     def _chunk(self, choices: list[dict[str, Any]]) -> dict[str, Any]:
         body: dict[str, Any] = {
             "id": self.id,
-            "object": "chat.completion.chunk",
+            "object": self.object_name,
             "created": self.created,
             "model": self.model,
             "system_fingerprint": None,
             "choices": choices,
         }
         if self.include_usage:
+            # OpenAI sends usage: null on every chunk but the last when usage was asked for.
             body["usage"] = None
         return body
 
+    def usage(self, usage: Usage) -> dict[str, Any]:
+        body = self._chunk([])
+        body["usage"] = usage_body(usage)
+        return body
+
+
+class ChatChunks(_StreamChunks):
+    """Stream chunks for one chat completion, in the order OpenAI sends them."""
+
+    object_name = "chat.completion.chunk"
+    id_prefix = "chatcmpl"
+
     def role(self) -> dict[str, Any]:
+        opening = {"role": "assistant", "content": ""}
         return self._chunk(
-            [
-                {
-                    "index": 0,
-                    "delta": {"role": "assistant", "content": ""},
-                    "logprobs": None,
-                    "finish_reason": None,
-                }
-            ]
+            [{"index": 0, "delta": opening, "logprobs": None, "finish_reason": None}]
         )
 
     def content(self, chunk: Chunk) -> dict[str, Any]:
         delta: dict[str, Any] = {"content": chunk.text} if chunk.text else {}
         logprobs = chat_logprobs(chunk.logprobs, self.top_n) if self.top_n is not None else None
-        return self._chunk(
-            [
-                {
-                    "index": chunk.index,
-                    "delta": delta,
-                    "logprobs": logprobs,
-                    "finish_reason": chunk.finish_reason,
-                }
-            ]
-        )
-
-    def usage(self, usage: Usage) -> dict[str, Any]:
-        body = self._chunk([])
-        body["usage"] = usage_body(usage)
-        return body
-
-
-class CompletionChunks:
-    def __init__(self, request_id: str, model: str, include_usage: bool, top_n: int | None):
-        self.id = f"cmpl-{request_id}"
-        self.model = model
-        self.created = int(time.time())
-        self.include_usage = include_usage
-        self.top_n = top_n
-        self._offsets: dict[int, int] = {}
-
-    def _chunk(self, choices: list[dict[str, Any]]) -> dict[str, Any]:
-        body: dict[str, Any] = {
-            "id": self.id,
-            "object": "text_completion",
-            "created": self.created,
-            "model": self.model,
-            "system_fingerprint": None,
-            "choices": choices,
+        choice = {
+            "index": chunk.index,
+            "delta": delta,
+            "logprobs": logprobs,
+            "finish_reason": chunk.finish_reason,
         }
-        if self.include_usage:
-            body["usage"] = None
-        return body
+        return self._chunk([choice])
+
+
+class CompletionChunks(_StreamChunks):
+    object_name = "text_completion"
+    id_prefix = "cmpl"
+
+    def __init__(self, request_id: str, model: str, include_usage: bool, top_n: int | None):
+        super().__init__(request_id, model, include_usage, top_n)
+        self._offsets: dict[int, int] = {}
 
     def content(self, chunk: Chunk) -> dict[str, Any]:
         logprobs = None
+        start = self._offsets.get(chunk.index, 0)
         if self.top_n is not None:
-            start = self._offsets.get(chunk.index, 0)
             logprobs = completion_logprobs(chunk.logprobs, self.top_n, start)
-        self._offsets[chunk.index] = self._offsets.get(chunk.index, 0) + len(chunk.text)
-        return self._chunk(
-            [
-                {
-                    "index": chunk.index,
-                    "text": chunk.text,
-                    "logprobs": logprobs,
-                    "finish_reason": chunk.finish_reason,
-                }
-            ]
-        )
-
-    def usage(self, usage: Usage) -> dict[str, Any]:
-        body = self._chunk([])
-        body["usage"] = usage_body(usage)
-        return body
+        self._offsets[chunk.index] = start + len(chunk.text)
+        choice = {
+            "index": chunk.index,
+            "text": chunk.text,
+            "logprobs": logprobs,
+            "finish_reason": chunk.finish_reason,
+        }
+        return self._chunk([choice])
