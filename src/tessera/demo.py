@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import json
 import math
 import os
@@ -35,6 +36,13 @@ REGIONS = [
     ("BR-sa", "sao-paulo", 120_000_000, 450_000_000),
     ("IN-apac", "mumbai", 100_000_000, 400_000_000),
 ]
+
+
+def _die_with_parent() -> None:
+    """In the child: get SIGTERM when the parent dies, so a killed demo leaves no orphans."""
+    if sys.platform.startswith("linux"):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
 def free_port() -> int:
@@ -72,6 +80,7 @@ class Network:
                 stdin=subprocess.DEVNULL,
                 env=env,
                 start_new_session=True,
+                preexec_fn=_die_with_parent,
             )
         self.processes.append((name, proc))
         return proc
