@@ -21,7 +21,8 @@ $(STAMP): pyproject.toml
 
 tiny-model: $(TINY_STAMP)
 
-$(TINY_STAMP): $(STAMP) $(wildcard src/tessera/models/*.py src/tessera/models/corpus/*.txt)
+# Order-only on the venv: reinstalling packages must not retrain the model.
+$(TINY_STAMP): $(wildcard src/tessera/models/*.py src/tessera/models/corpus/*.txt) | $(STAMP)
 	$(BIN)/tessera models make-tiny $(TINY_MODEL)
 
 demo: $(TINY_STAMP)
