@@ -45,6 +45,10 @@ def _die_with_parent() -> None:
         libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -225,6 +229,8 @@ def run_demo(port: int, providers: int, data_dir: Path, model_dir: Path, once: b
         console.print(f"no tiny model at {model_dir}: training one now (a few minutes)")
         make_tiny(model_dir, show_progress=True)
     data_dir.mkdir(parents=True, exist_ok=True)
+    # SIGTERM (kill, a supervisor) stops the network as cleanly as Ctrl-C does.
+    signal.signal(signal.SIGTERM, _interrupt)
     if port and not port_is_free(port):
         console.print(f"[yellow]port {port} is taken[/]: using a free one (or pass --port)")
         port = 0
@@ -268,18 +274,26 @@ def run_demo(port: int, providers: int, data_dir: Path, model_dir: Path, once: b
             return 1 if failed else 0
         console.print(
             Panel(
-                f"gateway  {base}/v1\napi key  {api_key}\n\n"
-                f"curl {base}/v1/chat/completions \\\n"
-                f"  -H 'Authorization: Bearer {api_key}' -H 'Content-Type: application/json' \\\n"
-                '  -d \'{"model": "tessera-tiny", "messages": [{"role": "user", '
-                '"content": "Tell me a story."}]}\'\n\n'
-                "from openai import OpenAI\n"
-                f'client = OpenAI(base_url="{base}/v1", api_key="{api_key}")\n'
-                'print(client.chat.completions.create(model="tessera-tiny", messages=['
-                '{"role": "user", "content": "Hello"}]).choices[0].message.content)\n\n'
+                f"gateway  {base}/v1\napi key  {api_key}\n"
                 f"state and logs in {data_dir}; Ctrl-C stops the network",
                 title="the network is up",
             )
+        )
+        # Plain prints, not rich: snippets must survive copy and paste unwrapped.
+        print(
+            f"\ncurl {base}/v1/chat/completions \\\n"
+            f"  -H 'Authorization: Bearer {api_key}' \\\n"
+            "  -H 'Content-Type: application/json' \\\n"
+            '  -d \'{"model": "tessera-tiny", "messages": '
+            '[{"role": "user", "content": "Tell me a story."}]}\'\n'
+        )
+        print(
+            "from openai import OpenAI\n"
+            f'client = OpenAI(base_url="{base}/v1", api_key="{api_key}")\n'
+            'reply = client.chat.completions.create(model="tessera-tiny", '
+            'messages=[{"role": "user", "content": "Hello"}])\n'
+            "print(reply.choices[0].message.content)\n",
+            flush=True,
         )
         while not network.dead():
             time.sleep(1)
