@@ -9,6 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
+import openai
 import pytest
 from openai import OpenAI
 
@@ -76,6 +77,16 @@ def _killed_provider_scenario(network: LiveNetwork, client: OpenAI) -> None:
         time.sleep(0.2)
     survivors = {ask(i) for i in range(3)}
     assert len(survivors) == 1
+
+    # With every provider of the model gone, the model is known but unservable: 503.
+    process(network, "provider-2").send_signal(signal.SIGKILL)
+    while httpx.get(f"{network.base}/health").json()["providers"] != 0:
+        assert time.monotonic() < deadline + 30, "killed providers still listed"
+        time.sleep(0.2)
+    with pytest.raises(openai.InternalServerError) as info:
+        ask(0)
+    assert info.value.status_code == 503
+    assert info.value.code == "no_provider_available"
 
 
 def test_upstream_provider_serves_and_abandoned_stream_is_cancelled_upstream(
