@@ -1,0 +1,82 @@
+"""Ledger accounts: who holds value, named so a journal line reads on its own.
+
+Every account but ``mint`` is an asset someone holds and can never go below zero. ``mint``
+is where tokens come from: its balance is minus everything ever minted, so the balances of
+all accounts always sum to zero, and the others sum to what was minted.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+TOKEN = 10**9  # base units in one token; every amount is an int of base units
+
+
+class AccountKind(StrEnum):
+    BALANCE = "balance"  # a consumer's (or provider's) spendable tokens
+    HOLD = "hold"  # tokens held in escrow for a consumer's running requests
+    EARNINGS = "earnings"  # a provider's earnings, withdrawable
+    STAKE = "stake"  # a provider's bonded stake
+    UNBONDING = "unbonding"  # stake on its way out, still slashable
+    MINT = "mint"
+    FEES = "fees"
+    VERIFICATION_POOL = "verification_pool"
+    INSURANCE_POOL = "insurance_pool"
+
+
+SYSTEM_KINDS = frozenset(
+    {AccountKind.MINT, AccountKind.FEES, AccountKind.VERIFICATION_POOL, AccountKind.INSURANCE_POOL}
+)
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class Account:
+    kind: AccountKind
+    owner: str = ""
+
+    def __post_init__(self) -> None:
+        if (self.kind in SYSTEM_KINDS) != (self.owner == ""):
+            raise ValueError(
+                f"account {self.kind} {'takes no' if self.owner else 'needs an'} owner"
+            )
+        if ":" in self.owner:
+            raise ValueError("an account owner may not contain ':'")
+
+    def __str__(self) -> str:
+        return f"{self.kind}:{self.owner}" if self.owner else str(self.kind)
+
+    @classmethod
+    def parse(cls, text: str) -> Account:
+        kind, _, owner = text.partition(":")
+        return cls(AccountKind(kind), owner)
+
+    @property
+    def may_go_negative(self) -> bool:
+        return self.kind is AccountKind.MINT
+
+
+MINT = Account(AccountKind.MINT)
+FEES = Account(AccountKind.FEES)
+VERIFICATION_POOL = Account(AccountKind.VERIFICATION_POOL)
+INSURANCE_POOL = Account(AccountKind.INSURANCE_POOL)
+
+
+def balance_of(owner: str) -> Account:
+    return Account(AccountKind.BALANCE, owner)
+
+
+def hold_of(owner: str) -> Account:
+    return Account(AccountKind.HOLD, owner)
+
+
+def earnings_of(provider: str) -> Account:
+    return Account(AccountKind.EARNINGS, provider)
+
+
+def stake_of(provider: str) -> Account:
+    return Account(AccountKind.STAKE, provider)
+
+
+def unbonding_of(provider: str) -> Account:
+    return Account(AccountKind.UNBONDING, provider)

@@ -1,0 +1,112 @@
+"""Escrow: hold the worst case before work starts, capture the real cost, release the rest.
+
+Every request moves through at most one hold and exactly one settlement (capture or
+release), each a single balanced entry keyed by the request id, so a retried settlement is
+refused rather than charged twice. Open holds are derived from the journal, so a gateway
+that crashed can find and settle them on restart.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from tessera.ledger.accounts import (
+    FEES,
+    VERIFICATION_POOL,
+    balance_of,
+    earnings_of,
+    hold_of,
+)
+from tessera.ledger.journal import Entry, Ledger, LedgerError
+from tessera.ledger.pricing import split_fee
+
+HOLD = "hold"
+CAPTURE = "capture"
+RELEASE = "release"
+
+
+@dataclass(frozen=True, slots=True)
+class OpenHold:
+    request_id: str
+    consumer: str
+    amount: int
+    at: float
+
+
+@dataclass(frozen=True, slots=True)
+class FeePolicy:
+    fee_bps: int = 500  # the protocol fee: 5 %
+    verification_share_bps: int = 5_000  # half the fee funds the verification pool
+
+
+class Escrow:
+    def __init__(self, ledger: Ledger, fees: FeePolicy | None = None) -> None:
+        self.ledger = ledger
+        self.fees = fees or FeePolicy()
+        self._open: dict[str, OpenHold] = {}
+        for entry in ledger.entries:
+            self._track(entry)
+
+    def _track(self, entry: Entry) -> None:
+        if entry.kind == HOLD:
+            consumer = entry.memo_dict()["consumer"]
+            amount = next(p.amount for p in entry.postings if p.amount > 0)
+            self._open[entry.reference] = OpenHold(entry.reference, consumer, amount, entry.at)
+        elif entry.kind in (CAPTURE, RELEASE):
+            self._open.pop(entry.reference, None)
+
+    def open_holds(self) -> list[OpenHold]:
+        return sorted(self._open.values(), key=lambda h: (h.at, h.request_id))
+
+    def hold(self, consumer: str, request_id: str, amount: int, at: float) -> Entry:
+        """Move ``amount`` from the consumer's balance into escrow; InsufficientFunds if short."""
+        if amount <= 0:
+            raise LedgerError("a hold must be positive")
+        entry = self.ledger.post(
+            HOLD,
+            request_id,
+            {balance_of(consumer): -amount, hold_of(consumer): amount},
+            at,
+            unique=True,
+            memo={"consumer": consumer},
+        )
+        self._track(entry)
+        return entry
+
+    def capture(self, request_id: str, cost: int, provider: str, at: float) -> Entry:
+        """Charge ``cost`` (at most the hold) and give back the rest, in one entry."""
+        held = self._open.get(request_id)
+        if held is None:
+            raise LedgerError(f"no open hold for {request_id}")
+        if not 0 <= cost <= held.amount:
+            raise LedgerError(f"cost {cost} is outside the hold of {held.amount}")
+        to_provider, to_fees, to_verification = split_fee(
+            cost, self.fees.fee_bps, self.fees.verification_share_bps
+        )
+        changes = {
+            hold_of(held.consumer): -held.amount,
+            balance_of(held.consumer): held.amount - cost,
+            earnings_of(provider): to_provider,
+            FEES: to_fees,
+            VERIFICATION_POOL: to_verification,
+        }
+        entry = self.ledger.post(
+            CAPTURE, request_id, changes, at, unique=True, memo={"provider": provider}
+        )
+        self._track(entry)
+        return entry
+
+    def release(self, request_id: str, at: float) -> Entry:
+        """Give the whole hold back: the work failed, so nobody pays and nobody earns."""
+        held = self._open.get(request_id)
+        if held is None:
+            raise LedgerError(f"no open hold for {request_id}")
+        entry = self.ledger.post(
+            RELEASE,
+            request_id,
+            {hold_of(held.consumer): -held.amount, balance_of(held.consumer): held.amount},
+            at,
+            unique=True,
+        )
+        self._track(entry)
+        return entry

@@ -1,0 +1,167 @@
+"""The double-entry journal: append-only, balanced, integer entries.
+
+Invariants, checked on every post and recomputable from the entries alone:
+every entry's postings sum to zero; amounts are ints (never floats, never bools);
+no account but ``mint`` is ever negative; all balances sum to zero. Nothing edits or
+deletes an entry: a correction is a new entry.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+from tessera.ledger.accounts import MINT, Account
+
+
+class LedgerError(Exception):
+    """A movement the ledger refuses; the ledger is unchanged."""
+
+
+class UnbalancedEntry(LedgerError):
+    pass
+
+
+class InsufficientFunds(LedgerError):
+    def __init__(self, account: Account, balance: int, change: int) -> None:
+        super().__init__(f"{account} holds {balance}, cannot move {-change}")
+        self.account = account
+        self.balance = balance
+        self.shortfall = -(balance + change)
+
+
+class DuplicateEntry(LedgerError):
+    """An entry of this kind for this reference exists: nothing is done twice."""
+
+
+@dataclass(frozen=True, slots=True)
+class Posting:
+    account: Account
+    amount: int  # positive raises the account's balance, negative lowers it
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    entry_id: int
+    kind: str
+    reference: str
+    postings: tuple[Posting, ...]
+    at: float
+    memo: tuple[tuple[str, str], ...] = ()
+
+    def __post_init__(self) -> None:
+        check_postings(self.postings)
+
+    def memo_dict(self) -> dict[str, str]:
+        return dict(self.memo)
+
+
+def check_postings(postings: Iterable[Posting]) -> None:
+    items = list(postings)
+    if len(items) < 2:
+        raise UnbalancedEntry("an entry needs at least two postings")
+    for p in items:
+        if type(p.amount) is not int:
+            raise UnbalancedEntry(f"amount {p.amount!r} is not an integer of base units")
+        if p.amount == 0:
+            raise UnbalancedEntry(f"zero posting to {p.account}")
+    if sum(p.amount for p in items) != 0:
+        raise UnbalancedEntry("postings do not sum to zero")
+    if len({p.account for p in items}) != len(items):
+        raise UnbalancedEntry("an account appears twice in one entry")
+
+
+class Ledger:
+    """Balances and the journal that explains them."""
+
+    def __init__(self) -> None:
+        self._balances: dict[Account, int] = defaultdict(int)
+        self._entries: list[Entry] = []
+        self._unique: set[tuple[str, str]] = set()
+
+    @property
+    def entries(self) -> tuple[Entry, ...]:
+        return tuple(self._entries)
+
+    def balance(self, account: Account) -> int:
+        return self._balances.get(account, 0)
+
+    def balances(self) -> Mapping[Account, int]:
+        return {a: b for a, b in self._balances.items() if b}
+
+    @property
+    def minted(self) -> int:
+        return -self.balance(MINT)
+
+    def post(
+        self,
+        kind: str,
+        reference: str,
+        changes: Mapping[Account, int],
+        at: float,
+        *,
+        unique: bool = False,
+        memo: Mapping[str, str] | None = None,
+    ) -> Entry:
+        """Apply one balanced entry atomically, or raise and change nothing.
+
+        ``unique`` refuses a second entry of the same kind and reference (a capture or a
+        release happens once per request, whatever retries the caller makes).
+        """
+        key = (kind, reference)
+        if unique and key in self._unique:
+            raise DuplicateEntry(f"{kind} for {reference} was already posted")
+        postings = tuple(Posting(a, amt) for a, amt in sorted(changes.items()) if amt != 0)
+        entry = Entry(
+            entry_id=len(self._entries) + 1,
+            kind=kind,
+            reference=reference,
+            postings=postings,
+            at=at,
+            memo=tuple(sorted((memo or {}).items())),
+        )
+        for p in postings:
+            after = self.balance(p.account) + p.amount
+            if after < 0 and not p.account.may_go_negative:
+                raise InsufficientFunds(p.account, self.balance(p.account), p.amount)
+        self._apply(entry)
+        if unique:
+            self._unique.add(key)
+        return entry
+
+    def replay(self, entry: Entry, unique: bool = False) -> None:
+        """Load a stored entry (on start); it must fit the invariants like a new one."""
+        if entry.entry_id != len(self._entries) + 1:
+            raise LedgerError(f"entry {entry.entry_id} is out of order")
+        for p in entry.postings:
+            if self.balance(p.account) + p.amount < 0 and not p.account.may_go_negative:
+                raise InsufficientFunds(p.account, self.balance(p.account), p.amount)
+        self._apply(entry)
+        if unique:
+            self._unique.add((entry.kind, entry.reference))
+
+    def _apply(self, entry: Entry) -> None:
+        for p in entry.postings:
+            self._balances[p.account] += p.amount
+        self._entries.append(entry)
+
+    def check(self) -> list[str]:
+        """Problems found by rebuilding every balance from the journal; empty when sound."""
+        rebuilt: dict[Account, int] = defaultdict(int)
+        problems = []
+        for entry in self._entries:
+            if sum(p.amount for p in entry.postings) != 0:
+                problems.append(f"entry {entry.entry_id} does not balance")
+            for p in entry.postings:
+                rebuilt[p.account] += p.amount
+        for account in set(rebuilt) | set(self._balances):
+            if rebuilt.get(account, 0) != self._balances.get(account, 0):
+                problems.append(
+                    f"{account}: stored {self._balances.get(account, 0)}, journal {rebuilt.get(account, 0)}"
+                )
+            if rebuilt.get(account, 0) < 0 and not account.may_go_negative:
+                problems.append(f"{account} is negative")
+        if sum(rebuilt.values()) != 0:
+            problems.append("balances do not sum to zero")
+        return problems
