@@ -17,6 +17,7 @@ from tessera.ledger.accounts import (
     balance_of,
     earnings_of,
     hold_of,
+    unbonding_of,
 )
 from tessera.ledger.escrow import Escrow, FeePolicy
 from tessera.ledger.journal import (
@@ -27,6 +28,7 @@ from tessera.ledger.journal import (
     UnbalancedEntry,
 )
 from tessera.ledger.pricing import Price, split_fee
+from tessera.ledger.staking import Staking
 from tessera.ledger.transfers import mint, withdraw_earnings
 
 
@@ -123,8 +125,43 @@ def test_open_holds_are_rebuilt_from_the_journal() -> None:
     assert restarted.balances() == ledger.balances()
 
 
+def test_unbonding_waits_out_the_delay_and_stays_slashable() -> None:
+    ledger = Ledger()
+    staking = Staking(ledger, unbonding_delay_s=100)
+    mint(ledger, "prov", 1000, "m1", at=0)
+    staking.bond("prov", 600, "b1", at=0)
+    staking.unbond("prov", 200, "u1", at=10)
+    assert staking.withdraw("prov", "w1", at=50) is None  # not matured yet
+    outcome = staking.slash("prov", 700, "cheating", "audit-7", [("alice", 50)], "s1", at=60)
+    # 400 bonded go first, then 200 of the unbonding tranche; alice is repaid first.
+    assert outcome.taken == 600
+    assert outcome.to_consumers == (("alice", 50),)
+    assert outcome.to_insurance == 550
+    assert staking.bonded("prov") == 0 and staking.tranches("prov") == []
+    assert staking.withdraw("prov", "w2", at=200) is None
+    assert ledger.balance(balance_of("prov")) == 400
+    assert ledger.check() == []
+
+
+def test_matured_tranches_are_withdrawn_and_state_rebuilds() -> None:
+    ledger = Ledger()
+    staking = Staking(ledger, unbonding_delay_s=5)
+    mint(ledger, "prov", 100, "m1", at=0)
+    staking.bond("prov", 100, "b1", at=0)
+    staking.unbond("prov", 30, "u1", at=1)
+    staking.unbond("prov", 20, "u2", at=4)
+    staking.slash("prov", 60, "downtime", "epoch-3", [], "s1", at=5)  # 50 bonded + 10 of u2
+    entry = staking.withdraw("prov", "w1", at=7)
+    assert entry is not None
+    assert ledger.balance(balance_of("prov")) == 30
+    rebuilt = Staking(ledger, unbonding_delay_s=5)
+    assert [(t.reference, t.amount) for t in rebuilt.tranches("prov")] == [("u2", 10)]
+    with pytest.raises(LedgerError):
+        staking.slash("nobody", 1, "x", "y", [], "s2", at=8)
+
+
 CONSUMERS = ["alice", "bob", "carol"]
-PROVIDERS = ["p1", "p2"]
+PROVIDERS = ["p1", "p2"]  # providers are funded or earn, then bond from their balance
 
 
 class LedgerHistory(RuleBasedStateMachine):
@@ -134,6 +171,7 @@ class LedgerHistory(RuleBasedStateMachine):
         super().__init__()
         self.ledger = Ledger()
         self.escrow = Escrow(self.ledger, FeePolicy(fee_bps=500, verification_share_bps=4000))
+        self.staking = Staking(self.ledger, unbonding_delay_s=5)
         self.clock = 0.0
         self.next_id = 0
         self.captured: set[str] = set()
@@ -142,7 +180,7 @@ class LedgerHistory(RuleBasedStateMachine):
         self.clock += 1
         return self.clock
 
-    @rule(owner=st.sampled_from(CONSUMERS), amount=st.integers(1, 10**12))
+    @rule(owner=st.sampled_from(CONSUMERS + PROVIDERS), amount=st.integers(1, 10**12))
     def deposit(self, owner: str, amount: int) -> None:
         self.next_id += 1
         mint(self.ledger, owner, amount, f"dep{self.next_id}", self.tick())
@@ -186,6 +224,62 @@ class LedgerHistory(RuleBasedStateMachine):
         if amount > 0:
             self.next_id += 1
             withdraw_earnings(self.ledger, provider, amount, f"wd{self.next_id}", self.tick())
+
+    @rule(provider=st.sampled_from(PROVIDERS), share=st.floats(0.0, 1.0))
+    def bond(self, provider: str, share: float) -> None:
+        amount = int(self.ledger.balance(balance_of(provider)) * share)
+        if amount > 0:
+            self.next_id += 1
+            self.staking.bond(provider, amount, f"bond{self.next_id}", self.tick())
+
+    @rule(provider=st.sampled_from(PROVIDERS), share=st.floats(0.0, 1.0))
+    def unbond(self, provider: str, share: float) -> None:
+        amount = int(self.staking.bonded(provider) * share)
+        if amount > 0:
+            self.next_id += 1
+            self.staking.unbond(provider, amount, f"unbond{self.next_id}", self.tick())
+
+    @rule(provider=st.sampled_from(PROVIDERS))
+    def withdraw_stake(self, provider: str) -> None:
+        self.next_id += 1
+        now = self.tick()
+        matured = sum(t.amount for t in self.staking.tranches(provider) if t.release_at <= now)
+        before = self.ledger.balance(balance_of(provider))
+        self.staking.withdraw(provider, f"wds{self.next_id}", now)
+        assert self.ledger.balance(balance_of(provider)) == before + matured
+
+    @rule(
+        provider=st.sampled_from(PROVIDERS),
+        amount=st.integers(1, 10**12),
+        victim=st.sampled_from(CONSUMERS),
+        loss=st.integers(0, 10**12),
+    )
+    def slash(self, provider: str, amount: int, victim: str, loss: int) -> None:
+        exposed = self.staking.bonded(provider) + sum(
+            t.amount for t in self.staking.tranches(provider)
+        )
+        self.next_id += 1
+        if exposed == 0:
+            with pytest.raises(LedgerError):
+                self.staking.slash(provider, amount, "r", "e", [(victim, loss)], "x", self.tick())
+            return
+        outcome = self.staking.slash(
+            provider,
+            amount,
+            "cheating",
+            "ev",
+            [(victim, loss)],
+            f"slash{self.next_id}",
+            self.tick(),
+        )
+        assert outcome.taken == min(amount, exposed)
+        assert sum(p for _, p in outcome.to_consumers) == min(loss, outcome.taken)
+
+    @invariant()
+    def unbonding_accounts_equal_tranches(self) -> None:
+        for provider in PROVIDERS:
+            tranches = sum(t.amount for t in self.staking.tranches(provider))
+            assert self.ledger.balance(unbonding_of(provider)) == tranches
 
     @invariant()
     def journal_rebuilds_every_balance(self) -> None:
