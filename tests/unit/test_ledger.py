@@ -300,3 +300,17 @@ class LedgerHistory(RuleBasedStateMachine):
 
 TestLedgerHistory = LedgerHistory.TestCase
 TestLedgerHistory.settings = settings(max_examples=150, stateful_step_count=40, deadline=None)
+
+
+def test_slashing_table_amounts_and_publication() -> None:
+    from tessera.ledger.slashing_table import SlashingTable, SlashRule
+
+    table = SlashingTable()
+    assert table.amount("wrong_model", 1000) == 500
+    assert table.amount("downtime", 50) == 1  # never zero while stake is exposed
+    assert table.amount("downtime", 0) == 0
+    assert table.public()[0]["reason"] == "forged_receipt"
+    with pytest.raises(KeyError):
+        table.amount("being_rude", 10)
+    with pytest.raises(ValueError):
+        SlashRule("x", 0, False, "")

@@ -1,0 +1,63 @@
+"""The slashing table: what triggers a slash and how much it takes, in one published place.
+
+Shares are basis points of the provider's exposed stake (bonded plus unbonding). The
+operator may replace the table; the gateway publishes whichever table is in force.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class SlashRule:
+    reason: str
+    stake_bps: int
+    ban: bool
+    description: str
+
+    def __post_init__(self) -> None:
+        if not 0 < self.stake_bps <= 10_000:
+            raise ValueError(f"{self.reason}: stake_bps must lie in 1..10000")
+
+
+DEFAULT_RULES = (
+    SlashRule("forged_receipt", 10_000, True, "a receipt with a forged or replayed signature"),
+    SlashRule(
+        "wrong_model",
+        5_000,
+        True,
+        "served another model than the one claimed (audit failed 2 of 3)",
+    ),
+    SlashRule(
+        "tampered_output",
+        5_000,
+        True,
+        "output or token counts that the claimed model did not produce",
+    ),
+    SlashRule("downtime", 100, False, "downtime beyond the declared SLA in an epoch"),
+)
+
+
+class SlashingTable:
+    def __init__(self, rules: Iterable[SlashRule] = DEFAULT_RULES) -> None:
+        self._rules = {rule.reason: rule for rule in rules}
+
+    def rule(self, reason: str) -> SlashRule:
+        try:
+            return self._rules[reason]
+        except KeyError:
+            raise KeyError(
+                f"no slashing rule for {reason!r}; known: {sorted(self._rules)}"
+            ) from None
+
+    def amount(self, reason: str, exposed_stake: int) -> int:
+        """Base units to slash for ``reason``; at least one unit while any stake is exposed."""
+        if exposed_stake <= 0:
+            return 0
+        return max(1, exposed_stake * self.rule(reason).stake_bps // 10_000)
+
+    def public(self) -> list[dict[str, object]]:
+        """The table as the API and the README publish it."""
+        return [asdict(rule) for rule in sorted(self._rules.values(), key=lambda r: -r.stake_bps)]
