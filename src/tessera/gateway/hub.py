@@ -143,7 +143,6 @@ class ProviderHub:
         self.rng = rng or random.Random()
         self.sessions: dict[str, ProviderSession] = {}
         self._slot_freed = asyncio.Condition()
-        self._issued_nonces: OrderedDict[str, None] = OrderedDict()
         self._cancelled: OrderedDict[str, None] = OrderedDict()
 
     # ------------------------------------------------------------ jobs
@@ -229,9 +228,6 @@ class ProviderHub:
 
     async def _handshake(self, websocket: WebSocket) -> ProviderSession | None:
         nonce = secrets.token_hex(32)
-        self._issued_nonces[nonce] = None
-        while len(self._issued_nonces) > 10_000:
-            self._issued_nonces.popitem(last=False)
         hello = Hello(gateway_id=self.settings.gateway_id, nonce=nonce)
         await websocket.send_text(hello.model_dump_json())
         try:
@@ -254,8 +250,9 @@ class ProviderHub:
                 f"gateway speaks protocol {PROTOCOL_VERSION}, provider {frame.version}: upgrade",
             )
             return None
-        # Single use: a nonce is only good on the connection it was issued to, once.
-        if frame.nonce != nonce or self._issued_nonces.pop(nonce, "gone") is not None:
+        # A nonce is good only on the connection it was issued to, and only for its one
+        # register frame (a second register there is refused as unexpected).
+        if frame.nonce != nonce:
             self.metrics.auth_failures.labels(reason="nonce").inc()
             await self._refuse(websocket, "bad_nonce", "nonce is not the one issued (replay?)")
             return None
