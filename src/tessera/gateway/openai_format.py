@@ -68,6 +68,20 @@ def completion_logprobs(entries: list[TokenLogprob], top_n: int, offset: int = 0
     }
 
 
+def _completion(
+    id_: str, object_name: str, model: str, choices: list[dict[str, Any]], usage: Usage
+) -> dict[str, Any]:
+    return {
+        "id": id_,
+        "object": object_name,
+        "created": int(time.time()),
+        "model": model,
+        "system_fingerprint": None,
+        "choices": choices,
+        "usage": usage_body(usage),
+    }
+
+
 def chat_completion(
     request_id: str,
     model: str,
@@ -75,27 +89,18 @@ def chat_completion(
     usage: Usage,
     logprobs_top_n: int | None,
 ) -> dict[str, Any]:
-    return {
-        "id": f"chatcmpl-{request_id}",
-        "object": "chat.completion",
-        "created": int(time.time()),
-        "model": model,
-        "system_fingerprint": None,
-        "choices": [
-            {
-                "index": index,
-                "message": {"role": "assistant", "content": choice.text, "refusal": None},
-                "logprobs": (
-                    chat_logprobs(choice.logprobs, logprobs_top_n)
-                    if logprobs_top_n is not None
-                    else None
-                ),
-                "finish_reason": choice.finish_reason or "stop",
-            }
-            for index, choice in sorted(choices.items())
-        ],
-        "usage": usage_body(usage),
-    }
+    bodies = [
+        {
+            "index": index,
+            "message": {"role": "assistant", "content": choice.text, "refusal": None},
+            "logprobs": (
+                None if logprobs_top_n is None else chat_logprobs(choice.logprobs, logprobs_top_n)
+            ),
+            "finish_reason": choice.finish_reason or "stop",
+        }
+        for index, choice in sorted(choices.items())
+    ]
+    return _completion(f"chatcmpl-{request_id}", "chat.completion", model, bodies, usage)
 
 
 def text_completion(
@@ -105,27 +110,20 @@ def text_completion(
     usage: Usage,
     logprobs_top_n: int | None,
 ) -> dict[str, Any]:
-    return {
-        "id": f"cmpl-{request_id}",
-        "object": "text_completion",
-        "created": int(time.time()),
-        "model": model,
-        "system_fingerprint": None,
-        "choices": [
-            {
-                "index": index,
-                "text": choice.text,
-                "logprobs": (
-                    completion_logprobs(choice.logprobs, logprobs_top_n)
-                    if logprobs_top_n is not None
-                    else None
-                ),
-                "finish_reason": choice.finish_reason or "stop",
-            }
-            for index, choice in sorted(choices.items())
-        ],
-        "usage": usage_body(usage),
-    }
+    bodies = [
+        {
+            "index": index,
+            "text": choice.text,
+            "logprobs": (
+                None
+                if logprobs_top_n is None
+                else completion_logprobs(choice.logprobs, logprobs_top_n)
+            ),
+            "finish_reason": choice.finish_reason or "stop",
+        }
+        for index, choice in sorted(choices.items())
+    ]
+    return _completion(f"cmpl-{request_id}", "text_completion", model, bodies, usage)
 
 
 class _StreamChunks:
