@@ -70,12 +70,15 @@ class _Upstream:
 
     def __init__(
         self,
+        info: ModelInfo,
         base_url: str,
         upstream_model: str,
-        api_key: str | None,
-        timeout_s: float,
-        transport: httpx.AsyncBaseTransport | None,
+        api_key: str | None = None,
+        timeout_s: float = 600,
+        *,
+        transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
+        self.info = info
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self._model = upstream_model
         self._client = httpx.AsyncClient(
@@ -103,19 +106,6 @@ _Item = Delta | Finish | BackendError
 
 class OpenAIUpstreamTextBackend(_Upstream):
     """TextBackend over an OpenAI-compatible server; ``info`` is what we announce."""
-
-    def __init__(
-        self,
-        info: ModelInfo,
-        base_url: str,
-        upstream_model: str,
-        api_key: str | None = None,
-        timeout_s: float = 600,
-        *,
-        transport: httpx.AsyncBaseTransport | None = None,
-    ) -> None:
-        super().__init__(base_url, upstream_model, api_key, timeout_s, transport)
-        self.info = info
 
     async def stream(
         self, prompt: Prompt, params: SamplingParams, cancel: CancelToken
@@ -221,19 +211,6 @@ class OpenAIUpstreamEmbeddingBackend(_Upstream):
     schema takes one kind per request) and come back in input order. Without upstream
     usage, ``prompt_tokens`` counts token-id inputs only.
     """
-
-    def __init__(
-        self,
-        info: ModelInfo,
-        base_url: str,
-        upstream_model: str,
-        api_key: str | None = None,
-        timeout_s: float = 600,
-        *,
-        transport: httpx.AsyncBaseTransport | None = None,
-    ) -> None:
-        super().__init__(base_url, upstream_model, api_key, timeout_s, transport)
-        self.info = info
 
     async def embed(self, inputs: Sequence[str | Sequence[int]]) -> EmbeddingResult:
         texts = [i for i, x in enumerate(inputs) if isinstance(x, str)]
