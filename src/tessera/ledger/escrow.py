@@ -8,7 +8,8 @@ that crashed can find and settle them on restart.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 
 from tessera.ledger.accounts import (
     FEES,
@@ -31,6 +32,7 @@ class OpenHold:
     consumer: str
     amount: int
     at: float
+    memo: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,17 +51,32 @@ class Escrow:
 
     def _track(self, entry: Entry) -> None:
         if entry.kind == HOLD:
-            consumer = entry.memo_dict()["consumer"]
+            memo = entry.memo_dict()
             amount = next(p.amount for p in entry.postings if p.amount > 0)
-            self._open[entry.reference] = OpenHold(entry.reference, consumer, amount, entry.at)
+            self._open[entry.reference] = OpenHold(
+                entry.reference, memo["consumer"], amount, entry.at, memo
+            )
         elif entry.kind in (CAPTURE, RELEASE):
             self._open.pop(entry.reference, None)
 
     def open_holds(self) -> list[OpenHold]:
         return sorted(self._open.values(), key=lambda h: (h.at, h.request_id))
 
-    def hold(self, consumer: str, request_id: str, amount: int, at: float) -> Entry:
-        """Move ``amount`` from the consumer's balance into escrow; InsufficientFunds if short."""
+    def held(self, request_id: str) -> OpenHold | None:
+        return self._open.get(request_id)
+
+    def hold(
+        self,
+        consumer: str,
+        request_id: str,
+        amount: int,
+        at: float,
+        memo: Mapping[str, str] | None = None,
+    ) -> Entry:
+        """Move ``amount`` from the consumer's balance into escrow; InsufficientFunds if short.
+
+        ``memo`` travels with the hold (the key, the model) so a restart can explain it.
+        """
         if amount <= 0:
             raise LedgerError("a hold must be positive")
         entry = self.ledger.post(
@@ -68,12 +85,19 @@ class Escrow:
             {balance_of(consumer): -amount, hold_of(consumer): amount},
             at,
             unique=True,
-            memo={"consumer": consumer},
+            memo={**(memo or {}), "consumer": consumer},
         )
         self._track(entry)
         return entry
 
-    def capture(self, request_id: str, cost: int, provider: str, at: float) -> Entry:
+    def capture(
+        self,
+        request_id: str,
+        cost: int,
+        provider: str,
+        at: float,
+        memo: Mapping[str, str] | None = None,
+    ) -> Entry:
         """Charge ``cost`` (at most the hold) and give back the rest, in one entry."""
         held = self._open.get(request_id)
         if held is None:
@@ -91,12 +115,17 @@ class Escrow:
             VERIFICATION_POOL: to_verification,
         }
         entry = self.ledger.post(
-            CAPTURE, request_id, changes, at, unique=True, memo={"provider": provider}
+            CAPTURE,
+            request_id,
+            changes,
+            at,
+            unique=True,
+            memo={**(memo or {}), "provider": provider, "cost": str(cost)},
         )
         self._track(entry)
         return entry
 
-    def release(self, request_id: str, at: float) -> Entry:
+    def release(self, request_id: str, at: float, reason: str = "failed") -> Entry:
         """Give the whole hold back: the work failed, so nobody pays and nobody earns."""
         held = self._open.get(request_id)
         if held is None:
@@ -107,6 +136,7 @@ class Escrow:
             {hold_of(held.consumer): -held.amount, balance_of(held.consumer): held.amount},
             at,
             unique=True,
+            memo={"reason": reason},
         )
         self._track(entry)
         return entry

@@ -74,6 +74,9 @@ class Staking:
     def bonded(self, provider: str) -> int:
         return self.ledger.balance(stake_of(provider))
 
+    def all_tranches(self) -> list[Tranche]:
+        return list(self._tranches.values())
+
     def tranches(self, provider: str) -> list[Tranche]:
         return sorted(
             (t for t in self._tranches.values() if t.provider == provider),
