@@ -10,6 +10,7 @@ from sqlalchemy import func, select, text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from tessera.store.engine import SQLITE_BEGIN_OPTION, create_engine
+from tessera.store.errors import StoreError, translated
 from tessera.store.requests_log import RequestLog, RequestLogWriter, RequestRecord
 from tessera.store.tables import requests
 
@@ -54,6 +55,53 @@ async def test_write_many_then_get_round_trips(store_engine: AsyncEngine) -> Non
     for item in written:
         assert await log.get(item.request_id) == item
     assert await log.get("req_missing") is None
+
+
+async def test_cost_and_prices_round_trip(store_engine: AsyncEngine) -> None:
+    log = RequestLog(store_engine)
+    billed = record(
+        7,
+        account_id="acct_0123456789abcdef",
+        cost=2**62,  # BIGINT: far past what a 32-bit column holds
+        price_input_per_mtok=150_000_000,
+        price_output_per_mtok=600_000_000,
+    )
+    unbilled = record(8)
+    await log.write_many([billed, unbilled])
+    assert await log.get(billed.request_id) == billed
+    stored = await log.get(unbilled.request_id)
+    assert stored is not None and stored == unbilled
+    assert (stored.cost, stored.account_id) == (0, None)
+
+
+async def test_for_account_is_newest_first_and_pages_backwards(store_engine: AsyncEngine) -> None:
+    log = RequestLog(store_engine)
+    mine = [record(index, account_id="acct_mine") for index in range(6)]
+    theirs = [record(100 + index, account_id="acct_theirs") for index in range(3)]
+    await log.write_many([*theirs, *mine, record(200)])
+
+    newest = list(reversed(mine))
+    assert await log.for_account("acct_mine", 10) == newest
+    assert await log.for_account("acct_mine", 4) == newest[:4]
+    page_two = await log.for_account("acct_mine", 4, before=newest[3].created_at)
+    assert page_two == newest[4:]
+    assert await log.for_account("acct_mine", 4, before=mine[0].created_at) == []
+    assert await log.for_account("acct_theirs", 10) == list(reversed(theirs))
+    assert await log.for_account("acct_nobody", 10) == []
+    with pytest.raises(ValueError):
+        await log.for_account("acct_mine", 0)
+
+
+async def test_database_refuses_negative_money(store_engine: AsyncEngine) -> None:
+    """The CHECK holds even for writers that skip RequestRecord's validation."""
+    await RequestLog(store_engine).write_many([record(1)])
+    for column in ("cost", "price_input_per_mtok", "price_output_per_mtok"):
+        with pytest.raises(StoreError, match="constraint"):
+            with translated(store_engine.url):
+                async with store_engine.begin() as conn:
+                    await conn.execute(text(f"UPDATE requests SET {column} = -1"))
+    stored = await RequestLog(store_engine).get("req_000001")
+    assert stored == record(1)
 
 
 async def test_write_many_skips_ids_already_stored(store_engine: AsyncEngine) -> None:

@@ -33,9 +33,9 @@ def test_hash_is_sha256_hex() -> None:
 
 
 def test_api_key_record_is_frozen() -> None:
-    record = ApiKeyRecord("key_1", "n", "h" * 64, "tsk_abcd", NOW, None)
+    record = ApiKeyRecord("key_1", "n", "h" * 64, "tsk_abcd", NOW, None, "acct_1", None, 5)
     with pytest.raises(dataclasses.FrozenInstanceError):
-        record.name = "other"  # type: ignore[misc]
+        record.spend_cap_daily = None  # type: ignore[misc]
     assert not record.revoked
 
 
@@ -68,11 +68,25 @@ def _request(**changes: object) -> RequestRecord:
         {"latency_ms": -1},
         {"ttft_ms": -1},
         {"created_at": datetime(2025, 1, 1)},
+        {"cost": -1},
+        {"cost": 1.5},
+        {"cost": None},
+        {"price_input_per_mtok": -1},
+        {"price_output_per_mtok": 2.0},
+        {"price_output_per_mtok": True},
     ],
 )
 def test_request_record_refuses_nonsense(changes: dict[str, object]) -> None:
     with pytest.raises(ValueError):
         _request(**changes)
+
+
+def test_request_record_money_defaults_keep_old_callers_working() -> None:
+    unbilled = _request()
+    assert (unbilled.account_id, unbilled.cost) == (None, 0)
+    assert (unbilled.price_input_per_mtok, unbilled.price_output_per_mtok) == (None, None)
+    billed = _request(account_id="acct_1", cost=0, price_input_per_mtok=0, price_output_per_mtok=7)
+    assert billed.price_output_per_mtok == 7
 
 
 def test_utc_datetime_refuses_naive_and_normalises_zones() -> None:

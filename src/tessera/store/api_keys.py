@@ -5,6 +5,9 @@ human passwords from guessing. Our keys are 256 bits from ``secrets``; no amount
 guessing finds a preimage of their SHA-256, so a slow hash would add latency to every
 request and nothing to security. A fast, deterministic hash also lets the gateway look a
 key up by an indexed equality match instead of scanning and verifying every row.
+
+Every key spends from one account (``account_id``); its optional spend caps are base
+units, NULL meaning no cap. The gateway enforces the caps; the store only keeps them.
 """
 
 from __future__ import annotations
@@ -20,12 +23,14 @@ from sqlalchemy import insert, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tessera.errors import InvalidRequest
+from tessera.store.accounts import account_exists, insert_account
 from tessera.store.errors import translated
 from tessera.store.tables import api_keys, utc_now
 
 KEY_PREFIX = "tsk_"
 DISPLAY_PREFIX_CHARS = 8  # "tsk_" + 4 random characters: enough to tell keys apart
 MAX_NAME_CHARS = 200
+MAX_CAP = 2**63 - 1  # a BIGINT column
 
 
 def generate_api_key() -> str:
@@ -48,6 +53,9 @@ class ApiKeyRecord:
     prefix: str
     created_at: datetime
     revoked_at: datetime | None
+    account_id: str
+    spend_cap_total: int | None  # base units over the key's life; None = no cap
+    spend_cap_daily: int | None  # base units per UTC day; None = no cap
 
     @property
     def revoked(self) -> bool:
@@ -60,26 +68,70 @@ class ApiKeyStore:
     def __init__(self, engine: AsyncEngine) -> None:
         self._engine = engine
 
-    async def create(self, name: str) -> tuple[str, ApiKeyRecord]:
-        """Store a new key named ``name``; returns (plaintext, record). The plaintext is not kept."""
+    async def create(
+        self,
+        name: str,
+        *,
+        account_id: str | None = None,
+        spend_cap_total: int | None = None,
+        spend_cap_daily: int | None = None,
+    ) -> tuple[str, ApiKeyRecord]:
+        """Store a new key named ``name``; returns (plaintext, record). The plaintext is not kept.
+
+        Without ``account_id`` the key gets a new account of its own, named after it, in
+        the same transaction; an ``account_id`` that does not exist is an InvalidRequest.
+        """
         name = name.strip()
         if not name or len(name) > MAX_NAME_CHARS:
             raise InvalidRequest(
                 f"an API key name must be 1 to {MAX_NAME_CHARS} characters", param="name"
             )
+        _check_cap(spend_cap_total, "spend_cap_total")
+        _check_cap(spend_cap_daily, "spend_cap_daily")
         key = generate_api_key()
-        record = ApiKeyRecord(
-            id="key_" + secrets.token_hex(8),
-            name=name,
-            key_hash=hash_api_key(key),
-            prefix=key[:DISPLAY_PREFIX_CHARS],
-            created_at=utc_now(),
-            revoked_at=None,
+        with translated(self._engine.url):
+            async with self._engine.begin() as conn:
+                if account_id is None:
+                    account_id = (await insert_account(conn, name)).id
+                elif not await account_exists(conn, account_id):
+                    raise InvalidRequest(f"no account {account_id!r}", param="account")
+                record = ApiKeyRecord(
+                    id="key_" + secrets.token_hex(8),
+                    name=name,
+                    key_hash=hash_api_key(key),
+                    prefix=key[:DISPLAY_PREFIX_CHARS],
+                    created_at=utc_now(),
+                    revoked_at=None,
+                    account_id=account_id,
+                    spend_cap_total=spend_cap_total,
+                    spend_cap_daily=spend_cap_daily,
+                )
+                await conn.execute(insert(api_keys).values(**_row(record)))
+        return key, record
+
+    async def get(self, key_id: str) -> ApiKeyRecord | None:
+        """The key with this id, revoked or not."""
+        stmt = select(api_keys).where(api_keys.c.id == key_id)
+        with translated(self._engine.url):
+            async with self._engine.connect() as conn:
+                row = (await conn.execute(stmt)).mappings().first()
+        return None if row is None else ApiKeyRecord(**row)
+
+    async def set_caps(
+        self, key_id: str, *, spend_cap_total: int | None, spend_cap_daily: int | None
+    ) -> bool:
+        """Replace both caps (None lifts one); False if the key does not exist."""
+        _check_cap(spend_cap_total, "spend_cap_total")
+        _check_cap(spend_cap_daily, "spend_cap_daily")
+        stmt = (
+            update(api_keys)
+            .where(api_keys.c.id == key_id)
+            .values(spend_cap_total=spend_cap_total, spend_cap_daily=spend_cap_daily)
         )
         with translated(self._engine.url):
             async with self._engine.begin() as conn:
-                await conn.execute(insert(api_keys).values(**_row(record)))
-        return key, record
+                result = await conn.execute(stmt)
+        return result.rowcount == 1
 
     async def find_by_hash(self, key_hash: str) -> ApiKeyRecord | None:
         """The active (not revoked) key with this hash, or None. One indexed lookup."""
@@ -103,13 +155,25 @@ class ApiKeyStore:
                 result = await conn.execute(stmt)
         return result.rowcount == 1
 
-    async def list(self) -> builtins.list[ApiKeyRecord]:
-        """Every key, revoked ones included, oldest first."""
+    async def list(self, account_id: str | None = None) -> builtins.list[ApiKeyRecord]:
+        """Every key (of one account, if given), revoked ones included, oldest first."""
         stmt = select(api_keys).order_by(api_keys.c.created_at, api_keys.c.id)
+        if account_id is not None:
+            stmt = stmt.where(api_keys.c.account_id == account_id)
         with translated(self._engine.url):
             async with self._engine.connect() as conn:
                 rows = (await conn.execute(stmt)).mappings().all()
         return [ApiKeyRecord(**row) for row in rows]
+
+
+def _check_cap(value: int | None, param: str) -> None:
+    if value is None:
+        return
+    if type(value) is not int or not 0 <= value <= MAX_CAP:
+        raise InvalidRequest(
+            f"{param} must be a non-negative integer of base units, or null for no cap",
+            param=param,
+        )
 
 
 def _row(record: ApiKeyRecord) -> dict[str, Any]:

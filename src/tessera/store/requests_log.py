@@ -10,6 +10,7 @@ than growing memory until the process dies.
 from __future__ import annotations
 
 import asyncio
+import builtins
 import contextlib
 import logging
 from collections import deque
@@ -47,6 +48,10 @@ class RequestRecord:
     latency_ms: int
     ttft_ms: int | None
     created_at: datetime
+    account_id: str | None = None  # the paying account; None for requests before billing
+    cost: int = 0  # base units charged
+    price_input_per_mtok: int | None = None  # the price paid, base units per million tokens
+    price_output_per_mtok: int | None = None
 
     def __post_init__(self) -> None:
         if self.endpoint not in ENDPOINTS:
@@ -58,6 +63,16 @@ class RequestRecord:
             raise ValueError(f"negative count in request {self.request_id}")
         if self.created_at.tzinfo is None:
             raise ValueError(f"created_at of request {self.request_id} has no timezone")
+        prices = (self.price_input_per_mtok, self.price_output_per_mtok)
+        if not _base_units(self.cost) or not all(p is None or _base_units(p) for p in prices):
+            raise ValueError(
+                f"cost and prices of request {self.request_id} must be non-negative ints "
+                f"of base units"
+            )
+
+
+def _base_units(value: object) -> bool:
+    return type(value) is int and value >= 0
 
 
 class RequestLog:
@@ -84,6 +99,26 @@ class RequestLog:
             async with self._engine.connect() as conn:
                 row = (await conn.execute(stmt)).mappings().first()
         return None if row is None else RequestRecord(**row)
+
+    async def for_account(
+        self, account_id: str, limit: int, before: datetime | None = None
+    ) -> builtins.list[RequestRecord]:
+        """Up to ``limit`` of the account's requests, newest first, created before ``before``
+        (aware) if given: one range scan of the (account_id, created_at) index."""
+        if type(limit) is not int or limit < 1:
+            raise ValueError("limit must be a positive int")
+        stmt = (
+            select(requests)
+            .where(requests.c.account_id == account_id)
+            .order_by(requests.c.created_at.desc(), requests.c.request_id.desc())
+            .limit(limit)
+        )
+        if before is not None:
+            stmt = stmt.where(requests.c.created_at < before)
+        with translated(self._engine.url):
+            async with self._engine.connect() as conn:
+                rows = (await conn.execute(stmt)).mappings().all()
+        return [RequestRecord(**row) for row in rows]
 
 
 class RequestLogWriter:

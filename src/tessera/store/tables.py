@@ -1,7 +1,8 @@
 """The schema, as SQLAlchemy Core tables. Migrations in ``migrations/versions`` build exactly this.
 
-Times are timezone-aware UTC everywhere (:class:`UtcDateTime`); counts are integers.
-A test checks that the migrated database and this metadata never drift apart.
+Times are timezone-aware UTC everywhere (:class:`UtcDateTime`); counts are integers and
+money is BigInteger base units (never floats). A test checks that the migrated database
+and this metadata never drift apart.
 """
 
 from __future__ import annotations
@@ -10,16 +11,20 @@ from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import (
+    BigInteger,
     CheckConstraint,
     Column,
     DateTime,
     Dialect,
+    Double,
+    ForeignKey,
     Index,
     Integer,
     MetaData,
     String,
     Table,
     Text,
+    text,
 )
 from sqlalchemy.types import TypeDecorator
 
@@ -61,6 +66,15 @@ class UtcDateTime(TypeDecorator[datetime]):
         return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
+# Who pays: every API key spends from exactly one account; one account may hold many keys.
+accounts = Table(
+    "accounts",
+    metadata,
+    Column("id", String(40), primary_key=True),
+    Column("name", String(200), nullable=False),
+    Column("created_at", UtcDateTime(), nullable=False),
+)
+
 api_keys = Table(
     "api_keys",
     metadata,
@@ -70,7 +84,17 @@ api_keys = Table(
     Column("prefix", String(16), nullable=False),
     Column("created_at", UtcDateTime(), nullable=False),
     Column("revoked_at", UtcDateTime(), nullable=True),
+    Column("account_id", String(40), ForeignKey("accounts.id"), nullable=False),
+    # Base units; NULL means no cap.
+    Column("spend_cap_total", BigInteger(), nullable=True),
+    Column("spend_cap_daily", BigInteger(), nullable=True),
+    CheckConstraint(
+        "(spend_cap_total IS NULL OR spend_cap_total >= 0) "
+        "AND (spend_cap_daily IS NULL OR spend_cap_daily >= 0)",
+        name="non_negative_caps",
+    ),
     Index(None, "key_hash", unique=True),
+    Index(None, "account_id"),
 )
 
 providers = Table(
@@ -102,11 +126,63 @@ requests = Table(
     Column("latency_ms", Integer(), nullable=False),
     Column("ttft_ms", Integer(), nullable=True),
     Column("created_at", UtcDateTime(), nullable=False),
+    Column("account_id", String(40), nullable=True),
+    # What the request cost in base units, and the prices (per million tokens) it paid.
+    Column("cost", BigInteger(), nullable=False, server_default=text("0")),
+    Column("price_input_per_mtok", BigInteger(), nullable=True),
+    Column("price_output_per_mtok", BigInteger(), nullable=True),
     CheckConstraint(
         "prompt_tokens >= 0 AND completion_tokens >= 0 AND latency_ms >= 0 "
         "AND (ttft_ms IS NULL OR ttft_ms >= 0)",
         name="non_negative",
     ),
+    CheckConstraint(
+        "cost >= 0 AND (price_input_per_mtok IS NULL OR price_input_per_mtok >= 0) "
+        "AND (price_output_per_mtok IS NULL OR price_output_per_mtok >= 0)",
+        name="non_negative_money",
+    ),
     Index(None, "api_key_id", "created_at"),
     Index(None, "provider_id", "created_at"),
+    Index(None, "account_id", "created_at"),
+)
+
+# The ledger journal (see tessera.ledger.journal): append-only, ids assigned by the one
+# gateway that writes it, 1, 2, 3, ... without gaps. ``at`` is epoch seconds as a double,
+# which round-trips a Python float exactly. The unique (reference, kind) index both refuses
+# a second capture of one request and serves lookups by reference.
+ledger_entries = Table(
+    "ledger_entries",
+    metadata,
+    Column("entry_id", BigInteger(), primary_key=True, autoincrement=False),
+    Column("kind", String(32), nullable=False),
+    Column("reference", String(200), nullable=False),
+    Column("at", Double(), nullable=False),
+    Column("memo", Text(), nullable=False),  # JSON object of str -> str, sorted keys
+    Index(None, "reference", "kind", unique=True),
+)
+
+ledger_postings = Table(
+    "ledger_postings",
+    metadata,
+    Column(
+        "entry_id",
+        BigInteger(),
+        ForeignKey("ledger_entries.entry_id"),
+        primary_key=True,
+        autoincrement=False,
+    ),
+    Column("account", String(120), primary_key=True),  # str(Account), e.g. "balance:acct_..."
+    Column("amount", BigInteger(), nullable=False),
+    CheckConstraint("amount <> 0", name="non_zero"),
+    Index(None, "account", "entry_id"),
+)
+
+# Balances derived from the postings, kept in the same transaction as each append so a
+# balance is one indexed read; ``LedgerStore.check`` rebuilds them to prove they agree.
+ledger_balances = Table(
+    "ledger_balances",
+    metadata,
+    Column("account", String(120), primary_key=True),
+    Column("balance", BigInteger(), nullable=False),
+    Column("last_entry_id", BigInteger(), nullable=False),
 )
