@@ -185,6 +185,10 @@ class Chunk(Frame):
     text: Annotated[str, Field(max_length=1_000_000)] = ""
     logprobs: Annotated[list[TokenLogprob], Field(max_length=10_000)] = []
     finish_reason: Literal["stop", "length"] | None = None
+    # Output tokens this chunk carries, and (first chunk only) the prompt's token count:
+    # what a consumer who cancels mid-stream pays for.
+    tokens: Annotated[int, Field(ge=0, le=10_000)] = 0
+    prompt_tokens: Count | None = None
 
 
 class Usage(Frame):

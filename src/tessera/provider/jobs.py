@@ -86,6 +86,8 @@ async def run_text_job(job: Job, backend: TextBackend, send: Send, cancel: Cance
                             index=index,
                             text=event.text,
                             logprobs=[_wire_logprob(e) for e in event.logprobs],
+                            tokens=min(event.token_count, 10_000),
+                            prompt_tokens=event.prompt_tokens,
                         )
                     )
                     sent_any = True

@@ -45,10 +45,21 @@ class TokenLogprob:
 
 @dataclass(frozen=True, slots=True)
 class Delta:
-    """New text; ``logprobs`` has one entry per token that produced this text."""
+    """New text; ``logprobs`` has one entry per token that produced this text.
+
+    ``tokens`` counts the output tokens behind the text (0: count the logprobs, or one
+    token for non-empty text); ``prompt_tokens`` is set on a stream's first delta when the
+    backend knows it, so a stream cancelled midway can still be billed for its prompt.
+    """
 
     text: str
     logprobs: tuple[TokenLogprob, ...] = ()
+    prompt_tokens: int | None = None
+    tokens: int = 0
+
+    @property
+    def token_count(self) -> int:
+        return self.tokens or len(self.logprobs) or (1 if self.text else 0)
 
 
 @dataclass(frozen=True, slots=True)

@@ -314,6 +314,7 @@ class TransformersTextBackend:
         produced = 0
         reason: Literal["stop", "length"] = "length"
         text = ""
+        prompt_tokens: int | None = len(ids)  # sent with the first delta
         with torch.inference_mode():
             out = model(input_ids=torch.tensor([ids], device=self._device), use_cache=True)
             while not cancel.cancelled:
@@ -329,8 +330,8 @@ class TransformersTextBackend:
                 if stops.stopped or produced >= max_new:
                     break
                 if text:
-                    emit(Delta(text, tuple(pending)))
-                    pending, text = [], ""
+                    emit(Delta(text, tuple(pending), prompt_tokens))
+                    pending, text, prompt_tokens = [], "", None
                 step = torch.tensor([[token]], device=self._device)
                 out = model(input_ids=step, past_key_values=out.past_key_values, use_cache=True)
         if not stops.stopped:
@@ -339,7 +340,7 @@ class TransformersTextBackend:
         if stops.stopped or cancel.cancelled:
             reason = "stop"
         if text or pending:
-            emit(Delta(text, tuple(pending)))
+            emit(Delta(text, tuple(pending), prompt_tokens))
         emit(Finish(reason=reason, prompt_tokens=len(ids), completion_tokens=produced))
 
     def _token_logprob(self, token: int, logprobs: torch.Tensor, top_n: int) -> TokenLogprob:
