@@ -47,6 +47,28 @@ class GatewaySettings(BaseSettings):
     max_attempts: int = Field(3, ge=1, description="Providers tried when one drops before output.")
     default_max_tokens: int = Field(512, ge=1, description="max_tokens when the client sets none.")
     api_key_cache_ttl_s: float = Field(30.0, ge=0, description="How long a key lookup is cached.")
+    dev_mode: bool = Field(
+        False, description="Allow minting test tokens (POST .../fund). Never in production."
+    )
+    dev_fund_max_units: int = Field(
+        1_000 * 10**9, ge=1, description="Most base units one dev-mode fund call may mint."
+    )
+    min_stake_units: int = Field(
+        10 * 10**9, ge=0, description="Bonded stake (base units) a provider needs to get work."
+    )
+    unbonding_delay_s: float = Field(
+        7 * 86_400.0, ge=0, description="How long unbonding stake stays slashable."
+    )
+    fee_bps: int = Field(500, ge=0, le=10_000, description="Protocol fee, basis points of cost.")
+    verification_share_bps: int = Field(
+        5_000, ge=0, le=10_000, description="Share of the fee (bps) that funds verification."
+    )
+    slashing_table_file: Path | None = Field(
+        None, description="JSON list of slashing rules replacing the default table."
+    )
+    ledger_write_timeout_s: float = Field(
+        10.0, gt=0, description="How long a payment waits for the journal before 503."
+    )
 
 
 class ProviderSettings(BaseSettings):

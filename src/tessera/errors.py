@@ -5,7 +5,11 @@
     │   └── PayloadTooLarge           413 invalid_request_error
     ├── AuthenticationFailed          401 invalid_request_error  (missing or wrong API key)
     ├── ModelNotFound                 404 invalid_request_error  code=model_not_found
+    ├── QuotaExceeded                 429 insufficient_quota     (balance too low or spend cap reached)
+    ├── Forbidden                     403 permission_error       (allowed for others, not for this caller/mode)
+    ├── NotFound                      404 invalid_request_error  (an account, request or provider)
     ├── NoCapacity                    503 service_unavailable    (no live provider can serve now)
+    │   └── LedgerUnavailable         503                        (the journal cannot be written now)
     ├── ProviderFailed                502 provider_error         (the provider broke the job)
     ├── ProtocolViolation             —   a peer broke the wire protocol (error frame, not HTTP)
     └── ConfigError                   —   a setting or file is wrong; the message says how to fix it
@@ -55,10 +59,34 @@ class ModelNotFound(TesseraError):
     default_code = "model_not_found"
 
 
+class QuotaExceeded(TesseraError):
+    """OpenAI's shape for running out of credit: 429 with type and code insufficient_quota."""
+
+    status_code = 429
+    error_type = "insufficient_quota"
+    default_code = "insufficient_quota"
+
+
+class Forbidden(TesseraError):
+    status_code = 403
+    error_type = "permission_error"
+    default_code = "forbidden"
+
+
+class NotFound(TesseraError):
+    status_code = 404
+    error_type = "invalid_request_error"
+    default_code = "not_found"
+
+
 class NoCapacity(TesseraError):
     status_code = 503
     error_type = "service_unavailable"
     default_code = "no_provider_available"
+
+
+class LedgerUnavailable(NoCapacity):
+    default_code = "ledger_unavailable"
 
 
 class ProviderFailed(TesseraError):

@@ -25,13 +25,20 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from tessera import __version__
 from tessera.config import GatewaySettings
-from tessera.errors import InvalidRequest, TesseraError, openai_error_body
+from tessera.errors import ConfigError, InvalidRequest, TesseraError, openai_error_body
 from tessera.gateway.auth import ApiKeyAuth
+from tessera.gateway.bookkeeper import Bookkeeper
 from tessera.gateway.dispatch import Dispatcher
 from tessera.gateway.http_limits import RequestIdAndBodyLimit
 from tessera.gateway.hub import ProviderHub
 from tessera.gateway.metrics import CONTENT_TYPE_LATEST, GatewayMetrics
+from tessera.gateway.money_routes import install_money_routes, payer_of
+from tessera.gateway.payments import Payments
 from tessera.gateway.serving import RequestContext, Served, Serving
+from tessera.ledger.book import BookPolicy
+from tessera.ledger.escrow import FeePolicy
+from tessera.ledger.slashing_table import SlashingTable
+from tessera.market.quotes import MaxPrice
 from tessera.market.registry import ProviderRegistry
 from tessera.protocol.openai_api import (
     ChatCompletionRequest,
@@ -40,8 +47,10 @@ from tessera.protocol.openai_api import (
     OpenAIRequest,
 )
 from tessera.protocol.wire import Capabilities, Usage
+from tessera.store.accounts import AccountStore
 from tessera.store.api_keys import ApiKeyStore, hash_api_key
 from tessera.store.engine import create_engine, database_url_for
+from tessera.store.ledger import LedgerStore
 from tessera.store.migrate import upgrade_to_head
 from tessera.store.providers import ProviderStore
 from tessera.store.requests_log import RequestLog, RequestLogWriter, RequestRecord
@@ -62,6 +71,11 @@ class Gateway:
     auth: ApiKeyAuth
     keys: ApiKeyStore
     request_log: RequestLogWriter
+    request_reader: RequestLog
+    bookkeeper: Bookkeeper
+    payments: Payments
+    ledger_store: LedgerStore
+    accounts: AccountStore
 
 
 def create_app(settings: GatewaySettings) -> FastAPI:
@@ -76,8 +90,21 @@ def create_app(settings: GatewaySettings) -> FastAPI:
         engine = create_engine(url)
         keys = ApiKeyStore(engine)
         providers = ProviderStore(engine)
-        request_log = RequestLogWriter(RequestLog(engine))
+        request_reader = RequestLog(engine)
+        request_log = RequestLogWriter(request_reader)
         await request_log.start()
+        ledger_store = LedgerStore(engine)
+        bookkeeper, recovery = await Bookkeeper.open(
+            ledger_store,
+            book_policy(settings),
+            durable_timeout_s=settings.ledger_write_timeout_s,
+        )
+        log.info(
+            "ledger: %d entries replayed, %d crash-left hold(s) released",
+            recovery.entries,
+            len(recovery.released),
+        )
+        payments = Payments(bookkeeper, registry, settings.min_stake_units)
 
         async def provider_seen(provider_id: str, caps: Capabilities) -> None:
             try:
@@ -106,8 +133,14 @@ def create_app(settings: GatewaySettings) -> FastAPI:
             if usage is not None:
                 metrics.tokens.labels(direction="prompt").inc(usage.prompt_tokens)
                 metrics.tokens.labels(direction="completion").inc(usage.completion_tokens)
+            charge = ctx.charge
+            offer = ctx.offer
             request_log.submit(
                 RequestRecord(
+                    account_id=ctx.payer.account_id,
+                    cost=0 if charge is None or charge.cost is None else charge.cost,
+                    price_input_per_mtok=offer.price_input_per_mtok if offer else None,
+                    price_output_per_mtok=offer.price_output_per_mtok if offer else None,
                     request_id=ctx.request_id,
                     api_key_id=ctx.api_key_id,
                     endpoint=ctx.endpoint,
@@ -123,14 +156,29 @@ def create_app(settings: GatewaySettings) -> FastAPI:
                 )
             )
 
-        serving = Serving(registry, Dispatcher(hub, settings, metrics), settings, metrics, record)
+        serving = Serving(
+            registry, Dispatcher(hub, settings, metrics), settings, metrics, record, payments
+        )
         auth = ApiKeyAuth(keys.find_by_hash, hash_api_key, settings.api_key_cache_ttl_s)
         app.state.gateway = Gateway(
-            settings, metrics, registry, hub, serving, auth, keys, request_log
+            settings,
+            metrics,
+            registry,
+            hub,
+            serving,
+            auth,
+            keys,
+            request_log,
+            request_reader,
+            bookkeeper,
+            payments,
+            ledger_store,
+            AccountStore(engine),
         )
         try:
             yield
         finally:
+            await bookkeeper.close()
             await request_log.close()
             await engine.dispose()
 
@@ -143,8 +191,25 @@ def create_app(settings: GatewaySettings) -> FastAPI:
     app.add_middleware(RequestIdAndBodyLimit, max_body_bytes=settings.max_body_bytes)
     _install_error_handlers(app, metrics)
     _install_routes(app, metrics, registry)
+    install_money_routes(app, gateway_of)
     _install_openapi(app)
     return app
+
+
+def book_policy(settings: GatewaySettings) -> BookPolicy:
+    table = SlashingTable()
+    if settings.slashing_table_file is not None:
+        try:
+            table = SlashingTable.from_json(settings.slashing_table_file.read_text())
+        except (OSError, ValueError) as exc:
+            raise ConfigError(
+                f"cannot use slashing table {settings.slashing_table_file}: {exc}"
+            ) from exc
+    return BookPolicy(
+        fees=FeePolicy(settings.fee_bps, settings.verification_share_bps),
+        unbonding_delay_s=settings.unbonding_delay_s,
+        slashing=table,
+    )
 
 
 def gateway_of(request: Request | WebSocket) -> Gateway:
@@ -253,12 +318,36 @@ def _respond(request: Request, served: Served | None, metrics: GatewayMetrics) -
     headers = {
         "x-request-id": request.scope["state"]["request_id"],
         "x-tessera-provider": served.provider_id,
+        "x-tessera-max-cost": str(served.held),
     }
     metrics.requests.labels(endpoint=path, status="200").inc()
     if served.stream is not None:
         headers["cache-control"] = "no-cache"
-        return StreamingResponse(served.stream, media_type="text/event-stream", headers=headers)
+        return SettlingStreamingResponse(
+            served.stream, served.finish, media_type="text/event-stream", headers=headers
+        )
+    headers["x-tessera-cost"] = str(served.cost or 0)
     return JSONResponse(served.body, headers=headers)
+
+
+class SettlingStreamingResponse(StreamingResponse):
+    """A stream that settles its payment once sent, even if its body never started."""
+
+    def __init__(
+        self,
+        content: AsyncIterator[bytes],
+        finish: Callable[[], Awaitable[None]] | None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(content, **kwargs)
+        self._finish = finish
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            if self._finish is not None:
+                await self._finish()
 
 
 # ------------------------------------------------------------------ routes
@@ -274,6 +363,7 @@ def _install_routes(app: FastAPI, metrics: GatewayMetrics, registry: ProviderReg
             endpoint=endpoint,
             model="",
             started=time.perf_counter(),
+            payer=payer_of(key),
         )
 
     @app.get("/health")
@@ -324,6 +414,9 @@ def _install_routes(app: FastAPI, metrics: GatewayMetrics, registry: ProviderReg
         ctx = await context(request, endpoint)
         body = await parse_body(request, body_type)
         ctx.model = body.model
+        if body.provider is not None and body.provider.max_price is not None:
+            limit = body.provider.max_price
+            ctx.max_price = MaxPrice(limit.prompt, limit.completion)
         served = await until_disconnect(request, work(gateway_of(request).serving)(body, ctx))
         return _respond(request, served, metrics)
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 from tessera.config import GatewaySettings
 from tessera.errors import InvalidRequest, NoCapacity, ProviderFailed, TesseraError
-from tessera.gateway.hub import JobEvent, JobStream, ProviderGone, ProviderHub
+from tessera.gateway.hub import Admit, JobEvent, JobStream, ProviderGone, ProviderHub
 from tessera.gateway.metrics import GatewayMetrics
 from tessera.protocol.wire import Job, JobError
 
@@ -75,12 +75,13 @@ class Dispatcher:
         make_job: Callable[[str], Job],
         attempts: Attempts,
         param_hint: str | None = None,
+        admit: Admit | None = None,
     ) -> tuple[JobStream, JobEvent]:
         """Return a running job and its first event (a Chunk or Done)."""
         while not attempts.exhausted:
             job = make_job(attempts.next_job_id())
             try:
-                stream = await self.hub.open_job(job, attempts.exclude)
+                stream = await self.hub.open_job(job, attempts.exclude, admit)
             except NoCapacity:
                 if attempts.last_failure is None:
                     raise

@@ -44,6 +44,7 @@ from tessera.protocol.wire import (
     Hello,
     Job,
     JobError,
+    ModelOffer,
     Register,
     Welcome,
     provider_frame_adapter,
@@ -62,6 +63,7 @@ class ProviderGone:
 
 
 JobEvent = Chunk | Done | JobError | ProviderGone
+Admit = Callable[[LiveProvider], bool]
 OnProviderSeen = Callable[[str, Capabilities], Awaitable[None]]
 
 
@@ -90,7 +92,9 @@ def frame_budget(job: Job) -> int:
 class JobStream:
     """One job on one provider: its events, and the slot it holds until closed."""
 
-    def __init__(self, hub: ProviderHub, session: ProviderSession, job: Job) -> None:
+    def __init__(
+        self, hub: ProviderHub, session: ProviderSession, job: Job, offer: ModelOffer
+    ) -> None:
         self.hub = hub
         self.session = session
         self.job = job
@@ -100,6 +104,9 @@ class JobStream:
         # anything beyond that budget is a flood, refused before it fills our memory.
         self.frames_left = frame_budget(job)
         self._closed = False
+        # The offer (and so the price) the job was sent under, kept even if the provider
+        # disconnects before the job is settled.
+        self.offer = offer
 
     @property
     def provider_id(self) -> str:
@@ -147,8 +154,8 @@ class ProviderHub:
 
     # ------------------------------------------------------------ jobs
 
-    async def open_job(self, job: Job, exclude: set[str]) -> JobStream:
-        """Take a slot on a provider of ``job.model`` and send it the job.
+    async def open_job(self, job: Job, exclude: set[str], admit: Admit | None = None) -> JobStream:
+        """Take a slot on a provider of ``job.model`` that ``admit`` accepts; send the job.
 
         Waits up to queue_timeout_s for a free slot when every provider is busy;
         raises NoCapacity when none serves the model or the wait runs out.
@@ -157,7 +164,9 @@ class ProviderHub:
         deadline = loop.time() + self.settings.queue_timeout_s
         while True:
             candidates = [
-                p for p in self.registry.serving(job.model) if p.provider_id not in exclude
+                p
+                for p in self.registry.serving(job.model)
+                if p.provider_id not in exclude and (admit is None or admit(p))
             ]
             if not candidates:
                 raise NoCapacity(f"no live provider is serving model '{job.model}' right now")
@@ -186,7 +195,7 @@ class ProviderHub:
         if session is None:
             return None
         self.registry.acquire(chosen.provider_id)
-        stream = JobStream(self, session, job)
+        stream = JobStream(self, session, job, chosen.offers[job.model])
         session.jobs[job.job_id] = stream
         return stream
 

@@ -10,8 +10,8 @@ import base64
 import json
 import struct
 import time
-from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 from tessera.config import GatewaySettings
@@ -24,7 +24,7 @@ from tessera.errors import (
     openai_error_body,
 )
 from tessera.gateway.dispatch import Attempts, Dispatcher, job_error_to_exception
-from tessera.gateway.hub import JobEvent, JobStream, ProviderGone
+from tessera.gateway.hub import Admit, JobEvent, JobStream, ProviderGone
 from tessera.gateway.metrics import GatewayMetrics
 from tessera.gateway.openai_format import (
     ChatChunks,
@@ -33,6 +33,8 @@ from tessera.gateway.openai_format import (
     chat_completion,
     text_completion,
 )
+from tessera.gateway.payments import Charge, Payer, Payments
+from tessera.market.quotes import MaxPrice
 from tessera.market.registry import ProviderRegistry
 from tessera.protocol.openai_api import (
     ChatCompletionRequest,
@@ -61,16 +63,28 @@ class RequestContext:
     endpoint: str
     model: str
     started: float  # time.perf_counter()
+    payer: Payer
     ttft_ms: float | None = None
+    max_price: MaxPrice = field(default_factory=MaxPrice)
+    charge: Charge | None = None
+    admit: Admit | None = None
+    offer: ModelOffer | None = None  # the offer (price) of the provider that ran the job
 
 
 @dataclass(frozen=True, slots=True)
 class Served:
-    """A finished answer (body) or a stream of SSE bytes, and who served it."""
+    """A finished answer (body) or a stream of SSE bytes, and who served it.
+
+    ``finish`` must run once the response is over, however it ended: it settles a
+    stream whose generator never ran (the client left before the first byte).
+    """
 
     provider_id: str
     body: dict[str, Any] | None = None
     stream: AsyncIterator[bytes] | None = None
+    cost: int | None = None
+    held: int = 0
+    finish: Callable[[], Awaitable[None]] | None = None
 
 
 RecordFn = Callable[[RequestContext, str, "str | None", "str | None", Usage | None], None]
@@ -89,7 +103,9 @@ class Serving:
         settings: GatewaySettings,
         metrics: GatewayMetrics,
         record: RecordFn,
+        payments: Payments,
     ) -> None:
+        self.payments = payments
         self.registry = registry
         self.dispatcher = dispatcher
         self.settings = settings
@@ -161,16 +177,16 @@ class Serving:
                 job_id=job_id, model=req.model, kind="chat", messages=messages, params=params
             )
 
+        await self._reserve(ctx, make_job)
         if not req.stream:
             provider_id, choices, usage = await self._complete(make_job, ctx, "messages")
             body = chat_completion(ctx.request_id, req.model, choices, usage, top_n)
-            return Served(provider_id, body=body)
+            return self._answered(provider_id, body, ctx)
         stream, first = await self._start(make_job, ctx, "messages")
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
         chunks = ChatChunks(ctx.request_id, req.model, include_usage, top_n)
         usage_chunk = chunks.usage if include_usage else None
-        relay = self._relay(stream, first, ctx, [chunks.role()], chunks.content, usage_chunk)
-        return Served(stream.provider_id, stream=relay)
+        return self._streamed(stream, first, ctx, [chunks.role()], chunks.content, usage_chunk)
 
     async def completions(self, req: CompletionRequest, ctx: RequestContext) -> Served:
         offer = self.offer_for(req.model, "text")
@@ -183,16 +199,16 @@ class Serving:
                 job_id=job_id, model=req.model, kind="completion", prompts=prompts, params=params
             )
 
+        await self._reserve(ctx, make_job)
         if not req.stream:
             provider_id, choices, usage = await self._complete(make_job, ctx, "prompt")
             body = text_completion(ctx.request_id, req.model, choices, usage, top_n)
-            return Served(provider_id, body=body)
+            return self._answered(provider_id, body, ctx)
         stream, first = await self._start(make_job, ctx, "prompt")
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
         chunks = CompletionChunks(ctx.request_id, req.model, include_usage, top_n)
         usage_chunk = chunks.usage if include_usage else None
-        relay = self._relay(stream, first, ctx, [], chunks.content, usage_chunk)
-        return Served(stream.provider_id, stream=relay)
+        return self._streamed(stream, first, ctx, [], chunks.content, usage_chunk)
 
     async def embeddings(self, req: EmbeddingRequest, ctx: RequestContext) -> Served:
         offer = self.offer_for(req.model, "embedding")
@@ -208,6 +224,7 @@ class Serving:
         def make_job(job_id: str) -> Job:
             return Job(job_id=job_id, model=req.model, kind="embedding", inputs=inputs)
 
+        await self._reserve(ctx, make_job)
         stream, first = await self._start(make_job, ctx, "input")
         try:
             if not isinstance(first, Done) or first.embeddings_b64 is None:
@@ -219,11 +236,16 @@ class Serving:
                 for i, b64 in enumerate(first.embeddings_b64)
             ]
         except TesseraError as exc:
+            self._release(ctx, "provider_failed")
             self.record(ctx, "error", stream.provider_id, exc.code, None)
+            raise
+        except BaseException:
+            self._release(ctx, "client_disconnected")
             raise
         finally:
             await stream.close()
         usage = first.usage
+        self._capture(ctx, stream, usage.prompt_tokens, 0)
         self.record(ctx, "ok", stream.provider_id, None, usage)
         body = {
             "object": "list",
@@ -231,7 +253,38 @@ class Serving:
             "model": req.model,
             "usage": {"prompt_tokens": usage.prompt_tokens, "total_tokens": usage.prompt_tokens},
         }
-        return Served(stream.provider_id, body=body)
+        return self._answered(stream.provider_id, body, ctx)
+
+    # ------------------------------------------------------------ money
+
+    async def _reserve(self, ctx: RequestContext, make_job: Callable[[str], Job]) -> None:
+        """Hold the request's worst case before any work starts (or refuse it)."""
+        job = make_job(ctx.request_id)
+        try:
+            ctx.charge = await self.payments.reserve(ctx.payer, ctx.request_id, job, ctx.max_price)
+        except TesseraError as exc:
+            self.record(ctx, "error", None, exc.code, None)
+            raise
+        ctx.admit = self.payments.admit(ctx.charge, job, ctx.max_price)
+
+    def _capture(
+        self, ctx: RequestContext, stream: JobStream, prompt_tokens: int, completion_tokens: int
+    ) -> None:
+        if ctx.charge is not None:
+            self.payments.capture(
+                ctx.charge, stream.offer, stream.provider_id, prompt_tokens, completion_tokens
+            )
+
+    def _release(self, ctx: RequestContext, reason: str) -> None:
+        if ctx.charge is not None:
+            self.payments.release(ctx.charge, reason)
+
+    def _answered(self, provider_id: str, body: dict[str, Any], ctx: RequestContext) -> Served:
+        """A whole answer with its cost in ``usage.cost`` (base units)."""
+        charge = ctx.charge
+        cost = 0 if charge is None or charge.cost is None else charge.cost
+        body.setdefault("usage", {})["cost"] = cost
+        return Served(provider_id, body=body, cost=cost, held=charge.held if charge else 0)
 
     # ------------------------------------------------------------ plumbing
 
@@ -244,10 +297,15 @@ class Serving:
     ) -> tuple[JobStream, JobEvent]:
         attempts = attempts or self.dispatcher.attempts(ctx.request_id)
         try:
-            stream, first = await self.dispatcher.start(make_job, attempts, param)
+            stream, first = await self.dispatcher.start(make_job, attempts, param, ctx.admit)
         except TesseraError as exc:
+            self._release(ctx, "not_served")
             self.record(ctx, "error", None, exc.code, None)
             raise
+        except BaseException:
+            self._release(ctx, "client_disconnected")
+            raise
+        ctx.offer = stream.offer
         if ctx.ttft_ms is None:
             ctx.ttft_ms = (time.perf_counter() - ctx.started) * 1000
             self.metrics.ttft.labels(endpoint=ctx.endpoint).observe(ctx.ttft_ms / 1000)
@@ -268,15 +326,22 @@ class Serving:
                 self.dispatcher.metrics.retries.inc()
                 if attempts.exhausted:
                     error = attempts.give_up()
+                    self._release(ctx, "provider_failed")
                     self.record(ctx, "error", stream.provider_id, error.code, None)
                     raise error from None
                 continue
             except TesseraError as exc:
+                self._release(ctx, "provider_failed")
                 self.record(ctx, "error", stream.provider_id, exc.code, None)
                 raise
             except BaseException:
+                # The client left before the answer was complete: it received nothing.
+                self._release(ctx, "client_disconnected")
                 self.record(ctx, "cancelled", stream.provider_id, "client_disconnected", None)
                 raise
+            self._capture(ctx, stream, usage.prompt_tokens, usage.completion_tokens)
+            if ctx.charge is not None:
+                await self.payments.stored(ctx.charge)
             self.record(ctx, "ok", stream.provider_id, None, usage)
             return stream.provider_id, choices, usage
 
@@ -300,6 +365,34 @@ class Serving:
         finally:
             await stream.close()
 
+    def _streamed(
+        self,
+        stream: JobStream,
+        first: JobEvent,
+        ctx: RequestContext,
+        head: list[dict[str, Any]],
+        content: Callable[[Chunk], dict[str, Any]],
+        usage_chunk: Callable[[Usage], dict[str, Any]] | None,
+    ) -> Served:
+        delivered = _Delivered()
+        relay = self._relay(stream, first, ctx, head, content, usage_chunk, delivered)
+
+        async def finish() -> None:
+            # Runs after the response, however it ended; settles a relay that never ran.
+            self._settle_abandoned(ctx, stream, delivered)
+            await relay.aclose()
+            await stream.close()
+
+        held = ctx.charge.held if ctx.charge else 0
+        return Served(stream.provider_id, stream=relay, held=held, finish=finish)
+
+    def _settle_abandoned(self, ctx: RequestContext, stream: JobStream, seen: _Delivered) -> None:
+        """The client left mid-stream: it pays for the tokens it was sent, no more."""
+        if seen.tokens or seen.prompt_tokens:
+            self._capture(ctx, stream, seen.prompt_tokens, seen.tokens)
+        else:
+            self._release(ctx, "client_disconnected")
+
     async def _relay(
         self,
         stream: JobStream,
@@ -308,7 +401,8 @@ class Serving:
         head: list[dict[str, Any]],
         content: Callable[[Chunk], dict[str, Any]],
         usage_chunk: Callable[[Usage], dict[str, Any]] | None,
-    ) -> AsyncIterator[bytes]:
+        delivered: _Delivered,
+    ) -> AsyncGenerator[bytes, None]:
         """SSE bytes as the provider produces them; cancels the job if the client leaves.
 
         ``usage_chunk`` is set only when the client asked for stream_options.include_usage.
@@ -323,23 +417,46 @@ class Serving:
             while True:
                 if isinstance(event, Chunk):
                     yield sse(content(event))
+                    delivered.add(event)
                 elif isinstance(event, Done):
                     usage = event.usage
+                    self._capture(ctx, stream, usage.prompt_tokens, usage.completion_tokens)
+                    if ctx.charge is not None:
+                        await self.payments.stored(ctx.charge)
                     if usage_chunk is not None:
-                        yield sse(usage_chunk(event.usage))
+                        chunk = usage_chunk(event.usage)
+                        chunk["usage"]["cost"] = ctx.charge.cost if ctx.charge else 0
+                        yield sse(chunk)
                     status, error_code = "ok", None
                     yield sse("[DONE]")
                     return
                 else:
+                    # The provider failed mid-answer: its work costs the consumer nothing.
                     exc = _failure(event)
+                    self._release(ctx, "provider_failed")
                     status, error_code = "error", exc.code
                     yield sse(openai_error_body(exc))
                     yield sse("[DONE]")
                     return
                 event = await stream.next_event(self.settings.first_token_timeout_s)
         finally:
+            if status == "cancelled":
+                self._settle_abandoned(ctx, stream, delivered)
             await stream.close()
             self.record(ctx, status, stream.provider_id, error_code, usage)
+
+
+@dataclass(slots=True)
+class _Delivered:
+    """What a stream has handed the client so far: what an abandoned stream pays for."""
+
+    tokens: int = 0
+    prompt_tokens: int = 0
+
+    def add(self, chunk: Chunk) -> None:
+        self.tokens += chunk.tokens
+        if chunk.prompt_tokens is not None and not self.prompt_tokens:
+            self.prompt_tokens = chunk.prompt_tokens
 
 
 class _ProviderVanished(Exception):

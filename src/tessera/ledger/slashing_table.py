@@ -6,6 +6,7 @@ operator may replace the table; the gateway publishes whichever table is in forc
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 
@@ -43,6 +44,28 @@ DEFAULT_RULES = (
 class SlashingTable:
     def __init__(self, rules: Iterable[SlashRule] = DEFAULT_RULES) -> None:
         self._rules = {rule.reason: rule for rule in rules}
+
+    @classmethod
+    def from_json(cls, text: str) -> SlashingTable:
+        """A table from a JSON list of rules (the operator's file); ValueError if malformed."""
+        try:
+            raw = json.loads(text)
+            rules = [
+                SlashRule(
+                    reason=str(r["reason"]),
+                    stake_bps=int(r["stake_bps"]),
+                    ban=bool(r["ban"]),
+                    description=str(r["description"]),
+                )
+                for r in raw
+            ]
+        except (json.JSONDecodeError, KeyError, TypeError) as exc:
+            raise ValueError(
+                "a slashing table is a JSON list of {reason, stake_bps, ban, description}"
+            ) from exc
+        if not rules:
+            raise ValueError("a slashing table needs at least one rule")
+        return cls(rules)
 
     def rule(self, reason: str) -> SlashRule:
         try:

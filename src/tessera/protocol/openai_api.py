@@ -8,10 +8,30 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, field_validator
 
 MAX_STOP = 4
 MAX_STRING = 4_000_000
+MAX_UNITS = 2**62  # base units; keeps every sum inside a 64-bit database integer
+
+Units = Annotated[StrictInt, Field(ge=0, le=MAX_UNITS)]
+
+
+class MaxPriceField(BaseModel):
+    """OpenRouter's ``provider.max_price``, in base units per million tokens (integers)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    prompt: Units | None = None
+    completion: Units | None = None
+
+
+class ProviderPreferences(BaseModel):
+    """The optional ``provider`` object (OpenRouter's shape); unknown keys are ignored."""
+
+    model_config = ConfigDict(extra="allow")
+
+    max_price: MaxPriceField | None = None
 
 
 class OpenAIRequest(BaseModel):
@@ -19,6 +39,7 @@ class OpenAIRequest(BaseModel):
 
     model: Annotated[str, Field(min_length=1, max_length=200)]
     user: Annotated[str, Field(max_length=256)] | None = None
+    provider: ProviderPreferences | None = None
 
 
 class TextPart(BaseModel):

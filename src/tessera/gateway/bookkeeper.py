@@ -1,0 +1,211 @@
+"""The gateway's money desk: the in-memory book, made durable by the journal writer.
+
+Every movement is decided on the book (synchronous, so two requests on the event loop
+can never both spend the same tokens) and then queued for the database. Movements that
+gate work (a hold) or report money (a capture, a deposit, a stake change) wait until
+their entry is stored. On start the stored journal is replayed and checked, and holds a
+crash left open are released: the consumer is not charged for work whose outcome the
+gateway never recorded, and nothing is ever charged twice because each request id has
+one hold and one settlement.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+from tessera.errors import LedgerUnavailable
+from tessera.gateway.journal_writer import JournalUnavailable, JournalWriter
+from tessera.ledger.book import Book, BookPolicy
+from tessera.ledger.journal import Entry
+from tessera.ledger.pricing import Price
+from tessera.ledger.spend_caps import SpendCaps
+from tessera.ledger.staking import SlashOutcome
+
+log = logging.getLogger("tessera.gateway.bookkeeper")
+
+RESTART = "gateway_restart"
+
+
+class LedgerStoreLike(Protocol):
+    async def load(self) -> list[Entry]: ...
+    async def append(self, entries: list[Entry]) -> None: ...
+    async def check(self) -> list[str]: ...
+
+
+class JournalCorrupt(Exception):
+    """The stored journal breaks an invariant; the gateway refuses to start on it."""
+
+
+@dataclass(frozen=True, slots=True)
+class Recovery:
+    entries: int
+    released: tuple[str, ...]
+
+
+class Bookkeeper:
+    def __init__(
+        self,
+        book: Book,
+        writer: JournalWriter,
+        *,
+        durable_timeout_s: float = 10.0,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.book = book
+        self.writer = writer
+        self.durable_timeout_s = durable_timeout_s
+        self.clock = clock
+
+    @classmethod
+    async def open(
+        cls, store: LedgerStoreLike, policy: BookPolicy, **kwargs: float
+    ) -> tuple[Bookkeeper, Recovery]:
+        """Replay and check the stored journal, start writing, settle crash leftovers."""
+        entries = await store.load()
+        try:
+            book = Book(policy, entries)
+        except Exception as exc:
+            raise JournalCorrupt(f"the stored journal does not replay: {exc}") from exc
+        problems = book.check() + await store.check()
+        if problems:
+            raise JournalCorrupt("the stored journal is unsound: " + "; ".join(problems[:5]))
+        writer = JournalWriter(store)
+        writer.start()
+        keeper = cls(book, writer, **kwargs)
+        released = []
+        for hold in book.open_holds():
+            keeper.release(hold.request_id, RESTART)
+            released.append(hold.request_id)
+        await keeper.flush()
+        if released:
+            log.warning("released %d hold(s) a crash left open", len(released))
+        return keeper, Recovery(len(entries), tuple(released))
+
+    async def close(self) -> None:
+        await self.writer.close()
+
+    # ------------------------------------------------------------ durability
+
+    def _guard(self) -> None:
+        if self.writer.failure is not None:
+            raise LedgerUnavailable(
+                "The gateway cannot record payments right now, so it takes no paid work; "
+                "retry later. (Operators: see the gateway log.)"
+            )
+
+    async def durable(self, future: Awaitable[None]) -> None:
+        """Wait until ``future``'s entries are stored; LedgerUnavailable if they cannot be."""
+        try:
+            await asyncio.wait_for(asyncio.shield(future), self.durable_timeout_s)
+        except (TimeoutError, JournalUnavailable) as exc:
+            raise LedgerUnavailable(
+                "The gateway could not record this payment in time; nothing was charged. "
+                "Retry the request."
+            ) from exc
+
+    async def flush(self) -> None:
+        """Wait until everything posted so far is stored."""
+        await self.durable(self.writer.flush_future())
+
+    def _submit(self, entry: Entry) -> asyncio.Future[None]:
+        return self.writer.submit(entry)
+
+    # ------------------------------------------------------------ requests
+
+    async def hold(
+        self,
+        account: str,
+        key: str,
+        caps: SpendCaps,
+        request_id: str,
+        amount: int,
+        memo: dict[str, str],
+    ) -> None:
+        """Escrow ``amount`` and wait until that is stored; release it if it cannot be."""
+        self._guard()
+        entry = self.book.hold(account, key, caps, request_id, amount, self.clock(), memo)
+        try:
+            await self.durable(self._submit(entry))
+        except BaseException:
+            self.release(request_id, "hold_not_stored")
+            raise
+
+    def capture(
+        self,
+        request_id: str,
+        price: Price,
+        prompt_tokens: int,
+        completion_tokens: int,
+        provider: str,
+    ) -> tuple[int, asyncio.Future[None] | None]:
+        """Charge what was used; returns (cost, stored-future). Safe to call once per hold."""
+        if self.book.escrow.held(request_id) is None:
+            return 0, None
+        entry, cost = self.book.capture(
+            request_id, price, prompt_tokens, completion_tokens, provider, self.clock()
+        )
+        return cost, self._submit_quietly(entry)
+
+    def release(self, request_id: str, reason: str) -> None:
+        """Give a hold back (failed or abandoned work). A no-op if already settled."""
+        if self.book.escrow.held(request_id) is None:
+            return
+        self._submit_quietly(self.book.release(request_id, self.clock(), reason))
+
+    def _submit_quietly(self, entry: Entry) -> asyncio.Future[None] | None:
+        try:
+            return self._submit(entry)
+        except JournalUnavailable:
+            # The writer already failed: memory is ahead of disk and the gateway refuses
+            # new work; the operator restarts it and the stored journal wins.
+            log.error("entry %d (%s) not stored: journal unavailable", entry.entry_id, entry.kind)
+            return None
+
+    # ------------------------------------------------------------ account and stake moves
+
+    async def _posted(self, entry: Entry | None) -> Entry | None:
+        if entry is not None:
+            await self.durable(self._submit(entry))
+        return entry
+
+    async def mint(self, owner: str, amount: int, reference: str) -> Entry | None:
+        self._guard()
+        return await self._posted(self.book.mint(owner, amount, reference, self.clock()))
+
+    async def withdraw_earnings(self, provider: str, amount: int, reference: str) -> Entry | None:
+        self._guard()
+        entry = self.book.withdraw_earnings(provider, amount, reference, self.clock())
+        return await self._posted(entry)
+
+    async def bond(self, provider: str, amount: int, reference: str) -> Entry | None:
+        self._guard()
+        return await self._posted(self.book.bond(provider, amount, reference, self.clock()))
+
+    async def unbond(self, provider: str, amount: int, reference: str) -> Entry | None:
+        self._guard()
+        return await self._posted(self.book.unbond(provider, amount, reference, self.clock()))
+
+    async def withdraw_stake(self, provider: str, reference: str) -> Entry | None:
+        self._guard()
+        return await self._posted(self.book.withdraw_stake(provider, reference, self.clock()))
+
+    async def slash(
+        self,
+        provider: str,
+        reason: str,
+        evidence: str,
+        harmed: list[tuple[str, int]],
+        reference: str,
+        amount: int | None = None,
+    ) -> SlashOutcome:
+        self._guard()
+        outcome = self.book.slash(
+            provider, reason, evidence, harmed, reference, self.clock(), amount
+        )
+        await self._posted(self.book.ledger.entries[-1])
+        return outcome
