@@ -16,6 +16,7 @@ from rich.logging import RichHandler
 from tessera import __version__
 from tessera.config import GatewaySettings, ProviderSettings, default_data_dir
 from tessera.errors import TesseraError
+from tessera.money_cli import account_app, earnings_app, ledger_app, stake_app
 
 app = typer.Typer(
     help="Tessera: an open network that turns idle GPUs into one inference cloud.",
@@ -26,6 +27,10 @@ keys_app = typer.Typer(help="Create, list and revoke API keys.", no_args_is_help
 models_app = typer.Typer(help="Make and inspect local models.", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
 app.add_typer(models_app, name="models")
+app.add_typer(account_app, name="account")
+app.add_typer(stake_app, name="stake")
+app.add_typer(earnings_app, name="earnings")
+app.add_typer(ledger_app, name="ledger")
 
 console = Console(stderr=True)
 DataDir = Annotated[Path, typer.Option(help="Where the database and keys live.")]
@@ -61,15 +66,39 @@ def gateway(
     port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
     data_dir: DataDir = default_data_dir(),
     database_url: DatabaseUrl = None,
+    dev: Annotated[
+        bool, typer.Option("--dev", help="Dev mode: accounts and providers may mint test tokens.")
+    ] = False,
+    min_stake: Annotated[
+        str | None,
+        typer.Option(help="Stake (tokens) a provider must bond to get work; default 10."),
+    ] = None,
+    unbonding_delay_s: Annotated[
+        float | None, typer.Option(help="Seconds unbonding stake stays slashable (default 7 days).")
+    ] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
     """Run a gateway: the OpenAI-compatible API and the provider hub."""
     import uvicorn
 
     from tessera.gateway.app import create_app
+    from tessera.units import parse_tokens
 
     _logging(verbose)
-    settings = GatewaySettings(host=host, port=port, data_dir=data_dir, database_url=database_url)
+    extra: dict[str, object] = {}
+    if dev:
+        extra["dev_mode"] = True
+    if min_stake is not None:
+        try:
+            extra["min_stake_units"] = parse_tokens(min_stake)
+        except ValueError as exc:
+            console.print(f"[bold red]error:[/] --min-stake: {exc}")
+            raise typer.Exit(2) from None
+    if unbonding_delay_s is not None:
+        extra["unbonding_delay_s"] = unbonding_delay_s
+    settings = GatewaySettings(
+        host=host, port=port, data_dir=data_dir, database_url=database_url, **extra
+    )
     console.print(f"[bold]Tessera gateway[/] {__version__} on http://{host}:{port}")
     uvicorn.run(
         create_app(settings),

@@ -27,7 +27,13 @@ from rich.console import Console
 from rich.panel import Panel
 from rich.table import Table
 
+from tessera.dev_money import fund_account, stake_provider
+from tessera.ledger.accounts import TOKEN
+from tessera.units import format_tokens
+
 console = Console()
+
+DEMO_FUNDS = 100 * TOKEN  # minted into the demo account (dev mode)
 
 REGIONS = [
     ("US-east", "us-east-1", 200_000_000, 600_000_000),
@@ -222,6 +228,26 @@ def tour(base_url: str, api_key: str, text_model: str) -> list[tuple[str, bool, 
     return steps
 
 
+def money_step(base: str, api_key: str) -> tuple[str, bool, str, str]:
+    """Show what the tour cost and who earned it, from the gateway's ledger."""
+    try:
+        headers = {"Authorization": f"Bearer {api_key}"}
+        account = httpx.get(f"{base}/v1/account", headers=headers, timeout=10).json()
+        usage = httpx.get(
+            f"{base}/v1/account/usage", params={"limit": 20}, headers=headers, timeout=10
+        ).json()
+        totals = httpx.get(f"{base}/v1/ledger", timeout=10).json()
+        spent = DEMO_FUNDS - account["balance"] - account["held"]
+        note = (
+            f"{len(usage['data'])} requests cost {format_tokens(spent)} tokens "
+            f"({spent} base units); balance {format_tokens(account['balance'])}; "
+            f"fees {totals['fees']}, verification pool {totals['verification_pool']} units"
+        )
+        return "pay per token", spent > 0, "-", note
+    except (httpx.HTTPError, KeyError, ValueError) as exc:
+        return "pay per token", False, "-", f"{type(exc).__name__}: {exc}"
+
+
 def run_demo(port: int, providers: int, data_dir: Path, model_dir: Path, once: bool) -> int:
     if not (model_dir / ".complete").exists():
         from tessera.models.make_tiny import make_tiny
@@ -238,10 +264,16 @@ def run_demo(port: int, providers: int, data_dir: Path, model_dir: Path, once: b
     base = f"http://127.0.0.1:{port}"
     network = Network(data_dir)
     try:
-        network.spawn("gateway", ["gateway", "--port", str(port), "--data-dir", str(data_dir)])
+        network.spawn(
+            "gateway", ["gateway", "--port", str(port), "--data-dir", str(data_dir), "--dev"]
+        )
         api_key = asyncio.run(create_api_key(data_dir))
+        wait_for_network(base, 0, network)
+        fund_account(base, api_key, DEMO_FUNDS)
         for i in range(providers):
             region, label, price_in, price_out = REGIONS[i % len(REGIONS)]
+            # Stake first: an unstaked provider connects but gets no work.
+            stake_provider(base, data_dir / f"provider-{i + 1}.key")
             network.spawn(
                 f"provider-{i + 1}",
                 [
@@ -263,6 +295,7 @@ def run_demo(port: int, providers: int, data_dir: Path, model_dir: Path, once: b
             json.dumps({"base_url": f"{base}/v1", "api_key": api_key}, indent=2)
         )
         steps = tour(f"{base}/v1", api_key, "tessera-tiny")
+        steps.append(money_step(base, api_key))
         table = Table(title=f"Tessera demo: {providers} providers behind {base}")
         for column in ("step", "ok", "provider", "what happened"):
             table.add_column(column)

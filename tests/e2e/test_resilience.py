@@ -14,6 +14,7 @@ import pytest
 from openai import OpenAI
 
 from tessera.demo import wait_for_network
+from tessera.dev_money import stake_provider
 from tessera.provider.model_hash import weights_sha256
 
 from support.live_network import TEXT_MODEL, LiveNetwork, start_network
@@ -94,6 +95,7 @@ def test_upstream_provider_serves_and_abandoned_stream_is_cancelled_upstream(
 ) -> None:
     """A provider fronting an OpenAI-compatible server (as with vLLM), end to end."""
     with running_upstream(tiny_model_dir, tmp_path, "tiny-upstream", embeddings=False) as up:
+        stake_provider(network.base, network.data_dir / "upstream.key")
         network.network.spawn(
             "provider-upstream",
             [

@@ -158,7 +158,12 @@ async def test_usage_and_headers_on_success(gateway: LiveGateway) -> None:
         await answer(peer, await peer.recv())
         response = await request
     body = response.json()
-    assert body["usage"] == {"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 4}
+    assert body["usage"] == {
+        "prompt_tokens": 3,
+        "completion_tokens": 1,
+        "total_tokens": 4,
+        "cost": 0,
+    }
     assert response.headers["x-request-id"].startswith("req_")
     beat.cancel()
 

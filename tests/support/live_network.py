@@ -15,6 +15,7 @@ from pathlib import Path
 from openai import OpenAI
 
 from tessera.demo import Network, free_port, wait_for_network
+from tessera.dev_money import fund_account, stake_provider
 
 TEXT_MODEL = "tessera-tiny"
 EMBED_MODEL = "all-MiniLM-L6-v2"
@@ -52,6 +53,10 @@ def create_key(data_dir: Path) -> str:
     return str(json.loads(out.stdout)["key"])
 
 
+def provider_key_file(network: Network, index: int) -> Path:
+    return network.data_dir / f"provider-{index}.key"
+
+
 def start_provider(network: Network, base: str, model_dir: Path, index: int, region: str) -> None:
     network.spawn(
         f"provider-{index}",
@@ -64,7 +69,7 @@ def start_provider(network: Network, base: str, model_dir: Path, index: int, reg
             "--label", f"e2e-{index}",
             "--price-in", str(100 * index),
             "--price-out", str(300 * index),
-            "--key-file", str(network.data_dir / f"provider-{index}.key"),
+            "--key-file", str(provider_key_file(network, index)),
             "--threads", "1",
             "--max-concurrent-jobs", "2",
         ],
@@ -75,10 +80,13 @@ def start_network(data_dir: Path, model_dir: Path, providers: int = 2) -> LiveNe
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     network = Network(data_dir)
-    network.spawn("gateway", ["gateway", "--port", str(port), "--data-dir", str(data_dir)])
+    network.spawn("gateway", ["gateway", "--port", str(port), "--data-dir", str(data_dir), "--dev"])
     try:
         api_key = create_key(data_dir)
+        wait_for_network(base, 0, network, timeout_s=60)
+        fund_account(base, api_key)
         for i in range(providers):
+            stake_provider(base, provider_key_file(network, i + 1))
             start_provider(network, base, model_dir, i + 1, ["US-east", "DE-eu"][i % 2])
         wait_for_network(base, providers, network, timeout_s=240)
     except BaseException:

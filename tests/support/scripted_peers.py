@@ -22,6 +22,7 @@ from nacl.signing import SigningKey
 from websockets.asyncio.client import ClientConnection, connect
 
 from tessera.config import GatewaySettings
+from tessera.dev_money import DEFAULT_FUNDS, fund_account
 from tessera.gateway.app import create_app
 from tessera.protocol.signing import public_key_hex, sign
 from tessera.protocol.wire import (
@@ -60,21 +61,28 @@ class LiveGateway:
 
 @asynccontextmanager
 async def live_gateway(
-    data_dir: Path, database_url: str | None = None
+    data_dir: Path,
+    database_url: str | None = None,
+    funds: int = DEFAULT_FUNDS,
+    **overrides: Any,
 ) -> AsyncIterator[LiveGateway]:
-    """A gateway app served by uvicorn in this event loop, with one API key."""
+    """A gateway app served by uvicorn in this event loop, with one funded API key.
+
+    Dev mode; scripted peers are not staked, so the minimum stake is 0 unless overridden.
+    """
     port = free_port()
-    settings = GatewaySettings(
-        port=port,
-        data_dir=data_dir,
-        database_url=database_url,
-        register_timeout_s=1.0,
-        heartbeat_interval_s=0.2,
-        heartbeat_timeout_s=1.0,
-        queue_timeout_s=3.0,
-        first_token_timeout_s=5.0,
-        max_bad_frames=3,
-    )
+    options: dict[str, Any] = {
+        "register_timeout_s": 1.0,
+        "heartbeat_interval_s": 0.2,
+        "heartbeat_timeout_s": 1.0,
+        "queue_timeout_s": 3.0,
+        "first_token_timeout_s": 5.0,
+        "max_bad_frames": 3,
+        "dev_mode": True,
+        "min_stake_units": 0,
+        **overrides,
+    }
+    settings = GatewaySettings(port=port, data_dir=data_dir, database_url=database_url, **options)
     config = uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning")
     server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve())
@@ -85,6 +93,9 @@ async def live_gateway(
     engine = create_engine(database_url or database_url_for(data_dir))
     key, _ = await ApiKeyStore(engine).create("test")
     await engine.dispose()
+    base = f"http://127.0.0.1:{port}"
+    if funds:
+        await asyncio.to_thread(fund_account, base, key, funds)
     try:
         yield LiveGateway(
             f"http://127.0.0.1:{port}", f"ws://127.0.0.1:{port}/v1/providers/connect", key, settings
@@ -94,11 +105,21 @@ async def live_gateway(
         await asyncio.wait_for(task, 10)
 
 
-def caps_for(key: SigningKey, slots: int = 2, model: str = MODEL) -> Capabilities:
+def caps_for(
+    key: SigningKey, slots: int = 2, model: str = MODEL, price: tuple[int, int] = (0, 0)
+) -> Capabilities:
+    offer = ModelOffer(
+        name=model,
+        weights_sha256="cd" * 32,
+        kind="text",
+        context_length=512,
+        price_input_per_mtok=price[0],
+        price_output_per_mtok=price[1],
+    )
     return Capabilities(
         public_key=public_key_hex(key),
         agent_version="scripted",
-        models=[ModelOffer(name=model, weights_sha256="cd" * 32, kind="text", context_length=512)],
+        models=[offer],
         hardware=Hardware(cpu="scripted", cpu_cores=1, ram_bytes=1),
         region="DE-eu",
         max_concurrent_jobs=slots,
@@ -121,18 +142,26 @@ class Peer:
         return peer
 
     def register_frame(
-        self, nonce: str | None = None, slots: int = 2, signer: SigningKey | None = None
+        self,
+        nonce: str | None = None,
+        slots: int = 2,
+        signer: SigningKey | None = None,
+        price: tuple[int, int] = (0, 0),
     ) -> str:
         nonce = nonce or self.hello["nonce"]
-        caps = caps_for(self.key, slots)
+        caps = caps_for(self.key, slots, price=price)
         signature = sign(signer or self.key, REGISTER_DOMAIN, register_payload(nonce, caps))
         frame = Register(
             version=PROTOCOL_VERSION, nonce=nonce, capabilities=caps, signature=signature
         )
         return frame.model_dump_json()
 
-    async def register(self, slots: int = 2) -> dict[str, Any]:
-        await self.ws.send(self.register_frame(slots=slots))
+    @property
+    def provider_id(self) -> str:
+        return public_key_hex(self.key)
+
+    async def register(self, slots: int = 2, price: tuple[int, int] = (0, 0)) -> dict[str, Any]:
+        await self.ws.send(self.register_frame(slots=slots, price=price))
         return await self.recv()
 
     async def recv(self, timeout_s: float = 5.0) -> dict[str, Any]:
@@ -176,13 +205,15 @@ def chat_body(stream: bool = False, **extra: Any) -> dict[str, Any]:
     }
 
 
-async def answer(peer: Peer, job: dict[str, Any], text: str = "hello") -> None:
-    await peer.send({"type": "chunk", "job_id": job["job_id"], "text": text})
+async def answer(
+    peer: Peer, job: dict[str, Any], text: str = "hello", usage: tuple[int, int] = (3, 1)
+) -> None:
+    await peer.send({"type": "chunk", "job_id": job["job_id"], "text": text, "tokens": usage[1]})
     await peer.send({"type": "chunk", "job_id": job["job_id"], "finish_reason": "stop"})
     await peer.send(
         {
             "type": "done",
             "job_id": job["job_id"],
-            "usage": {"prompt_tokens": 3, "completion_tokens": 1},
+            "usage": {"prompt_tokens": usage[0], "completion_tokens": usage[1]},
         }
     )

@@ -1,0 +1,54 @@
+"""Dev-mode funding over the gateway's HTTP API: what `tessera demo` and the tests use.
+
+On a dev-mode gateway accounts and providers may mint test tokens; a provider then bonds
+stake with calls signed by its own key, exactly as `tessera stake` does.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from tessera.ledger.accounts import TOKEN
+from tessera.protocol.provider_api import signed_headers
+from tessera.protocol.signing import public_key_hex
+from tessera.provider.identity import load_or_create_key
+
+DEFAULT_FUNDS = 100 * TOKEN
+DEFAULT_STAKE = 10 * TOKEN
+
+
+def fund_account(base: str, api_key: str, units: int = DEFAULT_FUNDS) -> dict[str, Any]:
+    """Mint ``units`` into the API key's account; returns the account view."""
+    response = httpx.post(
+        f"{base}/v1/account/fund",
+        json={"amount": units},
+        headers={"Authorization": f"Bearer {api_key}", "Idempotency-Key": uuid.uuid4().hex},
+        timeout=30,
+    )
+    response.raise_for_status()
+    body: dict[str, Any] = response.json()
+    return body
+
+
+def provider_call(base: str, key_file: Path, action: str, body: dict[str, Any]) -> httpx.Response:
+    """A provider call signed with the key in ``key_file`` (created if missing)."""
+    key = load_or_create_key(key_file)
+    path = f"/v1/providers/{public_key_hex(key)}/{action}"
+    raw = json.dumps(body).encode()
+    headers = {**signed_headers(key, "POST", path, raw, time.time())}
+    headers["content-type"] = "application/json"
+    return httpx.post(f"{base}{path}", content=raw, headers=headers, timeout=30)
+
+
+def stake_provider(base: str, key_file: Path, units: int = DEFAULT_STAKE) -> str:
+    """Mint ``units`` to the provider and bond them; returns its id."""
+    for action in ("fund", "stake/bond"):
+        body = {"amount": units, "reference": uuid.uuid4().hex}
+        provider_call(base, key_file, action, body).raise_for_status()
+    return public_key_hex(load_or_create_key(key_file))
