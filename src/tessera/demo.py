@@ -233,13 +233,10 @@ def money_step(base: str, api_key: str) -> tuple[str, bool, str, str]:
     try:
         headers = {"Authorization": f"Bearer {api_key}"}
         account = httpx.get(f"{base}/v1/account", headers=headers, timeout=10).json()
-        usage = httpx.get(
-            f"{base}/v1/account/usage", params={"limit": 20}, headers=headers, timeout=10
-        ).json()
         totals = httpx.get(f"{base}/v1/ledger", timeout=10).json()
         spent = DEMO_FUNDS - account["balance"] - account["held"]
         note = (
-            f"{len(usage['data'])} requests cost {format_tokens(spent)} tokens "
+            f"the tour cost {format_tokens(spent)} tokens "
             f"({spent} base units); balance {format_tokens(account['balance'])}; "
             f"fees {totals['fees']}, verification pool {totals['verification_pool']} units"
         )
