@@ -303,3 +303,23 @@ async def test_requests_of_other_accounts_are_not_visible(gateway: LiveGateway) 
         response = await client.get(f"/v1/requests/{request_id}")
         assert response.status_code == 404
     beat.cancel()
+
+
+async def test_money_api_is_published_and_checks_ids(gateway: LiveGateway) -> None:
+    async with gateway.client() as client:
+        paths = (await client.get("/openapi.json")).json()["paths"]
+        for path in (
+            "/v1/account",
+            "/v1/account/usage",
+            "/v1/requests/{request_id}",
+            "/v1/providers/{provider_id}/stake/bond",
+            "/v1/slashing",
+        ):
+            assert path in paths
+        assert (await client.get("/v1/providers/not-a-key")).status_code == 400
+        table = (await client.get("/v1/slashing")).json()["data"]
+        assert {rule["reason"] for rule in table} >= {"forged_receipt", "downtime"}
+        totals = (await client.get("/v1/ledger")).json()
+        assert totals["minted"] > 0 and totals["fee_bps"] == 500
+    async with httpx.AsyncClient(base_url=gateway.base) as anonymous:
+        assert (await anonymous.get("/v1/account")).status_code == 401

@@ -7,6 +7,7 @@ carries a client-chosen reference, so a retried or replayed call is applied once
 
 from __future__ import annotations
 
+import re
 import time
 import uuid
 from collections.abc import Callable
@@ -25,6 +26,7 @@ from tessera.ledger.spend_caps import SpendCaps
 from tessera.protocol.provider_api import require_same_provider, verify_request
 
 MAX_UNITS = 2**62
+PROVIDER_ID = re.compile(r"[0-9a-f]{64}")
 Units = Annotated[StrictInt, Field(gt=0, le=MAX_UNITS)]
 Reference = Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{8,100}$")]
 
@@ -118,7 +120,7 @@ def install_money_routes(app: FastAPI, gateway_of: Callable[[Request], Any]) -> 
         view["name"] = record.name if record else None
         return view
 
-    @app.post("/v1/account/fund", tags=["account"])
+    @app.post("/v1/account/fund", tags=["account"], openapi_extra=_body(FundBody))
     async def fund_account(request: Request) -> dict[str, Any]:
         """Mint test tokens into this account (dev mode only). Idempotency-Key is honoured."""
         gateway, key = await consumer(request)
@@ -193,7 +195,12 @@ def install_money_routes(app: FastAPI, gateway_of: Callable[[Request], Any]) -> 
     @app.get("/v1/providers/{provider_id}", tags=["providers"])
     async def get_provider(request: Request, provider_id: str) -> dict[str, Any]:
         """A provider's stake, unbonding tranches and earnings (public)."""
-        return provider_view(gateway_of(request), provider_id[:64])
+        if not PROVIDER_ID.fullmatch(provider_id):
+            raise InvalidRequest(
+                "a provider id is its public key: 64 lowercase hex characters",
+                param="provider_id",
+            )
+        return provider_view(gateway_of(request), provider_id)
 
     async def signed(request: Request, provider_id: str) -> tuple[Any, bytes]:
         gateway = gateway_of(request)
@@ -205,6 +212,8 @@ def install_money_routes(app: FastAPI, gateway_of: Callable[[Request], Any]) -> 
         return gateway, raw
 
     def provider_move(path: str, summary: str, action: str) -> None:
+        body_type = WithdrawBody if action == "withdraw_stake" else MoveBody
+
         async def handler(request: Request, provider_id: str) -> dict[str, Any]:
             gateway, raw = await signed(request, provider_id)
             keeper = gateway.bookkeeper
@@ -231,7 +240,7 @@ def install_money_routes(app: FastAPI, gateway_of: Callable[[Request], Any]) -> 
             return view
 
         handler.__doc__ = summary
-        app.post(path, tags=["providers"], name=action)(handler)
+        app.post(path, tags=["providers"], name=action, openapi_extra=_body(body_type))(handler)
 
     base = "/v1/providers/{provider_id}"
     provider_move(f"{base}/fund", "Mint test tokens to the provider (dev mode).", "fund")
@@ -263,6 +272,11 @@ def install_money_routes(app: FastAPI, gateway_of: Callable[[Request], Any]) -> 
             "min_stake": gateway.settings.min_stake_units,
             "unbonding_delay_s": gateway.settings.unbonding_delay_s,
         }
+
+
+def _body(model: type[BaseModel]) -> dict[str, Any]:
+    schema = model.model_json_schema()
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}
 
 
 async def _apply(work: Any) -> tuple[int | None, bool]:
