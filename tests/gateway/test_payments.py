@@ -323,3 +323,28 @@ async def test_money_api_is_published_and_checks_ids(gateway: LiveGateway) -> No
         assert totals["minted"] > 0 and totals["fee_bps"] == 500
     async with httpx.AsyncClient(base_url=gateway.base) as anonymous:
         assert (await anonymous.get("/v1/account")).status_code == 401
+
+
+async def test_unbonded_stake_returns_only_after_the_delay(tmp_path: Path) -> None:
+    async with live_gateway(tmp_path, unbonding_delay_s=1.0) as gateway:
+        peer = await Peer.open(gateway.ws_url)
+        async with gateway.client() as client:
+
+            async def move(action: str, body: dict[str, Any]) -> dict[str, Any]:
+                path = f"/v1/providers/{peer.provider_id}/{action}"
+                raw = json.dumps({**body, "reference": uuid.uuid4().hex}).encode()
+                headers = signed_headers(peer.key, "POST", path, raw, time.time())
+                response = await client.post(path, content=raw, headers=headers)
+                assert response.status_code == 200, response.text
+                return response.json()
+
+            await move("fund", {"amount": 10})
+            await move("stake/bond", {"amount": 10})
+            view = await move("stake/unbond", {"amount": 4})
+            assert view["bonded"] == 6 and view["unbonding"][0]["amount"] == 4
+            early = await move("stake/withdraw", {})
+            assert early["entry_id"] is None and early["balance"] == 0  # not matured yet
+            await asyncio.sleep(1.1)
+            late = await move("stake/withdraw", {})
+            assert late["balance"] == 4 and late["unbonding"] == []
+        await peer.close()
