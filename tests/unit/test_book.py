@@ -169,3 +169,19 @@ def test_no_sequence_passes_a_cap_or_the_balance(
         assert total + held <= cap
         assert book.ledger.balance(balance_of("alice")) >= 0
         assert book.check() == []
+
+
+def test_a_gateway_book_keeps_balances_not_entries() -> None:
+    kept, lean = Book(BookPolicy()), Book(BookPolicy(), retain_entries=False)
+    for book in (kept, lean):
+        book.mint("alice", 1_000, "dep", at=1.0)
+        book.hold("alice", "k", NO_CAPS, "r1", 300, at=2.0)
+        book.capture("r1", Price(0, 1_000_000), 0, 120, "prov", at=3.0)
+        book.hold("alice", "k", NO_CAPS, "r2", 50, at=4.0)
+    assert lean.ledger.entries == () and lean.ledger.entry_count == 4
+    assert lean.ledger.balances() == kept.ledger.balances()
+    assert [h.request_id for h in lean.open_holds()] == ["r2"]
+    assert lean.check() == [] and kept.check() == []
+    replayed = Book(BookPolicy(), kept.ledger.entries, retain_entries=False)
+    assert replayed.ledger.balances() == kept.ledger.balances()
+    assert replayed.spend.spent("k", 4.0) == kept.spend.spent("k", 4.0)

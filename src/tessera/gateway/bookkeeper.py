@@ -68,7 +68,7 @@ class Bookkeeper:
         """Replay and check the stored journal, start writing, settle crash leftovers."""
         entries = await store.load()
         try:
-            book = Book(policy, entries)
+            book = Book(policy, entries, retain_entries=False)
         except Exception as exc:
             raise JournalCorrupt(f"the stored journal does not replay: {exc}") from exc
         problems = book.check() + await store.check()
@@ -207,5 +207,5 @@ class Bookkeeper:
         outcome = self.book.slash(
             provider, reason, evidence, harmed, reference, self.clock(), amount
         )
-        await self._posted(self.book.ledger.entries[-1])
+        await self._posted(self.book.ledger.last)
         return outcome

@@ -62,15 +62,18 @@ class ProviderView:
 
 
 class Book:
-    def __init__(self, policy: BookPolicy, entries: Iterable[Entry] = ()) -> None:
+    def __init__(
+        self, policy: BookPolicy, entries: Iterable[Entry] = (), retain_entries: bool = True
+    ) -> None:
         self.policy = policy
-        self.ledger = Ledger()
-        for entry in entries:
-            self.ledger.replay(entry, unique=True)
+        self.ledger = Ledger(retain_entries)
         self.escrow = Escrow(self.ledger, policy.fees)
         self.staking = Staking(self.ledger, policy.unbonding_delay_s)
         self.spend = SpendTracker()
-        for entry in self.ledger.entries:
+        for entry in entries:
+            self.ledger.replay(entry, unique=True)
+            self.escrow.track(entry)
+            self.staking.track(entry)
             self.spend.track(entry)
         self.listeners: list[Callable[[Entry], None]] = []
 
@@ -101,7 +104,7 @@ class Book:
             "fees": self.ledger.balance(FEES),
             "verification_pool": self.ledger.balance(VERIFICATION_POOL),
             "insurance_pool": self.ledger.balance(INSURANCE_POOL),
-            "entries": len(self.ledger.entries),
+            "entries": self.ledger.entry_count,
         }
 
     def spendable(self, account: str, key: str, caps: SpendCaps, at: float) -> int:
@@ -193,7 +196,8 @@ class Book:
         else:
             self.policy.slashing.rule(reason)  # an unknown reason is refused either way
         outcome = self.staking.slash(provider, amount, reason, evidence, harmed, reference, at)
-        self._posted(self.ledger.entries[-1])
+        assert self.ledger.last is not None
+        self._posted(self.ledger.last)
         return outcome
 
     def check(self) -> list[str]:

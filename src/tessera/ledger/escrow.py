@@ -47,9 +47,9 @@ class Escrow:
         self.fees = fees or FeePolicy()
         self._open: dict[str, OpenHold] = {}
         for entry in ledger.entries:
-            self._track(entry)
+            self.track(entry)
 
-    def _track(self, entry: Entry) -> None:
+    def track(self, entry: Entry) -> None:
         if entry.kind == HOLD:
             memo = entry.memo_dict()
             amount = next(p.amount for p in entry.postings if p.amount > 0)
@@ -87,7 +87,7 @@ class Escrow:
             unique=True,
             memo={**(memo or {}), "consumer": consumer},
         )
-        self._track(entry)
+        self.track(entry)
         return entry
 
     def capture(
@@ -122,7 +122,7 @@ class Escrow:
             unique=True,
             memo={**(memo or {}), "provider": provider, "cost": str(cost)},
         )
-        self._track(entry)
+        self.track(entry)
         return entry
 
     def release(self, request_id: str, at: float, reason: str = "failed") -> Entry:
@@ -138,5 +138,5 @@ class Escrow:
             unique=True,
             memo={"reason": reason},
         )
-        self._track(entry)
+        self.track(entry)
         return entry

@@ -73,16 +73,32 @@ def check_postings(postings: Iterable[Posting]) -> None:
 
 
 class Ledger:
-    """Balances and the journal that explains them."""
+    """Balances and the journal that explains them.
 
-    def __init__(self) -> None:
+    ``retain_entries=False`` keeps only balances and the entry count: a long-running
+    gateway stores its journal in the database and must not grow memory per request.
+    """
+
+    def __init__(self, retain_entries: bool = True) -> None:
         self._balances: dict[Account, int] = defaultdict(int)
         self._entries: list[Entry] = []
+        self._retain = retain_entries
+        self._count = 0
+        self._last: Entry | None = None
         self._unique: set[tuple[str, str]] = set()
 
     @property
     def entries(self) -> tuple[Entry, ...]:
+        """Every entry, when retained (empty otherwise)."""
         return tuple(self._entries)
+
+    @property
+    def entry_count(self) -> int:
+        return self._count
+
+    @property
+    def last(self) -> Entry | None:
+        return self._last
 
     def balance(self, account: Account) -> int:
         return self._balances.get(account, 0)
@@ -114,7 +130,7 @@ class Ledger:
             raise DuplicateEntry(f"{kind} for {reference} was already posted")
         postings = tuple(Posting(a, amt) for a, amt in sorted(changes.items()) if amt != 0)
         entry = Entry(
-            entry_id=len(self._entries) + 1,
+            entry_id=self._count + 1,
             kind=kind,
             reference=reference,
             postings=postings,
@@ -132,7 +148,7 @@ class Ledger:
 
     def replay(self, entry: Entry, unique: bool = False) -> None:
         """Load a stored entry (on start); it must fit the invariants like a new one."""
-        if entry.entry_id != len(self._entries) + 1:
+        if entry.entry_id != self._count + 1:
             raise LedgerError(f"entry {entry.entry_id} is out of order")
         for p in entry.postings:
             if self.balance(p.account) + p.amount < 0 and not p.account.may_go_negative:
@@ -144,10 +160,19 @@ class Ledger:
     def _apply(self, entry: Entry) -> None:
         for p in entry.postings:
             self._balances[p.account] += p.amount
-        self._entries.append(entry)
+        self._count += 1
+        self._last = entry
+        if self._retain:
+            self._entries.append(entry)
 
     def check(self) -> list[str]:
-        """Problems found by rebuilding every balance from the journal; empty when sound."""
+        """Problems found by rebuilding every balance from the journal; empty when sound.
+
+        Without retained entries only the balances' own invariants are checked (the
+        store checks the journal itself).
+        """
+        if not self._retain:
+            return _balance_problems(self._balances)
         rebuilt: dict[Account, int] = defaultdict(int)
         problems = []
         for entry in self._entries:
@@ -165,3 +190,10 @@ class Ledger:
         if sum(rebuilt.values()) != 0:
             problems.append("balances do not sum to zero")
         return problems
+
+
+def _balance_problems(balances: Mapping[Account, int]) -> list[str]:
+    problems = [f"{a} is negative" for a, b in balances.items() if b < 0 and not a.may_go_negative]
+    if sum(balances.values()) != 0:
+        problems.append("balances do not sum to zero")
+    return problems

@@ -55,9 +55,9 @@ class Staking:
         self.unbonding_delay_s = unbonding_delay_s
         self._tranches: dict[str, Tranche] = {}
         for entry in ledger.entries:
-            self._track(entry)
+            self.track(entry)
 
-    def _track(self, entry: Entry) -> None:
+    def track(self, entry: Entry) -> None:
         memo = entry.memo_dict()
         if entry.kind == UNBOND:
             amount = next(p.amount for p in entry.postings if p.amount > 0)
@@ -103,7 +103,7 @@ class Staking:
             unique=True,
             memo={"provider": provider, "release_at": repr(at + self.unbonding_delay_s)},
         )
-        self._track(entry)
+        self.track(entry)
         return entry
 
     def withdraw(self, provider: str, reference: str, at: float) -> Entry | None:
@@ -120,7 +120,7 @@ class Staking:
             unique=True,
             memo={"tranches": _encode(ready)},
         )
-        self._track(entry)
+        self.track(entry)
         return entry
 
     def slash(
@@ -177,7 +177,7 @@ class Staking:
                 "tranches": _encode(taken_tranches),
             },
         )
-        self._track(entry)
+        self.track(entry)
         return SlashOutcome(taken, tuple(payouts.items()), remaining)
 
 
