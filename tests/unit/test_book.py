@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 
 from tessera.ledger.accounts import TOKEN, balance_of
 from tessera.ledger.book import Book, BookPolicy, CapReached
-from tessera.ledger.journal import InsufficientFunds
+from tessera.ledger.journal import DuplicateEntry, InsufficientFunds, LedgerError
 from tessera.ledger.pricing import Price
 from tessera.ledger.spend_caps import DAY_S, SpendCaps
 from tessera.market.quotes import (
@@ -185,3 +185,19 @@ def test_a_gateway_book_keeps_balances_not_entries() -> None:
     replayed = Book(BookPolicy(), kept.ledger.entries, retain_entries=False)
     assert replayed.ledger.balances() == kept.ledger.balances()
     assert replayed.spend.spent("k", 4.0) == kept.spend.spent("k", 4.0)
+
+
+def test_a_gateway_book_forgets_settled_request_keys_but_never_settles_twice() -> None:
+    book = Book(BookPolicy(), retain_entries=False)
+    book.mint("alice", 1_000, "dep", at=1.0)
+    book.hold("alice", "k", NO_CAPS, "r1", 300, at=2.0)
+    with pytest.raises(LedgerError):
+        book.hold("alice", "k", NO_CAPS, "r1", 300, at=2.5)  # an open hold is not doubled
+    book.release("r1", at=3.0, reason="failed")
+    with pytest.raises(LedgerError):
+        book.release("r1", at=4.0, reason="failed")
+    with pytest.raises(LedgerError):
+        book.capture("r1", Price(0, 1), 0, 1, "prov", at=4.0)
+    with pytest.raises(DuplicateEntry):
+        book.mint("alice", 5, "dep", at=5.0)  # client references stay remembered
+    assert book.ledger._unique == {("mint", "dep")}

@@ -22,7 +22,7 @@ from tessera.ledger.accounts import (
     hold_of,
     stake_of,
 )
-from tessera.ledger.escrow import Escrow, FeePolicy, OpenHold
+from tessera.ledger.escrow import CAPTURE, HOLD, RELEASE, Escrow, FeePolicy, OpenHold
 from tessera.ledger.journal import Entry, Ledger, LedgerError
 from tessera.ledger.pricing import Price
 from tessera.ledger.slashing_table import SlashingTable
@@ -66,7 +66,7 @@ class Book:
         self, policy: BookPolicy, entries: Iterable[Entry] = (), retain_entries: bool = True
     ) -> None:
         self.policy = policy
-        self.ledger = Ledger(retain_entries)
+        self.ledger = Ledger(retain_entries, guarded_kinds=frozenset({HOLD, CAPTURE, RELEASE}))
         self.escrow = Escrow(self.ledger, policy.fees)
         self.staking = Staking(self.ledger, policy.unbonding_delay_s)
         self.spend = SpendTracker()

@@ -18,7 +18,7 @@ from tessera.ledger.accounts import (
     earnings_of,
     hold_of,
 )
-from tessera.ledger.journal import Entry, Ledger, LedgerError
+from tessera.ledger.journal import DuplicateEntry, Entry, Ledger, LedgerError
 from tessera.ledger.pricing import split_fee
 
 HOLD = "hold"
@@ -79,6 +79,8 @@ class Escrow:
         """
         if amount <= 0:
             raise LedgerError("a hold must be positive")
+        if request_id in self._open:
+            raise DuplicateEntry(f"{request_id} already holds funds")
         entry = self.ledger.post(
             HOLD,
             request_id,

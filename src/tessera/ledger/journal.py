@@ -77,9 +77,15 @@ class Ledger:
 
     ``retain_entries=False`` keeps only balances and the entry count: a long-running
     gateway stores its journal in the database and must not grow memory per request.
+    For the same reason it then forgets the (kind, reference) pairs of ``guarded_kinds``,
+    whose single use the caller guarantees itself (escrow settles only open holds, and
+    request ids are fresh); the database's unique index stays the last word.
     """
 
-    def __init__(self, retain_entries: bool = True) -> None:
+    def __init__(
+        self, retain_entries: bool = True, guarded_kinds: frozenset[str] = frozenset()
+    ) -> None:
+        self._guarded = frozenset() if retain_entries else guarded_kinds
         self._balances: dict[Account, int] = defaultdict(int)
         self._entries: list[Entry] = []
         self._retain = retain_entries
@@ -142,7 +148,7 @@ class Ledger:
             if after < 0 and not p.account.may_go_negative:
                 raise InsufficientFunds(p.account, self.balance(p.account), p.amount)
         self._apply(entry)
-        if unique:
+        if unique and kind not in self._guarded:
             self._unique.add(key)
         return entry
 
@@ -154,7 +160,7 @@ class Ledger:
             if self.balance(p.account) + p.amount < 0 and not p.account.may_go_negative:
                 raise InsufficientFunds(p.account, self.balance(p.account), p.amount)
         self._apply(entry)
-        if unique:
+        if unique and entry.kind not in self._guarded:
             self._unique.add((entry.kind, entry.reference))
 
     def _apply(self, entry: Entry) -> None:
