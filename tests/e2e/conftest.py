@@ -23,6 +23,16 @@ def live_network(
 
 
 @pytest.fixture
+def network(tmp_path: Path, tiny_model_dir: Path) -> Iterator[LiveNetwork]:
+    """A network of its own, for tests that kill or restart its processes."""
+    live = start_network(tmp_path, tiny_model_dir)
+    try:
+        yield live
+    finally:
+        live.network.stop()
+
+
+@pytest.fixture
 def client(live_network: LiveNetwork) -> Iterator[OpenAI]:
     with live_network.client(timeout=120) as openai_client:
         yield openai_client

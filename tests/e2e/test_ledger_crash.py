@@ -16,7 +16,6 @@ import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -30,20 +29,11 @@ from tessera.ledger.journal import Entry
 from tessera.store.engine import create_engine, database_url_for
 from tessera.store.ledger import LedgerStore
 
-from support.live_network import TEXT_MODEL, LiveNetwork, start_network
+from support.live_network import TEXT_MODEL, LiveNetwork
 
 pytestmark = pytest.mark.e2e
 
 MSG = [{"role": "user", "content": "Tell me a story about a fox."}]
-
-
-@pytest.fixture
-def network(tmp_path: Path, tiny_model_dir: Path) -> Iterator[LiveNetwork]:
-    live = start_network(tmp_path, tiny_model_dir)
-    try:
-        yield live
-    finally:
-        live.network.stop()
 
 
 def load(live: LiveNetwork, stop: threading.Event, outcomes: Counter[str], worker: int) -> None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import signal
 import time
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -17,21 +16,12 @@ from tessera.demo import wait_for_network
 from tessera.dev_money import stake_provider
 from tessera.provider.model_hash import weights_sha256
 
-from support.live_network import TEXT_MODEL, LiveNetwork, start_network
+from support.live_network import TEXT_MODEL, LiveNetwork
 from support.upstream_process import running_upstream
 
 pytestmark = pytest.mark.e2e
 
 MSG = [{"role": "user", "content": "Tell me a story about a fox."}]
-
-
-@pytest.fixture
-def network(tmp_path: Path, tiny_model_dir: Path) -> Iterator[LiveNetwork]:
-    live = start_network(tmp_path, tiny_model_dir)
-    try:
-        yield live
-    finally:
-        live.network.stop()
 
 
 def process(live: LiveNetwork, name: str):  # type: ignore[no-untyped-def]
