@@ -105,14 +105,17 @@ class JournalWriter:
 
     async def _write(self, batch: list[Entry], done: asyncio.Future[None]) -> None:
         delay = 0.05
+        retries_left_at_close = 5  # a closing gateway tries a few more times, then gives up
         while True:
             try:
                 await self._store.append(batch)
             except StoreError as exc:
-                if exc.retryable and not (self._closing and delay > self._max_backoff_s):
+                if self._closing:
+                    retries_left_at_close -= 1
+                if exc.retryable and retries_left_at_close > 0:
                     log.warning("journal write failed (%s); retrying in %.2fs", exc.message, delay)
                     await asyncio.sleep(delay)
-                    delay = min(delay * 2, self._max_backoff_s * 2)
+                    delay = min(delay * 2, self._max_backoff_s)
                     continue
                 self._fail(f"the journal could not be written: {exc.message}", done)
                 return
