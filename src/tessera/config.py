@@ -56,6 +56,12 @@ class GatewaySettings(BaseSettings):
     min_stake_units: int = Field(
         10 * 10**9, ge=0, description="Bonded stake (base units) a provider needs to get work."
     )
+    min_stake_per_model: dict[str, int] = Field(
+        default_factory=dict, description="Bonded stake required per model name (base units)."
+    )
+    min_stake_per_gpu: int = Field(
+        0, ge=0, description="Bonded stake required per announced GPU (base units)."
+    )
     unbonding_delay_s: float = Field(
         7 * 86_400.0, ge=0, description="How long unbonding stake stays slashable."
     )

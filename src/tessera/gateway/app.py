@@ -40,6 +40,7 @@ from tessera.ledger.escrow import FeePolicy
 from tessera.ledger.slashing_table import SlashingTable
 from tessera.market.quotes import MaxPrice
 from tessera.market.registry import ProviderRegistry
+from tessera.market.stake_policy import StakePolicy
 from tessera.protocol.openai_api import (
     ChatCompletionRequest,
     CompletionRequest,
@@ -104,7 +105,10 @@ def create_app(settings: GatewaySettings) -> FastAPI:
             recovery.entries,
             len(recovery.released),
         )
-        payments = Payments(bookkeeper, registry, settings.min_stake_units)
+        stake = StakePolicy(
+            settings.min_stake_units, settings.min_stake_per_model, settings.min_stake_per_gpu
+        )
+        payments = Payments(bookkeeper, registry, stake)
 
         async def provider_seen(provider_id: str, caps: Capabilities) -> None:
             try:

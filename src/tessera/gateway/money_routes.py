@@ -182,8 +182,13 @@ def install_money_routes(app: FastAPI, gateway_of: Callable[[Request], Any]) -> 
             "object": "provider",
             "id": provider_id,
             "connected": live is not None,
-            "routable": live is not None and gateway.payments.staked(provider_id),
-            "min_stake": gateway.settings.min_stake_units,
+            "routable": live is not None
+            and any(gateway.payments.staked(live, model) for model in live.offers),
+            "min_stake": (
+                max(gateway.payments.stake.required(live, m) for m in live.offers)
+                if live
+                else gateway.settings.min_stake_units
+            ),
             "earnings": view.earnings,
             "balance": view.balance,
             "bonded": view.bonded,

@@ -29,6 +29,7 @@ from tessera.market.quotes import (
     quote,
 )
 from tessera.market.registry import LiveProvider, ProviderRegistry
+from tessera.market.stake_policy import StakePolicy
 from tessera.protocol.wire import Job, ModelOffer
 
 log = logging.getLogger("tessera.gateway.payments")
@@ -64,27 +65,31 @@ def tokens(units: int) -> str:
 
 
 class Payments:
-    def __init__(self, bookkeeper: Bookkeeper, registry: ProviderRegistry, min_stake: int) -> None:
+    def __init__(
+        self, bookkeeper: Bookkeeper, registry: ProviderRegistry, stake: StakePolicy
+    ) -> None:
         self.bookkeeper = bookkeeper
         self.registry = registry
-        self.min_stake = min_stake
+        self.stake = stake
 
-    def staked(self, provider_id: str) -> bool:
-        return self.bookkeeper.book.bonded(provider_id) >= self.min_stake
+    def staked(self, provider: LiveProvider, model: str) -> bool:
+        required = self.stake.required(provider, model)
+        return self.bookkeeper.book.bonded(provider.provider_id) >= required
 
     def routable(self, provider: LiveProvider, model: str, max_price: MaxPrice) -> bool:
         offer = provider.offers.get(model)
-        return offer is not None and max_price.allows(offer) and self.staked(provider.provider_id)
+        return offer is not None and max_price.allows(offer) and self.staked(provider, model)
 
     async def reserve(self, payer: Payer, request_id: str, job: Job, max_price: MaxPrice) -> Charge:
         """Hold the worst case of ``job`` before work starts, or refuse with a clear error."""
         model = job.model
         serving = self.registry.serving(model)
-        staked = [p for p in serving if self.staked(p.provider_id)]
+        staked = [p for p in serving if self.staked(p, model)]
         if serving and not staked:
+            least = min(self.stake.required(p, model) for p in serving)
             raise NoCapacity(
                 f"no provider of '{model}' has the minimum stake bonded "
-                f"({tokens(self.min_stake)}), so none may take work; retry later"
+                f"({tokens(least)} or more), so none may take work; retry later"
             )
         within = [p for p in staked if max_price.allows(p.offers[model])]
         if staked and not within:
