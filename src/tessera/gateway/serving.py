@@ -7,6 +7,7 @@ request (metrics and the request log) exactly once, whether it succeeded or not.
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import struct
 import time
@@ -380,7 +381,8 @@ class Serving:
         async def finish() -> None:
             # Runs after the response, however it ended; settles a relay that never ran.
             self._settle_abandoned(ctx, stream, delivered)
-            await relay.aclose()
+            with contextlib.suppress(RuntimeError):  # still running elsewhere: it ends itself
+                await relay.aclose()
             await stream.close()
 
         held = ctx.charge.held if ctx.charge else 0
