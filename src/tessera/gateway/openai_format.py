@@ -153,6 +153,10 @@ class _StreamChunks:
             body["usage"] = None
         return body
 
+    def head(self) -> list[dict[str, Any]]:
+        """Chunks sent before the first token (none for text completions)."""
+        return []
+
     def usage(self, usage: Usage) -> dict[str, Any]:
         body = self._chunk([])
         body["usage"] = usage_body(usage)
@@ -165,11 +169,11 @@ class ChatChunks(_StreamChunks):
     object_name = "chat.completion.chunk"
     id_prefix = "chatcmpl"
 
-    def role(self) -> dict[str, Any]:
+    def head(self) -> list[dict[str, Any]]:
         opening = {"role": "assistant", "content": ""}
-        return self._chunk(
-            [{"index": 0, "delta": opening, "logprobs": None, "finish_reason": None}]
-        )
+        return [
+            self._chunk([{"index": 0, "delta": opening, "logprobs": None, "finish_reason": None}])
+        ]
 
     def content(self, chunk: Chunk) -> dict[str, Any]:
         delta: dict[str, Any] = {"content": chunk.text} if chunk.text else {}

@@ -88,6 +88,7 @@ class Served:
     finish: Callable[[], Awaitable[None]] | None = None
 
 
+RenderFn = Callable[[str, str, dict[int, ChoiceText], Usage, int | None], dict[str, Any]]
 RecordFn = Callable[[RequestContext, str, "str | None", "str | None", Usage | None], None]
 
 
@@ -178,16 +179,7 @@ class Serving:
                 job_id=job_id, model=req.model, kind="chat", messages=messages, params=params
             )
 
-        await self._reserve(ctx, make_job)
-        if not req.stream:
-            provider_id, choices, usage = await self._complete(make_job, ctx, "messages")
-            body = chat_completion(ctx.request_id, req.model, choices, usage, top_n)
-            return self._answered(provider_id, body, ctx)
-        stream, first = await self._start(make_job, ctx, "messages")
-        include_usage = bool(req.stream_options and req.stream_options.include_usage)
-        chunks = ChatChunks(ctx.request_id, req.model, include_usage, top_n)
-        usage_chunk = chunks.usage if include_usage else None
-        return self._streamed(stream, first, ctx, [chunks.role()], chunks.content, usage_chunk)
+        return await self._text(req, ctx, make_job, "messages", top_n, chat_completion, ChatChunks)
 
     async def completions(self, req: CompletionRequest, ctx: RequestContext) -> Served:
         offer = self.offer_for(req.model, "text")
@@ -200,16 +192,31 @@ class Serving:
                 job_id=job_id, model=req.model, kind="completion", prompts=prompts, params=params
             )
 
+        return await self._text(
+            req, ctx, make_job, "prompt", top_n, text_completion, CompletionChunks
+        )
+
+    async def _text(
+        self,
+        req: ChatCompletionRequest | CompletionRequest,
+        ctx: RequestContext,
+        make_job: Callable[[str], Job],
+        param: str,
+        top_n: int | None,
+        render: RenderFn,
+        chunk_type: type[ChatChunks | CompletionChunks],
+    ) -> Served:
+        """Pay ahead, then answer whole or as a stream: what chat and completions share."""
         await self._reserve(ctx, make_job)
         if not req.stream:
-            provider_id, choices, usage = await self._complete(make_job, ctx, "prompt")
-            body = text_completion(ctx.request_id, req.model, choices, usage, top_n)
+            provider_id, choices, usage = await self._complete(make_job, ctx, param)
+            body = render(ctx.request_id, req.model, choices, usage, top_n)
             return self._answered(provider_id, body, ctx)
-        stream, first = await self._start(make_job, ctx, "prompt")
+        stream, first = await self._start(make_job, ctx, param)
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
-        chunks = CompletionChunks(ctx.request_id, req.model, include_usage, top_n)
+        chunks = chunk_type(ctx.request_id, req.model, include_usage, top_n)
         usage_chunk = chunks.usage if include_usage else None
-        return self._streamed(stream, first, ctx, [], chunks.content, usage_chunk)
+        return self._streamed(stream, first, ctx, chunks.head(), chunks.content, usage_chunk)
 
     async def embeddings(self, req: EmbeddingRequest, ctx: RequestContext) -> Served:
         offer = self.offer_for(req.model, "embedding")
