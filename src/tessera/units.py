@@ -12,10 +12,9 @@ from __future__ import annotations
 import re
 from decimal import Decimal, localcontext
 
-from tessera.ledger.accounts import TOKEN
+from tessera.ledger.accounts import MAX_UNITS, TOKEN
 
 DECIMALS = 9  # TOKEN == 10**DECIMALS
-MAX_UNITS = 2**62  # keeps every sum inside a 64-bit database integer (as the wire models do)
 
 # ASCII digits with at most one point: "1", "1.5", ".5", "5." (no sign, exponent, separator).
 _PLAIN = re.compile(r"(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)")

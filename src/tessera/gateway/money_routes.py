@@ -19,13 +19,12 @@ from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError
 
 from tessera.errors import Forbidden, InvalidRequest, NotFound, TesseraError
 from tessera.gateway.payments import Payer
-from tessera.ledger.accounts import TOKEN
+from tessera.ledger.accounts import MAX_UNITS, TOKEN
 from tessera.ledger.escrow import CAPTURE, HOLD, RELEASE
 from tessera.ledger.journal import DuplicateEntry, Entry, InsufficientFunds, LedgerError
 from tessera.ledger.spend_caps import SpendCaps
 from tessera.protocol.provider_api import require_same_provider, verify_request
 
-MAX_UNITS = 2**62
 PROVIDER_ID = re.compile(r"[0-9a-f]{64}")
 Units = Annotated[StrictInt, Field(gt=0, le=MAX_UNITS)]
 Reference = Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{8,100}$")]

@@ -17,7 +17,6 @@ from dataclasses import dataclass, field
 from tessera.errors import InvalidRequest, NoCapacity, QuotaExceeded
 from tessera.gateway.bookkeeper import Bookkeeper
 from tessera.gateway.hub import Admit
-from tessera.ledger.accounts import TOKEN
 from tessera.ledger.book import CapReached
 from tessera.ledger.journal import InsufficientFunds
 from tessera.ledger.spend_caps import SpendCaps
@@ -31,6 +30,7 @@ from tessera.market.quotes import (
 from tessera.market.registry import LiveProvider, ProviderRegistry
 from tessera.market.stake_policy import StakePolicy
 from tessera.protocol.wire import Job, ModelOffer
+from tessera.units import format_tokens
 
 log = logging.getLogger("tessera.gateway.payments")
 
@@ -59,9 +59,7 @@ class Charge:
 
 
 def tokens(units: int) -> str:
-    """Base units as a readable token amount for error messages."""
-    whole, frac = divmod(units, TOKEN)
-    return f"{whole}.{frac:09d}".rstrip("0").rstrip(".") + " tokens"
+    return f"{format_tokens(units)} tokens"
 
 
 class Payments:

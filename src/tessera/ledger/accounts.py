@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 TOKEN = 10**9  # base units in one token; every amount is an int of base units
+MAX_UNITS = 2**62  # the largest amount accepted from outside: sums stay in a 64-bit integer
 
 
 class AccountKind(StrEnum):

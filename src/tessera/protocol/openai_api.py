@@ -10,9 +10,10 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, field_validator
 
+from tessera.ledger.accounts import MAX_UNITS
+
 MAX_STOP = 4
 MAX_STRING = 4_000_000
-MAX_UNITS = 2**62  # base units; keeps every sum inside a 64-bit database integer
 
 Units = Annotated[StrictInt, Field(ge=0, le=MAX_UNITS)]
 
