@@ -6,7 +6,6 @@ stake with calls signed by its own key, exactly as `tessera stake` does.
 
 from __future__ import annotations
 
-import json
 import time
 import uuid
 from pathlib import Path
@@ -15,7 +14,7 @@ from typing import Any
 import httpx
 
 from tessera.ledger.accounts import TOKEN
-from tessera.protocol.provider_api import signed_headers
+from tessera.protocol.provider_api import signed_post
 from tessera.protocol.signing import public_key_hex
 from tessera.provider.identity import load_or_create_key
 
@@ -38,11 +37,7 @@ def fund_account(base: str, api_key: str, units: int = DEFAULT_FUNDS) -> dict[st
 
 def provider_call(base: str, key_file: Path, action: str, body: dict[str, Any]) -> httpx.Response:
     """A provider call signed with the key in ``key_file`` (created if missing)."""
-    key = load_or_create_key(key_file)
-    path = f"/v1/providers/{public_key_hex(key)}/{action}"
-    raw = json.dumps(body).encode()
-    headers = {**signed_headers(key, "POST", path, raw, time.time())}
-    headers["content-type"] = "application/json"
+    path, raw, headers = signed_post(load_or_create_key(key_file), action, body, time.time())
     return httpx.post(f"{base}{path}", content=raw, headers=headers, timeout=30)
 
 

@@ -303,20 +303,14 @@ def load_provider_key(key_file: Path | None) -> SigningKey:
 def _signed_post(
     gateway: str, key: SigningKey, action: str, body: dict[str, Any]
 ) -> dict[str, Any]:
-    from tessera.protocol.provider_api import signed_headers
-    from tessera.protocol.signing import public_key_hex
+    from tessera.protocol.provider_api import signed_post
 
-    path = f"/v1/providers/{public_key_hex(key)}/{action}"
-    raw = json.dumps(body, separators=(",", ":")).encode()
     try:
         # Sign the path as the gateway will see it, prefix included if the URL has one.
-        signed_path = httpx.URL(gateway.rstrip("/") + path).path
+        prefix = httpx.URL(gateway.rstrip("/")).path
     except httpx.InvalidURL as exc:
         fail(f"{gateway!r} is not a gateway URL: {exc}")
-    headers = {
-        "Content-Type": "application/json",
-        **signed_headers(key, "POST", signed_path, raw, time.time()),
-    }
+    path, raw, headers = signed_post(key, action, body, time.time(), prefix)
     return call_gateway("POST", gateway, path, headers=headers, content=raw)
 
 

@@ -163,3 +163,15 @@ def test_a_key_signing_for_another_provider_is_refused_by_the_path_check() -> No
     with pytest.raises(ProviderAuthFailed, match="signed by provider"):
         require_same_provider(claimed, PROVIDER)
     require_same_provider(PROVIDER, PROVIDER)
+
+
+def test_signed_post_verifies_at_the_path_the_gateway_sees() -> None:
+    from tessera.protocol.provider_api import signed_post
+
+    key = SigningKey.generate()
+    path, raw, headers = signed_post(key, "stake/bond", {"amount": 5}, 1_000.0, prefix="/gw/")
+    assert path == f"/v1/providers/{signing.public_key_hex(key)}/stake/bond"
+    lower = {k.lower(): v for k, v in headers.items()}
+    assert verify_request(lower, "POST", "/gw" + path, raw, 1_000.0) == signing.public_key_hex(key)
+    with pytest.raises(ProviderAuthFailed):
+        verify_request(lower, "POST", path, raw, 1_000.0)  # signed for the prefixed path

@@ -25,6 +25,7 @@ Pure: no clock (``now`` is passed in), no I/O.
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 from collections.abc import Mapping
 from typing import Any
@@ -76,6 +77,21 @@ def signed_headers(
         TIMESTAMP_HEADER: str(timestamp),
         SIGNATURE_HEADER: signing.sign(key, PROVIDER_API_DOMAIN, payload),
     }
+
+
+def signed_post(
+    key: SigningKey, action: str, body: Mapping[str, Any], now: float, prefix: str = ""
+) -> tuple[str, bytes, dict[str, str]]:
+    """Path, JSON body and headers of a signed POST to ``/v1/providers/{id}/{action}``.
+
+    ``prefix`` is the path the gateway's URL already has (behind a proxy); it is signed,
+    because the gateway verifies the path it receives.
+    """
+    path = f"/v1/providers/{signing.public_key_hex(key)}/{action}"
+    raw = json.dumps(dict(body), separators=(",", ":")).encode()
+    headers = {"Content-Type": "application/json"}
+    headers.update(signed_headers(key, "POST", prefix.rstrip("/") + path, raw, now))
+    return path, raw, headers
 
 
 def verify_request(
