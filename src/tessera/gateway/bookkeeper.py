@@ -182,6 +182,17 @@ class Bookkeeper:
         entry = self.book.withdraw_earnings(provider, amount, reference, self.clock())
         return await self._posted(entry)
 
+    async def clawback(
+        self, provider: str, consumer: str, amount: int, reference: str
+    ) -> Entry | None:
+        self._guard()
+        entry = self.book.clawback(provider, consumer, amount, reference, self.clock())
+        return await self._posted(entry)
+
+    async def pay_auditor(self, auditor: str, amount: int, reference: str) -> Entry | None:
+        self._guard()
+        return await self._posted(self.book.pay_auditor(auditor, amount, reference, self.clock()))
+
     async def bond(self, provider: str, amount: int, reference: str) -> Entry | None:
         self._guard()
         return await self._posted(self.book.bond(provider, amount, reference, self.clock()))

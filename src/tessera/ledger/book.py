@@ -28,7 +28,7 @@ from tessera.ledger.pricing import Price
 from tessera.ledger.slashing_table import SlashingTable
 from tessera.ledger.spend_caps import SpendCaps, SpendTracker
 from tessera.ledger.staking import SlashOutcome, Staking, Tranche
-from tessera.ledger.transfers import mint, withdraw_earnings
+from tessera.ledger.transfers import clawback, mint, pay_auditor, withdraw_earnings
 
 
 class CapReached(LedgerError):
@@ -166,6 +166,22 @@ class Book:
 
     def withdraw_earnings(self, provider: str, amount: int, reference: str, at: float) -> Entry:
         return self._posted(withdraw_earnings(self.ledger, provider, amount, reference, at))
+
+    def clawback(
+        self, provider: str, consumer: str, amount: int, reference: str, at: float
+    ) -> Entry | None:
+        """Refund up to ``amount`` of a provider's earnings to a consumer; None if none left."""
+        amount = min(amount, self.ledger.balance(earnings_of(provider)))
+        if amount <= 0:
+            return None
+        return self._posted(clawback(self.ledger, provider, consumer, amount, reference, at))
+
+    def pay_auditor(self, auditor: str, amount: int, reference: str, at: float) -> Entry | None:
+        """Pay up to ``amount`` from the verification pool; None when the pool is empty."""
+        amount = min(amount, self.ledger.balance(VERIFICATION_POOL))
+        if amount <= 0:
+            return None
+        return self._posted(pay_auditor(self.ledger, auditor, amount, reference, at))
 
     def bond(self, provider: str, amount: int, reference: str, at: float) -> Entry:
         return self._posted(self.staking.bond(provider, amount, reference, at))

@@ -1,4 +1,5 @@
-"""Movements that are neither escrow nor stake: minting (dev mode) and withdrawing earnings.
+"""Movements that are neither escrow nor stake: minting (dev mode), withdrawing earnings,
+clawing back a cheated request's earnings, and paying auditors from the verification pool.
 
 Production deposits arrive through a settlement backend (a later issue); minting is the
 dev-mode stand-in for it and goes through the same journal.
@@ -6,11 +7,13 @@ dev-mode stand-in for it and goes through the same journal.
 
 from __future__ import annotations
 
-from tessera.ledger.accounts import MINT, balance_of, earnings_of
+from tessera.ledger.accounts import MINT, VERIFICATION_POOL, balance_of, earnings_of
 from tessera.ledger.journal import Entry, Ledger, LedgerError
 
 MINT_KIND = "mint"
 WITHDRAW_EARNINGS = "withdraw_earnings"
+CLAWBACK = "clawback"
+AUDIT_PAY = "audit_pay"
 
 
 def mint(ledger: Ledger, owner: str, amount: int, reference: str, at: float) -> Entry:
@@ -32,6 +35,34 @@ def withdraw_earnings(
         WITHDRAW_EARNINGS,
         reference,
         {earnings_of(provider): -amount, balance_of(provider): amount},
+        at,
+        unique=True,
+    )
+
+
+def clawback(
+    ledger: Ledger, provider: str, consumer: str, amount: int, reference: str, at: float
+) -> Entry:
+    """Return a cheated request's earnings from the provider's earnings to its consumer."""
+    if type(amount) is not int or amount <= 0:
+        raise LedgerError("claw back a positive integer of base units")
+    return ledger.post(
+        CLAWBACK,
+        reference,
+        {earnings_of(provider): -amount, balance_of(consumer): amount},
+        at,
+        unique=True,
+    )
+
+
+def pay_auditor(ledger: Ledger, auditor: str, amount: int, reference: str, at: float) -> Entry:
+    """Pay an auditor's work from the verification pool into its earnings."""
+    if type(amount) is not int or amount <= 0:
+        raise LedgerError("pay a positive integer of base units")
+    return ledger.post(
+        AUDIT_PAY,
+        reference,
+        {VERIFICATION_POOL: -amount, earnings_of(auditor): amount},
         at,
         unique=True,
     )

@@ -7,8 +7,12 @@ gateway; the conversation is::
     provider -> register     (capabilities + nonce, signed by the provider key)
     gateway  -> welcome      | error + close
     provider -> heartbeat    (every heartbeat_interval_s)       gateway -> heartbeat_ack
-    gateway  -> job          provider -> chunk* then done | job_error
+    gateway  -> job          provider -> chunk* then done (with a signed receipt) | job_error
     gateway  -> cancel       (client went away)
+    gateway  -> audit        provider -> audit_result (signed) | job_error
+
+Chunks always carry the sampled token ids and their raw log-probabilities, whatever the
+client asked for: the receipt commits to them and an audit re-scores them.
 
 Our own protocol forbids unknown fields: a peer that sends them is broken or hostile.
 """
@@ -21,6 +25,9 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
 PROTOCOL_VERSION = 1
 REGISTER_DOMAIN = "tessera/register/v1"
+RECEIPT_DOMAIN = "tessera/receipt/v1"
+COUNTERSIGN_DOMAIN = "tessera/receipt-countersign/v1"
+AUDIT_RESULT_DOMAIN = "tessera/audit-result/v1"
 
 HexKey = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
 HexSig = Annotated[str, Field(pattern=r"^[0-9a-f]{128}$")]
@@ -152,10 +159,12 @@ class Job(Frame):
     chat: ``messages`` (the provider renders its model's chat template);
     completion: ``prompts`` (each a string or token ids; chunk ``index`` follows them);
     embedding: ``inputs`` (strings or token ids).
+    ``request_id`` is the consumer request the job serves (its receipt names it).
     """
 
     type: Literal["job"] = "job"
     job_id: JobId
+    request_id: JobId | None = None
     model: Name
     kind: Literal["chat", "completion", "embedding"]
     messages: Annotated[list[ChatMessage], Field(max_length=10_000)] | None = None
@@ -189,6 +198,12 @@ class Chunk(Frame):
     # what a consumer who cancels mid-stream pays for.
     tokens: Annotated[int, Field(ge=0, le=10_000)] = 0
     prompt_tokens: Count | None = None
+    # The sampled tokens behind ``text`` (an end-of-sequence token excluded) and each one's
+    # raw log-probability (log_softmax of the logits, before temperature or top_p).
+    token_ids: Annotated[list[Annotated[int, Field(ge=0)]], Field(max_length=10_000)] = []
+    token_logprobs: Annotated[list[Annotated[float, Field(le=0.0)]], Field(max_length=10_000)] = []
+    # On a finishing chunk: the model chose its end-of-sequence token (counted in usage).
+    eos: bool = False
 
 
 class Usage(Frame):
@@ -196,14 +211,43 @@ class Usage(Frame):
     completion_tokens: Count
 
 
+class Receipt(Frame):
+    """What a provider signs for one finished job (``RECEIPT_DOMAIN``).
+
+    ``prompt_sha256`` and ``output_sha256`` are defined in ``tessera.protocol.receipts``;
+    times are the provider's clock in Unix milliseconds; prices are the job's offer.
+    """
+
+    version: Literal[1] = 1
+    request_id: JobId
+    job_id: JobId
+    provider_id: HexKey
+    model: Name
+    weights_sha256: Sha256
+    kind: Literal["chat", "completion", "embedding"]
+    prompt_sha256: Sha256
+    output_sha256: Sha256
+    prompt_tokens: Count
+    completion_tokens: Count
+    price_input_per_mtok: Annotated[int, Field(ge=0, le=10**18)]
+    price_output_per_mtok: Annotated[int, Field(ge=0, le=10**18)]
+    started_at_ms: Annotated[int, Field(ge=0)]
+    finished_at_ms: Annotated[int, Field(ge=0)]
+
+
+EmbeddingsB64 = Annotated[
+    list[Annotated[str, Field(max_length=1_000_000)]], Field(max_length=2_048)
+]
+
+
 class Done(Frame):
     type: Literal["done"] = "done"
     job_id: JobId
     usage: Usage
     # Embedding jobs only: one base64 float32 little-endian vector per input.
-    embeddings_b64: (
-        Annotated[list[Annotated[str, Field(max_length=1_000_000)]], Field(max_length=2_048)] | None
-    ) = None
+    embeddings_b64: EmbeddingsB64 | None = None
+    receipt: Receipt | None = None
+    receipt_signature: HexSig | None = None
 
 
 class JobError(Frame):
@@ -220,11 +264,82 @@ class Cancel(Frame):
     job_id: JobId
 
 
+# ---------------------------------------------------------------- audits
+
+
+class AuditChoice(Frame):
+    """One choice's output as the audited provider produced it."""
+
+    index: Annotated[int, Field(ge=0, le=2_048)] = 0
+    token_ids: TokenIds
+    eos: bool = False
+
+
+class Audit(Frame):
+    """Re-score another provider's output with one teacher-forced pass of the same model.
+
+    ``job`` is the audited job as that provider received it (input and params). Text jobs
+    list each choice's tokens; embedding jobs are recomputed from ``job.inputs``.
+    """
+
+    type: Literal["audit"] = "audit"
+    job_id: JobId
+    weights_sha256: Sha256
+    job: Job
+    choices: Annotated[list[AuditChoice], Field(max_length=2_048)] = []
+
+
+class TokenScore(Frame):
+    """A token under the auditor's model: rank 1 is the most likely token at its position."""
+
+    rank: Annotated[int, Field(ge=1, le=10_000_000)]
+    logprob: Annotated[float, Field(le=0.0)]
+    top_logprob: Annotated[float, Field(le=0.0)]
+
+
+class ChoiceScore(Frame):
+    """The auditor's view of one choice.
+
+    ``tokens`` scores each audited token in order; ``end`` scores the best-ranked
+    end-of-sequence token at the position after the last one; ``text`` is the tokens
+    decoded; ``prompt_tokens`` is the prompt's length under the model's tokenizer.
+    """
+
+    index: Annotated[int, Field(ge=0, le=2_048)] = 0
+    prompt_tokens: Count
+    tokens: Annotated[list[TokenScore], Field(max_length=1_000_000)]
+    end: TokenScore
+    text: Annotated[str, Field(max_length=4_000_000)]
+
+
+class AuditResult(Frame):
+    """The auditor's signed answer (``AUDIT_RESULT_DOMAIN``, over all but ``signature``).
+
+    ``audit_sha256`` is the SHA-256 of the canonical audit frame it answers, so a result
+    cannot be replayed for another audit.
+    """
+
+    type: Literal["audit_result"] = "audit_result"
+    job_id: JobId
+    auditor_id: HexKey
+    weights_sha256: Sha256
+    audit_sha256: Sha256
+    choices: Annotated[list[ChoiceScore], Field(max_length=2_048)] | None = None
+    embeddings_b64: EmbeddingsB64 | None = None
+    prompt_tokens: Count = 0
+    signature: HexSig
+
+    def signed_payload(self) -> dict[str, object]:
+        return self.model_dump(mode="json", exclude={"signature"})
+
+
 ProviderFrame = Annotated[
-    Register | Heartbeat | Chunk | Done | JobError | ErrorFrame, Field(discriminator="type")
+    Register | Heartbeat | Chunk | Done | JobError | ErrorFrame | AuditResult,
+    Field(discriminator="type"),
 ]
 GatewayFrame = Annotated[
-    Hello | Welcome | HeartbeatAck | Job | Cancel | ErrorFrame, Field(discriminator="type")
+    Hello | Welcome | HeartbeatAck | Job | Cancel | ErrorFrame | Audit,
+    Field(discriminator="type"),
 ]
 
 provider_frame_adapter: TypeAdapter[ProviderFrame] = TypeAdapter(ProviderFrame)
