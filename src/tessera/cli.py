@@ -17,6 +17,7 @@ from tessera import __version__
 from tessera.config import GatewaySettings, ProviderSettings, default_data_dir
 from tessera.errors import TesseraError
 from tessera.money_cli import account_app, earnings_app, ledger_app, stake_app
+from tessera.receipt_cli import receipt_app
 
 app = typer.Typer(
     help="Tessera: an open network that turns idle GPUs into one inference cloud.",
@@ -31,6 +32,7 @@ app.add_typer(account_app, name="account")
 app.add_typer(stake_app, name="stake")
 app.add_typer(earnings_app, name="earnings")
 app.add_typer(ledger_app, name="ledger")
+app.add_typer(receipt_app, name="receipt")
 
 console = Console(stderr=True)
 DataDir = Annotated[Path, typer.Option(help="Where the database and keys live.")]
@@ -76,6 +78,14 @@ def gateway(
     unbonding_delay_s: Annotated[
         float | None, typer.Option(help="Seconds unbonding stake stays slashable (default 7 days).")
     ] = None,
+    catalog: Annotated[
+        Path | None,
+        typer.Option(help="Model catalog: weight hashes, audit tolerances, join challenges."),
+    ] = None,
+    validator: Annotated[
+        list[str],
+        typer.Option(help="Public key of a provider you run as a trusted auditor; repeatable."),
+    ] = [],  # noqa: B006
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
     """Run a gateway: the OpenAI-compatible API and the provider hub."""
@@ -96,6 +106,10 @@ def gateway(
             raise typer.Exit(2) from None
     if unbonding_delay_s is not None:
         extra["unbonding_delay_s"] = unbonding_delay_s
+    if catalog is not None:
+        extra["catalog_file"] = catalog
+    if validator:
+        extra["validator_keys"] = validator
     settings = GatewaySettings(
         host=host, port=port, data_dir=data_dir, database_url=database_url, **extra
     )
@@ -139,6 +153,9 @@ def provider(
     ),
     threads: Annotated[int | None, typer.Option(help="CPU threads for torch.")] = None,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N.")] = "auto",
+    dtype: Annotated[
+        str, typer.Option(help="auto (bfloat16 on GPU, float32 on CPU), float32, bfloat16.")
+    ] = "auto",
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
     """Run a provider agent: load models, dial out to the gateway, serve jobs."""
@@ -158,6 +175,7 @@ def provider(
             price_output_per_mtok=price_out,
             torch_threads=threads,
             device=device,
+            dtype=dtype,
         )
         key = load_or_create_key(settings.key_file)
         served = []

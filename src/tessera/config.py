@@ -75,6 +75,35 @@ class GatewaySettings(BaseSettings):
     ledger_write_timeout_s: float = Field(
         10.0, gt=0, description="How long a payment waits for the journal before 503."
     )
+    catalog_file: Path | None = Field(
+        None, description="Model catalog (JSON): weight hashes, audit tolerances, challenges."
+    )
+    audits_enabled: bool = Field(True, description="Audit sampled requests of catalog models.")
+    audit_probation: int = Field(
+        20, ge=0, description="Clean audits a provider needs before its audit rate falls."
+    )
+    audit_half_life: float = Field(
+        25.0, gt=0, description="Clean audits after probation that halve the audit rate."
+    )
+    audit_floor_rate: float = Field(0.02, ge=0, le=1, description="Lowest audit rate.")
+    audit_deterrence: float = Field(
+        2.0, ge=1, description="Expected loss from a cheat over its gain that audits enforce."
+    )
+    audit_timeout_s: float = Field(60.0, gt=0, description="How long an auditor may take.")
+    audit_deadline_s: float = Field(
+        600.0, gt=0, description="How long a case waits for enough auditors before giving up."
+    )
+    max_concurrent_audits: int = Field(8, ge=1, description="Audits in flight at once.")
+    validator_keys: list[str] = Field(
+        default_factory=list,
+        description="Provider keys the operator runs as validators: trusted auditors.",
+    )
+    auditor_min_clean_audits: int = Field(
+        20, ge=0, description="Clean audits a provider needs before it may audit others."
+    )
+    ban_after_failures: int = Field(
+        2, ge=1, description="Upheld audit failures that ban a provider from a model."
+    )
 
 
 class ProviderSettings(BaseSettings):
@@ -94,5 +123,8 @@ class ProviderSettings(BaseSettings):
     price_output_per_mtok: int = Field(0, ge=0, description="Base units per million output tokens.")
     torch_threads: int | None = Field(None, ge=1, description="CPU threads for torch (None: auto).")
     device: str = Field("auto", description="auto, cpu, cuda, cuda:N.")
+    dtype: str = Field(
+        "auto", description="auto (bfloat16 on GPU, float32 on CPU), float32, bfloat16, float16."
+    )
     backoff_initial_s: float = Field(0.5, gt=0, description="First reconnect delay.")
     backoff_max_s: float = Field(30.0, gt=0, description="Longest reconnect delay.")

@@ -30,9 +30,12 @@ from tessera.gateway.metrics import GatewayMetrics
 from tessera.market.registry import LiveProvider, ProviderRegistry
 from tessera.market.routing import choose_provider
 from tessera.protocol import signing
+from tessera.protocol.receipts import OutputDigest
 from tessera.protocol.wire import (
     PROTOCOL_VERSION,
     REGISTER_DOMAIN,
+    Audit,
+    AuditResult,
     Cancel,
     Capabilities,
     Chunk,
@@ -65,6 +68,9 @@ class ProviderGone:
 JobEvent = Chunk | Done | JobError | ProviderGone
 Admit = Callable[[LiveProvider], bool]
 OnProviderSeen = Callable[[str, Capabilities], Awaitable[None]]
+OnProviderGone = Callable[[str], None]
+InitialStatus = Callable[[str, Capabilities], dict[str, str]]
+AuditAnswer = AuditResult | JobError | ProviderGone
 
 
 @dataclass(eq=False)
@@ -73,6 +79,7 @@ class ProviderSession:
     websocket: WebSocket
     last_seen: float
     jobs: dict[str, JobStream] = field(default_factory=dict)
+    audits: dict[str, asyncio.Future[AuditAnswer]] = field(default_factory=dict)
     bad_frames: int = 0
     send_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
@@ -107,6 +114,9 @@ class JobStream:
         # The offer (and so the price) the job was sent under, kept even if the provider
         # disconnects before the job is settled.
         self.offer = offer
+        # Everything relayed so far, as the receipt must describe it (text jobs).
+        self.digest = OutputDigest() if job.kind != "embedding" else None
+        self.started_at = time.time()
 
     @property
     def provider_id(self) -> str:
@@ -142,11 +152,15 @@ class ProviderHub:
         metrics: GatewayMetrics,
         on_provider_seen: OnProviderSeen | None = None,
         rng: random.Random | None = None,
+        initial_status: InitialStatus | None = None,
+        on_provider_gone: OnProviderGone | None = None,
     ) -> None:
         self.settings = settings
         self.registry = registry
         self.metrics = metrics
         self.on_provider_seen = on_provider_seen
+        self.initial_status = initial_status
+        self.on_provider_gone = on_provider_gone
         self.rng = rng or random.Random()
         self.sessions: dict[str, ProviderSession] = {}
         self._slot_freed = asyncio.Condition()
@@ -189,6 +203,47 @@ class ProviderHub:
             async with self._slot_freed:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._slot_freed.wait(), min(remaining, 1.0))
+
+    async def open_job_on(self, provider_id: str, job: Job) -> JobStream:
+        """Send ``job`` to one given provider, routed for the model or not (join challenges).
+
+        Raises NoCapacity if that provider is gone or has no free slot.
+        """
+        live = self.registry.get(provider_id)
+        if live is None or live.free_slots <= 0 or job.model not in live.offers:
+            raise NoCapacity(f"provider {provider_id[:12]} cannot take a job now")
+        stream = self._start(live, job)
+        if stream is None:
+            raise NoCapacity(f"provider {provider_id[:12]} is not connected")
+        try:
+            await stream.session.send(job)
+        except Exception:
+            await stream.close()
+            raise NoCapacity(f"provider {provider_id[:12]} went away") from None
+        return stream
+
+    async def request_audit(self, provider_id: str, audit: Audit, timeout_s: float) -> AuditAnswer:
+        """Ask one provider to audit; its answer, or ProviderGone if it fails to give one.
+
+        The audit takes one of the provider's slots while it runs.
+        """
+        session = self.sessions.get(provider_id)
+        live = self.registry.get(provider_id)
+        if session is None or live is None or live.free_slots <= 0:
+            return ProviderGone("the auditor is gone or busy")
+        self.registry.acquire(provider_id)
+        answer: asyncio.Future[AuditAnswer] = asyncio.get_running_loop().create_future()
+        session.audits[audit.job_id] = answer
+        try:
+            await session.send(audit)
+            return await asyncio.wait_for(answer, timeout_s)
+        except TimeoutError:
+            return ProviderGone(f"no audit result within {timeout_s:.0f}s")
+        except Exception as exc:
+            return ProviderGone(f"could not reach the auditor: {type(exc).__name__}")
+        finally:
+            session.audits.pop(audit.job_id, None)
+            self.release(provider_id)
 
     def _start(self, chosen: LiveProvider, job: Job) -> JobStream | None:
         session = self.sessions.get(chosen.provider_id)
@@ -283,7 +338,8 @@ class ProviderHub:
                 await old.websocket.close(code=1000, reason="replaced")
         session = ProviderSession(provider_id, websocket, last_seen=time.monotonic())
         self.sessions[provider_id] = session
-        self.registry.add(provider_id, caps, now=time.time())
+        status = self.initial_status(provider_id, caps) if self.initial_status else None
+        self.registry.add(provider_id, caps, now=time.time(), status=status)
         self.metrics.providers_connected.set(len(self.sessions))
         await session.send(
             Welcome(
@@ -330,6 +386,11 @@ class ProviderHub:
             await session.send(HeartbeatAck())
             return True
         if isinstance(frame, Chunk | Done | JobError):
+            audit = session.audits.get(frame.job_id) if isinstance(frame, JobError) else None
+            if audit is not None:
+                if not audit.done():
+                    audit.set_result(frame)
+                return True
             stream = session.jobs.get(frame.job_id)
             if stream is None:
                 if frame.job_id in self._cancelled:
@@ -342,7 +403,18 @@ class ProviderHub:
                 return await self._bad_frame(
                     session, "too_many_frames", f"job {frame.job_id} got more frames than tokens"
                 )
+            if isinstance(frame, Chunk) and stream.digest is not None:
+                stream.digest.add(frame)
             stream.queue.put_nowait(frame)
+            return True
+        if isinstance(frame, AuditResult):
+            pending = session.audits.get(frame.job_id)
+            if pending is None:
+                return await self._bad_frame(
+                    session, "unknown_audit", f"audit {frame.job_id} was not asked of you"
+                )
+            if not pending.done():
+                pending.set_result(frame)
             return True
         if isinstance(frame, ErrorFrame):
             log.warning(
@@ -380,9 +452,14 @@ class ProviderHub:
             del self.sessions[session.provider_id]
             self.registry.remove(session.provider_id)
             self.metrics.providers_connected.set(len(self.sessions))
+            if self.on_provider_gone is not None:
+                self.on_provider_gone(session.provider_id)
         for stream in session.jobs.values():
             stream.queue.put_nowait(ProviderGone(reason))
         session.jobs.clear()
+        for pending in session.audits.values():
+            if not pending.done():
+                pending.set_result(ProviderGone(reason))
 
 
 def _brief(exc: ValidationError) -> str:

@@ -3,6 +3,10 @@
 Lives in memory so the hot path never reads a table. The gateway's hub feeds it events
 (connect, disconnect, job started, job ended); the router reads it. Invariant: for every
 provider, ``0 <= active_jobs <= max_concurrent_jobs``.
+
+A provider is routed for a model only while that model's status is ``routable``: a model
+pinned by the catalog starts at ``challenge`` (until the join challenge passes) or
+``weights_mismatch``; a ban makes it ``banned``. Only routable models count as served.
 """
 
 from __future__ import annotations
@@ -22,6 +26,9 @@ class LiveProvider:
     connected_at: float
     active_jobs: int = 0
     offers: dict[str, ModelOffer] = field(default_factory=dict)
+    # Model name -> routable | challenge | challenge_failed | weights_mismatch | banned.
+    status: dict[str, str] = field(default_factory=dict)
+    reputation: float = 0.5  # the verification record's score in [0, 1], for the router
 
     @property
     def max_concurrent_jobs(self) -> int:
@@ -57,8 +64,11 @@ class SlotError(RuntimeError):
     """A caller broke the acquire/release contract (a bug, not bad input)."""
 
 
+ROUTABLE = "routable"
+
+
 class ProviderRegistry:
-    """Connected providers indexed by id and by model name."""
+    """Connected providers indexed by id and by the models they are routed for."""
 
     def __init__(self) -> None:
         self._providers: dict[str, LiveProvider] = {}
@@ -68,19 +78,31 @@ class ProviderRegistry:
     def __len__(self) -> int:
         return len(self._providers)
 
-    def add(self, provider_id: str, capabilities: Capabilities, now: float) -> LiveProvider:
-        """Register a provider; replaces an earlier entry with the same id."""
+    def add(
+        self,
+        provider_id: str,
+        capabilities: Capabilities,
+        now: float,
+        status: dict[str, str] | None = None,
+    ) -> LiveProvider:
+        """Register a provider; replaces an earlier entry with the same id.
+
+        ``status`` gives each model's starting status (default: all routable).
+        """
         self.remove(provider_id)
+        offers = {offer.name: offer for offer in capabilities.models}
         live = LiveProvider(
             provider_id=provider_id,
             capabilities=capabilities,
             connected_at=now,
-            offers={offer.name: offer for offer in capabilities.models},
+            offers=offers,
+            status={name: (status or {}).get(name, ROUTABLE) for name in offers},
         )
         self._providers[provider_id] = live
         for name in live.offers:
-            self._by_model.setdefault(name, {})[provider_id] = live
             self._known_models.add(name)
+            if live.status[name] == ROUTABLE:
+                self._by_model.setdefault(name, {})[provider_id] = live
         return live
 
     def remove(self, provider_id: str) -> LiveProvider | None:
@@ -88,12 +110,26 @@ class ProviderRegistry:
         if live is None:
             return None
         for name in live.offers:
-            holders = self._by_model.get(name)
-            if holders is not None:
-                holders.pop(provider_id, None)
-                if not holders:
-                    del self._by_model[name]
+            self._unindex(name, provider_id)
         return live
+
+    def set_status(self, provider_id: str, model: str, status: str) -> None:
+        """Route (``routable``) or stop routing a connected provider for one model."""
+        live = self._providers.get(provider_id)
+        if live is None or model not in live.offers:
+            return
+        live.status[model] = status
+        if status == ROUTABLE:
+            self._by_model.setdefault(model, {})[provider_id] = live
+        else:
+            self._unindex(model, provider_id)
+
+    def _unindex(self, model: str, provider_id: str) -> None:
+        holders = self._by_model.get(model)
+        if holders is not None:
+            holders.pop(provider_id, None)
+            if not holders:
+                del self._by_model[model]
 
     def get(self, provider_id: str) -> LiveProvider | None:
         return self._providers.get(provider_id)
@@ -109,7 +145,7 @@ class ProviderRegistry:
         return model in self._known_models
 
     def serving(self, model: str) -> list[LiveProvider]:
-        """Live providers that announced ``model``."""
+        """Live providers routed for ``model``."""
         return list(self._by_model.get(model, {}).values())
 
     def offer(self, model: str) -> ModelOffer | None:

@@ -70,7 +70,7 @@ def load_local(spec: str, settings: ProviderSettings) -> ServedModel:
             from tessera.provider.backends.transformers_text import TransformersTextBackend
 
             backend = TransformersTextBackend.load(
-                path, device=settings.device, threads=settings.torch_threads
+                path, device=settings.device, dtype=settings.dtype, threads=settings.torch_threads
             )
         else:
             raise ConfigError(f"--model {spec}: no config.json or modules.json in {path}")
