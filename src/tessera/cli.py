@@ -14,6 +14,7 @@ from rich.console import Console
 from rich.logging import RichHandler
 
 from tessera import __version__
+from tessera.catalog_cli import catalog_app
 from tessera.config import GatewaySettings, ProviderSettings, default_data_dir
 from tessera.errors import TesseraError
 from tessera.money_cli import account_app, earnings_app, ledger_app, stake_app
@@ -33,6 +34,7 @@ app.add_typer(stake_app, name="stake")
 app.add_typer(earnings_app, name="earnings")
 app.add_typer(ledger_app, name="ledger")
 app.add_typer(receipt_app, name="receipt")
+app.add_typer(catalog_app, name="catalog")
 
 console = Console(stderr=True)
 DataDir = Annotated[Path, typer.Option(help="Where the database and keys live.")]
