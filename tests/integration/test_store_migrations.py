@@ -57,6 +57,12 @@ async def test_upgrade_is_idempotent(database_url: str) -> None:
         "ledger_entries",
         "ledger_postings",
         "ledger_balances",
+        "receipts",
+        "audits",
+        "audit_cases",
+        "provider_bans",
+        "violations",
+        "provider_reputation",
     }
 
 

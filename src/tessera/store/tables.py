@@ -186,3 +186,101 @@ ledger_balances = Table(
     Column("balance", BigInteger(), nullable=False),
     Column("last_entry_id", BigInteger(), nullable=False),
 )
+
+# Verifiable work (see tessera.store.verification). Like the request log these tables carry
+# no foreign keys: receipts are written in batches off the hot path, and audits, cases and
+# violations refer to requests and providers whose rows may lag behind or never exist.
+
+# Audit and violation ids: BIGINT on PostgreSQL, but INTEGER on SQLite, where only an
+# ``INTEGER PRIMARY KEY`` is the auto-assigned rowid (a BIGINT key would stay NULL).
+_SerialId = BigInteger().with_variant(Integer(), "sqlite")
+
+# One countersigned receipt per request; only the paying account may read it.
+receipts = Table(
+    "receipts",
+    metadata,
+    Column("request_id", String(100), primary_key=True),
+    Column("job_id", String(100), nullable=False),
+    Column("provider_id", String(64), nullable=False),
+    Column("model", String(200), nullable=False),
+    Column("weights_sha256", String(64), nullable=False),
+    Column("account_id", String(40), nullable=False),
+    Column("body_json", Text(), nullable=False),  # tessera.protocol.receipts.CountersignedReceipt
+    Column("created_at", UtcDateTime(), nullable=False),
+    Index(None, "provider_id"),
+    Index(None, "account_id"),
+)
+
+# One row per audit round; (provider_id, id) and (request_id, id) serve newest-first pages.
+audits = Table(
+    "audits",
+    metadata,
+    Column("id", _SerialId, primary_key=True, autoincrement=True),
+    Column("request_id", String(100), nullable=False),
+    Column("round", Integer(), nullable=False),
+    Column("provider_id", String(64), nullable=False),
+    Column("auditor_id", String(64), nullable=False),
+    Column("model", String(200), nullable=False),
+    Column("outcome", String(20), nullable=False),
+    Column("reason", Text(), nullable=True),
+    Column("evidence_json", Text(), nullable=False),
+    Column("created_at", UtcDateTime(), nullable=False),
+    CheckConstraint("round BETWEEN 1 AND 3", name="round_range"),
+    CheckConstraint("outcome IN ('passed', 'failed', 'no_answer')", name="known_outcome"),
+    Index(None, "request_id", "id"),
+    Index(None, "provider_id", "id"),
+)
+
+# Where an audited request stands: one row per request, overwritten as rounds conclude.
+audit_cases = Table(
+    "audit_cases",
+    metadata,
+    Column("request_id", String(100), primary_key=True),
+    Column("provider_id", String(64), nullable=False),
+    Column("model", String(200), nullable=False),
+    Column("status", String(20), nullable=False),
+    Column("reason", Text(), nullable=True),
+    # Base units taken from the provider's stake and paid back to the consumer.
+    Column("slashed_units", BigInteger(), nullable=False, server_default=text("0")),
+    Column("refunded_units", BigInteger(), nullable=False, server_default=text("0")),
+    Column("opened_at", UtcDateTime(), nullable=False),
+    Column("closed_at", UtcDateTime(), nullable=True),
+    CheckConstraint(
+        "status IN ('passed', 'open', 'upheld', 'cleared', 'inconclusive')",
+        name="known_status",
+    ),
+    CheckConstraint("slashed_units >= 0 AND refunded_units >= 0", name="non_negative_money"),
+    Index(None, "provider_id", "opened_at"),
+    Index(None, "status", "opened_at"),
+)
+
+# A provider banned from serving one model; the composite key makes a second ban a no-op.
+provider_bans = Table(
+    "provider_bans",
+    metadata,
+    Column("provider_id", String(64), primary_key=True),
+    Column("model", String(200), primary_key=True),
+    Column("reason", Text(), nullable=False),
+    Column("created_at", UtcDateTime(), nullable=False),
+)
+
+violations = Table(
+    "violations",
+    metadata,
+    Column("id", _SerialId, primary_key=True, autoincrement=True),
+    Column("provider_id", String(64), nullable=False),
+    Column("request_id", String(100), nullable=True),
+    Column("kind", String(50), nullable=False),
+    Column("detail", Text(), nullable=False),
+    Column("created_at", UtcDateTime(), nullable=False),
+    Index(None, "provider_id", "id"),
+)
+
+# The reputation counters of each provider (tessera.verify), saved now and then, loaded at start.
+provider_reputation = Table(
+    "provider_reputation",
+    metadata,
+    Column("provider_id", String(64), primary_key=True),
+    Column("stats_json", Text(), nullable=False),  # JSON object of counter name -> number
+    Column("updated_at", UtcDateTime(), nullable=False),
+)
