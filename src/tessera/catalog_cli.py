@@ -34,7 +34,13 @@ def _fail(message: str) -> None:
 
 @catalog_app.command("calibrate")
 def calibrate_command(
-    model_dir: Annotated[Path, typer.Argument(help="Hugging Face causal LM directory.")],
+    model: Annotated[
+        str,
+        typer.Argument(
+            metavar="MODEL_DIR",
+            help="Causal LM or sentence-transformers directory, or 'minilm'.",
+        ),
+    ],
     catalog: Annotated[
         Path, typer.Option(help="Catalog file to add the model to (created if missing).")
     ],
@@ -54,7 +60,7 @@ def calibrate_command(
         if catalog.exists():
             Catalog.load(catalog)  # refuse a broken file before minutes of work
         report = calibrate(
-            model_dir, name=name, plan=Plan.standard(prompts, quick=quick), console=progress_console
+            model, name=name, plan=Plan.standard(prompts, quick=quick), console=progress_console
         )
         save_entry(catalog, report.model)
     except TesseraError as exc:
@@ -63,7 +69,7 @@ def calibrate_command(
     except (ValueError, BackendError, OSError) as exc:
         _fail(str(exc))
         return
-    console.print(_pairs_table(report))
+    console.print(_cosines_table(report) if report.cosines else _pairs_table(report))
     for run, count in report.divergent.items():
         if count:
             console.print(f"[yellow]{run}[/]: greedy tokens differ from the reference on {count}")
@@ -108,6 +114,17 @@ def _pairs_table(report: CalibrationReport) -> Table:
             str(p.max_rank),
             "-" if p.tail_fraction is None else f"{p.tail_fraction:.3f}",
         )
+    return table
+
+
+def _cosines_table(report: CalibrationReport) -> Table:
+    table = Table(title=f"{report.model.name}: least cosine between honest runs")
+    table.add_column("run", overflow="fold")
+    table.add_column("other run", overflow="fold")
+    table.add_column("inputs", justify="right")
+    table.add_column("least cosine", justify="right")
+    for p in report.cosines:
+        table.add_row(p.first, p.second, str(p.inputs), f"{p.worst:.8f}")
     return table
 
 

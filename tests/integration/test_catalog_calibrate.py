@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
+import math
+import struct
 from pathlib import Path
 
 import pytest
@@ -13,6 +16,7 @@ from typer.testing import CliRunner
 from tessera.cli import app
 from tessera.protocol.wire import SamplingParams
 from tessera.provider.backends.base import CancelToken, Delta, Finish
+from tessera.provider.backends.sentence_embed import SentenceEmbeddingBackend, default_model_dir
 from tessera.provider.backends.transformers_text import TransformersTextBackend
 from tessera.provider.model_hash import weights_sha256
 from tessera.verify.calibration import Floors
@@ -126,3 +130,46 @@ def test_a_fresh_greedy_run_reproduces_every_challenge(
             assert ids == (expected[:-1] if eos else expected)
     finally:
         asyncio.run(backend.close())
+
+
+# ---------------------------------------------------------------- embedding models
+
+
+@pytest.fixture(scope="module")
+def calibrated_minilm(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("catalog") / "catalog.json"
+    result = CliRunner().invoke(
+        app, ["catalog", "calibrate", "minilm", "--catalog", str(path), "--quick"]
+    )
+    assert result.exit_code == 0, result.output
+    return path
+
+
+def test_an_embedding_entry_pins_minilm_with_a_cosine_bound(calibrated_minilm: Path) -> None:
+    model = Catalog.load(calibrated_minilm).get("all-MiniLM-L6-v2")
+    assert model is not None
+    assert model.kind == "embedding"
+    assert model.weights_sha256 == weights_sha256(default_model_dir())
+    cal = model.calibration
+    assert cal.observed_min_cosine is not None
+    assert any("bfloat16" in r for r in cal.runs) and any("batch=1" in r for r in cal.runs)
+    # bfloat16 moves vectors a little; the bound sits below that by the margin.
+    assert 0.99 < cal.observed_min_cosine < 1.0
+    assert model.tolerances.min_cosine <= 1 - 3 * (1 - cal.observed_min_cosine) + 1e-12
+    assert model.tolerances.min_cosine <= 1 - Floors().cosine_slack
+
+
+def test_a_fresh_backend_passes_the_embedding_challenge(calibrated_minilm: Path) -> None:
+    model = Catalog.load(calibrated_minilm).get("all-MiniLM-L6-v2")
+    assert model is not None
+    [challenge] = model.challenges
+    assert len(challenge.inputs) == len(challenge.vectors_b64) == 4
+    backend = SentenceEmbeddingBackend.load(device="cpu")
+    fresh = asyncio.run(backend.embed(challenge.inputs)).vectors
+    for b64, vector in zip(challenge.vectors_b64, fresh, strict=True):
+        raw = base64.b64decode(b64)
+        reference = struct.unpack(f"<{len(raw) // 4}f", raw)
+        assert len(reference) == 384
+        dot = math.fsum(x * y for x, y in zip(reference, vector, strict=True))
+        norms = math.sqrt(math.fsum(x * x for x in reference) * math.fsum(y * y for y in vector))
+        assert dot / norms >= model.tolerances.min_cosine

@@ -8,7 +8,7 @@ import pytest
 from typer.testing import CliRunner
 
 from tessera.cli import app
-from tessera.models.calibrate import REFERENCE_PROMPTS, Plan, save_entry
+from tessera.models.calibrate import EMBEDDING_INPUTS, REFERENCE_PROMPTS, Plan, save_entry
 from tessera.verify.catalog import Catalog, CatalogModel, Challenge, ReferenceToken, Tolerances
 
 runner = CliRunner()
@@ -54,6 +54,8 @@ def test_plans_pick_prompts_from_the_fixed_list() -> None:
     quick = Plan.standard(quick=True)
     assert len(quick.prompts) == 4 and len(quick.seeds) < len(Plan().seeds)
     assert Plan.standard(2).prompts == REFERENCE_PROMPTS[:2]
+    assert Plan.standard(2).inputs == EMBEDDING_INPUTS[:2]
+    assert len(quick.inputs) == 4
 
 
 def test_show_prints_each_model(tmp_path: Path) -> None:
@@ -69,7 +71,7 @@ def test_show_prints_each_model(tmp_path: Path) -> None:
     [
         (["show", "{missing}"], "cannot read"),
         (["show", "{broken}"], "not a Tessera model catalog"),
-        (["calibrate", "{empty_dir}", "--catalog", "{new}"], "not a Hugging Face causal LM"),
+        (["calibrate", "{empty_dir}", "--catalog", "{new}"], "is not a model directory"),
         (["calibrate", "{empty_dir}", "--catalog", "{new}", "--prompts", "0"], "--prompts"),
         (["calibrate", "{empty_dir}", "--catalog", "{broken}"], "not a Tessera model catalog"),
     ],

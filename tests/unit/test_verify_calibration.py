@@ -14,6 +14,7 @@ from tessera.verify.calibration import (
     Observed,
     choose_top_k,
     derive,
+    derive_embedding,
     measure,
     observe,
     tail_fraction,
@@ -36,7 +37,6 @@ def observed(**overrides: object) -> Observed:
         "greedy_gap": 0.0,
         "top_k": 16,
         "tail_fraction": 0.0,
-        "min_cosine": None,
     }
     values.update(overrides)
     return Observed(**values)  # type: ignore[arg-type]
@@ -89,14 +89,13 @@ def test_tail_fraction_forgives_one_token_per_choice() -> None:
 def test_observe_takes_the_worst_choice_and_the_greedy_gap_only_from_greedy_output() -> None:
     greedy = [Deviation(4, 0.01, 0.004, 0.002, (1, 1, 1, 1)), Deviation(2, 0.03, 0.02, 0.0, (1, 1))]
     sampled = [Deviation(4, 0.02, 0.01, 3.0, (1, 5, 40, 50))]
-    obs = observe(greedy, sampled, cosines=[0.9999, 0.998])
+    obs = observe(greedy, sampled)
     assert obs.tokens == 10
     assert obs.logprob_abs_max == 0.03
     assert obs.logprob_abs_mean == 0.02
     assert obs.greedy_gap == 0.002  # the sampled choice's large gap is not a greedy gap
     assert obs.top_k == 64
     assert obs.tail_fraction == 0.0
-    assert obs.min_cosine == 0.998
 
 
 def test_derive_multiplies_the_worst_case_by_the_margin() -> None:
@@ -116,7 +115,7 @@ def test_derive_multiplies_the_worst_case_by_the_margin() -> None:
     assert tol.greedy_gap == pytest.approx(0.3)
     assert tol.tail_fraction == pytest.approx(0.12)
     assert tol.top_k == 32
-    assert tol.min_cosine == Tolerances().min_cosine  # a text model keeps the default
+    assert tol.min_cosine == Tolerances().min_cosine  # for embedding models only
     assert cal.runs == ["generate/float32", "score/bfloat16"]
     assert cal.tokens == 100
     assert cal.observed_logprob_abs_max == 0.2
@@ -148,13 +147,17 @@ def test_derive_caps_the_tail_fraction_at_one() -> None:
 
 
 def test_min_cosine_widens_the_observed_gap_by_the_margin_with_a_least_slack() -> None:
-    tol, cal = derive(observed(min_cosine=0.99), runs=[], margin=3.0)
+    tol, cal = derive_embedding([0.999, 0.99, 1.0], runs=["embed/a", "embed/b"], tokens=40)
     assert tol.min_cosine == pytest.approx(0.97)
     assert cal.observed_min_cosine == 0.99
-    tol, _ = derive(observed(min_cosine=1.0), runs=[])
+    assert (cal.runs, cal.tokens, cal.margin) == (["embed/a", "embed/b"], 40, 3.0)
+    assert tol.logprob_abs_max == Tolerances().logprob_abs_max  # for text models only
+    tol, _ = derive_embedding([1.0000001], runs=[], tokens=1)
     assert tol.min_cosine == pytest.approx(1 - Floors().cosine_slack)
-    tol, _ = derive(observed(min_cosine=0.2), runs=[], margin=3.0)
+    tol, cal = derive_embedding([0.2], runs=[], tokens=1, margin=3.0)
     assert tol.min_cosine == -1.0
+    with pytest.raises(ValueError, match="no cosines"):
+        derive_embedding([], runs=[], tokens=0)
 
 
 def test_tolerances_accept_what_was_observed() -> None:
@@ -171,3 +174,5 @@ def test_tolerances_accept_what_was_observed() -> None:
 def test_derive_refuses_a_margin_that_would_shrink_or_break_tolerances(margin: float) -> None:
     with pytest.raises(ValueError, match="margin"):
         derive(observed(), runs=[], margin=margin)
+    with pytest.raises(ValueError, match="margin"):
+        derive_embedding([0.99], runs=[], tokens=1, margin=margin)

@@ -28,6 +28,7 @@ import asyncio
 import os
 import tempfile
 from collections.abc import Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -62,15 +63,31 @@ REFERENCE_PROMPTS: tuple[str, ...] = (
     "The old woman said to the wolf:",
     "In olden times, when wishing still helped, there lived a king whose daughters",
 )
+# Embedding models: sentences of mixed length and kind (batches get padded), one non-English.
+EMBEDDING_INPUTS: tuple[str, ...] = (
+    "A hungry fox saw some fine bunches of grapes hanging from a vine.",
+    "What time does the last train to the coast leave?",
+    "def count_words(text): return len(text.split())",
+    "Tessera",
+    "In olden times, when wishing still helped, there lived a king whose daughters were all "
+    "beautiful, but the youngest was so beautiful that the sun itself was astonished.",
+    "The weather is lovely today.",
+    "1, 2, 3, 4, 5, 6, 7, 8, 9, 10",
+    "Ein Fuchs sah Trauben am Weinstock hängen.",
+)
 QUICK_PROMPTS = 4
 REFERENCE_TOP_N = 8
 
 
 @dataclass(frozen=True, slots=True)
 class Plan:
-    """How much calibration to run. ``quick()`` is for tests; the default for operators."""
+    """How much calibration to run: ``standard()`` for operators, ``quick=True`` for tests.
+
+    ``prompts`` are for text models, ``inputs`` for embedding models.
+    """
 
     prompts: tuple[str, ...] = REFERENCE_PROMPTS
+    inputs: tuple[str, ...] = EMBEDDING_INPUTS
     max_tokens: int = 16  # greedy outputs and the join challenges
     sample_tokens: int = 32  # sampled outputs: more tokens give a better rank tail
     temperatures: tuple[float, ...] = (1.0, 0.7)
@@ -81,14 +98,14 @@ class Plan:
 
     @classmethod
     def standard(cls, prompts: int | None = None, *, quick: bool = False) -> Plan:
-        """The first ``prompts`` reference prompts (all; 4 when ``quick``, with one seed)."""
+        """The first ``prompts`` prompts or inputs (all; 4 when ``quick``, with one seed)."""
         count = prompts if prompts is not None else (QUICK_PROMPTS if quick else None)
         if count is not None and not 1 <= count <= len(REFERENCE_PROMPTS):
             raise ConfigError(f"--prompts must be between 1 and {len(REFERENCE_PROMPTS)}")
-        chosen = REFERENCE_PROMPTS[:count] if count is not None else REFERENCE_PROMPTS
+        chosen, inputs = REFERENCE_PROMPTS[:count], EMBEDDING_INPUTS[:count]
         if quick:
-            return cls(prompts=chosen, sample_tokens=24, seeds=(1,))
-        return cls(prompts=chosen)
+            return cls(prompts=chosen, inputs=inputs, sample_tokens=24, seeds=(1,))
+        return cls(prompts=chosen, inputs=inputs)
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,16 +140,28 @@ class PairReport:
 
 
 @dataclass(frozen=True, slots=True)
-class CalibrationReport:
-    """The catalog entry, the per-pair numbers behind it, and greedy runs that disagreed.
+class CosinePair:
+    """Two embedding runs: the least cosine between their vectors for the same input."""
 
-    ``divergent`` maps a greedy generator run to the number of prompts whose tokens differ
-    from the float32 single-thread reference.
+    first: str
+    second: str
+    inputs: int
+    worst: float
+
+
+@dataclass(frozen=True, slots=True)
+class CalibrationReport:
+    """The catalog entry and the numbers behind it.
+
+    Text models: ``pairs`` per (generator, auditor), and ``divergent``: per greedy
+    generator run, the prompts whose tokens differ from the float32 single-thread
+    reference. Embedding models: ``cosines`` per pair of runs.
     """
 
     model: CatalogModel
-    pairs: tuple[PairReport, ...]
+    pairs: tuple[PairReport, ...] = ()
     divergent: dict[str, int] = field(default_factory=dict)
+    cosines: tuple[CosinePair, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,23 +177,28 @@ class _GenRun:
 
 
 def calibrate(
-    model_dir: Path,
+    model: Path | str,
     *,
     name: str | None = None,
     plan: Plan | None = None,
     console: Console | None = None,
 ) -> CalibrationReport:
-    """Calibrate the text model in ``model_dir`` (tens of seconds on the tiny model).
+    """Calibrate a model: a causal LM directory (text), or an embedding model (a
+    sentence-transformers directory, with ``modules.json``, or ``minilm``).
 
-    Blocking, and runs its own event loop: call it from synchronous code. ConfigError when
-    the directory does not hold a causal LM.
+    Tens of seconds on the tiny model. Blocking, and runs its own event loop: call it from
+    synchronous code. ConfigError when ``model`` names no model this can load.
     """
+    from tessera.provider.loading import MINILM_ALIASES
+
     plan = plan or Plan()
-    model_dir = Path(model_dir)
-    if (model_dir / "modules.json").exists() or not (model_dir / "config.json").exists():
+    spec = str(model)
+    bundled = spec.lower() in MINILM_ALIASES
+    embedding = bundled or (Path(spec) / "modules.json").exists()
+    if not embedding and not (Path(spec) / "config.json").exists():
         raise ConfigError(
-            f"{model_dir} is not a Hugging Face causal LM directory (no config.json, or a "
-            "sentence-transformers model); only text models can be calibrated"
+            f"{spec} is not a model directory (no config.json or modules.json): give a "
+            "Hugging Face causal LM or sentence-transformers directory, or 'minilm'"
         )
     import torch
     from transformers.utils import logging as hf_logging
@@ -174,7 +208,12 @@ def calibrate(
     hf_logging.disable_progress_bar()  # our own progress shows; four weight bars would not help
     try:
         with _progress(console) as progress:
-            return asyncio.run(_calibrate_text(model_dir, name, plan, progress))
+            if embedding:
+                from tessera.models.calibrate_embedding import calibrate_embedding
+
+                where = None if bundled else Path(spec)
+                return asyncio.run(calibrate_embedding(where, name, plan, progress))
+            return asyncio.run(_calibrate_text(Path(spec), name, plan, progress))
     finally:
         torch.set_num_threads(threads_before)
         if bars_before:
@@ -212,7 +251,7 @@ async def _calibrate_text(
 
     gen_runs = _generator_runs(plan)
     audits = _auditor_runs(plan)
-    gen_task = _task(progress, "generating", len(gen_runs) * len(plan.prompts))
+    gen_task = progress_task(progress, "generating", len(gen_runs) * len(plan.prompts))
     backends: dict[str, TransformersTextBackend] = {}
     try:
         for dtype in ("float32", "bfloat16"):
@@ -221,19 +260,19 @@ async def _calibrate_text(
             )
         outputs: list[Generated] = []
         for run in gen_runs:
-            _set_threads(run.threads)
+            set_threads(run.threads)
             for prompt in plan.prompts:
                 outputs.append(await _generate(backends[run.dtype], run, prompt, plan))
-                _advance(progress, gen_task)
-        _set_threads(plan.threads[0])
-        score_task = _task(progress, "scoring", len(audits) * len(outputs))
+                progress_advance(progress, gen_task)
+        set_threads(plan.threads[0])
+        score_task = progress_task(progress, "scoring", len(audits) * len(outputs))
         scored: dict[tuple[str, str], list[Deviation]] = {}
         for audit_name, dtype, batch in audits:
             for start in range(0, len(outputs), batch):
                 group = outputs[start : start + batch]
                 for out, dev in zip(group, await _score(backends[dtype], group), strict=True):
                     scored.setdefault((out.run, audit_name), []).append(dev)
-                _advance(progress, score_task, len(group))
+                progress_advance(progress, score_task, len(group))
         info = backends["float32"].info
     finally:
         for backend in backends.values():
@@ -241,9 +280,9 @@ async def _calibrate_text(
 
     reference_run = gen_runs[0].name
     references = [o for o in outputs if o.run == reference_run]
-    ref_task = _task(progress, "reference top-8", 1)
+    ref_task = progress_task(progress, "reference top-8", 1)
     challenges = await asyncio.to_thread(_challenges, model_dir, references, plan.max_tokens)
-    _advance(progress, ref_task)
+    progress_advance(progress, ref_task)
 
     greedy_names = {r.name for r in gen_runs if r.temperature == 0.0}
     greedy = [d for (gen, _), ds in scored.items() if gen in greedy_names for d in ds]
@@ -426,26 +465,19 @@ def _eos_ids(model: Any, tokenizer: Any) -> set[int]:
     return found
 
 
-def _set_threads(threads: int) -> None:
+def set_threads(threads: int) -> None:
+    """torch's CPU threads for the whole process (``calibrate`` restores the old count)."""
     import torch
 
     torch.set_num_threads(threads)
 
 
-# ---------------------------------------------------------------- progress and tables
+# ---------------------------------------------------------------- progress
 
 
-class _NoProgress:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: object) -> None:
-        return None
-
-
-def _progress(console: Console | None) -> Any:
+def _progress(console: Console | None) -> AbstractContextManager[Progress | None]:
     if console is None:
-        return _NoProgress()
+        return nullcontext(None)
     return Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
@@ -456,10 +488,10 @@ def _progress(console: Console | None) -> Any:
     )
 
 
-def _task(progress: Progress | None, description: str, total: int) -> Any:
+def progress_task(progress: Progress | None, description: str, total: int) -> Any:
     return progress.add_task(description, total=total) if progress is not None else None
 
 
-def _advance(progress: Progress | None, task: Any, steps: int = 1) -> None:
+def progress_advance(progress: Progress | None, task: Any, steps: int = 1) -> None:
     if progress is not None:
         progress.advance(task, steps)

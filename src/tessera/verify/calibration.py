@@ -8,7 +8,7 @@ teacher-forced pass computes for it. This module turns those comparisons into
 - :func:`measure` compares one choice: generated log-probs against the auditor's scores;
 - :func:`observe` folds many choices into the worst case seen (:class:`Observed`);
 - :func:`derive` multiplies the worst case by a safety margin and never goes below
-  :class:`Floors`.
+  :class:`Floors`; :func:`derive_embedding` does the same for embedding cosines.
 
 Why a margin *and* floors: a calibration sees a few dozen prompts on one machine, while
 honest providers run other kernels (GPUs, TF32, fused attention) and other prompts, so
@@ -77,7 +77,6 @@ class Observed:
     greedy_gap: float
     top_k: int
     tail_fraction: float
-    min_cosine: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,12 +140,8 @@ def tail_fraction(ranks: Sequence[int], top_k: int) -> float:
     return max(0, tail - 1) / len(ranks)
 
 
-def observe(
-    greedy: Sequence[Deviation],
-    sampled: Sequence[Deviation],
-    cosines: Sequence[float] = (),
-) -> Observed:
-    """The worst case over greedy and sampled choices (and embedding cosines, if any)."""
+def observe(greedy: Sequence[Deviation], sampled: Sequence[Deviation]) -> Observed:
+    """The worst case over greedy and sampled choices."""
     every = [*greedy, *sampled]
     top_k = choose_top_k(r for d in sampled for r in d.ranks)
     return Observed(
@@ -156,8 +151,12 @@ def observe(
         greedy_gap=max((d.greedy_gap for d in greedy), default=0.0),
         top_k=top_k,
         tail_fraction=max((tail_fraction(d.ranks, top_k) for d in sampled), default=0.0),
-        min_cosine=min(1.0, max(-1.0, min(cosines))) if cosines else None,
     )
+
+
+def _check_margin(margin: float) -> None:
+    if margin < 1.0 or not math.isfinite(margin):
+        raise ValueError(f"the safety margin must be a finite number >= 1, not {margin}")
 
 
 def derive(
@@ -166,26 +165,18 @@ def derive(
     margin: float = DEFAULT_MARGIN,
     floors: Floors | None = None,
 ) -> tuple[Tolerances, Calibration]:
-    """Tolerances = observed worst case x ``margin``, never below ``floors``.
+    """A text model's tolerances = observed worst case x ``margin``, never below ``floors``.
 
-    ``min_cosine`` = 1 - margin x (1 - worst cosine), at most 1 - ``cosine_slack`` (a
-    perfect match on one machine must not demand bit-exact vectors from the next), at
-    least -1. A text model keeps the default ``min_cosine``. ValueError if margin < 1.
+    ``min_cosine`` keeps its default (it is for embedding models). ValueError if margin < 1.
     """
-    if margin < 1.0 or not math.isfinite(margin):
-        raise ValueError(f"the safety margin must be a finite number >= 1, not {margin}")
+    _check_margin(margin)
     floors = floors or Floors()
-    min_cosine = Tolerances().min_cosine
-    if observed.min_cosine is not None:
-        slack = max(floors.cosine_slack, margin * (1.0 - observed.min_cosine))
-        min_cosine = max(-1.0, 1.0 - slack)
     tolerances = Tolerances(
         logprob_abs_max=max(floors.logprob_abs_max, margin * observed.logprob_abs_max),
         logprob_abs_mean=max(floors.logprob_abs_mean, margin * observed.logprob_abs_mean),
         greedy_gap=max(floors.greedy_gap, margin * observed.greedy_gap),
         top_k=observed.top_k,
         tail_fraction=min(1.0, max(floors.tail_fraction, margin * observed.tail_fraction)),
-        min_cosine=min_cosine,
     )
     calibration = Calibration(
         runs=list(runs),
@@ -194,7 +185,33 @@ def derive(
         observed_logprob_abs_mean=observed.logprob_abs_mean,
         observed_greedy_gap=observed.greedy_gap,
         observed_tail_fraction=observed.tail_fraction,
-        observed_min_cosine=observed.min_cosine,
         margin=margin,
+    )
+    return tolerances, calibration
+
+
+def derive_embedding(
+    cosines: Sequence[float],
+    runs: Sequence[str],
+    tokens: int,
+    margin: float = DEFAULT_MARGIN,
+    floors: Floors | None = None,
+) -> tuple[Tolerances, Calibration]:
+    """An embedding model's ``min_cosine`` = 1 - margin x (1 - worst cosine seen).
+
+    At most 1 - ``cosine_slack`` (a perfect match on one machine must not demand
+    bit-exact vectors from the next), at least -1; the log-prob tolerances keep their
+    defaults. ``tokens`` counts the input tokens embedded. ValueError without cosines or
+    with a margin below 1.
+    """
+    _check_margin(margin)
+    if not cosines:
+        raise ValueError("no cosines to calibrate an embedding model from")
+    floors = floors or Floors()
+    worst = min(1.0, max(-1.0, min(cosines)))
+    slack = max(floors.cosine_slack, margin * (1.0 - worst))
+    tolerances = Tolerances(min_cosine=max(-1.0, 1.0 - slack))
+    calibration = Calibration(
+        runs=list(runs), tokens=tokens, observed_min_cosine=worst, margin=margin
     )
     return tolerances, calibration
