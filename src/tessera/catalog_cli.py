@@ -8,7 +8,7 @@ catalog file; ``show`` prints a catalog. The gateway reads the file with ``--cat
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, NoReturn
 
 import typer
 from rich.console import Console
@@ -27,7 +27,7 @@ console = Console()
 progress_console = Console(stderr=True)
 
 
-def _fail(message: str) -> None:
+def _fail(message: str) -> NoReturn:
     progress_console.print(f"[bold red]error:[/] {message}")
     raise typer.Exit(2)
 
@@ -55,7 +55,6 @@ def calibrate_command(
     ] = False,
 ) -> None:
     """Measure honest deviations of a model, derive its tolerances, pin it in the catalog."""
-
     try:
         if catalog.exists():
             Catalog.load(catalog)  # refuse a broken file before minutes of work
@@ -65,14 +64,12 @@ def calibrate_command(
         save_entry(catalog, report.model)
     except TesseraError as exc:
         _fail(exc.message)
-        return
     except (ValueError, BackendError, OSError) as exc:
         _fail(str(exc))
-        return
     console.print(_cosines_table(report) if report.cosines else _pairs_table(report))
     for run, count in report.divergent.items():
         if count:
-            console.print(f"[yellow]{run}[/]: greedy tokens differ from the reference on {count}")
+            console.print(f"{run}: greedy tokens differ from the reference on {count} prompt(s)")
     entry = report.model
     console.print(
         f"wrote [bold]{entry.name}[/] ({entry.weights_sha256[:16]}…) to {catalog}: "
@@ -88,7 +85,6 @@ def show(file: Annotated[Path, typer.Argument(help="Catalog file.")]) -> None:
         catalog = Catalog.load(file)
     except ValueError as exc:
         _fail(str(exc))
-        return
     if not len(catalog):
         console.print(f"{file}: no models")
         return

@@ -41,6 +41,14 @@ def test_save_entry_creates_the_file_then_adds_and_replaces_by_name(tmp_path: Pa
     assert [p.name for p in path.parent.iterdir()] == ["catalog.json"]  # no temp files left
 
 
+def test_save_entry_keeps_the_files_permissions(tmp_path: Path) -> None:
+    path = tmp_path / "catalog.json"
+    save_entry(path, model("a"))
+    path.chmod(0o640)
+    save_entry(path, model("b", "cd"))
+    assert path.stat().st_mode & 0o777 == 0o640
+
+
 def test_save_entry_leaves_a_file_that_is_not_a_catalog_alone(tmp_path: Path) -> None:
     path = tmp_path / "catalog.json"
     path.write_text("{not json", encoding="utf-8")

@@ -17,16 +17,17 @@ What it does for a text model (a Hugging Face causal LM directory):
    each position (from one float32 teacher-forced pass), the end-of-sequence token
    appended when the model chose it.
 
-The torch thread count is process-wide; it is restored when calibration ends. Heavy
-imports (torch, transformers) happen inside the functions, so the catalog table renders
-without them.
+Embedding models are calibrated in ``tessera.models.calibrate_embedding``. The torch
+thread count is process-wide; it is restored when calibration ends. Heavy imports (torch,
+transformers) happen inside the functions, so the CLI starts without them.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
-import tempfile
+import shutil
+import uuid
 from collections.abc import Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
@@ -117,7 +118,6 @@ class Generated:
     token_ids: tuple[int, ...]
     logprobs: tuple[float, ...]
     eos: bool
-    greedy: bool
 
 
 @dataclass(frozen=True, slots=True)
@@ -223,20 +223,22 @@ def calibrate(
 def save_entry(path: Path, model: CatalogModel) -> Catalog:
     """Add or replace ``model`` in the catalog file at ``path`` (created if missing).
 
-    The file is replaced atomically, so a reader never sees half a catalog. ValueError when
-    the existing file is not a catalog (it is left as it was).
+    The file is replaced atomically, so a reader never sees half a catalog, and keeps its
+    permissions. ValueError when the existing file is not a catalog (it is left as it was).
     """
     path = Path(path)
     catalog = Catalog.load(path) if path.exists() else Catalog()
     updated = catalog.with_model(model)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        with tmp.open("x", encoding="utf-8") as handle:
             handle.write(updated.to_json())
+        if path.exists():
+            shutil.copymode(path, tmp)
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
     return updated
 
@@ -357,7 +359,7 @@ async def _generate(
             logprobs += [lp.logprob for lp in event.logprobs]
         elif isinstance(event, Finish):
             eos = event.eos
-    return Generated(run.name, prompt, tuple(ids), tuple(logprobs), eos, greedy)
+    return Generated(run.name, prompt, tuple(ids), tuple(logprobs), eos)
 
 
 async def _score(backend: TransformersTextBackend, group: Sequence[Generated]) -> list[Deviation]:
