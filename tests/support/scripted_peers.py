@@ -24,13 +24,17 @@ from websockets.asyncio.client import ClientConnection, connect
 from tessera.config import GatewaySettings
 from tessera.dev_money import DEFAULT_FUNDS, fund_account
 from tessera.gateway.app import create_app
+from tessera.protocol.receipts import OutputDigest, prompt_sha256, request_id_of, sign_receipt
 from tessera.protocol.signing import public_key_hex, sign
 from tessera.protocol.wire import (
     PROTOCOL_VERSION,
     REGISTER_DOMAIN,
     Capabilities,
+    Chunk,
     Hardware,
+    Job,
     ModelOffer,
+    Receipt,
     Register,
     register_payload,
 )
@@ -105,12 +109,19 @@ async def live_gateway(
         await asyncio.wait_for(task, 10)
 
 
+WEIGHTS = "cd" * 32
+
+
 def caps_for(
-    key: SigningKey, slots: int = 2, model: str = MODEL, price: tuple[int, int] = (0, 0)
+    key: SigningKey,
+    slots: int = 2,
+    model: str = MODEL,
+    price: tuple[int, int] = (0, 0),
+    weights: str = WEIGHTS,
 ) -> Capabilities:
     offer = ModelOffer(
         name=model,
-        weights_sha256="cd" * 32,
+        weights_sha256=weights,
         kind="text",
         context_length=512,
         price_input_per_mtok=price[0],
@@ -133,6 +144,8 @@ class Peer:
         self.ws = ws
         self.key = key
         self.hello: dict[str, Any] = {}
+        self.price: tuple[int, int] = (0, 0)
+        self.weights = WEIGHTS
 
     @classmethod
     async def open(cls, url: str, key: SigningKey | None = None) -> Peer:
@@ -147,9 +160,10 @@ class Peer:
         slots: int = 2,
         signer: SigningKey | None = None,
         price: tuple[int, int] = (0, 0),
+        weights: str = WEIGHTS,
     ) -> str:
         nonce = nonce or self.hello["nonce"]
-        caps = caps_for(self.key, slots, price=price)
+        caps = caps_for(self.key, slots, price=price, weights=weights)
         signature = sign(signer or self.key, REGISTER_DOMAIN, register_payload(nonce, caps))
         frame = Register(
             version=PROTOCOL_VERSION, nonce=nonce, capabilities=caps, signature=signature
@@ -160,8 +174,11 @@ class Peer:
     def provider_id(self) -> str:
         return public_key_hex(self.key)
 
-    async def register(self, slots: int = 2, price: tuple[int, int] = (0, 0)) -> dict[str, Any]:
-        await self.ws.send(self.register_frame(slots=slots, price=price))
+    async def register(
+        self, slots: int = 2, price: tuple[int, int] = (0, 0), weights: str = WEIGHTS
+    ) -> dict[str, Any]:
+        self.price, self.weights = price, weights
+        await self.ws.send(self.register_frame(slots=slots, price=price, weights=weights))
         return await self.recv()
 
     async def recv(self, timeout_s: float = 5.0) -> dict[str, Any]:
@@ -208,12 +225,113 @@ def chat_body(stream: bool = False, **extra: Any) -> dict[str, Any]:
 async def answer(
     peer: Peer, job: dict[str, Any], text: str = "hello", usage: tuple[int, int] = (3, 1)
 ) -> None:
-    await peer.send({"type": "chunk", "job_id": job["job_id"], "text": text, "tokens": usage[1]})
-    await peer.send({"type": "chunk", "job_id": job["job_id"], "finish_reason": "stop"})
-    await peer.send(
-        {
-            "type": "done",
-            "job_id": job["job_id"],
-            "usage": {"prompt_tokens": usage[0], "completion_tokens": usage[1]},
-        }
+    """Answer ``job`` in one chunk and finish it with a signed receipt, as an agent does."""
+    job_id = job["job_id"]
+    listed = max(0, usage[1] - 1)  # the last token counted is the end-of-sequence token
+    chunk = {
+        "type": "chunk",
+        "job_id": job_id,
+        "text": text,
+        "tokens": usage[1],
+        "token_ids": list(range(1, listed + 1)),
+        "token_logprobs": [-0.5] * listed,
+    }
+    finish = {"type": "chunk", "job_id": job_id, "finish_reason": "stop", "eos": usage[1] > 0}
+    await peer.send(chunk)
+    await peer.send(finish)
+    await peer.send(done_frame(peer, job, [chunk, finish], usage))
+
+
+def done_frame(
+    peer: Peer, job: dict[str, Any], chunks: list[dict[str, Any]], usage: tuple[int, int]
+) -> dict[str, Any]:
+    """The done frame for ``job`` after ``chunks``, with the receipt an honest agent signs."""
+    parsed = Job.model_validate(job)
+    digest = OutputDigest()
+    for chunk in chunks:
+        digest.add(Chunk.model_validate(chunk))
+    receipt = Receipt(
+        request_id=request_id_of(parsed),
+        job_id=parsed.job_id,
+        provider_id=peer.provider_id,
+        model=parsed.model,
+        weights_sha256=peer.weights,
+        kind=parsed.kind,
+        prompt_sha256=prompt_sha256(parsed),
+        output_sha256=digest.sha256(),
+        prompt_tokens=usage[0],
+        completion_tokens=usage[1],
+        price_input_per_mtok=peer.price[0],
+        price_output_per_mtok=peer.price[1],
+        started_at_ms=1,
+        finished_at_ms=2,
     )
+    return {
+        "type": "done",
+        "job_id": parsed.job_id,
+        "usage": {"prompt_tokens": usage[0], "completion_tokens": usage[1]},
+        "receipt": receipt.model_dump(mode="json"),
+        "receipt_signature": sign_receipt(peer.key, receipt),
+    }
+
+
+async def answer_tokens(
+    peer: Peer,
+    job: dict[str, Any],
+    token_ids: list[int],
+    logprobs: list[float],
+    prompt_tokens: int,
+    finish: str = "length",
+    text: str = "abc",
+) -> None:
+    """Answer ``job`` with exactly these tokens (a join challenge, for instance)."""
+    chunk = {
+        "type": "chunk",
+        "job_id": job["job_id"],
+        "text": text,
+        "tokens": len(token_ids),
+        "token_ids": token_ids,
+        "token_logprobs": logprobs,
+    }
+    end = {"type": "chunk", "job_id": job["job_id"], "finish_reason": finish}
+    await peer.send(chunk)
+    await peer.send(end)
+    await peer.send(done_frame(peer, job, [chunk, end], (prompt_tokens, len(token_ids))))
+
+
+def audit_result(
+    peer: Peer,
+    audit: dict[str, Any],
+    logprob: float,
+    prompt_tokens: int,
+    text: str,
+    rank: int = 1,
+) -> dict[str, Any]:
+    """A signed audit result giving every audited token ``rank`` and ``logprob``."""
+    from tessera.protocol.canonical import canonical_bytes, sha256_hex
+    from tessera.protocol.wire import AUDIT_RESULT_DOMAIN, Audit, AuditResult
+
+    parsed = Audit.model_validate(audit)
+    score = {"rank": rank, "logprob": logprob, "top_logprob": min(0.0, logprob + 0.01)}
+    unsigned = {
+        "type": "audit_result",
+        "job_id": parsed.job_id,
+        "auditor_id": peer.provider_id,
+        "weights_sha256": parsed.weights_sha256,
+        "audit_sha256": sha256_hex(canonical_bytes(parsed.model_dump(mode="json"))),
+        "choices": [
+            {
+                "index": choice.index,
+                "prompt_tokens": prompt_tokens,
+                "tokens": [score for _ in choice.token_ids],
+                "end": {"rank": 1, "logprob": -0.01, "top_logprob": -0.01},
+                "text": text,
+            }
+            for choice in parsed.choices
+        ],
+        "prompt_tokens": 0,
+        "signature": "0" * 128,
+    }
+    payload = AuditResult.model_validate(unsigned).signed_payload()
+    unsigned["signature"] = sign(peer.key, AUDIT_RESULT_DOMAIN, payload)
+    return unsigned

@@ -35,6 +35,9 @@ from tessera.gateway.metrics import CONTENT_TYPE_LATEST, GatewayMetrics
 from tessera.gateway.money_routes import install_money_routes, payer_of
 from tessera.gateway.payments import Payments
 from tessera.gateway.serving import RequestContext, Served, Serving
+from tessera.gateway.verification import Verifier
+from tessera.gateway.verification_routes import install_verification_routes
+from tessera.key_file import load_or_create_key
 from tessera.ledger.book import BookPolicy
 from tessera.ledger.escrow import FeePolicy
 from tessera.ledger.slashing_table import SlashingTable
@@ -55,6 +58,9 @@ from tessera.store.ledger import LedgerStore
 from tessera.store.migrate import upgrade_to_head
 from tessera.store.providers import ProviderStore
 from tessera.store.requests_log import RequestLog, RequestLogWriter, RequestRecord
+from tessera.store.verification import ReceiptWriter, VerificationStore
+from tessera.verify.catalog import Catalog
+from tessera.verify.reputation import ReputationBook
 
 log = logging.getLogger("tessera.gateway")
 T = TypeVar("T", bound=BaseModel)
@@ -77,15 +83,19 @@ class Gateway:
     payments: Payments
     ledger_store: LedgerStore
     accounts: AccountStore
+    verifier: Verifier
 
 
 def create_app(settings: GatewaySettings) -> FastAPI:
     metrics = GatewayMetrics()
     registry = ProviderRegistry()
 
+    catalog = load_catalog(settings)
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
+        gateway_key = load_or_create_key(settings.data_dir / "gateway.key", what="gateway")
         url = settings.database_url or database_url_for(settings.data_dir)
         await upgrade_to_head(url)
         engine = create_engine(url)
@@ -111,6 +121,7 @@ def create_app(settings: GatewaySettings) -> FastAPI:
         payments = Payments(bookkeeper, registry, stake)
 
         async def provider_seen(provider_id: str, caps: Capabilities) -> None:
+            verifier.on_connect(provider_id, caps)
             try:
                 await providers.upsert_seen(
                     provider_id=provider_id,
@@ -124,6 +135,23 @@ def create_app(settings: GatewaySettings) -> FastAPI:
                 log.exception("could not record provider %s", provider_id[:12])
 
         hub = ProviderHub(settings, registry, metrics, on_provider_seen=provider_seen)
+        verification_store = VerificationStore(engine)
+        receipt_writer = ReceiptWriter(verification_store)
+        await receipt_writer.start()
+        verifier = Verifier(
+            settings,
+            catalog,
+            gateway_key,
+            registry,
+            hub,
+            bookkeeper,
+            verification_store,
+            receipt_writer,
+            ReputationBook.restore(await verification_store.load_reputation()),
+            {(pid, model) for pid, model, _, _ in await verification_store.bans()},
+        )
+        hub.initial_status = verifier.initial_status
+        hub.on_provider_gone = verifier.on_disconnect
 
         def record(
             ctx: RequestContext,
@@ -137,6 +165,8 @@ def create_app(settings: GatewaySettings) -> FastAPI:
             if usage is not None:
                 metrics.tokens.labels(direction="prompt").inc(usage.prompt_tokens)
                 metrics.tokens.labels(direction="completion").inc(usage.completion_tokens)
+            if status == "error" and provider_id is not None:
+                verifier.reputation.job_failed(provider_id)
             charge = ctx.charge
             offer = ctx.offer
             request_log.submit(
@@ -161,7 +191,13 @@ def create_app(settings: GatewaySettings) -> FastAPI:
             )
 
         serving = Serving(
-            registry, Dispatcher(hub, settings, metrics), settings, metrics, record, payments
+            registry,
+            Dispatcher(hub, settings, metrics),
+            settings,
+            metrics,
+            record,
+            payments,
+            verifier,
         )
         auth = ApiKeyAuth(keys.find_by_hash, hash_api_key, settings.api_key_cache_ttl_s)
         app.state.gateway = Gateway(
@@ -178,10 +214,15 @@ def create_app(settings: GatewaySettings) -> FastAPI:
             payments,
             ledger_store,
             AccountStore(engine),
+            verifier,
         )
+        housekeeping = asyncio.create_task(verifier.run_housekeeping())
         try:
             yield
         finally:
+            housekeeping.cancel()
+            await verifier.close()
+            await receipt_writer.close()
             await bookkeeper.close()
             await request_log.close()
             await engine.dispose()
@@ -196,6 +237,7 @@ def create_app(settings: GatewaySettings) -> FastAPI:
     _install_error_handlers(app, metrics)
     _install_routes(app, metrics, registry)
     install_money_routes(app, gateway_of)
+    install_verification_routes(app, gateway_of)
     _install_openapi(app)
     return app
 
@@ -214,6 +256,18 @@ def book_policy(settings: GatewaySettings) -> BookPolicy:
         unbonding_delay_s=settings.unbonding_delay_s,
         slashing=table,
     )
+
+
+def load_catalog(settings: GatewaySettings) -> Catalog:
+    """The operator's model catalog (empty when none is configured); ConfigError if bad."""
+    if settings.catalog_file is None:
+        return Catalog()
+    try:
+        return Catalog.load(settings.catalog_file)
+    except ValueError as exc:
+        raise ConfigError(
+            f"{exc}; write one with `tessera catalog calibrate MODEL_DIR --catalog FILE`"
+        ) from exc
 
 
 def gateway_of(request: Request | WebSocket) -> Gateway:

@@ -35,6 +35,7 @@ from tessera.gateway.openai_format import (
     text_completion,
 )
 from tessera.gateway.payments import Charge, Payer, Payments
+from tessera.gateway.verification import Verifier
 from tessera.market.quotes import MaxPrice
 from tessera.market.registry import ProviderRegistry
 from tessera.protocol.openai_api import (
@@ -106,8 +107,10 @@ class Serving:
         metrics: GatewayMetrics,
         record: RecordFn,
         payments: Payments,
+        verifier: Verifier,
     ) -> None:
         self.payments = payments
+        self.verifier = verifier
         self.registry = registry
         self.dispatcher = dispatcher
         self.settings = settings
@@ -239,6 +242,12 @@ class Serving:
                 raise ProviderFailed("the provider answered an embedding job without vectors")
             if len(first.embeddings_b64) != len(inputs):
                 raise ProviderFailed("the provider returned the wrong number of vectors")
+            check = self.verifier.check(stream, first)
+            if not check.ok:
+                raise ProviderFailed(
+                    f"the provider's receipt was refused ({check.problem}); retry the request",
+                    code="receipt_refused",
+                )
             data = [
                 {"object": "embedding", "index": i, "embedding": _vector(b64, req.encoding_format)}
                 for i, b64 in enumerate(first.embeddings_b64)
@@ -254,6 +263,7 @@ class Serving:
             await stream.close()
         usage = first.usage
         self._capture(ctx, stream, usage.prompt_tokens, 0)
+        self._accepted(ctx, stream, first)
         self.record(ctx, "ok", stream.provider_id, None, usage)
         body = {
             "object": "list",
@@ -282,6 +292,11 @@ class Serving:
             self.payments.capture(
                 ctx.charge, stream.offer, stream.provider_id, prompt_tokens, completion_tokens
             )
+
+    def _accepted(self, ctx: RequestContext, stream: JobStream, done: Done) -> None:
+        """A paid job with a good receipt: countersign and store it, maybe audit it."""
+        cost = 0 if ctx.charge is None or ctx.charge.cost is None else ctx.charge.cost
+        self.verifier.accepted(stream, done, ctx.payer.account_id, cost)
 
     def _release(self, ctx: RequestContext, reason: str) -> None:
         if ctx.charge is not None:
@@ -328,7 +343,11 @@ class Serving:
         while True:
             stream, first = await self._start(make_job, ctx, param, attempts)
             try:
-                choices, usage = await self._collect(stream, first)
+                choices, done = await self._collect(stream, first)
+                check = self.verifier.check(stream, done)
+                if not check.ok:
+                    # Nothing reached the client: another provider can answer instead.
+                    raise _ProviderVanished(f"its receipt was refused: {check.detail}")
             except _ProviderVanished as exc:
                 attempts.failed(stream.provider_id, exc.reason)
                 self.dispatcher.metrics.retries.inc()
@@ -347,15 +366,17 @@ class Serving:
                 self._release(ctx, "client_disconnected")
                 self.record(ctx, "cancelled", stream.provider_id, "client_disconnected", None)
                 raise
+            usage = done.usage
             self._capture(ctx, stream, usage.prompt_tokens, usage.completion_tokens)
             if ctx.charge is not None:
                 await self.payments.stored(ctx.charge)
+            self._accepted(ctx, stream, done)
             self.record(ctx, "ok", stream.provider_id, None, usage)
             return stream.provider_id, choices, usage
 
     async def _collect(
         self, stream: JobStream, first: JobEvent
-    ) -> tuple[dict[int, ChoiceText], Usage]:
+    ) -> tuple[dict[int, ChoiceText], Done]:
         choices: dict[int, ChoiceText] = {}
         event = first
         try:
@@ -364,7 +385,7 @@ class Serving:
                     choices.setdefault(event.index, ChoiceText()).add(event)
                 elif isinstance(event, Done):
                     choices.setdefault(0, ChoiceText())
-                    return choices, event.usage
+                    return choices, event
                 elif isinstance(event, ProviderGone):
                     raise _ProviderVanished(event.reason)
                 else:
@@ -429,14 +450,22 @@ class Serving:
                     delivered.add(event)
                 elif isinstance(event, Done):
                     usage = event.usage
-                    self._capture(ctx, stream, usage.prompt_tokens, usage.completion_tokens)
-                    if ctx.charge is not None:
-                        await self.payments.stored(ctx.charge)
+                    check = self.verifier.check(stream, event)
+                    if check.ok:
+                        self._capture(ctx, stream, usage.prompt_tokens, usage.completion_tokens)
+                        if ctx.charge is not None:
+                            await self.payments.stored(ctx.charge)
+                        self._accepted(ctx, stream, event)
+                        status, error_code = "ok", None
+                    else:
+                        # Already delivered, but unproven: the consumer pays nothing for it
+                        # and the provider earns nothing.
+                        self._release(ctx, "receipt_refused")
+                        status, error_code = "error", "receipt_refused"
                     if usage_chunk is not None:
                         chunk = usage_chunk(event.usage)
-                        chunk["usage"]["cost"] = ctx.charge.cost if ctx.charge else 0
+                        chunk["usage"]["cost"] = ctx.charge.cost or 0 if ctx.charge else 0
                         yield sse(chunk)
-                    status, error_code = "ok", None
                     yield sse("[DONE]")
                     return
                 else:
