@@ -3,7 +3,8 @@
 The agent dials OUT to each gateway (providers sit behind NAT) and keeps one WebSocket
 per gateway. A lost connection is retried with capped exponential backoff and jitter;
 jobs running on a lost connection are cancelled, since nobody can receive their output.
-Concurrency is bounded across all gateways by ``max_concurrent_jobs``.
+Concurrency is bounded across all gateways by ``max_concurrent_jobs``; audits (re-scoring
+another provider's output, see auditing.py) take a slot like any job.
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ from tessera.protocol import signing
 from tessera.protocol.wire import (
     PROTOCOL_VERSION,
     REGISTER_DOMAIN,
+    Audit,
+    AuditResult,
     Cancel,
     Capabilities,
     ErrorFrame,
@@ -43,8 +46,9 @@ from tessera.protocol.wire import (
     gateway_frame_adapter,
     register_payload,
 )
+from tessera.provider.auditing import ScoreBatcher, run_audit
 from tessera.provider.backends.base import CancelToken, EmbeddingBackend, TextBackend
-from tessera.provider.jobs import run_embedding_job, run_text_job
+from tessera.provider.jobs import ReceiptSigner, run_embedding_job, run_text_job
 
 log = logging.getLogger("tessera.provider")
 CONNECT_PATH = "/v1/providers/connect"
@@ -95,7 +99,15 @@ class ProviderAgent:
         )
         self.on_status = on_status or (lambda url, status: None)
         self._slots = asyncio.Semaphore(settings.max_concurrent_jobs)
+        self._signers = {m.offer.name: ReceiptSigner(key, m.offer) for m in models}
+        # One batcher per text model, so audits that arrive together share a forward pass.
+        self._batchers = {
+            m.offer.name: ScoreBatcher(m.backend)
+            for m in models
+            if isinstance(m.backend, TextBackend)
+        }
         self.jobs_done = 0
+        self.audits_done = 0
 
     @property
     def provider_id(self) -> str:
@@ -194,11 +206,16 @@ class ProviderAgent:
         except ValidationError as exc:
             log.warning("ignoring malformed frame from gateway: %s", exc.errors()[:1])
             return
-        if isinstance(frame, Job):
+        if isinstance(frame, Job | Audit):
             if frame.job_id in running:
                 return
             token = CancelToken()
-            task = asyncio.create_task(self._run_job(frame, send, token))  # type: ignore[arg-type]
+            work = (
+                self._run_job(frame, send, token)  # type: ignore[arg-type]
+                if isinstance(frame, Job)
+                else self._run_audit(frame, send)  # type: ignore[arg-type]
+            )
+            task = asyncio.create_task(work)
             running[frame.job_id] = (task, token)
             task.add_done_callback(lambda _t, jid=frame.job_id: running.pop(jid, None))
         elif isinstance(frame, Cancel):
@@ -227,12 +244,13 @@ class ProviderAgent:
                 JobError(job_id=job.job_id, code="busy", message="at capacity", retryable=True)
             )
             return
+        signer = self._signers[job.model]
         async with self._slots:
             try:
                 if job.kind == "embedding" and isinstance(served.backend, EmbeddingBackend):
-                    await run_embedding_job(job, served.backend, reply)
+                    await run_embedding_job(job, served.backend, reply, signer)
                 elif job.kind != "embedding" and isinstance(served.backend, TextBackend):
-                    await run_text_job(job, served.backend, reply, token)
+                    await run_text_job(job, served.backend, reply, token, signer)
                 else:
                     await reply(
                         JobError(
@@ -255,4 +273,47 @@ class ProviderAgent:
                             message=f"{type(exc).__name__}: {exc}"[:2000],
                             retryable=False,
                         )
+                    )
+
+    async def _run_audit(self, audit: Audit, send: Callable[[Frame], object]) -> None:
+        """Re-score another provider's output for the gateway (see auditing.py)."""
+
+        async def reply(frame: Frame) -> None:
+            await send(frame)  # type: ignore[misc]
+
+        def refuse(code: str, message: str, retryable: bool = False) -> JobError:
+            return JobError(
+                job_id=audit.job_id, code=code, message=message[:2000], retryable=retryable
+            )
+
+        served = self.models.get(audit.job.model)
+        if served is None:
+            await reply(refuse("model_not_served", f"{audit.job.model} is not served here"))
+            return
+        if audit.weights_sha256 != served.offer.weights_sha256:
+            await reply(
+                refuse(
+                    "weights_mismatch",
+                    f"{audit.job.model} here has weights {served.offer.weights_sha256[:16]}…, "
+                    f"the audit names {audit.weights_sha256[:16]}…",
+                )
+            )
+            return
+        if self._slots.locked():
+            await reply(refuse("busy", "at capacity", retryable=True))
+            return
+        async with self._slots:
+            try:
+                answer = await run_audit(
+                    audit, served.backend, self._batchers.get(audit.job.model), self.key, reply
+                )
+                if isinstance(answer, AuditResult):
+                    self.audits_done += 1
+            except (asyncio.CancelledError, websockets.ConnectionClosed):
+                raise
+            except Exception as exc:  # a backend bug must not take the agent down
+                log.exception("audit %s failed", audit.job_id)
+                with contextlib.suppress(Exception):
+                    await reply(
+                        refuse("backend_crashed", f"{type(exc).__name__}: {exc}", retryable=True)
                     )

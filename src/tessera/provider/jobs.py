@@ -2,6 +2,12 @@
 
 Contract with the gateway: a job ends with exactly one Done or one JobError. A JobError
 is ``retryable`` only when nothing was sent yet and another provider could succeed.
+
+Every text chunk carries the sampled token ids and their raw logprobs (the client-facing
+``logprobs`` only when the job asked for them); the finishing chunk says whether the model
+ended with its end-of-sequence token. The Done carries a :class:`Receipt` signed with the
+provider key that commits to exactly the chunks sent (``OutputDigest``), so its
+``completion_tokens`` equal the digest's: ids listed plus one per end-of-sequence token.
 """
 
 from __future__ import annotations
@@ -9,14 +15,28 @@ from __future__ import annotations
 import base64
 import math
 import struct
+import time
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 
+from nacl.signing import SigningKey
+
+from tessera.protocol import signing
+from tessera.protocol.receipts import (
+    OutputDigest,
+    embeddings_sha256,
+    prompt_sha256,
+    request_id_of,
+    sign_receipt,
+)
 from tessera.protocol.wire import (
     Chunk,
     Done,
     Frame,
     Job,
     JobError,
+    ModelOffer,
+    Receipt,
     TokenLogprob,
     TopLogprob,
     Usage,
@@ -37,9 +57,49 @@ Send = Callable[[Frame], Awaitable[None]]
 # Errors every provider would give for this request: never worth retrying elsewhere.
 CLIENT_ERRORS = {"context_length_exceeded", "invalid_token_ids", "chat_template_missing"}
 LOGPROB_FLOOR = -9999.0
+MAX_CHUNK_TOKENS = 10_000  # the wire's bound on a chunk's token lists
 
 
-def _finite_logprob(value: float) -> float:
+@dataclass(frozen=True, slots=True)
+class ReceiptSigner:
+    """What a job needs to sign its receipt: the provider key and the offer it ran under."""
+
+    key: SigningKey
+    offer: ModelOffer
+
+    @property
+    def provider_id(self) -> str:
+        return signing.public_key_hex(self.key)
+
+    def sign(
+        self, job: Job, output_sha256: str, usage: Usage, started_at_ms: int
+    ) -> tuple[Receipt, str]:
+        """The receipt for a finished job (finished now) and its signature."""
+        receipt = Receipt(
+            request_id=request_id_of(job),
+            job_id=job.job_id,
+            provider_id=self.provider_id,
+            model=job.model,
+            weights_sha256=self.offer.weights_sha256,
+            kind=job.kind,
+            prompt_sha256=prompt_sha256(job),
+            output_sha256=output_sha256,
+            prompt_tokens=usage.prompt_tokens,
+            completion_tokens=usage.completion_tokens,
+            price_input_per_mtok=self.offer.price_input_per_mtok,
+            price_output_per_mtok=self.offer.price_output_per_mtok,
+            started_at_ms=started_at_ms,
+            finished_at_ms=max(started_at_ms, now_ms()),
+        )
+        return receipt, sign_receipt(self.key, receipt)
+
+
+def now_ms() -> int:
+    """The provider's clock in Unix milliseconds (what receipts record)."""
+    return time.time_ns() // 1_000_000
+
+
+def finite_logprob(value: float) -> float:
     """Clamp into what the wire allows: finite and <= 0 (rounding can give +1e-7)."""
     if math.isnan(value):
         return LOGPROB_FLOOR
@@ -50,9 +110,9 @@ def _wire_logprob(entry: BackendLogprob) -> TokenLogprob:
     return TokenLogprob(
         token=entry.token[:1000],
         token_id=max(0, entry.token_id),
-        logprob=_finite_logprob(entry.logprob),
+        logprob=finite_logprob(entry.logprob),
         top_logprobs=[
-            TopLogprob(token=t.token[:1000], logprob=_finite_logprob(t.logprob))
+            TopLogprob(token=t.token[:1000], logprob=finite_logprob(t.logprob))
             for t in entry.top[:20]
         ],
     )
@@ -63,39 +123,71 @@ def encode_vector(vector: Sequence[float]) -> str:
     return base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode("ascii")
 
 
-async def run_text_job(job: Job, backend: TextBackend, send: Send, cancel: CancelToken) -> None:
+def _delta_chunks(job: Job, index: int, event: Delta, client_logprobs: bool) -> list[Chunk]:
+    """The chunk for a delta (split only if it carries more tokens than a chunk may)."""
+    entries = event.logprobs
+    pieces = [entries[i : i + MAX_CHUNK_TOKENS] for i in range(0, len(entries), MAX_CHUNK_TOKENS)]
+    pieces = pieces or [()]
+    chunks = []
+    for number, piece in enumerate(pieces):
+        first, last = number == 0, number == len(pieces) - 1
+        chunks.append(
+            Chunk(
+                job_id=job.job_id,
+                index=index,
+                text=event.text if last else "",
+                logprobs=[_wire_logprob(e) for e in piece] if client_logprobs else [],
+                tokens=min(len(piece) if len(pieces) > 1 else event.token_count, MAX_CHUNK_TOKENS),
+                prompt_tokens=event.prompt_tokens if first else None,
+                token_ids=[max(0, e.token_id) for e in piece],
+                token_logprobs=[finite_logprob(e.logprob) for e in piece],
+            )
+        )
+    return chunks
+
+
+async def run_text_job(
+    job: Job, backend: TextBackend, send: Send, cancel: CancelToken, signer: ReceiptSigner
+) -> None:
     if job.params is None:
         await send(JobError(job_id=job.job_id, code="invalid_request", message="no params"))
         return
+    started_at_ms = now_ms()
     prompts: list[Prompt]
     if job.kind == "chat":
         prompts = [job.messages or []]
     else:
         prompts = list(job.prompts or [])
+    client_logprobs = job.params.logprobs
+    digest = OutputDigest()
     sent_any = False
     prompt_tokens = completion_tokens = 0
+
+    async def emit(chunk: Chunk) -> None:
+        nonlocal sent_any
+        digest.add(chunk)
+        await send(chunk)
+        sent_any = True
+
     try:
         for index, prompt in enumerate(prompts):
             async for event in backend.stream(prompt, job.params, cancel):
                 if isinstance(event, Delta):
                     if not event.text and not event.logprobs:
                         continue
-                    await send(
-                        Chunk(
-                            job_id=job.job_id,
-                            index=index,
-                            text=event.text,
-                            logprobs=[_wire_logprob(e) for e in event.logprobs],
-                            tokens=min(event.token_count, 10_000),
-                            prompt_tokens=event.prompt_tokens,
-                        )
-                    )
-                    sent_any = True
+                    for chunk in _delta_chunks(job, index, event, client_logprobs):
+                        await emit(chunk)
                 elif isinstance(event, Finish):
                     prompt_tokens += event.prompt_tokens
                     completion_tokens += event.completion_tokens
-                    await send(Chunk(job_id=job.job_id, index=index, finish_reason=event.reason))
-                    sent_any = True
+                    await emit(
+                        Chunk(
+                            job_id=job.job_id,
+                            index=index,
+                            finish_reason=event.reason,
+                            eos=event.eos,
+                        )
+                    )
             if cancel.cancelled:
                 return
     except BackendError as exc:
@@ -108,15 +200,15 @@ async def run_text_job(job: Job, backend: TextBackend, send: Send, cancel: Cance
             )
         )
         return
-    await send(
-        Done(
-            job_id=job.job_id,
-            usage=Usage(prompt_tokens=prompt_tokens, completion_tokens=completion_tokens),
-        )
-    )
+    usage = Usage(prompt_tokens=prompt_tokens, completion_tokens=completion_tokens)
+    receipt, signature = signer.sign(job, digest.sha256(), usage, started_at_ms)
+    await send(Done(job_id=job.job_id, usage=usage, receipt=receipt, receipt_signature=signature))
 
 
-async def run_embedding_job(job: Job, backend: EmbeddingBackend, send: Send) -> None:
+async def run_embedding_job(
+    job: Job, backend: EmbeddingBackend, send: Send, signer: ReceiptSigner
+) -> None:
+    started_at_ms = now_ms()
     try:
         result = await backend.embed(job.inputs or [])
     except BackendError as exc:
@@ -129,10 +221,15 @@ async def run_embedding_job(job: Job, backend: EmbeddingBackend, send: Send) -> 
             )
         )
         return
+    embeddings = [encode_vector(v) for v in result.vectors]
+    usage = Usage(prompt_tokens=result.prompt_tokens, completion_tokens=0)
+    receipt, signature = signer.sign(job, embeddings_sha256(embeddings), usage, started_at_ms)
     await send(
         Done(
             job_id=job.job_id,
-            usage=Usage(prompt_tokens=result.prompt_tokens, completion_tokens=0),
-            embeddings_b64=[encode_vector(v) for v in result.vectors],
+            usage=usage,
+            embeddings_b64=embeddings,
+            receipt=receipt,
+            receipt_signature=signature,
         )
     )

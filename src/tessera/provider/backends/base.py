@@ -2,7 +2,9 @@
 
 A backend owns one model. Text backends stream :class:`Delta` events and end with one
 :class:`Finish`; they must never block the event loop (heavy work runs in a thread) and
-must stop promptly once ``cancel`` is set. Embedding backends return all vectors at once.
+must stop promptly once ``cancel`` is set. Text backends also ``score`` given outputs with
+one teacher-forced forward pass (what an audit of another provider asks for). Embedding
+backends return all vectors at once.
 """
 
 from __future__ import annotations
@@ -64,11 +66,17 @@ class Delta:
 
 @dataclass(frozen=True, slots=True)
 class Finish:
-    """Always the last event of a stream."""
+    """Always the last event of a stream.
+
+    ``completion_tokens`` counts every sampled token, an end-of-sequence token included;
+    ``eos`` says the model sampled its end-of-sequence token (it has no text and no
+    logprob entry, so it is counted here and nowhere else).
+    """
 
     reason: Literal["stop", "length"]
     prompt_tokens: int
     completion_tokens: int
+    eos: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,6 +87,39 @@ class EmbeddingResult:
 
 # A prompt is chat messages (rendered with the model's template), text, or token ids.
 Prompt = Sequence[ChatMessage] | str | Sequence[int]
+
+
+@dataclass(frozen=True, slots=True)
+class ScoreRequest:
+    """An output to re-score: ``token_ids`` teacher-forced after ``prompt``."""
+
+    prompt: Prompt
+    token_ids: Sequence[int]
+
+
+@dataclass(frozen=True, slots=True)
+class TokenRank:
+    """One position under the scoring model.
+
+    ``rank`` is 1 + the number of vocabulary entries with a strictly greater log-probability
+    (1 = the most likely token); ``logprob`` is the raw log_softmax of the scored token and
+    ``top_logprob`` the position's highest, both clamped to [-9999, 0].
+    """
+
+    rank: int
+    logprob: float
+    top_logprob: float
+
+
+@dataclass(frozen=True, slots=True)
+class ScoreResult:
+    """The scores of one request: each token in order, then the best end-of-sequence token
+    at the position after the last one; ``text`` is the tokens decoded as a stream would."""
+
+    prompt_tokens: int
+    tokens: tuple[TokenRank, ...]
+    end: TokenRank
+    text: str
 
 
 class BackendError(Exception):
@@ -119,6 +160,15 @@ class TextBackend(Protocol):
 
         Raises BackendError (PromptTooLong for an over-long prompt) before the first
         event when the work cannot start.
+        """
+        ...
+
+    async def score(self, requests: Sequence[ScoreRequest]) -> list[ScoreResult]:
+        """Score every request (one result each, in order) in one teacher-forced pass.
+
+        Raises BackendError for the whole call when any request cannot be scored
+        (PromptTooLong when prompt + tokens exceed the context; ``audit_unsupported`` when
+        the backend cannot teacher-force at all).
         """
         ...
 

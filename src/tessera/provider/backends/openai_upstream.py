@@ -17,6 +17,14 @@ What the upstream cannot tell us, and what we do instead:
   logprobs were asked for, else content chunks (one token each in vLLM, SGLang and
   llama.cpp streams); ``prompt_tokens`` is the number of ids for a token-id prompt and
   0 (unknown) for text and chat prompts.
+- The sampled tokens themselves: every request asks for the sampled tokens' logprobs
+  (``top_logprobs`` 0 unless the client wanted more), since each chunk must list its tokens.
+- Whether the model ended with its end-of-sequence token: the OpenAI stream does not say
+  (``finish_reason: stop`` also covers stop strings). When the upstream's usage counts
+  exactly one token more than it listed and the reason is ``stop``, that token was the end
+  of sequence (``Finish.eos``). ``completion_tokens`` is then the listed tokens plus that
+  one, so it agrees with the signed output; tokens the upstream counted but never listed
+  are not billed. An upstream that sends text without logprob entries keeps its own count.
 - Log-probs: non-finite values become -9999.0 (as vLLM does) and tiny positive rounding
   noise becomes 0.0, so every value fits the wire's ``logprob <= 0``.
 
@@ -26,6 +34,9 @@ Error codes (``BackendError.code``): ``upstream_unavailable`` (cannot connect, t
 says this when prompt + max_tokens exceeds the context), ``upstream_rejected`` (any other
 4xx, with the upstream's message), ``upstream_invalid`` (a response we cannot parse),
 ``invalid_prompt`` (an empty prompt).
+
+Audits: an OpenAI-compatible server cannot teacher-force a given output, so ``score``
+raises ``audit_unsupported``.
 
 Cancel: a background task reads the upstream; the generator polls ``cancel`` at least
 every ``CANCEL_POLL_S`` and, when it is set or the consumer closes the generator, cancels
@@ -51,6 +62,8 @@ from tessera.provider.backends.base import (
     Finish,
     ModelInfo,
     Prompt,
+    ScoreRequest,
+    ScoreResult,
 )
 from tessera.provider.backends.openai_wire import (
     ChunkFolder,
@@ -113,6 +126,7 @@ class OpenAIUpstreamTextBackend(_Upstream):
         path, body, state = self._request(prompt, params)
         queue: asyncio.Queue[_Item] = asyncio.Queue(maxsize=_QUEUE_SIZE)
         reader = asyncio.create_task(self._read(path, body, state, queue))
+        listed, unlisted = 0, False  # tokens with a logprob entry; text without any
         try:
             while True:
                 item = await _next_item(queue, cancel)
@@ -120,12 +134,26 @@ class OpenAIUpstreamTextBackend(_Upstream):
                     return  # cancelled: the finally below closes the upstream stream
                 if isinstance(item, BackendError):
                     raise item
-                yield item
+                if isinstance(item, Delta):
+                    listed += len(item.logprobs)
+                    unlisted = unlisted or (bool(item.text) and not item.logprobs)
                 if isinstance(item, Finish):
+                    if not unlisted:
+                        item = _agreeing_finish(item, listed)
+                    yield item
                     return
+                yield item
         finally:
             reader.cancel()
             await asyncio.wait([reader])
+
+    async def score(self, requests: Sequence[ScoreRequest]) -> list[ScoreResult]:
+        """Never possible here: the OpenAI API has no teacher-forced scoring."""
+        raise BackendError(
+            f"{self.info.name} is served through an OpenAI-compatible upstream, which cannot "
+            "score a given output",
+            "audit_unsupported",
+        )
 
     def _request(
         self, prompt: Prompt, params: SamplingParams
@@ -156,11 +184,12 @@ class OpenAIUpstreamTextBackend(_Upstream):
             known_prompt_tokens = len(items)
         else:
             raise BackendError("prompt must be text, token ids or chat messages", "invalid_prompt")
-        if params.logprobs and chat:
+        top = params.top_logprobs if params.logprobs else 0
+        if chat:
             body["logprobs"] = True
-            body["top_logprobs"] = params.top_logprobs
-        elif params.logprobs:
-            body["logprobs"] = params.top_logprobs
+            body["top_logprobs"] = top
+        else:
+            body["logprobs"] = top
         state = ChunkFolder(chat, params.top_logprobs, known_prompt_tokens)
         return ("chat/completions" if chat else "completions"), body, state
 
@@ -187,6 +216,12 @@ class OpenAIUpstreamTextBackend(_Upstream):
             await queue.put(BackendError(str(exc), "upstream_invalid"))
         except Exception as exc:  # anything else must still reach the consumer, never hang it
             await queue.put(BackendError(f"upstream stream failed: {exc!r}", "upstream_invalid"))
+
+
+def _agreeing_finish(finish: Finish, listed: int) -> Finish:
+    """The upstream's Finish with counts that agree with the ``listed`` tokens."""
+    eos = finish.reason == "stop" and finish.completion_tokens == listed + 1
+    return Finish(finish.reason, finish.prompt_tokens, listed + (1 if eos else 0), eos)
 
 
 async def _next_item(queue: asyncio.Queue[_Item], cancel: CancelToken) -> _Item | None:

@@ -11,14 +11,22 @@ the model's raw ``log_softmax`` and do not depend on temperature or top_p; a Del
 the logprobs of the tokens that produced its text (held-back tokens ride on a later Delta).
 
 Counting: ``completion_tokens`` counts every sampled token, an end-of-sequence token
-included (it has no text and no logprob entry). A stream cancelled through its token ends
-with ``Finish(reason="stop")`` counting the tokens made before the cancel was seen.
+included (it has no text and no logprob entry; ``Finish.eos`` says one was sampled). A
+stream cancelled through its token ends with ``Finish(reason="stop")`` counting the tokens
+made before the cancel was seen.
+
+Scoring (audits): ``score`` encodes each prompt exactly as ``stream`` does, appends the
+audited tokens, and runs ONE forward pass over the whole batch, right-padded with an
+attention mask (causal attention makes right padding exact), in a worker thread. Each token
+gets its rank among the vocabulary, its raw logprob and its position's top logprob; ``end``
+scores the best-ranked end-of-sequence id after the last token.
 """
 
 from __future__ import annotations
 
 import asyncio
 import gc
+import inspect
 import itertools
 import json
 import threading
@@ -39,7 +47,10 @@ from tessera.provider.backends.base import (
     ModelInfo,
     Prompt,
     PromptTooLong,
+    ScoreRequest,
+    ScoreResult,
     TokenLogprob,
+    TokenRank,
     TopToken,
 )
 from tessera.provider.model_hash import weights_sha256
@@ -158,6 +169,12 @@ class TransformersTextBackend:
         self._device = device
         self._eos_ids = frozenset(eos)
         self._vocab_size = int(model.get_input_embeddings().num_embeddings)
+        # Scoring asks the model for the logits of the positions it needs only, when it can.
+        self._trims_logits = "logits_to_keep" in inspect.signature(model.forward).parameters
+        pad = getattr(tokenizer, "pad_token_id", None)
+        if not isinstance(pad, int):
+            pad = min(eos) if eos else 0
+        self._pad_id = pad
         self._tok_lock = threading.Lock()
         self._token_texts: dict[int, str] = {}
         self._active: dict[threading.Thread, CancelToken] = {}
@@ -262,6 +279,18 @@ class TransformersTextBackend:
             if not finished:
                 cancel.cancel()
 
+    async def score(self, requests: Sequence[ScoreRequest]) -> list[ScoreResult]:
+        """Teacher-force each request's tokens after its prompt; one forward pass in all.
+
+        Raises BackendError (``invalid_token_ids`` for a token outside the vocabulary,
+        PromptTooLong when prompt + tokens exceed the context) before any work is done.
+        """
+        if self._model is None:
+            raise BackendError("the backend is closed", code="backend_closed")
+        if not requests:
+            return []
+        return await asyncio.to_thread(self._score_sync, list(requests))
+
     async def close(self) -> None:
         """Stop running streams and release the model (and its GPU memory)."""
         for token in list(self._active.values()):
@@ -313,6 +342,7 @@ class TransformersTextBackend:
         pending: list[TokenLogprob] = []
         produced = 0
         reason: Literal["stop", "length"] = "length"
+        eos = False
         text = ""
         prompt_tokens: int | None = len(ids)  # sent with the first delta
         with torch.inference_mode():
@@ -322,7 +352,7 @@ class TransformersTextBackend:
                 token = sample_token(logits, params.temperature, params.top_p, generator)
                 produced += 1
                 if token in self._eos_ids:
-                    reason = "stop"
+                    reason, eos = "stop", True
                     break
                 logprobs = torch.log_softmax(logits.float(), dim=-1)
                 pending.append(self._token_logprob(token, logprobs, params.top_logprobs))
@@ -341,7 +371,81 @@ class TransformersTextBackend:
             reason = "stop"
         if text or pending:
             emit(Delta(text, tuple(pending), prompt_tokens))
-        emit(Finish(reason=reason, prompt_tokens=len(ids), completion_tokens=produced))
+        emit(Finish(reason=reason, prompt_tokens=len(ids), completion_tokens=produced, eos=eos))
+
+    def _score_sync(self, requests: list[ScoreRequest]) -> list[ScoreResult]:
+        prompts = [self._encode(r.prompt) for r in requests]
+        outputs = [[int(t) for t in r.token_ids] for r in requests]
+        for number, (prompt, tokens) in enumerate(zip(prompts, outputs, strict=True)):
+            bad = [t for t in tokens if not 0 <= t < self._vocab_size]
+            if bad:
+                raise BackendError(
+                    f"request {number}: token id {bad[0]} is outside the vocabulary "
+                    f"(size {self._vocab_size})",
+                    code="invalid_token_ids",
+                )
+            if len(prompt) + len(tokens) > self.info.context_length:
+                raise PromptTooLong(
+                    f"request {number}: {len(prompt)} prompt + {len(tokens)} output tokens "
+                    f"exceed the context of {self.info.context_length} tokens of {self.info.name}"
+                )
+        model = self._model
+        if model is None:
+            raise BackendError("the backend is closed", code="backend_closed")
+        rows = [p + t for p, t in zip(prompts, outputs, strict=True)]
+        width = max(len(r) for r in rows)
+        input_ids = torch.full((len(rows), width), self._pad_id, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for i, row in enumerate(rows):
+            input_ids[i, : len(row)] = torch.tensor(row, dtype=torch.long)
+            mask[i, : len(row)] = 1
+        # Row i needs the logits from its last prompt position to its last token: the
+        # trailing `keep` positions of the padded batch cover every row's need.
+        keep = width - min(len(p) for p in prompts) + 1
+        extra: dict[str, Any] = {"logits_to_keep": keep} if self._trims_logits else {}
+        with torch.inference_mode():
+            out = model(
+                input_ids=input_ids.to(self._device),
+                attention_mask=mask.to(self._device),
+                use_cache=False,
+                **extra,
+            )
+            logits = out.logits
+            offset = width - logits.shape[1]  # position of logits[:, 0] in the sequence
+            results = []
+            for i, (prompt, tokens) in enumerate(zip(prompts, outputs, strict=True)):
+                start = len(prompt) - 1 - offset
+                row_logprobs = torch.log_softmax(
+                    logits[i, start : start + len(tokens) + 1].float(), dim=-1
+                )
+                results.append(self._score_row(row_logprobs, prompt, tokens))
+        return results
+
+    def _score_row(
+        self, logprobs: torch.Tensor, prompt: list[int], tokens: list[int]
+    ) -> ScoreResult:
+        """``logprobs`` holds len(tokens) + 1 positions: one per token, then the end."""
+        count = len(tokens)
+        tops = logprobs.max(dim=-1).values
+        scored: tuple[TokenRank, ...] = ()
+        if count:
+            picked = logprobs[torch.arange(count), torch.tensor(tokens, dtype=torch.long)]
+            ranks = (logprobs[:count] > picked[:, None]).sum(dim=-1) + 1
+            scored = tuple(
+                TokenRank(rank, _clamp(lp), _clamp(top))
+                for rank, lp, top in zip(
+                    ranks.tolist(), picked.tolist(), tops[:count].tolist(), strict=True
+                )
+            )
+        last = logprobs[count]
+        top = _clamp(float(tops[count]))
+        eos_ids = [e for e in self._eos_ids if 0 <= e < last.shape[-1]]
+        if eos_ids:
+            best = float(last[torch.tensor(eos_ids, dtype=torch.long)].max())
+            end = TokenRank(int((last > best).sum()) + 1, _clamp(best), top)
+        else:  # a model that cannot end: its end is as unlikely as a token can be
+            end = TokenRank(int(last.shape[-1]), MIN_LOGPROB, top)
+        return ScoreResult(len(prompt), scored, end, self._decode(tokens))
 
     def _token_logprob(self, token: int, logprobs: torch.Tensor, top_n: int) -> TokenLogprob:
         top: tuple[TopToken, ...] = ()
