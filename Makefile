@@ -42,6 +42,7 @@ test: $(TINY_STAMP) lint
 bench: $(TINY_STAMP)
 	TESSERA_TINY_MODEL_DIR=$(TINY_MODEL) $(BIN)/python bench/tiny_model_speed.py
 	TESSERA_TINY_MODEL_DIR=$(TINY_MODEL) $(BIN)/python bench/gateway_overhead.py
+	TESSERA_TINY_MODEL_DIR=$(TINY_MODEL) $(BIN)/python bench/audit_cost.py
 	$(BIN)/python bench/settled_requests.py
 
 clean:
