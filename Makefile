@@ -22,7 +22,7 @@ $(STAMP): pyproject.toml
 tiny-model: $(TINY_STAMP)
 
 # Order-only on the venv: reinstalling packages must not retrain the model.
-$(TINY_STAMP): $(wildcard src/tessera/models/*.py src/tessera/models/corpus/*.txt) | $(STAMP)
+$(TINY_STAMP): src/tessera/models/make_tiny.py src/tessera/models/corpus.py $(wildcard src/tessera/models/corpus/*.txt) | $(STAMP)
 	$(BIN)/tessera models make-tiny $(TINY_MODEL)
 
 demo: $(TINY_STAMP)

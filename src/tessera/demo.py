@@ -2,8 +2,11 @@
 
 Starts one gateway and N provider processes on 127.0.0.1 (each in its own region, at its
 own price, serving the tiny text model and all-MiniLM-L6-v2), creates a funded dev key,
-and shows the network answering the official client. Child processes are always stopped
-on exit, Ctrl-C included.
+and shows the network answering the official client. The tiny model is pinned in a model
+catalog (calibrated once and cached beside the model), so providers pass its join
+challenge before they are routed and every request is audited by another provider; the
+demo's providers are the operator's own, so they are its validators. Child processes are
+always stopped on exit, Ctrl-C included.
 """
 
 from __future__ import annotations
@@ -28,7 +31,9 @@ from rich.panel import Panel
 from rich.table import Table
 
 from tessera.dev_money import fund_account, stake_provider
+from tessera.key_file import load_or_create_key
 from tessera.ledger.accounts import TOKEN
+from tessera.protocol.signing import public_key_hex
 from tessera.units import format_tokens
 
 console = Console()
@@ -152,12 +157,44 @@ async def create_api_key(data_dir: Path, name: str = "demo") -> str:
     return plaintext
 
 
+def catalog_for(model_dir: Path) -> Path:
+    """The catalog pinning the demo's model: calibrated once, then kept beside the model."""
+    path = model_dir.parent / f"{model_dir.name}.catalog.json"
+    if not path.exists():
+        console.print("calibrating audit tolerances for the tiny model (once, about a minute)")
+        done = subprocess.run(
+            [sys.executable, "-m", "tessera.cli", "catalog", "calibrate", str(model_dir),
+             "--catalog", str(path)],
+            stdin=subprocess.DEVNULL,
+        )  # fmt: skip
+        if done.returncode != 0:
+            raise RuntimeError(
+                f"calibrating {model_dir} failed (exit {done.returncode}); delete the model "
+                "directory to retrain it, or run `tessera catalog calibrate` to see why"
+            )
+    return path
+
+
+def wait_for_model(base: str, model: str, network: Network, timeout_s: float = 120) -> None:
+    """Wait until some provider passed ``model``'s join challenge and is routed for it."""
+    deadline = time.monotonic() + timeout_s
+    with console.status(f"providers are answering the {model} join challenge…"):
+        while time.monotonic() < deadline:
+            if network.dead():
+                raise RuntimeError(f"{', '.join(network.dead())} exited")
+            if model in httpx.get(f"{base}/health", timeout=5).json().get("models", []):
+                return
+            time.sleep(0.3)
+    raise RuntimeError(f"no provider passed the {model} challenge in {timeout_s:.0f}s")
+
+
 def tour(base_url: str, api_key: str, text_model: str) -> list[tuple[str, bool, str, str]]:
     """Use the network as a developer would; returns (step, ok, provider, what happened)."""
     from openai import OpenAI
 
     client = OpenAI(base_url=base_url, api_key=api_key, max_retries=0, timeout=120)
     steps: list[tuple[str, bool, str, str]] = []
+    answered: list[str] = []  # request ids, for the receipt step
 
     def step(name: str, run) -> None:  # type: ignore[no-untyped-def]
         try:
@@ -179,6 +216,7 @@ def tour(base_url: str, api_key: str, text_model: str) -> list[tuple[str, bool, 
             seed=7,
         )
         reply = raw.parse()
+        answered.append(raw.headers["x-request-id"])
         text = reply.choices[0].message.content or ""
         usage = reply.usage
         note = f"{text.strip()!r} ({usage.prompt_tokens}+{usage.completion_tokens} tokens)"
@@ -221,11 +259,55 @@ def tour(base_url: str, api_key: str, text_model: str) -> list[tuple[str, bool, 
         )
         return raw.headers["x-tessera-provider"][:12], note
 
+    def receipt():  # type: ignore[no-untyped-def]
+        from tessera.protocol.receipts import CountersignedReceipt, verify_countersigned
+
+        base = base_url.removesuffix("/v1")
+        headers = {"Authorization": f"Bearer {api_key}"}
+        body = httpx.get(f"{base}/v1/receipts/{answered[0]}", headers=headers, timeout=10)
+        body.raise_for_status()
+        fields = {k: v for k, v in body.json().items() if k != "object"}
+        signed = CountersignedReceipt.model_validate(fields)
+        gateway_key = httpx.get(f"{base}/v1/gateway", timeout=10).json()["public_key"]
+        verify_countersigned(signed, gateway_key)
+        r = signed.receipt
+        note = (
+            f"provider and gateway signatures verify; weights {r.weights_sha256[:12]}…, "
+            f"output {r.output_sha256[:12]}…, {r.prompt_tokens}+{r.completion_tokens} tokens"
+        )
+        return r.provider_id[:12], note
+
     step("list models", models)
     step("chat completion", chat)
     step("streamed chat", stream)
     step("embeddings", embeddings)
+    step("signed receipt", receipt)
     return steps
+
+
+def audit_step(base: str, timeout_s: float = 60) -> tuple[str, bool, str, str]:
+    """Wait for the tour's audits to close and say how they ended."""
+    deadline = time.monotonic() + timeout_s
+    cases: list[dict[str, object]] = []
+    try:
+        while time.monotonic() < deadline:
+            cases = httpx.get(f"{base}/v1/audit-cases?limit=50", timeout=10).json()["data"]
+            if cases and all(c["status"] != "open" for c in cases):
+                break
+            time.sleep(0.5)
+        audits = httpx.get(f"{base}/v1/audits?limit=50", timeout=10).json()["data"]
+    except (httpx.HTTPError, KeyError, ValueError) as exc:
+        return "audited", False, "-", f"{type(exc).__name__}: {exc}"
+    by_status: dict[str, int] = {}
+    for case in cases:
+        by_status[str(case["status"])] = by_status.get(str(case["status"]), 0) + 1
+    ok = bool(cases) and by_status.get("upheld", 0) == 0 and "open" not in by_status
+    summary = ", ".join(f"{n} {status}" for status, n in sorted(by_status.items()))
+    note = (
+        f"{len(cases)} requests re-scored by another provider ({len(audits)} audits): "
+        f"{summary or 'none yet'}; GET /v1/audits shows the evidence"
+    )
+    return "audited", ok, "-", note
 
 
 def money_step(base: str, api_key: str) -> tuple[str, bool, str, str]:
@@ -260,17 +342,22 @@ def run_demo(port: int, providers: int, data_dir: Path, model_dir: Path, once: b
     port = port or free_port()
     base = f"http://127.0.0.1:{port}"
     network = Network(data_dir)
+    key_files = [data_dir / f"provider-{i + 1}.key" for i in range(providers)]
+    validators = [public_key_hex(load_or_create_key(path)) for path in key_files]
     try:
+        catalog = catalog_for(model_dir)
         network.spawn(
-            "gateway", ["gateway", "--port", str(port), "--data-dir", str(data_dir), "--dev"]
-        )
+            "gateway",
+            ["gateway", "--port", str(port), "--data-dir", str(data_dir), "--dev",
+             "--catalog", str(catalog), *(f"--validator={key}" for key in validators)],
+        )  # fmt: skip
         api_key = asyncio.run(create_api_key(data_dir))
         wait_for_network(base, 0, network)
         fund_account(base, api_key, DEMO_FUNDS)
         for i in range(providers):
             region, label, price_in, price_out = REGIONS[i % len(REGIONS)]
             # Stake first: an unstaked provider connects but gets no work.
-            stake_provider(base, data_dir / f"provider-{i + 1}.key")
+            stake_provider(base, key_files[i])
             network.spawn(
                 f"provider-{i + 1}",
                 [
@@ -282,16 +369,18 @@ def run_demo(port: int, providers: int, data_dir: Path, model_dir: Path, once: b
                     "--label", f"{label}-{i + 1}",
                     "--price-in", str(price_in),
                     "--price-out", str(price_out),
-                    "--key-file", str(data_dir / f"provider-{i + 1}.key"),
+                    "--key-file", str(key_files[i]),
                     "--threads", "1",
                     "--max-concurrent-jobs", "2",
                 ],
             )  # fmt: skip
         wait_for_network(base, providers, network)
+        wait_for_model(base, "tessera-tiny", network)
         (data_dir / "demo.json").write_text(
             json.dumps({"base_url": f"{base}/v1", "api_key": api_key}, indent=2)
         )
         steps = tour(f"{base}/v1", api_key, "tessera-tiny")
+        steps.append(audit_step(base))
         steps.append(money_step(base, api_key))
         table = Table(title=f"Tessera demo: {providers} providers behind {base}")
         for column in ("step", "ok", "provider", "what happened"):
