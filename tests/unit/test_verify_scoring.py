@@ -30,6 +30,7 @@ from tessera.verify.scoring import (
     decode_vector,
     score_embeddings,
     score_text,
+    tail_allowance,
 )
 
 HASH = "ab" * 32
@@ -413,25 +414,35 @@ def sampled(ranks: list[int], eos_rank: int | None) -> tuple[ChoiceOutput, Choic
 
 
 def test_sampled_output_may_have_a_few_tokens_outside_top_k() -> None:
-    # 20 tokens: floor(0.1 * 20) + 1 = 3 may rank below top 10.
+    # 20 tokens, tail_fraction 0.1: floor(2 + 5 * sqrt(1.8) + 2) = 10 may rank below top 10.
+    assert tail_allowance(0.1, 20) == 10
     ranks = [1] * 17 + [11, 500, 9000]
     verdict = score(text_job(temperature=0.8, max_tokens=20), [sampled(ranks, None)])
     assert verdict.passed
     assert verdict.stats["tail_tokens"] == 3
     assert verdict.stats["tail_fraction"] == pytest.approx(3 / 20)
+    assert score(
+        text_job(temperature=0.8, max_tokens=20), [sampled([1] * 10 + [11] * 10, None)]
+    ).passed
 
 
 def test_too_many_sampled_tokens_outside_top_k_is_the_wrong_model() -> None:
-    ranks = [1] * 16 + [11, 12, 500, 9000]
+    ranks = [1] * 9 + [11, 12, 500, 9000] + [20] * 7
     verdict = score(text_job(temperature=0.8, max_tokens=20), [sampled(ranks, None)])
     assert verdict.reason == WRONG_MODEL
-    assert [(f.check, f.position) for f in verdict.findings] == [("rank", 16)]
-    assert "4 of 20" in verdict.findings[0].detail
+    assert [(f.check, f.position) for f in verdict.findings] == [("rank", 9)]
+    assert "11 of 20" in verdict.findings[0].detail
+
+
+def test_random_tokens_fail_the_tail_check() -> None:
+    ranks = [1500 + 37 * i for i in range(16)]
+    verdict = score(text_job(temperature=1.0, max_tokens=16), [sampled(ranks, None)])
+    assert verdict.reason == WRONG_MODEL and verdict.findings[0].check == "rank"
 
 
 def test_a_sampled_eos_outside_top_k_counts_as_a_tail_token() -> None:
-    # 19 tokens + EOS = 20: 3 allowed; 3 tokens in the tail pass, the EOS makes 4.
-    ranks = [1] * 16 + [11, 500, 9000]
+    # 19 tokens + EOS = 20: 10 allowed; 10 tokens in the tail pass, the EOS makes 11.
+    ranks = [1] * 9 + [11] * 10
     assert score(text_job(temperature=1.0, max_tokens=20), [sampled(ranks, 3)]).passed
     verdict = score(text_job(temperature=1.0, max_tokens=20), [sampled(ranks, 50)])
     assert verdict.reason == WRONG_MODEL and "EOS among them" in verdict.findings[0].detail

@@ -31,8 +31,12 @@ named by its ``check``):
 - ``rank`` / ``eos``: at temperature 0, every token's (top_logprob - logprob) <=
   ``greedy_gap``, and with EOS the end token's too. A model that "would have ended" at a
   position, with EOS the clear top-1 there, fails at that position's token. At temperature
-  > 0, at most floor(``tail_fraction`` x n) + 1 of a choice's n completion tokens may rank
-  below ``top_k``; a sampled EOS outside ``top_k`` counts as one of them.
+  > 0, a choice's n completion tokens may have at most
+  floor(f x n + 5 sqrt(n f (1 - f)) + 2) ranked below ``top_k`` (f = ``tail_fraction``): a
+  binomial bound five standard deviations wide, because every auditor scores the same
+  output, so an honest sample unlucky once would be failed by all three. A sampled EOS
+  outside ``top_k`` counts as one of them. Random tokens (most far outside ``top_k``) still
+  fail it; subtler cheats are the log-probability check's job.
 
 Reason: ``tampered_output`` when any usage, text, length or missing-logprob rule failed
 (exact evidence), else ``wrong_model`` for logprob / rank / eos (statistical evidence).
@@ -404,7 +408,7 @@ def _check_ranks(
             )
         return
     n = choice.completion_tokens
-    allowed = math.floor(tol.tail_fraction * n) + 1
+    allowed = tail_allowance(tol.tail_fraction, n)
     count = len(tail) + (1 if eos_tail else 0)
     if count > allowed:
         first = tail[0] if tail else len(choice.token_ids)
@@ -525,3 +529,9 @@ def score_embeddings(
     stats = compare_vectors(out, claimed_b64, reference, tol.min_cosine, TAMPERED_OUTPUT)
     stats["prompt_tokens"] = float(prompt_tokens)
     return out.verdict(stats)
+
+
+def tail_allowance(fraction: float, n: int) -> int:
+    """Most of n sampled tokens an honest provider may have ranked below top_k."""
+    spread = math.sqrt(n * fraction * (1.0 - fraction))
+    return math.floor(fraction * n + 5.0 * spread + 2.0)
