@@ -56,6 +56,7 @@ from tessera.protocol.wire import (
 log = logging.getLogger("tessera.gateway.hub")
 
 POLICY_VIOLATION = 1008
+AUDITOR_BUSY = "the auditor is busy"
 
 
 @dataclass(frozen=True, slots=True)
@@ -229,8 +230,10 @@ class ProviderHub:
         """
         session = self.sessions.get(provider_id)
         live = self.registry.get(provider_id)
-        if session is None or live is None or live.free_slots <= 0:
-            return ProviderGone("the auditor is gone or busy")
+        if session is None or live is None:
+            return ProviderGone("the auditor is not connected")
+        if live.free_slots <= 0:
+            return ProviderGone(AUDITOR_BUSY)
         self.registry.acquire(provider_id)
         answer: asyncio.Future[AuditAnswer] = asyncio.get_running_loop().create_future()
         session.audits[audit.job_id] = answer

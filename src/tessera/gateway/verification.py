@@ -37,7 +37,13 @@ from nacl.signing import SigningKey
 from tessera.config import GatewaySettings
 from tessera.errors import NoCapacity
 from tessera.gateway.bookkeeper import Bookkeeper
-from tessera.gateway.hub import JobStream, ProviderGone, ProviderHub
+from tessera.gateway.hub import (
+    AUDITOR_BUSY,
+    AuditAnswer,
+    JobStream,
+    ProviderGone,
+    ProviderHub,
+)
 from tessera.ledger.escrow import split_fee
 from tessera.ledger.journal import LedgerError
 from tessera.market.registry import ROUTABLE, ProviderRegistry
@@ -472,7 +478,7 @@ class Verifier:
         opened = datetime.now(UTC)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.settings.audit_deadline_s
-        audit_round = 0
+        audit_round = busy_retries = 0
         while case.auditors_needed() > 0:
             auditors = self._eligible_auditors(subject, case.excluded())
             if not auditors:
@@ -481,19 +487,23 @@ class Verifier:
                 await asyncio.sleep(1.0)
                 continue
             auditor = auditors[0]
-            audit_round += 1
             async with self._audit_slots:
-                verdict = await self._one_audit(subject, entry, auditor, audit_round)
+                answer = await self._ask(subject, auditor, audit_round + 1)
+            if _busy(answer) and busy_retries < 20:
+                # Its slots filled up since we looked: ask again shortly, it is not at fault.
+                busy_retries += 1
+                await asyncio.sleep(0.25)
+                continue
+            audit_round += 1
+            verdict = await self._judge(subject, entry, auditor, audit_round, answer)
             if verdict is None or (verdict.reason is None and not verdict.passed):
                 case.auditor_failed(auditor)
                 continue
             case.add(auditor, verdict)
         await self._close_case(case, subject, opened)
 
-    async def _one_audit(
-        self, subject: Subject, entry: CatalogModel, auditor: str, audit_round: int
-    ) -> Verdict | None:
-        audit = Audit(
+    def _audit_frame(self, subject: Subject, audit_round: int) -> Audit:
+        return Audit(
             job_id=f"audit-{subject.request_id}-{audit_round}"[:100],
             weights_sha256=subject.offer.weights_sha256,
             job=subject.job,
@@ -502,7 +512,21 @@ class Verifier:
                 for c in subject.choices
             ],
         )
-        answer = await self.hub.request_audit(auditor, audit, self.settings.audit_timeout_s)
+
+    async def _ask(self, subject: Subject, auditor: str, audit_round: int) -> AuditAnswer:
+        audit = self._audit_frame(subject, audit_round)
+        return await self.hub.request_audit(auditor, audit, self.settings.audit_timeout_s)
+
+    async def _judge(
+        self,
+        subject: Subject,
+        entry: CatalogModel,
+        auditor: str,
+        audit_round: int,
+        answer: AuditAnswer,
+    ) -> Verdict | None:
+        """Score an auditor's answer and store the audit with its evidence."""
+        audit = self._audit_frame(subject, audit_round)
         verdict: Verdict | None = None
         outcome, reason = "no_answer", None
         evidence: dict[str, object] = {}
@@ -687,6 +711,13 @@ class Verifier:
             )
         except Exception:
             log.exception("could not store a violation by %s", provider_id[:12])
+
+
+def _busy(answer: AuditAnswer) -> bool:
+    """The auditor had no free slot: not a failure to answer."""
+    if isinstance(answer, JobError):
+        return answer.code == "busy"
+    return isinstance(answer, ProviderGone) and answer.reason == AUDITOR_BUSY
 
 
 def _result_problem(result: AuditResult, audit: Audit, auditor: str) -> str | None:
