@@ -243,6 +243,7 @@ async def test_a_job_without_receipt_is_refused_and_answered_elsewhere(tmp_path:
                 lambda body: body["violations"],
             )
         assert reputation["violations"][0]["kind"] == "missing_receipt"
+        assert reputation["violations"][0]["request_id"] == response.headers["x-request-id"]
         assert reputation["receipts_refused"] == 1
         beat.cancel()
         stop(tasks)

@@ -49,7 +49,12 @@ from tessera.ledger.journal import LedgerError
 from tessera.market.registry import ROUTABLE, ProviderRegistry
 from tessera.protocol import signing
 from tessera.protocol.canonical import canonical_bytes, sha256_hex
-from tessera.protocol.receipts import ChoiceOutput, CountersignedReceipt, countersign
+from tessera.protocol.receipts import (
+    ChoiceOutput,
+    CountersignedReceipt,
+    countersign,
+    request_id_of,
+)
 from tessera.protocol.wire import (
     AUDIT_RESULT_DOMAIN,
     Audit,
@@ -367,7 +372,7 @@ class Verifier:
         provider_id, job = stream.provider_id, stream.job
         log.warning("refused receipt from %s: %s", provider_id[:12], result.detail)
         kind = result.problem or "bad_receipt"
-        await self._violation(provider_id, job.request_id, kind, result.detail)
+        await self._violation(provider_id, request_id_of(job), kind, result.detail)
         if result.slashable:
             await self._penalise(
                 provider_id,
