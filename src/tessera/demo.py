@@ -158,9 +158,20 @@ async def create_api_key(data_dir: Path, name: str = "demo") -> str:
 
 
 def catalog_for(model_dir: Path) -> Path:
-    """The catalog pinning the demo's model: calibrated once, then kept beside the model."""
+    """The catalog pinning the demo's model: calibrated once, kept beside the model, and
+    calibrated again if the model was retrained."""
+    from tessera.provider.model_hash import weights_sha256
+    from tessera.verify.catalog import Catalog
+
     path = model_dir.parent / f"{model_dir.name}.catalog.json"
-    if not path.exists():
+    try:
+        current = weights_sha256(model_dir) in {
+            m.weights_sha256 for m in Catalog.load(path).models()
+        }
+    except ValueError:  # missing or unreadable: calibrate afresh
+        current = False
+    if not current:
+        path.unlink(missing_ok=True)
         console.print("calibrating audit tolerances for the tiny model (once, about a minute)")
         done = subprocess.run(
             [sys.executable, "-m", "tessera.cli", "catalog", "calibrate", str(model_dir),

@@ -49,7 +49,6 @@ from support.live_network import TEXT_MODEL, LiveNetwork, create_key
 from support.tiny_model import REPO_ROOT
 from support.verified_network import (
     ROUTABLE,
-    calibrate_catalog,
     ledger_check,
     reputation,
     wait_routable,
@@ -229,12 +228,11 @@ def start_adversarial_network(
 
 @pytest.fixture(scope="module")
 def adversarial(
-    tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path
+    tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path, tiny_catalog: Path
 ) -> Iterator[Adversarial]:
     root = tmp_path_factory.mktemp("adversarial")
     impostor_dir = ensure_impostor_model()
-    catalog = calibrate_catalog(tiny_model_dir, root / "catalog.json")
-    net = start_adversarial_network(root / "network", tiny_model_dir, impostor_dir, catalog)
+    net = start_adversarial_network(root / "network", tiny_model_dir, impostor_dir, tiny_catalog)
     try:
         yield net
     finally:

@@ -41,3 +41,52 @@ def ensure_tiny_model() -> Path:
         finally:
             fcntl.flock(lock, fcntl.LOCK_UN)
     return DEFAULT_DIR
+
+
+def catalog_path(model_dir: Path) -> Path:
+    """Where the model's calibrated catalog is kept: beside it, as `tessera demo` keeps it."""
+    return model_dir.parent / f"{model_dir.name}.catalog.json"
+
+
+def catalog_is_current(model_dir: Path, path: Path) -> bool:
+    """True when ``path`` pins exactly the weights now in ``model_dir``."""
+    from tessera.provider.model_hash import weights_sha256
+    from tessera.verify.catalog import Catalog
+
+    if not path.is_file():
+        return False
+    try:
+        pinned = {m.weights_sha256 for m in Catalog.load(path).models()}
+    except ValueError:
+        return False
+    return weights_sha256(model_dir) in pinned
+
+
+def ensure_tiny_catalog(model_dir: Path) -> Path:
+    """The tiny model's catalog, calibrated with the operator's command on first use."""
+    import subprocess
+    import sys
+
+    path = catalog_path(model_dir)
+    if catalog_is_current(model_dir, path):
+        return path
+    lock_path = path.parent / f"{path.name}.lock"
+    with lock_path.open("a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            if not catalog_is_current(model_dir, path):
+                path.unlink(missing_ok=True)
+                done = subprocess.run(
+                    [sys.executable, "-m", "tessera.cli", "catalog", "calibrate",
+                     str(model_dir), "--catalog", str(path)],
+                    capture_output=True,
+                    text=True,
+                    timeout=900,
+                    stdin=subprocess.DEVNULL,
+                    env={**os.environ, "HF_HUB_OFFLINE": "1"},
+                )  # fmt: skip
+                if done.returncode != 0:
+                    raise RuntimeError(f"catalog calibrate failed:\n{done.stdout}{done.stderr}")
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+    return path
