@@ -29,6 +29,8 @@ from openai import OpenAI
 from rich.console import Console
 from rich.table import Table
 
+from tessera.verify.scoring import tail_allowance
+
 from support.live_network import TEXT_MODEL
 from support.verified_network import (
     ROUTABLE,
@@ -266,11 +268,23 @@ def report(
     console.print("seconds: " + ", ".join(f"{k} {v:.0f}" for k, v in verified.phases.items()))
     for name, tol in (("logprob_abs_max", "logprob_abs_max"),
                       ("logprob_abs_mean", "logprob_abs_mean"),
-                      ("greedy_gap_max", "greedy_gap"),
-                      ("tail_fraction", "tail_fraction")):  # fmt: skip
+                      ("greedy_gap_max", "greedy_gap")):  # fmt: skip
         console.print(
             f"worst {name}: {worst[name]:.4f} vs tolerance {tolerances[tol]:.4f} "
             f"({worst[name] / tolerances[tol]:.0%} of it)"
+        )
+    # The tail rule allows a count per choice; over a whole audit this is a close proxy.
+    tails: list[tuple[int, int]] = []
+    for audit in audits:
+        stats = audit["evidence"].get("verdict", {}).get("stats")
+        if stats and temperature.get(audit["request_id"]):
+            tails.append((int(stats["tail_tokens"]), int(stats["completion_tokens"])))
+    if tails:
+        fraction = tolerances["tail_fraction"]
+        count, n = max(tails, key=lambda t: t[0] / tail_allowance(fraction, t[1]))
+        console.print(
+            f"worst sampled tail: {count} of {n} tokens below top {tolerances['top_k']:.0f}, "
+            f"{tail_allowance(fraction, n)} allowed (tail_fraction {fraction})"
         )
     for audit in audits:
         if audit["round"] == 1 and audit["outcome"] != "passed":
