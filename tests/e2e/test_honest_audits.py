@@ -4,11 +4,11 @@ Four real provider processes serve the tiny model as honest hardware differs: fl
 one and on two torch threads, and bfloat16 (twice). Three are the operator's validators
 (so a disputed audit can find three auditors). The gateway audits every request (a
 probation longer than the test) against tolerances that ``tessera catalog calibrate``
-derived from honest runs. The official openai client sends a mix of chat and completions,
-greedy and sampled, with stop strings and two-prompt completions, eight at a time, so
-auditors see batches of varying size. Every audit case must close without an upheld
-failure, no stake may move, every provider must stay routable, and the journal must check
-out.
+derived from honest runs (the shared ``tiny_catalog``). The official openai client sends a
+mix of chat and completions, greedy and sampled, with stop strings and two-prompt
+completions, eight at a time, so auditors see batches of varying size. Every audit case
+must close without an upheld failure, no stake may move, every provider must stay
+routable, and the journal must check out.
 """
 
 from __future__ import annotations
@@ -37,7 +37,6 @@ from support.verified_network import (
     ProviderSpec,
     VerifiedNetwork,
     all_audits,
-    calibrate_catalog,
     ledger_check,
     reputation,
     start_verified_network,
@@ -154,20 +153,17 @@ def send(client: OpenAI, ask: Ask) -> str:
 
 
 @pytest.fixture
-def verified(tmp_path: Path, tiny_model_dir: Path) -> Iterator[VerifiedNetwork]:
+def verified(tmp_path: Path, tiny_model_dir: Path, tiny_catalog: Path) -> Iterator[VerifiedNetwork]:
     started = time.monotonic()
-    catalog = calibrate_catalog(tiny_model_dir, tmp_path / "catalog.json")
-    calibrated = time.monotonic()
     net = start_verified_network(
         tmp_path / "network",
         tiny_model_dir,
-        catalog,
+        tiny_catalog,
         SPECS,
         # Every request is audited: no provider leaves probation during the test.
         gateway_env={"TESSERA_GATEWAY_AUDIT_PROBATION": "100000"},
     )
-    net.phases["calibrate"] = calibrated - started
-    net.phases["start network"] = time.monotonic() - calibrated
+    net.phases["start network"] = time.monotonic() - started
     try:
         yield net
     finally:

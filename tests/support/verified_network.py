@@ -1,7 +1,7 @@
 """A network that audits: a calibrated catalog, validator providers, and the audit APIs.
 
 Built on live_network.py: the same `tessera` CLI processes on free ports, but the gateway
-pins the tiny model in a catalog written by ``tessera catalog calibrate`` and names some
+pins the tiny model in a catalog (the ``tiny_catalog`` fixture) and names some
 providers as validators, and the providers differ in dtype and torch threads, as honest
 providers on different hardware do.
 """
@@ -52,22 +52,6 @@ class VerifiedNetwork:
     names: dict[str, str]  # provider id -> process name (provider-N)
     stake: int
     phases: dict[str, float] = field(default_factory=dict)  # what took how long, seconds
-
-
-def calibrate_catalog(model_dir: Path, catalog: Path, timeout_s: float = 600) -> Path:
-    """Write the model's catalog entry with the operator's own command (quick plan)."""
-    done = subprocess.run(
-        [sys.executable, "-m", "tessera.cli", "catalog", "calibrate", str(model_dir),
-         "--catalog", str(catalog), "--quick"],
-        capture_output=True,
-        text=True,
-        timeout=timeout_s,
-        stdin=subprocess.DEVNULL,
-        env={**os.environ, "HF_HUB_OFFLINE": "1"},
-    )  # fmt: skip
-    if done.returncode != 0 or not catalog.is_file():
-        raise RuntimeError(f"catalog calibrate failed:\n{done.stdout}\n{done.stderr}")
-    return catalog
 
 
 @contextlib.contextmanager
