@@ -453,3 +453,47 @@ async def test_one_lying_auditor_cannot_slash_an_honest_provider(tmp_path: Path)
         assert liar["dissents"] >= 1
         assert left == stake and status == "routable"
         stop(tasks)
+
+
+async def test_an_auditor_that_does_not_answer_is_replaced(tmp_path: Path) -> None:
+    async def crash(peer: Peer, audit: dict[str, Any]) -> None:
+        error = {"code": "backend_crashed", "message": "out of memory", "retryable": False}
+        await peer.send({"type": "job_error", "job_id": audit["job_id"], **error})
+
+    keys = [SigningKey.generate() for _ in range(3)]  # keys[0] never gives a result
+    async with live_gateway(
+        tmp_path,
+        catalog_file=catalog_file(tmp_path),
+        validator_keys=[public_key_hex(k) for k in keys],
+        min_stake_units=10**9,
+    ) as gw:
+        async with gw.client() as client:
+            tasks = []
+            for i, key in enumerate(keys):
+                on_audit = crash if i == 0 else pass_audit
+                validator, more = await join(gw, tmp_path, f"v{i}", key=key, on_audit=on_audit)
+                await wait_status(client, validator, "routable")
+                tasks += more
+            honest, more = await join(gw, tmp_path, "honest", stake=True)
+            tasks += more
+            await wait_status(client, honest, "routable")
+            for sent in range(1, 31):
+                response = await client.post("/v1/chat/completions", json=chat_body())
+                assert response.status_code == 200, response.text
+                await poll(
+                    client,
+                    f"/v1/audit-cases?provider={honest.provider_id}",
+                    lambda body, n=sent: (
+                        len(body["data"]) == n and all(c["status"] in CLOSED for c in body["data"])
+                    ),
+                )
+                audits = (await client.get(f"/v1/audits?provider={honest.provider_id}")).json()
+                if any(a["outcome"] == "no_answer" for a in audits["data"]):
+                    break
+            cases = (await client.get(f"/v1/audit-cases?provider={honest.provider_id}")).json()
+        silent = [a for a in audits["data"] if a["outcome"] == "no_answer"]
+        assert silent and silent[0]["auditor_id"] == public_key_hex(keys[0])
+        assert "backend_crashed" in silent[0]["evidence"]["problem"]
+        assert {a["round"] for a in audits["data"]} == {1}  # a silent auditor is not a vote
+        assert {c["status"] for c in cases["data"]} == {"passed"}
+        stop(tasks)

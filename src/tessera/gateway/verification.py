@@ -93,6 +93,7 @@ CHALLENGE = "challenge"
 CHALLENGE_FAILED = "challenge_failed"
 WEIGHTS_MISMATCH = "weights_mismatch"
 BANNED = "banned"
+MAX_AUDIT_ATTEMPTS = 9  # auditors asked per case, failures to answer included
 
 
 @dataclass(slots=True)
@@ -483,8 +484,8 @@ class Verifier:
         opened = datetime.now(UTC)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.settings.audit_deadline_s
-        audit_round = busy_retries = 0
-        while case.auditors_needed() > 0:
+        attempt = busy_retries = 0
+        while case.auditors_needed() > 0 and attempt < MAX_AUDIT_ATTEMPTS:
             auditors = self._eligible_auditors(subject, case.excluded())
             if not auditors:
                 if loop.time() >= deadline:
@@ -493,23 +494,24 @@ class Verifier:
                 continue
             auditor = auditors[0]
             async with self._audit_slots:
-                answer = await self._ask(subject, auditor, audit_round + 1)
+                answer = await self._ask(subject, auditor, attempt + 1)
             if _busy(answer) and busy_retries < 20:
                 # Its slots filled up since we looked: ask again shortly, it is not at fault.
                 busy_retries += 1
                 await asyncio.sleep(0.25)
                 continue
-            audit_round += 1
-            verdict = await self._judge(subject, entry, auditor, audit_round, answer)
+            attempt += 1
+            vote = min(3, len(case.verdicts) + 1)  # the vote this audit was asked for
+            verdict = await self._judge(subject, entry, auditor, attempt, vote, answer)
             if verdict is None or (verdict.reason is None and not verdict.passed):
                 case.auditor_failed(auditor)
                 continue
             case.add(auditor, verdict)
         await self._close_case(case, subject, opened)
 
-    def _audit_frame(self, subject: Subject, audit_round: int) -> Audit:
+    def _audit_frame(self, subject: Subject, attempt: int) -> Audit:
         return Audit(
-            job_id=f"audit-{subject.request_id}-{audit_round}"[:100],
+            job_id=f"audit-{subject.request_id}-{attempt}"[:100],
             weights_sha256=subject.offer.weights_sha256,
             job=subject.job,
             choices=[
@@ -518,8 +520,8 @@ class Verifier:
             ],
         )
 
-    async def _ask(self, subject: Subject, auditor: str, audit_round: int) -> AuditAnswer:
-        audit = self._audit_frame(subject, audit_round)
+    async def _ask(self, subject: Subject, auditor: str, attempt: int) -> AuditAnswer:
+        audit = self._audit_frame(subject, attempt)
         return await self.hub.request_audit(auditor, audit, self.settings.audit_timeout_s)
 
     async def _judge(
@@ -527,11 +529,12 @@ class Verifier:
         subject: Subject,
         entry: CatalogModel,
         auditor: str,
-        audit_round: int,
+        attempt: int,
+        vote: int,
         answer: AuditAnswer,
     ) -> Verdict | None:
-        """Score an auditor's answer and store the audit with its evidence."""
-        audit = self._audit_frame(subject, audit_round)
+        """Score an auditor's answer and store the audit (as vote 1 to 3) with its evidence."""
+        audit = self._audit_frame(subject, attempt)
         verdict: Verdict | None = None
         outcome, reason = "no_answer", None
         evidence: dict[str, object] = {}
@@ -547,7 +550,7 @@ class Verifier:
                     outcome = "passed"
                 elif verdict.reason is not None:
                     outcome, reason = "failed", verdict.reason
-                await self._pay_auditor(auditor, subject, answer, audit_round)
+                await self._pay_auditor(auditor, subject, answer, attempt)
         elif isinstance(answer, JobError):
             evidence["problem"] = f"{answer.code}: {answer.message}"
         elif isinstance(answer, ProviderGone):
@@ -555,7 +558,7 @@ class Verifier:
         await self.store.save_audit(
             AuditRow(
                 request_id=subject.request_id,
-                round=audit_round,
+                round=vote,
                 provider_id=subject.provider_id,
                 auditor_id=auditor,
                 model=subject.model,
@@ -582,7 +585,7 @@ class Verifier:
         )
 
     async def _pay_auditor(
-        self, auditor: str, subject: Subject, result: AuditResult, audit_round: int
+        self, auditor: str, subject: Subject, result: AuditResult, attempt: int
     ) -> None:
         live = self.registry.get(auditor)
         if live is None or subject.model not in live.offers:
@@ -593,7 +596,7 @@ class Verifier:
             return
         try:
             await self.bookkeeper.pay_auditor(
-                auditor, amount, f"audit:{subject.request_id}:{audit_round}"
+                auditor, amount, f"audit:{subject.request_id}:{attempt}"
             )
         except LedgerError as exc:
             log.warning("could not pay auditor %s: %s", auditor[:12], exc)
