@@ -403,6 +403,14 @@ async def test_two_failed_audits_of_three_slash_refund_and_ban(tmp_path: Path) -
             after = (await client.get("/v1/account")).json()["balance"]
             left = await bonded(client, cheat)
             status = await model_status(client, cheat)
+            paid = [
+                (await client.get(f"/v1/providers/{public_key_hex(k)}")).json()["earnings"]
+                for k in keys
+            ]
+            pool = (await client.get("/v1/ledger")).json()["verification_pool"]
+        # The request's fee put 125 units in the pool; the first auditor's 4 scored tokens at
+        # its input price would be 4000, so it gets all 125 and the pool is empty.
+        assert sum(paid) == 125 and pool == 0
         assert case["status"] == "upheld" and case["reason"] == "tampered_output"
         assert [a["outcome"] for a in detail["audits"]] == ["failed", "failed"]
         assert {a["auditor_id"] for a in detail["audits"]} <= {public_key_hex(k) for k in keys}
