@@ -65,7 +65,11 @@ def main() -> None:
             port = free_port()
             base = f"http://127.0.0.1:{port}"
             try:
-                network.spawn("gateway", ["gateway", "--port", str(port), "--data-dir", tmp])
+                # Free and unstaked: this measures the relay and the receipt checks, not money.
+                network.spawn(
+                    "gateway",
+                    ["gateway", "--port", str(port), "--data-dir", tmp, "--min-stake", "0"],
+                )
                 network.spawn(
                     "provider",
                     [
