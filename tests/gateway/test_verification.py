@@ -167,6 +167,41 @@ def stop(tasks: list[asyncio.Task[None]]) -> None:
         task.cancel()
 
 
+async def join_validators(
+    gw: LiveGateway,
+    client: httpx.AsyncClient,
+    tmp_path: Path,
+    keys: list[SigningKey],
+    first_audits: Handler = pass_audit,
+) -> list[asyncio.Task[None]]:
+    """Connect the gateway's validators (``keys[0]`` audits with ``first_audits``)."""
+    tasks = []
+    for i, key in enumerate(keys):
+        on_audit = first_audits if i == 0 else pass_audit
+        validator, more = await join(gw, tmp_path, f"v{i}", key=key, on_audit=on_audit)
+        await wait_status(client, validator, "routable")
+        tasks += more
+    return tasks
+
+
+async def until_audited(
+    client: httpx.AsyncClient, provider: Peer, enough: Callable[[], Awaitable[bool]]
+) -> None:
+    """Send requests one by one, each audited to the end, until ``enough()`` (at most 30)."""
+    for sent in range(1, 31):
+        response = await client.post("/v1/chat/completions", json=chat_body())
+        assert response.status_code == 200, response.text
+        await poll(
+            client,
+            f"/v1/audit-cases?provider={provider.provider_id}",
+            lambda body, n=sent: (
+                len(body["data"]) == n and all(c["status"] in CLOSED for c in body["data"])
+            ),
+        )
+        if await enough():
+            return
+
+
 # ------------------------------------------------------------------ receipts
 
 
@@ -379,11 +414,7 @@ async def test_two_failed_audits_of_three_slash_refund_and_ban(tmp_path: Path) -
         min_stake_units=10**9,
     ) as gw:
         async with gw.client() as client:
-            tasks = []
-            for i, key in enumerate(keys):
-                validator, more = await join(gw, tmp_path, f"v{i}", key=key)
-                await wait_status(client, validator, "routable")
-                tasks += more
+            tasks = await join_validators(gw, client, tmp_path, keys)
             cheat, more = await join(gw, tmp_path, "cheat", stake=True, on_job=says_something_else)
             tasks += more
             await wait_status(client, cheat, "routable")
@@ -430,30 +461,20 @@ async def test_one_lying_auditor_cannot_slash_an_honest_provider(tmp_path: Path)
         min_stake_units=10**9,
     ) as gw:
         async with gw.client() as client:
-            tasks = []
-            for i, key in enumerate(keys):
-                on_audit = fail_audit if i == 0 else pass_audit
-                validator, more = await join(gw, tmp_path, f"v{i}", key=key, on_audit=on_audit)
-                await wait_status(client, validator, "routable")
-                tasks += more
+            tasks = await join_validators(gw, client, tmp_path, keys, first_audits=fail_audit)
             honest, more = await join(gw, tmp_path, "honest", stake=True)
             tasks += more
             await wait_status(client, honest, "routable")
             stake = await bonded(client, honest)
-            # Auditors are drawn at random; the liar is first in a third of cases.
-            for sent in range(1, 31):
-                response = await client.post("/v1/chat/completions", json=chat_body())
-                assert response.status_code == 200, response.text
-                cases = await poll(
-                    client,
-                    f"/v1/audit-cases?provider={honest.provider_id}",
-                    lambda body, n=sent: (
-                        len(body["data"]) == n and all(c["status"] in CLOSED for c in body["data"])
-                    ),
-                )
-                statuses = {c["status"] for c in cases["data"]}
-                if "cleared" in statuses:
-                    break
+            statuses: set[str] = set()
+
+            async def cleared() -> bool:
+                # Auditors are drawn at random; the liar is first in a third of cases.
+                path = f"/v1/audit-cases?provider={honest.provider_id}"
+                statuses.update(c["status"] for c in (await client.get(path)).json()["data"])
+                return "cleared" in statuses
+
+            await until_audited(client, honest, cleared)
             liar = (await client.get(f"/v1/providers/{public_key_hex(keys[0])}/reputation")).json()
             left = await bonded(client, honest)
             status = await model_status(client, honest)
@@ -476,28 +497,18 @@ async def test_an_auditor_that_does_not_answer_is_replaced(tmp_path: Path) -> No
         min_stake_units=10**9,
     ) as gw:
         async with gw.client() as client:
-            tasks = []
-            for i, key in enumerate(keys):
-                on_audit = crash if i == 0 else pass_audit
-                validator, more = await join(gw, tmp_path, f"v{i}", key=key, on_audit=on_audit)
-                await wait_status(client, validator, "routable")
-                tasks += more
+            tasks = await join_validators(gw, client, tmp_path, keys, first_audits=crash)
             honest, more = await join(gw, tmp_path, "honest", stake=True)
             tasks += more
             await wait_status(client, honest, "routable")
-            for sent in range(1, 31):
-                response = await client.post("/v1/chat/completions", json=chat_body())
-                assert response.status_code == 200, response.text
-                await poll(
-                    client,
-                    f"/v1/audit-cases?provider={honest.provider_id}",
-                    lambda body, n=sent: (
-                        len(body["data"]) == n and all(c["status"] in CLOSED for c in body["data"])
-                    ),
-                )
-                audits = (await client.get(f"/v1/audits?provider={honest.provider_id}")).json()
-                if any(a["outcome"] == "no_answer" for a in audits["data"]):
-                    break
+            audits: dict[str, Any] = {}
+
+            async def silent_one_asked() -> bool:
+                path = f"/v1/audits?provider={honest.provider_id}"
+                audits.update((await client.get(path)).json())
+                return any(a["outcome"] == "no_answer" for a in audits["data"])
+
+            await until_audited(client, honest, silent_one_asked)
             cases = (await client.get(f"/v1/audit-cases?provider={honest.provider_id}")).json()
         silent = [a for a in audits["data"] if a["outcome"] == "no_answer"]
         assert silent and silent[0]["auditor_id"] == public_key_hex(keys[0])
