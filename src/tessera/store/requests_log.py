@@ -9,11 +9,8 @@ than growing memory until the process dies.
 
 from __future__ import annotations
 
-import asyncio
 import builtins
-import contextlib
 import logging
-from collections import deque
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from datetime import datetime
@@ -22,8 +19,9 @@ from typing import Final
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from tessera.store.batch_writer import BatchWriter
 from tessera.store.dialect import conflict_insert
-from tessera.store.errors import StoreError, translated
+from tessera.store.errors import translated
 from tessera.store.tables import requests
 
 log = logging.getLogger(__name__)
@@ -121,14 +119,14 @@ class RequestLog:
         return [RequestRecord(**row) for row in rows]
 
 
-class RequestLogWriter:
+class RequestLogWriter(BatchWriter[RequestRecord]):
     """Batches records into ``RequestLog.write_many`` from a background task.
 
-    Contract: ``submit`` never blocks and never raises for a full queue or a closed
-    writer (it drops and counts). Call it from the event loop's thread. After ``close``
-    returns, every submitted record is either written or counted in ``dropped``.
-    Transient database errors are retried with capped backoff while the writer runs.
+    The contract is :class:`BatchWriter`'s: ``submit`` never blocks or raises; after
+    ``close`` every record is written or counted in ``dropped``.
     """
+
+    what = "request log"
 
     def __init__(
         self,
@@ -139,109 +137,18 @@ class RequestLogWriter:
         flush_interval_s: float = 0.25,
         max_backoff_s: float = 5.0,
     ) -> None:
-        if max_pending < 1 or batch_size < 1 or flush_interval_s <= 0:
-            raise ValueError("max_pending, batch_size and flush_interval_s must be positive")
+        super().__init__(
+            max_pending=max_pending,
+            batch_size=batch_size,
+            flush_interval_s=flush_interval_s,
+            max_backoff_s=max_backoff_s,
+        )
         self._log = log
-        self._max_pending = max_pending
-        self._batch_size = batch_size
-        self._flush_interval_s = flush_interval_s
-        self._max_backoff_s = max_backoff_s
-        self._queue: deque[RequestRecord] = deque()
-        self._wake = asyncio.Event()
-        self._closed = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
-        self._closing = False
-        self._failures = 0
-        self.dropped = 0
-        self.written = 0
 
     @property
     def pending(self) -> int:
-        return len(self._queue)
+        """Records submitted and not yet written or dropped."""
+        return self.backlog
 
-    def submit(self, record: RequestRecord) -> None:
-        """Queue ``record`` for writing; O(1), no I/O."""
-        if self._closing:
-            self._drop(1, "submitted after close")
-            return
-        self._queue.append(record)
-        self._trim()
-        if len(self._queue) >= self._batch_size:
-            self._wake.set()
-
-    async def start(self) -> None:
-        if self._task is None and not self._closing:
-            self._task = asyncio.create_task(self._run(), name="request-log-writer")
-
-    async def close(self) -> None:
-        """Stop accepting records and flush everything pending (one attempt per batch)."""
-        self._closing = True
-        self._wake.set()
-        self._closed.set()
-        if self._task is None:
-            self._task = asyncio.create_task(self._run(), name="request-log-writer")
-        await self._task
-
-    async def _run(self) -> None:
-        while self._queue or not self._closing:
-            if len(self._queue) < self._batch_size and not self._closing:
-                await self._sleep(self._flush_interval_s)
-                if not self._queue:
-                    continue
-            batch = [self._queue.popleft() for _ in range(min(self._batch_size, len(self._queue)))]
-            try:
-                await self._log.write_many(batch)
-            except StoreError as exc:
-                self._failures += 1
-                if exc.retryable and not self._closing:
-                    self._queue.extendleft(reversed(batch))
-                    self._trim()
-                    log.warning("request log write failed (%s); will retry", exc.message)
-                    await self._back_off(
-                        min(
-                            self._max_backoff_s,
-                            self._flush_interval_s * 2 ** min(self._failures, 16),
-                        )
-                    )
-                    continue
-                self._drop(len(batch), f"write failed: {exc.message}")
-                if self._closing:  # One failed attempt at close: give up on the rest.
-                    self._drop(len(self._queue), "database unavailable at close")
-                    self._queue.clear()
-            except Exception:  # A bug must not kill the writer and pile up records.
-                log.exception("request log writer failed on a batch of %d", len(batch))
-                self._drop(len(batch), "unexpected error")
-            else:
-                self._failures = 0
-                self.written += len(batch)
-
-    async def _sleep(self, seconds: float) -> None:
-        """Wait up to ``seconds`` for more records; a full batch or ``close`` wakes it early."""
-        self._wake.clear()
-        if self._closing or len(self._queue) >= self._batch_size:
-            return
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._wake.wait(), seconds)
-
-    async def _back_off(self, seconds: float) -> None:
-        """Wait ``seconds`` before retrying; only ``close`` cuts it short."""
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._closed.wait(), seconds)
-
-    def _trim(self) -> None:
-        overflow = len(self._queue) - self._max_pending
-        for _ in range(overflow):
-            self._queue.popleft()
-        if overflow > 0:
-            self._drop(overflow, "queue full, dropped the oldest")
-
-    def _drop(self, count: int, why: str) -> None:
-        if count <= 0:
-            return
-        before = self.dropped
-        self.dropped += count
-        # Log the first drop and then once per thousand, not once per record.
-        if before == 0 or before // 1000 != self.dropped // 1000:
-            log.warning(
-                "request log dropped %d record(s) (%s); %d in total", count, why, self.dropped
-            )
+    async def _write(self, batch: Sequence[RequestRecord]) -> None:
+        await self._log.write_many(list(batch))

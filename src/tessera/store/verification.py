@@ -12,12 +12,10 @@ widths or the allowed values). Times are timezone-aware; money is integer base u
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import json
 import logging
 import math
-from collections import Counter, deque
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from datetime import datetime
@@ -27,6 +25,7 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy import insert, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from tessera.store.batch_writer import BatchWriter, Queued
 from tessera.store.dialect import conflict_insert
 from tessera.store.errors import StoreError, translated
 from tessera.store.tables import (
@@ -431,17 +430,16 @@ def _parse_stats(provider_id: str, text: str) -> dict[str, float | int]:
     return parsed
 
 
-class ReceiptWriter:
+class ReceiptWriter(BatchWriter[ReceiptRow]):
     """Stores receipts from a background task, in batches (group commit).
 
-    Contract: ``submit`` never blocks, never does I/O and never raises for a full queue or a
-    closed writer (it drops and counts, as ``RequestLogWriter`` does). Call it from the event
-    loop's thread. A receipt is readable through :meth:`pending` from ``submit`` until it
-    is stored (or dropped). Transient database errors are retried with capped backoff while
-    the writer runs; ``close`` makes one last attempt per batch. A receipt already stored
-    with the same content counts as written (a batch retried after an unclear commit); one
-    stored with other content is dropped with a warning, never overwritten.
+    The contract is :class:`BatchWriter`'s. Besides, a receipt is readable through
+    :meth:`pending` from ``submit`` until it is stored (or dropped). A receipt already
+    stored with the same content counts as written (a batch retried after an unclear
+    commit); one stored with other content is dropped with a warning, never overwritten.
     """
+
+    what = "receipt"
 
     def __init__(
         self,
@@ -452,193 +450,55 @@ class ReceiptWriter:
         flush_interval_s: float = 0.25,
         max_backoff_s: float = 5.0,
     ) -> None:
-        if max_pending < 1 or batch_size < 1 or flush_interval_s <= 0 or max_backoff_s <= 0:
-            raise ValueError(
-                "max_pending, batch_size, flush_interval_s and max_backoff_s must be positive"
-            )
+        super().__init__(
+            max_pending=max_pending,
+            batch_size=batch_size,
+            flush_interval_s=flush_interval_s,
+            max_backoff_s=max_backoff_s,
+        )
         self._store = store
-        self._max_pending = max_pending
-        self._batch_size = batch_size
-        self._flush_interval_s = flush_interval_s
-        self._max_backoff_s = max_backoff_s
-        self._queue: deque[ReceiptRow] = deque()
         # Queued and in-flight receipts by request id, for reads before they are stored.
         self._unwritten: dict[str, ReceiptRow] = {}
-        self._wake = asyncio.Event()
-        self._closed = asyncio.Event()
-        self._progress = asyncio.Event()  # replaced each time receipts leave _unwritten
-        self._task: asyncio.Task[None] | None = None
-        self._closing = False
-        self._flushers = 0
-        self._failures = 0
-        self.written = 0
-        self.dropped = 0
-        self.batches = 0
-
-    @property
-    def backlog(self) -> int:
-        """Receipts submitted and not yet stored or dropped."""
-        return len(self._unwritten)
 
     def pending(self, request_id: str) -> ReceiptRow | None:
         """The receipt for ``request_id`` if it is submitted but not yet stored."""
         return self._unwritten.get(request_id)
 
-    def submit(self, row: ReceiptRow) -> None:
-        """Queue ``row`` for storing; O(1), no I/O."""
-        if self._closing:
-            self._count_drop(1, "submitted after close")
-            return
+    def _admit(self, row: ReceiptRow) -> bool:
         queued = self._unwritten.get(row.request_id)
         if queued is not None:
             if queued != row:
                 self._count_drop(1, f"a different receipt for {row.request_id} is queued")
-            return
-        self._queue.append(row)
+            return False
         self._unwritten[row.request_id] = row
-        self._trim()
-        if len(self._queue) >= self._batch_size:
-            self._wake.set()
+        return True
 
-    async def start(self) -> None:
-        if self._task is None and not self._closing:
-            self._task = asyncio.create_task(self._run(), name="receipt-writer")
-
-    async def flush(self) -> None:
-        """Wait until every receipt submitted before this call is stored or dropped.
-
-        Starts the writer if it was not. While the database is unreachable this keeps
-        waiting (the writer retries); bound it with ``asyncio.timeout`` where that matters.
-        """
-        targets = list(self._unwritten.values())
-        if not targets:
-            return
-        await self.start()
-        self._flushers += 1
-        self._wake.set()
-        try:
-            while any(self._unwritten.get(row.request_id) is row for row in targets):
-                if self._task is None or self._task.done():
-                    return  # closed while waiting: close() resolved every receipt
-                await self._progress.wait()
-        finally:
-            self._flushers -= 1
-
-    async def close(self) -> None:
-        """Stop accepting receipts and store everything pending (one attempt per batch)."""
-        self._closing = True
-        self._wake.set()
-        self._closed.set()
-        if self._task is None:
-            self._task = asyncio.create_task(self._run(), name="receipt-writer")
-        await self._task
-
-    async def _run(self) -> None:
-        while self._queue or not self._closing:
-            full = len(self._queue) >= self._batch_size
-            if not self._queue or not (full or self._closing or self._flushers):
-                await self._sleep(self._flush_interval_s)
-                if not self._queue:
-                    continue
-            await self._write_batch()
-
-    async def _write_batch(self) -> None:
-        batch = [self._queue.popleft() for _ in range(min(self._batch_size, len(self._queue)))]
-        try:
-            await self._store.save_receipts(batch)
-        except DuplicateReceipt as exc:
-            await self._settle_duplicates(batch, set(exc.request_ids))
-        except StoreError as exc:
-            await self._failed(batch, exc)
-        except Exception:  # A bug must not kill the writer and pile up receipts.
-            log.exception("receipt writer failed on a batch of %d", len(batch))
-            self._resolve(batch, dropped="unexpected error")
-        else:
-            self._failures = 0
-            self.batches += 1
-            self._resolve(batch)
-
-    async def _settle_duplicates(self, batch: list[ReceiptRow], stored_ids: set[str]) -> None:
-        """Keep the receipts not yet stored for the next batch; resolve the others."""
-        same: list[ReceiptRow] = []
-        conflicting: list[ReceiptRow] = []
-        try:
-            for row in batch:
-                if row.request_id in stored_ids:
-                    stored = await self._store.receipt(row.request_id)
-                    (same if stored == row else conflicting).append(row)
-        except StoreError as exc:
-            await self._failed(batch, exc)
-            return
-        except Exception:  # As in _write_batch: never let one batch stop the writer.
-            log.exception("receipt writer failed settling a batch of %d", len(batch))
-            self._resolve(batch, dropped="unexpected error")
-            return
-        for row in conflicting:
-            log.warning(
-                "receipt for request %s not stored: a different one is stored already",
-                row.request_id,
-            )
-        self._resolve(same)
-        self._resolve(conflicting, dropped="a different receipt is stored")
-        rest = [row for row in batch if row.request_id not in stored_ids]
-        self._queue.extendleft(reversed(rest))
-
-    async def _failed(self, batch: list[ReceiptRow], exc: StoreError) -> None:
-        self._failures += 1
-        if exc.retryable and not self._closing:
-            self._queue.extendleft(reversed(batch))
-            self._trim()
-            log.warning("receipt write failed (%s); will retry", exc.message)
-            await self._back_off(
-                min(self._max_backoff_s, self._flush_interval_s * 2 ** min(self._failures, 16))
-            )
-            return
-        self._resolve(batch, dropped=f"write failed: {exc.message}")
-        if self._closing:  # One failed attempt at close: give up on the rest.
-            rest = list(self._queue)
-            self._queue.clear()
-            self._resolve(rest, dropped="database unavailable at close")
-
-    def _resolve(self, rows: Sequence[ReceiptRow], *, dropped: str | None = None) -> None:
-        """``rows`` are stored (or, with ``dropped``, given up on): no longer pending."""
-        if not rows:
-            return
+    def _forget(self, rows: Sequence[ReceiptRow]) -> None:
         for row in rows:
             if self._unwritten.get(row.request_id) is row:
                 del self._unwritten[row.request_id]
-        if dropped is None:
-            self.written += len(rows)
-        else:
-            self._count_drop(len(rows), dropped)
-        self._progress.set()
-        self._progress = asyncio.Event()
 
-    async def _sleep(self, seconds: float) -> None:
-        """Wait up to ``seconds`` for more receipts; a full batch, flush or close wakes it."""
-        self._wake.clear()
-        full = len(self._queue) >= self._batch_size
-        if self._queue and (full or self._closing or self._flushers):
-            return
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._wake.wait(), seconds)
+    async def _write(self, batch: Sequence[ReceiptRow]) -> None:
+        await self._store.save_receipts(list(batch))
 
-    async def _back_off(self, seconds: float) -> None:
-        """Wait ``seconds`` before retrying; only ``close`` cuts it short."""
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._closed.wait(), seconds)
-
-    def _trim(self) -> None:
-        overflow = len(self._queue) - self._max_pending
-        if overflow > 0:
-            oldest = [self._queue.popleft() for _ in range(overflow)]
-            self._resolve(oldest, dropped="queue full, dropped the oldest")
-
-    def _count_drop(self, count: int, why: str) -> None:
-        before = self.dropped
-        self.dropped += count
-        # Log the first drop and then once per thousand, not once per receipt.
-        if before == 0 or before // 1000 != self.dropped // 1000:
+    async def _settle(self, batch: list[Queued[ReceiptRow]], exc: StoreError) -> bool:
+        """Receipts already stored: the same ones count as written, other ones are dropped,
+        and the rest of the batch goes back in the queue."""
+        if not isinstance(exc, DuplicateReceipt):
+            return False
+        stored_ids = set(exc.request_ids)
+        same: list[Queued[ReceiptRow]] = []
+        conflicting: list[Queued[ReceiptRow]] = []
+        for queued in batch:
+            if queued.item.request_id in stored_ids:
+                stored = await self._store.receipt(queued.item.request_id)
+                (same if stored == queued.item else conflicting).append(queued)
+        for queued in conflicting:
             log.warning(
-                "receipt writer dropped %d receipt(s) (%s); %d in total", count, why, self.dropped
+                "receipt for request %s not stored: a different one is stored already",
+                queued.item.request_id,
             )
+        self._resolve(same)
+        self._resolve(conflicting, dropped="a different receipt is stored")
+        self._requeue([q for q in batch if q.item.request_id not in stored_ids])
+        return True
