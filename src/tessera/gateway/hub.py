@@ -259,9 +259,10 @@ class ProviderHub:
 
     def release(self, provider_id: str) -> None:
         self.registry.release(provider_id)
-        asyncio.get_running_loop().create_task(self._notify_slot())
+        asyncio.get_running_loop().create_task(self.notify_slot())
 
-    async def _notify_slot(self) -> None:
+    async def notify_slot(self) -> None:
+        """Wake requests waiting for a provider: a slot freed or a provider became routable."""
         async with self._slot_freed:
             self._slot_freed.notify_all()
 
@@ -352,7 +353,7 @@ class ProviderHub:
         log.info("provider %s connected (%s, %s)", provider_id[:12], caps.label, caps.region)
         if self.on_provider_seen is not None:
             asyncio.get_running_loop().create_task(self.on_provider_seen(provider_id, caps))
-        await self._notify_slot()
+        await self.notify_slot()
         return session
 
     async def _refuse(self, websocket: WebSocket, code: str, message: str) -> None:

@@ -27,7 +27,6 @@ import json
 import logging
 import secrets
 import time
-from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -161,7 +160,6 @@ class Verifier:
         self._tasks: set[asyncio.Task[None]] = set()
         self._audit_slots = asyncio.Semaphore(settings.max_concurrent_audits)
         self._online: dict[str, _Online] = {}
-        self._seen_jobs: OrderedDict[str, None] = OrderedDict()
         self._last_tick = clock()
         self.audits_started = 0
 
@@ -311,7 +309,7 @@ class Verifier:
         live = self.registry.get(provider_id)
         if live is not None and live.status.get(entry.name) == CHALLENGE:
             self.registry.set_status(provider_id, entry.name, ROUTABLE)
-            await self.hub._notify_slot()
+            await self.hub.notify_slot()
             log.info("provider %s passed the %s challenge", provider_id[:12], entry.name)
 
     async def _run_challenge_job(self, provider_id: str, job: Job) -> tuple[Done, JobStream] | None:
@@ -356,13 +354,6 @@ class Verifier:
             offer=stream.offer,
             digest=stream.digest,
         )
-        if result.ok and done.receipt is not None:
-            if done.receipt.job_id in self._seen_jobs:
-                result = ReceiptCheck("forged_receipt", "a receipt for this job was already used")
-            else:
-                self._seen_jobs[done.receipt.job_id] = None
-                while len(self._seen_jobs) > 100_000:
-                    self._seen_jobs.popitem(last=False)
         if not result.ok:
             self.reputation.receipt_refused(stream.provider_id)
             self._refresh_score(stream.provider_id)
