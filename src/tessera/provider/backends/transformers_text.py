@@ -82,17 +82,39 @@ class StopStringFilter:
         buf = self._held + text
         hits = [i for i in (buf.find(s) for s in self._stops) if i >= 0]
         if hits:
-            self.stopped = True
-            self._held = ""
-            return buf[: min(hits)]
+            first = min(hits)
+            # A longer stop string may start earlier and still be completed by text to
+            # come: hold from there until that is decided.
+            open_at = _open_stop_start(buf, self._stops, before=first)
+            if open_at is None:
+                self.stopped = True
+                self._held = ""
+                return buf[:first]
+            self._held = buf[open_at:]
+            return buf[:open_at]
         keep = held_suffix_length(buf, self._stops)
         self._held = buf[len(buf) - keep :]
         return buf[: len(buf) - keep]
 
     def flush(self) -> str:
-        """The held text, at the end of a stream that hit no stop string."""
+        """The held text at the end of the stream, cut at a stop string found in it."""
         out, self._held = self._held, ""
-        return "" if self.stopped else out
+        if self.stopped:
+            return ""
+        hits = [i for i in (out.find(s) for s in self._stops) if i >= 0]
+        if hits:
+            self.stopped = True
+            return out[: min(hits)]
+        return out
+
+
+def _open_stop_start(text: str, stops: Sequence[str], before: int) -> int | None:
+    """The first index below ``before`` where ``text``'s tail is a proper prefix of a stop."""
+    for start in range(before):
+        tail = text[start:]
+        if any(len(stop) > len(tail) and stop.startswith(tail) for stop in stops):
+            return start
+    return None
 
 
 def held_suffix_length(text: str, stops: Sequence[str]) -> int:
