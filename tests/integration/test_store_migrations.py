@@ -63,6 +63,7 @@ async def test_upgrade_is_idempotent(database_url: str) -> None:
         "provider_bans",
         "violations",
         "provider_reputation",
+        "provider_uptime",
     }
 
 

@@ -42,6 +42,7 @@ from tessera.protocol.wire import (
     Done,
     ErrorFrame,
     Frame,
+    Goodbye,
     Heartbeat,
     HeartbeatAck,
     Hello,
@@ -56,6 +57,7 @@ from tessera.protocol.wire import (
 log = logging.getLogger("tessera.gateway.hub")
 
 POLICY_VIOLATION = 1008
+LEAVING = "leaving"  # a model status: the provider said goodbye
 AUDITOR_BUSY = "the auditor is busy"
 
 
@@ -70,6 +72,7 @@ JobEvent = Chunk | Done | JobError | ProviderGone
 Admit = Callable[[LiveProvider], bool]
 OnProviderSeen = Callable[[str, Capabilities], Awaitable[None]]
 OnProviderGone = Callable[[str], None]
+OnProviderLeaving = Callable[[str, str], None]
 InitialStatus = Callable[[str, Capabilities], dict[str, str]]
 AuditAnswer = AuditResult | JobError | ProviderGone
 
@@ -82,6 +85,7 @@ class ProviderSession:
     jobs: dict[str, JobStream] = field(default_factory=dict)
     audits: dict[str, asyncio.Future[AuditAnswer]] = field(default_factory=dict)
     bad_frames: int = 0
+    leaving: bool = False  # said goodbye: gets no new work
     send_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
     async def send(self, frame: Frame) -> None:
@@ -155,6 +159,7 @@ class ProviderHub:
         rng: random.Random | None = None,
         initial_status: InitialStatus | None = None,
         on_provider_gone: OnProviderGone | None = None,
+        on_provider_leaving: OnProviderLeaving | None = None,
     ) -> None:
         self.settings = settings
         self.registry = registry
@@ -162,6 +167,7 @@ class ProviderHub:
         self.on_provider_seen = on_provider_seen
         self.initial_status = initial_status
         self.on_provider_gone = on_provider_gone
+        self.on_provider_leaving = on_provider_leaving
         self.rng = rng or random.Random()
         self.sessions: dict[str, ProviderSession] = {}
         self._slot_freed = asyncio.Condition()
@@ -420,6 +426,9 @@ class ProviderHub:
             if not pending.done():
                 pending.set_result(frame)
             return True
+        if isinstance(frame, Goodbye):
+            self._leaving(session, frame.reason)
+            return True
         if isinstance(frame, ErrorFrame):
             log.warning(
                 "provider %s reports %s: %s", session.provider_id[:12], frame.code, frame.message
@@ -450,6 +459,18 @@ class ProviderHub:
                 with contextlib.suppress(Exception):
                     await session.websocket.close(code=1001, reason="heartbeat timeout")
                 return
+
+    def _leaving(self, session: ProviderSession, reason: str) -> None:
+        """A provider said goodbye: route it nothing new; its running jobs finish."""
+        live = self.registry.get(session.provider_id)
+        if live is None or session.leaving:
+            return
+        session.leaving = True
+        for model in live.offers:
+            self.registry.set_status(session.provider_id, model, LEAVING)
+        log.info("provider %s is leaving: %s", session.provider_id[:12], reason or "no reason")
+        if self.on_provider_leaving is not None:
+            self.on_provider_leaving(session.provider_id, reason)
 
     def _drop(self, session: ProviderSession, reason: str) -> None:
         if self.sessions.get(session.provider_id) is session:

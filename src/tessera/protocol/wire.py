@@ -7,6 +7,7 @@ gateway; the conversation is::
     provider -> register     (capabilities + nonce, signed by the provider key)
     gateway  -> welcome      | error + close
     provider -> heartbeat    (every heartbeat_interval_s)       gateway -> heartbeat_ack
+    provider -> goodbye      (shutting down on purpose: route nothing new, no SLA debit)
     gateway  -> job          provider -> chunk* then done (with a signed receipt) | job_error
     gateway  -> cancel       (client went away)
     gateway  -> audit        provider -> audit_result (signed) | job_error
@@ -81,6 +82,12 @@ class Capabilities(Frame):
     region: Annotated[str, Field(pattern=r"^[A-Z]{2}(-[a-z0-9-]{1,30})?$")]
     max_concurrent_jobs: Annotated[int, Field(ge=1, le=1024)]
     label: Annotated[str, Field(max_length=100)] = ""
+    # The provider declares it keeps no prompts or outputs after a job ends
+    # (``provider.data_collection: "deny"`` routes only to these).
+    no_retention: bool = False
+    # Uptime the provider promises per epoch, in basis points (9900 = 99 %); 0 promises
+    # nothing. Downtime beyond it is slashed a small share of stake (the "downtime" rule).
+    sla_uptime_bps: Annotated[int, Field(ge=0, le=10_000)] = 0
 
 
 # ---------------------------------------------------------------- handshake
@@ -122,6 +129,17 @@ class Heartbeat(Frame):
 
 class HeartbeatAck(Frame):
     type: Literal["heartbeat_ack"] = "heartbeat_ack"
+
+
+class Goodbye(Frame):
+    """The provider is shutting down on purpose: send it no new work.
+
+    Jobs already running finish; downtime after a goodbye is not held against the
+    provider's SLA (a crash or a lost connection sends none).
+    """
+
+    type: Literal["goodbye"] = "goodbye"
+    reason: Annotated[str, Field(max_length=500)] = ""
 
 
 class ErrorFrame(Frame):
@@ -171,6 +189,10 @@ class Job(Frame):
     prompts: Annotated[list[str | TokenIds], Field(max_length=2_048)] | None = None
     inputs: Annotated[list[str | TokenIds], Field(max_length=2_048)] | None = None
     params: SamplingParams | None = None
+    # Failover: output tokens another provider already delivered for this (single-choice,
+    # greedy or seeded) job. The provider appends them after the prompt and generates what
+    # follows, as if it had produced them itself; ``params.max_tokens`` counts new tokens.
+    continue_from: TokenIds | None = None
 
 
 class TopLogprob(Frame):
@@ -334,7 +356,7 @@ class AuditResult(Frame):
 
 
 ProviderFrame = Annotated[
-    Register | Heartbeat | Chunk | Done | JobError | ErrorFrame | AuditResult,
+    Register | Heartbeat | Chunk | Done | JobError | ErrorFrame | AuditResult | Goodbye,
     Field(discriminator="type"),
 ]
 GatewayFrame = Annotated[

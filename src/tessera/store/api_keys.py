@@ -56,6 +56,8 @@ class ApiKeyRecord:
     account_id: str
     spend_cap_total: int | None  # base units over the key's life; None = no cap
     spend_cap_daily: int | None  # base units per UTC day; None = no cap
+    # Default routing policy, the JSON of a request's ``provider`` object; None = none.
+    policy_json: str | None = None
 
     @property
     def revoked(self) -> bool:

@@ -88,6 +88,8 @@ api_keys = Table(
     # Base units; NULL means no cap.
     Column("spend_cap_total", BigInteger(), nullable=True),
     Column("spend_cap_daily", BigInteger(), nullable=True),
+    # Default routing policy (the request's ``provider`` object) as JSON; NULL: none.
+    Column("policy_json", Text(), nullable=True),
     CheckConstraint(
         "(spend_cap_total IS NULL OR spend_cap_total >= 0) "
         "AND (spend_cap_daily IS NULL OR spend_cap_daily >= 0)",
@@ -283,4 +285,24 @@ provider_reputation = Table(
     Column("provider_id", String(64), primary_key=True),
     Column("stats_json", Text(), nullable=False),  # JSON object of counter name -> number
     Column("updated_at", UtcDateTime(), nullable=False),
+)
+
+
+provider_uptime = Table(
+    "provider_uptime",
+    metadata,
+    Column("provider_id", String(64), primary_key=True),
+    Column("epoch_start", UtcDateTime(), primary_key=True),
+    Column("epoch_s", Integer(), nullable=False),
+    Column("up_ms", BigInteger(), nullable=False),
+    Column("down_ms", BigInteger(), nullable=False),
+    Column("sla_uptime_bps", Integer(), nullable=False),
+    Column("slashed", BigInteger(), nullable=False),  # base units taken for this epoch
+    Column("created_at", UtcDateTime(), nullable=False),
+    CheckConstraint(
+        "up_ms >= 0 AND down_ms >= 0 AND slashed >= 0 "
+        "AND sla_uptime_bps >= 0 AND sla_uptime_bps <= 10000 AND epoch_s > 0",
+        name="sane",
+    ),
+    Index(None, "epoch_start"),
 )
