@@ -104,6 +104,33 @@ class GatewaySettings(BaseSettings):
     ban_after_failures: int = Field(
         2, ge=1, description="Upheld audit failures that ban a provider from a model."
     )
+    sla_epoch_s: float = Field(
+        3600.0,
+        gt=0,
+        description="Uptime epoch: downtime beyond a provider's SLA in one is slashed.",
+    )
+    breaker_failures: int = Field(
+        3, ge=1, description="Failures in a row that open a provider's circuit breaker."
+    )
+    breaker_backoff_s: float = Field(
+        5.0, gt=0, description="First time a circuit breaker stays open; doubles on each reopen."
+    )
+    breaker_backoff_max_s: float = Field(300.0, gt=0, description="Longest circuit-breaker wait.")
+    hedge_after_ms: int | None = Field(
+        None,
+        ge=1,
+        description="Send a request to a second provider if the first has no token by then "
+        "(default off; a request may set provider.hedge_after_ms).",
+    )
+    sticky_ttl_s: float = Field(
+        600.0, ge=0, description="How long a conversation stays with the provider that served it."
+    )
+    max_continuations: int = Field(
+        2, ge=0, description="Times one stream may move to another provider mid-answer."
+    )
+    route_sample: int = Field(
+        256, ge=2, description="Providers scored per request when a model has more (at random)."
+    )
 
 
 class ProviderSettings(BaseSettings):
@@ -128,3 +155,12 @@ class ProviderSettings(BaseSettings):
     )
     backoff_initial_s: float = Field(0.5, gt=0, description="First reconnect delay.")
     backoff_max_s: float = Field(30.0, gt=0, description="Longest reconnect delay.")
+    no_retention: bool = Field(
+        False, description="Declare that prompts and outputs are not kept after a job."
+    )
+    sla_uptime_bps: int = Field(
+        0, ge=0, le=10_000, description="Promised uptime per epoch in basis points (0: none)."
+    )
+    drain_timeout_s: float = Field(
+        30.0, ge=0, description="On shutdown, how long running jobs may finish after goodbye."
+    )
