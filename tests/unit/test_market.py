@@ -1,10 +1,6 @@
-import random
-from collections import Counter
-
 import pytest
 
 from tessera.market.registry import ProviderRegistry, SlotError
-from tessera.market.routing import choose_provider
 
 from factories import capabilities, offer
 
@@ -55,36 +51,3 @@ def test_summaries_report_price_range_and_count() -> None:
     registry.add("b", capabilities(models=[offer("x", price_input_per_mtok=9)]), now=0)
     (summary,) = registry.summaries()
     assert (summary.providers, summary.price_input_min, summary.price_input_max) == (2, 5, 9)
-
-
-def test_choose_skips_full_and_excluded_providers() -> None:
-    registry = registry_with(3, slots=1)
-    registry.acquire("p0")
-    rng = random.Random(1)
-    picks = {
-        choose_provider(registry.serving("m"), rng, exclude={"p1"}).provider_id for _ in range(20)
-    }  # type: ignore[union-attr]
-    assert picks == {"p2"}
-    registry.acquire("p2")
-    assert choose_provider(registry.serving("m"), rng, exclude={"p1"}) is None
-
-
-def test_power_of_two_prefers_less_loaded() -> None:
-    registry = registry_with(2, slots=4)
-    registry.acquire("p0")
-    registry.acquire("p0")
-    rng = random.Random(0)
-    picks = Counter(choose_provider(registry.serving("m"), rng).provider_id for _ in range(50))  # type: ignore[union-attr]
-    assert picks == {"p1": 50}
-
-
-def test_power_of_two_spreads_load() -> None:
-    registry = registry_with(8, slots=100)
-    rng = random.Random(3)
-    for _ in range(400):
-        chosen = choose_provider(registry.serving("m"), rng)
-        assert chosen is not None
-        registry.acquire(chosen.provider_id)
-    loads = [p.active_jobs for p in registry.all()]
-    # Uniform random picks would spread by ~20 here; two choices keep it within a few.
-    assert max(loads) - min(loads) <= 4

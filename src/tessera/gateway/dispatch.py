@@ -2,19 +2,23 @@
 
 A provider that disconnects, times out, or says the job never started is excluded and the
 next one is tried, up to max_attempts; the client never sees those attempts. Errors that
-would repeat anywhere (a prompt too long for the model) are returned at once.
+would repeat anywhere (a prompt too long for the model) are returned at once. Each
+provider failure is also told to the provider's circuit breaker. Optional hedging sends a
+slow job to a second provider too and keeps whichever answers first.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from tessera.config import GatewaySettings
 from tessera.errors import InvalidRequest, NoCapacity, ProviderFailed, TesseraError
-from tessera.gateway.hub import Admit, JobEvent, JobStream, ProviderGone, ProviderHub
+from tessera.gateway.hub import JobEvent, JobStream, ProviderGone, ProviderHub
 from tessera.gateway.metrics import GatewayMetrics
-from tessera.protocol.wire import Job, JobError
+from tessera.market.routing import RouteRequest
+from tessera.protocol.wire import Chunk, Done, Job, JobError
 
 # Job errors that are the request's fault: every provider would refuse it the same way.
 CLIENT_ERROR_CODES = {
@@ -70,24 +74,30 @@ class Dispatcher:
     def attempts(self, request_id: str) -> Attempts:
         return Attempts(request_id, self.settings.max_attempts)
 
+    def failed(self, attempts: Attempts, provider_id: str, reason: str) -> None:
+        """A provider failed this request: never again for it, and tell its breaker."""
+        attempts.failed(provider_id, reason)
+        self.hub.job_failed(provider_id, reason)
+
     async def start(
         self,
         make_job: Callable[[str], Job],
         attempts: Attempts,
+        route: RouteRequest,
         param_hint: str | None = None,
-        admit: Admit | None = None,
+        hedge_after_ms: int | None = None,
     ) -> tuple[JobStream, JobEvent]:
         """Return a running job and its first event (a Chunk or Done)."""
         while not attempts.exhausted:
             job = make_job(attempts.next_job_id())
             try:
-                stream = await self.hub.open_job(job, attempts.exclude, admit)
+                stream = await self.hub.open_job(job, route, attempts.exclude)
             except NoCapacity:
                 if attempts.last_failure is None:
                     raise
                 raise attempts.give_up() from None
             try:
-                first = await stream.next_event(self.settings.first_token_timeout_s)
+                stream, first = await self._first(stream, make_job, attempts, route, hedge_after_ms)
             except BaseException:
                 # The client went away while we waited: free the slot, stop the provider.
                 await stream.close()
@@ -97,7 +107,11 @@ class Dispatcher:
             )
             if retry:
                 reason = first.reason if isinstance(first, ProviderGone) else first.message
-                attempts.failed(stream.provider_id, reason)
+                busy = isinstance(first, JobError) and first.code == "busy"
+                if busy:
+                    attempts.failed(stream.provider_id, reason)
+                else:
+                    self.failed(attempts, stream.provider_id, reason)
                 await stream.close()
                 self.metrics.retries.inc()
                 continue
@@ -106,3 +120,72 @@ class Dispatcher:
                 raise job_error_to_exception(first, param_hint)
             return stream, first
         raise attempts.give_up()
+
+    async def _first(
+        self,
+        stream: JobStream,
+        make_job: Callable[[str], Job],
+        attempts: Attempts,
+        route: RouteRequest,
+        hedge_after_ms: int | None,
+    ) -> tuple[JobStream, JobEvent]:
+        """The first event of ``stream`` or, if it is slow, of a hedge sent elsewhere.
+
+        With hedging, a provider that has produced nothing after ``hedge_after_ms`` gets
+        company: the same job goes to a second provider, the first to answer wins, the
+        other is cancelled (its slot freed, its work unpaid). Only one is ever paid.
+        """
+        timeout = self.settings.first_token_timeout_s
+        if hedge_after_ms is None or attempts.exhausted:
+            return stream, await stream.next_event(timeout)
+        hedge_s = hedge_after_ms / 1000
+        event = await stream.poll(min(hedge_s, timeout))
+        if event is not None:
+            return stream, event
+        try:
+            second = await self.hub.open_job(
+                make_job(attempts.next_job_id()), route, {*attempts.exclude, stream.provider_id}
+            )
+        except TesseraError:
+            return stream, await stream.next_event(max(timeout - hedge_s, 0.001))
+        return await self._race([stream, second], max(timeout - hedge_s, 0.001), attempts)
+
+    async def _race(
+        self, streams: list[JobStream], wait_s: float, attempts: Attempts
+    ) -> tuple[JobStream, JobEvent]:
+        polls = {asyncio.ensure_future(s.poll(wait_s)): s for s in streams}
+        try:
+            while True:
+                done, _ = await asyncio.wait(polls, return_when=asyncio.FIRST_COMPLETED)
+                for task in done:
+                    stream = polls.pop(task)
+                    event = task.result()
+                    decisive = isinstance(event, Chunk | Done) or (
+                        isinstance(event, JobError) and not event.retryable
+                    )
+                    if decisive or not polls:
+                        assert event is not None or not polls
+                        winner = "first" if stream is streams[0] else "second"
+                        self.metrics.hedges.labels(winner=winner).inc()
+                        for other in polls.values():
+                            await other.close()
+                        if event is None:
+                            event = ProviderGone(
+                                f"no output from the provider within {wait_s:.0f}s"
+                            )
+                        return stream, event
+                    # This one failed; the other may still answer.
+                    reason = "no output" if event is None else _reason(event)
+                    self.failed(attempts, stream.provider_id, reason)
+                    await stream.close()
+        finally:
+            for task in polls:
+                task.cancel()
+
+
+def _reason(event: JobEvent) -> str:
+    if isinstance(event, ProviderGone):
+        return event.reason
+    if isinstance(event, JobError):
+        return event.message
+    return "unexpected event"

@@ -19,7 +19,7 @@ import secrets
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from pydantic import ValidationError
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
@@ -27,8 +27,10 @@ from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 from tessera.config import GatewaySettings
 from tessera.errors import NoCapacity
 from tessera.gateway.metrics import GatewayMetrics
+from tessera.gateway.routing import no_route_error
+from tessera.market.health import BreakerPolicy
 from tessera.market.registry import LiveProvider, ProviderRegistry
-from tessera.market.routing import choose_provider
+from tessera.market.routing import Decision, NoRoute, Router, RouteRequest
 from tessera.protocol import signing
 from tessera.protocol.receipts import OutputDigest
 from tessera.protocol.wire import (
@@ -69,7 +71,6 @@ class ProviderGone:
 
 
 JobEvent = Chunk | Done | JobError | ProviderGone
-Admit = Callable[[LiveProvider], bool]
 OnProviderSeen = Callable[[str, Capabilities], Awaitable[None]]
 OnProviderGone = Callable[[str], None]
 OnProviderLeaving = Callable[[str, str], None]
@@ -122,16 +123,28 @@ class JobStream:
         # Everything relayed so far, as the receipt must describe it (text jobs).
         self.digest = OutputDigest() if job.kind != "embedding" else None
         self.started_at = time.time()
+        self.opened_at = time.monotonic()
+        self.first_event_at: float | None = None  # when the first chunk (or done) came
+        self.decision: Decision | None = None  # why the router chose this provider
 
     @property
     def provider_id(self) -> str:
         return self.session.provider_id
 
     async def next_event(self, timeout_s: float | None = None) -> JobEvent:
+        event = await self.poll(timeout_s)
+        if event is None:
+            return ProviderGone(f"no output from the provider within {timeout_s:.0f}s")
+        return event
+
+    async def poll(self, timeout_s: float | None) -> JobEvent | None:
+        """The next event, or None if none came within ``timeout_s`` (nothing is lost)."""
         try:
             event = await asyncio.wait_for(self.queue.get(), timeout_s)
         except TimeoutError:
-            return ProviderGone(f"no output from the provider within {timeout_s:.0f}s")
+            return None
+        if self.first_event_at is None and isinstance(event, Chunk | Done):
+            self.first_event_at = time.monotonic()
         if isinstance(event, Done | JobError | ProviderGone):
             self.finished = True
         return event
@@ -169,47 +182,70 @@ class ProviderHub:
         self.on_provider_gone = on_provider_gone
         self.on_provider_leaving = on_provider_leaving
         self.rng = rng or random.Random()
+        self.router = Router(self.rng, settings.route_sample)
+        self.breaker = BreakerPolicy(
+            settings.breaker_failures, settings.breaker_backoff_s, settings.breaker_backoff_max_s
+        )
         self.sessions: dict[str, ProviderSession] = {}
         self._slot_freed = asyncio.Condition()
         self._cancelled: OrderedDict[str, None] = OrderedDict()
 
     # ------------------------------------------------------------ jobs
 
-    async def open_job(self, job: Job, exclude: set[str], admit: Admit | None = None) -> JobStream:
-        """Take a slot on a provider of ``job.model`` that ``admit`` accepts; send the job.
+    async def open_job(self, job: Job, route: RouteRequest, exclude: set[str]) -> JobStream:
+        """Take a slot on the provider the router picks for ``job``; send the job.
 
-        Waits up to queue_timeout_s for a free slot when every provider is busy;
-        raises NoCapacity when none serves the model or the wait runs out.
+        ``exclude`` (the providers that failed this request) grows if a send fails.
+        Waits up to queue_timeout_s while every allowed provider is busy; raises the
+        router's explanation (NoCapacity or InvalidRequest) when nobody can take it.
         """
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.settings.queue_timeout_s
+        route = replace(route, exclude=exclude)
         while True:
-            candidates = [
-                p
-                for p in self.registry.serving(job.model)
-                if p.provider_id not in exclude and (admit is None or admit(p))
-            ]
-            if not candidates:
-                raise NoCapacity(f"no live provider is serving model '{job.model}' right now")
-            chosen = choose_provider(candidates, self.rng)
-            if chosen is not None:
-                stream = self._start(chosen, job)
-                if stream is not None:
-                    try:
-                        await stream.session.send(job)
-                    except Exception:
-                        await stream.close()
-                        exclude.add(chosen.provider_id)
-                        continue
-                    return stream
-            remaining = deadline - loop.time()
-            if remaining <= 0:
-                raise NoCapacity(
-                    f"every provider of '{job.model}' is at capacity; retry in a few seconds"
-                )
-            async with self._slot_freed:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._slot_freed.wait(), min(remaining, 1.0))
+            now = time.monotonic()
+            decision = self.router.choose(self.registry.pool(job.model), route, now)
+            if isinstance(decision, NoRoute):
+                remaining = deadline - loop.time()
+                if not decision.busy or remaining <= 0:
+                    raise no_route_error(decision)
+                async with self._slot_freed:
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._slot_freed.wait(), min(remaining, 1.0))
+                continue
+            chosen = decision.provider
+            stream = self._start(chosen, job)
+            if stream is None:
+                exclude.add(chosen.provider_id)
+                continue
+            stream.decision = decision
+            chosen.health.started(now)
+            try:
+                await stream.session.send(job)
+            except Exception:
+                await stream.close()
+                exclude.add(chosen.provider_id)
+                continue
+            return stream
+
+    def job_succeeded(self, stream: JobStream, completion_tokens: int) -> None:
+        """Fold a finished job's speed into its provider's record; close its breaker."""
+        first = stream.first_event_at
+        ttft_ms = None if first is None else (first - stream.opened_at) * 1000
+        generation_s = 0.0 if first is None else time.monotonic() - first
+        self.registry.health(stream.provider_id).succeeded(ttft_ms, completion_tokens, generation_s)
+
+    def job_failed(self, provider_id: str, reason: str) -> None:
+        """A job failed by the provider's fault: may open its circuit breaker."""
+        health = self.registry.health(provider_id)
+        if health.failed(self.breaker, reason, time.monotonic()):
+            self.metrics.breaker_opened.inc()
+            log.warning(
+                "circuit breaker open for provider %s for %.0fs after: %s",
+                provider_id[:12],
+                health.backoff_s,
+                reason,
+            )
 
     async def open_job_on(self, provider_id: str, job: Job) -> JobStream:
         """Send ``job`` to one given provider, routed for the model or not (join challenges).

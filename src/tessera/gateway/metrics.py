@@ -57,6 +57,23 @@ class GatewayMetrics:
             "Jobs moved to another provider before their first output.",
             registry=self.registry,
         )
+        self.breaker_opened = Counter(
+            "tessera_breaker_opened_total",
+            "Times a provider's circuit breaker opened after repeated failures.",
+            registry=self.registry,
+        )
+        self.continuations = Counter(
+            "tessera_stream_continuations_total",
+            "Streams moved to another provider mid-answer, by outcome.",
+            ["outcome"],
+            registry=self.registry,
+        )
+        self.hedges = Counter(
+            "tessera_hedged_requests_total",
+            "Requests sent to a second provider because the first was slow, by winner.",
+            ["winner"],
+            registry=self.registry,
+        )
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -1,9 +1,9 @@
 """Paying for one request: price filter, worst-case hold, and exactly one settlement.
 
 ``Payments.reserve`` runs before any work: it narrows the model's providers to those that
-are staked and within the request's ``provider.max_price``, holds the worst case of the
-dearest one the consumer can afford (balance and key caps), and returns a ``Charge`` whose
-``admit`` keeps dispatch inside what was held. The charge is then settled once:
+are staked and allowed by the request's routing policy, holds the worst case of the
+dearest one the consumer can afford (balance and key caps), and returns a ``Charge``;
+``admit`` gives the dispatch checks that keep the router inside what was held. The charge is then settled once:
 ``capture`` (the answer was delivered, or the client left mid-stream: pay what was
 delivered) or ``release`` (the work failed or never reached the client: pay nothing).
 """
@@ -12,22 +12,23 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
-from tessera.errors import InvalidRequest, NoCapacity, QuotaExceeded
+from tessera.errors import QuotaExceeded
 from tessera.gateway.bookkeeper import Bookkeeper
-from tessera.gateway.hub import Admit
+from tessera.gateway.routing import no_route_error
 from tessera.ledger.book import CapReached
 from tessera.ledger.journal import InsufficientFunds
 from tessera.ledger.spend_caps import SpendCaps
+from tessera.market.policy import Filter
 from tessera.market.quotes import (
-    MaxPrice,
     offer_price,
     output_token_bound,
     prompt_token_bound,
     quote,
 )
 from tessera.market.registry import LiveProvider, ProviderRegistry
+from tessera.market.routing import NoRoute, Router, RouteRequest
 from tessera.market.stake_policy import StakePolicy
 from tessera.protocol.wire import Job, ModelOffer
 from tessera.units import format_tokens
@@ -69,50 +70,48 @@ class Payments:
         self.bookkeeper = bookkeeper
         self.registry = registry
         self.stake = stake
+        self._router = Router()  # only its stateless eligibility scan is used here
 
     def staked(self, provider: LiveProvider, model: str) -> bool:
         required = self.stake.required(provider, model)
         return self.bookkeeper.book.bonded(provider.provider_id) >= required
 
-    def routable(self, provider: LiveProvider, model: str, max_price: MaxPrice) -> bool:
-        offer = provider.offers.get(model)
-        return offer is not None and max_price.allows(offer) and self.staked(provider, model)
+    def bonded(self, provider_id: str) -> int:
+        return self.bookkeeper.book.bonded(provider_id)
 
-    async def reserve(self, payer: Payer, request_id: str, job: Job, max_price: MaxPrice) -> Charge:
-        """Hold the worst case of ``job`` before work starts, or refuse with a clear error."""
+    def stake_filter(self, model: str, registry_pool_min: int | None = None) -> Filter:
+        """The network's own constraint: enough stake bonded to be routed ``model``."""
+        least = self.stake.default if registry_pool_min is None else registry_pool_min
+        return Filter(
+            "stake",
+            "network",
+            f"the minimum stake bonded ({tokens(least)} or more)",
+            lambda p, o: self.staked(p, model),
+        )
+
+    async def reserve(self, payer: Payer, request_id: str, job: Job, route: RouteRequest) -> Charge:
+        """Hold the worst case of ``job`` before work starts, or refuse with a clear error.
+
+        ``route`` carries the request's policy; its ``checks`` get the stake filter here.
+        """
         model = job.model
-        serving = self.registry.serving(model)
-        staked = [p for p in serving if self.staked(p, model)]
-        if serving and not staked:
-            least = min(self.stake.required(p, model) for p in serving)
-            raise NoCapacity(
-                f"no provider of '{model}' has the minimum stake bonded "
-                f"({tokens(least)} or more), so none may take work; retry later"
-            )
-        within = [p for p in staked if max_price.allows(p.offers[model])]
-        if staked and not within:
-            cheapest = min(staked, key=lambda p: offer_price(p.offers[model]).output_per_mtok)
-            offer = cheapest.offers[model]
-            raise InvalidRequest(
-                f"no provider of '{model}' is within provider.max_price; the cheapest asks "
-                f"{offer.price_input_per_mtok} (prompt) and {offer.price_output_per_mtok} "
-                "(completion) base units per million tokens",
-                param="provider.max_price",
-                code="no_provider_within_max_price",
-            )
+        pool = self.registry.pool(model)
+        least = min((self.stake.required(p, model) for p in pool.members), default=0)
+        route = replace(route, checks=[*route.checks, self.stake_filter(model, least)])
+        eligible = self._router.eligible(pool, route)
+        if isinstance(eligible, NoRoute):
+            raise no_route_error(eligible)
         output_bound = output_token_bound(job)
-        worst = {
-            p.provider_id: self._worst_case(p.offers[model], job, output_bound) for p in within
-        }
+        worst = [self._worst_case(p.offers[model], job, output_bound) for p in eligible]
         charge = Charge(request_id=request_id, model=model, held=0)
-        if not within or max(worst.values()) == 0:
-            return charge  # nobody to pay, or only free providers: nothing to hold
+        if max(worst) == 0:
+            return charge  # only free providers: nothing to hold
         book = self.bookkeeper.book
         now = self.bookkeeper.clock()
         spendable = book.spendable(payer.account_id, payer.key_id, payer.caps, now)
-        chosen = quote(list(worst.values()), spendable)
+        chosen = quote(worst, spendable)
         if chosen is None:
-            raise self._short(payer, min(worst.values()))
+            raise self._short(payer, min(worst))
         try:
             await self.bookkeeper.hold(
                 payer.account_id,
@@ -123,20 +122,22 @@ class Payments:
                 {"model": model},
             )
         except (InsufficientFunds, CapReached):
-            raise self._short(payer, min(worst.values())) from None
+            raise self._short(payer, min(worst)) from None
         charge.held = chosen.hold
         return charge
 
-    def admit(self, charge: Charge, job: Job, max_price: MaxPrice) -> Admit:
-        """The dispatch filter: routable providers whose worst case fits the hold."""
+    def admit(self, charge: Charge, job: Job) -> list[Filter]:
+        """The dispatch checks: staked, and a worst case that fits what was held."""
         output_bound = output_token_bound(job)
+        model = job.model
 
-        def fits(provider: LiveProvider) -> bool:
-            if not self.routable(provider, job.model, max_price):
-                return False
-            return self._worst_case(provider.offers[job.model], job, output_bound) <= charge.held
+        def fits(provider: LiveProvider, offer: ModelOffer) -> bool:
+            return self._worst_case(offer, job, output_bound) <= charge.held
 
-        return fits
+        return [
+            self.stake_filter(model),
+            Filter("hold", "network", "a worst-case cost within the amount held", fits),
+        ]
 
     @staticmethod
     def _worst_case(offer: ModelOffer, job: Job, output_bound: int) -> int:

@@ -5,6 +5,10 @@ The gateway does not tokenize; it bounds the prompt instead. Every tokenizer we 
 byte of text, and a chat template adds a bounded number of tokens per message. The bound
 is also capped by the model's context, since a longer prompt is refused for free. Holding
 this bound means the hold always covers the real cost, so a capture never exceeds it.
+
+A continuation job (failover) also makes the provider read ``continue_from``, the output
+already delivered, after its prompt, and the provider counts those ids as prompt tokens:
+the bound adds them, exactly, inside the same context cap.
 """
 
 from __future__ import annotations
@@ -27,14 +31,18 @@ def _text_bound(item: str | Sequence[int]) -> int:
 
 def prompt_token_bound(job: Job, context_length: int) -> int:
     """At least as many prompt tokens as any honest provider will count for ``job``."""
+    continued = len(job.continue_from or [])
     if job.messages is not None:
         raw = TEMPLATE_TOKENS_PER_PROMPT + sum(
             TEMPLATE_TOKENS_PER_MESSAGE + _text_bound(m.content) for m in job.messages
         )
-        return min(raw, context_length)
+        return min(raw + continued, context_length)
     items = job.prompts if job.prompts is not None else job.inputs or []
-    # Each prompt of a completion (each input of an embedding) is its own sequence.
-    return sum(min(TEMPLATE_TOKENS_PER_PROMPT + _text_bound(i), context_length) for i in items)
+    # Each prompt of a completion (each input of an embedding) is its own sequence; a
+    # continuation has one, and its handed output is read after it.
+    return sum(
+        min(TEMPLATE_TOKENS_PER_PROMPT + _text_bound(i) + continued, context_length) for i in items
+    )
 
 
 def output_token_bound(job: Job) -> int:

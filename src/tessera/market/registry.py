@@ -11,9 +11,11 @@ pinned by the catalog starts at ``challenge`` (until the join challenge passes) 
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+from tessera.market.health import ProviderHealth
 from tessera.protocol.wire import Capabilities, ModelOffer
 
 
@@ -29,6 +31,7 @@ class LiveProvider:
     # Model name -> routable | challenge | challenge_failed | weights_mismatch | banned.
     status: dict[str, str] = field(default_factory=dict)
     reputation: float = 0.5  # the verification record's score in [0, 1], for the router
+    health: ProviderHealth = field(default_factory=ProviderHealth)  # speed and breaker
 
     @property
     def max_concurrent_jobs(self) -> int:
@@ -60,6 +63,49 @@ class ModelSummary:
     embedding_dimensions: int | None
 
 
+class ModelPool:
+    """The providers routed for one model: a list for O(1) random sampling, and an
+    index by price for ``sort: price``. Removal swaps the last member into the hole."""
+
+    __slots__ = ("by_price", "index", "members")
+
+    def __init__(self) -> None:
+        self.members: list[LiveProvider] = []
+        self.index: dict[str, int] = {}
+        self.by_price: list[tuple[int, int, str]] = []  # (output, input, provider id)
+
+    def __len__(self) -> int:
+        return len(self.members)
+
+    def get(self, provider_id: str) -> LiveProvider | None:
+        at = self.index.get(provider_id)
+        return None if at is None else self.members[at]
+
+    def add(self, live: LiveProvider, offer: ModelOffer) -> None:
+        if live.provider_id in self.index:
+            return
+        self.index[live.provider_id] = len(self.members)
+        self.members.append(live)
+        bisect.insort(self.by_price, _price_key(live.provider_id, offer))
+
+    def remove(self, provider_id: str, offer: ModelOffer) -> None:
+        at = self.index.pop(provider_id, None)
+        if at is None:
+            return
+        last = self.members.pop()
+        if last.provider_id != provider_id:
+            self.members[at] = last
+            self.index[last.provider_id] = at
+        key = _price_key(provider_id, offer)
+        spot = bisect.bisect_left(self.by_price, key)
+        if spot < len(self.by_price) and self.by_price[spot] == key:
+            del self.by_price[spot]
+
+
+def _price_key(provider_id: str, offer: ModelOffer) -> tuple[int, int, str]:
+    return (offer.price_output_per_mtok, offer.price_input_per_mtok, provider_id)
+
+
 class SlotError(RuntimeError):
     """A caller broke the acquire/release contract (a bug, not bad input)."""
 
@@ -72,8 +118,10 @@ class ProviderRegistry:
 
     def __init__(self) -> None:
         self._providers: dict[str, LiveProvider] = {}
-        self._by_model: dict[str, dict[str, LiveProvider]] = {}
+        self._by_model: dict[str, ModelPool] = {}
         self._known_models: set[str] = set()
+        # Speed and breaker records outlive connections: reconnecting resets nothing.
+        self._health: dict[str, ProviderHealth] = {}
 
     def __len__(self) -> int:
         return len(self._providers)
@@ -97,13 +145,21 @@ class ProviderRegistry:
             connected_at=now,
             offers=offers,
             status={name: (status or {}).get(name, ROUTABLE) for name in offers},
+            health=self.health(provider_id),
         )
         self._providers[provider_id] = live
         for name in live.offers:
             self._known_models.add(name)
             if live.status[name] == ROUTABLE:
-                self._by_model.setdefault(name, {})[provider_id] = live
+                self._index(name, live)
         return live
+
+    def health(self, provider_id: str) -> ProviderHealth:
+        """The provider's speed and breaker record (kept across reconnects)."""
+        record = self._health.get(provider_id)
+        if record is None:
+            record = self._health[provider_id] = ProviderHealth()
+        return record
 
     def remove(self, provider_id: str) -> LiveProvider | None:
         live = self._providers.pop(provider_id, None)
@@ -120,16 +176,25 @@ class ProviderRegistry:
             return
         live.status[model] = status
         if status == ROUTABLE:
-            self._by_model.setdefault(model, {})[provider_id] = live
+            self._index(model, live)
         else:
             self._unindex(model, provider_id)
 
+    def _index(self, model: str, live: LiveProvider) -> None:
+        pool = self._by_model.get(model)
+        if pool is None:
+            pool = self._by_model[model] = ModelPool()
+        pool.add(live, live.offers[model])
+
     def _unindex(self, model: str, provider_id: str) -> None:
-        holders = self._by_model.get(model)
-        if holders is not None:
-            holders.pop(provider_id, None)
-            if not holders:
-                del self._by_model[model]
+        pool = self._by_model.get(model)
+        if pool is None:
+            return
+        live = pool.get(provider_id)
+        if live is not None:
+            pool.remove(provider_id, live.offers[model])
+        if not pool:
+            del self._by_model[model]
 
     def get(self, provider_id: str) -> LiveProvider | None:
         return self._providers.get(provider_id)
@@ -145,15 +210,20 @@ class ProviderRegistry:
         return model in self._known_models
 
     def serving(self, model: str) -> list[LiveProvider]:
-        """Live providers routed for ``model``."""
-        return list(self._by_model.get(model, {}).values())
+        """Live providers routed for ``model`` (a copy)."""
+        pool = self._by_model.get(model)
+        return [] if pool is None else list(pool.members)
+
+    def pool(self, model: str) -> ModelPool:
+        """The routed providers of ``model``, for the router to read (empty if none)."""
+        return self._by_model.get(model) or ModelPool()
 
     def offer(self, model: str) -> ModelOffer | None:
         """Any live provider's offer for ``model`` (they agree on kind and limits)."""
-        holders = self._by_model.get(model)
-        if not holders:
+        pool = self._by_model.get(model)
+        if not pool:
             return None
-        return next(iter(holders.values())).offers[model]
+        return pool.members[0].offers[model]
 
     def acquire(self, provider_id: str) -> None:
         live = self._providers.get(provider_id)
@@ -170,7 +240,7 @@ class ProviderRegistry:
     def summaries(self) -> list[ModelSummary]:
         out = []
         for name in sorted(self._by_model):
-            offers = [p.offers[name] for p in self._by_model[name].values()]
+            offers = [p.offers[name] for p in self._by_model[name].members]
             out.append(
                 ModelSummary(
                     name=name,

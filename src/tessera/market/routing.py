@@ -1,30 +1,321 @@
-"""Routing v0: power of two choices among live providers with a free slot.
+"""The router: filter a model's providers by policy, stake and health, score, pick one.
 
-Sampling two candidates and taking the less loaded one spreads load nearly as well as
-scanning everyone, at constant cost, and avoids the herd effect of always picking the
-single least-loaded provider.
+Filtering. Every request's policy (see policy.py) and the gateway's own checks (stake,
+the hold) are named predicates; a provider must pass all, have a free slot, not have
+failed this request already, and have a closed (or trial-ready) circuit breaker.
+
+Scoring. Each candidate gets a score in [0, 1] from six parts, each relative to the best
+candidate in view: price (the request's estimated cost), time to first token and tokens
+per second (moving averages; a provider with no samples yet gets a neutral part), free
+capacity, reputation, and bonded stake. ``sort`` makes one of price, latency or
+throughput strict (the best tier first, score breaks ties); otherwise the pick is random
+among the top few, weighted by score, so load spreads instead of herding on one node.
+
+Scale. Up to ``sample`` providers are scored exactly; a model with more is scored on a
+random sample of that size (``sort: price`` walks a price index instead), falling back to
+a full scan only when the sample holds no eligible provider. The explanation of an empty
+pool is also a full scan, run only on that error path.
 """
 
 from __future__ import annotations
 
 import random
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
+from dataclasses import dataclass, field
 
-from tessera.market.registry import LiveProvider
+from tessera.market.policy import EffectivePolicy, Filter
+from tessera.market.registry import LiveProvider, ModelPool
+
+WEIGHTS = {
+    "price": 0.30,
+    "latency": 0.15,
+    "throughput": 0.10,
+    "load": 0.15,
+    "reputation": 0.20,
+    "stake": 0.10,
+}
+NEUTRAL = 0.7  # the speed part of a provider not measured yet: tried, not shunned
+TOP_K = 3  # the default pick is random among this many best, weighted by score
+STICKY_MIN_SHARE = 0.5  # a sticky provider is kept while its score is this share of the best
+SPEED_TIER = 1.1  # sort by latency / throughput: within 10 % of the best counts as a tie
 
 
-def choose_provider(
-    candidates: Sequence[LiveProvider],
-    rng: random.Random,
-    exclude: Collection[str] = (),
-) -> LiveProvider | None:
-    """Pick a provider with a free slot, or None if every candidate is full or excluded."""
-    open_ = [p for p in candidates if p.free_slots > 0 and p.provider_id not in exclude]
-    if not open_:
-        return None
-    if len(open_) == 1:
-        return open_[0]
-    first, second = rng.sample(open_, 2)
-    if first.load != second.load:
-        return first if first.load < second.load else second
-    return first if first.free_slots >= second.free_slots else second
+@dataclass(frozen=True, slots=True)
+class RouteRequest:
+    """What the router needs to know about one dispatch attempt."""
+
+    model: str
+    policy: EffectivePolicy = field(default_factory=EffectivePolicy)
+    checks: Sequence[Filter] = ()  # the gateway's own (stake, hold)
+    exclude: Collection[str] = ()  # providers that already failed this request
+    prompt_tokens: int = 0  # estimates, for the price part
+    output_tokens: int = 0
+    sticky: str | None = None  # provider that served this conversation's last turn
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    provider: LiveProvider
+    reason: str  # sticky | order[i] | sort=price | best of N ...
+    score: float
+    parts: dict[str, float]
+    considered: int  # candidates scored
+    pool: int  # providers routed for the model
+
+    def header(self) -> str:
+        """The ``x-tessera-route`` header: why this provider."""
+        parts = "; ".join(f"{k}={v:.2f}" for k, v in self.parts.items())
+        return (
+            f"{self.reason}; provider={self.provider.provider_id[:16]}; score={self.score:.2f}; "
+            f"{parts}; considered={self.considered}/{self.pool}"
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class NoRoute:
+    """No provider can take the request now.
+
+    ``busy``: some provider passes every constraint but none has a free slot (or all
+    are behind open breakers): waiting may help. Otherwise ``constraint`` names the filter
+    that emptied the pool and ``message`` says so in words.
+    """
+
+    busy: bool
+    message: str
+    constraint: str | None = None
+    source: str | None = None
+
+
+Stake = Callable[[str], int]
+
+
+class Router:
+    def __init__(
+        self, rng: random.Random | None = None, sample: int = 256, stake: Stake | None = None
+    ) -> None:
+        self.rng = rng or random.Random()
+        self.sample = sample
+        self.stake = stake or (lambda provider_id: 0)
+
+    # ------------------------------------------------------------ choose
+
+    def choose(self, pool: ModelPool, request: RouteRequest, now: float) -> Decision | NoRoute:
+        filters = [*request.checks, *request.policy.filters]
+        model = request.model
+
+        def ok(p: LiveProvider) -> bool:
+            if p.free_slots <= 0 or p.provider_id in request.exclude:
+                return False
+            if not p.health.admits(now):
+                return False
+            offer = p.offers[model]
+            return all(f.test(p, offer) for f in filters)
+
+        policy = request.policy
+        if policy.order:
+            for rank, name in enumerate(policy.order):
+                for p in self._matching(pool, name):
+                    if ok(p):
+                        return self._decide(p, [p], request, f"order[{rank}]", len(pool))
+            if not policy.allow_fallbacks:
+                return self.explain(pool, request, now)
+
+        if policy.sort == "price" and len(pool) > self.sample:
+            candidates = self._cheapest(pool, ok)
+        else:
+            candidates = [p for p in self._view(pool) if ok(p)]
+            if not candidates and len(pool) > self.sample:
+                candidates = [p for p in pool.members if ok(p)]
+        if not candidates:
+            return self.explain(pool, request, now)
+
+        scored = self._score(candidates, request)
+        if request.sticky is not None and policy.sort is None:
+            best = max(score for score, _, _ in scored)
+            for score, parts, p in scored:
+                if p.provider_id == request.sticky and score >= STICKY_MIN_SHARE * best:
+                    return Decision(p, "sticky", score, parts, len(scored), len(pool))
+            sticky = pool.get(request.sticky)
+            if sticky is not None and sticky not in candidates and ok(sticky):
+                (score, parts, p), *_ = self._score([sticky, *candidates], request)
+                if score >= STICKY_MIN_SHARE * best:
+                    return Decision(p, "sticky", score, parts, len(scored), len(pool))
+        tier, reason = self._tier(scored, policy.sort)
+        if len(tier) == 1:
+            score, parts, chosen = tier[0]
+        else:
+            top = sorted(tier, key=lambda item: item[0], reverse=True)[:TOP_K]
+            weights = [max(score, 1e-6) ** 2 for score, _, _ in top]
+            score, parts, chosen = self.rng.choices(top, weights=weights)[0]
+        return Decision(chosen, reason, score, parts, len(scored), len(pool))
+
+    def _view(self, pool: ModelPool) -> list[LiveProvider]:
+        members = pool.members
+        if len(members) <= self.sample:
+            return members
+        return [members[i] for i in self.rng.sample(range(len(members)), self.sample)]
+
+    def _matching(self, pool: ModelPool, name: str) -> Iterable[LiveProvider]:
+        exact = pool.get(name)
+        if exact is not None:
+            return (exact,)
+        return (p for p in pool.members if p.provider_id.startswith(name))
+
+    def _cheapest(self, pool: ModelPool, ok: Callable[[LiveProvider], bool]) -> list[LiveProvider]:
+        """Walk the price index: every eligible provider of the cheapest eligible price."""
+        found: list[LiveProvider] = []
+        tier: tuple[int, int] | None = None
+        for out_price, in_price, pid in pool.by_price:
+            if tier is not None and (out_price, in_price) != tier:
+                break
+            p = pool.get(pid)
+            if p is not None and ok(p):
+                found.append(p)
+                tier = (out_price, in_price)
+                if len(found) >= self.sample:
+                    break
+        return found
+
+    def _decide(
+        self,
+        chosen: LiveProvider,
+        candidates: list[LiveProvider],
+        request: RouteRequest,
+        reason: str,
+        pool_size: int,
+    ) -> Decision:
+        score, parts, _ = self._score(candidates, request)[0]
+        return Decision(chosen, reason, score, parts, len(candidates), pool_size)
+
+    # ------------------------------------------------------------ scoring
+
+    def _score(
+        self, candidates: Sequence[LiveProvider], request: RouteRequest
+    ) -> list[tuple[float, dict[str, float], LiveProvider]]:
+        model = request.model
+        costs = [_cost(p, model, request) for p in candidates]
+        cheapest = min(costs)
+        ttfts = [p.health.ttft_ms for p in candidates if p.health.ttft_ms is not None]
+        speeds = [p.health.tokens_per_s for p in candidates if p.health.tokens_per_s is not None]
+        fastest_start = min(ttfts, default=None)
+        fastest = max(speeds, default=None)
+        stakes = [self.stake(p.provider_id) for p in candidates]
+        most_stake = max(stakes)
+        out = []
+        for p, cost, stake in zip(candidates, costs, stakes, strict=True):
+            health = p.health
+            parts = {
+                "price": 1.0 if cost == 0 else cheapest / cost,
+                "latency": (
+                    NEUTRAL
+                    if health.ttft_ms is None or fastest_start is None
+                    else max(fastest_start, 1.0) / max(health.ttft_ms, 1.0)
+                ),
+                "throughput": (
+                    NEUTRAL
+                    if health.tokens_per_s is None or not fastest
+                    else health.tokens_per_s / fastest
+                ),
+                "load": 1.0 - p.load,
+                "reputation": p.reputation,
+                "stake": 1.0 if most_stake == 0 else stake / most_stake,
+            }
+            score = sum(WEIGHTS[k] * v for k, v in parts.items())
+            out.append((score, parts, p))
+        return out
+
+    @staticmethod
+    def _tier(
+        scored: list[tuple[float, dict[str, float], LiveProvider]], sort: str | None
+    ) -> tuple[list[tuple[float, dict[str, float], LiveProvider]], str]:
+        """The candidates a strict sort leaves tied for first (all of them without one)."""
+        if sort == "price":
+            best = max(parts["price"] for _, parts, _ in scored)
+            return [s for s in scored if s[1]["price"] >= best], "sort=price"
+        if sort in ("latency", "throughput"):
+            measured = [s for s in scored if _measured(s[2], sort)]
+            if measured:
+                best = max(s[1][sort] for s in measured)
+                return [s for s in measured if s[1][sort] * SPEED_TIER >= best], f"sort={sort}"
+            return scored, f"sort={sort} (none measured yet)"
+        return scored, f"best of {len(scored)}"
+
+    def eligible(self, pool: ModelPool, request: RouteRequest) -> list[LiveProvider] | NoRoute:
+        """Every provider the request's constraints allow, busy or not (a full scan).
+
+        What the gateway holds money against: a retry may land on any of them.
+        """
+        filters = [*request.checks, *request.policy.filters]
+        model = request.model
+        out = [p for p in pool.members if all(f.test(p, p.offers[model]) for f in filters)]
+        if not out:
+            return self.explain(pool, request, now=0.0)
+        return out
+
+    # ------------------------------------------------------------ explain
+
+    def explain(self, pool: ModelPool, request: RouteRequest, now: float) -> NoRoute:
+        """Why nobody can take the request: the first constraint that leaves no provider."""
+        model = request.model
+        if not pool:
+            return NoRoute(False, f"no live provider is serving model '{model}' right now")
+        left = list(pool.members)
+        stages: list[tuple[str, str | None, str, Callable[[LiveProvider], bool]]] = [
+            (f.name, f.source, f.describe, _bind(f, model))
+            for f in [*request.checks, *request.policy.filters]
+        ]
+        stages.append(
+            (
+                "exclude",
+                None,
+                "not failed this request already",
+                lambda p: p.provider_id not in request.exclude,
+            )
+        )
+        narrowed: list[str] = []  # earlier constraints that removed someone
+        for name, source, describe, test in stages:
+            kept = [p for p in left if test(p)]
+            whose = "" if source in (None, "request") else f" (set by the {source})"
+            if not kept:
+                earlier = f" ({'; '.join(narrowed)})" if narrowed else ""
+                return NoRoute(
+                    False,
+                    f"no provider of '{model}' satisfies {describe}{whose}: {len(left)} of "
+                    f"{len(pool)} passed the earlier checks{earlier} and none passes this one",
+                    constraint=name,
+                    source=source,
+                )
+            if len(kept) < len(left):
+                narrowed.append(f"{describe}{whose} left {len(kept)}")
+            left = kept
+        if not any(p.health.admits(now) for p in left):
+            return NoRoute(
+                True,
+                f"every provider of '{model}' that this request may use is failing "
+                "(circuit breaker open); retry in a few seconds",
+                constraint="circuit_open",
+            )
+        return NoRoute(
+            True,
+            f"every provider of '{model}' that this request may use is at capacity; "
+            "retry in a few seconds",
+            constraint="capacity",
+        )
+
+
+def _bind(f: Filter, model: str) -> Callable[[LiveProvider], bool]:
+    return lambda p: f.test(p, p.offers[model])
+
+
+def _measured(p: LiveProvider, sort: str) -> bool:
+    if sort == "latency":
+        return p.health.ttft_ms is not None
+    return p.health.tokens_per_s is not None
+
+
+def _cost(p: LiveProvider, model: str, request: RouteRequest) -> int:
+    offer = p.offers[model]
+    return (
+        offer.price_input_per_mtok * request.prompt_tokens
+        + offer.price_output_per_mtok * request.output_tokens
+    )

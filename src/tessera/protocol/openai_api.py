@@ -27,18 +27,42 @@ class MaxPriceField(BaseModel):
     completion: Units | None = None
 
 
+ProviderName = Annotated[str, Field(min_length=1, max_length=64)]
+ProviderNames = Annotated[list[ProviderName], Field(max_length=64)]
+RegionName = Annotated[str, Field(min_length=2, max_length=20)]
+RegionNames = Annotated[list[RegionName], Field(max_length=64)]
+ModelName = Annotated[str, Field(min_length=1, max_length=200)]
+
+
 class ProviderPreferences(BaseModel):
-    """The optional ``provider`` object (OpenRouter's shape); unknown keys are ignored."""
+    """The optional ``provider`` object: OpenRouter's routing preferences, extended.
 
-    model_config = ConfigDict(extra="allow")
+    Providers are named by id or an id prefix of 8+ characters. Regions are ISO country
+    codes or coarse regions (``eu``, ``na``, ...). Unknown keys are ignored, as OpenRouter
+    clients may send ones we do not implement.
+    """
 
+    model_config = ConfigDict(extra="allow", allow_inf_nan=False)
+
+    order: ProviderNames | None = None
+    only: ProviderNames | None = None
+    ignore: ProviderNames | None = None
+    allow_fallbacks: bool = True
+    sort: Literal["price", "latency", "throughput"] | None = None
     max_price: MaxPriceField | None = None
+    data_collection: Literal["allow", "deny"] = "allow"
+    regions_allow: RegionNames | None = None
+    regions_deny: RegionNames | None = None
+    min_reputation: Annotated[float, Field(ge=0.0, le=1.0)] | None = None
+    hedge_after_ms: Annotated[int, Field(ge=1, le=600_000)] | None = None
 
 
 class OpenAIRequest(BaseModel):
     model_config = ConfigDict(extra="allow", allow_inf_nan=False)
 
-    model: Annotated[str, Field(min_length=1, max_length=200)]
+    model: ModelName
+    # Fallback models, tried in order when ``model`` has no provider that can answer.
+    models: Annotated[list[ModelName], Field(max_length=8)] | None = None
     user: Annotated[str, Field(max_length=256)] | None = None
     provider: ProviderPreferences | None = None
 
