@@ -12,7 +12,7 @@ import json
 import struct
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from tessera.config import GatewaySettings
@@ -25,7 +25,7 @@ from tessera.errors import (
     openai_error_body,
 )
 from tessera.gateway.dispatch import Attempts, Dispatcher, job_error_to_exception
-from tessera.gateway.hub import Admit, JobEvent, JobStream, ProviderGone
+from tessera.gateway.hub import JobEvent, JobStream, ProviderGone
 from tessera.gateway.metrics import GatewayMetrics
 from tessera.gateway.openai_format import (
     ChatChunks,
@@ -35,9 +35,13 @@ from tessera.gateway.openai_format import (
     text_completion,
 )
 from tessera.gateway.payments import Charge, Payer, Payments
+from tessera.gateway.routing import no_route_error
 from tessera.gateway.verification import Verifier
-from tessera.market.quotes import MaxPrice
+from tessera.market.policy import EffectivePolicy, Filter
+from tessera.market.quotes import output_token_bound, prompt_token_bound
 from tessera.market.registry import ProviderRegistry
+from tessera.market.routing import NoRoute, RouteRequest
+from tessera.market.sticky import StickyTable, conversation_digest
 from tessera.protocol.openai_api import (
     ChatCompletionRequest,
     CompletionRequest,
@@ -67,10 +71,14 @@ class RequestContext:
     started: float  # time.perf_counter()
     payer: Payer
     ttft_ms: float | None = None
-    max_price: MaxPrice = field(default_factory=MaxPrice)
+    policy: EffectivePolicy = field(default_factory=EffectivePolicy)
     charge: Charge | None = None
-    admit: Admit | None = None
+    checks: list[Filter] = field(default_factory=list)  # stake and hold, for dispatch
     offer: ModelOffer | None = None  # the offer (price) of the provider that ran the job
+    route: str | None = None  # why the provider was chosen (the x-tessera-route header)
+    sticky: str | None = None  # the provider of this conversation's previous turn
+    turns: list[tuple[str, str]] | None = None  # a chat's (role, text) turns so far
+    routing: RouteRequest | None = None  # what the router is asked, once money is held
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,6 +95,7 @@ class Served:
     cost: int | None = None
     held: int = 0
     finish: Callable[[], Awaitable[None]] | None = None
+    route: str | None = None
 
 
 RenderFn = Callable[[str, str, dict[int, ChoiceText], Usage, int | None], dict[str, Any]]
@@ -116,6 +125,9 @@ class Serving:
         self.settings = settings
         self.metrics = metrics
         self.record = record
+        self.hub = dispatcher.hub
+        self.hub.router.stake = payments.bonded
+        self.sticky = StickyTable(settings.sticky_ttl_s)
 
     # ------------------------------------------------------------ checks
 
@@ -170,29 +182,35 @@ class Serving:
     # ------------------------------------------------------------ endpoints
 
     async def chat(self, req: ChatCompletionRequest, ctx: RequestContext) -> Served:
-        offer = self.offer_for(req.model, "text")
+        offer = await self._pick_model(req, ctx, "text")
         if req.top_logprobs and not req.logprobs:
             raise InvalidRequest("top_logprobs requires logprobs: true", param="top_logprobs")
         top_n = (req.top_logprobs or 0) if req.logprobs else None
         params = self.sampling(req, offer, req.max_completion_tokens or req.max_tokens, top_n)
         messages = [ChatMessage(role=m.role, content=m.text()) for m in req.messages]
+        turns = [(m.role, m.content) for m in messages]
+        if len(turns) > 1:
+            ctx.sticky = self.sticky.lookup(
+                conversation_digest(ctx.api_key_id, ctx.model, turns[:-1]), time.monotonic()
+            )
+        ctx.turns = turns
 
         def make_job(job_id: str) -> Job:
             return Job(
-                job_id=job_id, model=req.model, kind="chat", messages=messages, params=params
+                job_id=job_id, model=ctx.model, kind="chat", messages=messages, params=params
             )
 
         return await self._text(req, ctx, make_job, "messages", top_n, chat_completion, ChatChunks)
 
     async def completions(self, req: CompletionRequest, ctx: RequestContext) -> Served:
-        offer = self.offer_for(req.model, "text")
+        offer = await self._pick_model(req, ctx, "text")
         top_n = req.logprobs
         params = self.sampling(req, offer, req.max_tokens, top_n)
         prompts = req.prompts()
 
         def make_job(job_id: str) -> Job:
             return Job(
-                job_id=job_id, model=req.model, kind="completion", prompts=prompts, params=params
+                job_id=job_id, model=ctx.model, kind="completion", prompts=prompts, params=params
             )
 
         return await self._text(
@@ -213,16 +231,20 @@ class Serving:
         await self._reserve(ctx, make_job)
         if not req.stream:
             provider_id, choices, usage = await self._complete(make_job, ctx, param)
-            body = render(ctx.request_id, req.model, choices, usage, top_n)
+            if 0 in choices:
+                self._remember(ctx, provider_id, choices[0].text)
+            body = render(ctx.request_id, ctx.model, choices, usage, top_n)
             return self._answered(provider_id, body, ctx)
-        stream, first = await self._start(make_job, ctx, param)
+        attempts = self.dispatcher.attempts(ctx.request_id)
+        stream, first = await self._start(make_job, ctx, param, attempts)
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
-        chunks = chunk_type(ctx.request_id, req.model, include_usage, top_n)
+        chunks = chunk_type(ctx.request_id, ctx.model, include_usage, top_n)
         usage_chunk = chunks.usage if include_usage else None
-        return self._streamed(stream, first, ctx, chunks.head(), chunks.content, usage_chunk)
+        relay = _Relay(stream, make_job, attempts, param)
+        return self._streamed(relay, first, ctx, chunks.head(), chunks.content, usage_chunk)
 
     async def embeddings(self, req: EmbeddingRequest, ctx: RequestContext) -> Served:
-        offer = self.offer_for(req.model, "embedding")
+        offer = await self._pick_model(req, ctx, "embedding")
         if req.dimensions is not None and req.dimensions != offer.embedding_dimensions:
             raise InvalidRequest(
                 f"model '{req.model}' returns {offer.embedding_dimensions} dimensions and "
@@ -233,7 +255,7 @@ class Serving:
         inputs = req.inputs()
 
         def make_job(job_id: str) -> Job:
-            return Job(job_id=job_id, model=req.model, kind="embedding", inputs=inputs)
+            return Job(job_id=job_id, model=ctx.model, kind="embedding", inputs=inputs)
 
         await self._reserve(ctx, make_job)
         stream, first = await self._start(make_job, ctx, "input")
@@ -264,26 +286,80 @@ class Serving:
         usage = first.usage
         self._capture(ctx, stream, usage.prompt_tokens, 0)
         self._accepted(ctx, stream, first)
+        self.hub.job_succeeded(stream, 0)
         self.record(ctx, "ok", stream.provider_id, None, usage)
         body = {
             "object": "list",
             "data": data,
-            "model": req.model,
+            "model": ctx.model,
             "usage": {"prompt_tokens": usage.prompt_tokens, "total_tokens": usage.prompt_tokens},
         }
         return self._answered(stream.provider_id, body, ctx)
 
     # ------------------------------------------------------------ money
 
+    async def _pick_model(
+        self,
+        req: ChatCompletionRequest | CompletionRequest | EmbeddingRequest,
+        ctx: RequestContext,
+        kind: str,
+    ) -> ModelOffer:
+        """The first of ``model`` then ``models`` that some allowed provider serves now.
+
+        Sets ``ctx.model``. A model nobody may serve (none live, none within the policy)
+        passes to the next; the last one's error is the answer if none is left.
+        """
+        names = [req.model, *dict.fromkeys(m for m in req.models or () if m != req.model)]
+        for position, name in enumerate(names):
+            try:
+                offer = self.offer_for(name, kind)
+                pool = self.registry.pool(name)
+                route = self._route(ctx, name)
+                least = min(
+                    (self.payments.stake.required(p, name) for p in pool.members), default=0
+                )
+                route = replace(route, checks=[self.payments.stake_filter(name, least)])
+                found = self.hub.router.eligible(pool, route)
+                if isinstance(found, NoRoute):
+                    raise no_route_error(found)
+            except TesseraError as exc:
+                if position + 1 < len(names) and _worth_a_fallback(exc):
+                    continue
+                ctx.model = name
+                self.record(ctx, "error", None, exc.code, None)
+                raise
+            ctx.model = name
+            if position:
+                ctx.route = f"fallback model {name} (model {req.model} unavailable)"
+            return offer
+        raise AssertionError("unreachable: names is never empty")
+
+    def _route(self, ctx: RequestContext, model: str, job: Job | None = None) -> RouteRequest:
+        prompt = output = 0
+        if job is not None:
+            prompt = prompt_token_bound(job, 1 << 30)
+            output = output_token_bound(job)
+        return RouteRequest(
+            model=model,
+            policy=ctx.policy,
+            checks=ctx.checks,
+            prompt_tokens=prompt,
+            output_tokens=output,
+            sticky=ctx.sticky,
+        )
+
     async def _reserve(self, ctx: RequestContext, make_job: Callable[[str], Job]) -> None:
         """Hold the request's worst case before any work starts (or refuse it)."""
         job = make_job(ctx.request_id)
         try:
-            ctx.charge = await self.payments.reserve(ctx.payer, ctx.request_id, job, ctx.max_price)
+            ctx.charge = await self.payments.reserve(
+                ctx.payer, ctx.request_id, job, self._route(ctx, job.model, job)
+            )
         except TesseraError as exc:
             self.record(ctx, "error", None, exc.code, None)
             raise
-        ctx.admit = self.payments.admit(ctx.charge, job, ctx.max_price)
+        ctx.checks = self.payments.admit(ctx.charge, job)
+        ctx.routing = self._route(ctx, job.model, job)
 
     def _capture(
         self, ctx: RequestContext, stream: JobStream, prompt_tokens: int, completion_tokens: int
@@ -307,7 +383,15 @@ class Serving:
         charge = ctx.charge
         cost = 0 if charge is None or charge.cost is None else charge.cost
         body.setdefault("usage", {})["cost"] = cost
-        return Served(provider_id, body=body, cost=cost, held=charge.held if charge else 0)
+        held = charge.held if charge else 0
+        return Served(provider_id, body=body, cost=cost, held=held, route=ctx.route)
+
+    def _remember(self, ctx: RequestContext, provider_id: str, answer: str) -> None:
+        """Keep the conversation's next turn on this provider (its cache is warm)."""
+        if ctx.turns is None:
+            return
+        digest = conversation_digest(ctx.api_key_id, ctx.model, [*ctx.turns, ("assistant", answer)])
+        self.sticky.remember(digest, provider_id, time.monotonic())
 
     # ------------------------------------------------------------ plumbing
 
@@ -319,8 +403,10 @@ class Serving:
         attempts: Attempts | None = None,
     ) -> tuple[JobStream, JobEvent]:
         attempts = attempts or self.dispatcher.attempts(ctx.request_id)
+        route = ctx.routing or self._route(ctx, ctx.model)
+        hedge = ctx.policy.hedge_after_ms or self.settings.hedge_after_ms
         try:
-            stream, first = await self.dispatcher.start(make_job, attempts, param, ctx.admit)
+            stream, first = await self.dispatcher.start(make_job, attempts, route, param, hedge)
         except TesseraError as exc:
             self._release(ctx, "not_served")
             self.record(ctx, "error", None, exc.code, None)
@@ -329,6 +415,9 @@ class Serving:
             self._release(ctx, "client_disconnected")
             raise
         ctx.offer = stream.offer
+        if stream.decision is not None:
+            why = stream.decision.header()
+            ctx.route = why if ctx.route is None else f"{ctx.route}; {why}"
         if ctx.ttft_ms is None:
             ctx.ttft_ms = (time.perf_counter() - ctx.started) * 1000
             self.metrics.ttft.labels(endpoint=ctx.endpoint).observe(ctx.ttft_ms / 1000)
@@ -349,7 +438,7 @@ class Serving:
                     # Nothing reached the client: another provider can answer instead.
                     raise _ProviderVanished(f"its receipt was refused: {check.detail}")
             except _ProviderVanished as exc:
-                attempts.failed(stream.provider_id, exc.reason)
+                self.dispatcher.failed(attempts, stream.provider_id, exc.reason)
                 self.dispatcher.metrics.retries.inc()
                 if attempts.exhausted:
                     error = attempts.give_up()
@@ -358,11 +447,13 @@ class Serving:
                     raise error from None
                 continue
             except TesseraError as exc:
+                self.hub.job_failed(stream.provider_id, exc.code)
                 self._release(ctx, "provider_failed")
                 self.record(ctx, "error", stream.provider_id, exc.code, None)
                 raise
             except BaseException:
                 # The client left before the answer was complete: it received nothing.
+                self.hub.registry.health(stream.provider_id).abandoned()
                 self._release(ctx, "client_disconnected")
                 self.record(ctx, "cancelled", stream.provider_id, "client_disconnected", None)
                 raise
@@ -371,6 +462,7 @@ class Serving:
             if ctx.charge is not None:
                 await self.payments.stored(ctx.charge)
             self._accepted(ctx, stream, done)
+            self.hub.job_succeeded(stream, usage.completion_tokens)
             self.record(ctx, "ok", stream.provider_id, None, usage)
             return stream.provider_id, choices, usage
 
@@ -396,46 +488,54 @@ class Serving:
 
     def _streamed(
         self,
-        stream: JobStream,
+        relay: _Relay,
         first: JobEvent,
         ctx: RequestContext,
         head: list[dict[str, Any]],
         content: Callable[[Chunk], dict[str, Any]],
         usage_chunk: Callable[[Usage], dict[str, Any]] | None,
     ) -> Served:
-        delivered = _Delivered()
-        relay = self._relay(stream, first, ctx, head, content, usage_chunk, delivered)
+        body = self._relay(relay, first, ctx, head, content, usage_chunk)
 
         async def finish() -> None:
             # Runs after the response, however it ended; settles a relay that never ran.
-            self._settle_abandoned(ctx, stream, delivered)
+            self._settle_abandoned(ctx, relay)
             with contextlib.suppress(RuntimeError):  # still running elsewhere: it ends itself
-                await relay.aclose()
-            await stream.close()
+                await body.aclose()
+            await relay.stream.close()
 
         held = ctx.charge.held if ctx.charge else 0
-        return Served(stream.provider_id, stream=relay, held=held, finish=finish)
+        provider_id = relay.stream.provider_id
+        return Served(provider_id, stream=body, held=held, finish=finish, route=ctx.route)
 
-    def _settle_abandoned(self, ctx: RequestContext, stream: JobStream, seen: _Delivered) -> None:
-        """The client left mid-stream: it pays for the tokens it was sent, no more."""
+    def _settle_abandoned(self, ctx: RequestContext, relay: _Relay) -> None:
+        """The client left mid-stream: it pays for the tokens it was sent, no more.
+
+        After a continuation, only what the current provider sent is paid (to it); the
+        failed provider's part was never proven by a receipt and is free.
+        """
+        seen = relay.delivered
         if seen.tokens or seen.prompt_tokens:
-            self._capture(ctx, stream, seen.prompt_tokens, seen.tokens)
+            prompt = max(seen.prompt_tokens - relay.prefix, 0)
+            self._capture(ctx, relay.stream, prompt, seen.tokens)
         else:
             self._release(ctx, "client_disconnected")
 
     async def _relay(
         self,
-        stream: JobStream,
+        relay: _Relay,
         first: JobEvent,
         ctx: RequestContext,
         head: list[dict[str, Any]],
         content: Callable[[Chunk], dict[str, Any]],
         usage_chunk: Callable[[Usage], dict[str, Any]] | None,
-        delivered: _Delivered,
     ) -> AsyncGenerator[bytes, None]:
         """SSE bytes as the provider produces them; cancels the job if the client leaves.
 
-        ``usage_chunk`` is set only when the client asked for stream_options.include_usage.
+        A provider that drops mid-answer is replaced by another that continues from the
+        tokens already sent, when the answer is reproducible (greedy or seeded, one
+        choice); otherwise the stream ends with an error event. ``usage_chunk`` is set
+        only when the client asked for stream_options.include_usage.
         """
         status = "cancelled"
         error_code: str | None = "client_disconnected"
@@ -445,17 +545,23 @@ class Serving:
                 yield sse(item)
             event = first
             while True:
+                stream = relay.stream
                 if isinstance(event, Chunk):
                     yield sse(content(event))
-                    delivered.add(event)
+                    relay.add(event)
                 elif isinstance(event, Done):
                     usage = event.usage
                     check = self.verifier.check(stream, event)
                     if check.ok:
-                        self._capture(ctx, stream, usage.prompt_tokens, usage.completion_tokens)
+                        prompt = usage.prompt_tokens - relay.prefix
+                        self._capture(ctx, stream, prompt, usage.completion_tokens)
                         if ctx.charge is not None:
                             await self.payments.stored(ctx.charge)
                         self._accepted(ctx, stream, event)
+                        self.hub.job_succeeded(stream, usage.completion_tokens)
+                        if relay.prefix:
+                            self.metrics.continuations.labels(outcome="completed").inc()
+                        self._remember(ctx, stream.provider_id, relay.text)
                         status, error_code = "ok", None
                     else:
                         # Already delivered, but unproven: the consumer pays nothing for it
@@ -463,12 +569,27 @@ class Serving:
                         self._release(ctx, "receipt_refused")
                         status, error_code = "error", "receipt_refused"
                     if usage_chunk is not None:
-                        chunk = usage_chunk(event.usage)
+                        usage = Usage(
+                            prompt_tokens=usage.prompt_tokens - relay.prefix,
+                            completion_tokens=usage.completion_tokens + relay.prefix,
+                        )
+                        chunk = usage_chunk(usage)
                         chunk["usage"]["cost"] = ctx.charge.cost or 0 if ctx.charge else 0
                         yield sse(chunk)
                     yield sse("[DONE]")
                     return
                 else:
+                    reason = _reason(event)
+                    if isinstance(event, ProviderGone) or (
+                        isinstance(event, JobError) and event.retryable
+                    ):
+                        self.dispatcher.failed(relay.attempts, stream.provider_id, reason)
+                        resumed = await self._continue(relay, ctx)
+                        if resumed is not None:
+                            event = resumed
+                            continue
+                    elif isinstance(event, JobError):
+                        self.hub.job_failed(stream.provider_id, reason)
                     # The provider failed mid-answer: its work costs the consumer nothing.
                     exc = _failure(event)
                     self._release(ctx, "provider_failed")
@@ -479,9 +600,80 @@ class Serving:
                 event = await stream.next_event(self.settings.first_token_timeout_s)
         finally:
             if status == "cancelled":
-                self._settle_abandoned(ctx, stream, delivered)
-            await stream.close()
-            self.record(ctx, status, stream.provider_id, error_code, usage)
+                self._settle_abandoned(ctx, relay)
+            await relay.stream.close()
+            self.record(ctx, status, relay.stream.provider_id, error_code, usage)
+
+    async def _continue(self, relay: _Relay, ctx: RequestContext) -> JobEvent | None:
+        """Move a broken stream to another provider; its first event, or None if it can't.
+
+        The new job carries the token ids already sent (``continue_from``) and asks for
+        the rest of ``max_tokens``; the provider reads them as if it had written them.
+        """
+        job = relay.stream.job
+        params = job.params
+        reproducible = params is not None and (params.temperature == 0 or params.seed is not None)
+        single = job.kind == "chat" or (job.prompts is not None and len(job.prompts) == 1)
+        sent = relay.token_ids
+        if not (reproducible and single) or relay.continuations >= self.settings.max_continuations:
+            return None
+        assert params is not None
+        left = params.max_tokens - len(sent)
+        if left <= 0 or not sent:
+            return None  # nothing more to say, or nothing sent yet (not mid-answer)
+        await relay.stream.close()
+        base = relay.make_job
+        all_sent = [*(job.continue_from or ()), *sent]
+
+        def make_job(job_id: str) -> Job:
+            original = base(job_id)
+            assert original.params is not None
+            rest = original.params.model_copy(
+                update={"max_tokens": original.params.max_tokens - len(all_sent)}
+            )
+            return original.model_copy(update={"continue_from": all_sent, "params": rest})
+
+        try:
+            stream, first = await self.dispatcher.start(
+                make_job, relay.attempts, ctx.routing or self._route(ctx, ctx.model), relay.param
+            )
+        except TesseraError:
+            self.metrics.continuations.labels(outcome="no_provider").inc()
+            return None
+        self.metrics.continuations.labels(outcome="started").inc()
+        relay.resume(stream, len(all_sent))
+        ctx.offer = stream.offer
+        if stream.decision is not None:
+            ctx.route = f"{ctx.route}; continued: {stream.decision.header()}"
+        return first
+
+
+@dataclass(slots=True)
+class _Relay:
+    """One streamed answer across the providers that wrote it (more than one after a
+    continuation): the current job, and what this provider has sent so far."""
+
+    stream: JobStream
+    make_job: Callable[[str], Job]
+    attempts: Attempts
+    param: str
+    delivered: _Delivered = field(default_factory=lambda: _Delivered())
+    token_ids: list[int] = field(default_factory=list)  # sent by the current provider
+    prefix: int = 0  # tokens sent by earlier providers (the current job's continue_from)
+    continuations: int = 0
+    text: str = ""  # the whole answer's text so far (for sticky conversations)
+
+    def add(self, chunk: Chunk) -> None:
+        self.delivered.add(chunk)
+        self.token_ids.extend(chunk.token_ids)
+        self.text += chunk.text
+
+    def resume(self, stream: JobStream, prefix: int) -> None:
+        self.stream = stream
+        self.prefix = prefix
+        self.delivered = _Delivered()
+        self.token_ids = []
+        self.continuations += 1
 
 
 @dataclass(slots=True)
@@ -503,6 +695,19 @@ class _ProviderVanished(Exception):
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
         self.reason = reason
+
+
+def _reason(event: JobEvent) -> str:
+    if isinstance(event, ProviderGone):
+        return event.reason
+    if isinstance(event, JobError):
+        return f"{event.code}: {event.message}"
+    return "unexpected frame"
+
+
+def _worth_a_fallback(exc: TesseraError) -> bool:
+    """Errors that another model may not have: nobody serves it, or nobody allowed."""
+    return isinstance(exc, NoCapacity | ModelNotFound) or (exc.code or "").startswith("no_provider")
 
 
 def _failure(event: JobEvent) -> TesseraError:
