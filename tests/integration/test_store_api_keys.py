@@ -91,6 +91,21 @@ async def test_spend_caps_are_stored_and_replaced(store_engine: AsyncEngine) -> 
     )
 
 
+async def test_a_key_policy_is_stored_replaced_and_cleared(store_engine: AsyncEngine) -> None:
+    store = ApiKeyStore(store_engine)
+    eu = '{"regions_allow": ["eu"]}'
+    _, record = await store.create("eu only", policy_json=eu)
+    assert record.policy_json == eu
+    assert await store.get(record.id) == record
+    assert await store.set_policy(record.id, '{"data_collection": "deny"}') is True
+    found = await store.find_by_hash(record.key_hash)
+    assert found is not None and found.policy_json == '{"data_collection": "deny"}'
+    assert await store.set_policy(record.id, None) is True
+    cleared = await store.get(record.id)
+    assert cleared is not None and cleared.policy_json is None
+    assert await store.set_policy("key_0000000000000000", eu) is False
+
+
 @pytest.mark.parametrize(
     ("caps", "param"),
     [

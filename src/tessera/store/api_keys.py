@@ -77,6 +77,7 @@ class ApiKeyStore:
         account_id: str | None = None,
         spend_cap_total: int | None = None,
         spend_cap_daily: int | None = None,
+        policy_json: str | None = None,
     ) -> tuple[str, ApiKeyRecord]:
         """Store a new key named ``name``; returns (plaintext, record). The plaintext is not kept.
 
@@ -107,6 +108,7 @@ class ApiKeyStore:
                     account_id=account_id,
                     spend_cap_total=spend_cap_total,
                     spend_cap_daily=spend_cap_daily,
+                    policy_json=policy_json,
                 )
                 await conn.execute(insert(api_keys).values(**_row(record)))
         return key, record
@@ -130,6 +132,18 @@ class ApiKeyStore:
             .where(api_keys.c.id == key_id)
             .values(spend_cap_total=spend_cap_total, spend_cap_daily=spend_cap_daily)
         )
+        with translated(self._engine.url):
+            async with self._engine.begin() as conn:
+                result = await conn.execute(stmt)
+        return result.rowcount == 1
+
+    async def set_policy(self, key_id: str, policy_json: str | None) -> bool:
+        """Replace the key's default routing policy (None clears it); False if no such key.
+
+        The caller validates the policy (gateway.routing.parse_key_policy); the gateway's
+        key cache picks the change up within its TTL.
+        """
+        stmt = update(api_keys).where(api_keys.c.id == key_id).values(policy_json=policy_json)
         with translated(self._engine.url):
             async with self._engine.begin() as conn:
                 result = await conn.execute(stmt)
