@@ -45,6 +45,8 @@ class Attempts:
     tried: int = 0
     exclude: set[str] = field(default_factory=set)
     last_failure: str | None = None
+    busy_refusals: int = 0  # "busy" answers: waited on, not counted as attempts
+    busy_deadline: float | None = None
 
     def next_job_id(self) -> str:
         self.tried += 1
@@ -107,15 +109,28 @@ class Dispatcher:
             )
             if retry:
                 reason = first.reason if isinstance(first, ProviderGone) else first.message
-                busy = isinstance(first, JobError) and first.code == "busy"
-                if busy:
-                    attempts.failed(stream.provider_id, reason)
-                else:
-                    self.failed(attempts, stream.provider_id, reason)
                 await stream.close()
+                if isinstance(first, JobError) and first.code == "busy":
+                    # Full with another gateway's work (a provider serves several): not a
+                    # failure. Wait a little and ask the router again, within queue time.
+                    attempts.tried -= 1
+                    attempts.busy_refusals += 1
+                    loop = asyncio.get_running_loop()
+                    if attempts.busy_deadline is None:
+                        attempts.busy_deadline = loop.time() + self.settings.queue_timeout_s
+                    if loop.time() >= attempts.busy_deadline:
+                        raise NoCapacity(
+                            "every provider that may take this request is at capacity; "
+                            "retry in a few seconds"
+                        )
+                    await asyncio.sleep(min(0.05 * attempts.busy_refusals, 0.5))
+                    continue
+                self.failed(attempts, stream.provider_id, reason)
                 self.metrics.retries.inc()
                 continue
             if isinstance(first, JobError):
+                if first.code not in CLIENT_ERROR_CODES:
+                    self.hub.job_failed(stream.provider_id, f"{first.code}: {first.message}")
                 await stream.close()
                 raise job_error_to_exception(first, param_hint)
             return stream, first
