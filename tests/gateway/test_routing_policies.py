@@ -406,3 +406,41 @@ async def test_an_unseeded_sampled_stream_ends_with_an_error_and_costs_nothing(
         assert rescuer.jobs == []
         after = (await client.get("/v1/account")).json()
         assert after["balance"] == before and after["held"] == 0
+
+
+# ---------------------------------------------------------------- provider status
+
+
+async def test_a_provider_can_ask_why_it_gets_no_work(tmp_path: Path) -> None:
+    async with (
+        live_gateway(tmp_path) as gw,
+        nodes(gw, [("JP", honest, {"price": (500, 500)}), ("DE", honest, {"price": (5, 5)})]) as (
+            idle,
+            busy,
+        ),
+        gw.client() as client,
+    ):
+        for provider in (
+            {"max_price": {"completion": 100}},
+            {"max_price": {"completion": 100}},
+            {"regions_allow": ["eu"]},
+            {"data_collection": "deny", "ignore": [busy.id]},
+            {},
+        ):
+            await client.post("/v1/chat/completions", json=chat_body(provider=provider))
+        status_response = await client.get(f"/v1/providers/{idle.id}/status")
+        status = status_response.json()
+        assert status_response.status_code == 200, status
+        assert status["connected"] and status["region"] == "JP"
+        (model,) = status["models"]
+        assert model["status"] == "routable"
+        assert model["recent_requests"] == 4  # the refused one held no money: not recorded
+        assert model["excluded_by"] == {"max_price": 2, "regions_allow": 1}
+        assert model["eligible_for"] == 1
+        text = " ".join(model["reasons"])
+        assert "price is above what 2 recent request(s) allowed" in text
+        assert "region JP is outside" in text
+        assert status["health"]["breaker"] == "closed"
+        assert status["load"] == {"active_jobs": 0, "max_concurrent_jobs": 4}
+        unknown = await client.get(f"/v1/providers/{'ab' * 32}/status")
+        assert unknown.status_code == 404

@@ -37,6 +37,7 @@ from tessera.gateway.openai_format import (
 from tessera.gateway.payments import Charge, Payer, Payments
 from tessera.gateway.routing import no_route_error
 from tessera.gateway.verification import Verifier
+from tessera.market.diagnosis import RecentRequests
 from tessera.market.policy import EffectivePolicy, Filter
 from tessera.market.quotes import output_token_bound, prompt_token_bound
 from tessera.market.registry import ProviderRegistry
@@ -128,6 +129,7 @@ class Serving:
         self.hub = dispatcher.hub
         self.hub.router.stake = payments.bonded
         self.sticky = StickyTable(settings.sticky_ttl_s)
+        self.recent = RecentRequests()  # routing requests per model, for provider status
 
     # ------------------------------------------------------------ checks
 
@@ -360,6 +362,7 @@ class Serving:
             raise
         ctx.checks = self.payments.admit(ctx.charge, job)
         ctx.routing = self._route(ctx, job.model, job)
+        self.recent.add(ctx.routing)
 
     def _capture(
         self, ctx: RequestContext, stream: JobStream, prompt_tokens: int, completion_tokens: int

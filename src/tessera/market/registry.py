@@ -154,6 +154,10 @@ class ProviderRegistry:
                 self._index(name, live)
         return live
 
+    def has_seen(self, provider_id: str) -> bool:
+        """Whether this provider ever connected since the gateway started."""
+        return provider_id in self._health
+
     def health(self, provider_id: str) -> ProviderHealth:
         """The provider's speed and breaker record (kept across reconnects)."""
         record = self._health.get(provider_id)
