@@ -403,6 +403,9 @@ async def test_an_unseeded_sampled_stream_ends_with_an_error_and_costs_nothing(
         text, events, _ = await stream_text(client, body)
         assert text == "<4><5>"
         assert "error" in events[-1]
+        assert "could not be continued elsewhere: it was sampled without a seed" in (
+            events[-1]["error"]["message"]
+        )
         assert rescuer.jobs == []
         after = (await client.get("/v1/account")).json()
         assert after["balance"] == before and after["held"] == 0

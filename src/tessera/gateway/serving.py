@@ -583,18 +583,26 @@ class Serving:
                     return
                 else:
                     reason = _reason(event)
+                    why_not = ""
                     if isinstance(event, ProviderGone) or (
                         isinstance(event, JobError) and event.retryable
                     ):
                         self.dispatcher.failed(relay.attempts, stream.provider_id, reason)
                         resumed = await self._continue(relay, ctx)
-                        if resumed is not None:
+                        if not isinstance(resumed, str):
                             event = resumed
                             continue
+                        why_not = resumed
                     elif isinstance(event, JobError):
                         self.hub.job_failed(stream.provider_id, reason)
                     # The provider failed mid-answer: its work costs the consumer nothing.
                     exc = _failure(event)
+                    if why_not:
+                        exc = ProviderFailed(
+                            f"{exc}; the answer could not be continued elsewhere: {why_not}. "
+                            "Nothing was charged; retry the request",
+                            code=exc.code,
+                        )
                     self._release(ctx, "provider_failed")
                     status, error_code = "error", exc.code
                     yield sse(openai_error_body(exc))
@@ -607,8 +615,8 @@ class Serving:
             await relay.stream.close()
             self.record(ctx, status, relay.stream.provider_id, error_code, usage)
 
-    async def _continue(self, relay: _Relay, ctx: RequestContext) -> JobEvent | None:
-        """Move a broken stream to another provider; its first event, or None if it can't.
+    async def _continue(self, relay: _Relay, ctx: RequestContext) -> JobEvent | str:
+        """Move a broken stream to another provider: its first event, or why it can't.
 
         The new job carries the token ids already sent (``continue_from``) and asks for
         the rest of ``max_tokens``; the provider reads them as if it had written them.
@@ -618,12 +626,15 @@ class Serving:
         reproducible = params is not None and (params.temperature == 0 or params.seed is not None)
         single = job.kind == "chat" or (job.prompts is not None and len(job.prompts) == 1)
         sent = relay.token_ids
-        if not (reproducible and single) or relay.continuations >= self.settings.max_continuations:
-            return None
+        if not reproducible:
+            return "it was sampled without a seed (set temperature 0 or a seed to allow it)"
+        if not single:
+            return "it has several choices"
+        if relay.continuations >= self.settings.max_continuations:
+            return f"it was already continued {relay.continuations} time(s)"
         assert params is not None
-        left = params.max_tokens - len(sent)
-        if left <= 0 or not sent:
-            return None  # nothing more to say, or nothing sent yet (not mid-answer)
+        if params.max_tokens - len(sent) <= 0 or not sent:
+            return "no tokens were left to generate"
         await relay.stream.close()
         base = relay.make_job
         all_sent = [*(job.continue_from or ()), *sent]
@@ -640,9 +651,9 @@ class Serving:
             stream, first = await self.dispatcher.start(
                 make_job, relay.attempts, ctx.routing or self._route(ctx, ctx.model), relay.param
             )
-        except TesseraError:
+        except TesseraError as exc:
             self.metrics.continuations.labels(outcome="no_provider").inc()
-            return None
+            return f"no other provider could take it ({exc})"
         self.metrics.continuations.labels(outcome="started").inc()
         relay.resume(stream, len(all_sent))
         ctx.offer = stream.offer
