@@ -403,8 +403,9 @@ async def test_an_unseeded_sampled_stream_ends_with_an_error_and_costs_nothing(
         text, events, _ = await stream_text(client, body)
         assert text == "<4><5>"
         assert "error" in events[-1]
-        assert "could not be continued elsewhere: it was sampled without a seed" in (
-            events[-1]["error"]["message"]
+        assert (
+            "could not be continued elsewhere: it was sampled without a seed"
+            in (events[-1]["error"]["message"])
         )
         assert rescuer.jobs == []
         after = (await client.get("/v1/account")).json()
@@ -447,3 +448,36 @@ async def test_a_provider_can_ask_why_it_gets_no_work(tmp_path: Path) -> None:
         assert status["load"] == {"active_jobs": 0, "max_concurrent_jobs": 4}
         unknown = await client.get(f"/v1/providers/{'ab' * 32}/status")
         assert unknown.status_code == 404
+
+
+async def test_a_conversation_stays_on_the_provider_that_holds_its_cache(tmp_path: Path) -> None:
+    async with (
+        live_gateway(tmp_path) as gw,
+        nodes(gw, [("DE", honest, {}), ("FR", honest, {}), ("NL", honest, {})]),
+        gw.client() as client,
+    ):
+        for conversation in range(4):
+            messages: list[dict[str, str]] = [{"role": "user", "content": f"chat {conversation}"}]
+            first = await client.post("/v1/chat/completions", json=chat_body(messages=messages))
+            provider = served_by(first)
+            for turn in range(3):
+                answer_text = first.json()["choices"][0]["message"]["content"]
+                messages += [
+                    {"role": "assistant", "content": answer_text},
+                    {"role": "user", "content": f"and then {turn}?"},
+                ]
+                first = await client.post("/v1/chat/completions", json=chat_body(messages=messages))
+                assert served_by(first) == provider
+                assert first.headers["x-tessera-route"].startswith("sticky")
+        # Another conversation (or an edited history) is routed afresh.
+        fresh = await client.post(
+            "/v1/chat/completions",
+            json=chat_body(
+                messages=[
+                    {"role": "user", "content": "chat 0"},
+                    {"role": "assistant", "content": "something else"},
+                    {"role": "user", "content": "and then 0?"},
+                ]
+            ),
+        )
+        assert not fresh.headers["x-tessera-route"].startswith("sticky")
