@@ -31,6 +31,8 @@ from tessera.gateway.bookkeeper import Bookkeeper
 from tessera.gateway.dispatch import Dispatcher
 from tessera.gateway.http_limits import RequestIdAndBodyLimit
 from tessera.gateway.hub import ProviderHub
+from tessera.gateway.liveness import Liveness
+from tessera.gateway.liveness_routes import install_liveness_routes
 from tessera.gateway.metrics import CONTENT_TYPE_LATEST, GatewayMetrics
 from tessera.gateway.money_routes import install_money_routes, payer_of
 from tessera.gateway.payments import Payments
@@ -58,6 +60,7 @@ from tessera.store.ledger import LedgerStore
 from tessera.store.migrate import upgrade_to_head
 from tessera.store.providers import ProviderStore
 from tessera.store.requests_log import RequestLog, RequestLogWriter, RequestRecord
+from tessera.store.uptime import UptimeStore
 from tessera.store.verification import ReceiptWriter, VerificationStore
 from tessera.verify.catalog import Catalog
 from tessera.verify.reputation import ReputationBook
@@ -84,6 +87,7 @@ class Gateway:
     ledger_store: LedgerStore
     accounts: AccountStore
     verifier: Verifier
+    liveness: Liveness
 
 
 def create_app(settings: GatewaySettings) -> FastAPI:
@@ -121,6 +125,7 @@ def create_app(settings: GatewaySettings) -> FastAPI:
         payments = Payments(bookkeeper, registry, stake)
 
         async def provider_seen(provider_id: str, caps: Capabilities) -> None:
+            liveness.connected(provider_id, caps)
             verifier.on_connect(provider_id, caps)
             try:
                 await providers.upsert_seen(
@@ -151,7 +156,16 @@ def create_app(settings: GatewaySettings) -> FastAPI:
             {(pid, model) for pid, model, _, _ in await verification_store.bans()},
         )
         hub.initial_status = verifier.initial_status
-        hub.on_provider_gone = verifier.on_disconnect
+        liveness = Liveness(
+            settings, bookkeeper, UptimeStore(engine), lambda pid: pid in hub.sessions
+        )
+
+        def provider_gone(provider_id: str) -> None:
+            verifier.on_disconnect(provider_id)
+            liveness.gone(provider_id)
+
+        hub.on_provider_gone = provider_gone
+        hub.on_provider_leaving = liveness.leaving
 
         def record(
             ctx: RequestContext,
@@ -215,12 +229,15 @@ def create_app(settings: GatewaySettings) -> FastAPI:
             ledger_store,
             AccountStore(engine),
             verifier,
+            liveness,
         )
         housekeeping = asyncio.create_task(verifier.run_housekeeping())
+        liveness.start()
         try:
             yield
         finally:
             housekeeping.cancel()
+            await liveness.close()
             await verifier.close()
             await receipt_writer.close()
             await bookkeeper.close()
@@ -238,6 +255,7 @@ def create_app(settings: GatewaySettings) -> FastAPI:
     _install_routes(app, metrics, registry)
     install_money_routes(app, gateway_of)
     install_verification_routes(app, gateway_of)
+    install_liveness_routes(app, gateway_of)
     _install_openapi(app)
     return app
 
