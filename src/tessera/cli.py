@@ -158,14 +158,48 @@ def provider(
     dtype: Annotated[
         str, typer.Option(help="auto (bfloat16 on GPU, float32 on CPU), float32, bfloat16.")
     ] = "auto",
+    no_retention: Annotated[
+        bool,
+        typer.Option(
+            "--no-retention", help="Declare that prompts and outputs are not kept after a job."
+        ),
+    ] = False,
+    sla_uptime: Annotated[
+        float | None,
+        typer.Option(
+            "--sla-uptime",
+            metavar="PERCENT",
+            help="Uptime you promise per epoch, e.g. 99.5; downtime beyond it is slashed "
+            "a small share of stake. Default: no promise.",
+        ),
+    ] = None,
+    drain_timeout_s: Annotated[
+        float | None,
+        typer.Option(help="On SIGTERM or Ctrl-C, seconds running jobs may finish (default 30)."),
+    ] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
-    """Run a provider agent: load models, dial out to the gateway, serve jobs."""
+    """Run a provider agent: load models, dial out to the gateway, serve jobs.
+
+    SIGTERM or Ctrl-C leaves gracefully: the gateways are told goodbye (no new work, and no
+    SLA downtime counted), running jobs finish, then it exits 0. A second signal stops
+    waiting for them.
+    """
     from tessera.provider.hardware import probe
     from tessera.provider.identity import load_or_create_key
     from tessera.provider.loading import UpstreamSpec, load_local, load_upstream
 
     _logging(verbose)
+    extra: dict[str, object] = {}
+    if sla_uptime is not None:
+        if not 0 <= sla_uptime <= 100:
+            console.print("[bold red]error:[/] --sla-uptime is a percentage from 0 to 100")
+            raise typer.Exit(2)
+        extra["sla_uptime_bps"] = round(sla_uptime * 100)
+    if drain_timeout_s is not None:
+        extra["drain_timeout_s"] = drain_timeout_s
+    if no_retention:
+        extra["no_retention"] = True
     try:
         settings = ProviderSettings(
             gateway_urls=gateway,
@@ -178,6 +212,7 @@ def provider(
             torch_threads=threads,
             device=device,
             dtype=dtype,
+            **extra,
         )
         key = load_or_create_key(settings.key_file)
         served = []
@@ -210,11 +245,33 @@ def provider(
 
 
 async def _run_provider(settings, key, served, hardware) -> None:  # type: ignore[no-untyped-def]
+    import signal
+
     from tessera.provider.agent import ProviderAgent
 
     agent = ProviderAgent(settings, key, served, hardware, on_status=_print_status)
     console.print(f"provider id [bold]{agent.provider_id}[/]")
-    await agent.run()
+    stop = asyncio.Event()
+
+    def on_signal(name: str) -> None:
+        if not stop.is_set():
+            console.print(
+                f"{name}: leaving (waiting up to {settings.drain_timeout_s:g}s for running "
+                "jobs; signal again to stop now)"
+            )
+            stop.set()
+        else:
+            console.print(f"{name}: not waiting for running jobs")
+            agent.hurry()
+
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        try:
+            loop.add_signal_handler(sig, on_signal, sig.name)
+        except (NotImplementedError, RuntimeError):  # no loop signal handlers here
+            pass
+    await agent.run(stop)
+    console.print("left every gateway; bye")
 
 
 def _print_status(url: str, status: str) -> None:

@@ -5,6 +5,11 @@ per gateway. A lost connection is retried with capped exponential backoff and ji
 jobs running on a lost connection are cancelled, since nobody can receive their output.
 Concurrency is bounded across all gateways by ``max_concurrent_jobs``; audits (re-scoring
 another provider's output, see auditing.py) take a slot like any job.
+
+Leaving on purpose (:meth:`ProviderAgent.leave`, on SIGTERM or Ctrl-C from the CLI) says
+goodbye to every gateway, so none routes us new work or holds the time away against our
+SLA; a job that still arrives is refused as retryable ``busy``; running jobs get up to
+``drain_timeout_s`` to finish, then the sockets close and :meth:`run` returns.
 """
 
 from __future__ import annotations
@@ -13,7 +18,7 @@ import asyncio
 import contextlib
 import logging
 import random
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from urllib.parse import urlsplit, urlunsplit
 
@@ -34,6 +39,7 @@ from tessera.protocol.wire import (
     Capabilities,
     ErrorFrame,
     Frame,
+    Goodbye,
     Hardware,
     Heartbeat,
     HeartbeatAck,
@@ -52,12 +58,23 @@ from tessera.provider.jobs import ReceiptSigner, run_embedding_job, run_text_job
 
 log = logging.getLogger("tessera.provider")
 CONNECT_PATH = "/v1/providers/connect"
+Running = dict[str, tuple[asyncio.Task[None], CancelToken]]
+LOOP_EXIT_TIMEOUT_S = 10.0
 
 
 @dataclass(frozen=True, slots=True)
 class ServedModel:
     offer: ModelOffer
     backend: TextBackend | EmbeddingBackend
+
+
+@dataclass(frozen=True, slots=True)
+class _Link:
+    """One welcomed gateway connection: what leaving needs to reach it."""
+
+    ws: ClientConnection
+    send: Callable[[Frame], Awaitable[None]]
+    running: Running
 
 
 class RegistrationRefused(Exception):
@@ -96,6 +113,8 @@ class ProviderAgent:
             region=settings.region,
             max_concurrent_jobs=settings.max_concurrent_jobs,
             label=settings.label,
+            no_retention=settings.no_retention,
+            sla_uptime_bps=settings.sla_uptime_bps,
         )
         self.on_status = on_status or (lambda url, status: None)
         self._slots = asyncio.Semaphore(settings.max_concurrent_jobs)
@@ -108,21 +127,78 @@ class ProviderAgent:
         }
         self.jobs_done = 0
         self.audits_done = 0
+        self._leaving = False
+        self._stopping = asyncio.Event()  # set when leaving: ends reconnect waits
+        self._hurry = asyncio.Event()  # a second signal: stop waiting for running jobs
+        self._links: dict[str, _Link] = {}  # gateway URL -> its live, welcomed connection
 
     @property
     def provider_id(self) -> str:
         return self.capabilities.public_key
 
-    async def run(self) -> None:
-        """Serve every configured gateway until cancelled."""
+    @property
+    def leaving(self) -> bool:
+        return self._leaving
+
+    async def run(self, stop: asyncio.Event | None = None) -> None:
+        """Serve every configured gateway until cancelled, or until ``stop`` is set: then
+        leave gracefully (:meth:`leave`) and return."""
         async with asyncio.TaskGroup() as group:
-            for url in self.settings.gateway_urls:
-                group.create_task(self._connection_loop(url))
+            loops = [
+                group.create_task(self._connection_loop(url)) for url in self.settings.gateway_urls
+            ]
+            if stop is not None:
+                await stop.wait()
+                await self.leave()
+                # Each loop ends once its socket is closed; one stuck dialing is cut short.
+                _, stuck = await asyncio.wait(loops, timeout=LOOP_EXIT_TIMEOUT_S)
+                for task in stuck:
+                    task.cancel()
+
+    def hurry(self) -> None:
+        """Stop waiting for running jobs while leaving (they are cancelled)."""
+        self._hurry.set()
+
+    async def leave(self, reason: str = "shutting down") -> None:
+        """Say goodbye everywhere, refuse new work, let running jobs finish within
+        ``drain_timeout_s`` (or until :meth:`hurry`), then close every connection."""
+        if self._leaving:
+            return
+        self._leaving = True
+        self._stopping.set()
+        links = dict(self._links)
+        for link in links.values():
+            with contextlib.suppress(Exception):
+                await link.send(Goodbye(reason=reason))
+        work = [task for link in links.values() for task, _ in link.running.values()]
+        for url, link in links.items():
+            self.on_status(url, f"said goodbye; finishing {len(link.running)} running job(s)")
+        log.info(
+            "leaving: goodbye sent to %d gateway(s); draining %d job(s)", len(links), len(work)
+        )
+        if work:
+            all_done = asyncio.ensure_future(asyncio.wait(work))
+            hurry = asyncio.ensure_future(self._hurry.wait())
+            try:
+                await asyncio.wait(
+                    [all_done, hurry],
+                    timeout=self.settings.drain_timeout_s,
+                    return_when=asyncio.FIRST_COMPLETED,
+                )
+            finally:
+                all_done.cancel()  # the wait, not the jobs
+                hurry.cancel()
+            unfinished = sum(1 for task in work if not task.done())
+            if unfinished:
+                log.warning("leaving with %d job(s) unfinished: they are cancelled", unfinished)
+        for link in list(self._links.values()):
+            with contextlib.suppress(Exception):
+                await link.ws.close(1000, "goodbye")
 
     async def _connection_loop(self, gateway_url: str) -> None:
         url = websocket_url(gateway_url)
         delay = self.settings.backoff_initial_s
-        while True:
+        while not self._leaving:
             welcomed = False
             try:
                 welcomed = await self._session(url)
@@ -131,12 +207,15 @@ class ProviderAgent:
                 reason = f"refused: {exc}"
             except (OSError, TimeoutError, websockets.WebSocketException) as exc:
                 reason = f"{type(exc).__name__}: {exc}"
+            if self._leaving:
+                return
             if welcomed:
                 delay = self.settings.backoff_initial_s
             wait = delay * random.uniform(0.5, 1.0)
             self.on_status(gateway_url, f"disconnected ({reason}); retrying in {wait:.1f}s")
             log.warning("gateway %s: %s; reconnecting in %.1fs", gateway_url, reason, wait)
-            await asyncio.sleep(wait)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), wait)
             delay = min(delay * 2, self.settings.backoff_max_s)
 
     async def _session(self, url: str) -> bool:
@@ -145,7 +224,7 @@ class ProviderAgent:
             welcome = await self._register(ws)
             self.on_status(url, f"connected as {welcome.provider_id[:12]}")
             log.info("registered with %s as %s", url, welcome.provider_id[:12])
-            running: dict[str, tuple[asyncio.Task[None], CancelToken]] = {}
+            running: Running = {}
             send_lock = asyncio.Lock()
 
             async def send(frame: Frame) -> None:
@@ -153,12 +232,19 @@ class ProviderAgent:
                     await ws.send(frame.model_dump_json())
 
             beat = asyncio.create_task(self._heartbeat(send, welcome.heartbeat_interval_s, running))
+            link = _Link(ws, send, running)
+            self._links[url] = link
             try:
+                if self._leaving:  # welcomed while leaving: take nothing, go
+                    await send(Goodbye(reason="shutting down"))
+                    await ws.close(1000, "goodbye")
                 async for raw in ws:
                     await self._on_frame(raw, send, running)
             except websockets.ConnectionClosed:
                 pass
             finally:
+                if self._links.get(url) is link:
+                    del self._links[url]
                 beat.cancel()
                 for task, token in running.values():
                     token.cancel()
@@ -208,6 +294,16 @@ class ProviderAgent:
             return
         if isinstance(frame, Job | Audit):
             if frame.job_id in running:
+                return
+            if self._leaving:  # sent before the gateway read our goodbye: try elsewhere
+                await send(  # type: ignore[misc]
+                    JobError(
+                        job_id=frame.job_id,
+                        code="busy",
+                        message="the provider is shutting down",
+                        retryable=True,
+                    )
+                )
                 return
             token = CancelToken()
             work = (
