@@ -36,14 +36,15 @@ from tessera.gateway.liveness_routes import install_liveness_routes
 from tessera.gateway.metrics import CONTENT_TYPE_LATEST, GatewayMetrics
 from tessera.gateway.money_routes import install_money_routes, payer_of
 from tessera.gateway.payments import Payments
+from tessera.gateway.routing import policy_for
 from tessera.gateway.serving import RequestContext, Served, Serving
+from tessera.gateway.status_routes import install_status_routes
 from tessera.gateway.verification import Verifier
 from tessera.gateway.verification_routes import install_verification_routes
 from tessera.key_file import load_or_create_key
 from tessera.ledger.book import BookPolicy
 from tessera.ledger.escrow import FeePolicy
 from tessera.ledger.slashing_table import SlashingTable
-from tessera.market.quotes import MaxPrice
 from tessera.market.registry import ProviderRegistry
 from tessera.market.stake_policy import StakePolicy
 from tessera.protocol.openai_api import (
@@ -255,6 +256,7 @@ def create_app(settings: GatewaySettings) -> FastAPI:
     _install_routes(app, metrics, registry)
     install_money_routes(app, gateway_of)
     install_verification_routes(app, gateway_of)
+    install_status_routes(app, gateway_of)
     install_liveness_routes(app, gateway_of)
     _install_openapi(app)
     return app
@@ -396,6 +398,8 @@ def _respond(request: Request, served: Served | None, metrics: GatewayMetrics) -
         "x-tessera-provider": served.provider_id,
         "x-tessera-max-cost": str(served.held),
     }
+    if served.route is not None:
+        headers["x-tessera-route"] = served.route[:2000]
     metrics.requests.labels(endpoint=path, status="200").inc()
     if served.stream is not None:
         headers["cache-control"] = "no-cache"
@@ -430,10 +434,11 @@ class SettlingStreamingResponse(StreamingResponse):
 
 
 def _install_routes(app: FastAPI, metrics: GatewayMetrics, registry: ProviderRegistry) -> None:
-    async def context(request: Request, endpoint: str) -> RequestContext:
+    async def context(request: Request, endpoint: str) -> tuple[RequestContext, str | None]:
+        """The request's context, and its key's default routing policy (JSON or None)."""
         gateway = gateway_of(request)
         key = await gateway.auth.authenticate(request.headers.get("authorization"))
-        return RequestContext(
+        ctx = RequestContext(
             request_id=request.scope["state"]["request_id"],
             api_key_id=key.id,
             endpoint=endpoint,
@@ -441,6 +446,7 @@ def _install_routes(app: FastAPI, metrics: GatewayMetrics, registry: ProviderReg
             started=time.perf_counter(),
             payer=payer_of(key),
         )
+        return ctx, getattr(key, "policy_json", None)
 
     @app.get("/health")
     async def health() -> dict[str, Any]:
@@ -487,12 +493,10 @@ def _install_routes(app: FastAPI, metrics: GatewayMetrics, registry: ProviderReg
         work: Callable[[Serving], Callable[[Any, RequestContext], Awaitable[Served]]],
     ) -> Response:
         """Authenticate, parse, run the work (cancelled if the client leaves), map."""
-        ctx = await context(request, endpoint)
+        ctx, key_policy = await context(request, endpoint)
         body = await parse_body(request, body_type)
         ctx.model = body.model
-        if body.provider is not None and body.provider.max_price is not None:
-            limit = body.provider.max_price
-            ctx.max_price = MaxPrice(limit.prompt, limit.completion)
+        ctx.policy = policy_for(key_policy, body.provider)
         served = await until_disconnect(request, work(gateway_of(request).serving)(body, ctx))
         return _respond(request, served, metrics)
 
