@@ -299,13 +299,14 @@ def keys_create(
     data_dir: DataDir = default_data_dir(),
     database_url: DatabaseUrl = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    policy: Annotated[str | None, typer.Option(help=POLICY_HELP)] = None,
 ) -> None:
     """Create an API key. The key is shown once; only its hash is stored."""
 
     async def run() -> tuple[str, str]:
         engine, keys = await _keys_store(data_dir, database_url)
         try:
-            plaintext, record = await keys.create(name)
+            plaintext, record = await keys.create(name, policy_json=_key_policy(policy))
             return plaintext, record.id
         finally:
             await engine.dispose()
@@ -320,6 +321,55 @@ def keys_create(
     else:
         console.print(f"created key [bold]{key_id}[/] ({name}); it is shown only now:")
         print(plaintext)
+
+
+POLICY_HELP = (
+    "Default routing policy, JSON shaped like a request's 'provider' field, e.g. "
+    '\'{"regions_allow": ["eu"]}\'; requests may narrow it, never widen it.'
+)
+
+
+def _key_policy(policy: str | None) -> str | None:
+    """The policy as stored (compact JSON), or a clear error before anything is written."""
+    if policy is None:
+        return None
+    from tessera.gateway.routing import parse_key_policy
+
+    parse_key_policy(policy)
+    return json.dumps(json.loads(policy), separators=(",", ":"))
+
+
+@keys_app.command("policy")
+def keys_policy(
+    key_id: str,
+    policy: Annotated[str | None, typer.Argument(help=POLICY_HELP)] = None,
+    clear: Annotated[bool, typer.Option("--clear", help="Remove the key's policy.")] = False,
+    data_dir: DataDir = default_data_dir(),
+    database_url: DatabaseUrl = None,
+) -> None:
+    """Set (or --clear) an API key's default routing policy."""
+    if (policy is None) == (not clear):
+        console.print("[red]give a policy, or --clear[/]")
+        raise typer.Exit(2)
+
+    async def run() -> bool:
+        engine, keys = await _keys_store(data_dir, database_url)
+        try:
+            return await keys.set_policy(key_id, None if clear else _key_policy(policy))
+        finally:
+            await engine.dispose()
+
+    try:
+        changed = asyncio.run(run())
+    except TesseraError as exc:
+        _fail(exc)
+        return
+    if not changed:
+        console.print(f"[red]no key {key_id}[/]")
+        raise typer.Exit(1)
+    console.print(
+        f"key {key_id}: policy {'cleared' if clear else 'set'} (gateways apply it within their key cache TTL)"
+    )
 
 
 @keys_app.command("list")
