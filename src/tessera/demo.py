@@ -288,8 +288,36 @@ def tour(base_url: str, api_key: str, text_model: str) -> list[tuple[str, bool, 
         )
         return r.provider_id[:12], note
 
+    def routing():  # type: ignore[no-untyped-def]
+        # A routing policy in the request, then the conversation's second turn: the router
+        # says why it chose each provider, and the second turn stays where the cache is.
+        messages = [{"role": "user", "content": "Who was the wolf?"}]
+        first = client.chat.completions.with_raw_response.create(
+            model=text_model,
+            messages=messages,  # type: ignore[arg-type]
+            max_tokens=16,
+            temperature=0,
+            extra_body={"provider": {"sort": "price", "regions_deny": ["asia"]}},
+        )
+        reply = first.parse().choices[0].message.content or ""
+        messages += [
+            {"role": "assistant", "content": reply},
+            {"role": "user", "content": "And the lamb?"},
+        ]
+        second = client.chat.completions.with_raw_response.create(
+            model=text_model,
+            messages=messages,  # type: ignore[arg-type]
+            max_tokens=16,
+            temperature=0,
+        )
+        why = [r.headers.get("x-tessera-route", "?").split(";")[0] for r in (first, second)]
+        same = first.headers["x-tessera-provider"] == second.headers["x-tessera-provider"]
+        note = f"turn 1: {why[0]}; turn 2: {why[1]} ({'same provider' if same else 'moved'})"
+        return second.headers["x-tessera-provider"][:12], note
+
     step("list models", models)
     step("chat completion", chat)
+    step("routing policy", routing)
     step("streamed chat", stream)
     step("embeddings", embeddings)
     step("signed receipt", receipt)
