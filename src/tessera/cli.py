@@ -35,6 +35,10 @@ app.add_typer(earnings_app, name="earnings")
 app.add_typer(ledger_app, name="ledger")
 app.add_typer(receipt_app, name="receipt")
 app.add_typer(catalog_app, name="catalog")
+provider_app = typer.Typer(
+    help="Run a provider agent (with no subcommand), or ask a gateway about it (status)."
+)
+app.add_typer(provider_app, name="provider")
 
 console = Console(stderr=True)
 DataDir = Annotated[Path, typer.Option(help="Where the database and keys live.")]
@@ -126,8 +130,9 @@ def gateway(
     )
 
 
-@app.command()
+@provider_app.callback(invoke_without_command=True)
 def provider(
+    context: typer.Context,
     gateway: Annotated[
         list[str], typer.Option("--gateway", help="Gateway URL; repeat to serve several.")
     ] = ["http://127.0.0.1:8000"],  # noqa: B006
@@ -185,6 +190,8 @@ def provider(
     SLA downtime counted), running jobs finish, then it exits 0. A second signal stops
     waiting for them.
     """
+    if context.invoked_subcommand is not None:
+        return  # `tessera provider status ...`: the subcommand does the work
     from tessera.provider.hardware import probe
     from tessera.provider.identity import load_or_create_key
     from tessera.provider.loading import UpstreamSpec, load_local, load_upstream
@@ -272,6 +279,80 @@ async def _run_provider(settings, key, served, hardware) -> None:  # type: ignor
             pass
     await agent.run(stop)
     console.print("left every gateway; bye")
+
+
+@provider_app.command("status")
+def provider_status(
+    gateway: Annotated[
+        list[str], typer.Option("--gateway", help="Gateway URL; repeat to ask several.")
+    ] = ["http://127.0.0.1:8000"],  # noqa: B006
+    key_file: Annotated[Path, typer.Option(help="The provider's key file.")] = (
+        default_data_dir() / "provider.key"
+    ),
+    provider_id: Annotated[
+        str | None, typer.Option("--id", help="Provider id (instead of --key-file).")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Ask each gateway whether it routes this provider work, and if not, why."""
+    import httpx
+    from rich.table import Table
+
+    from tessera.key_file import load_or_create_key
+    from tessera.protocol.signing import public_key_hex
+
+    if provider_id is None:
+        if not key_file.expanduser().exists():
+            console.print(f"[red]no key file at {key_file}[/]: pass --key-file or --id")
+            raise typer.Exit(2)
+        try:
+            provider_id = public_key_hex(load_or_create_key(key_file))
+        except TesseraError as exc:
+            _fail(exc)
+            return
+    answers: dict[str, object] = {}
+    failed = False
+    for url in gateway:
+        try:
+            response = httpx.get(f"{url.rstrip('/')}/v1/providers/{provider_id}/status", timeout=10)
+            body = response.json()
+        except (httpx.HTTPError, ValueError) as exc:
+            answers[url] = {"error": f"cannot reach the gateway: {type(exc).__name__}: {exc}"}
+            failed = True
+            continue
+        answers[url] = body
+        failed |= response.status_code != 200
+    if as_json:
+        print(json.dumps(answers, indent=2))
+        raise typer.Exit(1 if failed else 0)
+    out = Console()
+    for url, body in answers.items():
+        assert isinstance(body, dict)
+        if "error" in body:
+            error = body["error"]
+            message = error.get("message") if isinstance(error, dict) else error
+            out.print(f"[bold]{url}[/]: [red]{message}[/]")
+            continue
+        if not body.get("connected"):
+            out.print(f"[bold]{url}[/]: [red]not connected[/] ({'; '.join(body['reasons'])})")
+            continue
+        health = body["health"]
+        out.print(
+            f"[bold]{url}[/]: connected from {body['region']}, reputation "
+            f"{body['reputation']:.2f}, {body['load']['active_jobs']}/"
+            f"{body['load']['max_concurrent_jobs']} busy, breaker {health['breaker']}, "
+            f"bonded {body['stake']['bonded']} base units"
+        )
+        table = Table("model", "status", "eligible for", "why not")
+        for model in body["models"]:
+            table.add_row(
+                model["model"],
+                model["status"],
+                f"{model['eligible_for']} of the last {model['recent_requests']} requests",
+                "\n".join(model["reasons"]) or "-",
+            )
+        out.print(table)
+    raise typer.Exit(1 if failed else 0)
 
 
 def _print_status(url: str, status: str) -> None:

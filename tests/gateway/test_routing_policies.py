@@ -15,7 +15,9 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from typer.testing import CliRunner
 
+from tessera.cli import app as cli_app
 from tessera.dev_money import fund_account
 from tessera.protocol.signing import sign
 from tessera.protocol.wire import PROTOCOL_VERSION, REGISTER_DOMAIN, Register, register_payload
@@ -448,6 +450,21 @@ async def test_a_provider_can_ask_why_it_gets_no_work(tmp_path: Path) -> None:
         assert status["load"] == {"active_jobs": 0, "max_concurrent_jobs": 4}
         unknown = await client.get(f"/v1/providers/{'ab' * 32}/status")
         assert unknown.status_code == 404
+
+        # The same answer on the command line, as the provider's operator sees it.
+        runner = CliRunner(env={"COLUMNS": "300"})
+        shown = await asyncio.to_thread(
+            runner.invoke, cli_app, ["provider", "status", "--id", idle.id, "--gateway", gw.base]
+        )
+        assert shown.exit_code == 0, shown.output
+        assert "price is above what 2 recent" in " ".join(shown.output.split())
+        as_json = await asyncio.to_thread(
+            runner.invoke,
+            cli_app,
+            ["provider", "status", "--id", "ab" * 32, "--gateway", gw.base, "--json"],
+        )
+        assert as_json.exit_code == 1
+        assert "has been seen" in as_json.output
 
 
 async def test_a_conversation_stays_on_the_provider_that_holds_its_cache(tmp_path: Path) -> None:
