@@ -2,14 +2,15 @@
 
 A real gateway pins the tiny model in a catalog written by ``tessera catalog calibrate``,
 three honest ``tessera provider`` processes are the operator's validators, and seven real
-provider processes cheat (tests/support/cheating_provider.py): one serves another model
-under the claimed name and hash, one an int4-quantized copy, one random tokens, one reads
-only the prompt's tail, one inflates its token counts, one forges and one replays its
-receipts. Each answers the catalog's join challenge honestly (the catalog is public), so
-each is routed, and undercuts the validators' price, so a consumer who sets
-``provider.max_price`` gets only cheaters. The official openai client sends a mix of chat
-and completions, greedy and sampled, streamed and not, until every cheater is banned, and
-the test prints how many requests each one served before it was caught, and how.
+provider identities cheat (tests/support/cheating_provider.py, all in one process that
+loads the models once): one serves another model under the claimed name and hash, one an
+int4-quantized copy, one random tokens, one reads only the prompt's tail, one inflates its
+token counts, one forges and one replays its receipts. Each answers the catalog's join
+challenge honestly (the catalog is public), so each is routed, and undercuts the
+validators' price, so a consumer who sets ``provider.max_price`` gets only cheaters. The
+official openai client sends a mix of chat and completions, greedy and sampled, streamed
+and not, until every cheater is banned, and the test prints how many requests each one
+served before it was caught, and how.
 
 Beside them, a naive impostor (no bait and switch) and an honest provider of another
 model under the same name (another weight hash) are never routed at all, and an honest
@@ -155,9 +156,9 @@ def _die_with_parent() -> None:
         ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
-def spawn_cheater(network: Network, name: str, args: list[str]) -> None:
-    """Start ``python -m tests.support.cheating_provider`` as one of the network's
-    processes (stopped with the rest; its log beside theirs)."""
+def spawn_cheaters(network: Network, name: str, args: list[str]) -> None:
+    """Start ``python -m tests.support.cheating_provider`` (every cheater, in one process)
+    as one of the network's processes (stopped with the rest; its log beside theirs)."""
     logs = network.data_dir / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1"}
@@ -196,26 +197,28 @@ def start_adversarial_network(
         api_key = create_key(data_dir)
         wait_for_network(base, 0, network, timeout_s=60)
         fund_account(base, api_key, FUNDS)
+        # Every cheater is an identity of its own in one process sharing the loaded models.
+        cheaters = ["--gateway", base, "--model-dir", str(model_dir), "--impostor-dir",
+                    str(impostor_dir), "--catalog", str(catalog), "--price-in",
+                    str(CHEAP_PRICE[0]), "--price-out", str(CHEAP_PRICE[1]), "--threads", "1",
+                    "--max-concurrent-jobs", "2"]  # fmt: skip
         for name, mode in plan:
             stake_provider(base, keys[name])
-            common = ["--gateway", base, "--key-file", str(keys[name]), "--threads", "1",
-                      "--max-concurrent-jobs", "2"]  # fmt: skip
             if mode in ("validator", "mismatch", "honest"):
                 model = impostor_dir if mode == "mismatch" else model_dir
                 price = VALIDATOR_PRICE if mode == "validator" else CHEAP_PRICE
+                common = ["--gateway", base, "--key-file", str(keys[name]), "--threads", "1",
+                          "--max-concurrent-jobs", "2"]  # fmt: skip
                 network.spawn(
                     name,
                     ["provider", "--model", str(model), "--label", name, "--dtype", "float32",
                      "--price-in", str(price[0]), "--price-out", str(price[1]), *common],
                 )  # fmt: skip
+            elif mode == "naive":  # the naive impostor never read the public catalog
+                cheaters += ["--naive", f"impostor={keys[name]}"]
             else:
-                cheat = ["--mode", "impostor" if mode == "naive" else mode,
-                         "--model-dir", str(model_dir), "--impostor-dir", str(impostor_dir),
-                         "--label", name, "--price-in", str(CHEAP_PRICE[0]),
-                         "--price-out", str(CHEAP_PRICE[1])]  # fmt: skip
-                if mode != "naive":  # the naive impostor never read the public catalog
-                    cheat += ["--catalog", str(catalog)]
-                spawn_cheater(network, name, [*cheat, *common])
+                cheaters += ["--cheater", f"{mode}={keys[name]}"]
+        spawn_cheaters(network, "cheaters", cheaters)
         wait_for_network(base, len(plan), network, timeout_s=300)
         routed = [ids[name] for name, mode in plan if mode not in ("naive", "mismatch")]
         wait_routable(base, routed, TEXT_MODEL, network, timeout_s=300)

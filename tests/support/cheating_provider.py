@@ -1,13 +1,18 @@
-"""Providers that cheat, run as real processes by the adversarial end-to-end test.
+"""Providers that cheat, run as a real process by the adversarial end-to-end test.
 
-``python -m tests.support.cheating_provider --mode MODE --gateway URL --model-dir DIR
---key-file F [--impostor-dir DIR] [--catalog FILE]`` (from the repository root).
+``python -m tests.support.cheating_provider --gateway URL --model-dir DIR
+--cheater MODE=KEY_FILE [--cheater ...] [--naive MODE=KEY_FILE ...] [--impostor-dir DIR]
+[--catalog FILE]`` (from the repository root).
 
-Everything but the cheat is the real provider: :class:`ProviderAgent`, its WebSocket to
-the gateway, and :class:`TransformersTextBackend` on a real model. The cheat sits in one
-of two seams: a :class:`TextBackend` wrapper that changes what runs (``impostor``,
-``quantized``, ``random``, ``truncate``, ``inflate``), or the agent's outgoing frames,
-which changes what it signs (``forge``, ``replay``). Modes:
+One process runs every cheater it is given: each its own :class:`ProviderAgent` with its
+own key (so its own identity, WebSocket, slots and stake at the gateway) and its own
+cheat, all sharing the models this process loaded once (torch and a model load take
+seconds per process; the gateway cannot tell where an identity runs). Everything but the
+cheat is the real provider: the agent, its WebSocket to the gateway, and
+:class:`TransformersTextBackend` on a real model. The cheat sits in one of two seams: a
+:class:`TextBackend` wrapper that changes what runs (``impostor``, ``quantized``,
+``random``, ``truncate``, ``inflate``), or the agent's outgoing frames, which changes what
+it signs (``forge``, ``replay``). Modes:
 
 - ``impostor``: another model (``--impostor-dir``) under the real name and weight hash;
 - ``quantized``: the right model with every Linear weight (the output layer, tied to the
@@ -23,10 +28,10 @@ which changes what it signs (``forge``, ``replay``). Modes:
 - ``forge``: receipts signed with a key that is not the provider's;
 - ``replay``: every receipt after the first is the first one again.
 
-Bait and switch: given the public catalog (``--catalog``), a cheater answers the catalog's
-join-challenge prompts honestly and cheats on everything else. Without ``--catalog`` it
-is naive and cheats on the challenge too. Audits of other providers are answered
-honestly (the gateway only asks trusted providers, which a newcomer is not).
+Bait and switch: given the public catalog (``--catalog``), a ``--cheater`` answers the
+catalog's join-challenge prompts honestly and cheats on everything else. A ``--naive``
+one never read the catalog and cheats on the challenge too. Audits of other providers are
+answered honestly (the gateway only asks trusted providers, which a newcomer is not).
 """
 
 from __future__ import annotations
@@ -390,47 +395,93 @@ def replaying() -> Tamper:
     return tamper
 
 
-# ---------------------------------------------------------------- assembling a cheater
+# ---------------------------------------------------------------- assembling the cheaters
 
 
-def cheating_backend(
-    mode: str,
-    honest: TransformersTextBackend,
-    model_dir: Path,
-    challenges: ChallengeBook,
-    *,
-    impostor_dir: Path | None = None,
-    bits: int = DEFAULT_BITS,
-    threads: int | None = None,
-) -> BaitAndSwitch:
-    """The backend for a backend-seam ``mode`` (blocking: loads models)."""
-    from transformers import AutoTokenizer
+@dataclasses.dataclass(frozen=True, slots=True)
+class CheaterSpec:
+    """One cheating identity: its cheat, its key file (whose stem is its label), and
+    whether it is naive (never read the public catalog, so it cheats on challenges too)."""
 
+    mode: str
+    key_file: Path
+    naive: bool = False
+
+    @property
+    def label(self) -> str:
+        return self.key_file.stem
+
+
+class SharedModels:
+    """The models one process's cheaters share, each loaded once (blocking): the honest
+    model at once, the impostor and the quantized copy on first use. One backend serves
+    several agents' streams at once, each in its own generation thread."""
+
+    def __init__(
+        self,
+        model_dir: Path,
+        *,
+        impostor_dir: Path | None = None,
+        bits: int = DEFAULT_BITS,
+        threads: int | None = None,
+    ) -> None:
+        self.model_dir = model_dir
+        self.impostor_dir = impostor_dir
+        self.bits = bits
+        self.threads = threads
+        self.honest = TransformersTextBackend.load(model_dir, dtype="float32", threads=threads)
+        self._impostor: TransformersTextBackend | None = None
+        self._quantized: TransformersTextBackend | None = None
+
+    def impostor(self) -> TransformersTextBackend:
+        if self._impostor is None:
+            if self.impostor_dir is None:
+                raise ValueError("an impostor cheater needs --impostor-dir")
+            self._impostor = TransformersTextBackend.load(
+                self.impostor_dir, dtype="float32", threads=self.threads
+            )
+        return self._impostor
+
+    def quantized(self) -> TransformersTextBackend:
+        if self._quantized is None:
+            self._quantized = load_quantized(self.model_dir, self.honest.info, self.bits)
+        return self._quantized
+
+    def encoder(self) -> PromptEncoder:
+        """A tokenizer of its own for each cheater: cheaters encode in worker threads, and
+        one fast tokenizer used from several threads at once can fail."""
+        from transformers import AutoTokenizer
+
+        return PromptEncoder(AutoTokenizer.from_pretrained(self.model_dir, local_files_only=True))
+
+
+def cheating_backend(mode: str, models: SharedModels, challenges: ChallengeBook) -> BaitAndSwitch:
+    """The backend for a backend-seam ``mode`` over the shared models (blocking: may load
+    one). Its ``close`` closes the shared honest model: the process closes none."""
+    honest = models.honest
+    cheat: CheatStream
     if mode == "impostor":
-        if impostor_dir is None:
-            raise ValueError("--mode impostor needs --impostor-dir")
-        impostor = TransformersTextBackend.load(impostor_dir, dtype="float32", threads=threads)
-        return BaitAndSwitch(honest, impostor.stream, challenges, extra=[impostor])
-    if mode == "quantized":
-        quantized = load_quantized(model_dir, honest.info, bits)
-        return BaitAndSwitch(honest, quantized.stream, challenges, extra=[quantized])
-    encoder = PromptEncoder(AutoTokenizer.from_pretrained(model_dir, local_files_only=True))
-    if mode == "random":
-        return BaitAndSwitch(honest, random_tokens(encoder), challenges)
-    if mode == "truncate":
-        return BaitAndSwitch(honest, truncating(honest, encoder), challenges)
-    if mode == "inflate":
-        return BaitAndSwitch(honest, inflating(honest), challenges)
-    raise ValueError(f"{mode!r} is not a backend cheat; use one of {', '.join(BACKEND_MODES)}")
+        cheat = models.impostor().stream
+    elif mode == "quantized":
+        cheat = models.quantized().stream
+    elif mode == "random":
+        cheat = random_tokens(models.encoder())
+    elif mode == "truncate":
+        cheat = truncating(honest, models.encoder())
+    elif mode == "inflate":
+        cheat = inflating(honest)
+    else:
+        raise ValueError(f"{mode!r} is not a backend cheat; use one of {', '.join(BACKEND_MODES)}")
+    return BaitAndSwitch(honest, cheat, challenges)
 
 
-def build_agent(args: argparse.Namespace) -> ProviderAgent:
-    """Load the models and build the cheating agent the arguments describe (blocking)."""
+def build_agent(spec: CheaterSpec, models: SharedModels, args: argparse.Namespace) -> ProviderAgent:
+    """The cheating agent ``spec`` describes, on ``models`` (blocking: may load a model)."""
     settings = ProviderSettings(
         gateway_urls=[args.gateway],
-        key_file=args.key_file,
+        key_file=spec.key_file,
         region=args.region,
-        label=args.label or f"cheater-{args.mode}",
+        label=spec.label,
         max_concurrent_jobs=args.max_concurrent_jobs,
         price_input_per_mtok=args.price_in,
         price_output_per_mtok=args.price_out,
@@ -438,56 +489,92 @@ def build_agent(args: argparse.Namespace) -> ProviderAgent:
         backoff_initial_s=0.5,
         backoff_max_s=5.0,
     )
-    key = load_or_create_key(settings.key_file)
-    honest = TransformersTextBackend.load(args.model_dir, dtype="float32", threads=args.threads)
+    catalog: Path | None = args.catalog
+    key = load_or_create_key(spec.key_file)
+    honest = models.honest
     challenges = (
-        ChallengeBook.from_catalog(args.catalog, honest.info.name)
-        if args.catalog is not None
+        ChallengeBook.from_catalog(catalog, honest.info.name)
+        if catalog is not None and not spec.naive
         else ChallengeBook()
     )
     backend: TextBackend
-    if args.mode in BACKEND_MODES:
-        backend = cheating_backend(
-            args.mode,
-            honest,
-            args.model_dir,
-            challenges,
-            impostor_dir=args.impostor_dir,
-            bits=args.bits,
-            threads=args.threads,
-        )
+    if spec.mode in BACKEND_MODES:
+        backend = cheating_backend(spec.mode, models, challenges)
     else:
         backend = honest
     served = [ServedModel(offer=offer_for(backend.info, settings), backend=backend)]
-    if args.mode == "forge":
+    if spec.mode == "forge":
         return ReceiptCheatingAgent(
             settings, key, served, probe(), tamper=forging(), challenges=challenges
         )
-    if args.mode == "replay":
+    if spec.mode == "replay":
         return ReceiptCheatingAgent(
             settings, key, served, probe(), tamper=replaying(), challenges=challenges
         )
     return ProviderAgent(settings, key, served, probe())
 
 
+def _cheater(naive: bool) -> Callable[[str], CheaterSpec]:
+    def parse(text: str) -> CheaterSpec:
+        mode, _, path = text.partition("=")
+        if mode not in MODES or not path:
+            raise argparse.ArgumentTypeError(
+                f"{text!r}: give MODE=KEY_FILE with MODE one of {', '.join(MODES)}"
+            )
+        return CheaterSpec(mode, Path(path), naive)
+
+    return parse
+
+
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="cheating_provider", description=__doc__.split("\n")[0])
-    parser.add_argument("--mode", choices=MODES, required=True)
+    parser.add_argument(
+        "--cheater",
+        dest="cheaters",
+        action="append",
+        type=_cheater(naive=False),
+        default=[],
+        metavar="MODE=KEY_FILE",
+        help="a cheater that read the catalog (bait and switch); repeat for more",
+    )
+    parser.add_argument(
+        "--naive",
+        dest="cheaters",
+        action="append",
+        type=_cheater(naive=True),
+        metavar="MODE=KEY_FILE",
+        help="a cheater that never read the catalog; repeat for more",
+    )
     parser.add_argument("--gateway", required=True, help="gateway URL, http://host:port")
     parser.add_argument("--model-dir", type=Path, required=True, help="the real model")
-    parser.add_argument("--key-file", type=Path, required=True)
     parser.add_argument("--impostor-dir", type=Path, help="the other model (impostor mode)")
-    parser.add_argument(
-        "--catalog", type=Path, help="the public catalog; without it the cheater is naive"
-    )
+    parser.add_argument("--catalog", type=Path, help="the public catalog")
     parser.add_argument("--bits", type=int, default=DEFAULT_BITS, help="quantized mode")
     parser.add_argument("--region", default="US")
-    parser.add_argument("--label", default="")
     parser.add_argument("--price-in", type=int, default=0)
     parser.add_argument("--price-out", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--max-concurrent-jobs", type=int, default=2)
-    return parser.parse_args(argv)
+    parser.add_argument("--max-concurrent-jobs", type=int, default=2, help="per cheater")
+    args = parser.parse_args(argv)
+    if not args.cheaters:
+        parser.error("give at least one --cheater or --naive")
+    return args
+
+
+def build_agents(args: argparse.Namespace) -> tuple[list[ProviderAgent], SharedModels]:
+    """Load the shared models once and build every cheater the arguments name (blocking)."""
+    models = SharedModels(
+        args.model_dir, impostor_dir=args.impostor_dir, bits=args.bits, threads=args.threads
+    )
+    agents = [build_agent(spec, models, args) for spec in args.cheaters]
+    return agents, models
+
+
+async def serve(agents: Sequence[ProviderAgent]) -> None:
+    """Run every agent until one fails or the process is stopped."""
+    async with asyncio.TaskGroup() as group:
+        for agent in agents:
+            group.create_task(agent.run())
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -496,13 +583,15 @@ def main(argv: Sequence[str] | None = None) -> None:
     for noisy in ("httpx", "websockets"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
-        agent = build_agent(args)
+        agents, _models = build_agents(args)
     except (ValueError, BackendError, TesseraError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         raise SystemExit(2) from exc
-    print(f"provider id {agent.provider_id} mode {args.mode}", flush=True)
+    for spec, agent in zip(args.cheaters, agents, strict=True):
+        naive = " (naive)" if spec.naive else ""
+        print(f"provider id {agent.provider_id} mode {spec.mode}{naive} {spec.label}", flush=True)
     try:
-        asyncio.run(agent.run())
+        asyncio.run(serve(agents))
     except KeyboardInterrupt:
         pass
 
