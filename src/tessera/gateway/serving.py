@@ -553,15 +553,20 @@ class Serving:
                     yield sse(content(event))
                     relay.add(event)
                 elif isinstance(event, Done):
-                    usage = event.usage
+                    # What the client was sent: the prompt (without the earlier providers'
+                    # tokens, which this provider read as prompt) and every token.
+                    usage = Usage(
+                        prompt_tokens=event.usage.prompt_tokens - relay.prefix,
+                        completion_tokens=event.usage.completion_tokens + relay.prefix,
+                    )
                     check = self.verifier.check(stream, event)
                     if check.ok:
-                        prompt = usage.prompt_tokens - relay.prefix
-                        self._capture(ctx, stream, prompt, usage.completion_tokens)
+                        made = event.usage.completion_tokens  # by this provider: it is paid
+                        self._capture(ctx, stream, usage.prompt_tokens, made)
                         if ctx.charge is not None:
                             await self.payments.stored(ctx.charge)
                         self._accepted(ctx, stream, event)
-                        self.hub.job_succeeded(stream, usage.completion_tokens)
+                        self.hub.job_succeeded(stream, made)
                         if relay.prefix:
                             self.metrics.continuations.labels(outcome="completed").inc()
                         self._remember(ctx, stream.provider_id, relay.text)
@@ -572,10 +577,6 @@ class Serving:
                         self._release(ctx, "receipt_refused")
                         status, error_code = "error", "receipt_refused"
                     if usage_chunk is not None:
-                        usage = Usage(
-                            prompt_tokens=usage.prompt_tokens - relay.prefix,
-                            completion_tokens=usage.completion_tokens + relay.prefix,
-                        )
                         chunk = usage_chunk(usage)
                         chunk["usage"]["cost"] = ctx.charge.cost or 0 if ctx.charge else 0
                         yield sse(chunk)
