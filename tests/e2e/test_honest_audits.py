@@ -9,6 +9,10 @@ mix of chat and completions, greedy and sampled, with stop strings and two-promp
 completions, eight at a time, so auditors see batches of varying size. Every audit case
 must close without an upheld failure, no stake may move, every provider must stay
 routable, and the journal must check out.
+
+The network (support/audited_network.py) is the one test_adversarial.py runs its cheaters
+in; these requests name the four honest providers (``provider.only``), each in turn first
+(``provider.order``), so each setup generates a quarter of them and no cheater serves one.
 """
 
 from __future__ import annotations
@@ -17,10 +21,8 @@ import random
 import sys
 import time
 from collections import Counter, defaultdict
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -31,27 +33,19 @@ from rich.table import Table
 
 from tessera.verify.scoring import tail_allowance
 
+from support.audited_network import AuditedNetwork
 from support.live_network import TEXT_MODEL
 from support.verified_network import (
     ROUTABLE,
-    ProviderSpec,
     VerifiedNetwork,
     all_audits,
     ledger_check,
     reputation,
-    start_verified_network,
     wait_for_cases,
 )
 
 pytestmark = pytest.mark.e2e
 
-SPECS = (
-    ProviderSpec("float32", 1, validator=True),
-    ProviderSpec("float32", 2, validator=True),
-    ProviderSpec("bfloat16", 1, validator=True),
-    # One thread: two-thread torch processes crawl when four share two cores.
-    ProviderSpec("bfloat16", 1, validator=False),
-)
 REQUESTS = 520
 CONCURRENCY = 8
 MIN_AUDITED = 500
@@ -115,9 +109,10 @@ def request_mix(count: int, rng: random.Random) -> list[Ask]:
     return asks
 
 
-def send(client: OpenAI, ask: Ask) -> str:
-    """Send one request; the gateway's request id (what its audit case is filed under)."""
-    extra: dict[str, Any] = {}
+def send(client: OpenAI, ask: Ask, route: dict[str, Any]) -> str:
+    """Send one request with the ``provider`` preferences ``route``; the gateway's request
+    id (what its audit case is filed under)."""
+    extra: dict[str, Any] = {"extra_body": {"provider": route}}
     if ask.stop is not None:
         extra["stop"] = ask.stop
     if ask.seed is not None:
@@ -152,38 +147,30 @@ def send(client: OpenAI, ask: Ask) -> str:
     return str(raw.headers["x-request-id"])
 
 
-@pytest.fixture
-def verified(tmp_path: Path, tiny_model_dir: Path, tiny_catalog: Path) -> Iterator[VerifiedNetwork]:
-    started = time.monotonic()
-    net = start_verified_network(
-        tmp_path / "network",
-        tiny_model_dir,
-        tiny_catalog,
-        SPECS,
-        # Every request is audited: no provider leaves probation during the test.
-        gateway_env={"TESSERA_GATEWAY_AUDIT_PROBATION": "100000"},
-    )
-    net.phases["start network"] = time.monotonic() - started
-    try:
-        yield net
-    finally:
-        net.live.network.stop()
+def routes(providers: list[str], count: int) -> list[dict[str, Any]]:
+    """Only ``providers``, each in turn first: every setup generates its share."""
+    return [{"only": providers, "order": [providers[i % len(providers)]]} for i in range(count)]
 
 
-@pytest.mark.timeout(900)
-def test_honest_providers_pass_every_audit(verified: VerifiedNetwork) -> None:
+@pytest.mark.timeout(1200)  # the first test to use the network starts it
+def test_honest_providers_pass_every_audit(audited_network: AuditedNetwork) -> None:
+    verified = audited_network.verified
     live = verified.live
+    ours = list(verified.providers)
     asks = request_mix(REQUESTS, random.Random(4))
     started = time.monotonic()
     with live.client(timeout=120) as client, ThreadPoolExecutor(CONCURRENCY) as pool:
-        request_ids = list(pool.map(lambda ask: send(client, ask), asks))
+        request_ids = list(
+            pool.map(lambda ask, route: send(client, ask, route), asks, routes(ours, REQUESTS))
+        )
     assert len(set(request_ids)) == REQUESTS
     sent = time.monotonic()
     verified.phases[f"{REQUESTS} requests"] = sent - started
 
     cases, still_open = wait_for_cases(live.base, request_ids, timeout_s=120)
     verified.phases["cases closed after"] = time.monotonic() - sent
-    audits = all_audits(live.base)
+    # Audits of these providers' answers (the cheaters beside them are audited too).
+    audits = [a for a in all_audits(live.base) if a["provider_id"] in verified.providers]
     catalog = httpx.get(f"{live.base}/v1/catalog", timeout=10).json()["data"][0]
     temperature = {rid: ask.temperature for rid, ask in zip(request_ids, asks, strict=True)}
     report(verified, temperature, cases, audits, catalog["tolerances"])
@@ -194,6 +181,7 @@ def test_honest_providers_pass_every_audit(verified: VerifiedNetwork) -> None:
     assert set(statuses) <= {"passed", "cleared"}, statuses
     assert statuses["passed"] + statuses["cleared"] >= MIN_AUDITED, statuses
     assert all(case["slashed"] == 0 and case["refunded"] == 0 for case in cases.values())
+    assert {case["provider_id"] for case in cases.values()} == set(ours)
     # Every verdict came from a real answer that fits the audit: no auditor failed either.
     assert {a["outcome"] for a in audits} <= {"passed", "failed"}, Counter(
         a["outcome"] for a in audits
@@ -208,7 +196,7 @@ def test_honest_providers_pass_every_audit(verified: VerifiedNetwork) -> None:
         assert record["models"] == {TEXT_MODEL: ROUTABLE}, record
         assert record["bans"] == [] and record["violations"] == [], record
 
-    live.network.stop()
+    # The journal checks out while the gateway runs (and again once stopped, at teardown).
     checked = ledger_check(live.data_dir)
     assert checked.returncode == 0, checked.stdout + checked.stderr
 
@@ -226,7 +214,8 @@ def report(
              for pid, spec in verified.providers.items()}  # fmt: skip
     cells: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
     for audit in audits:
-        cells[(setup[audit["provider_id"]], setup[audit["auditor_id"]])].append(audit)
+        auditor = setup.get(audit["auditor_id"], audit["auditor_id"][:12])
+        cells[(setup[audit["provider_id"]], auditor)].append(audit)
     table = Table(
         title=f"{len(audits)} audits of {len(cases)} closed cases; tN = N torch threads, "
         "(v) = validator; deviations: worst over the cell's audits"
@@ -287,7 +276,8 @@ def report(
             findings = audit["evidence"].get("verdict", {}).get("findings")
             console.print(
                 f"first audit of {audit['request_id']} (T={temperature.get(audit['request_id'])}, "
-                f"{setup[audit['provider_id']]} by {setup[audit['auditor_id']]}): "
+                f"{setup[audit['provider_id']]} by "
+                f"{setup.get(audit['auditor_id'], audit['auditor_id'][:12])}): "
                 f"{audit['outcome']} {audit['reason']}: "
                 f"{findings if findings is not None else audit['evidence'].get('problem')}"
             )

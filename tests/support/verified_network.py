@@ -13,7 +13,7 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,16 +32,31 @@ ROUTABLE = "routable"
 
 @dataclass(frozen=True, slots=True)
 class ProviderSpec:
-    """How one provider process runs its model, and whether the operator trusts it."""
+    """How one provider process runs its model, whether the operator trusts it, and its
+    price (base units per million input and output tokens)."""
 
     dtype: str
     threads: int
     validator: bool
     max_concurrent_jobs: int = 3
+    price: tuple[int, int] = (100, 300)
+    name: str | None = None  # its process and key file name; provider-N when None
 
     @property
     def setup(self) -> str:
         return f"{self.dtype}/threads={self.threads}"
+
+
+@dataclass(frozen=True, slots=True)
+class Joined:
+    """What a ``join_more`` hook of :func:`start_verified_network` started: how many
+    provider identities will connect, and which of them must pass the join challenge."""
+
+    connected: int
+    routable: tuple[str, ...] = ()
+
+
+JoinMore = Callable[[Network, str], Joined]
 
 
 @dataclass
@@ -49,7 +64,7 @@ class VerifiedNetwork:
     live: LiveNetwork
     catalog: Path
     providers: dict[str, ProviderSpec]  # provider id -> how it runs
-    names: dict[str, str]  # provider id -> process name (provider-N)
+    names: dict[str, str]  # provider id -> process name (its spec's name, or provider-N)
     stake: int
     phases: dict[str, float] = field(default_factory=dict)  # what took how long, seconds
 
@@ -76,13 +91,16 @@ def start_verified_network(
     specs: Sequence[ProviderSpec],
     gateway_env: Mapping[str, str] | None = None,
     timeout_s: float = 240,
+    join_more: JoinMore | None = None,
 ) -> VerifiedNetwork:
-    """Gateway with ``catalog`` and validators, then one staked provider per spec, each
-    routable (join challenge passed) before this returns."""
+    """Gateway with ``catalog`` and validators, then one staked provider per spec, then
+    whatever ``join_more(network, base)`` starts (staked by it); every spec's provider and
+    every id the hook names routable (join challenge passed) before this returns."""
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     network = Network(data_dir)
-    key_files = [data_dir / f"provider-{i + 1}.key" for i in range(len(specs))]
+    names = [spec.name or f"provider-{i}" for i, spec in enumerate(specs, start=1)]
+    key_files = [data_dir / f"{name}.key" for name in names]
     ids = [public_key_hex(load_or_create_key(path)) for path in key_files]
     validators = [pid for pid, spec in zip(ids, specs, strict=True) if spec.validator]
     args = ["gateway", "--port", str(port), "--data-dir", str(data_dir), "--dev",
@@ -95,26 +113,27 @@ def start_verified_network(
         api_key = create_key(data_dir)
         wait_for_network(base, 0, network, timeout_s=60)
         fund_account(base, api_key, 1_000 * 10**9)
-        for i, (spec, key_file) in enumerate(zip(specs, key_files, strict=True), start=1):
+        for spec, key_file, name in zip(specs, key_files, names, strict=True):
             stake_provider(base, key_file)
             network.spawn(
-                f"provider-{i}",
+                name,
                 [
                     "provider",
                     "--gateway", base,
                     "--model", str(model_dir),
                     "--label", f"{spec.setup}{' validator' if spec.validator else ''}",
-                    "--price-in", "100",
-                    "--price-out", "300",
+                    "--price-in", str(spec.price[0]),
+                    "--price-out", str(spec.price[1]),
                     "--key-file", str(key_file),
                     "--dtype", spec.dtype,
                     "--threads", str(spec.threads),
                     "--max-concurrent-jobs", str(spec.max_concurrent_jobs),
                 ],
             )  # fmt: skip
-        wait_for_network(base, len(specs), network, timeout_s=timeout_s)
+        more = join_more(network, base) if join_more is not None else Joined(0)
+        wait_for_network(base, len(specs) + more.connected, network, timeout_s=timeout_s)
         model = _catalog_model(base)
-        wait_routable(base, ids, model, network, timeout_s=timeout_s)
+        wait_routable(base, [*ids, *more.routable], model, network, timeout_s=timeout_s)
     except BaseException:
         network.stop()
         raise
@@ -123,7 +142,7 @@ def start_verified_network(
         live,
         catalog,
         dict(zip(ids, specs, strict=True)),
-        {pid: f"provider-{i}" for i, pid in enumerate(ids, start=1)},
+        dict(zip(ids, names, strict=True)),
         DEFAULT_STAKE,
     )
 
