@@ -142,7 +142,10 @@ class ProviderAgent:
 
     async def run(self, stop: asyncio.Event | None = None) -> None:
         """Serve every configured gateway until cancelled, or until ``stop`` is set: then
-        leave gracefully (:meth:`leave`) and return."""
+        leave gracefully (:meth:`leave`) and return. A malformed URL is a ValueError now,
+        before anything connects."""
+        for url in self.settings.gateway_urls:
+            websocket_url(url)
         async with asyncio.TaskGroup() as group:
             loops = [
                 group.create_task(self._connection_loop(url)) for url in self.settings.gateway_urls
@@ -167,9 +170,12 @@ class ProviderAgent:
         self._leaving = True
         self._stopping.set()
         links = dict(self._links)
-        for link in links.values():
-            with contextlib.suppress(Exception):
-                await link.send(Goodbye(reason=reason))
+
+        async def goodbye(link: _Link) -> None:
+            with contextlib.suppress(Exception):  # a hung gateway must not hold the others
+                await asyncio.wait_for(link.send(Goodbye(reason=reason)), 5)
+
+        await asyncio.gather(*(goodbye(link) for link in links.values()))
         work = [task for link in links.values() for task, _ in link.running.values()]
         for url, link in links.items():
             self.on_status(url, f"said goodbye; finishing {len(link.running)} running job(s)")
@@ -191,21 +197,29 @@ class ProviderAgent:
             unfinished = sum(1 for task in work if not task.done())
             if unfinished:
                 log.warning("leaving with %d job(s) unfinished: they are cancelled", unfinished)
-        for link in list(self._links.values()):
+
+        async def close(link: _Link) -> None:
             with contextlib.suppress(Exception):
-                await link.ws.close(1000, "goodbye")
+                await asyncio.wait_for(link.ws.close(1000, "goodbye"), 5)
+
+        await asyncio.gather(*(close(link) for link in list(self._links.values())))
 
     async def _connection_loop(self, gateway_url: str) -> None:
-        url = websocket_url(gateway_url)
+        """Keep one gateway connected. Nothing one gateway does may end the others'."""
         delay = self.settings.backoff_initial_s
         while not self._leaving:
             welcomed = False
             try:
-                welcomed = await self._session(url)
+                welcomed = await self._session(gateway_url)
                 reason = "connection closed"
             except RegistrationRefused as exc:
                 reason = f"refused: {exc}"
             except (OSError, TimeoutError, websockets.WebSocketException) as exc:
+                reason = f"{type(exc).__name__}: {exc}"
+            except ValidationError as exc:
+                reason = f"the gateway sent a malformed frame: {exc.errors()[:1]}"
+            except Exception as exc:  # a gateway's bug must not take the agent down
+                log.exception("gateway %s: unexpected failure", gateway_url)
                 reason = f"{type(exc).__name__}: {exc}"
             if self._leaving:
                 return
@@ -218,9 +232,11 @@ class ProviderAgent:
                 await asyncio.wait_for(self._stopping.wait(), wait)
             delay = min(delay * 2, self.settings.backoff_max_s)
 
-    async def _session(self, url: str) -> bool:
+    async def _session(self, gateway_url: str) -> bool:
         """One connection; returns whether the gateway welcomed us before it ended."""
-        async with connect(url, open_timeout=10, max_size=32 * 1024 * 1024) as ws:
+        url = gateway_url  # statuses and links are keyed by the URL the operator gave
+        ws_url = websocket_url(gateway_url)
+        async with connect(ws_url, open_timeout=10, max_size=32 * 1024 * 1024) as ws:
             welcome = await self._register(ws)
             self.on_status(url, f"connected as {welcome.provider_id[:12]}")
             log.info("registered with %s as %s", url, welcome.provider_id[:12])
