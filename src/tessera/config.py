@@ -129,7 +129,7 @@ class GatewaySettings(BaseSettings):
         2, ge=0, description="Times one stream may move to another provider mid-answer."
     )
     route_sample: int = Field(
-        256, ge=2, description="Providers scored per request when a model has more (at random)."
+        64, ge=2, description="Providers scored per request when a model has more (at random)."
     )
 
 

@@ -25,10 +25,9 @@ from tessera.market.quotes import (
     offer_price,
     output_token_bound,
     prompt_token_bound,
-    quote,
 )
 from tessera.market.registry import LiveProvider, ProviderRegistry
-from tessera.market.routing import NoRoute, Router, RouteRequest
+from tessera.market.routing import Router, RouteRequest
 from tessera.market.stake_policy import StakePolicy
 from tessera.protocol.wire import Job, ModelOffer
 from tessera.units import format_tokens
@@ -79,51 +78,64 @@ class Payments:
     def bonded(self, provider_id: str) -> int:
         return self.bookkeeper.book.bonded(provider_id)
 
-    def stake_filter(self, model: str, registry_pool_min: int | None = None) -> Filter:
+    def stake_filter(self, model: str) -> Filter:
         """The network's own constraint: enough stake bonded to be routed ``model``."""
-        least = self.stake.default if registry_pool_min is None else registry_pool_min
         return Filter(
             "stake",
             "network",
-            f"the minimum stake bonded ({tokens(least)} or more)",
+            f"the minimum stake bonded ({tokens(self.stake.default)} or more by default)",
             lambda p, o: self.staked(p, model),
         )
 
     async def reserve(self, payer: Payer, request_id: str, job: Job, route: RouteRequest) -> Charge:
         """Hold the worst case of ``job`` before work starts, or refuse with a clear error.
 
-        ``route`` carries the request's policy; its ``checks`` get the stake filter here.
+        The hold is the worst case of the dearest provider the request may use and the
+        consumer can afford, found by walking the model's price index from the top (no
+        full scan): a retry may then land on any provider up to that price. ``route``
+        carries the request's policy; its ``checks`` get the stake filter here.
         """
         model = job.model
         pool = self.registry.pool(model)
-        least = min((self.stake.required(p, model) for p in pool.members), default=0)
-        route = replace(route, checks=[*route.checks, self.stake_filter(model, least)])
-        eligible = self._router.eligible(pool, route)
-        if isinstance(eligible, NoRoute):
-            raise no_route_error(eligible)
+        route = replace(route, checks=[*route.checks, self.stake_filter(model)])
+        cheapest = next(self._router.by_price(pool, route), None)
+        if cheapest is None:
+            raise no_route_error(self._router.explain(pool, route, now=0.0))
         output_bound = output_token_bound(job)
-        worst = [self._worst_case(p.offers[model], job, output_bound) for p in eligible]
+
+        def worst(p: LiveProvider) -> int:
+            return self._worst_case(p.offers[model], job, output_bound)
+
         charge = Charge(request_id=request_id, model=model, held=0)
-        if max(worst) == 0:
+        dearest = next(self._router.by_price(pool, route, descending=True))
+        if worst(dearest) == 0 and worst(cheapest) == 0:
             return charge  # only free providers: nothing to hold
         book = self.bookkeeper.book
         now = self.bookkeeper.clock()
         spendable = book.spendable(payer.account_id, payer.key_id, payer.caps, now)
-        chosen = quote(worst, spendable)
-        if chosen is None:
-            raise self._short(payer, min(worst))
+        least = worst(cheapest)
+        hold = next(
+            (
+                cost
+                for p in self._router.by_price(pool, route, True)
+                if (cost := worst(p)) <= spendable
+            ),
+            None,
+        )
+        if hold is None:
+            raise self._short(payer, least)
         try:
             await self.bookkeeper.hold(
                 payer.account_id,
                 payer.key_id,
                 payer.caps,
                 charge.request_id,
-                chosen.hold,
+                hold,
                 {"model": model},
             )
         except (InsufficientFunds, CapReached):
-            raise self._short(payer, min(worst)) from None
-        charge.held = chosen.hold
+            raise self._short(payer, least) from None
+        charge.held = hold
         return charge
 
     def admit(self, charge: Charge, job: Job) -> list[Filter]:

@@ -41,7 +41,7 @@ from tessera.market.diagnosis import RecentRequests
 from tessera.market.policy import EffectivePolicy, Filter
 from tessera.market.quotes import output_token_bound, prompt_token_bound
 from tessera.market.registry import ProviderRegistry
-from tessera.market.routing import NoRoute, RouteRequest
+from tessera.market.routing import RouteRequest
 from tessera.market.sticky import StickyTable, conversation_digest
 from tessera.protocol.openai_api import (
     ChatCompletionRequest,
@@ -317,13 +317,10 @@ class Serving:
                 offer = self.offer_for(name, kind)
                 pool = self.registry.pool(name)
                 route = self._route(ctx, name)
-                least = min(
-                    (self.payments.stake.required(p, name) for p in pool.members), default=0
-                )
-                route = replace(route, checks=[self.payments.stake_filter(name, least)])
-                found = self.hub.router.eligible(pool, route)
-                if isinstance(found, NoRoute):
-                    raise no_route_error(found)
+                route = replace(route, checks=[self.payments.stake_filter(name)])
+                nobody = self.hub.router.any_eligible(pool, route)
+                if nobody is not None:
+                    raise no_route_error(nobody)
             except TesseraError as exc:
                 if position + 1 < len(names) and _worth_a_fallback(exc):
                     continue

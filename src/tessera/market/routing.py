@@ -12,15 +12,16 @@ throughput strict (the best tier first, score breaks ties); otherwise the pick i
 among the top few, weighted by score, so load spreads instead of herding on one node.
 
 Scale. Up to ``sample`` providers are scored exactly; a model with more is scored on a
-random sample of that size (``sort: price`` walks a price index instead), falling back to
-a full scan only when the sample holds no eligible provider. The explanation of an empty
-pool is also a full scan, run only on that error path.
+random sample of that size (``sort: price`` walks a price index instead). When the sample
+holds no eligible provider (a rare policy), the pool is scanned from a random point until
+a few turn up. The explanation of an empty pool is a full scan, run only on that error
+path.
 """
 
 from __future__ import annotations
 
 import random
-from collections.abc import Callable, Collection, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 from tessera.market.policy import EffectivePolicy, Filter
@@ -38,6 +39,7 @@ NEUTRAL = 0.7  # the speed part of a provider not measured yet: tried, not shunn
 TOP_K = 3  # the default pick is random among this many best, weighted by score
 STICKY_MIN_SHARE = 0.5  # a sticky provider is kept while its score is this share of the best
 SPEED_TIER = 1.1  # sort by latency / throughput: within 10 % of the best counts as a tie
+FALLBACK_WANT = 16  # a rare policy's sample miss: stop scanning once this many turn up
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,7 +93,7 @@ Stake = Callable[[str], int]
 
 class Router:
     def __init__(
-        self, rng: random.Random | None = None, sample: int = 256, stake: Stake | None = None
+        self, rng: random.Random | None = None, sample: int = 64, stake: Stake | None = None
     ) -> None:
         self.rng = rng or random.Random()
         self.sample = sample
@@ -125,7 +127,9 @@ class Router:
         else:
             candidates = [p for p in self._view(pool) if ok(p)]
             if not candidates and len(pool) > self.sample:
-                candidates = [p for p in pool.members if ok(p)]
+                # A policy rarer than the sample: scan on from a random point until a
+                # few turn up (not the whole pool, unless there are none).
+                candidates = self._scan(pool, ok, want=FALLBACK_WANT)
         if not candidates:
             return self.explain(pool, request, now)
 
@@ -148,6 +152,56 @@ class Router:
             weights = [max(score, 1e-6) ** 2 for score, _, _ in top]
             score, parts, chosen = self.rng.choices(top, weights=weights)[0]
         return Decision(chosen, reason, score, parts, len(scored), len(pool))
+
+    def _scan(
+        self, pool: ModelPool, test: Callable[[LiveProvider], bool], want: int
+    ) -> list[LiveProvider]:
+        """Up to ``want`` members passing ``test``, scanning from a random start."""
+        members = pool.members
+        n = len(members)
+        if n == 0:
+            return []
+        start = self.rng.randrange(n)
+        found: list[LiveProvider] = []
+        for i in range(n):
+            p = members[(start + i) % n]
+            if test(p):
+                found.append(p)
+                if len(found) >= want:
+                    break
+        return found
+
+    def passes(self, request: RouteRequest) -> Callable[[LiveProvider], bool]:
+        """The request's constraints (checks and policy), busy or not, as one predicate."""
+        filters = [*request.checks, *request.policy.filters]
+        model = request.model
+
+        def test(p: LiveProvider) -> bool:
+            offer = p.offers[model]
+            return all(f.test(p, offer) for f in filters)
+
+        return test
+
+    def any_eligible(self, pool: ModelPool, request: RouteRequest) -> NoRoute | None:
+        """None if some provider passes the request's constraints, else why none does.
+
+        Stops at the first match (the common case costs a few checks); the explanation,
+        a full scan, runs only when there is none.
+        """
+        if self._scan(pool, self.passes(request), want=1):
+            return None
+        return self.explain(pool, request, now=0.0)
+
+    def by_price(
+        self, pool: ModelPool, request: RouteRequest, descending: bool = False
+    ) -> Iterator[LiveProvider]:
+        """Providers passing the request's constraints, cheapest (or dearest) first."""
+        test = self.passes(request)
+        keys = reversed(pool.by_price) if descending else iter(pool.by_price)
+        for _, _, pid in keys:
+            p = pool.get(pid)
+            if p is not None and test(p):
+                yield p
 
     def _view(self, pool: ModelPool) -> list[LiveProvider]:
         members = pool.members
@@ -241,13 +295,9 @@ class Router:
         return scored, f"best of {len(scored)}"
 
     def eligible(self, pool: ModelPool, request: RouteRequest) -> list[LiveProvider] | NoRoute:
-        """Every provider the request's constraints allow, busy or not (a full scan).
-
-        What the gateway holds money against: a retry may land on any of them.
-        """
-        filters = [*request.checks, *request.policy.filters]
-        model = request.model
-        out = [p for p in pool.members if all(f.test(p, p.offers[model]) for f in filters)]
+        """Every provider the request's constraints allow, busy or not (a full scan)."""
+        test = self.passes(request)
+        out = [p for p in pool.members if test(p)]
         if not out:
             return self.explain(pool, request, now=0.0)
         return out
