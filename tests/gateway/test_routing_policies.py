@@ -498,3 +498,33 @@ async def test_a_conversation_stays_on_the_provider_that_holds_its_cache(tmp_pat
             ),
         )
         assert not fresh.headers["x-tessera-route"].startswith("sticky")
+
+
+async def test_a_stream_whose_provider_left_after_finishing_is_not_continued(
+    tmp_path: Path,
+) -> None:
+    async def finished_then_gone(node: Node, job: dict[str, Any]) -> None:
+        chunk = {
+            "type": "chunk",
+            "job_id": job["job_id"],
+            "text": "<4>",
+            "tokens": 1,
+            "prompt_tokens": 3,
+            "token_ids": [4],
+            "token_logprobs": [-0.1],
+        }
+        await node.peer.send(chunk)
+        await node.peer.send({"type": "chunk", "job_id": job["job_id"], "finish_reason": "stop"})
+        await asyncio.sleep(0.1)
+        await node.peer.ws.close()  # no done frame, so no receipt
+
+    async with (
+        live_gateway(tmp_path) as gw,
+        nodes(gw, [("DE", finished_then_gone, {}), ("FR", continuing, {})]) as (gone, rescuer),
+        gw.client() as client,
+    ):
+        body = chat_body(stream=True, temperature=0, provider={"order": [gone.id]})
+        text, events, _ = await stream_text(client, body)
+        assert text == "<4>"
+        assert "already finished" in events[-1]["error"]["message"]
+        assert rescuer.jobs == []

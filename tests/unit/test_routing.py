@@ -335,3 +335,26 @@ def test_health_survives_a_reconnect() -> None:
     registry.remove(pid(0))
     again = registry.add(pid(0), live.capabilities, now=1.0)
     assert again.health.state(1.0) == "open"
+
+
+def test_price_walks_and_existence_check_never_need_the_whole_pool() -> None:
+    registry = network(
+        {"price": 300, "region": "US"},
+        {"price": 100, "region": "DE"},
+        {"price": 200, "region": "FR"},
+        {"price": 50, "region": "JP"},
+    )
+    router = Router(random.Random(2))
+    eu = RouteRequest(MODEL, effective([Policy.parse({"regions_allow": ["eu"]})]))
+    pool = registry.pool(MODEL)
+    cheap_first = [p.provider_id for p in router.by_price(pool, eu)]
+    assert cheap_first == [pid(1), pid(2)]
+    assert [p.provider_id for p in router.by_price(pool, eu, descending=True)] == [pid(2), pid(1)]
+    assert router.any_eligible(pool, eu) is None
+    oceania = RouteRequest(MODEL, effective([Policy.parse({"regions_allow": ["oceania"]})]))
+    nobody = router.any_eligible(pool, oceania)
+    assert isinstance(nobody, NoRoute) and nobody.constraint == "regions_allow"
+    # Removing a provider keeps the price index in step with the pool.
+    registry.remove(pid(1))
+    assert [p.provider_id for p in router.by_price(pool, eu)] == [pid(2)]
+    assert len(pool.by_price) == len(pool) == 3

@@ -62,7 +62,8 @@ class Attempts:
 
     def give_up(self) -> ProviderFailed:
         return ProviderFailed(
-            f"{self.tried} provider(s) failed before answering (last: {self.last_failure}); "
+            f"{len(self.exclude)} provider(s) failed before answering (last: "
+            f"{self.last_failure}); "
             "retry later"
         )
 

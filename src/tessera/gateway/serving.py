@@ -624,6 +624,8 @@ class Serving:
         reproducible = params is not None and (params.temperature == 0 or params.seed is not None)
         single = job.kind == "chat" or (job.prompts is not None and len(job.prompts) == 1)
         sent = relay.token_ids
+        if relay.finished:
+            return "it had already finished, but its provider left before proving it"
         if not reproducible:
             return "it was sampled without a seed (set temperature 0 or a seed to allow it)"
         if not single:
@@ -674,11 +676,13 @@ class _Relay:
     prefix: int = 0  # tokens sent by earlier providers (the current job's continue_from)
     continuations: int = 0
     text: str = ""  # the whole answer's text so far (for sticky conversations)
+    finished: bool = False  # a finish_reason was sent: nothing is left to continue
 
     def add(self, chunk: Chunk) -> None:
         self.delivered.add(chunk)
         self.token_ids.extend(chunk.token_ids)
         self.text += chunk.text
+        self.finished = self.finished or chunk.finish_reason is not None
 
     def resume(self, stream: JobStream, prefix: int) -> None:
         self.stream = stream
