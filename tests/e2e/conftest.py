@@ -28,8 +28,10 @@ def live_network(
 
 @pytest.fixture
 def network(tmp_path: Path, tiny_model_dir: Path) -> Iterator[LiveNetwork]:
-    """A network of its own, for tests that kill or restart its processes."""
-    live = start_network(tmp_path, tiny_model_dir)
+    """A network of its own, for tests that kill or restart its processes. Its providers
+    serve the tiny text model only: no test of one uses embeddings, which would cost each
+    provider about 2 s of CPU more at start."""
+    live = start_network(tmp_path, tiny_model_dir, embeddings=False)
     try:
         yield live
     finally:

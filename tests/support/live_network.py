@@ -57,14 +57,19 @@ def provider_key_file(network: Network, index: int) -> Path:
     return network.data_dir / f"provider-{index}.key"
 
 
-def start_provider(network: Network, base: str, model_dir: Path, index: int, region: str) -> None:
+def start_provider(
+    network: Network, base: str, model_dir: Path, index: int, region: str, embeddings: bool = True
+) -> None:
+    """A staked provider serving the tiny model and, with ``embeddings``, all-MiniLM-L6-v2
+    (sentence-transformers and MiniLM cost a provider about 2 s of CPU more at start)."""
+    minilm = ["--model", "minilm"] if embeddings else []
     network.spawn(
         f"provider-{index}",
         [
             "provider",
             "--gateway", base,
             "--model", str(model_dir),
-            "--model", "minilm",
+            *minilm,
             "--region", region,
             "--label", f"e2e-{index}",
             "--price-in", str(100 * index),
@@ -76,7 +81,10 @@ def start_provider(network: Network, base: str, model_dir: Path, index: int, reg
     )  # fmt: skip
 
 
-def start_network(data_dir: Path, model_dir: Path, providers: int = 2) -> LiveNetwork:
+def start_network(
+    data_dir: Path, model_dir: Path, providers: int = 2, embeddings: bool = True
+) -> LiveNetwork:
+    """A dev gateway and ``providers`` providers (see :func:`start_provider`), all connected."""
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     network = Network(data_dir)
@@ -87,7 +95,8 @@ def start_network(data_dir: Path, model_dir: Path, providers: int = 2) -> LiveNe
         fund_account(base, api_key)
         for i in range(providers):
             stake_provider(base, provider_key_file(network, i + 1))
-            start_provider(network, base, model_dir, i + 1, ["US-east", "DE-eu"][i % 2])
+            region = ["US-east", "DE-eu"][i % 2]
+            start_provider(network, base, model_dir, i + 1, region, embeddings)
         wait_for_network(base, providers, network, timeout_s=240)
     except BaseException:
         network.stop()
