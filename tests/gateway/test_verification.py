@@ -206,10 +206,10 @@ async def until_audited(
 
 
 async def test_a_receipt_is_countersigned_and_only_its_consumer_reads_it(
-    tmp_path: Path,
+    gateway_dir: Path,
 ) -> None:
-    async with live_gateway(tmp_path) as gw:
-        _, tasks = await join(gw, tmp_path, "p")
+    async with live_gateway(gateway_dir) as gw:
+        _, tasks = await join(gw, gateway_dir, "p")
         async with gw.client() as client:
             response = await client.post("/v1/chat/completions", json=chat_body())
             assert response.status_code == 200, response.text
@@ -225,7 +225,7 @@ async def test_a_receipt_is_countersigned_and_only_its_consumer_reads_it(
         assert signed.receipt.request_id == request_id
         assert (signed.receipt.prompt_tokens, signed.receipt.completion_tokens) == (3, 1)
 
-        engine = create_engine(database_url_for(tmp_path))
+        engine = create_engine(database_url_for(gateway_dir))
         other_key, _ = await ApiKeyStore(engine).create("someone else")
         await engine.dispose()
         async with httpx.AsyncClient(base_url=gw.base) as anyone:
@@ -237,7 +237,7 @@ async def test_a_receipt_is_countersigned_and_only_its_consumer_reads_it(
         assert anonymous.status_code == 401
 
         # Offline: the file verifies; any edit breaks it.
-        path = tmp_path / "receipt.json"
+        path = gateway_dir / "receipt.json"
         path.write_text(json.dumps(body))
         runner = CliRunner()
         good = runner.invoke(receipt_app, ["verify", str(path), "--gateway-key", gateway_key])
@@ -253,8 +253,8 @@ async def test_a_receipt_is_countersigned_and_only_its_consumer_reads_it(
         stop(tasks)
 
 
-async def test_a_job_without_receipt_is_refused_and_answered_elsewhere(tmp_path: Path) -> None:
-    async with live_gateway(tmp_path) as gw:
+async def test_a_job_without_receipt_is_refused_and_answered_elsewhere(gateway_dir: Path) -> None:
+    async with live_gateway(gateway_dir) as gw:
         bad = await Peer.open(gw.ws_url)
         await bad.register(slots=2, price=PRICE)
         beat = asyncio.create_task(bad.beat_forever())
@@ -262,7 +262,7 @@ async def test_a_job_without_receipt_is_refused_and_answered_elsewhere(tmp_path:
             before = (await client.get("/v1/account")).json()["balance"]
             request = asyncio.create_task(client.post("/v1/chat/completions", json=chat_body()))
             job = await bad.recv()
-            _, tasks = await join(gw, tmp_path, "good")
+            _, tasks = await join(gw, gateway_dir, "good")
             frame = done_frame(bad, job, [], (3, 1))
             del frame["receipt"], frame["receipt_signature"]
             await bad.send({"type": "chunk", "job_id": job["job_id"], "text": "unsigned"})
@@ -286,7 +286,7 @@ async def test_a_job_without_receipt_is_refused_and_answered_elsewhere(tmp_path:
 
 @pytest.mark.parametrize("lie", ["forged", "replayed"])
 async def test_a_forged_or_replayed_receipt_slashes_the_whole_stake(
-    tmp_path: Path, lie: str
+    gateway_dir: Path, lie: str
 ) -> None:
     first_receipt: dict[str, Any] = {}
 
@@ -306,8 +306,8 @@ async def test_a_forged_or_replayed_receipt_slashes_the_whole_stake(
         await peer.send(end)
         await peer.send(frame)
 
-    async with live_gateway(tmp_path, min_stake_units=10**9) as gw:
-        peer, tasks = await join(gw, tmp_path, "liar", stake=True, on_job=liar)
+    async with live_gateway(gateway_dir, min_stake_units=10**9) as gw:
+        peer, tasks = await join(gw, gateway_dir, "liar", stake=True, on_job=liar)
         async with gw.client() as client:
             before = (await client.get("/v1/account")).json()["balance"]
             stake = await bonded(client, peer)
@@ -333,7 +333,7 @@ async def test_a_forged_or_replayed_receipt_slashes_the_whole_stake(
 
 
 async def test_a_streamed_answer_with_inflated_counts_is_free_and_slashed(
-    tmp_path: Path,
+    gateway_dir: Path,
 ) -> None:
     async def inflater(peer: Peer, job: dict[str, Any]) -> None:
         chunk = {"type": "chunk", "job_id": job["job_id"], "text": "two words", "tokens": 2,
@@ -343,8 +343,8 @@ async def test_a_streamed_answer_with_inflated_counts_is_free_and_slashed(
         await peer.send(end)
         await peer.send(done_frame(peer, job, [chunk, end], (3, 7)))  # 7 claimed, 2 sent
 
-    async with live_gateway(tmp_path, min_stake_units=10**9) as gw:
-        peer, tasks = await join(gw, tmp_path, "inflater", stake=True, on_job=inflater)
+    async with live_gateway(gateway_dir, min_stake_units=10**9) as gw:
+        peer, tasks = await join(gw, gateway_dir, "inflater", stake=True, on_job=inflater)
         async with gw.client() as client:
             before = (await client.get("/v1/account")).json()["balance"]
             stake = await bonded(client, peer)
@@ -365,16 +365,16 @@ async def test_a_streamed_answer_with_inflated_counts_is_free_and_slashed(
 
 
 async def test_the_catalog_pins_weights_and_newcomers_must_pass_the_challenge(
-    tmp_path: Path,
+    gateway_dir: Path,
 ) -> None:
     async def wrong_challenge(peer: Peer) -> None:
         with_bad_tokens = await peer.recv()
         assert with_bad_tokens["job_id"].startswith("challenge")
         await answer_tokens(peer, with_bad_tokens, [9, 9, 9], [-4.0, -4.0, -4.0], 2)
 
-    async with live_gateway(tmp_path, catalog_file=catalog_file(tmp_path)) as gw:
+    async with live_gateway(gateway_dir, catalog_file=catalog_file(gateway_dir)) as gw:
         async with gw.client() as client:
-            mismatch, t1 = await join(gw, tmp_path, "mismatch", weights="ab" * 32)
+            mismatch, t1 = await join(gw, gateway_dir, "mismatch", weights="ab" * 32)
             await wait_status(client, mismatch, "weights_mismatch")
             refused = await client.post("/v1/chat/completions", json=chat_body())
             assert refused.status_code == 503
@@ -386,7 +386,7 @@ async def test_the_catalog_pins_weights_and_newcomers_must_pass_the_challenge(
             await wait_status(client, failing, "challenge_failed")
             assert (await client.post("/v1/chat/completions", json=chat_body())).status_code == 503
 
-            good, t2 = await join(gw, tmp_path, "good")
+            good, t2 = await join(gw, gateway_dir, "good")
             await wait_status(client, good, "routable")
             served = await client.post("/v1/chat/completions", json=chat_body())
             assert served.status_code == 200, served.text
@@ -402,20 +402,22 @@ async def test_the_catalog_pins_weights_and_newcomers_must_pass_the_challenge(
 # ------------------------------------------------------------------ audits and disputes
 
 
-async def test_two_failed_audits_of_three_slash_refund_and_ban(tmp_path: Path) -> None:
+async def test_two_failed_audits_of_three_slash_refund_and_ban(gateway_dir: Path) -> None:
     async def says_something_else(peer: Peer, job: dict[str, Any]) -> None:
         await answer(peer, job, text="not what the model says")
 
     keys = [SigningKey.generate() for _ in range(3)]
     async with live_gateway(
-        tmp_path,
-        catalog_file=catalog_file(tmp_path),
+        gateway_dir,
+        catalog_file=catalog_file(gateway_dir),
         validator_keys=[public_key_hex(k) for k in keys],
         min_stake_units=10**9,
     ) as gw:
         async with gw.client() as client:
-            tasks = await join_validators(gw, client, tmp_path, keys)
-            cheat, more = await join(gw, tmp_path, "cheat", stake=True, on_job=says_something_else)
+            tasks = await join_validators(gw, client, gateway_dir, keys)
+            cheat, more = await join(
+                gw, gateway_dir, "cheat", stake=True, on_job=says_something_else
+            )
             tasks += more
             await wait_status(client, cheat, "routable")
             stake = await bonded(client, cheat)
@@ -452,17 +454,17 @@ async def test_two_failed_audits_of_three_slash_refund_and_ban(tmp_path: Path) -
         stop(tasks)
 
 
-async def test_one_lying_auditor_cannot_slash_an_honest_provider(tmp_path: Path) -> None:
+async def test_one_lying_auditor_cannot_slash_an_honest_provider(gateway_dir: Path) -> None:
     keys = [SigningKey.generate() for _ in range(3)]  # keys[0] fails every audit it is given
     async with live_gateway(
-        tmp_path,
-        catalog_file=catalog_file(tmp_path),
+        gateway_dir,
+        catalog_file=catalog_file(gateway_dir),
         validator_keys=[public_key_hex(k) for k in keys],
         min_stake_units=10**9,
     ) as gw:
         async with gw.client() as client:
-            tasks = await join_validators(gw, client, tmp_path, keys, first_audits=fail_audit)
-            honest, more = await join(gw, tmp_path, "honest", stake=True)
+            tasks = await join_validators(gw, client, gateway_dir, keys, first_audits=fail_audit)
+            honest, more = await join(gw, gateway_dir, "honest", stake=True)
             tasks += more
             await wait_status(client, honest, "routable")
             stake = await bonded(client, honest)
@@ -484,21 +486,21 @@ async def test_one_lying_auditor_cannot_slash_an_honest_provider(tmp_path: Path)
         stop(tasks)
 
 
-async def test_an_auditor_that_does_not_answer_is_replaced(tmp_path: Path) -> None:
+async def test_an_auditor_that_does_not_answer_is_replaced(gateway_dir: Path) -> None:
     async def crash(peer: Peer, audit: dict[str, Any]) -> None:
         error = {"code": "backend_crashed", "message": "out of memory", "retryable": False}
         await peer.send({"type": "job_error", "job_id": audit["job_id"], **error})
 
     keys = [SigningKey.generate() for _ in range(3)]  # keys[0] never gives a result
     async with live_gateway(
-        tmp_path,
-        catalog_file=catalog_file(tmp_path),
+        gateway_dir,
+        catalog_file=catalog_file(gateway_dir),
         validator_keys=[public_key_hex(k) for k in keys],
         min_stake_units=10**9,
     ) as gw:
         async with gw.client() as client:
-            tasks = await join_validators(gw, client, tmp_path, keys, first_audits=crash)
-            honest, more = await join(gw, tmp_path, "honest", stake=True)
+            tasks = await join_validators(gw, client, gateway_dir, keys, first_audits=crash)
+            honest, more = await join(gw, gateway_dir, "honest", stake=True)
             tasks += more
             await wait_status(client, honest, "routable")
             audits: dict[str, Any] = {}
