@@ -174,14 +174,17 @@ async def join_validators(
     keys: list[SigningKey],
     first_audits: Handler = pass_audit,
 ) -> list[asyncio.Task[None]]:
-    """Connect the gateway's validators (``keys[0]`` audits with ``first_audits``)."""
-    tasks = []
-    for i, key in enumerate(keys):
+    """Connect the gateway's validators (``keys[0]`` audits with ``first_audits``), all at
+    once, and wait until each passed its join challenge."""
+
+    async def one(i: int, key: SigningKey) -> list[asyncio.Task[None]]:
         on_audit = first_audits if i == 0 else pass_audit
-        validator, more = await join(gw, tmp_path, f"v{i}", key=key, on_audit=on_audit)
+        validator, tasks = await join(gw, tmp_path, f"v{i}", key=key, on_audit=on_audit)
         await wait_status(client, validator, "routable")
-        tasks += more
-    return tasks
+        return tasks
+
+    joined = await asyncio.gather(*(one(i, key) for i, key in enumerate(keys)))
+    return [task for tasks in joined for task in tasks]
 
 
 async def until_audited(
