@@ -81,12 +81,15 @@ def _killed_provider_scenario(network: LiveNetwork, client: OpenAI) -> None:
 
 
 def test_upstream_provider_serves_and_abandoned_stream_is_cancelled_upstream(
-    network: LiveNetwork, tiny_model_dir: Path, tmp_path: Path
+    live_network: LiveNetwork, tiny_model_dir: Path, tmp_path: Path
 ) -> None:
-    """A provider fronting an OpenAI-compatible server (as with vLLM), end to end."""
+    """A provider fronting an OpenAI-compatible server (as with vLLM), end to end. Nothing
+    is killed here, so it joins the shared network, and leaves it as it found it."""
+    network = live_network
+    connected = httpx.get(f"{network.base}/health").json()["providers"]
     with running_upstream(tiny_model_dir, tmp_path, "tiny-upstream", embeddings=False) as up:
         stake_provider(network.base, network.data_dir / "upstream.key")
-        network.network.spawn(
+        provider = network.network.spawn(
             "provider-upstream",
             [
                 "provider",
@@ -99,9 +102,18 @@ def test_upstream_provider_serves_and_abandoned_stream_is_cancelled_upstream(
                 "--key-file", str(network.data_dir / "upstream.key"),
             ],
         )  # fmt: skip
-        wait_for_network(network.base, 3, network.network, timeout_s=90)
-        with network.client(timeout=60) as client:
-            _compare_and_abandon(client, up.base_url)
+        try:
+            wait_for_network(network.base, connected + 1, network.network, timeout_s=90)
+            with network.client(timeout=60) as client:
+                _compare_and_abandon(client, up.base_url)
+        finally:
+            provider.terminate()
+            provider.wait(30)
+            network.network.processes.remove(("provider-upstream", provider))
+            deadline = time.monotonic() + 30
+            while httpx.get(f"{network.base}/health").json()["providers"] != connected:
+                assert time.monotonic() < deadline, "the upstream provider is still listed"
+                time.sleep(0.2)
 
 
 def _compare_and_abandon(client: OpenAI, upstream_url: str) -> None:
