@@ -92,7 +92,10 @@ def test_gateway_killed_under_load_leaves_a_sound_ledger(network: LiveNetwork) -
         ["gateway", "--port", str(network.port), "--data-dir", str(network.data_dir), "--dev"],
     )
     wait_for_network(network.base, 2, network.network, timeout_s=120)
-    time.sleep(2)  # let the load run on the restarted gateway
+    # Let the load run on the restarted gateway until it has served a few paid requests.
+    deadline = time.monotonic() + 60
+    while outcomes["ok"] < served_before_kill + 3 and time.monotonic() < deadline:
+        time.sleep(0.1)
     stop.set()
     for worker in workers:
         worker.join(60)
