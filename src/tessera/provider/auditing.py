@@ -27,6 +27,7 @@ from tessera.protocol.canonical import canonical_bytes, sha256_hex
 from tessera.protocol.wire import (
     AUDIT_RESULT_DOMAIN,
     Audit,
+    AuditChoice,
     AuditResult,
     ChoiceScore,
     Frame,
@@ -182,9 +183,26 @@ def _choice_prompt(audit: Audit, index: int) -> Prompt:
     return prompts[index]
 
 
+def _score_request(audit: Audit, choice: AuditChoice) -> ScoreRequest:
+    """A choice's tokens after its prompt and, for a continuation job, after the output it
+    was handed (the stop strings then say what text that output still held back)."""
+    job = audit.job
+    prompt = _choice_prompt(audit, choice.index)
+    if not job.continue_from:
+        return ScoreRequest(prompt, choice.token_ids)
+    if job.kind != "chat" and len(job.prompts or []) != 1:
+        raise BackendError(
+            "the audited job continues output but does not have exactly one prompt",
+            "invalid_continuation",
+        )
+    stop = job.params.stop if job.params is not None else []
+    return ScoreRequest(prompt, choice.token_ids, continue_from=job.continue_from, stop=stop)
+
+
 async def score_text_audit(audit: Audit, batcher: ScoreBatcher) -> list[ChoiceScore]:
-    """Each audited choice, teacher-forced through our model."""
-    requests = [ScoreRequest(_choice_prompt(audit, c.index), c.token_ids) for c in audit.choices]
+    """Each audited choice, teacher-forced through our model (a continuation job's after
+    its ``continue_from``, which ``prompt_tokens`` then counts)."""
+    requests = [_score_request(audit, c) for c in audit.choices]
     results = await batcher.score(requests)
     return [
         ChoiceScore(

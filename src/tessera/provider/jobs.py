@@ -8,6 +8,12 @@ Every text chunk carries the sampled token ids and their raw logprobs (the clien
 ended with its end-of-sequence token. The Done carries a :class:`Receipt` signed with the
 provider key that commits to exactly the chunks sent (``OutputDigest``), so its
 ``completion_tokens`` equal the digest's: ids listed plus one per end-of-sequence token.
+
+A continuation job (``Job.continue_from``, failover after another provider died mid-stream)
+has one prompt; the backend reads prompt + continue_from and produces only what follows.
+Its usage and receipt count ``prompt_tokens`` = the prompt's tokens + len(continue_from)
+(everything the model read) and ``completion_tokens`` = new tokens only; the receipt's
+``prompt_sha256`` covers ``continue_from``, since it hashes the whole job but its ids.
 """
 
 from __future__ import annotations
@@ -55,7 +61,12 @@ from tessera.provider.backends.base import TokenLogprob as BackendLogprob
 Send = Callable[[Frame], Awaitable[None]]
 
 # Errors every provider would give for this request: never worth retrying elsewhere.
-CLIENT_ERRORS = {"context_length_exceeded", "invalid_token_ids", "chat_template_missing"}
+CLIENT_ERRORS = {
+    "context_length_exceeded",
+    "invalid_token_ids",
+    "chat_template_missing",
+    "invalid_continuation",
+}
 LOGPROB_FLOOR = -9999.0
 MAX_CHUNK_TOKENS = 10_000  # the wire's bound on a chunk's token lists
 
@@ -158,6 +169,16 @@ async def run_text_job(
         prompts = [job.messages or []]
     else:
         prompts = list(job.prompts or [])
+    continue_from = job.continue_from or []
+    if continue_from and len(prompts) != 1:
+        await send(
+            JobError(
+                job_id=job.job_id,
+                code="invalid_continuation",
+                message=f"continue_from needs a job with one prompt; this one has {len(prompts)}",
+            )
+        )
+        return
     client_logprobs = job.params.logprobs
     digest = OutputDigest()
     sent_any = False
@@ -171,7 +192,13 @@ async def run_text_job(
 
     try:
         for index, prompt in enumerate(prompts):
-            async for event in backend.stream(prompt, job.params, cancel):
+            # Passed only when set: backends written before continuations still run the rest.
+            events = (
+                backend.stream(prompt, job.params, cancel, continue_from)
+                if continue_from
+                else backend.stream(prompt, job.params, cancel)
+            )
+            async for event in events:
                 if isinstance(event, Delta):
                     if not event.text and not event.logprobs:
                         continue
@@ -208,6 +235,15 @@ async def run_text_job(
 async def run_embedding_job(
     job: Job, backend: EmbeddingBackend, send: Send, signer: ReceiptSigner
 ) -> None:
+    if job.continue_from:
+        await send(
+            JobError(
+                job_id=job.job_id,
+                code="invalid_continuation",
+                message="an embedding job has no output to continue",
+            )
+        )
+        return
     started_at_ms = now_ms()
     try:
         result = await backend.embed(job.inputs or [])

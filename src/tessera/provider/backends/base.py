@@ -91,10 +91,18 @@ Prompt = Sequence[ChatMessage] | str | Sequence[int]
 
 @dataclass(frozen=True, slots=True)
 class ScoreRequest:
-    """An output to re-score: ``token_ids`` teacher-forced after ``prompt``."""
+    """An output to re-score: ``token_ids`` teacher-forced after ``prompt``.
+
+    For a continuation job, ``continue_from`` is the output it was handed: read after the
+    prompt (and counted in the result's ``prompt_tokens``) before ``token_ids``. ``stop``
+    is the job's stop strings; with ``continue_from`` they decide which text the handed
+    output still held back, which the scored text starts with (see ``ScoreResult``).
+    """
 
     prompt: Prompt
     token_ids: Sequence[int]
+    continue_from: Sequence[int] = ()
+    stop: Sequence[str] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,7 +122,14 @@ class TokenRank:
 @dataclass(frozen=True, slots=True)
 class ScoreResult:
     """The scores of one request: each token in order, then the best end-of-sequence token
-    at the position after the last one; ``text`` is the tokens decoded as a stream would."""
+    at the position after the last one; ``text`` is the tokens decoded as a stream would,
+    before any cut at a stop string. ``prompt_tokens`` counts everything read before the
+    tokens: the prompt and ``continue_from``.
+
+    A continuation's text is what its stream delivers before a stop-string cut: the text
+    ``continue_from`` still held back (the start of an unfinished character or of a stop
+    string), then the tokens' own.
+    """
 
     prompt_tokens: int
     tokens: tuple[TokenRank, ...]
@@ -154,12 +169,23 @@ class TextBackend(Protocol):
     info: ModelInfo
 
     def stream(
-        self, prompt: Prompt, params: SamplingParams, cancel: CancelToken
+        self,
+        prompt: Prompt,
+        params: SamplingParams,
+        cancel: CancelToken,
+        continue_from: Sequence[int] = (),
     ) -> AsyncIterator[Delta | Finish]:
         """Yield Deltas as tokens are produced, then exactly one Finish.
 
-        Raises BackendError (PromptTooLong for an over-long prompt) before the first
-        event when the work cannot start.
+        ``continue_from`` (failover) is output another provider already delivered: the
+        stream goes on after it as if it had produced it, its text starting where that
+        output's delivered text ended; ``params.max_tokens`` and the counts of Delta and
+        Finish cover new tokens only, and ``prompt_tokens`` counts the prompt plus
+        ``continue_from``. jobs.py passes it only for continuation jobs.
+
+        Raises BackendError (PromptTooLong for an over-long prompt;
+        ``continuation_unsupported`` when the backend cannot continue token-exactly)
+        before the first event when the work cannot start.
         """
         ...
 

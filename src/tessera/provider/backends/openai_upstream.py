@@ -33,7 +33,11 @@ Error codes (``BackendError.code``): ``upstream_unavailable`` (cannot connect, t
 (PromptTooLong: a 4xx whose message is about the context length; note that vLLM also
 says this when prompt + max_tokens exceeds the context), ``upstream_rejected`` (any other
 4xx, with the upstream's message), ``upstream_invalid`` (a response we cannot parse),
-``invalid_prompt`` (an empty prompt).
+``invalid_prompt`` (an empty prompt), ``continuation_unsupported`` (a failover job with
+``continue_from``: an OpenAI-compatible server cannot be made to go on after given output
+ids token-exactly, since it renders chat templates and re-tokenizes text itself and its
+seeded sampling cannot resume mid-answer; the job is refused before anything is sent, and
+``retryable`` so the gateway tries another provider).
 
 Audits: an OpenAI-compatible server cannot teacher-force a given output, so ``score``
 raises ``audit_unsupported``.
@@ -121,8 +125,18 @@ class OpenAIUpstreamTextBackend(_Upstream):
     """TextBackend over an OpenAI-compatible server; ``info`` is what we announce."""
 
     async def stream(
-        self, prompt: Prompt, params: SamplingParams, cancel: CancelToken
+        self,
+        prompt: Prompt,
+        params: SamplingParams,
+        cancel: CancelToken,
+        continue_from: Sequence[int] = (),
     ) -> AsyncIterator[Delta | Finish]:
+        if continue_from:
+            raise BackendError(
+                f"{self.info.name} is served through an OpenAI-compatible upstream, which "
+                "cannot continue given output token-exactly",
+                "continuation_unsupported",
+            )
         path, body, state = self._request(prompt, params)
         queue: asyncio.Queue[_Item] = asyncio.Queue(maxsize=_QUEUE_SIZE)
         reader = asyncio.create_task(self._read(path, body, state, queue))

@@ -15,11 +15,20 @@ included (it has no text and no logprob entry; ``Finish.eos`` says one was sampl
 stream cancelled through its token ends with ``Finish(reason="stop")`` counting the tokens
 made before the cancel was seen.
 
+Continuations (failover): ``stream`` with ``continue_from`` reads prompt + continue_from in
+one prefill and samples from output position ``len(continue_from)`` on (seeded draws depend
+on the position only, see sampling.py), so a greedy or seeded answer goes on as the first
+provider's would have. The detokenizer and stop filter are first fed ``continue_from``,
+and what they release then is dropped (the client has it). When ``continue_from`` is the
+ids of every chunk delivered (a chunk's ids and text travel together), the new text starts
+exactly where the delivered text ended, with whatever the handed output still held back.
+
 Scoring (audits): ``score`` encodes each prompt exactly as ``stream`` does, appends the
-audited tokens, and runs ONE forward pass over the whole batch, right-padded with an
-attention mask (causal attention makes right padding exact), in a worker thread. Each token
-gets its rank among the vocabulary, its raw logprob and its position's top logprob; ``end``
-scores the best-ranked end-of-sequence id after the last token.
+continued tokens (if any) and the audited tokens, and runs ONE forward pass over the whole
+batch, right-padded with an attention mask (causal attention makes right padding exact), in
+a worker thread. Each token gets its rank among the vocabulary, its raw logprob and its
+position's top logprob; ``end`` scores the best-ranked end-of-sequence id after the last
+token. A continuation's text is decoded as its stream delivers it (primed the same way).
 """
 
 from __future__ import annotations
@@ -53,6 +62,7 @@ from tessera.provider.backends.base import (
     TokenRank,
     TopToken,
 )
+from tessera.provider.backends.sampling import counter_uniform, fresh_uniform, sample_token
 from tessera.provider.model_hash import weights_sha256
 
 REPLACEMENT_CHAR = "\ufffd"
@@ -75,6 +85,11 @@ class StopStringFilter:
         self._stops = tuple(s for s in stops if s)
         self._held = ""
         self.stopped = False
+
+    @property
+    def held(self) -> str:
+        """Text pushed but not released yet (it may still begin a stop string)."""
+        return self._held
 
     def push(self, text: str) -> str:
         if self.stopped:
@@ -160,20 +175,25 @@ class IncrementalDetokenizer:
         return full[len(done) :] if len(full) > len(done) else ""
 
 
-def sample_token(
-    logits: torch.Tensor, temperature: float, top_p: float, generator: torch.Generator | None
-) -> int:
-    """Pick the next token from 1-D ``logits``: greedy at temperature 0, else nucleus sampling."""
-    if temperature == 0.0:
-        return int(torch.argmax(logits))
-    probs = torch.softmax(logits.float() / temperature, dim=-1)
-    if top_p < 1.0:
-        sorted_probs, order = torch.sort(probs, descending=True)
-        before = torch.cumsum(sorted_probs, dim=-1) - sorted_probs
-        sorted_probs = torch.where(before < top_p, sorted_probs, torch.zeros_like(sorted_probs))
-        pick = torch.multinomial(sorted_probs, 1, generator=generator)
-        return int(order[pick])
-    return int(torch.multinomial(probs, 1, generator=generator))
+def primed_text_state(
+    decode: Callable[[list[int]], str], continued: Sequence[int], stops: Sequence[str]
+) -> tuple[IncrementalDetokenizer, StopStringFilter]:
+    """The detokenizer and stop filter of a stream that already produced ``continued``.
+
+    What they released for it is dropped: the client got it from the stream that made
+    those tokens. BackendError (``invalid_continuation``) when ``continued`` already holds a
+    stop string: that answer has ended.
+    """
+    detok = IncrementalDetokenizer(decode)
+    stop_filter = StopStringFilter(stops)
+    for token in continued:
+        stop_filter.push(detok.push(token))
+    if stop_filter.stopped:
+        raise BackendError(
+            "continue_from already contains a stop string: the answer ended there",
+            code="invalid_continuation",
+        )
+    return detok, stop_filter
 
 
 # ---------------------------------------------------------------- the backend
@@ -256,16 +276,26 @@ class TransformersTextBackend:
         return sum(1 for t in list(self._active) if t.is_alive())
 
     async def stream(
-        self, prompt: Prompt, params: SamplingParams, cancel: CancelToken
+        self,
+        prompt: Prompt,
+        params: SamplingParams,
+        cancel: CancelToken,
+        continue_from: Sequence[int] = (),
     ) -> AsyncIterator[Delta | Finish]:
-        """Yield Deltas, then one Finish. See the module docstring for the text contract."""
+        """Yield Deltas, then one Finish. See the module docstring for the text contract
+        and continuations (``invalid_token_ids`` / ``invalid_continuation`` when
+        ``continue_from`` holds a token outside the vocabulary, an end-of-sequence token or
+        a stop string)."""
         if self._model is None:
             raise BackendError("the backend is closed", code="backend_closed")
+        continued = self._continued(continue_from)
         ids = await asyncio.to_thread(self._encode, prompt)
+        ids += continued
         if len(ids) >= self.info.context_length:
+            handed = f" ({len(continued)} of them continued output)" if continued else ""
             raise PromptTooLong(
-                f"the prompt has {len(ids)} tokens; {self.info.name} has a context of "
-                f"{self.info.context_length} tokens and needs room for at least one more"
+                f"the prompt has {len(ids)} tokens{handed}; {self.info.name} has a context "
+                f"of {self.info.context_length} tokens and needs room for at least one more"
             )
         max_new = min(params.max_tokens, self.info.context_length - len(ids))
         loop = asyncio.get_running_loop()
@@ -279,7 +309,7 @@ class TransformersTextBackend:
 
         thread = threading.Thread(
             target=self._run,
-            args=(ids, max_new, params, cancel, emit),
+            args=(ids, continued, max_new, params, cancel, emit),
             name=f"tessera-textgen-{next(_thread_ids)}",
             daemon=True,
         )
@@ -302,10 +332,13 @@ class TransformersTextBackend:
                 cancel.cancel()
 
     async def score(self, requests: Sequence[ScoreRequest]) -> list[ScoreResult]:
-        """Teacher-force each request's tokens after its prompt; one forward pass in all.
+        """Teacher-force each request's tokens after its prompt (and ``continue_from``);
+        one forward pass in all.
 
         Raises BackendError (``invalid_token_ids`` for a token outside the vocabulary,
-        PromptTooLong when prompt + tokens exceed the context) before any work is done.
+        ``invalid_continuation`` for a ``continue_from`` no stream could have delivered,
+        PromptTooLong when prompt + continue_from + tokens exceed the context) before any
+        work is done.
         """
         if self._model is None:
             raise BackendError("the backend is closed", code="backend_closed")
@@ -329,13 +362,14 @@ class TransformersTextBackend:
     def _run(
         self,
         ids: list[int],
+        continued: list[int],
         max_new: int,
         params: SamplingParams,
         cancel: CancelToken,
         emit: Callable[[Delta | Finish | BaseException], None],
     ) -> None:
         try:
-            self._generate(ids, max_new, params, cancel, emit)
+            self._generate(ids, continued, max_new, params, cancel, emit)
         except BaseException as exc:  # handed to the consumer, re-raised there
             emit(exc)
         finally:
@@ -344,23 +378,17 @@ class TransformersTextBackend:
     def _generate(
         self,
         ids: list[int],
+        continued: list[int],
         max_new: int,
         params: SamplingParams,
         cancel: CancelToken,
         emit: Callable[[Delta | Finish | BaseException], None],
     ) -> None:
+        """``ids`` is the prompt followed by ``continued`` (the output already delivered)."""
         model = self._model
         if model is None:
             raise BackendError("the backend is closed", code="backend_closed")
-        generator: torch.Generator | None = None
-        if params.temperature > 0.0:
-            generator = torch.Generator(device=self._device)
-            if params.seed is None:
-                generator.seed()
-            else:
-                generator.manual_seed(params.seed)
-        detok = IncrementalDetokenizer(self._decode)
-        stops = StopStringFilter(params.stop)
+        seed = params.seed
         pending: list[TokenLogprob] = []
         produced = 0
         reason: Literal["stop", "length"] = "length"
@@ -369,9 +397,13 @@ class TransformersTextBackend:
         prompt_tokens: int | None = len(ids)  # sent with the first delta
         with torch.inference_mode():
             out = model(input_ids=torch.tensor([ids], device=self._device), use_cache=True)
+            # Primed after the prefill is queued: on a GPU the two overlap.
+            detok, stops = primed_text_state(self._decode, continued, params.stop)
             while not cancel.cancelled:
                 logits = out.logits[0, -1]
-                token = sample_token(logits, params.temperature, params.top_p, generator)
+                position = len(continued) + produced  # in the whole answer
+                uniform = fresh_uniform() if seed is None else counter_uniform(seed, position)
+                token = sample_token(logits, params.temperature, params.top_p, uniform)
                 produced += 1
                 if token in self._eos_ids:
                     reason, eos = "stop", True
@@ -396,7 +428,8 @@ class TransformersTextBackend:
         emit(Finish(reason=reason, prompt_tokens=len(ids), completion_tokens=produced, eos=eos))
 
     def _score_sync(self, requests: list[ScoreRequest]) -> list[ScoreResult]:
-        prompts = [self._encode(r.prompt) for r in requests]
+        continued = [self._continued(r.continue_from) for r in requests]
+        prompts = [self._encode(r.prompt) + c for r, c in zip(requests, continued, strict=True)]
         outputs = [[int(t) for t in r.token_ids] for r in requests]
         for number, (prompt, tokens) in enumerate(zip(prompts, outputs, strict=True)):
             bad = [t for t in tokens if not 0 <= t < self._vocab_size]
@@ -411,6 +444,9 @@ class TransformersTextBackend:
                     f"request {number}: {len(prompt)} prompt + {len(tokens)} output tokens "
                     f"exceed the context of {self.info.context_length} tokens of {self.info.name}"
                 )
+        texts = [
+            self._scored_text(r, c, t) for r, c, t in zip(requests, continued, outputs, strict=True)
+        ]
         model = self._model
         if model is None:
             raise BackendError("the backend is closed", code="backend_closed")
@@ -440,11 +476,11 @@ class TransformersTextBackend:
                 row_logprobs = torch.log_softmax(
                     logits[i, start : start + len(tokens) + 1].float(), dim=-1
                 )
-                results.append(self._score_row(row_logprobs, prompt, tokens))
+                results.append(self._score_row(row_logprobs, len(prompt), tokens, texts[i]))
         return results
 
     def _score_row(
-        self, logprobs: torch.Tensor, prompt: list[int], tokens: list[int]
+        self, logprobs: torch.Tensor, prompt_tokens: int, tokens: list[int], text: str
     ) -> ScoreResult:
         """``logprobs`` holds len(tokens) + 1 positions: one per token, then the end."""
         count = len(tokens)
@@ -467,7 +503,14 @@ class TransformersTextBackend:
             end = TokenRank(int((last > best).sum()) + 1, _clamp(best), top)
         else:  # a model that cannot end: its end is as unlikely as a token can be
             end = TokenRank(int(last.shape[-1]), MIN_LOGPROB, top)
-        return ScoreResult(len(prompt), scored, end, self._decode(tokens))
+        return ScoreResult(prompt_tokens, scored, end, text)
+
+    def _scored_text(self, request: ScoreRequest, continued: list[int], tokens: list[int]) -> str:
+        """The tokens' text as their stream delivers it, before any stop-string cut."""
+        if not continued:
+            return self._decode(tokens)
+        detok, stops = primed_text_state(self._decode, continued, request.stop)
+        return stops.held + "".join(detok.push(t) for t in tokens) + detok.flush()
 
     def _token_logprob(self, token: int, logprobs: torch.Tensor, top_n: int) -> TokenLogprob:
         top: tuple[TopToken, ...] = ()
@@ -496,6 +539,25 @@ class TransformersTextBackend:
             )
 
     # ------------------------------------------------------------ prompts
+
+    def _continued(self, continue_from: Sequence[int]) -> list[int]:
+        """``continue_from`` checked: output ids a stream could have delivered (in the
+        vocabulary, no end-of-sequence token: an answer ends there). BackendError if not."""
+        ids = [int(t) for t in continue_from]
+        bad = [t for t in ids if not 0 <= t < self._vocab_size]
+        if bad:
+            raise BackendError(
+                f"continue_from: token id {bad[0]} is outside the vocabulary "
+                f"(size {self._vocab_size})",
+                code="invalid_token_ids",
+            )
+        ended = [t for t in ids if t in self._eos_ids]
+        if ended:
+            raise BackendError(
+                f"continue_from holds the end-of-sequence token {ended[0]}: the answer ended there",
+                code="invalid_continuation",
+            )
+        return ids
 
     def _encode(self, prompt: Prompt) -> list[int]:
         """Token ids of a prompt: chat messages, text, or token ids. BackendError if invalid."""
