@@ -14,11 +14,12 @@ Per size the run measures, with ``time.perf_counter_ns`` around each call:
   take the less loaded;
 - ``Router.choose`` for the default policy, ``sort: price``, ``sort: latency``, EU only,
   a restrictive policy that about 1 % of providers pass (Japan, no retention, reputation
-  0.6+: a sample of 256 often holds none, so the router falls back to a full scan), and
-  ``data_collection: deny`` with ``min_reputation: 0.7``;
-- ``Router.eligible`` for the default and the deny + reputation policies (the full scan
-  behind the money hold), and the stake-floor scan (``min(StakePolicy.required(p))`` over
-  the pool) that ``Payments.reserve`` and ``_pick_model`` each run once per request;
+  0.6+: the random sample often holds none, so the router scans on from a random point
+  until a few turn up), and ``data_collection: deny`` with ``min_reputation: 0.7``;
+- what the gateway does once per request besides choosing: whether anyone is allowed
+  (``Router.any_eligible``, stops at the first match) and the dearest allowed provider for
+  the money hold (a walk down the price index); and, for comparison, ``Router.eligible``,
+  the full scan that now runs only on the error path (to explain an empty pool);
 - ``ProviderRegistry.remove`` and ``add`` of one provider, against the v0 registry's
   indexing (two dict stores) in a second table.
 
@@ -28,8 +29,8 @@ Cases run round-robin in slices so machine noise hits them alike. The garbage co
 is frozen after each build, so a collection over the whole fleet does not land in one
 case's p99. Memory is tracemalloc's net allocation around parsing the first 5,000
 capabilities and around adding every provider to the registry (LiveProvider, offers,
-status, health, pool and price index), per provider. The v0 baseline is O(n) per decision, so it runs a third as many
-times at 10k and above. Run::
+status, health, pool and price index), per provider. The v0 baseline is O(n) per
+decision, so it runs a third as many times at 10k and above. Run::
 
     .venv/bin/python bench/router.py [--sizes 1000 10000 100000] [--decisions N]
         [--profile]
@@ -66,7 +67,6 @@ from tessera.market.policy import EffectivePolicy, Policy, effective  # noqa: E4
 from tessera.market.regions import EU, country_of  # noqa: E402
 from tessera.market.registry import LiveProvider, ProviderRegistry  # noqa: E402
 from tessera.market.routing import Decision, NoRoute, Router, RouteRequest  # noqa: E402
-from tessera.market.stake_policy import StakePolicy  # noqa: E402
 from tessera.protocol.wire import Capabilities  # noqa: E402
 
 MODEL = "llama-3.1-8b-instruct"
@@ -284,7 +284,7 @@ class Case:
 def decision_cases(fleet: Fleet, decisions: int, scans: int) -> list[Case]:
     registry = fleet.registry
     pool = registry.pool(MODEL)
-    router = Router(random.Random(11))  # as the hub makes it: the default sample of 256
+    router = Router(random.Random(11))  # as the hub makes it: the default sample
     rng = random.Random(13)
     v0_calls = decisions if fleet.size <= 1_000 else max(SLICES, decisions // 3)
     base = Case("v0 p2c (baseline)", lambda: v0_choose(registry, rng), v0_calls)
@@ -309,23 +309,27 @@ def decision_cases(fleet: Fleet, decisions: int, scans: int) -> list[Case]:
         )
     for name in ELIGIBLE_CASES:
         request = route_of(POLICIES[name])
+        # What the gateway does once per request besides choosing: is anyone allowed
+        # (early exit), and the dearest allowed provider for the money hold (price index).
         cases.append(
             Case(
-                f"eligible: {name}",
+                f"any allowed + hold walk: {name}",
+                lambda request=request: (
+                    router.any_eligible(pool, request),
+                    next(router.by_price(pool, request, descending=True), None),
+                ),
+                decisions,
+                against=base,
+            )
+        )
+        cases.append(
+            Case(
+                f"full scan (error path only): {name}",
                 lambda request=request: router.eligible(pool, request),
                 scans,
                 against=base,
             )
         )
-    stake = StakePolicy()
-    cases.append(
-        Case(
-            "stake floor scan",
-            lambda: min((stake.required(p, MODEL) for p in pool.members), default=0),
-            scans,
-            against=base,
-        )
-    )
     return cases
 
 
