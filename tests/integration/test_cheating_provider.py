@@ -62,6 +62,7 @@ from support.cheating_provider import (
     truncating,
 )
 from support.impostor_model import ensure_impostor_model
+from support.torch_threads import one_torch_thread
 
 pytestmark = pytest.mark.integration
 
@@ -77,6 +78,13 @@ PROMPTS: tuple[Prompt, ...] = (
     [ChatMessage(role="user", content="Why did the ant work all summer?")],
 )
 GREEDY = SamplingParams(max_tokens=16, temperature=0.0)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def torch_on_one_thread() -> Iterator[None]:
+    """The models here run in the test process: on one torch thread, as a provider's do."""
+    with one_torch_thread():
+        yield
 
 
 @pytest.fixture(scope="module")

@@ -1,11 +1,6 @@
 """Real backends for the provider tests: the tiny chat model (float32 on this CPU) and
-all-MiniLM-L6-v2, each loaded once per session.
-
-Torch computes on one thread in these tests, as every provider process the tests start
-does (``--threads 1``): its default, a thread per core, spins on a shared two-core
-machine, and the same tests then take several times as long (two minutes against twenty
-seconds for test_scoring.py and test_auditing.py with other work on the machine).
-"""
+all-MiniLM-L6-v2, each loaded once per session, computing on one torch thread (see
+support/torch_threads.py)."""
 
 from __future__ import annotations
 
@@ -14,21 +9,17 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import torch
 
 from tessera.provider.backends.sentence_embed import SentenceEmbeddingBackend
 from tessera.provider.backends.transformers_text import TransformersTextBackend
 
+from support.torch_threads import one_torch_thread
+
 
 @pytest.fixture(scope="module", autouse=True)
-def one_torch_thread() -> Iterator[None]:
-    """One torch CPU thread for this module's tests; the process's setting is restored."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+def torch_on_one_thread() -> Iterator[None]:
+    with one_torch_thread():
         yield
-    finally:
-        torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="session")
