@@ -583,12 +583,12 @@ def _table_names(connection: Connection) -> set[str]:
     return set(inspect(connection).get_table_names())
 
 
-async def test_0003_downgrades_to_0002_and_upgrades_again(database_url: str) -> None:
+async def test_head_downgrades_to_0002_and_upgrades_again(database_url: str) -> None:
     engine = create_engine(database_url)
     try:
         async with engine.begin() as conn:
             await conn.run_sync(_migrate, "upgrade", "head")
-        assert await current_revision(database_url) == head_revision() == "0003"
+        assert await current_revision(database_url) == head_revision() >= "0003"
         ledger = Ledger()
         mint(ledger, ACCOUNT, 5 * TOKEN, "dep1", 1_741_000_000.0)
         await LedgerStore(engine).append(ledger.entries)
