@@ -202,10 +202,8 @@ class EffectivePolicy:
     """The layers that apply to one request (key first), and the ranking they settle on."""
 
     layers: tuple[Policy, ...] = ()
-
-    @property
-    def filters(self) -> list[Filter]:
-        return [f for layer in self.layers for f in layer.filters()]
+    # Every layer's filters, compiled once per request (the router reads them per pick).
+    filters: tuple[Filter, ...] = ()
 
     def _last(self, attr: str) -> Any:
         for layer in reversed(self.layers):
@@ -252,4 +250,5 @@ class EffectivePolicy:
 
 
 def effective(layers: Sequence[Policy | None]) -> EffectivePolicy:
-    return EffectivePolicy(tuple(layer for layer in layers if layer is not None))
+    kept = tuple(layer for layer in layers if layer is not None)
+    return EffectivePolicy(kept, tuple(f for layer in kept for f in layer.filters()))
