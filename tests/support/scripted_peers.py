@@ -78,7 +78,7 @@ async def live_gateway(
     options: dict[str, Any] = {
         "register_timeout_s": 1.0,
         "heartbeat_interval_s": 0.2,
-        "heartbeat_timeout_s": 1.0,
+        "heartbeat_timeout_s": 3.0,  # peers beat every 0.2 s; a loaded machine stalls for 1 s
         "queue_timeout_s": 3.0,
         "first_token_timeout_s": 5.0,
         "max_bad_frames": 3,
