@@ -11,12 +11,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,6 +27,8 @@ from tessera.dev_money import DEFAULT_FUNDS, fund_account, stake_provider
 from tessera.ledger.journal import Entry
 from tessera.store.engine import create_engine, database_url_for
 from tessera.store.ledger import LedgerStore
+
+from support.verified_network import environment
 
 PROVIDER = "provider"
 PRICE_IN = 100_000_000  # base units per million tokens: every request costs something
@@ -86,22 +86,6 @@ class MultiGatewayNetwork:
 
     def stop(self) -> None:
         self.network.stop()
-
-
-@contextlib.contextmanager
-def environ(values: dict[str, str]) -> Iterator[None]:
-    """Set environment variables for a child spawned inside the block (Network.spawn copies
-    os.environ); the CLI has no flag for every setting, but ProviderSettings reads TESSERA_*."""
-    saved = {k: os.environ.get(k) for k in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
 def spawn_gateway(network: Network, gateway: GatewayProcess) -> None:
@@ -164,7 +148,7 @@ def start_multi_gateway(
             "--threads", "1",
             "--max-concurrent-jobs", str(max_concurrent_jobs),
         ]  # fmt: skip
-        with environ(provider_env or {}):
+        with environment(provider_env or {}):
             network.spawn(PROVIDER, args)
         for gateway in gateways.values():
             wait_routable(gateway, provider_id, network, timeout_s=240)
