@@ -10,7 +10,6 @@ import asyncio
 import contextlib
 import math
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +26,7 @@ from tessera.protocol.wire import PROTOCOL_VERSION, REGISTER_DOMAIN, Register, r
 from tessera.store.engine import create_engine, database_url_for
 from tessera.store.ledger import LedgerStore
 
-from support.scripted_peers import MODEL, LiveGateway, Peer, answer, caps_for, chat_body
+from support.scripted_peers import MODEL, LiveGateway, Peer, answer, caps_for, chat_body, poll
 from support.scripted_peers import live_gateway as scripted_gateway
 
 pytestmark = pytest.mark.integration
@@ -109,17 +108,6 @@ async def next_epoch() -> int:
     start = math.floor(time.time() / EPOCH_S + 1) * EPOCH_S
     await asyncio.sleep(start - time.time() + 0.05)
     return start
-
-
-async def poll(
-    client: httpx.AsyncClient, path: str, done: Callable[[Any], bool], timeout_s: float = 15
-) -> Any:
-    async with asyncio.timeout(timeout_s):
-        while True:
-            body = (await client.get(path)).json()
-            if done(body):
-                return body
-            await asyncio.sleep(0.05)
 
 
 async def uptime(client: httpx.AsyncClient, provider_id: str) -> dict[str, Any]:

@@ -43,6 +43,7 @@ from support.scripted_peers import (
     chat_body,
     done_frame,
     live_gateway,
+    poll,
 )
 
 PRICE = (10**9, 2 * 10**9)  # base units per million tokens: answer() costs 5000 units
@@ -135,17 +136,6 @@ async def join(
         asyncio.create_task(serve(peer, on_job, on_audit)),
     ]
     return peer, tasks
-
-
-async def poll(
-    client: httpx.AsyncClient, path: str, done: Callable[[Any], bool], timeout_s: float = 20
-) -> Any:
-    async with asyncio.timeout(timeout_s):
-        while True:
-            body = (await client.get(path)).json()
-            if done(body):
-                return body
-            await asyncio.sleep(0.05)
 
 
 async def model_status(client: httpx.AsyncClient, peer: Peer) -> str | None:

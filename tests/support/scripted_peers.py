@@ -10,7 +10,7 @@ import asyncio
 import contextlib
 import json
 import socket
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -210,6 +210,18 @@ async def wait_providers(gw: LiveGateway, count: int, timeout_s: float = 5.0) ->
                 return
             await asyncio.sleep(0.05)
     raise AssertionError(f"expected {count} providers, health says {health}")
+
+
+async def poll(
+    client: httpx.AsyncClient, path: str, done: Callable[[Any], bool], timeout_s: float = 20
+) -> Any:
+    """GET ``path`` until ``done`` says the body is what the test waits for."""
+    async with asyncio.timeout(timeout_s):
+        while True:
+            body = (await client.get(path)).json()
+            if done(body):
+                return body
+            await asyncio.sleep(0.05)
 
 
 def chat_body(stream: bool = False, **extra: Any) -> dict[str, Any]:
