@@ -90,13 +90,27 @@ api_keys = Table(
     Column("spend_cap_daily", BigInteger(), nullable=True),
     # Default routing policy (the request's ``provider`` object) as JSON; NULL: none.
     Column("policy_json", Text(), nullable=True),
+    # Per-key overrides of the gateway's default limits; NULL: the default applies.
+    Column("max_concurrent_requests", Integer(), nullable=True),
+    Column("requests_per_minute", Integer(), nullable=True),
+    Column("tokens_per_minute", BigInteger(), nullable=True),
+    # Last change (create, revoke, caps, policy, limits): gateways poll this index to
+    # evict changed keys from their auth caches.
+    Column("changed_at", UtcDateTime(), nullable=False),
     CheckConstraint(
         "(spend_cap_total IS NULL OR spend_cap_total >= 0) "
         "AND (spend_cap_daily IS NULL OR spend_cap_daily >= 0)",
         name="non_negative_caps",
     ),
+    CheckConstraint(
+        "(max_concurrent_requests IS NULL OR max_concurrent_requests >= 0) "
+        "AND (requests_per_minute IS NULL OR requests_per_minute >= 0) "
+        "AND (tokens_per_minute IS NULL OR tokens_per_minute >= 0)",
+        name="non_negative_limits",
+    ),
     Index(None, "key_hash", unique=True),
     Index(None, "account_id"),
+    Index(None, "changed_at"),
 )
 
 providers = Table(
