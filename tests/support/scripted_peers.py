@@ -56,6 +56,7 @@ class LiveGateway:
     ws_url: str
     api_key: str
     settings: GatewaySettings
+    app: Any = None  # the ASGI app, for tests that call it with their own receive/send
 
     def client(self) -> httpx.AsyncClient:
         return httpx.AsyncClient(
@@ -87,7 +88,8 @@ async def live_gateway(
         **overrides,
     }
     settings = GatewaySettings(port=port, data_dir=data_dir, database_url=database_url, **options)
-    config = uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning")
+    app = create_app(settings)
+    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning")
     server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve())
     while not server.started:
@@ -102,7 +104,11 @@ async def live_gateway(
         await asyncio.to_thread(fund_account, base, key, funds)
     try:
         yield LiveGateway(
-            f"http://127.0.0.1:{port}", f"ws://127.0.0.1:{port}/v1/providers/connect", key, settings
+            f"http://127.0.0.1:{port}",
+            f"ws://127.0.0.1:{port}/v1/providers/connect",
+            key,
+            settings,
+            app,
         )
     finally:
         server.should_exit = True

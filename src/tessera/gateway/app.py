@@ -29,6 +29,7 @@ from tessera.errors import ConfigError, InvalidRequest, TesseraError, openai_err
 from tessera.gateway.auth import ApiKeyAuth
 from tessera.gateway.bookkeeper import Bookkeeper
 from tessera.gateway.dispatch import Dispatcher
+from tessera.gateway.header_values import header_value
 from tessera.gateway.http_limits import RequestIdAndBodyLimit
 from tessera.gateway.hub import ProviderHub
 from tessera.gateway.liveness import Liveness
@@ -45,6 +46,7 @@ from tessera.key_file import load_or_create_key
 from tessera.ledger.book import BookPolicy
 from tessera.ledger.escrow import FeePolicy
 from tessera.ledger.slashing_table import SlashingTable
+from tessera.market.quotes import TEMPLATE_TOKENS_PER_MESSAGE, TEMPLATE_TOKENS_PER_PROMPT
 from tessera.market.registry import ProviderRegistry
 from tessera.market.stake_policy import StakePolicy
 from tessera.protocol.openai_api import (
@@ -375,8 +377,17 @@ async def until_disconnect(request: Request, work: Awaitable[Served]) -> Served 
         await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
     finally:
         watcher.cancel()
+    left = watcher.done() and not watcher.cancelled()
     if task.done():
-        return task.result()
+        served = task.result()
+        if not left:
+            return served
+        # The answer and the client's leaving arrived together: it was never sent.
+        if served.settle is not None:
+            served.settle(False)
+        if served.finish is not None:
+            await served.finish()
+        return None
     task.cancel()
     await asyncio.gather(task, return_exceptions=True)
     return None
@@ -399,7 +410,7 @@ def _respond(request: Request, served: Served | None, metrics: GatewayMetrics) -
         "x-tessera-max-cost": str(served.held),
     }
     if served.route is not None:
-        headers["x-tessera-route"] = served.route[:2000]
+        headers["x-tessera-route"] = header_value(served.route)
     metrics.requests.labels(endpoint=path, status="200").inc()
     if served.stream is not None:
         headers["cache-control"] = "no-cache"
@@ -407,7 +418,36 @@ def _respond(request: Request, served: Served | None, metrics: GatewayMetrics) -
             served.stream, served.finish, media_type="text/event-stream", headers=headers
         )
     headers["x-tessera-cost"] = str(served.cost or 0)
-    return JSONResponse(served.body, headers=headers)
+    try:
+        return SettledJSONResponse(served.body, served.settle, headers=headers)
+    except BaseException:
+        if served.settle is not None:
+            served.settle(False)  # the answer could not even be rendered: not charged
+        raise
+
+
+class SettledJSONResponse(JSONResponse):
+    """A whole answer that is paid for only once it was handed to the connection.
+
+    ``settle(True)`` runs after the last body byte was sent without error; an answer
+    whose sending failed (the server refused a header, the connection broke) settles
+    with False, and its hold is released. A client that vanished in the instant between
+    the gateway's last check and the write is still charged: no server can tell that.
+    """
+
+    def __init__(self, content: Any, settle: Callable[[bool], None] | None, **kwargs: Any) -> None:
+        super().__init__(content, **kwargs)
+        self._settle = settle
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        delivered = False
+        try:
+            await super().__call__(scope, receive, send)
+            delivered = True
+        finally:
+            if self._settle is not None:
+                settle, self._settle = self._settle, None
+                settle(delivered)
 
 
 class SettlingStreamingResponse(StreamingResponse):
@@ -462,11 +502,13 @@ def _install_routes(app: FastAPI, metrics: GatewayMetrics, registry: ProviderReg
         return Response(metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/v1/models")
-    async def list_models() -> dict[str, Any]:
+    async def list_models(request: Request) -> dict[str, Any]:
+        catalog = gateway_of(request).verifier.catalog
         return {
             "object": "list",
             "data": [
                 {
+                    **model_assurance(catalog.get(s.name) is not None),
                     "id": s.name,
                     "object": "model",
                     "created": 0,
@@ -519,6 +561,26 @@ def _install_routes(app: FastAPI, metrics: GatewayMetrics, registry: ProviderReg
     @app.websocket("/v1/providers/connect")
     async def provider_socket(websocket: WebSocket) -> None:
         await gateway_of(websocket).hub.serve(websocket)
+
+
+def model_assurance(audited: bool) -> dict[str, Any]:
+    """What a consumer can rely on for one model: audited, and what its bill can be."""
+    if audited:
+        billing = (
+            "Audited: the catalog pins its weights, providers pass a join challenge, and a "
+            "sample of answers is re-scored by other providers; a wrong token count is "
+            "slashed. Completion tokens are the ones the gateway relayed."
+        )
+    else:
+        billing = (
+            "Not audited: the weights are not pinned and nobody re-counts the provider's "
+            "work. Completion tokens are the ones the gateway relayed; prompt tokens are the "
+            "provider's count, capped by the gateway's own bound: UTF-8 bytes of each "
+            f"prompt or input + {TEMPLATE_TOKENS_PER_PROMPT}, + {TEMPLATE_TOKENS_PER_MESSAGE} "
+            "per chat message. On English text that cap is about 4 to 5 times an honest "
+            "count (more on very short inputs)."
+        )
+    return {"audited": audited, "billing": billing}
 
 
 _SCHEMA_DEFS: dict[str, Any] = {}

@@ -195,6 +195,16 @@ class Payments:
         charge.cost, charge.stored = cost, stored
         return cost
 
+    @staticmethod
+    def cost_of(
+        charge: Charge, offer: ModelOffer, prompt_tokens: int, completion_tokens: int
+    ) -> int:
+        """What ``capture`` with these counts will charge, before it does (the book caps a
+        capture at its hold; nothing held, nothing charged)."""
+        if charge.held == 0 or charge.settled:
+            return charge.cost or 0
+        return min(offer_price(offer).cost(prompt_tokens, completion_tokens), charge.held)
+
     def release(self, charge: Charge, reason: str) -> None:
         if charge.settled:
             return

@@ -86,8 +86,10 @@ class RequestContext:
 class Served:
     """A finished answer (body) or a stream of SSE bytes, and who served it.
 
-    ``finish`` must run once the response is over, however it ended: it settles a
+    ``finish`` must run once a stream's response is over, however it ended: it settles a
     stream whose generator never ran (the client left before the first byte).
+    ``settle`` must run exactly once for a body: True once it was sent whole, False if
+    it could not be (it is charged only in the first case).
     """
 
     provider_id: str
@@ -97,6 +99,7 @@ class Served:
     held: int = 0
     finish: Callable[[], Awaitable[None]] | None = None
     route: str | None = None
+    settle: Callable[[bool], None] | None = None
 
 
 RenderFn = Callable[[str, str, dict[int, ChoiceText], Usage, int | None], dict[str, Any]]
@@ -232,11 +235,15 @@ class Serving:
         """Pay ahead, then answer whole or as a stream: what chat and completions share."""
         await self._reserve(ctx, make_job)
         if not req.stream:
-            provider_id, choices, usage = await self._complete(make_job, ctx, param)
-            if 0 in choices:
-                self._remember(ctx, provider_id, choices[0].text)
-            body = render(ctx.request_id, ctx.model, choices, usage, top_n)
-            return self._answered(provider_id, body, ctx)
+            stream, choices, done = await self._complete(make_job, ctx, param)
+            body = render(ctx.request_id, ctx.model, choices, done.usage, top_n)
+            answer = choices[0].text if 0 in choices else None
+
+            def remember() -> None:
+                if answer is not None:
+                    self._remember(ctx, stream.provider_id, answer)
+
+            return self._answered(ctx, stream, done, body, remember)
         attempts = self.dispatcher.attempts(ctx.request_id)
         stream, first = await self._start(make_job, ctx, param, attempts)
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
@@ -286,17 +293,14 @@ class Serving:
         finally:
             await stream.close()
         usage = first.usage
-        self._capture(ctx, stream, usage.prompt_tokens, 0)
-        self._accepted(ctx, stream, first)
         self.hub.job_succeeded(stream, 0)
-        self.record(ctx, "ok", stream.provider_id, None, usage)
         body = {
             "object": "list",
             "data": data,
             "model": ctx.model,
             "usage": {"prompt_tokens": usage.prompt_tokens, "total_tokens": usage.prompt_tokens},
         }
-        return self._answered(stream.provider_id, body, ctx)
+        return self._answered(ctx, stream, first, body)
 
     # ------------------------------------------------------------ money
 
@@ -365,9 +369,17 @@ class Serving:
         self, ctx: RequestContext, stream: JobStream, prompt_tokens: int, completion_tokens: int
     ) -> None:
         if ctx.charge is not None:
+            prompt = self._billable_prompt(stream, prompt_tokens)
             self.payments.capture(
-                ctx.charge, stream.offer, stream.provider_id, prompt_tokens, completion_tokens
+                ctx.charge, stream.offer, stream.provider_id, prompt, completion_tokens
             )
+
+    @staticmethod
+    def _billable_prompt(stream: JobStream, claimed: int) -> int:
+        """The prompt tokens a consumer pays for: the provider's count, never more than
+        the gateway's own bound on the prompt it sent (which a receipt claiming more is
+        refused for). This is all that limits a bill on a model no auditor re-counts."""
+        return min(claimed, prompt_token_bound(stream.job, stream.offer.context_length))
 
     def _accepted(self, ctx: RequestContext, stream: JobStream, done: Done) -> None:
         """A paid job with a good receipt: countersign and store it, maybe audit it."""
@@ -378,13 +390,45 @@ class Serving:
         if ctx.charge is not None:
             self.payments.release(ctx.charge, reason)
 
-    def _answered(self, provider_id: str, body: dict[str, Any], ctx: RequestContext) -> Served:
-        """A whole answer with its cost in ``usage.cost`` (base units)."""
+    def _answered(
+        self,
+        ctx: RequestContext,
+        stream: JobStream,
+        done: Done,
+        body: dict[str, Any],
+        on_delivered: Callable[[], None] | None = None,
+    ) -> Served:
+        """A whole answer with its cost in ``usage.cost`` (base units), not yet paid.
+
+        The cost is what the capture will charge, but the capture itself (with the
+        receipt, a possible audit and the request log) waits for ``settle(True)``: the
+        response was handed to the client's connection. ``settle(False)`` (it could not
+        be sent) releases the hold, so an answer that never left the gateway costs
+        nothing.
+        """
         charge = ctx.charge
-        cost = 0 if charge is None or charge.cost is None else charge.cost
+        usage = done.usage
+        cost = 0
+        if charge is not None:
+            prompt = self._billable_prompt(stream, usage.prompt_tokens)
+            cost = self.payments.cost_of(charge, stream.offer, prompt, usage.completion_tokens)
         body.setdefault("usage", {})["cost"] = cost
         held = charge.held if charge else 0
-        return Served(provider_id, body=body, cost=cost, held=held, route=ctx.route)
+
+        def settle(delivered: bool) -> None:
+            if not delivered:
+                self._release(ctx, "not_delivered")
+                self.record(ctx, "error", stream.provider_id, "not_delivered", None)
+                return
+            self._capture(ctx, stream, usage.prompt_tokens, usage.completion_tokens)
+            self._accepted(ctx, stream, done)
+            if on_delivered is not None:
+                on_delivered()
+            self.record(ctx, "ok", stream.provider_id, None, usage)
+
+        return Served(
+            stream.provider_id, body=body, cost=cost, held=held, route=ctx.route, settle=settle
+        )
 
     def _remember(self, ctx: RequestContext, provider_id: str, answer: str) -> None:
         """Keep the conversation's next turn on this provider (its cache is warm)."""
@@ -425,9 +469,10 @@ class Serving:
 
     async def _complete(
         self, make_job: Callable[[str], Job], ctx: RequestContext, param: str
-    ) -> tuple[str, dict[int, ChoiceText], Usage]:
-        """A whole answer. A provider that vanishes mid-answer is replaced: the client has
-        seen nothing yet, so starting over elsewhere is invisible to it."""
+    ) -> tuple[JobStream, dict[int, ChoiceText], Done]:
+        """A whole answer, not yet paid (see ``_answered``). A provider that vanishes
+        mid-answer is replaced: the client has seen nothing yet, so starting over
+        elsewhere is invisible to it."""
         attempts = self.dispatcher.attempts(ctx.request_id)
         while True:
             stream, first = await self._start(make_job, ctx, param, attempts)
@@ -457,14 +502,8 @@ class Serving:
                 self._release(ctx, "client_disconnected")
                 self.record(ctx, "cancelled", stream.provider_id, "client_disconnected", None)
                 raise
-            usage = done.usage
-            self._capture(ctx, stream, usage.prompt_tokens, usage.completion_tokens)
-            if ctx.charge is not None:
-                await self.payments.stored(ctx.charge)
-            self._accepted(ctx, stream, done)
-            self.hub.job_succeeded(stream, usage.completion_tokens)
-            self.record(ctx, "ok", stream.provider_id, None, usage)
-            return stream.provider_id, choices, usage
+            self.hub.job_succeeded(stream, done.usage.completion_tokens)
+            return stream, choices, done
 
     async def _collect(
         self, stream: JobStream, first: JobEvent
