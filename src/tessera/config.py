@@ -46,6 +46,13 @@ class GatewaySettings(BaseSettings):
     )
     max_attempts: int = Field(3, ge=1, description="Providers tried when one drops before output.")
     default_max_tokens: int = Field(512, ge=1, description="max_tokens when the client sets none.")
+    max_prompt_bytes_per_token: int = Field(
+        256,
+        ge=1,
+        description="The most UTF-8 bytes one prompt token can cover in any tokenizer served "
+        "here: a prompt of more than context × this many bytes is refused without asking "
+        "a provider to tokenize it.",
+    )
     api_key_cache_ttl_s: float = Field(30.0, ge=0, description="How long a key lookup is cached.")
     dev_mode: bool = Field(
         False, description="Allow minting test tokens (POST .../fund). Never in production."

@@ -39,7 +39,7 @@ from tessera.gateway.routing import no_route_error
 from tessera.gateway.verification import Verifier
 from tessera.market.diagnosis import RecentRequests
 from tessera.market.policy import EffectivePolicy, Filter
-from tessera.market.quotes import output_token_bound, prompt_token_bound
+from tessera.market.quotes import output_token_bound, prompt_token_bound, prompt_token_floor
 from tessera.market.registry import ProviderRegistry
 from tessera.market.routing import RouteRequest
 from tessera.market.sticky import StickyTable, conversation_digest
@@ -355,6 +355,7 @@ class Serving:
         """Hold the request's worst case before any work starts (or refuse it)."""
         job = make_job(ctx.request_id)
         try:
+            self._refuse_too_long(job)
             ctx.charge = await self.payments.reserve(
                 ctx.payer, ctx.request_id, job, self._route(ctx, job.model, job)
             )
@@ -364,6 +365,22 @@ class Serving:
         ctx.checks = self.payments.admit(ctx.charge, job)
         ctx.routing = self._route(ctx, job.model, job)
         self.recent.add(ctx.routing)
+
+    def _refuse_too_long(self, job: Job) -> None:
+        """A prompt that cannot fit the model's context is a 400 before any provider
+        spends time tokenizing it (the bound is loose, so an honest prompt never fails)."""
+        offer = self.registry.offer(job.model)
+        if offer is None:
+            return
+        floor = prompt_token_floor(job, self.settings.max_prompt_bytes_per_token)
+        if floor > offer.context_length:
+            param = {"chat": "messages", "completion": "prompt"}.get(job.kind, "input")
+            raise InvalidRequest(
+                f"This model's maximum context length is {offer.context_length} tokens, "
+                f"but your {param} is at least {floor} tokens long. Shorten it.",
+                param=param,
+                code="context_length_exceeded",
+            )
 
     def _capture(
         self, ctx: RequestContext, stream: JobStream, prompt_tokens: int, completion_tokens: int

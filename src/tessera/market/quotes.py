@@ -45,6 +45,23 @@ def prompt_token_bound(job: Job, context_length: int) -> int:
     )
 
 
+def prompt_token_floor(job: Job, max_bytes_per_token: int) -> int:
+    """At most as many tokens as the longest sequence of ``job`` takes in any tokenizer
+    whose tokens cover at most ``max_bytes_per_token`` bytes each: a lower bound on the
+    prompt a provider would have to read, so a request above the context can be refused
+    before any provider tokenizes it. Token-id prompts count exactly."""
+
+    def floor(item: str | Sequence[int]) -> int:
+        if isinstance(item, str):
+            return -(-len(item.encode("utf-8", errors="replace")) // max_bytes_per_token)
+        return len(item)
+
+    if job.messages is not None:
+        return sum(floor(m.content) for m in job.messages)
+    items = job.prompts if job.prompts is not None else job.inputs or []
+    return max((floor(i) for i in items), default=0)
+
+
 def output_token_bound(job: Job) -> int:
     if job.params is None:
         return 0
