@@ -1,0 +1,109 @@
+"""An honest key's latency while strangers attack the gateway, against the same key alone.
+
+Baseline: the honest key sends one short chat at a time to a live network (a gateway
+and two provider agents serving the tiny model) with nothing else running. Attack: the
+same, while one key loops over every input that once made the gateway answer an
+unhandled 500 or trip every provider's circuit breaker (tests/support/hostile_load.py)
+and another key keeps 64 long requests in flight. The target is an honest p99 within 2×
+of its unloaded value. Run::
+
+    PYTHONPATH=src:tests python bench/hostile_load.py [--seconds S]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(REPO / "src"), str(REPO / "tests")]
+
+from tessera.dev_money import fund_account  # noqa: E402
+
+from support.hostile_load import Tally, run_load, run_unloaded  # noqa: E402
+from support.live_network import create_key, start_network  # noqa: E402
+from support.tiny_model import ensure_tiny_model  # noqa: E402
+from support.verified_network import ledger_check  # noqa: E402
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--seconds", type=float, default=30.0, help="length of each phase")
+    parser.add_argument("--flood", type=int, default=64, help="the flooding key's concurrency")
+    parser.add_argument("--hostile-clients", type=int, default=4)
+    args = parser.parse_args()
+    console = Console()
+    model_dir = ensure_tiny_model()
+    with tempfile.TemporaryDirectory() as tmp:
+        with console.status("starting a gateway and two providers…"):
+            live = start_network(Path(tmp), model_dir, embeddings=False)
+        try:
+            keys = [create_key(live.data_dir) for _ in range(3)]
+            for key in keys:
+                fund_account(live.base, key)
+            honest, hostile, flood = keys
+            with console.status(f"honest key alone for {args.seconds:.0f} s…"):
+                asyncio.run(run_unloaded(live.base, honest, 3.0))  # warm up
+                alone = asyncio.run(run_unloaded(live.base, honest, args.seconds))
+            with console.status(f"honest key under attack for {args.seconds:.0f} s…"):
+                attacked = asyncio.run(
+                    run_load(
+                        live.base,
+                        honest,
+                        hostile,
+                        flood,
+                        args.seconds,
+                        hostile_clients=args.hostile_clients,
+                        flood_concurrency=args.flood,
+                    )
+                )
+        finally:
+            live.network.stop()
+        checked = ledger_check(live.data_dir)
+    report(console, alone, attacked, args)
+    console.print(f"ledger check after the run: {'ok' if checked.returncode == 0 else 'FAILED'}")
+    if checked.returncode:
+        console.print(checked.stdout, checked.stderr)
+
+
+def report(console: Console, alone: Tally, attacked: Tally, args: argparse.Namespace) -> None:
+    table = Table(title="Honest key, one short chat at a time (4 output tokens), ms")
+    for column in ("phase", "requests", "errors", "p50", "p90", "p99", "p99 ratio"):
+        table.add_column(column, justify="right")
+    base99 = alone.percentile(0.99)
+    for name, tally in (("alone", alone), ("under attack", attacked)):
+        table.add_row(
+            name,
+            str(len(tally.honest_ms)),
+            str(len(tally.honest_errors)),
+            f"{statistics.median(tally.honest_ms):.1f}",
+            f"{tally.percentile(0.9):.1f}",
+            f"{tally.percentile(0.99):.1f}",
+            f"{tally.percentile(0.99) / base99:.2f}x",
+        )
+    console.print(table)
+    answers = Table(title="What the attackers got (status: count; 0 = connection closed)")
+    answers.add_column("traffic")
+    answers.add_column("statuses")
+    answers.add_row(
+        f"{args.hostile_clients} hostile clients",
+        ", ".join(f"{k}: {v}" for k, v in sorted(attacked.statuses["hostile"].items())),
+    )
+    answers.add_row(
+        f"flood, {args.flood} in flight",
+        ", ".join(f"{k}: {v}" for k, v in sorted(attacked.statuses["flood"].items())),
+    )
+    console.print(answers)
+    for error in attacked.honest_errors[:5]:
+        console.print(f"honest error: {error}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,156 @@
+"""Hostile load against a live gateway, beside one honest key: what the bench measures
+and the e2e test checks (bench/hostile_load.py, tests/e2e/test_hostile_load.py).
+
+Three kinds of traffic run at once over real sockets:
+
+- hostile clients, each looping over the inputs that once made the gateway answer an
+  unhandled 500 (and block its event loop rendering a traceback), or open every
+  provider's circuit breaker;
+- one flooding key keeping ``flood_concurrency`` long requests in flight;
+- the honest key, sending one short chat at a time and timing each.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import statistics
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+
+import httpx
+
+MODEL = "tessera-tiny"
+HONEST_CHAT = {
+    "model": MODEL,
+    "messages": [{"role": "user", "content": "Tell me about the fox."}],
+    "max_tokens": 4,
+    "temperature": 0,
+}
+FLOOD_CHAT = {
+    "model": MODEL,
+    "messages": [{"role": "user", "content": "Tell me a long story about a wolf."}],
+    "max_tokens": 48,
+}
+
+
+def _chat_with_parts(parts: int, size: int) -> bytes:
+    content = [{"type": "text", "text": "x" * size} for _ in range(parts)]
+    return json.dumps({"model": MODEL, "messages": [{"role": "user", "content": content}]}).encode()
+
+
+def hostile_requests() -> list[tuple[str, str, bytes]]:
+    """(method, path, body): each once answered with an unhandled 500 or a breaker trip."""
+    deep = 100_000
+    return [
+        ("POST", "/v1/completions", b'{"model":"tessera-tiny","prompt":[10000001]}'),
+        ("POST", "/v1/embeddings", b'{"model":"all-MiniLM-L6-v2","input":[[10000001]]}'),
+        (
+            "POST",
+            "/v1/chat/completions",
+            b'{"model":"tessera-tiny","messages":' + b"[" * deep + b"]" * deep + b"}",
+        ),
+        ("POST", "/v1/completions", b'{"model":"tessera-tiny","max_tokens":' + b"7" * 5000 + b"}"),
+        ("POST", "/v1/chat/completions", _chat_with_parts(3, 1_500_000)),
+        ("GET", "/v1/providers/%3Ax/status", b""),
+        ("POST", "/v1/completions", b'{"model":"tessera-tiny","prompt":[9440],"max_tokens":1}'),
+    ]
+
+
+@dataclass
+class Tally:
+    """Statuses seen per kind of traffic, and the honest key's latencies (ms)."""
+
+    statuses: dict[str, Counter[int]] = field(
+        default_factory=lambda: {"hostile": Counter(), "flood": Counter(), "honest": Counter()}
+    )
+    honest_ms: list[float] = field(default_factory=list)
+    honest_errors: list[str] = field(default_factory=list)
+
+    def percentile(self, q: float) -> float:
+        ordered = sorted(self.honest_ms)
+        return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+    @property
+    def p50(self) -> float:
+        return statistics.median(self.honest_ms)
+
+
+async def honest_loop(base: str, key: str, until: float, tally: Tally) -> None:
+    headers = {"Authorization": f"Bearer {key}"}
+    async with httpx.AsyncClient(base_url=base, headers=headers, timeout=120) as client:
+        while time.monotonic() < until:
+            started = time.perf_counter()
+            try:
+                response = await client.post("/v1/chat/completions", json=HONEST_CHAT)
+            except httpx.HTTPError as exc:
+                tally.honest_errors.append(f"{type(exc).__name__}: {exc}")
+                continue
+            tally.statuses["honest"][response.status_code] += 1
+            if response.status_code != 200:
+                tally.honest_errors.append(f"{response.status_code}: {response.text[:300]}")
+                continue
+            tally.honest_ms.append((time.perf_counter() - started) * 1000)
+
+
+async def hostile_loop(base: str, key: str, until: float, tally: Tally) -> None:
+    headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
+    requests = hostile_requests()
+    async with httpx.AsyncClient(base_url=base, headers=headers, timeout=60) as client:
+        while time.monotonic() < until:
+            for method, path, body in requests:
+                try:
+                    response = await client.request(method, path, content=body or None)
+                    tally.statuses["hostile"][response.status_code] += 1
+                except httpx.HTTPError:
+                    tally.statuses["hostile"][0] += 1  # a clean disconnect
+                if time.monotonic() >= until:
+                    return
+
+
+async def flood_loop(base: str, key: str, until: float, tally: Tally) -> None:
+    headers = {"Authorization": f"Bearer {key}"}
+    async with httpx.AsyncClient(base_url=base, headers=headers, timeout=120) as client:
+        while time.monotonic() < until:
+            try:
+                response = await client.post("/v1/chat/completions", json=FLOOD_CHAT)
+                tally.statuses["flood"][response.status_code] += 1
+                if response.status_code == 429:
+                    wait = float(response.headers.get("retry-after", "1"))
+                    await asyncio.sleep(min(wait, max(until - time.monotonic(), 0)))
+            except httpx.HTTPError:
+                tally.statuses["flood"][0] += 1
+
+
+async def run_load(
+    base: str,
+    honest_key: str,
+    hostile_key: str,
+    flood_key: str,
+    duration_s: float,
+    *,
+    hostile_clients: int = 4,
+    flood_concurrency: int = 64,
+) -> Tally:
+    """The honest key's latencies while one key sends hostile input and another floods."""
+    tally = Tally()
+    until = time.monotonic() + duration_s
+    tasks = [
+        asyncio.create_task(hostile_loop(base, hostile_key, until, tally))
+        for _ in range(hostile_clients)
+    ]
+    tasks += [
+        asyncio.create_task(flood_loop(base, flood_key, until, tally))
+        for _ in range(flood_concurrency)
+    ]
+    await asyncio.sleep(min(1.0, duration_s / 10))  # let the attack build up first
+    await honest_loop(base, honest_key, until, tally)
+    await asyncio.gather(*tasks)
+    return tally
+
+
+async def run_unloaded(base: str, honest_key: str, duration_s: float) -> Tally:
+    tally = Tally()
+    await honest_loop(base, honest_key, time.monotonic() + duration_s, tally)
+    return tally
