@@ -45,6 +45,7 @@ bench: $(TINY_STAMP)
 	TESSERA_TINY_MODEL_DIR=$(TINY_MODEL) $(BIN)/python bench/audit_cost.py
 	$(BIN)/python bench/settled_requests.py
 	$(BIN)/python bench/router.py
+	TESSERA_TINY_MODEL_DIR=$(TINY_MODEL) $(BIN)/python bench/hostile_load.py
 
 clean:
 	rm -rf $(VENV) .cache .pytest_cache .ruff_cache
