@@ -138,6 +138,47 @@ class GatewaySettings(BaseSettings):
     route_sample: int = Field(
         64, ge=2, description="Providers scored per request when a model has more (at random)."
     )
+    hedge_min_ms: int = Field(
+        100,
+        ge=100,
+        description="Shortest hedge delay: a request asking for less is hedged after this.",
+    )
+    key_max_concurrent_requests: int | None = Field(
+        16, ge=0, description="Requests one API key may run at once (None: no limit)."
+    )
+    key_requests_per_minute: int | None = Field(
+        600, ge=0, description="Requests one API key may start per minute (None: no limit)."
+    )
+    key_tokens_per_minute: int | None = Field(
+        None,
+        ge=0,
+        description="Tokens one API key may ask for per minute, each request counting its "
+        "max_tokens (None: no limit).",
+    )
+    account_max_concurrent_requests: int | None = Field(
+        32, ge=0, description="Requests all keys of one account may run at once (None: no limit)."
+    )
+    account_requests_per_minute: int | None = Field(
+        1200, ge=0, description="Requests all keys of one account may start per minute."
+    )
+    account_tokens_per_minute: int | None = Field(
+        None, ge=0, description="Tokens all keys of one account may ask for per minute."
+    )
+    max_waiting_requests: int | None = Field(
+        256,
+        ge=0,
+        description="Requests that may wait for a provider slot at once; more get a fast 503 "
+        "with Retry-After (None: no bound).",
+    )
+    overload_retry_after_s: int = Field(
+        2, ge=1, description="Retry-After (seconds) sent with an overload 503."
+    )
+    key_change_poll_s: float = Field(
+        0.25,
+        gt=0,
+        description="How often the gateway polls for changed API keys (revokes, caps, "
+        "policies, limits) and evicts them from its key cache.",
+    )
 
 
 class ProviderSettings(BaseSettings):

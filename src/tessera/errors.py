@@ -6,10 +6,12 @@
     ├── AuthenticationFailed          401 invalid_request_error  (missing or wrong API key)
     ├── ModelNotFound                 404 invalid_request_error  code=model_not_found
     ├── QuotaExceeded                 429 insufficient_quota     (balance too low or spend cap reached)
+    ├── RateLimited                   429 rate_limit_error       (a key's or account's concurrency or rate limit; Retry-After)
     ├── Forbidden                     403 permission_error       (allowed for others, not for this caller/mode)
     ├── NotFound                      404 invalid_request_error  (an account, request or provider)
     ├── NoCapacity                    503 service_unavailable    (no live provider can serve now)
-    │   └── LedgerUnavailable         503                        (the journal cannot be written now)
+    │   ├── LedgerUnavailable         503                        (the journal cannot be written now)
+    │   └── Overloaded                503 code=gateway_overloaded (too many requests wait for providers; Retry-After)
     ├── ProviderFailed                502 provider_error         (the provider broke the job)
     ├── ProtocolViolation             —   a peer broke the wire protocol (error frame, not HTTP)
     └── ConfigError                   —   a setting or file is wrong; the message says how to fix it
@@ -20,6 +22,7 @@ reaches a client. Never validate input with ``assert``.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 
@@ -67,6 +70,18 @@ class QuotaExceeded(TesseraError):
     default_code = "insufficient_quota"
 
 
+class RateLimited(TesseraError):
+    """A key or account is over one of its limits; ``retry_after_s`` goes in Retry-After."""
+
+    status_code = 429
+    error_type = "rate_limit_error"
+    default_code = "rate_limit_exceeded"
+
+    def __init__(self, message: str, *, retry_after_s: float, code: str | None = None):
+        super().__init__(message, code=code)
+        self.retry_after_s = retry_after_s
+
+
 class Forbidden(TesseraError):
     status_code = 403
     error_type = "permission_error"
@@ -87,6 +102,16 @@ class NoCapacity(TesseraError):
 
 class LedgerUnavailable(NoCapacity):
     default_code = "ledger_unavailable"
+
+
+class Overloaded(NoCapacity):
+    """The gateway's queue for provider slots is full; ``retry_after_s`` goes in Retry-After."""
+
+    default_code = "gateway_overloaded"
+
+    def __init__(self, message: str, *, retry_after_s: float):
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
 
 
 class ProviderFailed(TesseraError):
@@ -117,3 +142,11 @@ def openai_error_body(error: TesseraError) -> dict[str, Any]:
             "code": error.code,
         }
     }
+
+
+def error_headers(error: TesseraError) -> dict[str, str]:
+    """HTTP headers that go with an error: ``Retry-After`` (whole seconds) when it has one."""
+    retry_after_s = getattr(error, "retry_after_s", None)
+    if retry_after_s is None:
+        return {}
+    return {"retry-after": str(max(1, math.ceil(retry_after_s)))}

@@ -7,12 +7,13 @@ the store (running migrations), the request-log writer and the provider hub.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
@@ -25,8 +26,15 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from tessera import __version__
 from tessera.config import GatewaySettings
-from tessera.errors import ConfigError, InvalidRequest, TesseraError, openai_error_body
-from tessera.gateway.auth import ApiKeyAuth
+from tessera.errors import (
+    ConfigError,
+    InvalidRequest,
+    TesseraError,
+    error_headers,
+    openai_error_body,
+)
+from tessera.gateway.admission import RequestAdmission, token_bound
+from tessera.gateway.auth import ApiKeyAuth, KeyChangeWatcher
 from tessera.gateway.bookkeeper import Bookkeeper
 from tessera.gateway.dispatch import Dispatcher
 from tessera.gateway.header_values import header_value
@@ -91,6 +99,7 @@ class Gateway:
     accounts: AccountStore
     verifier: Verifier
     liveness: Liveness
+    admission: RequestAdmission
 
 
 def create_app(settings: GatewaySettings) -> FastAPI:
@@ -207,9 +216,10 @@ def create_app(settings: GatewaySettings) -> FastAPI:
                 )
             )
 
+        admission = RequestAdmission(settings)
         serving = Serving(
             registry,
-            Dispatcher(hub, settings, metrics),
+            Dispatcher(hub, settings, metrics, admission.hedge_slot),
             settings,
             metrics,
             record,
@@ -217,6 +227,8 @@ def create_app(settings: GatewaySettings) -> FastAPI:
             verifier,
         )
         auth = ApiKeyAuth(keys.find_by_hash, hash_api_key, settings.api_key_cache_ttl_s)
+        key_watcher = KeyChangeWatcher(keys, auth, settings.key_change_poll_s)
+        await key_watcher.start()
         app.state.gateway = Gateway(
             settings,
             metrics,
@@ -233,6 +245,7 @@ def create_app(settings: GatewaySettings) -> FastAPI:
             AccountStore(engine),
             verifier,
             liveness,
+            admission,
         )
         housekeeping = asyncio.create_task(verifier.run_housekeeping())
         liveness.start()
@@ -240,6 +253,7 @@ def create_app(settings: GatewaySettings) -> FastAPI:
             yield
         finally:
             housekeeping.cancel()
+            await key_watcher.close()
             await liveness.close()
             await verifier.close()
             await receipt_writer.close()
@@ -304,7 +318,10 @@ def _error_response(request: Request, error: TesseraError) -> JSONResponse:
     return JSONResponse(
         openai_error_body(error),
         status_code=error.status_code,
-        headers={"x-request-id": request.scope.get("state", {}).get("request_id", "")},
+        headers={
+            "x-request-id": request.scope.get("state", {}).get("request_id", ""),
+            **error_headers(error),
+        },
     )
 
 
@@ -474,8 +491,8 @@ class SettlingStreamingResponse(StreamingResponse):
 
 
 def _install_routes(app: FastAPI, metrics: GatewayMetrics, registry: ProviderRegistry) -> None:
-    async def context(request: Request, endpoint: str) -> tuple[RequestContext, str | None]:
-        """The request's context, and its key's default routing policy (JSON or None)."""
+    async def context(request: Request, endpoint: str) -> tuple[RequestContext, Any]:
+        """The request's context, and its key (limits, default routing policy)."""
         gateway = gateway_of(request)
         key = await gateway.auth.authenticate(request.headers.get("authorization"))
         ctx = RequestContext(
@@ -486,7 +503,7 @@ def _install_routes(app: FastAPI, metrics: GatewayMetrics, registry: ProviderReg
             started=time.perf_counter(),
             payer=payer_of(key),
         )
-        return ctx, getattr(key, "policy_json", None)
+        return ctx, key
 
     @app.get("/health")
     async def health() -> dict[str, Any]:
@@ -534,13 +551,38 @@ def _install_routes(app: FastAPI, metrics: GatewayMetrics, registry: ProviderReg
         body_type: type[OpenAIRequest],
         work: Callable[[Serving], Callable[[Any, RequestContext], Awaitable[Served]]],
     ) -> Response:
-        """Authenticate, parse, run the work (cancelled if the client leaves), map."""
-        ctx, key_policy = await context(request, endpoint)
+        """Authenticate, parse, admit, run the work (cancelled if the client leaves), map.
+
+        The admission ticket is released exactly once when the response is over: at once
+        for an error or a whole answer, after the last byte (or the client's departure)
+        for a stream, whose ``finish`` runs after this handler has returned.
+        """
+        gateway = gateway_of(request)
+        ctx, key = await context(request, endpoint)
         body = await parse_body(request, body_type)
         ctx.model = body.model
-        ctx.policy = policy_for(key_policy, body.provider)
-        served = await until_disconnect(request, work(gateway_of(request).serving)(body, ctx))
-        return _respond(request, served, metrics)
+        ctx.policy = policy_for(getattr(key, "policy_json", None), body.provider)
+        tokens = token_bound(body, gateway.settings.default_max_tokens)
+        ticket = gateway.admission.admit(ctx.request_id, key, tokens)
+        release = functools.partial(gateway.admission.release, ctx.request_id, ticket)
+        try:
+            served = await until_disconnect(request, work(gateway.serving)(body, ctx))
+        except BaseException:
+            release()
+            raise
+        if served is None or served.stream is None:
+            release()
+            return _respond(request, served, metrics)
+        finish = served.finish
+
+        async def finish_and_release() -> None:
+            try:
+                if finish is not None:
+                    await finish()
+            finally:
+                release()
+
+        return _respond(request, replace(served, finish=finish_and_release), metrics)
 
     @app.post(
         "/v1/chat/completions",

@@ -4,7 +4,10 @@ A provider that disconnects, times out, or says the job never started is exclude
 next one is tried, up to max_attempts; the client never sees those attempts. Errors that
 would repeat anywhere (a prompt too long for the model) are returned at once. Each
 provider failure is also told to the provider's circuit breaker. Optional hedging sends a
-slow job to a second provider too and keeps whichever answers first.
+slow job to a second provider too and keeps whichever answers first: never sooner than
+``hedge_min_ms``, and only if ``may_hedge`` grants the request a second slot. At most
+``max_waiting_requests`` requests wait for a provider slot at once; one more is refused
+at once (Overloaded, 503 with Retry-After) instead of queueing into a timeout.
 """
 
 from __future__ import annotations
@@ -14,9 +17,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from tessera.config import GatewaySettings
-from tessera.errors import InvalidRequest, NoCapacity, ProviderFailed, TesseraError
+from tessera.errors import InvalidRequest, NoCapacity, Overloaded, ProviderFailed, TesseraError
 from tessera.gateway.hub import JobEvent, JobStream, ProviderGone, ProviderHub
 from tessera.gateway.metrics import GatewayMetrics
+from tessera.market.admission import WaitingRoom
 from tessera.market.routing import RouteRequest
 from tessera.protocol.wire import Chunk, Done, Job, JobError
 
@@ -69,10 +73,31 @@ class Attempts:
 
 
 class Dispatcher:
-    def __init__(self, hub: ProviderHub, settings: GatewaySettings, metrics: GatewayMetrics):
+    def __init__(
+        self,
+        hub: ProviderHub,
+        settings: GatewaySettings,
+        metrics: GatewayMetrics,
+        may_hedge: Callable[[str], bool] | None = None,
+    ):
         self.hub = hub
         self.settings = settings
         self.metrics = metrics
+        self.may_hedge = may_hedge or (lambda request_id: True)
+        self.waiting = WaitingRoom(settings.max_waiting_requests)
+
+    async def _open(self, job: Job, route: RouteRequest, exclude: set[str]) -> JobStream:
+        """hub.open_job, counted in the waiting room; Overloaded if the room is full."""
+        if not self.waiting.enter():
+            raise Overloaded(
+                f"the gateway has {self.waiting.waiting} requests waiting for a provider; "
+                f"retry in {self.settings.overload_retry_after_s} s",
+                retry_after_s=self.settings.overload_retry_after_s,
+            )
+        try:
+            return await self.hub.open_job(job, route, exclude)
+        finally:
+            self.waiting.leave()
 
     def attempts(self, request_id: str) -> Attempts:
         return Attempts(request_id, self.settings.max_attempts)
@@ -94,7 +119,7 @@ class Dispatcher:
         while not attempts.exhausted:
             job = make_job(attempts.next_job_id())
             try:
-                stream = await self.hub.open_job(job, route, attempts.exclude)
+                stream = await self._open(job, route, attempts.exclude)
             except NoCapacity:
                 if attempts.last_failure is None:
                     raise
@@ -154,12 +179,14 @@ class Dispatcher:
         timeout = self.settings.first_token_timeout_s
         if hedge_after_ms is None or attempts.exhausted:
             return stream, await stream.next_event(timeout)
-        hedge_s = hedge_after_ms / 1000
+        hedge_s = max(hedge_after_ms, self.settings.hedge_min_ms) / 1000
         event = await stream.poll(min(hedge_s, timeout))
         if event is not None:
             return stream, event
+        if not self.may_hedge(attempts.request_id):  # no spare slot of the key or account
+            return stream, await stream.next_event(max(timeout - hedge_s, 0.001))
         try:
-            second = await self.hub.open_job(
+            second = await self._open(
                 make_job(attempts.next_job_id()), route, {*attempts.exclude, stream.provider_id}
             )
         except TesseraError:

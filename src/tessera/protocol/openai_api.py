@@ -14,6 +14,7 @@ from tessera.ledger.accounts import MAX_UNITS
 
 MAX_STOP = 4
 MAX_STRING = 4_000_000
+MIN_HEDGE_AFTER_MS = 100  # the earliest a request may ask to be hedged
 
 Units = Annotated[StrictInt, Field(ge=0, le=MAX_UNITS)]
 
@@ -54,7 +55,8 @@ class ProviderPreferences(BaseModel):
     regions_allow: RegionNames | None = None
     regions_deny: RegionNames | None = None
     min_reputation: Annotated[float, Field(ge=0.0, le=1.0)] | None = None
-    hedge_after_ms: Annotated[int, Field(ge=1, le=600_000)] | None = None
+    # At least MIN_HEDGE_AFTER_MS: an earlier hedge would run nearly every request twice.
+    hedge_after_ms: Annotated[int, Field(ge=MIN_HEDGE_AFTER_MS, le=600_000)] | None = None
 
 
 class OpenAIRequest(BaseModel):

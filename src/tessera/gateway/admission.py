@@ -1,0 +1,96 @@
+"""The gateway's shell around market/admission: limits per key and account, and hedges.
+
+``admit`` runs once per OpenAI request after authentication, before any money is held
+or provider asked; a refusal is :class:`RateLimited` (429 with Retry-After). The ticket
+it returns must be released exactly once when the response is really over (for a stream,
+after its last byte or the client's departure): ``release`` is idempotent, so a caller
+may release on every path without counting. While a request runs, its ticket is found by
+request id, so dispatch can ask for a hedge's second slot (:meth:`hedge_slot`).
+
+A key's own limits (columns of ``api_keys``) override the gateway's defaults field by
+field. The state lives in this process: with several gateway replicas, each enforces the
+limits on the requests it takes. Everything here is in memory and O(1) per request.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+from tessera.config import GatewaySettings
+from tessera.errors import RateLimited
+from tessera.market.admission import Admission, Limits, Refusal, Ticket
+
+
+class RequestAdmission:
+    def __init__(
+        self, settings: GatewaySettings, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self._settings = settings
+        self._clock = clock
+        self._core = Admission()
+        self._running: dict[str, tuple[Ticket, Limits, Limits]] = {}
+        self._account_limits = Limits(
+            settings.account_max_concurrent_requests,
+            settings.account_requests_per_minute,
+            settings.account_tokens_per_minute,
+        )
+
+    def limits_of(self, key: Any) -> Limits:
+        """The key's limits: its own where it has them, the gateway's defaults elsewhere."""
+        s = self._settings
+
+        def own(field: str, default: int | None) -> int | None:
+            value = getattr(key, field, None)
+            return default if value is None else int(value)
+
+        return Limits(
+            own("max_concurrent_requests", s.key_max_concurrent_requests),
+            own("requests_per_minute", s.key_requests_per_minute),
+            own("tokens_per_minute", s.key_tokens_per_minute),
+        )
+
+    def admit(self, request_id: str, key: Any, tokens: int) -> Ticket:
+        """A slot for this request of ``key`` (bounded by ``tokens``), or RateLimited."""
+        key_limits = self.limits_of(key)
+        decision = self._core.admit(
+            key.id,
+            key_limits,
+            key.account_id,
+            self._account_limits,
+            tokens=tokens,
+            now_s=self._clock(),
+        )
+        if isinstance(decision, Refusal):
+            raise RateLimited(
+                decision.message(), retry_after_s=decision.retry_after_s, code=decision.code
+            )
+        self._running[request_id] = (decision, key_limits, self._account_limits)
+        return decision
+
+    def release(self, request_id: str, ticket: Ticket) -> None:
+        """Free the request's slots (all of them, hedge included). Safe to call again."""
+        self._core.release(ticket)
+        running = self._running.get(request_id)
+        if running is not None and running[0] is ticket:
+            del self._running[request_id]
+
+    def hedge_slot(self, request_id: str) -> bool:
+        """Whether the running request may hedge: it takes one more slot of key and account."""
+        running = self._running.get(request_id)
+        if running is None:
+            return True  # not an admitted consumer request (an audit, a challenge)
+        ticket, key_limits, account_limits = running
+        return self._core.add_slot(ticket, key_limits, account_limits)
+
+    def in_flight(self, key_id: str) -> int:
+        return self._core.in_flight(key_id)
+
+
+def token_bound(body: Any, default_max_tokens: int) -> int:
+    """What a request counts against tokens per minute: its output bound (0 for embeddings)."""
+    if not hasattr(body, "max_tokens"):
+        return 0
+    bound = getattr(body, "max_completion_tokens", None) or body.max_tokens
+    return int(bound or default_max_tokens)
