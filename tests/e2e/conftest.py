@@ -24,6 +24,8 @@ def live_network(
         yield live
     finally:
         live.network.stop()
+    checked = ledger_check(live.data_dir)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
 
 
 @pytest.fixture
@@ -36,6 +38,8 @@ def network(tmp_path: Path, tiny_model_dir: Path) -> Iterator[LiveNetwork]:
         yield live
     finally:
         live.network.stop()
+    checked = ledger_check(live.data_dir)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
 
 
 @pytest.fixture

@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from tessera.store.engine import database_url_for
+from tessera.store.engine import create_engine, database_url_for
+from tessera.store.ledger import LedgerStore
 from tessera.store.migrate import upgrade_to_head
 
 from support.scripted_peers import LiveGateway, live_gateway
@@ -39,5 +40,12 @@ def gateway_dir(tmp_path: Path, migrated_database: Path) -> Path:
 
 @pytest.fixture
 async def gateway(gateway_dir: Path) -> AsyncIterator[LiveGateway]:
+    """An in-process gateway; once it has stopped, its journal must still check out."""
     async with live_gateway(gateway_dir) as gw:
         yield gw
+    engine = create_engine(database_url_for(gateway_dir))
+    try:
+        problems = await LedgerStore(engine).check()
+    finally:
+        await engine.dispose()
+    assert problems == [], problems
