@@ -95,9 +95,8 @@ def gateway(
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
     """Run a gateway: the OpenAI-compatible API and the provider hub."""
-    import uvicorn
-
     from tessera.gateway.app import create_app
+    from tessera.gateway.http_server import serve
     from tessera.units import parse_tokens
 
     _logging(verbose)
@@ -120,14 +119,7 @@ def gateway(
         host=host, port=port, data_dir=data_dir, database_url=database_url, **extra
     )
     console.print(f"[bold]Tessera gateway[/] {__version__} on http://{host}:{port}")
-    uvicorn.run(
-        create_app(settings),
-        host=host,
-        port=port,
-        log_level="warning",
-        ws_max_size=settings.ws_max_frame_bytes,
-        timeout_graceful_shutdown=5,
-    )
+    serve(create_app(settings), settings)
 
 
 @provider_app.callback(invoke_without_command=True)

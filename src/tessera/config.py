@@ -31,6 +31,26 @@ class GatewaySettings(BaseSettings):
         default_factory=lambda: "gw-" + secrets.token_hex(4), description="Name in hello frames."
     )
     max_body_bytes: int = Field(8 * 1024 * 1024, ge=1024, description="Largest HTTP body.")
+    # How much a connection may cost before it is answered (gateway/http_server.py).
+    max_header_bytes: int = Field(
+        32 * 1024, ge=1024, description="Largest request head (request line and headers): 431."
+    )
+    max_header_count: int = Field(100, ge=1, description="Most headers in one request: 431.")
+    header_timeout_s: float = Field(
+        10.0, gt=0, description="Time a request head may take from connection or first byte: 408."
+    )
+    body_timeout_s: float = Field(
+        20.0, gt=0, description="Time a request body may take, plus body_min_rate credit: 408."
+    )
+    body_min_rate_bytes_per_s: int = Field(
+        1_000, ge=0, description="Each this many body bytes received add a second to the body time."
+    )
+    keepalive_timeout_s: float = Field(
+        5.0, gt=0, description="How long an idle kept-alive connection stays open."
+    )
+    max_connections: int = Field(
+        1_000, ge=1, description="Open HTTP and WebSocket connections at once; more get 503."
+    )
     ws_max_frame_bytes: int = Field(16 * 1024 * 1024, description="Largest provider frame.")
     heartbeat_interval_s: float = Field(5.0, gt=0, description="How often providers beat.")
     heartbeat_timeout_s: float = Field(
