@@ -114,8 +114,16 @@ class KeyChangeWatcher:
         self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
-        """Take the newest change as the starting point, then poll in the background."""
+        """Take the newest change as the starting point, then poll in the background.
+
+        The cache is empty now, so the changes already within the overlap are only
+        remembered as seen, not evicted by the first poll.
+        """
         self._newest = await self._changes.last_change()
+        if self._newest is not None:
+            since = self._newest - timedelta(seconds=OVERLAP_S)
+            for row in await self._changes.changes_since(since, PAGE):
+                self._seen[row.key_hash] = row.changed_at
         self._task = asyncio.create_task(self._run(), name="key-change-watcher")
 
     async def close(self) -> None:
