@@ -18,7 +18,7 @@ from tessera.store.api_keys import ApiKeyStore
 from tessera.store.engine import create_engine, database_url_for
 from tessera.store.ledger import LedgerStore
 
-from support.scripted_peers import LiveGateway, Peer, answer, chat_body, live_gateway
+from support.scripted_peers import LiveGateway, Peer, answer, chat_body, live_gateway, settled
 
 pytestmark = pytest.mark.integration
 
@@ -37,15 +37,6 @@ async def account(client: httpx.AsyncClient) -> dict[str, Any]:
     response = await client.get("/v1/account")
     assert response.status_code == 200, response.text
     return response.json()
-
-
-async def settled(client: httpx.AsyncClient, request_id: str) -> dict[str, Any]:
-    for _ in range(100):
-        view = (await client.get(f"/v1/requests/{request_id}")).json()
-        if view.get("settlement") in ("captured", "released"):
-            return view
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"request {request_id} never settled: {view}")
 
 
 async def journal_problems(gateway: LiveGateway) -> list[str]:

@@ -4,6 +4,7 @@ can bound: user text in headers, answers that cannot be sent, overclaimed prompt
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from typing import Any
 from urllib.parse import unquote
@@ -13,7 +14,7 @@ import pytest
 
 from tessera.gateway.header_values import header_value
 
-from support.scripted_peers import MODEL, LiveGateway, Peer, answer, chat_body
+from support.scripted_peers import MODEL, LiveGateway, Peer, answer, chat_body, settled
 
 pytestmark = pytest.mark.integration
 
@@ -30,15 +31,6 @@ async def priced(gateway: LiveGateway) -> tuple[Peer, asyncio.Task[None]]:
 async def balance(client: httpx.AsyncClient) -> tuple[int, int]:
     view = (await client.get("/v1/account")).json()
     return view["balance"], view["held"]
-
-
-async def settlement(client: httpx.AsyncClient, request_id: str) -> dict[str, Any]:
-    for _ in range(100):
-        view = (await client.get(f"/v1/requests/{request_id}")).json()
-        if view.get("settlement") in ("captured", "released"):
-            return view
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"request {request_id} never settled: {view}")
 
 
 def test_header_value_keeps_plain_text_and_encodes_the_rest() -> None:
@@ -124,12 +116,12 @@ async def test_an_answer_that_cannot_be_sent_is_not_charged(gateway: LiveGateway
         before, _ = await balance(client)
         call = asyncio.create_task(gateway.app(scope, receive, send))
         await answer(peer, await peer.recv())
-        with pytest.raises(OSError):
+        with contextlib.suppress(OSError):  # the app may log it and return, or raise it
             await asyncio.wait_for(call, 10)
         start = next(m for m in sent if m["type"] == "http.response.start")
         assert start["status"] == 200
         request_id = dict(start["headers"])[b"x-request-id"].decode()
-        view = await settlement(client, request_id)
+        view = await settled(client, request_id)
         after, held = await balance(client)
     beat.cancel()
     assert view["settlement"] == "released" and view["cost"] == 0

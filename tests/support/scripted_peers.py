@@ -230,6 +230,16 @@ async def poll(
             await asyncio.sleep(0.05)
 
 
+async def settled(client: httpx.AsyncClient, request_id: str) -> dict[str, Any]:
+    """The request's view (GET /v1/requests/{id}) once its hold is captured or released."""
+    for _ in range(100):
+        view: dict[str, Any] = (await client.get(f"/v1/requests/{request_id}")).json()
+        if view.get("settlement") in ("captured", "released"):
+            return view
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"request {request_id} never settled: {view}")
+
+
 def chat_body(stream: bool = False, **extra: Any) -> dict[str, Any]:
     return {
         "model": MODEL,
