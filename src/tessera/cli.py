@@ -25,7 +25,10 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
 )
-keys_app = typer.Typer(help="Create, list and revoke API keys.", no_args_is_help=True)
+keys_app = typer.Typer(
+    help="Create, list and revoke API keys; set their policies and limits.",
+    no_args_is_help=True,
+)
 models_app = typer.Typer(help="Make and inspect local models.", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
 app.add_typer(models_app, name="models")
@@ -366,6 +369,21 @@ async def _keys_store(data_dir: Path, database_url: str | None):  # type: ignore
     return engine, ApiKeyStore(engine)
 
 
+MaxConcurrency = Annotated[
+    int | None,
+    typer.Option(
+        "--max-concurrency", min=0, help="Requests the key may run at once (0 suspends it)."
+    ),
+]
+Rpm = Annotated[
+    int | None, typer.Option("--rpm", min=0, help="Requests the key may start per minute.")
+]
+Tpm = Annotated[
+    int | None,
+    typer.Option("--tpm", min=0, help="Tokens per minute, each request counting its max_tokens."),
+]
+
+
 @keys_app.command("create")
 def keys_create(
     name: Annotated[str, typer.Option(help="What the key is for.")] = "default",
@@ -373,13 +391,24 @@ def keys_create(
     database_url: DatabaseUrl = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
     policy: Annotated[str | None, typer.Option(help=POLICY_HELP)] = None,
+    max_concurrency: MaxConcurrency = None,
+    rpm: Rpm = None,
+    tpm: Tpm = None,
 ) -> None:
-    """Create an API key. The key is shown once; only its hash is stored."""
+    """Create an API key. The key is shown once; only its hash is stored.
+
+    Limits not given follow the gateway's defaults (--key-max-concurrent-requests etc.).
+    """
+    from tessera.store.api_keys import KeyLimits
 
     async def run() -> tuple[str, str]:
         engine, keys = await _keys_store(data_dir, database_url)
         try:
-            plaintext, record = await keys.create(name, policy_json=_key_policy(policy))
+            plaintext, record = await keys.create(
+                name,
+                policy_json=_key_policy(policy),
+                limits=KeyLimits(max_concurrency, rpm, tpm),
+            )
             return plaintext, record.id
         finally:
             await engine.dispose()
@@ -441,7 +470,70 @@ def keys_policy(
         console.print(f"[red]no key {key_id}[/]")
         raise typer.Exit(1)
     console.print(
-        f"key {key_id}: policy {'cleared' if clear else 'set'} (gateways apply it within their key cache TTL)"
+        f"key {key_id}: policy {'cleared' if clear else 'set'} (running gateways apply it "
+        "within a second)"
+    )
+
+
+@keys_app.command("limits")
+def keys_limits(
+    key_id: str,
+    max_concurrency: MaxConcurrency = None,
+    rpm: Rpm = None,
+    tpm: Tpm = None,
+    default: Annotated[
+        bool, typer.Option("--default", help="Drop the key's own limits: gateway defaults.")
+    ] = False,
+    data_dir: DataDir = default_data_dir(),
+    database_url: DatabaseUrl = None,
+) -> None:
+    """Change an API key's own limits; the ones not named stay as they are."""
+    from tessera.store.api_keys import KeyLimits
+
+    given = (max_concurrency, rpm, tpm) != (None, None, None)
+    if given == default:
+        console.print("[red]give --max-concurrency, --rpm or --tpm, or --default[/]")
+        raise typer.Exit(2)
+
+    async def run() -> KeyLimits | None:
+        engine, keys = await _keys_store(data_dir, database_url)
+        try:
+            record = await keys.get(key_id)
+            if record is None:
+                return None
+            old = record.limits
+            new = (
+                KeyLimits()
+                if default
+                else KeyLimits(
+                    old.max_concurrent_requests if max_concurrency is None else max_concurrency,
+                    old.requests_per_minute if rpm is None else rpm,
+                    old.tokens_per_minute if tpm is None else tpm,
+                )
+            )
+            return new if await keys.set_limits(key_id, new) else None
+        finally:
+            await engine.dispose()
+
+    try:
+        limits = asyncio.run(run())
+    except TesseraError as exc:
+        _fail(exc)
+        return
+    if limits is None:
+        console.print(f"[red]no key {key_id}[/]")
+        raise typer.Exit(1)
+    if default:
+        console.print(f"key {key_id}: gateway defaults (running gateways apply it within a second)")
+        return
+
+    def shown(value: int | None) -> str:
+        return "default" if value is None else str(value)
+
+    console.print(
+        f"key {key_id}: concurrency {shown(limits.max_concurrent_requests)}, requests per "
+        f"minute {shown(limits.requests_per_minute)}, tokens per minute "
+        f"{shown(limits.tokens_per_minute)} (running gateways apply it within a second)"
     )
 
 
@@ -457,14 +549,26 @@ def keys_list(data_dir: DataDir = default_data_dir(), database_url: DatabaseUrl 
         finally:
             await engine.dispose()
 
-    table = Table("id", "name", "prefix", "created", "revoked")
+    def shown(value: int | None) -> str:
+        return "-" if value is None else str(value)
+
+    table = Table("id", "name", "prefix", "created", "revoked", "limits (conc/rpm/tpm)")
     for record in asyncio.run(run()):
+        limits = record.limits
         table.add_row(
             record.id,
             record.name,
             record.prefix,
             str(record.created_at),
             str(record.revoked_at or ""),
+            "/".join(
+                shown(v)
+                for v in (
+                    limits.max_concurrent_requests,
+                    limits.requests_per_minute,
+                    limits.tokens_per_minute,
+                )
+            ),
         )
     Console().print(table)
 
@@ -485,7 +589,7 @@ def keys_revoke(
     if not asyncio.run(run()):
         console.print(f"[red]no active key {key_id}[/]")
         raise typer.Exit(1)
-    console.print(f"revoked {key_id}")
+    console.print(f"revoked {key_id} (running gateways refuse it within a second)")
 
 
 # ------------------------------------------------------------------ models
