@@ -100,8 +100,10 @@ def gateway(
     """Run a gateway: the OpenAI-compatible API and the provider hub."""
     from tessera.gateway.app import create_app
     from tessera.gateway.http_server import serve
+    from tessera.private_files import restrict_new_files, secure_data_dir
     from tessera.units import parse_tokens
 
+    restrict_new_files()
     _logging(verbose)
     extra: dict[str, object] = {}
     if dev:
@@ -122,6 +124,7 @@ def gateway(
         host=host, port=port, data_dir=data_dir, database_url=database_url, **extra
     )
     console.print(f"[bold]Tessera gateway[/] {__version__} on http://{host}:{port}")
+    secure_data_dir(settings.data_dir)
     serve(create_app(settings), settings)
 
 
@@ -187,10 +190,12 @@ def provider(
     """
     if context.invoked_subcommand is not None:
         return  # `tessera provider status ...`: the subcommand does the work
+    from tessera.private_files import restrict_new_files
     from tessera.provider.hardware import probe
     from tessera.provider.identity import load_or_create_key
     from tessera.provider.loading import UpstreamSpec, load_local, load_upstream
 
+    restrict_new_files()
     _logging(verbose)
     extra: dict[str, object] = {}
     if sla_uptime is not None:
@@ -628,7 +633,9 @@ def models_hash(directory: Path) -> None:
 @app.command()
 def demo(
     port: Annotated[int, typer.Option(help="Gateway port (0: pick a free one).")] = 8000,
-    providers: Annotated[int, typer.Option(help="Provider processes to start.")] = 3,
+    providers: Annotated[
+        int, typer.Option(help="Provider processes to start (0: the gateway only).")
+    ] = 3,
     data_dir: Annotated[Path, typer.Option(help="Where the demo keeps its state.")] = Path(
         ".cache/demo"
     ),
@@ -637,9 +644,14 @@ def demo(
     ),
     once: Annotated[bool, typer.Option("--once", help="Exit after the tour.")] = False,
 ) -> None:
-    """Start a whole local network, tour it with the openai SDK, then stay up."""
-    from tessera.demo import run_demo
+    """Start a whole local network, tour it with the openai SDK, then stay up.
 
+    With --providers 0, only the gateway and a funded key: a network for your own providers.
+    """
+    from tessera.demo import run_demo
+    from tessera.private_files import restrict_new_files
+
+    restrict_new_files()
     sys.exit(
         run_demo(port=port, providers=providers, data_dir=data_dir, model_dir=model_dir, once=once)
     )

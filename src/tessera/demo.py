@@ -33,6 +33,7 @@ from rich.table import Table
 from tessera.dev_money import fund_account, stake_provider
 from tessera.key_file import load_or_create_key
 from tessera.ledger.accounts import TOKEN
+from tessera.private_files import secure_data_dir, write_private
 from tessera.protocol.signing import public_key_hex
 from tessera.units import format_tokens
 
@@ -84,10 +85,12 @@ class Network:
 
     def spawn(self, name: str, args: list[str]) -> subprocess.Popen[bytes]:
         logs = self.data_dir / "logs"
-        logs.mkdir(parents=True, exist_ok=True)
+        logs.mkdir(mode=0o700, parents=True, exist_ok=True)
         env = {**os.environ, "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1"}
-        # The child keeps its own copy of the log's descriptor; ours closes at once.
-        with (logs / f"{name}.log").open("ab") as log_file:
+        # Logs are private (they name keys and requests). The child keeps its own copy of
+        # the log's descriptor; ours closes at once.
+        fd = os.open(logs / f"{name}.log", os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        with os.fdopen(fd, "ab") as log_file:
             proc = subprocess.Popen(
                 [sys.executable, "-m", "tessera.cli", *args],
                 stdout=log_file,
@@ -366,13 +369,37 @@ def money_step(base: str, api_key: str) -> tuple[str, bool, str, str]:
         return "pay per token", False, "-", f"{type(exc).__name__}: {exc}"
 
 
+def _serve_without_providers(
+    base: str, api_key: str, data_dir: Path, network: Network, once: bool
+) -> int:
+    console.print(
+        Panel(
+            f"gateway  {base}/v1\napi key  {api_key}\n"
+            f"no providers: start your own with `tessera provider --gateway {base} --model ...`"
+            f" after bonding stake (`tessera stake --help`); state and logs in {data_dir}",
+            title="the gateway is up",
+        )
+    )
+    return 0 if once else _stay_up(network, data_dir)
+
+
+def _stay_up(network: Network, data_dir: Path) -> int:
+    """Wait until a process of the network exits (1) or Ctrl-C (raises KeyboardInterrupt)."""
+    while not network.dead():
+        time.sleep(1)
+    console.print(f"[red]{', '.join(network.dead())} exited[/]; see {data_dir / 'logs'}")
+    return 1
+
+
 def run_demo(port: int, providers: int, data_dir: Path, model_dir: Path, once: bool) -> int:
-    if not (model_dir / ".complete").exists():
+    """Run the demo; with ``providers`` 0, only the gateway and a funded key (no model, no
+    tour): a network for the caller's own providers."""
+    if providers and not (model_dir / ".complete").exists():
         from tessera.models.make_tiny import make_tiny
 
         console.print(f"no tiny model at {model_dir}: training one now (a few minutes)")
         make_tiny(model_dir, show_progress=True)
-    data_dir.mkdir(parents=True, exist_ok=True)
+    secure_data_dir(data_dir)
     # SIGTERM (kill, a supervisor) stops the network as cleanly as Ctrl-C does.
     signal.signal(signal.SIGTERM, _interrupt)
     if port and not port_is_free(port):
@@ -384,11 +411,11 @@ def run_demo(port: int, providers: int, data_dir: Path, model_dir: Path, once: b
     key_files = [data_dir / f"provider-{i + 1}.key" for i in range(providers)]
     validators = [public_key_hex(load_or_create_key(path)) for path in key_files]
     try:
-        catalog = catalog_for(model_dir)
+        catalog = ["--catalog", str(catalog_for(model_dir))] if providers else []
         network.spawn(
             "gateway",
             ["gateway", "--port", str(port), "--data-dir", str(data_dir), "--dev",
-             "--catalog", str(catalog), *(f"--validator={key}" for key in validators)],
+             *catalog, *(f"--validator={key}" for key in validators)],
         )  # fmt: skip
         api_key = asyncio.run(create_api_key(data_dir))
         wait_for_network(base, 0, network)
@@ -414,10 +441,13 @@ def run_demo(port: int, providers: int, data_dir: Path, model_dir: Path, once: b
                 ],
             )  # fmt: skip
         wait_for_network(base, providers, network)
-        wait_for_model(base, "tessera-tiny", network)
-        (data_dir / "demo.json").write_text(
-            json.dumps({"base_url": f"{base}/v1", "api_key": api_key}, indent=2)
+        write_private(
+            data_dir / "demo.json",
+            json.dumps({"base_url": f"{base}/v1", "api_key": api_key}, indent=2),
         )
+        if not providers:
+            return _serve_without_providers(base, api_key, data_dir, network, once)
+        wait_for_model(base, "tessera-tiny", network)
         steps = tour(f"{base}/v1", api_key, "tessera-tiny")
         steps.append(audit_step(base))
         steps.append(money_step(base, api_key))
@@ -453,10 +483,7 @@ def run_demo(port: int, providers: int, data_dir: Path, model_dir: Path, once: b
             "print(reply.choices[0].message.content)\n",
             flush=True,
         )
-        while not network.dead():
-            time.sleep(1)
-        console.print(f"[red]{', '.join(network.dead())} exited[/]; see {data_dir / 'logs'}")
-        return 1
+        return _stay_up(network, data_dir)
     except KeyboardInterrupt:
         console.print("stopping…")
         return 0

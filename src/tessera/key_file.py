@@ -20,7 +20,7 @@ def load_or_create_key(path: Path, what: str = "provider") -> SigningKey:
     """Load the key at ``path``, creating it (mode 0600) if it does not exist."""
     path = Path(path).expanduser()
     if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         key = SigningKey.generate()
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w") as handle:

@@ -3,10 +3,18 @@
 The same statements run on both. SQLite gets WAL (readers never block the writer),
 foreign keys, a busy timeout, and real transactions (SQLAlchemy emits BEGIN itself, so
 DDL in a migration is atomic too). PostgreSQL gets a pre-pinged, recycled pool.
+
+A SQLite database is its owner's only: its file is created 0600 before SQLite opens it
+(SQLite gives its -wal and -shm files the database file's mode), a directory made for it
+is 0700, and an existing database others could read is tightened, with a warning.
 """
 
 from __future__ import annotations
 
+import contextlib
+import logging
+import os
+import stat
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +25,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from tessera.errors import ConfigError
 from tessera.store.errors import StoreError, translated
+
+log = logging.getLogger(__name__)
 
 DATABASE_FILE = "tessera.db"
 SQLITE_BUSY_TIMEOUT_MS = 5_000
@@ -100,7 +110,8 @@ def _sqlite_engine(url: URL, echo: bool) -> AsyncEngine:
     if path.is_dir():
         raise StoreError(f"the SQLite database path {path} is a directory: name a file")
     with translated(url):
-        path.parent.mkdir(parents=True, exist_ok=True)
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        _private_database_file(path)
     engine = create_async_engine(url, echo=echo)
 
     @event.listens_for(engine.sync_engine, "connect")
@@ -125,3 +136,25 @@ def _sqlite_engine(url: URL, echo: bool) -> AsyncEngine:
         connection.exec_driver_sql(f"BEGIN {mode}")
 
     return engine
+
+
+def _private_database_file(path: Path) -> None:
+    """Create the database file 0600 if missing; take others' access off it and its
+    WAL, shared-memory and journal files if they have any."""
+    with contextlib.suppress(FileExistsError):  # another process made it first
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    for file in (path, *(path.with_name(path.name + s) for s in ("-wal", "-shm", "-journal"))):
+        try:
+            mode = stat.S_IMODE(file.stat().st_mode)
+            if mode & 0o077:
+                file.chmod(mode & ~0o077)
+                log.warning(
+                    "tightened %s from %03o to %03o: others could read it",
+                    file,
+                    mode,
+                    mode & ~0o077,
+                )
+        except FileNotFoundError:
+            continue
+        except OSError as exc:  # not ours to change: say so, and open it as before
+            log.warning("could not make %s private: %s", file, exc)
