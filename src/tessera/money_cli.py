@@ -337,7 +337,7 @@ async def _open_store(data_dir: Path, database_url: str | None) -> Any:
     from tessera.store.engine import create_engine, database_url_for
     from tessera.store.migrate import upgrade_to_head
 
-    await asyncio.to_thread(data_dir.mkdir, parents=True, exist_ok=True)
+    await asyncio.to_thread(data_dir.mkdir, mode=0o700, parents=True, exist_ok=True)
     url = database_url or database_url_for(data_dir)
     await upgrade_to_head(url)
     return create_engine(url)

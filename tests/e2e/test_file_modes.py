@@ -108,3 +108,17 @@ def test_a_demo_keeps_its_data_dir_to_its_owner(tmp_path: Path) -> None:
     names = {p.relative_to(data_dir).as_posix() for p in data_dir.rglob("*")}
     assert {"demo.json", "tessera.db", "gateway.key", "logs/gateway.log"} <= names
     assert loose_paths(data_dir) == []
+
+
+def test_a_key_made_before_any_gateway_ran_is_private_too(tmp_path: Path) -> None:
+    """`tessera keys create` on a fresh data dir makes the database, under a lax umask."""
+    data_dir = tmp_path / "state"
+    subprocess.run(
+        [sys.executable, "-m", "tessera.cli", "keys", "create", "--data-dir", str(data_dir)],
+        check=True,
+        capture_output=True,
+        timeout=60,
+        preexec_fn=lambda: os.umask(0o022),
+    )
+    assert (data_dir / "tessera.db").exists()
+    assert loose_paths(data_dir) == []
