@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import json
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -21,14 +20,13 @@ from fastapi import FastAPI, Request, WebSocket
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse, Response, StreamingResponse
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from tessera import __version__
 from tessera.config import GatewaySettings
 from tessera.errors import (
     ConfigError,
-    InvalidRequest,
     TesseraError,
     error_headers,
     openai_error_body,
@@ -44,7 +42,9 @@ from tessera.gateway.liveness import Liveness
 from tessera.gateway.liveness_routes import install_liveness_routes
 from tessera.gateway.metrics import CONTENT_TYPE_LATEST, GatewayMetrics
 from tessera.gateway.money_routes import install_money_routes, payer_of
+from tessera.gateway.openapi_docs import describe
 from tessera.gateway.payments import Payments
+from tessera.gateway.request_body import invalid_parameter, parse_json, validated
 from tessera.gateway.routing import policy_for
 from tessera.gateway.serving import RequestContext, Served, Serving
 from tessera.gateway.status_routes import install_status_routes
@@ -326,6 +326,9 @@ def _error_response(request: Request, error: TesseraError) -> JSONResponse:
 
 
 def _install_error_handlers(app: FastAPI, metrics: GatewayMetrics) -> None:
+    """Our errors and the framework's become OpenAI bodies; anything else is a 500 from
+    ``RequestIdAndBodyLimit``, which logs one line without the client's content."""
+
     @app.exception_handler(TesseraError)
     async def tessera_error(request: Request, exc: TesseraError) -> JSONResponse:
         metrics.requests.labels(endpoint=_route(request), status=str(exc.status_code)).inc()
@@ -333,7 +336,7 @@ def _install_error_handlers(app: FastAPI, metrics: GatewayMetrics) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
-        return _error_response(request, InvalidRequest(str(exc.errors()[:1])))
+        return _error_response(request, invalid_parameter(exc.errors()))
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
@@ -341,14 +344,9 @@ def _install_error_handlers(app: FastAPI, metrics: GatewayMetrics) -> None:
         error.status_code = exc.status_code
         error.error_type = "invalid_request_error" if exc.status_code < 500 else "server_error"
         error.code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code)
-        return _error_response(request, error)
-
-    @app.exception_handler(Exception)
-    async def unexpected(request: Request, exc: Exception) -> JSONResponse:
-        log.exception("unhandled error on %s", request.url.path)
-        return _error_response(
-            request, TesseraError("The gateway hit an internal error; retry the request.")
-        )
+        response = _error_response(request, error)
+        response.headers.update(exc.headers or {})  # e.g. Allow on a 405
+        return response
 
 
 # ------------------------------------------------------------------ parsing
@@ -356,29 +354,7 @@ def _install_error_handlers(app: FastAPI, metrics: GatewayMetrics) -> None:
 
 async def parse_body(request: Request, model: type[T]) -> T:
     """Parse JSON into ``model`` with OpenAI-style 400s that name the bad parameter."""
-    raw = await request.body()
-    try:
-        data = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise InvalidRequest(
-            "We could not parse the JSON body of your request. Send valid JSON with "
-            "'Content-Type: application/json'.",
-            code="invalid_json",
-        ) from exc
-    if not isinstance(data, dict):
-        raise InvalidRequest("The request body must be a JSON object.", code="invalid_json")
-    try:
-        return model.model_validate(data)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        # Drop pydantic's union-branch tags (e.g. 'constrained-str') from the location.
-        loc = [str(p) for p in first.get("loc", ()) if isinstance(p, int) or p.isidentifier()]
-        param = loc[0] if loc else None
-        where = ".".join(loc)
-        message = f"Invalid value for '{where}': {first.get('msg')}"
-        if first.get("type") == "missing":
-            message = f"Missing required parameter: '{where}'."
-        raise InvalidRequest(message, param=param, code="invalid_value") from exc
+    return validated(parse_json(await request.body()), model)
 
 
 async def until_disconnect(request: Request, work: Awaitable[Served]) -> Served | None:
@@ -644,7 +620,7 @@ def _install_openapi(app: FastAPI) -> None:
                 title=app.title, version=app.version, description=app.description, routes=app.routes
             )
             schema.setdefault("components", {}).setdefault("schemas", {}).update(_SCHEMA_DEFS)
-            app.openapi_schema = schema
+            app.openapi_schema = describe(schema)
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]

@@ -1,18 +1,30 @@
-"""ASGI middleware: request ids on every response, and a hard cap on body size.
+"""ASGI middleware: request ids on every response, a hard cap on body size, and the last
+stop for errors nobody expected.
 
 Pure ASGI (no BaseHTTPMiddleware) so streaming responses and client disconnects pass
-through untouched.
+through untouched. An unexpected exception costs microseconds and one log line (its type,
+where it was raised, the route and the request id: never its message, which may quote
+what the client sent), an OpenAI-shaped 500, and at most one stack line per
+:data:`STACK_EVERY_S`; nothing renders a traceback on the event loop per request.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import secrets
+import time
+import traceback
+from types import TracebackType
 from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from tessera.errors import PayloadTooLarge, openai_error_body
+from tessera.errors import PayloadTooLarge, TesseraError, openai_error_body
+
+log = logging.getLogger("tessera.gateway")
+STACK_EVERY_S = 60.0
+INTERNAL_ERROR = "The gateway hit an internal error; retry the request."
 
 
 def new_request_id() -> str:
@@ -31,9 +43,12 @@ class RequestIdAndBodyLimit:
         request_id = new_request_id()
         scope.setdefault("state", {})["request_id"] = request_id
         header_id = (b"x-request-id", request_id.encode())
+        started = False
 
         async def send_with_id(message: Message) -> None:
+            nonlocal started
             if message["type"] == "http.response.start":
+                started = True
                 headers = list(message.get("headers", []))
                 if not any(k.lower() == b"x-request-id" for k, _ in headers):
                     headers.append(header_id)
@@ -56,7 +71,52 @@ class RequestIdAndBodyLimit:
                     raise PayloadTooLarge(_too_large_text(self.max_body_bytes), param=None)
             return message
 
-        await self.app(scope, counted_receive, send_with_id)
+        try:
+            await self.app(scope, counted_receive, send_with_id)
+        except TesseraError as exc:  # raised outside a route (e.g. reading a streamed body)
+            if not started:
+                await _send_error(send_with_id, exc)
+        except Exception as exc:
+            self.unexpected(exc, scope, request_id)
+            if not started:
+                await _send_error(send_with_id, TesseraError(INTERNAL_ERROR))
+
+    _stack_logged_at = -STACK_EVERY_S
+
+    def unexpected(self, exc: Exception, scope: Scope, request_id: str) -> None:
+        """One line for an error nobody expected; its frames at most once a minute."""
+        route = getattr(scope.get("route"), "path", None) or "unmatched route"
+        log.error(
+            "unexpected %s at %s on %s %s (request %s)",
+            type(exc).__name__,
+            _raised_at(exc.__traceback__),
+            scope.get("method", "?"),
+            route,
+            request_id,
+        )
+        now = time.monotonic()
+        if now - self._stack_logged_at >= STACK_EVERY_S:
+            self._stack_logged_at = now
+            log.error("stack of %s (request %s): %s", type(exc).__name__, request_id, _frames(exc))
+
+
+def _raised_at(tb: TracebackType | None) -> str:
+    """``file:line`` of the innermost frame, without reading any source file."""
+    if tb is None:
+        return "?"
+    while tb.tb_next is not None:
+        tb = tb.tb_next
+    code = tb.tb_frame.f_code
+    return f"{code.co_filename.rsplit('/', 1)[-1]}:{tb.tb_lineno} in {code.co_name}"
+
+
+def _frames(exc: BaseException, limit: int = 40) -> str:
+    """The innermost ``limit`` frames as ``file:line in function``, outermost first; no
+    source lines (no file reads) and no exception message (it may quote the client)."""
+    stack = traceback.StackSummary.extract(traceback.walk_tb(exc.__traceback__), lookup_lines=False)
+    return " > ".join(
+        f"{f.filename.rsplit('/', 1)[-1]}:{f.lineno} in {f.name}" for f in list(stack)[-limit:]
+    )
 
 
 def _content_length(scope: Scope) -> int | None:
@@ -74,11 +134,15 @@ def _too_large_text(limit: int) -> str:
 
 
 async def _too_large(send: Any, limit: int) -> None:
-    body = json.dumps(openai_error_body(PayloadTooLarge(_too_large_text(limit)))).encode()
+    await _send_error(send, PayloadTooLarge(_too_large_text(limit)))
+
+
+async def _send_error(send: Any, error: TesseraError) -> None:
+    body = json.dumps(openai_error_body(error)).encode()
     await send(
         {
             "type": "http.response.start",
-            "status": 413,
+            "status": error.status_code,
             "headers": [
                 (b"content-type", b"application/json"),
                 (b"content-length", str(len(body)).encode()),

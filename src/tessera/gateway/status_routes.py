@@ -14,6 +14,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 
 from tessera.errors import NotFound
+from tessera.gateway.verification_routes import provider_id_param
 from tessera.market.diagnosis import diagnose
 
 
@@ -21,6 +22,7 @@ def install_status_routes(app: FastAPI, gateway_of: Callable[[Request], Any]) ->
     @app.get("/v1/providers/{provider_id}/status", tags=["providers"])
     async def provider_status(request: Request, provider_id: str) -> dict[str, Any]:
         """Is this provider routed, and if not, why: stake, status, breaker, policies."""
+        provider_id_param(provider_id, "provider_id")
         gateway = gateway_of(request)
         now = time.monotonic()
         live = gateway.registry.get(provider_id)
@@ -32,7 +34,10 @@ def install_status_routes(app: FastAPI, gateway_of: Callable[[Request], Any]) ->
         if live is None:
             known = gateway.registry.has_seen(provider_id) or bonded > 0
             if not known:
-                raise NotFound(f"no provider {provider_id!r} has been seen by this gateway")
+                raise NotFound(
+                    f"no provider {provider_id} has been seen by this gateway",
+                    param="provider_id",
+                )
             return {
                 "provider_id": provider_id,
                 "connected": False,

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Callable
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import FastAPI, Query, Request
 
@@ -18,12 +18,19 @@ from tessera.errors import InvalidRequest, NotFound
 from tessera.store.verification import AuditRow, CaseRow
 
 PROVIDER_ID = re.compile(r"[0-9a-f]{64}")
+ProviderQuery = Annotated[
+    str | None,
+    Query(pattern=f"^{PROVIDER_ID.pattern}$", description="A provider id: 64 hex digits."),
+]
 
 
-def _provider_id(value: str | None, param: str = "provider") -> str | None:
+def provider_id_param(value: str | None, param: str = "provider") -> str | None:
+    """``value`` if it is a provider id (or None); a 400 naming ``param`` otherwise."""
     if value is not None and not PROVIDER_ID.fullmatch(value):
         raise InvalidRequest(
-            "a provider id is its public key: 64 lowercase hex characters", param=param
+            "a provider id is its public key: 64 lowercase hex characters",
+            param=param,
+            code="invalid_value",
         )
     return value
 
@@ -109,15 +116,15 @@ def install_verification_routes(app: FastAPI, gateway_of: Callable[[Request], An
     @app.get("/v1/audits", tags=["verification"])
     async def list_audits(
         request: Request,
-        provider: str | None = None,
-        request_id: str | None = None,
+        provider: ProviderQuery = None,
+        request_id: Annotated[str | None, Query(min_length=1, max_length=100)] = None,
         limit: Annotated[int, Query(ge=1, le=200)] = 50,
-        before: int | None = None,
+        before: Annotated[int | None, Query(ge=1, le=2**63 - 1)] = None,
     ) -> dict[str, Any]:
         """Audits, newest first, with their evidence; page with ``before`` = the last id."""
         store = gateway_of(request).verifier.store
         rows = await store.audits(
-            provider_id=_provider_id(provider),
+            provider_id=provider,
             request_id=request_id,
             limit=limit,
             before_id=before,
@@ -127,13 +134,13 @@ def install_verification_routes(app: FastAPI, gateway_of: Callable[[Request], An
     @app.get("/v1/audit-cases", tags=["verification"])
     async def list_cases(
         request: Request,
-        provider: str | None = None,
-        status: str | None = None,
+        provider: ProviderQuery = None,
+        status: Literal["passed", "open", "upheld", "cleared", "inconclusive"] | None = None,
         limit: Annotated[int, Query(ge=1, le=200)] = 50,
     ) -> dict[str, Any]:
         """Audit cases (one per audited request) and how they ended: passed, cleared, upheld."""
         store = gateway_of(request).verifier.store
-        rows = await store.cases(provider_id=_provider_id(provider), status=status, limit=limit)
+        rows = await store.cases(provider_id=provider, status=status, limit=limit)
         return {"object": "list", "data": [case_view(r) for r in rows]}
 
     @app.get("/v1/audit-cases/{request_id}", tags=["verification"])
@@ -149,7 +156,7 @@ def install_verification_routes(app: FastAPI, gateway_of: Callable[[Request], An
     @app.get("/v1/providers/{provider_id}/reputation", tags=["providers"])
     async def get_reputation(request: Request, provider_id: str) -> dict[str, Any]:
         """A provider's record: audits, completion rate, uptime, score, bans and violations."""
-        _provider_id(provider_id, "provider_id")
+        provider_id_param(provider_id, "provider_id")
         gateway = gateway_of(request)
         verifier = gateway.verifier
         live = gateway.registry.get(provider_id)

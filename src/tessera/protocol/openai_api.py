@@ -1,49 +1,126 @@
 """OpenAI API request types as the gateway accepts them.
 
-Unknown fields are accepted and ignored (clients send newer ones), but a known field the
-network cannot honour is refused by :func:`refuse_unhonourable` with a 400 that names it.
+Unknown fields are accepted and ignored (clients send newer ones). Known fields are
+strict, as OpenAI's own API is: no string for a number, no ``true`` for an integer.
+
+Every bound a provider job has (``wire.Job``, ``wire.SamplingParams``,
+``wire.ChatMessage``) is imported from ``wire``, so a request that passes here always
+becomes a valid job: whatever a job could not carry is a 400 naming its parameter here,
+never an error deeper down. The JSON schema of these types is the OpenAPI document's, so
+it states the real constraints, including options this network supports only at their
+default (``n``, ``best_of``, penalties, ``logit_bias``, ``echo``, ``suffix``...): such
+an option is refused by its own bound, and :data:`UNSUPPORTED` says why.
+What depends on the model (tool calling, context length, embedding dimensions) is refused
+by :func:`refuse_unhonourable` and the serving layer, also with a 400 that names it.
 """
 
 from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    StrictInt,
+    Tag,
+    model_validator,
+)
 
 from tessera.ledger.accounts import MAX_UNITS
+from tessera.protocol.wire import (
+    MAX_MESSAGES,
+    MAX_NEW_TOKENS,
+    MAX_PROMPTS,
+    MAX_STOPS,
+    MAX_TEXT_CHARS,
+    MAX_TOKEN_IDS,
+    MAX_TOP_LOGPROBS,
+    Name,
+    StopText,
+    TokenId,
+)
 
-MAX_STOP = 4
-MAX_STRING = 4_000_000
+MAX_STOP = MAX_STOPS
+MAX_STRING = MAX_TEXT_CHARS
+MAX_PARTS = 10_000
 MIN_HEDGE_AFTER_MS = 100  # the earliest a request may ask to be hedged
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+# A provider is named by its id (64 hex digits) or a prefix of at least this many.
+MIN_ID_PREFIX = 8
+# market/regions.py REGIONS (a unit test keeps the two equal): protocol imports no market.
+REGION_NAMES = ("eu", "eea", "europe", "na", "latam", "asia", "apac", "me", "oceania", "africa")
+
+
+def _any_case(word: str) -> str:
+    """A regex matching ``word`` in any letter case (JSON Schema patterns take no flags)."""
+    return "".join(f"[{c.upper()}{c}]" for c in word)
+
+
+REGION_PATTERN = "^([A-Za-z]{2}|" + "|".join(_any_case(r) for r in REGION_NAMES) + ")$"
+PROVIDER_NAME_PATTERN = f"^[0-9a-fA-F]{{{MIN_ID_PREFIX},64}}$"
 
 Units = Annotated[StrictInt, Field(ge=0, le=MAX_UNITS)]
+
+# Why a request naming an option with a value other than its default is refused: the
+# option's parameter name -> the message the 400 carries (code ``unsupported_parameter``).
+UNSUPPORTED: dict[str, str] = {
+    "n": "n > 1 is not supported: send one request per choice",
+    "best_of": "best_of > 1 is not supported",
+    "presence_penalty": "presence_penalty is not supported by this network yet (only 0)",
+    "frequency_penalty": "frequency_penalty is not supported by this network yet (only 0)",
+    "logit_bias": "logit_bias is not supported by this network yet",
+    "echo": "echo is not supported by this network yet",
+    "suffix": "suffix (insertion) is not supported",
+    "response_format": "only response_format {'type': 'text'} is supported",
+    "modalities": "only the 'text' modality is supported",
+    "audio": "audio output is not supported",
+    "prediction": "predicted outputs are not supported",
+}
+
+
+class ApiModel(BaseModel):
+    """Strict known fields, unknown fields kept and ignored, no NaN or infinity."""
+
+    model_config = ConfigDict(extra="allow", strict=True, allow_inf_nan=False)
 
 
 class MaxPriceField(BaseModel):
     """OpenRouter's ``provider.max_price``, in base units per million tokens (integers)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     prompt: Units | None = None
     completion: Units | None = None
 
 
-ProviderName = Annotated[str, Field(min_length=1, max_length=64)]
+ProviderName = Annotated[
+    str,
+    Field(
+        pattern=PROVIDER_NAME_PATTERN,
+        description=f"A provider id (64 hex digits) or its first {MIN_ID_PREFIX}+ digits.",
+    ),
+]
 ProviderNames = Annotated[list[ProviderName], Field(max_length=64)]
-RegionName = Annotated[str, Field(min_length=2, max_length=20)]
+RegionName = Annotated[
+    str,
+    Field(
+        pattern=REGION_PATTERN,
+        description="An ISO 3166-1 country code (DE) or a region: " + ", ".join(REGION_NAMES),
+    ),
+]
 RegionNames = Annotated[list[RegionName], Field(max_length=64)]
-ModelName = Annotated[str, Field(min_length=1, max_length=200)]
+ModelName = Name
 
 
-class ProviderPreferences(BaseModel):
+class ProviderPreferences(ApiModel):
     """The optional ``provider`` object: OpenRouter's routing preferences, extended.
 
-    Providers are named by id or an id prefix of 8+ characters. Regions are ISO country
+    Providers are named by id or an id prefix of 8+ hex digits. Regions are ISO country
     codes or coarse regions (``eu``, ``na``, ...). Unknown keys are ignored, as OpenRouter
     clients may send ones we do not implement.
     """
-
-    model_config = ConfigDict(extra="allow", allow_inf_nan=False)
 
     order: ProviderNames | None = None
     only: ProviderNames | None = None
@@ -59,9 +136,7 @@ class ProviderPreferences(BaseModel):
     hedge_after_ms: Annotated[int, Field(ge=MIN_HEDGE_AFTER_MS, le=600_000)] | None = None
 
 
-class OpenAIRequest(BaseModel):
-    model_config = ConfigDict(extra="allow", allow_inf_nan=False)
-
+class OpenAIRequest(ApiModel):
     model: ModelName
     # Fallback models, tried in order when ``model`` has no provider that can answer.
     models: Annotated[list[ModelName], Field(max_length=8)] | None = None
@@ -69,19 +144,29 @@ class OpenAIRequest(BaseModel):
     provider: ProviderPreferences | None = None
 
 
-class TextPart(BaseModel):
-    model_config = ConfigDict(extra="allow")
-
+class TextPart(ApiModel):
     type: Literal["text"]
     text: Annotated[str, Field(max_length=MAX_STRING)]
 
 
-class Message(BaseModel):
-    model_config = ConfigDict(extra="allow")
-
+class Message(ApiModel):
     role: Literal["system", "user", "assistant", "developer", "tool"]
-    content: Annotated[str, Field(max_length=MAX_STRING)] | list[TextPart] | None = None
+    content: (
+        Annotated[str, Field(max_length=MAX_STRING)]
+        | Annotated[list[TextPart], Field(max_length=MAX_PARTS)]
+        | None
+    ) = Field(
+        default=None,
+        description=f"Text, or text parts that join to at most {MAX_STRING} characters.",
+    )
     name: Annotated[str, Field(max_length=256)] | None = None
+
+    @model_validator(mode="after")
+    def _parts_fit_one_message(self) -> Message:
+        if isinstance(self.content, list):
+            if sum(len(part.text) for part in self.content) > MAX_STRING:
+                raise ValueError(f"the text parts join to more than {MAX_STRING} characters")
+        return self
 
     def text(self) -> str:
         if self.content is None:
@@ -91,29 +176,35 @@ class Message(BaseModel):
         return "".join(part.text for part in self.content)
 
 
-class StreamOptions(BaseModel):
-    model_config = ConfigDict(extra="allow")
-
+class StreamOptions(ApiModel):
     include_usage: bool = False
 
 
-Stop = Annotated[str, Field(min_length=1, max_length=500)]
+class ResponseFormat(ApiModel):
+    type: Literal["text"] = "text"
+
+
+Stop = StopText
+NewTokens = Annotated[int, Field(ge=1, le=MAX_NEW_TOKENS)]
+Empty = Annotated[dict[str, Any], Field(max_length=0)]
+OnlyZero = Annotated[float, Field(ge=0.0, le=0.0)]
+OnlyOne = Annotated[int, Field(ge=1, le=1)]
 
 
 class SamplingFields(OpenAIRequest):
     """Fields shared by chat and text completions."""
 
-    max_tokens: Annotated[int, Field(ge=1)] | None = None
+    max_tokens: NewTokens | None = None
     temperature: Annotated[float, Field(ge=0.0, le=2.0)] | None = None
     top_p: Annotated[float, Field(gt=0.0, le=1.0)] | None = None
-    seed: int | None = None
+    seed: Annotated[int, Field(ge=INT64_MIN, le=INT64_MAX)] | None = None
     stop: Stop | Annotated[list[Stop], Field(max_length=MAX_STOP)] | None = None
     stream: bool | None = False
     stream_options: StreamOptions | None = None
-    n: Annotated[int, Field(ge=1, le=128)] | None = None
-    presence_penalty: Annotated[float, Field(ge=-2.0, le=2.0)] | None = None
-    frequency_penalty: Annotated[float, Field(ge=-2.0, le=2.0)] | None = None
-    logit_bias: dict[str, float] | None = None
+    n: OnlyOne | None = None
+    presence_penalty: OnlyZero | None = None
+    frequency_penalty: OnlyZero | None = None
+    logit_bias: Empty | None = None
 
     def stop_list(self) -> list[str]:
         if self.stop is None:
@@ -122,34 +213,63 @@ class SamplingFields(OpenAIRequest):
 
 
 class ChatCompletionRequest(SamplingFields):
-    messages: Annotated[list[Message], Field(min_length=1, max_length=10_000)]
-    max_completion_tokens: Annotated[int, Field(ge=1)] | None = None
+    messages: Annotated[list[Message], Field(min_length=1, max_length=MAX_MESSAGES)]
+    max_completion_tokens: NewTokens | None = None
     logprobs: bool | None = False
-    top_logprobs: Annotated[int, Field(ge=0, le=20)] | None = None
-    tools: list[dict[str, Any]] | None = None
+    top_logprobs: Annotated[int, Field(ge=0, le=MAX_TOP_LOGPROBS)] | None = None
+    tools: Annotated[list[dict[str, Any]], Field(max_length=128)] | None = Field(
+        default=None, description="Only for models whose /v1/models entry has supports_tools."
+    )
     tool_choice: Any = None
-    functions: list[dict[str, Any]] | None = None
-    response_format: dict[str, Any] | None = None
-    modalities: list[str] | None = None
-    audio: dict[str, Any] | None = None
-    prediction: dict[str, Any] | None = None
+    functions: Annotated[list[dict[str, Any]], Field(max_length=128)] | None = Field(
+        default=None, description="Only for models whose /v1/models entry has supports_tools."
+    )
+    response_format: ResponseFormat | None = None
+    modalities: Annotated[list[Literal["text"]], Field(max_length=1)] | None = None
+    audio: Empty | None = None
+    prediction: Empty | None = None
 
 
-TokenIds = Annotated[list[Annotated[int, Field(ge=0)]], Field(min_length=1, max_length=1_000_000)]
+TokenIds = Annotated[list[TokenId], Field(min_length=1, max_length=MAX_TOKEN_IDS)]
 PromptText = Annotated[str, Field(max_length=MAX_STRING)]
 
 
+def _text_or_tokens(value: Any) -> str | None:
+    """Which shape a prompt or input has, so only that shape's errors are reported."""
+    if isinstance(value, str):
+        return "text"
+    if not isinstance(value, list) or not value:
+        return "token-ids" if isinstance(value, list) else None
+    first = value[0]
+    if isinstance(first, str):
+        return "texts"
+    if isinstance(first, list):
+        return "token-id-lists"
+    return "token-ids"
+
+
+TextOrTokens = Annotated[
+    Annotated[PromptText, Tag("text")]
+    | Annotated[TokenIds, Tag("token-ids")]
+    | Annotated[list[PromptText], Field(min_length=1, max_length=MAX_PROMPTS), Tag("texts")]
+    | Annotated[list[TokenIds], Field(min_length=1, max_length=MAX_PROMPTS), Tag("token-id-lists")],
+    Discriminator(
+        _text_or_tokens,
+        custom_error_type="invalid_shape",
+        custom_error_message=(
+            "Input should be a string, a list of strings, a list of token ids or a list "
+            "of lists of token ids"
+        ),
+    ),
+]
+
+
 class CompletionRequest(SamplingFields):
-    prompt: (
-        PromptText
-        | TokenIds
-        | Annotated[list[PromptText], Field(min_length=1, max_length=2048)]
-        | Annotated[list[TokenIds], Field(min_length=1, max_length=2048)]
-    )
+    prompt: TextOrTokens
     logprobs: Annotated[int, Field(ge=0, le=5)] | None = None
-    echo: bool | None = False
-    best_of: Annotated[int, Field(ge=1, le=20)] | None = None
-    suffix: str | None = None
+    echo: Literal[False] | None = False
+    best_of: OnlyOne | None = None
+    suffix: Annotated[str, Field(max_length=0)] | None = None
 
     def prompts(self) -> list[str | list[int]]:
         """The prompt as a list, one entry per choice."""
@@ -162,21 +282,9 @@ class CompletionRequest(SamplingFields):
 
 
 class EmbeddingRequest(OpenAIRequest):
-    input: (
-        PromptText
-        | TokenIds
-        | Annotated[list[PromptText], Field(min_length=1, max_length=2048)]
-        | Annotated[list[TokenIds], Field(min_length=1, max_length=2048)]
-    )
+    input: TextOrTokens
     encoding_format: Literal["float", "base64"] | None = "float"
-    dimensions: Annotated[int, Field(ge=1)] | None = None
-
-    @field_validator("input")
-    @classmethod
-    def _not_empty(cls, value: Any) -> Any:
-        if isinstance(value, list) and not value:
-            raise ValueError("input must not be empty")
-        return value
+    dimensions: Annotated[int, Field(ge=1, le=65_536)] | None = None
 
     def inputs(self) -> list[str | list[int]]:
         v = self.input
@@ -190,33 +298,13 @@ class EmbeddingRequest(OpenAIRequest):
 def refuse_unhonourable(
     request: ChatCompletionRequest | CompletionRequest, *, supports_tools: bool
 ) -> tuple[str, str] | None:
-    """(param, reason) for the first known field we cannot honour, or None."""
-    if request.n not in (None, 1):
-        return "n", "n > 1 is not supported: send one request per choice"
-    if request.presence_penalty not in (None, 0.0):
-        return "presence_penalty", "presence_penalty is not supported by this network yet"
-    if request.frequency_penalty not in (None, 0.0):
-        return "frequency_penalty", "frequency_penalty is not supported by this network yet"
-    if request.logit_bias:
-        return "logit_bias", "logit_bias is not supported by this network yet"
+    """(param, reason) for the first known field this model cannot honour, or None.
+
+    Options no model here supports are refused when the request is parsed (their bounds
+    above); what is left depends on the model.
+    """
     if isinstance(request, ChatCompletionRequest):
         if (request.tools or request.functions) and not supports_tools:
             param = "tools" if request.tools else "functions"
             return param, f"model {request.model} does not support tool calling"
-        fmt = (request.response_format or {}).get("type", "text")
-        if fmt != "text":
-            return "response_format", f"response_format {fmt!r} is not supported: use 'text'"
-        if request.modalities and request.modalities != ["text"]:
-            return "modalities", "only the 'text' modality is supported"
-        if request.audio:
-            return "audio", "audio output is not supported"
-        if request.prediction:
-            return "prediction", "predicted outputs are not supported"
-    else:
-        if request.echo:
-            return "echo", "echo is not supported by this network yet"
-        if request.best_of not in (None, 1):
-            return "best_of", "best_of > 1 is not supported"
-        if request.suffix:
-            return "suffix", "suffix (insertion) is not supported"
     return None

@@ -38,6 +38,19 @@ ShortText = Annotated[str, Field(max_length=2_000)]
 JobId = Annotated[str, Field(min_length=1, max_length=100)]
 Count = Annotated[int, Field(ge=0, le=10_000_000)]
 
+# Bounds of a job's input. The OpenAI request types (openai_api.py) are built from these,
+# so the API refuses with a 400 whatever a job could not carry.
+MAX_TEXT_CHARS = 4_000_000
+MAX_TOKEN_ID = 10_000_000
+MAX_TOKEN_IDS = 1_000_000
+MAX_PROMPTS = 2_048
+MAX_MESSAGES = 10_000
+MAX_NEW_TOKENS = 1_000_000
+MAX_STOPS = 4
+MAX_STOP_CHARS = 500
+MAX_TOP_LOGPROBS = 20
+StopText = Annotated[str, Field(min_length=1, max_length=MAX_STOP_CHARS)]
+
 
 class Frame(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
@@ -153,22 +166,21 @@ class ErrorFrame(Frame):
 
 class ChatMessage(Frame):
     role: Literal["system", "user", "assistant", "developer", "tool"]
-    content: Annotated[str, Field(max_length=4_000_000)]
+    content: Annotated[str, Field(max_length=MAX_TEXT_CHARS)]
 
 
 class SamplingParams(Frame):
-    max_tokens: Annotated[int, Field(ge=1, le=1_000_000)]
+    max_tokens: Annotated[int, Field(ge=1, le=MAX_NEW_TOKENS)]
     temperature: Annotated[float, Field(ge=0.0, le=2.0)] = 1.0
     top_p: Annotated[float, Field(gt=0.0, le=1.0)] = 1.0
     seed: int | None = None
-    stop: Annotated[
-        list[Annotated[str, Field(min_length=1, max_length=500)]], Field(max_length=4)
-    ] = []
+    stop: Annotated[list[StopText], Field(max_length=MAX_STOPS)] = []
     logprobs: bool = False
-    top_logprobs: Annotated[int, Field(ge=0, le=20)] = 0
+    top_logprobs: Annotated[int, Field(ge=0, le=MAX_TOP_LOGPROBS)] = 0
 
 
-TokenIds = Annotated[list[Annotated[int, Field(ge=0, le=10_000_000)]], Field(max_length=1_000_000)]
+TokenId = Annotated[int, Field(ge=0, le=MAX_TOKEN_ID)]
+TokenIds = Annotated[list[TokenId], Field(max_length=MAX_TOKEN_IDS)]
 
 
 class Job(Frame):
@@ -185,9 +197,9 @@ class Job(Frame):
     request_id: JobId | None = None
     model: Name
     kind: Literal["chat", "completion", "embedding"]
-    messages: Annotated[list[ChatMessage], Field(max_length=10_000)] | None = None
-    prompts: Annotated[list[str | TokenIds], Field(max_length=2_048)] | None = None
-    inputs: Annotated[list[str | TokenIds], Field(max_length=2_048)] | None = None
+    messages: Annotated[list[ChatMessage], Field(max_length=MAX_MESSAGES)] | None = None
+    prompts: Annotated[list[str | TokenIds], Field(max_length=MAX_PROMPTS)] | None = None
+    inputs: Annotated[list[str | TokenIds], Field(max_length=MAX_PROMPTS)] | None = None
     params: SamplingParams | None = None
     # Failover: output tokens another provider already delivered for this (single-choice,
     # greedy or seeded) job. The provider appends them after the prompt and generates what
