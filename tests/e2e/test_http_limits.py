@@ -119,6 +119,44 @@ def test_a_large_but_allowed_head_is_served(gateway: GatewayProcess) -> None:
     assert exchange(gateway, get(headers)) == 200
 
 
+def test_a_body_sent_with_its_head_is_not_counted_as_head(
+    gateway: GatewayProcess, api_key: str
+) -> None:
+    body = json.dumps(chat_body(model="no-such-model")).encode()
+    body += b" " * (200_000 - len(body))
+    head = (
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: gw\r\nConnection: close\r\n"
+        b"Authorization: Bearer " + api_key.encode() + b"\r\nX-Pad: " + b"p" * 20_000 + b"\r\n"
+        b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(body)
+    )
+    assert exchange(gateway, head + body) == 404  # one send: head and body in the same reads
+
+
+def test_endless_trailers_on_a_chunked_body_are_refused(
+    gateway: GatewayProcess, api_key: str
+) -> None:
+    head = (
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: gw\r\n"
+        b"Authorization: Bearer " + api_key.encode() + b"\r\n"
+        b"Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
+    )
+    with gateway.connect() as sock:
+        sent = send_all(sock, head + b"1\r\n{\r\n0\r\nX-Trailer: ")
+        for _ in range(8):  # 8 MiB of one trailer, never ended
+            sent = sent and send_all(sock, b"t" * (1024 * 1024))
+        received, closed = read_until_closed(sock, 5)
+    assert not sent or closed, "8 MiB of trailer were read and the connection kept open"
+    assert status_of(received) in (400, 431, None)
+
+
+def test_pipelined_requests_are_all_answered(gateway: GatewayProcess) -> None:
+    keep = b"GET /health HTTP/1.1\r\nHost: gw\r\n\r\n"
+    with gateway.connect() as sock:
+        assert send_all(sock, keep + keep + get())  # three requests in one write
+        received, closed = read_until_closed(sock, 10)
+    assert closed and received.count(b"HTTP/1.1 200 ") == 3
+
+
 def test_a_slowloris_head_is_closed_after_the_header_timeout(gateway: GatewayProcess) -> None:
     with gateway.connect() as sock:
         started = time.monotonic()
