@@ -2,8 +2,10 @@
 
 What must hold: the database always holds a prefix of the in-memory journal, in order; a
 hold is stored before ``hold()`` returns; concurrent requests share commits; holds a
-crash left open are released exactly once on the next start; a store that refuses the
-journal stops all money movement; a transient failure is retried without doubling.
+crash left open are released exactly once on the next start; an entry the store refuses
+is taken back from memory alone (tests/integration/test_journal_refusals.py), a second
+gateway on the journal stops all money movement; a transient failure is retried without
+doubling.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tessera.errors import LedgerUnavailable
 from tessera.gateway.bookkeeper import RESTART, Bookkeeper, Recovery
-from tessera.gateway.journal_writer import JournalUnavailable
+from tessera.gateway.journal_writer import JournalRefused, JournalUnavailable
 from tessera.ledger.accounts import TOKEN, Account
 from tessera.ledger.book import Book, BookPolicy, ConsumerView
 from tessera.ledger.escrow import OpenHold
@@ -287,21 +289,21 @@ async def test_a_second_gateway_on_the_journal_fails_its_waiters_and_takes_no_wo
         await ours.close()
 
 
-async def test_a_permanent_store_failure_stops_money_and_the_stored_journal_wins(
+async def test_a_store_refusing_every_entry_moves_no_money_and_memory_stays_equal_to_disk(
     store_engine: AsyncEngine,
 ) -> None:
     store = FlakyLedgerStore(store_engine, StoreError("the disk is full"))
     keeper, _ = await Bookkeeper.open(store, POLICY)
-    posted = recording(keeper)
     requests = [f"req-{index}" for index in range(4)]
     try:
         await keeper.mint(ALICE, 10 * TOKEN, "dep-1")
         await asyncio.gather(
             *(keeper.hold(ALICE, KEY, CAPS, r, TOKEN, {"model": "tiny"}) for r in requests)
         )
+        on_disk = await store.load()
         store.fail_from_next_append()
 
-        stored: list[asyncio.Future[None]] = []
+        stored: list[asyncio.Future[Entry]] = []
 
         async def capture(request_id: str) -> None:
             _, future = keeper.capture(request_id, PRICE, 300, 100, PROVIDER)
@@ -309,7 +311,7 @@ async def test_a_permanent_store_failure_stops_money_and_the_stored_journal_wins
             stored.append(future)
             await keeper.durable(future)
 
-        # Two captures and two new holds, waiting on one batch that the store refuses.
+        # Two captures and two new holds, in one batch that the store refuses.
         outcomes = await asyncio.gather(
             capture(requests[0]),
             capture(requests[1]),
@@ -319,41 +321,31 @@ async def test_a_permanent_store_failure_stops_money_and_the_stored_journal_wins
         )
         for error in outcomes:
             assert isinstance(error, LedgerUnavailable)
-            assert isinstance(error.__cause__, JournalUnavailable)
+            assert isinstance(error.__cause__, JournalRefused)
         assert len(stored) == 2
         for future in stored:
-            with pytest.raises(JournalUnavailable, match="the disk is full"):
+            with pytest.raises(JournalRefused, match="the disk is full"):
                 await future
-        assert store.sent[-1] == [6, 7, 8, 9]
-        assert keeper.writer.failure is not None
-        # The failed holds were given back in memory; memory is now ahead of disk.
+        assert [6, 7, 8, 9] in store.sent  # the batch, then its entries bisected
+        await keeper.flush()
+        # Each entry was refused on its own and taken back: memory holds what disk holds,
+        # and the writer still takes work.
+        assert keeper.writer.failure is None and keeper.writer.refusals >= 4
         assert keeper.book.escrow.held("req-x") is None
+        assert await store.load() == on_disk
+        replayed = Book(POLICY, on_disk)
+        assert keeper.book.ledger.balances() == replayed.ledger.balances()
+        assert keeper.book.open_holds() == replayed.open_holds()
 
-        # Disk holds the mint and the four holds; memory went on without it.
-        assert await store.load() == posted[:5]
-        before, count = book_state(keeper.book), len(posted)
-        with pytest.raises(LedgerUnavailable):
-            await keeper.hold(ALICE, KEY, CAPS, "req-z", TOKEN, {"model": "tiny"})
-        assert (book_state(keeper.book), len(posted)) == (before, count)
-        with pytest.raises(LedgerUnavailable):
-            await keeper.flush()
+        # The disk has room again: money moves with no restart.
+        store.failing = NEVER_AGAIN
+        costs = [await settle_held(keeper, request_id) for request_id in requests]
+        assert keeper.book.consumer(ALICE) == ConsumerView(10 * TOKEN - sum(costs), held=0)
+        await keeper.flush()
+        assert await store.check() == []
+        assert await store.balances() == keeper.book.ledger.balances()
     finally:
         await keeper.close()
-
-    # The operator restarts: captures never stored charge nobody; every stored hold is given back.
-    plain = LedgerStore(store_engine)
-    restarted, recovery = await Bookkeeper.open(plain, POLICY)
-    try:
-        assert recovery.entries == 5
-        assert sorted(recovery.released) == requests
-        assert restarted.book.consumer(ALICE) == ConsumerView(10 * TOKEN, held=0)
-        journal = await plain.load()
-        assert journal[:5] == posted[:5]
-        releases = [(entry.kind, entry.reference) for entry in journal[5:]]
-        assert releases == [("release", request_id) for request_id in recovery.released]
-        await assert_disk_equals_memory(plain, restarted, journal)
-    finally:
-        await restarted.close()
 
 
 @pytest.mark.parametrize("after_commit", [False, True], ids=["before-commit", "after-commit"])

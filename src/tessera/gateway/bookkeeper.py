@@ -7,6 +7,11 @@ their entry is stored. On start the stored journal is replayed and checked, and 
 crash left open are released: the consumer is not charged for work whose outcome the
 gateway never recorded, and nothing is ever charged twice because each request id has
 one hold and one settlement.
+
+Memory never keeps what disk refused: when the store refuses an entry for good, the
+writer hands it back here, the book takes it and every later entry back and posts the
+later ones again (see journal_writer.py). The refused entry's caller gets a 503 and
+nothing moved for it; everyone else goes on.
 """
 
 from __future__ import annotations
@@ -16,12 +21,13 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 from tessera.errors import LedgerUnavailable
-from tessera.gateway.journal_writer import JournalUnavailable, JournalWriter
+from tessera.gateway.journal_writer import JournalRefused, JournalUnavailable, JournalWriter
 from tessera.ledger.book import Book, BookPolicy
-from tessera.ledger.journal import Entry
+from tessera.ledger.escrow import CAPTURE
+from tessera.ledger.journal import Entry, LedgerError
 from tessera.ledger.pricing import Price
 from tessera.ledger.spend_caps import SpendCaps
 from tessera.ledger.staking import SlashOutcome
@@ -29,6 +35,7 @@ from tessera.ledger.staking import SlashOutcome
 log = logging.getLogger("tessera.gateway.bookkeeper")
 
 RESTART = "gateway_restart"
+T = TypeVar("T")
 
 
 class LedgerStoreLike(Protocol):
@@ -74,9 +81,11 @@ class Bookkeeper:
         problems = book.check() + await store.check()
         if problems:
             raise JournalCorrupt("the stored journal is unsound: " + "; ".join(problems[:5]))
-        writer = JournalWriter(store)
-        writer.start()
+        book.keep_undo()
+        writer = JournalWriter(store, stored=book.stored)
         keeper = cls(book, writer, **kwargs)
+        writer.refused = keeper.take_back
+        writer.start()
         released = []
         for hold in book.open_holds():
             keeper.release(hold.request_id, RESTART)
@@ -98,10 +107,19 @@ class Bookkeeper:
                 "retry later. (Operators: see the gateway log.)"
             )
 
-    async def durable(self, future: Awaitable[None]) -> None:
-        """Wait until ``future``'s entries are stored; LedgerUnavailable if they cannot be."""
+    async def durable(self, future: Awaitable[T]) -> T:
+        """Wait until ``future``'s entries are stored; LedgerUnavailable if they cannot be.
+
+        Returns what the future gives: the entry as stored (its id may differ from the one
+        first posted when an earlier entry was refused and taken back)."""
         try:
-            await asyncio.wait_for(asyncio.shield(future), self.durable_timeout_s)
+            return await asyncio.wait_for(asyncio.shield(future), self.durable_timeout_s)
+        except JournalRefused as exc:
+            raise LedgerUnavailable(
+                "The gateway's journal could not record this payment, so nothing was "
+                "charged or moved. (Operators: see the gateway log.)",
+                code="journal_refused",
+            ) from exc
         except (TimeoutError, JournalUnavailable) as exc:
             raise LedgerUnavailable(
                 "The gateway could not record this payment in time; nothing was charged. "
@@ -112,8 +130,23 @@ class Bookkeeper:
         """Wait until everything posted so far is stored."""
         await self.durable(self.writer.flush_future())
 
-    def _submit(self, entry: Entry) -> asyncio.Future[None]:
+    def _submit(self, entry: Entry) -> asyncio.Future[Entry]:
         return self.writer.submit(entry)
+
+    def take_back(self, refused: Entry, later: list[Entry]) -> list[Entry | LedgerError]:
+        """The store refused ``refused``: revert it and ``later`` (the entries posted after
+        it) and post each later one again if it still holds. The writer's ``refused``."""
+        self.book.revert([refused, *later])
+        outcomes: list[Entry | LedgerError] = []
+        for entry in later:
+            try:
+                outcomes.append(self.book.repost(entry))
+            except LedgerError as exc:
+                outcomes.append(exc)
+        if refused.kind == CAPTURE:
+            # The capture never happened: give the hold back rather than leave it open.
+            asyncio.get_running_loop().call_soon(self.release, refused.reference, "not_stored")
+        return outcomes
 
     # ------------------------------------------------------------ requests
 
@@ -142,7 +175,7 @@ class Bookkeeper:
         prompt_tokens: int,
         completion_tokens: int,
         provider: str,
-    ) -> tuple[int, asyncio.Future[None] | None]:
+    ) -> tuple[int, asyncio.Future[Entry] | None]:
         """Charge what was used; returns (cost, stored-future). Safe to call once per hold."""
         if self.book.escrow.held(request_id) is None:
             return 0, None
@@ -157,7 +190,7 @@ class Bookkeeper:
             return
         self._submit_quietly(self.book.release(request_id, self.clock(), reason))
 
-    def _submit_quietly(self, entry: Entry) -> asyncio.Future[None] | None:
+    def _submit_quietly(self, entry: Entry) -> asyncio.Future[Entry] | None:
         try:
             return self._submit(entry)
         except JournalUnavailable:
@@ -169,9 +202,10 @@ class Bookkeeper:
     # ------------------------------------------------------------ account and stake moves
 
     async def _posted(self, entry: Entry | None) -> Entry | None:
-        if entry is not None:
-            await self.durable(self._submit(entry))
-        return entry
+        """Store ``entry``; returns it as stored."""
+        if entry is None:
+            return None
+        return await self.durable(self._submit(entry))
 
     async def mint(self, owner: str, amount: int, reference: str) -> Entry | None:
         self._guard()

@@ -3,6 +3,10 @@
 Consumers authenticate with their API key and only ever see their own account. Providers
 sign each call with their Ed25519 identity (``protocol.provider_api``); every movement
 carries a client-chosen reference, so a retried or replayed call is applied once.
+
+Every client string that ends in a journal column is bounded here, with a 400 that names
+it: references (8-100 letters, digits, '-', '_') and the Idempotency-Key header (1-100
+visible ASCII characters). The ledger checks the stored widths again before posting.
 """
 
 from __future__ import annotations
@@ -21,13 +25,22 @@ from tessera.errors import Forbidden, InvalidRequest, NotFound, TesseraError
 from tessera.gateway.payments import Payer
 from tessera.ledger.accounts import MAX_UNITS, TOKEN
 from tessera.ledger.escrow import CAPTURE, HOLD, RELEASE
-from tessera.ledger.journal import DuplicateEntry, Entry, InsufficientFunds, LedgerError
+from tessera.ledger.journal import (
+    DuplicateEntry,
+    Entry,
+    EntryTooLarge,
+    InsufficientFunds,
+    LedgerError,
+)
 from tessera.ledger.spend_caps import SpendCaps
 from tessera.protocol.provider_api import require_same_provider, verify_request
 
 PROVIDER_ID = re.compile(r"[0-9a-f]{64}")
 Units = Annotated[StrictInt, Field(gt=0, le=MAX_UNITS)]
 Reference = Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{8,100}$")]
+# Stripe's keys are UUIDs or like them; 100 leaves the journal's reference room for the
+# account id in front ("acct_<16 hex>/<key>" stays within MAX_REFERENCE_CHARS).
+IDEMPOTENCY_KEY = re.compile(r"[\x21-\x7e]{1,100}")
 
 
 class FundBody(BaseModel):
@@ -71,7 +84,24 @@ def _parse(model: type[BaseModel], raw: bytes) -> Any:
         ) from exc
 
 
+def _idempotency_key(request: Request) -> str:
+    """The client's Idempotency-Key (a fresh one when absent), bounded for the journal."""
+    idem = request.headers.get("idempotency-key")
+    if not idem:
+        return uuid.uuid4().hex
+    if not IDEMPOTENCY_KEY.fullmatch(idem):
+        raise InvalidRequest(
+            f"Invalid Idempotency-Key header ({len(idem)} characters): it must be 1 to 100 "
+            "visible ASCII characters, such as a UUID.",
+            param="Idempotency-Key",
+            code="invalid_value",
+        )
+    return idem
+
+
 def _ledger_error(exc: LedgerError) -> TesseraError:
+    if isinstance(exc, EntryTooLarge):
+        return InvalidRequest(str(exc), param=exc.field, code="invalid_value")
     if isinstance(exc, InsufficientFunds):
         return InvalidRequest(
             f"not enough funds: {exc.account} holds {exc.balance} base units "
@@ -134,7 +164,7 @@ def install_money_routes(app: FastAPI, gateway_of: Callable[[Request], Any]) -> 
                 f"dev mode mints at most {gateway.settings.dev_fund_max_units} base units a call",
                 param="amount",
             )
-        idem = request.headers.get("idempotency-key") or uuid.uuid4().hex
+        idem = _idempotency_key(request)
         entry, replayed = await _apply(
             gateway.bookkeeper.mint(key.account_id, body.amount, f"{key.account_id}/{idem}")
         )

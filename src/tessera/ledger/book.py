@@ -4,6 +4,11 @@ Escrow (open holds), staking (tranches) and spend caps are all derived from jour
 entries, so the book is rebuilt exactly by replaying the stored journal. Every method is
 synchronous and atomic: it checks and posts in one step or raises and changes nothing,
 which is what lets concurrent requests on one event loop never overspend.
+
+A book that ``keeps_undo`` can take back its newest entries (``revert``) and post them
+again under new ids (``repost``): how the gateway keeps memory equal to disk when the
+store refuses one entry after the book applied it. Undo data lives only until
+``stored(entry_id)`` says the entries are durable.
 """
 
 from __future__ import annotations
@@ -23,11 +28,17 @@ from tessera.ledger.accounts import (
     stake_of,
 )
 from tessera.ledger.escrow import CAPTURE, HOLD, RELEASE, Escrow, FeePolicy, OpenHold
-from tessera.ledger.journal import Entry, Ledger, LedgerError
+from tessera.ledger.journal import DuplicateEntry, Entry, Ledger, LedgerError
 from tessera.ledger.pricing import Price
 from tessera.ledger.slashing_table import SlashingTable
 from tessera.ledger.spend_caps import SpendCaps, SpendTracker
-from tessera.ledger.staking import SlashOutcome, Staking, Tranche
+from tessera.ledger.staking import (
+    SLASH,
+    WITHDRAW_STAKE,
+    SlashOutcome,
+    Staking,
+    Tranche,
+)
 from tessera.ledger.transfers import clawback, mint, pay_auditor, withdraw_earnings
 
 
@@ -76,6 +87,52 @@ class Book:
             self.staking.track(entry)
             self.spend.track(entry)
         self.listeners: list[Callable[[Entry], None]] = []
+
+    # ------------------------------------------------------------ undo
+
+    def keep_undo(self) -> None:
+        """From now on remember what each entry displaced, so ``revert`` can restore it."""
+        self.escrow.keep_undo = self.staking.keep_undo = self.spend.keep_undo = True
+
+    def stored(self, upto_entry_id: int) -> None:
+        """Entries up to ``upto_entry_id`` are durable: forget their undo data."""
+        self.escrow.forget_undo(upto_entry_id)
+        self.staking.forget_undo(upto_entry_id)
+        self.spend.forget_undo(upto_entry_id)
+
+    def revert(self, entries: Sequence[Entry]) -> None:
+        """Take back ``entries``, the newest ones of the journal in order, newest first.
+
+        The book is then exactly as it was before the first of them was posted.
+        """
+        for entry in reversed(entries):
+            self.ledger.revert(entry)
+            self.escrow.untrack(entry)
+            self.staking.untrack(entry)
+            self.spend.untrack(entry)
+
+    def repost(self, entry: Entry) -> Entry:
+        """Post a reverted ``entry`` again, as the next entry, if it still holds without
+        what was reverted with it; LedgerError (and no change) if it does not."""
+        if entry.kind == HOLD and self.escrow.held(entry.reference) is not None:
+            raise DuplicateEntry(f"{entry.reference} already holds funds")
+        if entry.kind in (CAPTURE, RELEASE):
+            held = self.escrow.held(entry.reference)
+            if held is None or -held.amount not in (p.amount for p in entry.postings):
+                raise LedgerError(f"no open hold for {entry.reference} any more")
+        if entry.kind in (SLASH, WITHDRAW_STAKE) and not self.staking.covers(entry):
+            raise LedgerError(f"the stake {entry.reference} takes is no longer there")
+        posted = self.ledger.post(
+            entry.kind,
+            entry.reference,
+            {p.account: p.amount for p in entry.postings},
+            entry.at,
+            unique=True,
+            memo=entry.memo_dict(),
+        )
+        self.escrow.track(posted)
+        self.staking.track(posted)
+        return self._posted(posted)
 
     def _posted(self, entry: Entry) -> Entry:
         self.spend.track(entry)

@@ -18,7 +18,7 @@ from tessera.ledger.accounts import (
     earnings_of,
     hold_of,
 )
-from tessera.ledger.journal import DuplicateEntry, Entry, Ledger, LedgerError
+from tessera.ledger.journal import DuplicateEntry, Entry, Ledger, LedgerError, forget_through
 from tessera.ledger.pricing import split_fee
 
 HOLD = "hold"
@@ -46,6 +46,10 @@ class Escrow:
         self.ledger = ledger
         self.fees = fees or FeePolicy()
         self._open: dict[str, OpenHold] = {}
+        # The hold each recent settlement closed, by entry id, while ``keep_undo``: what
+        # ``untrack`` needs to reopen it. Pruned by ``forget_undo`` once stored.
+        self.keep_undo = False
+        self._settled: dict[int, OpenHold] = {}
         for entry in ledger.entries:
             self.track(entry)
 
@@ -57,7 +61,22 @@ class Escrow:
                 entry.reference, memo["consumer"], amount, entry.at, memo
             )
         elif entry.kind in (CAPTURE, RELEASE):
+            closed = self._open.pop(entry.reference, None)
+            if closed is not None and self.keep_undo:
+                self._settled[entry.entry_id] = closed
+
+    def untrack(self, entry: Entry) -> None:
+        """Undo ``track(entry)`` for an entry the ledger reverted (newest first)."""
+        if entry.kind == HOLD:
             self._open.pop(entry.reference, None)
+        elif entry.kind in (CAPTURE, RELEASE):
+            closed = self._settled.pop(entry.entry_id, None)
+            if closed is not None:
+                self._open[entry.reference] = closed
+
+    def forget_undo(self, upto_entry_id: int) -> None:
+        """Entries up to ``upto_entry_id`` are stored: they will never be reverted."""
+        forget_through(self._settled, upto_entry_id)
 
     def open_holds(self) -> list[OpenHold]:
         return sorted(self._open.values(), key=lambda h: (h.at, h.request_id))

@@ -4,6 +4,13 @@ Invariants, checked on every post and recomputable from the entries alone:
 every entry's postings sum to zero; amounts are ints (never floats, never bools);
 no account but ``mint`` is ever negative; all balances sum to zero. Nothing edits or
 deletes an entry: a correction is a new entry.
+
+Every entry also fits the journal's storage: its kind, reference, account names and memo
+are bounded (``MAX_*_CHARS``), hold no NUL and are valid UTF-8, and every balance stays
+in a signed 64-bit integer. These are checked here, before anything moves, so the store
+never refuses an entry the book already applied. ``revert`` takes back the newest entry
+when the store refused it after all (the gateway's writer then re-posts the entries that
+followed it).
 """
 
 from __future__ import annotations
@@ -11,8 +18,11 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from typing import TypeVar
 
 from tessera.ledger.accounts import MINT, Account
+
+T = TypeVar("T")
 
 
 class LedgerError(Exception):
@@ -35,6 +45,48 @@ class DuplicateEntry(LedgerError):
     """An entry of this kind for this reference exists: nothing is done twice."""
 
 
+class EntryTooLarge(LedgerError):
+    """A text field or a balance would not fit the stored journal; nothing moved."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+# The stored journal's widths (store/tables.py declares the same columns).
+MAX_KIND_CHARS = 32
+MAX_REFERENCE_CHARS = 200
+MAX_ACCOUNT_CHARS = 120
+MAX_MEMO_CHARS = 4_000  # the memo as stored: compact JSON of its keys and values
+MAX_BALANCE = 2**63 - 1  # balances are BIGINT columns
+MIN_BALANCE = -(2**63)
+
+
+def check_text(field: str, value: str, max_chars: int) -> None:
+    """``value`` fits a journal column: a str of at most ``max_chars``, no NUL, valid UTF-8.
+
+    PostgreSQL refuses NUL in text and a lone surrogate cannot be encoded: either would
+    make the store refuse an entry that memory had already applied.
+    """
+    if not isinstance(value, str):
+        raise EntryTooLarge(field, f"{field} must be text, not {type(value).__name__}")
+    if len(value) > max_chars:
+        raise EntryTooLarge(
+            field, f"{field} is {len(value)} characters; the journal keeps {max_chars} at most"
+        )
+    if "\x00" in value:
+        raise EntryTooLarge(field, f"{field} contains a NUL character")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise EntryTooLarge(field, f"{field} is not valid Unicode text") from exc
+
+
+def memo_chars(memo: Iterable[tuple[str, str]]) -> int:
+    """The memo's stored size: its JSON object, compact, keys and values quoted."""
+    return 2 + sum(len(k) + len(v) + 6 for k, v in memo)
+
+
 @dataclass(frozen=True, slots=True)
 class Posting:
     account: Account
@@ -55,6 +107,28 @@ class Entry:
 
     def memo_dict(self) -> dict[str, str]:
         return dict(self.memo)
+
+
+def forget_through(undo: dict[int, T], upto_entry_id: int) -> None:
+    """Drop undo records (kept in entry-id order) of entries up to ``upto_entry_id``."""
+    while undo:
+        first = next(iter(undo))
+        if first > upto_entry_id:
+            return
+        del undo[first]
+
+
+def check_fits(entry: Entry) -> None:
+    """EntryTooLarge unless every text of ``entry`` fits the stored journal."""
+    check_text("kind", entry.kind, MAX_KIND_CHARS)
+    check_text("reference", entry.reference, MAX_REFERENCE_CHARS)
+    for p in entry.postings:
+        check_text("account", str(p.account), MAX_ACCOUNT_CHARS)
+    for k, v in entry.memo:
+        check_text("memo", k, MAX_MEMO_CHARS)
+        check_text("memo", v, MAX_MEMO_CHARS)
+    if memo_chars(entry.memo) > MAX_MEMO_CHARS:
+        raise EntryTooLarge("memo", f"the memo is longer than {MAX_MEMO_CHARS} characters")
 
 
 def check_postings(postings: Iterable[Posting]) -> None:
@@ -143,10 +217,13 @@ class Ledger:
             at=at,
             memo=tuple(sorted((memo or {}).items())),
         )
+        check_fits(entry)
         for p in postings:
             after = self.balance(p.account) + p.amount
             if after < 0 and not p.account.may_go_negative:
                 raise InsufficientFunds(p.account, self.balance(p.account), p.amount)
+            if not MIN_BALANCE <= after <= MAX_BALANCE:
+                raise EntryTooLarge("amount", f"{p.account} would leave a 64-bit balance")
         self._apply(entry)
         if unique and kind not in self._guarded:
             self._unique.add(key)
@@ -162,6 +239,22 @@ class Ledger:
         self._apply(entry)
         if unique and entry.kind not in self._guarded:
             self._unique.add((entry.kind, entry.reference))
+
+    def revert(self, entry: Entry) -> None:
+        """Take back ``entry``, which must be the newest: the store refused it (or an
+        entry before it), so memory must not keep it. Balances return exactly."""
+        if entry.entry_id != self._count or (self._last is not None and self._last != entry):
+            raise LedgerError(f"entry {entry.entry_id} is not the newest; it cannot be reverted")
+        for p in entry.postings:
+            self._balances[p.account] -= p.amount
+            if not self._balances[p.account]:
+                del self._balances[p.account]
+        self._count -= 1
+        if self._retain:
+            self._entries.pop()
+        self._last = self._entries[-1] if self._entries else None
+        if entry.kind not in self._guarded:
+            self._unique.discard((entry.kind, entry.reference))
 
     def _apply(self, entry: Entry) -> None:
         for p in entry.postings:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from tessera.ledger.escrow import CAPTURE, HOLD, RELEASE
-from tessera.ledger.journal import Entry
+from tessera.ledger.journal import Entry, forget_through
 
 DAY_S = 86_400
 
@@ -33,6 +33,8 @@ class SpendTracker:
         self._open: dict[str, int] = {}
         self._total: dict[str, int] = {}
         self._daily: dict[tuple[str, int], int] = {}
+        self.keep_undo = False  # see Escrow.keep_undo
+        self._settled: dict[int, tuple[str, int, int]] = {}
 
     def track(self, entry: Entry) -> None:
         memo = entry.memo_dict()
@@ -46,6 +48,8 @@ class SpendTracker:
             held = self._holds.pop(entry.reference, None)
             if held is None:
                 return
+            if self.keep_undo:
+                self._settled[entry.entry_id] = held
             key, amount, _ = held
             self._open[key] -= amount
             if entry.kind == CAPTURE:
@@ -53,6 +57,27 @@ class SpendTracker:
                 self._total[key] = self._total.get(key, 0) + cost
                 day = (key, utc_day(entry.at))
                 self._daily[day] = self._daily.get(day, 0) + cost
+
+    def untrack(self, entry: Entry) -> None:
+        """Undo ``track(entry)`` for an entry the ledger reverted (newest first)."""
+        if entry.kind == HOLD:
+            held = self._holds.pop(entry.reference, None)
+            if held is not None:
+                self._open[held[0]] -= held[1]
+        elif entry.kind in (CAPTURE, RELEASE):
+            held = self._settled.pop(entry.entry_id, None)
+            if held is None:
+                return
+            key, amount, _ = held
+            self._holds[entry.reference] = held
+            self._open[key] = self._open.get(key, 0) + amount
+            if entry.kind == CAPTURE:
+                cost = int(entry.memo_dict()["cost"])
+                self._total[key] -= cost
+                self._daily[(key, utc_day(entry.at))] -= cost
+
+    def forget_undo(self, upto_entry_id: int) -> None:
+        forget_through(self._settled, upto_entry_id)
 
     def spent(self, key: str, at: float) -> tuple[int, int, int]:
         """(settled in total, settled today, held now) for ``key``."""

@@ -18,7 +18,7 @@ from tessera.ledger.accounts import (
     stake_of,
     unbonding_of,
 )
-from tessera.ledger.journal import Entry, Ledger, LedgerError
+from tessera.ledger.journal import Entry, Ledger, LedgerError, forget_through
 
 BOND = "bond"
 UNBOND = "unbond"
@@ -54,6 +54,8 @@ class Staking:
         self.ledger = ledger
         self.unbonding_delay_s = unbonding_delay_s
         self._tranches: dict[str, Tranche] = {}
+        self.keep_undo = False  # see Escrow.keep_undo
+        self._emptied: dict[int, list[Tranche]] = {}  # tranches an entry emptied, by entry id
         for entry in ledger.entries:
             self.track(entry)
 
@@ -70,6 +72,32 @@ class Staking:
                 tranche.amount -= amount
                 if tranche.amount == 0:
                     del self._tranches[reference]
+                    if self.keep_undo:
+                        self._emptied.setdefault(entry.entry_id, []).append(tranche)
+
+    def untrack(self, entry: Entry) -> None:
+        """Undo ``track(entry)`` for an entry the ledger reverted (newest first)."""
+        if entry.kind == UNBOND:
+            self._tranches.pop(entry.reference, None)
+        elif entry.kind in (SLASH, WITHDRAW_STAKE):
+            emptied = {t.reference: t for t in self._emptied.pop(entry.entry_id, [])}
+            for reference, amount in _decode(entry.memo_dict().get("tranches", "")):
+                tranche = self._tranches.get(reference) or emptied.get(reference)
+                if tranche is None:
+                    raise LedgerError(f"tranche {reference} cannot be restored")
+                tranche.amount += amount
+                self._tranches[reference] = tranche
+
+    def covers(self, entry: Entry) -> bool:
+        """Whether the tranches ``entry`` (a slash or withdrawal) takes from still hold it."""
+        for reference, amount in _decode(entry.memo_dict().get("tranches", "")):
+            tranche = self._tranches.get(reference)
+            if tranche is None or tranche.amount < amount:
+                return False
+        return True
+
+    def forget_undo(self, upto_entry_id: int) -> None:
+        forget_through(self._emptied, upto_entry_id)
 
     def bonded(self, provider: str) -> int:
         return self.ledger.balance(stake_of(provider))

@@ -29,16 +29,24 @@ from sqlalchemy import (
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from tessera.ledger.accounts import MINT, Account
-from tessera.ledger.journal import Entry, LedgerError, Posting
+from tessera.ledger.journal import (
+    MAX_ACCOUNT_CHARS,
+    MAX_KIND_CHARS,
+    MAX_REFERENCE_CHARS,
+    Entry,
+    LedgerError,
+    Posting,
+)
 from tessera.store.dialect import conflict_insert
 from tessera.store.engine import SQLITE_BEGIN_OPTION
 from tessera.store.errors import StoreError, translated
 from tessera.store.tables import ledger_balances, ledger_entries, ledger_postings
 
-# Column widths in tables.py, checked before writing: SQLite would not enforce them.
-MAX_KIND_CHARS = 32
-MAX_REFERENCE_CHARS = 200
-MAX_ACCOUNT_CHARS = 120
+
+class JournalConflict(StoreError):
+    """The stored journal does not continue the one being written: another writer (a
+    second gateway on this database) wrote it. No single entry is at fault."""
+
 
 _entries = ledger_entries.c
 _postings = ledger_postings.c
@@ -160,6 +168,8 @@ async def _snapshot(conn: AsyncConnection) -> None:
 
 
 def _check_widths(entry: Entry) -> None:
+    """The column widths of tables.py (the ledger checks them too, before posting), checked
+    here again because SQLite would not enforce them."""
     if len(entry.kind) > MAX_KIND_CHARS or len(entry.reference) > MAX_REFERENCE_CHARS:
         raise StoreError(
             f"entry {entry.entry_id}: kind may be {MAX_KIND_CHARS} and reference "
@@ -183,7 +193,7 @@ async def _check_retried(conn: AsyncConnection, retried: Sequence[Entry]) -> Non
     stored = {row.entry_id: (row.kind, row.reference, row.at) for row in await conn.execute(stmt)}
     for entry in retried:
         if stored.get(entry.entry_id) != (entry.kind, entry.reference, float(entry.at)):
-            raise StoreError(
+            raise JournalConflict(
                 f"entry {entry.entry_id} in the database is not the one being retried "
                 f"({entry.kind} {entry.reference}); is another gateway writing this journal?"
             )
@@ -195,11 +205,11 @@ def _fresh(entries: Sequence[Entry], stored: int) -> list[Entry]:
     for expected, entry in enumerate(fresh, start=stored + 1):
         if entry.entry_id != expected:
             if expected == stored + 1:
-                raise StoreError(
+                raise JournalConflict(
                     f"journal gap: the database holds up to {stored}, got {entry.entry_id}; "
                     f"is another gateway writing this journal?"
                 )
-            raise StoreError(
+            raise JournalConflict(
                 f"journal gap inside the batch: entry {expected - 1} is followed by "
                 f"{entry.entry_id}; nothing was written"
             )
