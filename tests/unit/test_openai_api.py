@@ -97,7 +97,6 @@ def test_embedding_input_shapes_and_bad_types() -> None:
     [
         ({"max_tokens": "8"}, "max_tokens"),
         ({"max_tokens": True}, "max_tokens"),
-        ({"max_tokens": 8.0}, "max_tokens"),
         ({"temperature": True}, "temperature"),
         ({"temperature": "0.5"}, "temperature"),
         ({"seed": "1"}, "seed"),

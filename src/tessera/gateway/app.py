@@ -274,7 +274,7 @@ def create_app(settings: GatewaySettings) -> FastAPI:
     install_verification_routes(app, gateway_of)
     install_status_routes(app, gateway_of)
     install_liveness_routes(app, gateway_of)
-    _install_openapi(app)
+    _install_openapi(app, settings)
     return app
 
 
@@ -613,14 +613,15 @@ def _body_schema(model: type[BaseModel]) -> dict[str, Any]:
     return {"requestBody": {"required": True, "content": {"application/json": {"schema": ref}}}}
 
 
-def _install_openapi(app: FastAPI) -> None:
+def _install_openapi(app: FastAPI, settings: GatewaySettings) -> None:
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
             schema = get_openapi(
                 title=app.title, version=app.version, description=app.description, routes=app.routes
             )
             schema.setdefault("components", {}).setdefault("schemas", {}).update(_SCHEMA_DEFS)
-            app.openapi_schema = describe(schema)
+            fund_max = settings.dev_fund_max_units if settings.dev_mode else None
+            app.openapi_schema = describe(schema, fund_max_units=fund_max)
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]

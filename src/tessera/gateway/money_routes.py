@@ -15,7 +15,6 @@ import re
 import time
 import uuid
 from collections.abc import Callable
-from datetime import datetime
 from typing import Annotated, Any, Protocol
 
 from fastapi import FastAPI, Query, Request
@@ -23,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError
 
 from tessera.errors import Forbidden, InvalidRequest, NotFound, TesseraError
 from tessera.gateway.payments import Payer
+from tessera.gateway.request_body import IsoDateTime, parse_json
 from tessera.ledger.accounts import MAX_UNITS, TOKEN
 from tessera.ledger.escrow import CAPTURE, HOLD, RELEASE
 from tessera.ledger.journal import (
@@ -72,7 +72,7 @@ def payer_of(key: KeyLike) -> Payer:
 
 def _parse(model: type[BaseModel], raw: bytes) -> Any:
     try:
-        return model.model_validate_json(raw or b"{}")
+        return model.model_validate(parse_json(raw or b"{}"))  # 8.0 is 8, as in the schema
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first.get("loc", ())) or "body"
@@ -176,7 +176,7 @@ def install_money_routes(app: FastAPI, gateway_of: Callable[[Request], Any]) -> 
     async def account_usage(
         request: Request,
         limit: Annotated[int, Query(ge=1, le=500)] = 50,
-        before: datetime | None = None,
+        before: IsoDateTime | None = None,
     ) -> dict[str, Any]:
         """Recent requests of this account, newest first, with tokens and cost."""
         gateway, key = await consumer(request)

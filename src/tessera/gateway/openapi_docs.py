@@ -66,6 +66,19 @@ REQUEST_ID_HEADER = {
     "description": "This request's id; log lines and receipts carry the same id.",
     "schema": {"type": "string"},
 }
+# One Server-Sent Event (before OpenAPI 3.2 the schema of an event stream is its events').
+SSE_EVENT: dict[str, Any] = {
+    "type": "object",
+    "description": 'With `"stream": true`: one event per chunk, its `data` a JSON chunk '
+    "object, the last one `[DONE]`.",
+    "required": ["data"],
+    "properties": {
+        "data": {"type": "string"},
+        "event": {"type": "string"},
+        "id": {"type": "string"},
+        "retry": {"type": "integer"},
+    },
+}
 SECURITY_SCHEMES = {
     "apiKey": {"type": "http", "scheme": "bearer", "description": "A `tsk_...` API key."},
     "providerSignature": {
@@ -124,8 +137,12 @@ OPERATIONS: dict[tuple[str, str], Answers] = {
 METHODS = ("get", "put", "post", "delete", "options", "head", "patch", "trace")
 
 
-def describe(schema: dict[str, Any]) -> dict[str, Any]:
-    """``schema`` (FastAPI's generated document) made true to the server, in place."""
+def describe(schema: dict[str, Any], *, fund_max_units: int | None = None) -> dict[str, Any]:
+    """``schema`` (FastAPI's generated document) made true to the server, in place.
+
+    ``fund_max_units`` is the most a dev-mode fund call mints (the body's bound), or None
+    where minting is refused (403) whatever the amount.
+    """
     components = schema.setdefault("components", {})
     schemas = components.setdefault("schemas", {})
     for unused in ("HTTPValidationError", "ValidationError"):
@@ -139,7 +156,18 @@ def describe(schema: dict[str, Any]) -> dict[str, Any]:
             operation = item.get(method)
             if operation is not None:
                 _describe_operation(path, method, operation)
+    if fund_max_units is not None:
+        for path in ("/v1/account/fund", "/v1/providers/{provider_id}/fund"):
+            _bound_amount(schema, path, fund_max_units)
     return schema
+
+
+def _bound_amount(schema: dict[str, Any], path: str, most: int) -> None:
+    operation = schema.get("paths", {}).get(path, {}).get("post", {})
+    body = operation.get("requestBody", {}).get("content", {}).get("application/json", {})
+    amount = body.get("schema", {}).get("properties", {}).get("amount")
+    if amount is not None:
+        amount["maximum"] = most
 
 
 def _describe_operation(path: str, method: str, operation: dict[str, Any]) -> None:
@@ -157,13 +185,7 @@ def _describe_operation(path: str, method: str, operation: dict[str, Any]) -> No
     else:
         ok["content"] = {"application/json": json_ok}
     if answers.stream:
-        ok["content"]["text/event-stream"] = {
-            "schema": {
-                "type": "string",
-                "description": 'Server-Sent Events (`"stream": true`): `data: {json}` '
-                "chunks, then `data: [DONE]`.",
-            }
-        }
+        ok["content"]["text/event-stream"] = {"schema": SSE_EVENT}
     ok["headers"] = {"x-request-id": REQUEST_ID_HEADER}
     for status in sorted({*answers.errors, *EVERY_OPERATION}):
         responses[str(status)] = _error_response(status)

@@ -10,10 +10,12 @@ or holds a number Python will not convert (over 4,300 digits).
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Sequence
-from typing import Any, TypeVar
+from datetime import datetime
+from typing import Annotated, Any, TypeVar
 
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, BeforeValidator, ValidationError
 
 from tessera.errors import InvalidRequest
 from tessera.protocol.openai_api import UNSUPPORTED
@@ -26,6 +28,7 @@ _NOT_JSON = (
     "'Content-Type: application/json'."
 )
 _CONTAINERS = (dict, list)
+_EXACT_FLOAT_INTS = 2**53  # beyond it a float literal no longer names one integer
 
 
 def parse_json(raw: bytes) -> dict[str, Any]:
@@ -34,7 +37,7 @@ def parse_json(raw: bytes) -> dict[str, Any]:
         f"The JSON body nests deeper than {MAX_JSON_DEPTH} levels.", code="invalid_json"
     )
     try:
-        data = json.loads(raw)
+        data = json.loads(raw, parse_float=_number)
     except RecursionError:  # nested beyond even the interpreter's limit
         raise too_deep from None
     except json.JSONDecodeError:
@@ -49,6 +52,15 @@ def parse_json(raw: bytes) -> dict[str, Any]:
     if not _within_depth(data, MAX_JSON_DEPTH):
         raise too_deep
     return data
+
+
+def _number(text: str) -> float | int:
+    """A JSON number with a fraction or exponent; ``8.0`` is the integer 8, as JSON Schema
+    counts it (``"8"`` and ``true`` stay what they are, and strict fields refuse them)."""
+    value = float(text)
+    if value.is_integer() and abs(value) <= _EXACT_FLOAT_INTS:
+        return int(value)
+    return value
 
 
 def _within_depth(data: Any, limit: int) -> bool:
@@ -116,3 +128,17 @@ def invalid_parameter(errors: Sequence[Any]) -> InvalidRequest:
         param=name or None,
         code="invalid_value",
     )
+
+
+_ISO_DATE = re.compile(r"\d{4}-\d{2}-\d{2}([Tt ]|$)")
+
+
+def _iso_only(value: Any) -> Any:
+    if isinstance(value, str) and not _ISO_DATE.match(value):
+        raise ValueError("must be an ISO 8601 date-time, such as 2026-01-31T12:00:00Z")
+    return value
+
+
+# A query parameter that is a date-time as the schema says (pydantic alone would also
+# read "0.5" as Unix seconds).
+IsoDateTime = Annotated[datetime, BeforeValidator(_iso_only)]

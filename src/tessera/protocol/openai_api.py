@@ -19,12 +19,15 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Discriminator,
     Field,
     StrictInt,
     Tag,
+    ValidationInfo,
+    field_validator,
     model_validator,
 )
 
@@ -191,6 +194,16 @@ OnlyZero = Annotated[float, Field(ge=0.0, le=0.0)]
 OnlyOne = Annotated[int, Field(ge=1, le=1)]
 
 
+def _false(value: bool) -> bool:
+    if value:
+        raise ValueError("only false is supported")
+    return value
+
+
+# ``Literal[False]`` would take 0 for false; this takes only the boolean.
+OnlyFalse = Annotated[bool, AfterValidator(_false), Field(json_schema_extra={"const": False})]
+
+
 class SamplingFields(OpenAIRequest):
     """Fields shared by chat and text completions."""
 
@@ -213,6 +226,17 @@ class SamplingFields(OpenAIRequest):
 
 
 class ChatCompletionRequest(SamplingFields):
+    # What _top_logprobs_need_logprobs checks, stated in the schema.
+    model_config = ConfigDict(
+        json_schema_extra={
+            "if": {
+                "properties": {"top_logprobs": {"type": "integer", "minimum": 1}},
+                "required": ["top_logprobs"],
+            },
+            "then": {"properties": {"logprobs": {"const": True}}, "required": ["logprobs"]},
+        }
+    )
+
     messages: Annotated[list[Message], Field(min_length=1, max_length=MAX_MESSAGES)]
     max_completion_tokens: NewTokens | None = None
     logprobs: bool | None = False
@@ -228,6 +252,13 @@ class ChatCompletionRequest(SamplingFields):
     modalities: Annotated[list[Literal["text"]], Field(max_length=1)] | None = None
     audio: Empty | None = None
     prediction: Empty | None = None
+
+    @field_validator("top_logprobs")
+    @classmethod
+    def _top_logprobs_need_logprobs(cls, value: int | None, info: ValidationInfo) -> int | None:
+        if value and not info.data.get("logprobs"):
+            raise ValueError("top_logprobs requires logprobs: true")
+        return value
 
 
 TokenIds = Annotated[list[TokenId], Field(min_length=1, max_length=MAX_TOKEN_IDS)]
@@ -267,7 +298,7 @@ TextOrTokens = Annotated[
 class CompletionRequest(SamplingFields):
     prompt: TextOrTokens
     logprobs: Annotated[int, Field(ge=0, le=5)] | None = None
-    echo: Literal[False] | None = False
+    echo: OnlyFalse | None = False
     best_of: OnlyOne | None = None
     suffix: Annotated[str, Field(max_length=0)] | None = None
 

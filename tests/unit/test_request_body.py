@@ -1,0 +1,67 @@
+"""Untrusted bytes to typed requests: bounded JSON, whole numbers, clean 400s."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+from pydantic import TypeAdapter
+
+from tessera.errors import InvalidRequest
+from tessera.gateway.request_body import (
+    MAX_JSON_DEPTH,
+    IsoDateTime,
+    invalid_parameter,
+    parse_json,
+)
+
+
+def nested(depth: int) -> bytes:
+    """An object whose value ``x`` nests lists so the whole is ``depth`` containers deep."""
+    return b'{"x": ' + b"[" * (depth - 1) + b"]" * (depth - 1) + b"}"
+
+
+def test_depth_is_bounded_at_any_size() -> None:
+    assert parse_json(nested(MAX_JSON_DEPTH))["x"] is not None
+    for depth in (MAX_JSON_DEPTH + 1, 5_000, 200_000):
+        with pytest.raises(InvalidRequest) as info:
+            parse_json(nested(depth))
+        assert info.value.code == "invalid_json" and "nests deeper" in info.value.message
+    wide = b'{"ids": [' + b",".join([b"1"] * 100_000) + b"]}"
+    assert len(parse_json(wide)["ids"]) == 100_000
+
+
+@pytest.mark.parametrize(
+    "body", [b'{"seed": ' + b"9" * 4301 + b"}", b"\xff\xfe\x00garbage", b'{"a": ', b"[1]", b"null"]
+)
+def test_what_is_not_a_json_object_is_invalid_json(body: bytes) -> None:
+    with pytest.raises(InvalidRequest) as info:
+        parse_json(body)
+    assert info.value.code == "invalid_json"
+    assert info.value.status_code == 400
+
+
+def test_a_whole_number_is_an_integer_as_json_schema_counts_it() -> None:
+    data = parse_json(b'{"a": 8.0, "b": 1e3, "c": 8.5, "d": 1e400, "e": "8", "f": true}')
+    assert data == {"a": 8, "b": 1000, "c": 8.5, "d": math.inf, "e": "8", "f": True}
+    assert type(data["a"]) is int and type(data["f"]) is bool
+    assert type(parse_json(b'{"big": 1e300}')["big"]) is float  # no exact integer
+
+
+def test_parameter_errors_name_the_parameter_and_never_the_value() -> None:
+    error = invalid_parameter(
+        [{"loc": ("query", "limit"), "msg": "Input should be a valid integer", "input": "SECRET"}]
+    )
+    assert error.param == "limit"
+    assert (
+        error.message
+        == "Invalid value for query parameter 'limit': Input should be a valid integer"
+    )
+
+
+def test_dates_are_iso_only() -> None:
+    dates = TypeAdapter(IsoDateTime)
+    assert dates.validate_python("2026-01-31T12:00:00Z").year == 2026
+    for bad in ("0.5", "1700000000", "yesterday"):
+        with pytest.raises(ValueError):
+            dates.validate_python(bad)
