@@ -102,6 +102,7 @@ def test_embedding_input_shapes_and_bad_types() -> None:
         ({"seed": "1"}, "seed"),
         ({"stream": "true"}, "stream"),
         ({"stream": 1}, "stream"),
+        ({"n": "2"}, "n"),
         ({"provider": {"allow_fallbacks": "no"}}, "provider.allow_fallbacks"),
         ({"provider": {"hedge_after_ms": True}}, "provider.hedge_after_ms"),
     ],
@@ -109,7 +110,8 @@ def test_embedding_input_shapes_and_bad_types() -> None:
 def test_known_fields_are_strict_as_openai_is(fields: dict[str, object], param: str) -> None:
     with pytest.raises(InvalidRequest) as info:
         validated({"model": "m", "messages": MSG, **fields}, ChatCompletionRequest)
-    assert info.value.param == param
+    code = "invalid_provider_policy" if param.startswith("provider.") else "invalid_value"
+    assert (info.value.param, info.value.code) == (param, code)
     assert chat(max_tokens=8, temperature=1, extra_field="kept").max_tokens == 8
 
 

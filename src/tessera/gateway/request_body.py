@@ -108,7 +108,7 @@ def invalid(exc: ValidationError) -> InvalidRequest:
         return InvalidRequest(
             f"Missing required parameter: '{where}'.", param=param, code="invalid_value"
         )
-    if param in UNSUPPORTED:
+    if param in UNSUPPORTED and not str(first.get("type")).endswith("_type"):
         return InvalidRequest(UNSUPPORTED[param], param=param, code="unsupported_parameter")
     code = "invalid_provider_policy" if param and param.startswith("provider") else "invalid_value"
     return InvalidRequest(
