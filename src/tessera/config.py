@@ -136,6 +136,18 @@ class GatewaySettings(BaseSettings):
         gt=0,
         description="Uptime epoch: downtime beyond a provider's SLA in one is slashed.",
     )
+    uptime_save_interval_s: float = Field(
+        5.0,
+        gt=0,
+        description="How often the open uptime epoch is saved (also on connects and "
+        "disconnects): a crash forgets at most this much of it.",
+    )
+    uptime_restart_grace_s: float = Field(
+        30.0,
+        ge=0,
+        description="After a gateway restart, how long providers have to reconnect before "
+        "their absence counts as downtime (the gateway's own outage never does).",
+    )
     breaker_failures: int = Field(
         3, ge=1, description="Failures in a row that open a provider's circuit breaker."
     )

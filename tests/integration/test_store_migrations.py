@@ -64,6 +64,7 @@ async def test_upgrade_is_idempotent(database_url: str) -> None:
         "violations",
         "provider_reputation",
         "provider_uptime",
+        "provider_uptime_progress",
     }
 
 

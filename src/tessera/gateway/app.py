@@ -70,7 +70,12 @@ from tessera.store.engine import create_engine, database_url_for
 from tessera.store.ledger import LedgerStore
 from tessera.store.migrate import upgrade_to_head
 from tessera.store.providers import ProviderStore
-from tessera.store.requests_log import RequestLog, RequestLogWriter, RequestRecord
+from tessera.store.requests_log import (
+    RequestLog,
+    RequestLogWriter,
+    RequestRecord,
+    in_flight_record,
+)
 from tessera.store.uptime import UptimeStore
 from tessera.store.verification import ReceiptWriter, VerificationStore
 from tessera.verify.catalog import Catalog
@@ -541,13 +546,20 @@ def _install_routes(app: FastAPI, metrics: GatewayMetrics, registry: ProviderReg
         tokens = token_bound(body, gateway.settings.default_max_tokens)
         ticket = gateway.admission.admit(ctx.request_id, key, tokens)
         release = functools.partial(gateway.admission.release, ctx.request_id, ticket)
+        # An in_flight row now (queued, never awaited); a crash leaves it to be marked.
+        unrecorded = gateway.request_log.started(
+            in_flight_record(ctx.request_id, ctx.api_key_id, endpoint, ctx.model, key.account_id)
+        )
         try:
             served = await until_disconnect(request, work(gateway.serving)(body, ctx))
         except BaseException:
             release()
+            unrecorded()
             raise
         if served is None or served.stream is None:
             release()
+            if served is None:
+                unrecorded()
             return _respond(request, served, metrics)
         finish = served.finish
 

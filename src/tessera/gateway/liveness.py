@@ -12,6 +12,13 @@ or database failure: logged, recorded as slashed 0, the loop goes on); one slash
 per provider per epoch, enforced by the ledger's unique reference
 ``downtime:{provider}:{epoch start in Unix seconds}`` even across restarts and replicas.
 
+A restart resumes the open epoch: the tracker's progress is saved every
+``uptime_save_interval_s``, soon after each connect, disconnect or goodbye, after each
+close and on stop, and the loop restores it before its first close. Downtime seen before
+a crash is kept (a crash forgets at most one save interval of it); the gateway's own
+outage, and ``uptime_restart_grace_s`` after it for providers to reconnect, is charged to
+no one (see ``UptimeTracker.restore``). One gateway per database, as for the journal.
+
 Epochs are whole seconds (the store's ``epoch_s`` column is an integer): ``sla_epoch_s``
 is rounded, to at least one second. The gateway's reputation uptime is counted elsewhere
 (gateway/verification.py); this class feeds none of it, so nothing is counted twice.
@@ -20,7 +27,6 @@ is rounded, to at least one second. The gateway's reputation uptime is counted e
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import time
@@ -39,6 +45,7 @@ log = logging.getLogger("tessera.gateway.liveness")
 
 DOWNTIME = "downtime"  # the slashing table's rule
 STOP_TIMEOUT_S = 15.0
+MIN_SAVE_GAP_S = 0.5  # connection events save the epoch at most this often
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,7 +82,10 @@ class Liveness:
         self.is_connected = is_connected
         self.clock = clock
         self.slashed_total = 0
+        self.save_interval_s = settings.uptime_save_interval_s
+        self.restart_grace_s = settings.uptime_restart_grace_s
         self._stop = asyncio.Event()
+        self._changed = asyncio.Event()  # a connection event: save soon
         self._task: asyncio.Task[None] | None = None
 
     def _now_ms(self) -> int:
@@ -88,15 +98,18 @@ class Liveness:
         already be gone again: only a provider the hub still holds is marked up."""
         if self.is_connected(provider_id):
             self.tracker.connected(provider_id, caps.sla_uptime_bps, self._now_ms())
+            self._changed.set()
 
     def gone(self, provider_id: str) -> None:
         """A provider's session ended (a newer session of the same key may replace it)."""
         if not self.is_connected(provider_id):
             self.tracker.disconnected(provider_id, self._now_ms())
+            self._changed.set()
 
     def leaving(self, provider_id: str, reason: str) -> None:
         """The provider said goodbye: its time from now on is not held against its SLA."""
         self.tracker.leaving(provider_id, self._now_ms())
+        self._changed.set()
         log.info("provider %s left gracefully: %s", provider_id[:12], reason or "no reason")
 
     # ------------------------------------------------------------ the epoch loop
@@ -107,23 +120,65 @@ class Liveness:
             self._task = asyncio.get_running_loop().create_task(self.run())
 
     async def run(self) -> None:
-        """Close each epoch at its boundary until :meth:`close` is called."""
+        """Restore the saved epoch, then close each epoch at its boundary and save the
+        open one as it goes, until :meth:`close` is called (which saves it once more)."""
+        await self.restore()
+        next_save = self.clock() + self.save_interval_s
         while not self._stop.is_set():
             now = self.clock()
-            wait_s = (now // self.epoch_s + 1) * self.epoch_s - now
-            with contextlib.suppress(TimeoutError):
-                # A hair past the boundary, so the close sees the new epoch has begun.
-                await asyncio.wait_for(self._stop.wait(), wait_s + 0.005)
+            # A hair past the boundary, so the close sees the new epoch has begun.
+            until_close = (now // self.epoch_s + 1) * self.epoch_s - now + 0.005
+            until_save = next_save - now
+            if self._changed.is_set():  # soon after a connection event, not per event
+                until_save = min(until_save, MIN_SAVE_GAP_S)
+            await self._sleep(max(0.0, min(until_close, until_save)))
             if self._stop.is_set():
-                return
+                break
+            closed = []
             try:
-                await self.close_epoch()
+                closed = await self.close_epoch()
             except Exception:
                 log.exception("closing an uptime epoch failed")
+            if closed or self._changed.is_set() or self.clock() >= next_save:
+                await self.save_progress()
+                next_save = self.clock() + self.save_interval_s
+        await self.save_progress()
+
+    async def _sleep(self, seconds: float) -> None:
+        """Wait ``seconds``; a stop, or a connection event when none is pending, cuts it short."""
+        waits = [asyncio.ensure_future(self._stop.wait())]
+        if not self._changed.is_set():
+            waits.append(asyncio.ensure_future(self._changed.wait()))
+        try:
+            await asyncio.wait(waits, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waiting in waits:
+                waiting.cancel()
+
+    async def restore(self) -> None:
+        """Resume the epochs a previous run of this gateway saved (none on a first start)."""
+        try:
+            saved = await self.store.load_progress(self.epoch_s)
+        except Exception:
+            log.exception("could not load the saved uptime epoch; starting a fresh one")
+            return
+        self.tracker.restore(saved, self._now_ms(), round(self.restart_grace_s * 1000))
+        if saved:
+            log.info("uptime: resumed the open epoch of %d provider(s)", len(saved))
+
+    async def save_progress(self) -> None:
+        """Save every tracked provider's open epochs (what ``restore`` reads back)."""
+        self._changed.clear()
+        progress = self.tracker.progress(self._now_ms())
+        try:
+            await self.store.save_progress(self.epoch_s, progress, datetime.now(UTC))
+        except Exception:
+            self._changed.set()  # try again soon
+            log.exception("could not save the open uptime epoch")
 
     async def close(self) -> None:
-        """Stop the loop, letting a slash in progress finish; the open epoch is not closed
-        (the gateway going down is not the providers' downtime)."""
+        """Stop the loop, letting a slash in progress finish; the open epoch is saved, not
+        closed (the gateway going down is not the providers' downtime)."""
         self._stop.set()
         task, self._task = self._task, None
         if task is None:

@@ -20,11 +20,18 @@ Invariants:
   dropped (no longer committed), so an abandoned node is not slashed forever;
 * a provider's SLA for an epoch is the highest it declared while committed in it, so
   reconnecting with a lower promise does not excuse downtime already accrued.
+
+A gateway restart resumes from ``progress`` saved before it went down (``restore``): the
+time accrued before the save is kept, downtime included, so a crash never excuses it. The
+gateway's own outage is charged to no one, and every provider committed at the save gets
+``grace_ms`` after the restart to find the gateway again (its reconnect backoff) before
+its absence counts as downtime; that time, too, counts as neither.
 """
 
 from __future__ import annotations
 
 import enum
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 BPS = 10_000
@@ -75,6 +82,19 @@ class CurrentEpoch:
     sla_uptime_bps: int
 
 
+@dataclass(frozen=True, slots=True)
+class ProviderProgress:
+    """One provider's accrued time in the epochs not yet reported, saved for a restart.
+
+    ``tallies`` are ``(epoch_start_ms, up_ms, down_ms, sla_uptime_bps)``, oldest first.
+    """
+
+    provider_id: str
+    committed: bool  # connected, or away without a goodbye: its absence is downtime
+    sla_uptime_bps: int
+    tallies: tuple[tuple[int, int, int, int], ...]
+
+
 @dataclass(slots=True)
 class _Tally:
     up_ms: int = 0
@@ -89,6 +109,7 @@ class _Provider:
     sla_uptime_bps: int
     since_ms: int  # time accounted up to here
     epochs: dict[int, _Tally] = field(default_factory=dict)  # epoch index -> tally
+    grace_until_ms: int | None = None  # restored after a restart: not counted until then
 
 
 class UptimeTracker:
@@ -120,6 +141,7 @@ class UptimeTracker:
             self._providers[provider_id] = provider
         else:
             self._advance(provider, now_ms)
+            provider.grace_until_ms = None  # back within its restart grace
         provider.state, provider.connected = State.UP, True
         provider.sla_uptime_bps = sla_uptime_bps
         self._note_sla(provider, now_ms)
@@ -207,10 +229,62 @@ class UptimeTracker:
             max(tally.sla_uptime_bps, provider.sla_uptime_bps if committed else 0),
         )
 
+    # ------------------------------------------------------------ restarts
+
+    def progress(self, now_ms: int) -> list[ProviderProgress]:
+        """Every tracked provider's state and unreported tallies up to ``now_ms``: what a
+        restarted gateway needs to resume (see ``restore``)."""
+        saved = []
+        for provider_id, provider in sorted(self._providers.items()):
+            self._advance(provider, now_ms)
+            tallies = tuple(
+                (index * self.epoch_ms, t.up_ms, t.down_ms, t.sla_uptime_bps)
+                for index, t in sorted(provider.epochs.items())
+            )
+            committed = provider.state is not State.LEFT
+            saved.append(ProviderProgress(provider_id, committed, provider.sla_uptime_bps, tallies))
+        return saved
+
+    def restore(self, saved: Iterable[ProviderProgress], now_ms: int, grace_ms: int) -> None:
+        """Resume from ``saved`` after a restart at ``now_ms``; merges with providers that
+        connected already (their time since the restart cannot overlap the saved time).
+
+        Committed providers not connected now count as neither up nor down until
+        ``now_ms + grace_ms``, then as down; saved tallies of closed epochs are ignored.
+        """
+        if grace_ms < 0:
+            raise ValueError("grace_ms must not be negative")
+        for entry in saved:
+            provider = self._providers.get(entry.provider_id)
+            if provider is None:
+                provider = _Provider(
+                    State.DOWN if entry.committed else State.LEFT,
+                    False,
+                    entry.sla_uptime_bps,
+                    now_ms,
+                    grace_until_ms=now_ms + grace_ms if entry.committed else None,
+                )
+                self._providers[entry.provider_id] = provider
+            for start_ms, up_ms, down_ms, sla_bps in entry.tallies:
+                index, misaligned = divmod(start_ms, self.epoch_ms)
+                if misaligned or index < self._open_from or min(up_ms, down_ms, sla_bps) < 0:
+                    continue
+                tally = provider.epochs.setdefault(index, _Tally())
+                tally.down_ms = min(self.epoch_ms, tally.down_ms + down_ms)
+                tally.up_ms = min(self.epoch_ms - tally.down_ms, tally.up_ms + up_ms)
+                tally.sla_uptime_bps = min(BPS, max(tally.sla_uptime_bps, sla_bps))
+            self._forget_if_done(entry.provider_id)
+
     # ------------------------------------------------------------ accounting
 
     def _advance(self, provider: _Provider, now_ms: int) -> None:
         """Account ``[since, now)`` to the provider's state, split at epoch boundaries."""
+        if provider.grace_until_ms is not None:
+            if now_ms < provider.grace_until_ms:
+                provider.since_ms = max(provider.since_ms, now_ms)
+                return
+            provider.since_ms = max(provider.since_ms, provider.grace_until_ms)
+            provider.grace_until_ms = None
         start = max(provider.since_ms, self._open_from * self.epoch_ms)
         if now_ms <= start:
             provider.since_ms = max(provider.since_ms, now_ms)

@@ -5,34 +5,47 @@
 latency to a request; a background task writes batches. The queue is bounded: when it
 is full the oldest record is dropped and counted, because losing history is better
 than growing memory until the process dies.
+
+A request is logged twice through the same queue: an ``in_flight`` row when it starts and
+its final row when it ends, which replaces the first (never the other way round). A
+gateway that crashed leaves ``in_flight`` rows behind; the next start marks them
+``interrupted`` (``mark_interrupted``), so every request that began leaves a row. One
+gateway writes one database's log, as it writes its journal.
 """
 
 from __future__ import annotations
 
 import builtins
+import functools
 import logging
-from collections.abc import Sequence
-from dataclasses import asdict, dataclass
-from datetime import datetime
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, replace
+from datetime import UTC, datetime, timedelta
 from typing import Final
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tessera.store.batch_writer import BatchWriter
 from tessera.store.dialect import conflict_insert
-from tessera.store.errors import translated
+from tessera.store.errors import StoreError, translated
 from tessera.store.tables import requests
 
 log = logging.getLogger(__name__)
 
 ENDPOINTS: Final = frozenset({"chat.completions", "completions", "embeddings"})
-STATUSES: Final = frozenset({"ok", "error", "cancelled"})
+IN_FLIGHT: Final = "in_flight"
+INTERRUPTED: Final = "interrupted"
+GATEWAY_RESTARTED: Final = "gateway_restarted"
+STATUSES: Final = frozenset({"ok", "error", "cancelled", IN_FLIGHT, INTERRUPTED})
+NOT_RECORDED: Final = "not_recorded"  # ended with no final record: the code says so
+MAX_MODEL_CHARS: Final = 200  # the column's width
 
 
 @dataclass(frozen=True, slots=True)
 class RequestRecord:
-    """One finished request. Validated on construction: the log never holds nonsense."""
+    """One request, finished or (``in_flight``) started. Validated on construction: the log
+    never holds nonsense."""
 
     request_id: str
     api_key_id: str
@@ -69,6 +82,27 @@ class RequestRecord:
             )
 
 
+def in_flight_record(
+    request_id: str, api_key_id: str, endpoint: str, model: str, account_id: str | None
+) -> RequestRecord:
+    """The row of a request that has just started (its final record replaces it)."""
+    return RequestRecord(
+        request_id=request_id,
+        api_key_id=api_key_id,
+        endpoint=endpoint,
+        model=model[:MAX_MODEL_CHARS],
+        provider_id=None,
+        status=IN_FLIGHT,
+        error_code=None,
+        prompt_tokens=0,
+        completion_tokens=0,
+        latency_ms=0,
+        ttft_ms=None,
+        created_at=datetime.now(UTC),
+        account_id=account_id,
+    )
+
+
 def _base_units(value: object) -> bool:
     return type(value) is int and value >= 0
 
@@ -80,16 +114,38 @@ class RequestLog:
         self._engine = engine
 
     async def write_many(self, records: Sequence[RequestRecord]) -> None:
-        """Insert all records in one transaction. A request_id already stored is skipped,
-        so a batch retried after an unclear failure never duplicates or fails."""
+        """Insert all records in one transaction. A stored row is replaced only while it is
+        ``in_flight`` (its final record arrived), so a batch retried after an unclear
+        failure never duplicates, fails or rewrites a finished request."""
         if not records:
             return
+        latest = {record.request_id: record for record in records}  # the final one wins
         with translated(self._engine.url):
             async with self._engine.begin() as conn:
-                stmt = conflict_insert(conn.dialect.name, requests).on_conflict_do_nothing(
-                    index_elements=[requests.c.request_id]
+                stmt = conflict_insert(conn.dialect.name, requests)
+                stmt = stmt.on_conflict_do_update(
+                    index_elements=[requests.c.request_id],
+                    set_={
+                        column.name: stmt.excluded[column.name]
+                        for column in requests.columns
+                        if column.name != "request_id"
+                    },
+                    where=requests.c.status == IN_FLIGHT,
                 )
-                await conn.execute(stmt, [asdict(record) for record in records])
+                await conn.execute(stmt, [asdict(record) for record in latest.values()])
+
+    async def mark_interrupted(self) -> int:
+        """Mark the rows of requests a crashed gateway left ``in_flight`` as
+        ``interrupted`` (error ``gateway_restarted``); how many. Run once at start, before
+        any request: one range scan of the partial status index."""
+        stmt = (
+            update(requests)
+            .where(requests.c.status == IN_FLIGHT)
+            .values(status=INTERRUPTED, error_code=GATEWAY_RESTARTED)
+        )
+        with translated(self._engine.url):
+            async with self._engine.begin() as conn:
+                return (await conn.execute(stmt)).rowcount
 
     async def get(self, request_id: str) -> RequestRecord | None:
         stmt = select(requests).where(requests.c.request_id == request_id)
@@ -144,6 +200,53 @@ class RequestLogWriter(BatchWriter[RequestRecord]):
             max_backoff_s=max_backoff_s,
         )
         self._log = log
+        self._running: dict[str, RequestRecord] = {}  # started, no final record yet
+        self._marked = False
+
+    async def _run(self) -> None:
+        """Mark the rows a crashed predecessor left in flight, then write batches: in the
+        writer's own task, so ``start`` never waits and nothing of ours is marked."""
+        if not self._marked:
+            self._marked = True
+            try:
+                if count := await self._log.mark_interrupted():
+                    log.warning("%d request(s) were in flight at the last stop", count)
+            except StoreError as exc:
+                log.warning("could not mark the requests left in flight: %s", exc.message)
+        await super()._run()
+
+    def started(self, record: RequestRecord) -> Callable[[], None]:
+        """Log ``record`` (an ``in_flight`` row) now, off the hot path like every record.
+
+        Returns ``unrecorded``: call it when the request ended early (an error, the client
+        left); if no final record was submitted by then, one is, status ``error`` and
+        code ``not_recorded``, so no row stays in flight. Answers that were served record
+        themselves once delivered.
+        """
+        self._running[record.request_id] = record
+        if len(self._running) > self._max_pending:  # a caller that never ends: bounded
+            del self._running[next(iter(self._running))]
+        self.submit(record)
+        return functools.partial(self._ended, record.request_id)
+
+    def _ended(self, request_id: str) -> None:
+        record = self._running.pop(request_id, None)
+        if record is not None:
+            latency_ms = (datetime.now(UTC) - record.created_at) // timedelta(milliseconds=1)
+            self.submit(
+                replace(
+                    record,
+                    status="error",
+                    error_code=NOT_RECORDED,
+                    latency_ms=max(0, latency_ms),
+                    created_at=datetime.now(UTC),
+                )
+            )
+
+    def submit(self, item: RequestRecord) -> None:
+        if item.status != IN_FLIGHT:
+            self._running.pop(item.request_id, None)
+        super().submit(item)
 
     @property
     def pending(self) -> int:

@@ -12,6 +12,7 @@ from typing import Any
 
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     CheckConstraint,
     Column,
     DateTime,
@@ -160,6 +161,13 @@ requests = Table(
     Index(None, "api_key_id", "created_at"),
     Index(None, "provider_id", "created_at"),
     Index(None, "account_id", "created_at"),
+    # The rows of requests still running (a crash leaves them; the next start marks them).
+    Index(
+        None,
+        "status",
+        postgresql_where=text("status = 'in_flight'"),
+        sqlite_where=text("status = 'in_flight'"),
+    ),
 )
 
 # The ledger journal (see tessera.ledger.journal): append-only, ids assigned by the one
@@ -319,4 +327,19 @@ provider_uptime = Table(
         name="sane",
     ),
     Index(None, "epoch_start"),
+)
+
+# The epochs still open: each tracked provider's accrued time, saved every few seconds and
+# on connection events, so a restarted gateway resumes them (gateway/liveness.py).
+provider_uptime_progress = Table(
+    "provider_uptime_progress",
+    metadata,
+    Column("provider_id", String(64), primary_key=True),
+    Column("epoch_s", Integer(), nullable=False),
+    Column("committed", Boolean(), nullable=False),
+    Column("sla_uptime_bps", Integer(), nullable=False),
+    # JSON list of [epoch_start_ms, up_ms, down_ms, sla_uptime_bps], oldest first.
+    Column("tallies", Text(), nullable=False),
+    Column("saved_at", UtcDateTime(), nullable=False),
+    CheckConstraint("sla_uptime_bps >= 0 AND sla_uptime_bps <= 10000 AND epoch_s > 0", name="sane"),
 )

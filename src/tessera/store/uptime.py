@@ -4,20 +4,28 @@ The gateway writes a row when it closes an epoch (see gateway/liveness.py), with
 slashed for it; the explorer and ``GET /v1/providers/{id}/uptime`` read them back. Writes
 are idempotent on (provider_id, epoch_start): the first row stored for an epoch stands, so
 a retried or repeated close never rewrites history or double-reports a slash.
+
+The epochs still open are saved too (``save_progress``, one row per tracked provider,
+replaced whole each time) so a restarted gateway resumes them (``load_progress``).
 """
 
 from __future__ import annotations
 
+import json
+import logging
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from datetime import datetime
 
-from sqlalchemy import select
+from sqlalchemy import delete, insert, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from tessera.market.uptime import ProviderProgress
 from tessera.store.dialect import conflict_insert
 from tessera.store.errors import translated
-from tessera.store.tables import provider_uptime
+from tessera.store.tables import provider_uptime, provider_uptime_progress
+
+log = logging.getLogger(__name__)
 
 MAX_PROVIDER_ID_CHARS = 64
 MAX_RECENT = 1_000
@@ -91,3 +99,51 @@ class UptimeStore:
             async with self._engine.connect() as conn:
                 rows = (await conn.execute(stmt)).mappings().all()
         return [UptimeRow(**row) for row in rows]
+
+    async def save_progress(
+        self, epoch_s: int, progress: Sequence[ProviderProgress], saved_at: datetime
+    ) -> None:
+        """Replace the saved open epochs with ``progress``, in one transaction."""
+        rows = [
+            {
+                "provider_id": p.provider_id,
+                "epoch_s": epoch_s,
+                "committed": p.committed,
+                "sla_uptime_bps": p.sla_uptime_bps,
+                "tallies": json.dumps([list(t) for t in p.tallies], separators=(",", ":")),
+                "saved_at": saved_at,
+            }
+            for p in progress
+        ]
+        with translated(self._engine.url):
+            async with self._engine.begin() as conn:
+                await conn.execute(delete(provider_uptime_progress))
+                if rows:
+                    await conn.execute(insert(provider_uptime_progress), rows)
+
+    async def load_progress(self, epoch_s: int) -> list[ProviderProgress]:
+        """The saved open epochs of ``epoch_s``-second epochs (rows of another epoch length,
+        from before a settings change, or unreadable ones are skipped and logged)."""
+        with translated(self._engine.url):
+            async with self._engine.connect() as conn:
+                rows = (await conn.execute(select(provider_uptime_progress))).mappings().all()
+        progress = []
+        for row in rows:
+            if row["epoch_s"] != epoch_s:
+                continue
+            try:
+                tallies = tuple(
+                    (int(start), int(up), int(down), int(sla))
+                    for start, up, down, sla in json.loads(row["tallies"])
+                )
+            except (ValueError, TypeError) as exc:
+                log.warning(
+                    "skipping unreadable uptime progress of %s: %s", row["provider_id"], exc
+                )
+                continue
+            progress.append(
+                ProviderProgress(
+                    row["provider_id"], bool(row["committed"]), row["sla_uptime_bps"], tallies
+                )
+            )
+        return progress
