@@ -162,6 +162,36 @@ class JobStream:
                 await self.session.send(Cancel(job_id=self.job.job_id))
 
 
+class Wakeup:
+    """A broadcast to every coroutine waiting for a slot, which no waiter can break.
+
+    Each wait is on the current generation's Event; ``notify_all`` sets it and starts a
+    new one. No lock is taken, so a wait that times out or is cancelled at any point
+    (a client leaving) leaves nothing held. An ``asyncio.Condition`` under ``wait_for``
+    did: cancelled during its timeout, it raised ``Lock is not acquired`` and left the
+    lock held by an orphaned waiter, so nobody was woken again.
+    """
+
+    __slots__ = ("_event",)
+
+    def __init__(self) -> None:
+        self._event = asyncio.Event()
+
+    def notify_all(self) -> None:
+        self._event.set()
+        self._event = asyncio.Event()
+
+    async def wait(self, timeout_s: float) -> bool:
+        """True once notified, False after ``timeout_s`` without a notification."""
+        event = self._event
+        try:
+            async with asyncio.timeout(timeout_s):
+                await event.wait()
+        except TimeoutError:
+            return False
+        return True
+
+
 class ProviderHub:
     def __init__(
         self,
@@ -187,7 +217,7 @@ class ProviderHub:
             settings.breaker_failures, settings.breaker_backoff_s, settings.breaker_backoff_max_s
         )
         self.sessions: dict[str, ProviderSession] = {}
-        self._slot_freed = asyncio.Condition()
+        self._slot_freed = Wakeup()
         self._cancelled: OrderedDict[str, None] = OrderedDict()
 
     # ------------------------------------------------------------ jobs
@@ -209,9 +239,7 @@ class ProviderHub:
                 remaining = deadline - loop.time()
                 if not decision.busy or remaining <= 0:
                     raise no_route_error(decision)
-                async with self._slot_freed:
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self._slot_freed.wait(), min(remaining, 1.0))
+                await self._slot_freed.wait(min(remaining, 1.0))
                 continue
             chosen = decision.provider
             stream = self._start(chosen, job)
@@ -301,12 +329,11 @@ class ProviderHub:
 
     def release(self, provider_id: str) -> None:
         self.registry.release(provider_id)
-        asyncio.get_running_loop().create_task(self.notify_slot())
+        self._slot_freed.notify_all()
 
     async def notify_slot(self) -> None:
         """Wake requests waiting for a provider: a slot freed or a provider became routable."""
-        async with self._slot_freed:
-            self._slot_freed.notify_all()
+        self._slot_freed.notify_all()
 
     def note_cancelled(self, job_id: str) -> None:
         """Remember a cancelled job so its late frames are dropped, not counted as abuse."""
@@ -341,9 +368,16 @@ class ProviderHub:
         hello = Hello(gateway_id=self.settings.gateway_id, nonce=nonce)
         await websocket.send_text(hello.model_dump_json())
         try:
-            raw = await asyncio.wait_for(websocket.receive_text(), self.settings.register_timeout_s)
+            async with asyncio.timeout(self.settings.register_timeout_s):
+                message = await websocket.receive()
         except TimeoutError:
             await self._refuse(websocket, "register_timeout", "no register frame in time")
+            return None
+        if message["type"] == "websocket.disconnect":
+            return None
+        raw = message.get("text")
+        if raw is None:  # a binary frame: starlette's receive_text would raise KeyError
+            await self._refuse(websocket, "binary_frame", "frames are JSON text, not binary")
             return None
         try:
             frame = provider_frame_adapter.validate_json(raw)
