@@ -49,7 +49,15 @@ def install_status_routes(app: FastAPI, gateway_of: Callable[[Request], Any]) ->
         models = []
         for name in live.offers:
             required = gateway.payments.stake.required(live, name)
-            diagnosis = diagnose(live, name, gateway.serving.recent.of(name), bonded, required, now)
+            diagnosis = diagnose(
+                live,
+                name,
+                gateway.serving.recent.of(name),
+                bonded,
+                required,
+                now,
+                gateway.registry.offer(name),
+            )
             entry = diagnosis.public()
             entry["stake_required"] = required
             entry["price"] = {

@@ -13,8 +13,9 @@ from collections import Counter, deque
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from tessera.market.registry import ROUTABLE, LiveProvider
+from tessera.market.registry import ROUTABLE, LiveProvider, shape_of
 from tessera.market.routing import RouteRequest
+from tessera.protocol.wire import ModelOffer
 
 RECENT_PER_MODEL = 200
 STATUS_WORDS = {
@@ -70,12 +71,23 @@ def diagnose(
     bonded: int,
     required: int,
     now: float,
+    network_offer: ModelOffer | None = None,
 ) -> ModelDiagnosis:
-    """Why ``provider`` does (or does not) get ``model`` requests, in words and counts."""
+    """Why ``provider`` does (or does not) get ``model`` requests, in words and counts.
+
+    ``network_offer`` is the model as most of its providers announce it
+    (``ProviderRegistry.offer``); an offer of another shape is not routed.
+    """
     reasons: list[str] = []
     status = provider.status.get(model, ROUTABLE)
     if status != ROUTABLE:
         reasons.append(f"not routed: {STATUS_WORDS.get(status, status)}")
+    own = provider.offers[model]
+    if network_offer is not None and shape_of(own) != shape_of(network_offer):
+        reasons.append(
+            f"not routed: it announces '{model}' as {_shape_words(own)}, but most providers "
+            f"of '{model}' serve it as {_shape_words(network_offer)}"
+        )
     if bonded < required:
         reasons.append(f"not staked: {bonded} base units bonded, {required} required to get work")
     health = provider.health
@@ -112,3 +124,9 @@ def diagnose(
             template.format(n=count, region=provider.capabilities.region, rep=provider.reputation)
         )
     return ModelDiagnosis(model, status, reasons, dict(excluded), eligible, len(requests))
+
+
+def _shape_words(offer: ModelOffer) -> str:
+    if offer.kind == "embedding":
+        return f"an embedding model of {offer.embedding_dimensions} dimensions"
+    return "a text model"

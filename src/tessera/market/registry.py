@@ -7,6 +7,16 @@ provider, ``0 <= active_jobs <= max_concurrent_jobs``.
 A provider is routed for a model only while that model's status is ``routable``: a model
 pinned by the catalog starts at ``challenge`` (until the join challenge passes) or
 ``weights_mismatch``; a ban makes it ``banned``. Only routable models count as served.
+
+Offers are the providers' own words and may disagree: one provider may announce under a
+name as text what the others serve as 768-dimension embeddings. Each offer is kept per
+provider; a model's *shape* (its kind and, for embeddings, its dimensions) is the one most
+of its routed providers announce (ties go to the shape that was there first), and only
+providers whose offer has that shape are routed for it, so a minority offer never poisons
+the others' requests. The model's public description (``offer``, ``summaries``) is drawn
+from the providers of that shape only: its context length is their lower median, its
+vocabulary size the most announced among them. A catalog model's providers all hold the
+pinned weights and passed its join challenge, so the catalog's pin stands behind it.
 """
 
 from __future__ import annotations
@@ -14,6 +24,7 @@ from __future__ import annotations
 import bisect
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 from tessera.market.health import ProviderHealth
 from tessera.protocol.wire import Capabilities, ModelOffer
@@ -61,18 +72,43 @@ class ModelSummary:
     price_output_max: int
     supports_tools: bool
     embedding_dimensions: int | None
+    disagreeing: int = 0  # providers announcing the name with another shape (not routed)
+
+
+Shape = tuple[str, int | None]  # (kind, embedding dimensions; None for text)
+
+
+def shape_of(offer: ModelOffer) -> Shape:
+    """What must agree between two offers of one name for them to be the same model."""
+    return (offer.kind, offer.embedding_dimensions if offer.kind == "embedding" else None)
+
+
+@dataclass(slots=True)
+class _ShapeStats:
+    """The offers of one shape in a pool: how many, and what they say (kept sorted)."""
+
+    count: int = 0
+    contexts: list[int] = field(default_factory=list)
+    vocabs: dict[int, int] = field(default_factory=dict)  # vocab size -> offers saying it
+    without_tools: int = 0
+    weights: dict[str, int] = field(default_factory=dict)  # weights hash -> offers
 
 
 class ModelPool:
-    """The providers routed for one model: a list for O(1) random sampling, and an
-    index by price for ``sort: price``. Removal swaps the last member into the hole."""
+    """The providers routed for one model: a list for O(1) random sampling, an index by
+    price for ``sort: price``, and per-shape counts that say which offers agree with the
+    model's majority shape. Removal swaps the last member into the hole."""
 
-    __slots__ = ("by_price", "index", "members")
+    __slots__ = ("_leader", "_public", "by_price", "index", "members", "name", "shapes")
 
-    def __init__(self) -> None:
+    def __init__(self, name: str = "") -> None:
+        self.name = name
         self.members: list[LiveProvider] = []
         self.index: dict[str, int] = {}
         self.by_price: list[tuple[int, int, str]] = []  # (output, input, provider id)
+        self.shapes: dict[Shape, _ShapeStats] = {}  # insertion order breaks count ties
+        self._leader: Shape | None = None
+        self._public: ModelOffer | None = None  # cached; rebuilt after a change
 
     def __len__(self) -> int:
         return len(self.members)
@@ -81,12 +117,32 @@ class ModelPool:
         at = self.index.get(provider_id)
         return None if at is None else self.members[at]
 
+    @property
+    def shape(self) -> Shape | None:
+        """The shape most members announce (None for an empty pool)."""
+        return self._leader
+
+    def fits(self, offer: ModelOffer) -> bool:
+        """Whether ``offer`` has the model's majority shape (O(1): the router asks per pick)."""
+        return shape_of(offer) == self._leader
+
     def add(self, live: LiveProvider, offer: ModelOffer) -> None:
         if live.provider_id in self.index:
             return
+        self.name = self.name or offer.name
         self.index[live.provider_id] = len(self.members)
         self.members.append(live)
         bisect.insort(self.by_price, _price_key(live.provider_id, offer))
+        stats = self.shapes.get(shape_of(offer))
+        if stats is None:
+            stats = self.shapes[shape_of(offer)] = _ShapeStats()
+        stats.count += 1
+        bisect.insort(stats.contexts, offer.context_length)
+        if offer.vocab_size is not None:
+            stats.vocabs[offer.vocab_size] = stats.vocabs.get(offer.vocab_size, 0) + 1
+        stats.without_tools += not offer.supports_tools
+        stats.weights[offer.weights_sha256] = stats.weights.get(offer.weights_sha256, 0) + 1
+        self._changed()
 
     def remove(self, provider_id: str, offer: ModelOffer) -> None:
         at = self.index.pop(provider_id, None)
@@ -100,6 +156,59 @@ class ModelPool:
         spot = bisect.bisect_left(self.by_price, key)
         if spot < len(self.by_price) and self.by_price[spot] == key:
             del self.by_price[spot]
+        shape = shape_of(offer)
+        stats = self.shapes[shape]
+        stats.count -= 1
+        del stats.contexts[bisect.bisect_left(stats.contexts, offer.context_length)]
+        if offer.vocab_size is not None:
+            _decrement(stats.vocabs, offer.vocab_size)
+        stats.without_tools -= not offer.supports_tools
+        _decrement(stats.weights, offer.weights_sha256)
+        if stats.count == 0:
+            del self.shapes[shape]
+        self._changed()
+
+    def _changed(self) -> None:
+        # O(distinct shapes), on connects and disconnects only, never per request.
+        self._leader = max(self.shapes, key=lambda s: self.shapes[s].count, default=None)
+        self._public = None
+
+    def disagreeing(self) -> int:
+        """Members whose offer has another shape than the majority's (not routed)."""
+        leader = self.shapes.get(self._leader) if self._leader is not None else None
+        return len(self.members) - (leader.count if leader is not None else 0)
+
+    def public_offer(self) -> ModelOffer | None:
+        """The model as the network describes it: the majority shape's offers summed up.
+
+        Context: the lower median of their context lengths (one provider announcing a
+        tiny or huge context moves it by at most one place); vocabulary and weights: the
+        value most of them announce; tools: only if all of them support tools. Prices are
+        per provider and are 0 here.
+        """
+        if self._public is not None or self._leader is None:
+            return self._public
+        kind, dims = self._leader
+        stats = self.shapes[self._leader]
+        vocab = max(stats.vocabs, key=lambda v: stats.vocabs[v], default=None)
+        self._public = ModelOffer(
+            name=self.name,
+            weights_sha256=max(stats.weights, key=lambda w: stats.weights[w]),
+            kind=kind,  # type: ignore[arg-type]
+            context_length=stats.contexts[(len(stats.contexts) - 1) // 2],
+            supports_tools=stats.without_tools == 0,
+            embedding_dimensions=dims,
+            vocab_size=vocab,
+        )
+        return self._public
+
+
+def _decrement(counts: dict[Any, int], key: Any) -> None:
+    left = counts.get(key, 0) - 1
+    if left > 0:
+        counts[key] = left
+    else:
+        counts.pop(key, None)
 
 
 def _price_key(provider_id: str, offer: ModelOffer) -> tuple[int, int, str]:
@@ -187,7 +296,7 @@ class ProviderRegistry:
     def _index(self, model: str, live: LiveProvider) -> None:
         pool = self._by_model.get(model)
         if pool is None:
-            pool = self._by_model[model] = ModelPool()
+            pool = self._by_model[model] = ModelPool(model)
         pool.add(live, live.offers[model])
 
     def _unindex(self, model: str, provider_id: str) -> None:
@@ -223,11 +332,22 @@ class ProviderRegistry:
         return self._by_model.get(model) or ModelPool()
 
     def offer(self, model: str) -> ModelOffer | None:
-        """Any live provider's offer for ``model`` (they agree on kind and limits)."""
+        """``model`` as the network describes it (its majority shape); None if unserved.
+
+        Never one provider's word: see ``ModelPool.public_offer``.
+        """
         pool = self._by_model.get(model)
         if not pool:
             return None
-        return pool.members[0].offers[model]
+        return pool.public_offer()
+
+    def fits(self, provider_id: str, model: str) -> bool:
+        """Whether the provider's offer of ``model`` agrees with the model's shape."""
+        live = self._providers.get(provider_id)
+        pool = self._by_model.get(model)
+        if live is None or pool is None or model not in live.offers:
+            return False
+        return pool.fits(live.offers[model])
 
     def acquire(self, provider_id: str) -> None:
         live = self._providers.get(provider_id)
@@ -242,21 +362,28 @@ class ProviderRegistry:
             live.active_jobs -= 1
 
     def summaries(self) -> list[ModelSummary]:
+        """Each served model as the network describes it (see ``ModelPool.public_offer``):
+        only providers whose offer has the model's majority shape are counted and priced."""
         out = []
         for name in sorted(self._by_model):
-            offers = [p.offers[name] for p in self._by_model[name].members]
+            pool = self._by_model[name]
+            public = pool.public_offer()
+            if public is None:
+                continue
+            offers = [p.offers[name] for p in pool.members if pool.fits(p.offers[name])]
             out.append(
                 ModelSummary(
                     name=name,
-                    kind=offers[0].kind,
+                    kind=public.kind,
                     providers=len(offers),
-                    context_length=min(o.context_length for o in offers),
+                    context_length=public.context_length,
                     price_input_min=min(o.price_input_per_mtok for o in offers),
                     price_input_max=max(o.price_input_per_mtok for o in offers),
                     price_output_min=min(o.price_output_per_mtok for o in offers),
                     price_output_max=max(o.price_output_per_mtok for o in offers),
-                    supports_tools=all(o.supports_tools for o in offers),
-                    embedding_dimensions=offers[0].embedding_dimensions,
+                    supports_tools=public.supports_tools,
+                    embedding_dimensions=public.embedding_dimensions,
+                    disagreeing=pool.disagreeing(),
                 )
             )
         return out

@@ -2,7 +2,9 @@
 
 Filtering. Every request's policy (see policy.py) and the gateway's own checks (stake,
 the hold) are named predicates; a provider must pass all, have a free slot, not have
-failed this request already, and have a closed (or trial-ready) circuit breaker.
+failed this request already, and have a closed (or trial-ready) circuit breaker. Before
+any of them, its offer must have the model's majority shape (registry.py): an embeddings
+request never goes to a provider that announced the name as a text model.
 
 Scoring. Each candidate gets a score in [0, 1] from six parts, each relative to the best
 candidate in view: price (the request's estimated cost), time to first token and tokens
@@ -111,7 +113,7 @@ class Router:
             if not p.health.admits(now):
                 return False
             offer = p.offers[model]
-            return all(f.test(p, offer) for f in filters)
+            return pool.fits(offer) and all(f.test(p, offer) for f in filters)
 
         policy = request.policy
         if policy.order:
@@ -171,13 +173,18 @@ class Router:
                     break
         return found
 
-    def passes(self, request: RouteRequest) -> Callable[[LiveProvider], bool]:
-        """The request's constraints (checks and policy), busy or not, as one predicate."""
+    def passes(
+        self, request: RouteRequest, pool: ModelPool | None = None
+    ) -> Callable[[LiveProvider], bool]:
+        """The request's constraints (checks and policy), busy or not, as one predicate;
+        with ``pool``, also agreement with the model's majority shape."""
         filters = [*request.checks, *request.policy.filters]
         model = request.model
 
         def test(p: LiveProvider) -> bool:
             offer = p.offers[model]
+            if pool is not None and not pool.fits(offer):
+                return False
             return all(f.test(p, offer) for f in filters)
 
         return test
@@ -188,7 +195,7 @@ class Router:
         Stops at the first match (the common case costs a few checks); the explanation,
         a full scan, runs only when there is none.
         """
-        if self._scan(pool, self.passes(request), want=1):
+        if self._scan(pool, self.passes(request, pool), want=1):
             return None
         return self.explain(pool, request, now=0.0)
 
@@ -196,7 +203,7 @@ class Router:
         self, pool: ModelPool, request: RouteRequest, descending: bool = False
     ) -> Iterator[LiveProvider]:
         """Providers passing the request's constraints, cheapest (or dearest) first."""
-        test = self.passes(request)
+        test = self.passes(request, pool)
         keys = reversed(pool.by_price) if descending else iter(pool.by_price)
         for _, _, pid in keys:
             p = pool.get(pid)
@@ -296,7 +303,7 @@ class Router:
 
     def eligible(self, pool: ModelPool, request: RouteRequest) -> list[LiveProvider] | NoRoute:
         """Every provider the request's constraints allow, busy or not (a full scan)."""
-        test = self.passes(request)
+        test = self.passes(request, pool)
         out = [p for p in pool.members if test(p)]
         if not out:
             return self.explain(pool, request, now=0.0)
@@ -309,7 +316,8 @@ class Router:
         model = request.model
         if not pool:
             return NoRoute(False, f"no live provider is serving model '{model}' right now")
-        left = list(pool.members)
+        # The majority shape always has a member, so this never empties the pool.
+        left = [p for p in pool.members if pool.fits(p.offers[model])]
         stages: list[tuple[str, str | None, str, Callable[[LiveProvider], bool]]] = [
             (f.name, f.source, f.describe, _bind(f, model))
             for f in [*request.checks, *request.policy.filters]

@@ -68,6 +68,9 @@ class ModelOffer(Frame):
     context_length: Annotated[int, Field(ge=1, le=10_000_000)]
     supports_tools: bool = False
     embedding_dimensions: Annotated[int, Field(ge=1, le=65_536)] | None = None
+    # Token ids the model accepts are 0 .. vocab_size - 1 (its embedding rows). Lets the
+    # gateway refuse out-of-vocabulary ids itself; None when the backend cannot tell.
+    vocab_size: Annotated[int, Field(ge=1, le=MAX_TOKEN_ID + 1)] | None = None
     # Base units (1 token = 10**9 units) per million tokens.
     price_input_per_mtok: Annotated[int, Field(ge=0, le=10**18)] = 0
     price_output_per_mtok: Annotated[int, Field(ge=0, le=10**18)] = 0

@@ -39,6 +39,7 @@ def offer_for(info: ModelInfo, settings: ProviderSettings) -> ModelOffer:
         context_length=info.context_length,
         supports_tools=info.supports_tools,
         embedding_dimensions=info.embedding_dimensions,
+        vocab_size=info.vocab_size,
         price_input_per_mtok=settings.price_input_per_mtok,
         price_output_per_mtok=settings.price_output_per_mtok,
     )

@@ -27,6 +27,7 @@ class ModelInfo:
     context_length: int
     supports_tools: bool = False
     embedding_dimensions: int | None = None
+    vocab_size: int | None = None  # token ids accepted: 0 .. vocab_size - 1
 
 
 @dataclass(frozen=True, slots=True)

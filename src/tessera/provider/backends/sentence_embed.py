@@ -117,6 +117,7 @@ class SentenceEmbeddingBackend:
             kind="embedding",
             context_length=int(model.max_seq_length),
             embedding_dimensions=int(dims),
+            vocab_size=int(model[0].auto_model.get_input_embeddings().num_embeddings),
         )
         return cls(model, info)
 

@@ -267,6 +267,7 @@ class TransformersTextBackend:
             weights_sha256=weights_sha256(model_dir),
             kind="text",
             context_length=_context_length(model.config, tokenizer, model_dir),
+            vocab_size=int(model.get_input_embeddings().num_embeddings),
         )
         return cls(model, tokenizer, info, dev, _eos_ids(model, tokenizer))
 
