@@ -66,6 +66,14 @@ class GatewaySettings(BaseSettings):
     )
     max_attempts: int = Field(3, ge=1, description="Providers tried when one drops before output.")
     default_max_tokens: int = Field(512, ge=1, description="max_tokens when the client sets none.")
+    account_slot_headroom_fraction: float = Field(
+        0.1,
+        ge=0.0,
+        le=0.5,
+        description="Share of each model's provider slots (at least one, when it has two or "
+        "more) that an account already running jobs on the model may not take, so another "
+        "account's request always finds a free slot instead of queueing behind a flood.",
+    )
     max_prompt_bytes_per_token: int = Field(
         256,
         ge=1,

@@ -369,3 +369,35 @@ async def test_an_overloaded_gateway_answers_fast_instead_of_queueing(gateway_di
             assert (await running).status_code == 200
             assert (await waiting).status_code == 200
             assert (await client.post("/v1/chat/completions", json=says("hi"))).status_code == 200
+
+
+async def test_an_account_leaves_a_slot_of_the_model_for_other_accounts(
+    gateway_dir: Path,
+) -> None:
+    """Within its own limits an account may still fill every slot of a model; it may not
+    take the last one (account_slot_headroom_fraction), so another account is served at
+    once instead of queueing behind the flood's jobs."""
+    async with live_gateway(gateway_dir) as gw, providers(gw, (2, 0.0), (2, 0.0)) as both:
+        hog_key, _ = await new_key(gw, "hog")
+        polite_key, _ = await new_key(gw, "polite")
+        async with client_for(gw, hog_key) as hog, client_for(gw, polite_key) as polite:
+            flood = [
+                asyncio.create_task(hog.post("/v1/chat/completions", json=says("hold")))
+                for _ in range(6)
+            ]
+            # 4 slots: the hog runs 3 jobs and its other 3 requests wait.
+            await until(lambda: sum(len(p.held) for p in both) == 3)
+            await asyncio.sleep(0.3)
+            assert sum(len(p.held) for p in both) == 3
+            assert not any(t.done() for t in flood)
+
+            started = time.monotonic()
+            response = await polite.post("/v1/chat/completions", json=says("hello"))
+            assert response.status_code == 200, response.text
+            assert time.monotonic() - started < 2.0  # the free slot was kept for it
+
+            for provider in both:
+                provider.release.set()
+            answers = await asyncio.gather(*flood)
+            assert [r.status_code for r in answers] == [200] * 6
+            assert sum(len(p.held) for p in both) == 6

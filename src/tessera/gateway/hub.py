@@ -28,6 +28,7 @@ from tessera.config import GatewaySettings
 from tessera.errors import NoCapacity
 from tessera.gateway.metrics import GatewayMetrics
 from tessera.gateway.routing import no_route_error
+from tessera.market.fair_share import RunningJobs, SharePolicy
 from tessera.market.health import BreakerPolicy
 from tessera.market.registry import LiveProvider, ProviderRegistry
 from tessera.market.routing import Decision, NoRoute, Router, RouteRequest
@@ -106,11 +107,17 @@ class JobStream:
     """One job on one provider: its events, and the slot it holds until closed."""
 
     def __init__(
-        self, hub: ProviderHub, session: ProviderSession, job: Job, offer: ModelOffer
+        self,
+        hub: ProviderHub,
+        session: ProviderSession,
+        job: Job,
+        offer: ModelOffer,
+        account: str | None = None,
     ) -> None:
         self.hub = hub
         self.session = session
         self.job = job
+        self.account = account  # who pays, counted in the hub's running jobs until closed
         self.queue: asyncio.Queue[JobEvent] = asyncio.Queue()
         self.finished = False
         # An honest provider sends at most one chunk per token plus a finish per choice;
@@ -155,6 +162,8 @@ class JobStream:
             return
         self._closed = True
         self.session.jobs.pop(self.job.job_id, None)
+        if self.account is not None:
+            self.hub.running.finished(self.account, self.job.model)
         self.hub.release(self.session.provider_id)
         if not self.finished:
             self.hub.note_cancelled(self.job.job_id)
@@ -217,6 +226,8 @@ class ProviderHub:
             settings.breaker_failures, settings.breaker_backoff_s, settings.breaker_backoff_max_s
         )
         self.sessions: dict[str, ProviderSession] = {}
+        self.shares = SharePolicy(settings.account_slot_headroom_fraction)
+        self.running = RunningJobs()
         self._slot_freed = Wakeup()
         self._cancelled: OrderedDict[str, None] = OrderedDict()
 
@@ -232,9 +243,23 @@ class ProviderHub:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.settings.queue_timeout_s
         route = replace(route, exclude=exclude)
+        account = route.account
         while True:
             now = time.monotonic()
-            decision = self.router.choose(self.registry.pool(job.model), route, now)
+            pool = self.registry.pool(job.model)
+            held = 0 if account is None else self.running.count(account, job.model)
+            if held and held >= self.shares.most(pool.slots):
+                # The account holds its share of the model: the rest stays free for
+                # others, so it waits for one of its own jobs to end.
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    raise NoCapacity(
+                        f"your account already runs {held} requests on model '{job.model}', "
+                        "its share of the providers serving it; retry when one has finished"
+                    )
+                await self._slot_freed.wait(min(remaining, 1.0))
+                continue
+            decision = self.router.choose(pool, route, now)
             if isinstance(decision, NoRoute):
                 remaining = deadline - loop.time()
                 if not decision.busy or remaining <= 0:
@@ -242,7 +267,7 @@ class ProviderHub:
                 await self._slot_freed.wait(min(remaining, 1.0))
                 continue
             chosen = decision.provider
-            stream = self._start(chosen, job)
+            stream = self._start(chosen, job, account)
             if stream is None:
                 exclude.add(chosen.provider_id)
                 continue
@@ -318,12 +343,16 @@ class ProviderHub:
             session.audits.pop(audit.job_id, None)
             self.release(provider_id)
 
-    def _start(self, chosen: LiveProvider, job: Job) -> JobStream | None:
+    def _start(
+        self, chosen: LiveProvider, job: Job, account: str | None = None
+    ) -> JobStream | None:
         session = self.sessions.get(chosen.provider_id)
         if session is None:
             return None
         self.registry.acquire(chosen.provider_id)
-        stream = JobStream(self, session, job, chosen.offers[job.model])
+        stream = JobStream(self, session, job, chosen.offers[job.model], account)
+        if account is not None:
+            self.running.started(account, job.model)
         session.jobs[job.job_id] = stream
         return stream
 

@@ -349,6 +349,7 @@ class Serving:
             prompt_tokens=prompt,
             output_tokens=output,
             sticky=ctx.sticky,
+            account=ctx.payer.account_id,
         )
 
     async def _reserve(self, ctx: RequestContext, make_job: Callable[[str], Job]) -> None:

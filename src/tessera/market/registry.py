@@ -99,11 +99,12 @@ class ModelPool:
     price for ``sort: price``, and per-shape counts that say which offers agree with the
     model's majority shape. Removal swaps the last member into the hole."""
 
-    __slots__ = ("_leader", "_public", "by_price", "index", "members", "name", "shapes")
+    __slots__ = ("_leader", "_public", "by_price", "index", "members", "name", "shapes", "slots")
 
     def __init__(self, name: str = "") -> None:
         self.name = name
         self.members: list[LiveProvider] = []
+        self.slots = 0  # the members' declared concurrency, summed
         self.index: dict[str, int] = {}
         self.by_price: list[tuple[int, int, str]] = []  # (output, input, provider id)
         self.shapes: dict[Shape, _ShapeStats] = {}  # insertion order breaks count ties
@@ -132,6 +133,7 @@ class ModelPool:
         self.name = self.name or offer.name
         self.index[live.provider_id] = len(self.members)
         self.members.append(live)
+        self.slots += live.max_concurrent_jobs
         bisect.insort(self.by_price, _price_key(live.provider_id, offer))
         stats = self.shapes.get(shape_of(offer))
         if stats is None:
@@ -148,6 +150,7 @@ class ModelPool:
         at = self.index.pop(provider_id, None)
         if at is None:
             return
+        self.slots -= self.members[at].max_concurrent_jobs
         last = self.members.pop()
         if last.provider_id != provider_id:
             self.members[at] = last

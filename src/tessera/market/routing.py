@@ -55,6 +55,7 @@ class RouteRequest:
     prompt_tokens: int = 0  # estimates, for the price part
     output_tokens: int = 0
     sticky: str | None = None  # provider that served this conversation's last turn
+    account: str | None = None  # who pays: its share of the model's slots is bounded
 
 
 @dataclass(frozen=True, slots=True)
