@@ -12,54 +12,17 @@ import struct
 from typing import Any
 
 import pytest
-from nacl.signing import SigningKey
 
-from tessera.protocol.signing import public_key_hex, sign
 from tessera.protocol.wire import (
-    PROTOCOL_VERSION,
-    REGISTER_DOMAIN,
-    Capabilities,
-    Hardware,
     ModelOffer,
-    Register,
-    register_payload,
 )
 
+from support.announced_peers import first_job, join
 from support.scripted_peers import WEIGHTS, LiveGateway, Peer, done_frame, wait_providers
 
 pytestmark = pytest.mark.integration
 
 EMBED = "minilm-scripted"
-
-
-def caps(key: SigningKey, offer: ModelOffer, **extra: Any) -> Capabilities:
-    return Capabilities(
-        public_key=public_key_hex(key),
-        agent_version="scripted",
-        models=[offer],
-        hardware=Hardware(cpu="scripted", cpu_cores=1, ram_bytes=1),
-        region=extra.pop("region", "DE"),
-        max_concurrent_jobs=2,
-        **extra,
-    )
-
-
-async def join(
-    gateway: LiveGateway, offer: ModelOffer, **extra: Any
-) -> tuple[Peer, asyncio.Task[None]]:
-    """A scripted peer registered with exactly ``offer`` (and capability overrides)."""
-    peer = await Peer.open(gateway.ws_url)
-    announced = caps(peer.key, offer, **extra)
-    nonce = peer.hello["nonce"]
-    frame = Register(
-        version=PROTOCOL_VERSION,
-        nonce=nonce,
-        capabilities=announced,
-        signature=sign(peer.key, REGISTER_DOMAIN, register_payload(nonce, announced)),
-    )
-    await peer.ws.send(frame.model_dump_json())
-    assert (await peer.recv())["type"] == "welcome"
-    return peer, asyncio.create_task(peer.beat_forever())
 
 
 def embedding_offer(dims: int = 4) -> ModelOffer:
@@ -88,19 +51,6 @@ async def answer_embedding(peer: Peer, job: dict[str, Any], dims: int) -> None:
     done["receipt"] = receipt.model_dump(mode="json")
     done["receipt_signature"] = sign_receipt(peer.key, receipt)
     await peer.send(done)
-
-
-async def first_job(peers: list[Peer], timeout_s: float = 10) -> tuple[Peer, dict[str, Any]]:
-    """The first frame any of ``peers`` gets (the others keep waiting, nothing is lost)."""
-    waits = {asyncio.ensure_future(peer.recv(timeout_s)): peer for peer in peers}
-    done, pending = await asyncio.wait(waits, timeout=timeout_s, return_when="FIRST_COMPLETED")
-    for task in pending:
-        task.cancel()
-    assert done, "no provider got a job"
-    task = done.pop()
-    frame = task.result()
-    assert frame["type"] == "job", frame
-    return waits[task], frame
 
 
 async def test_a_provider_announcing_an_embedding_model_as_text_spoils_nothing(

@@ -43,8 +43,11 @@ async def test_provider_dropping_before_first_token_is_invisible(gateway: LiveGa
 
 async def test_client_error_from_provider_is_a_400(gateway: LiveGateway) -> None:
     peer, beat = await registered(gateway)
+    # Long enough that the gateway's bound reaches the 512-token context: only the
+    # provider's tokenizer can tell (a refusal of a shorter prompt would be a lie).
+    long_chat = chat_body(messages=[{"role": "user", "content": "word " * 120}])
     async with gateway.client() as client:
-        request = asyncio.create_task(client.post("/v1/chat/completions", json=chat_body()))
+        request = asyncio.create_task(client.post("/v1/chat/completions", json=long_chat))
         job = await peer.recv()
         await peer.send(
             {

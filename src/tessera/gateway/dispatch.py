@@ -21,16 +21,14 @@ from tessera.errors import InvalidRequest, NoCapacity, Overloaded, ProviderFaile
 from tessera.gateway.hub import JobEvent, JobStream, ProviderGone, ProviderHub
 from tessera.gateway.metrics import GatewayMetrics
 from tessera.market.admission import WaitingRoom
+from tessera.market.refusals import CLIENT_CODES, out_of_vocabulary
 from tessera.market.routing import RouteRequest
-from tessera.protocol.wire import Chunk, Done, Job, JobError
+from tessera.protocol.wire import Chunk, Done, Job, JobError, ModelOffer
 
 # Job errors that are the request's fault: every provider would refuse it the same way.
-CLIENT_ERROR_CODES = {
-    "context_length_exceeded": "messages",
-    "invalid_token_ids": "prompt",
-    "chat_template_missing": "model",
-    "invalid_request": None,
-}
+# They are a 400, never a provider failure, never retried elsewhere (market/refusals.py;
+# the hub has already turned refusals its checks contradict into ``false_refusal``).
+CLIENT_ERROR_CODES = CLIENT_CODES
 
 
 def job_error_to_exception(error: JobError, param_hint: str | None = None) -> TesseraError:
@@ -38,6 +36,22 @@ def job_error_to_exception(error: JobError, param_hint: str | None = None) -> Te
         param = param_hint or CLIENT_ERROR_CODES[error.code]
         return InvalidRequest(error.message, param=param, code=error.code)
     return ProviderFailed(f"the provider failed: {error.message}", code=error.code)
+
+
+def refuse_out_of_vocabulary(job: Job, network: ModelOffer | None, param: str | None) -> None:
+    """A 400 for token ids the model's vocabulary does not have, before any provider."""
+    vocab = network.vocab_size if network is not None else None
+    bad = out_of_vocabulary(job, vocab)
+    if bad is None:
+        return
+    index, token = bad
+    which = f"{param}[{index}]" if job.prompts is not None and len(job.prompts) > 1 else param
+    raise InvalidRequest(
+        f"token id {token} in {which} is outside the vocabulary of model '{job.model}' "
+        f"(ids 0 to {vocab - 1 if vocab else 0})",
+        param=param,
+        code="invalid_token_ids",
+    )
 
 
 @dataclass(slots=True)
@@ -116,6 +130,10 @@ class Dispatcher:
         hedge_after_ms: int | None = None,
     ) -> tuple[JobStream, JobEvent]:
         """Return a running job and its first event (a Chunk or Done)."""
+        if attempts.tried == 0:
+            refuse_out_of_vocabulary(
+                make_job(attempts.request_id), self.hub.registry.offer(route.model), param_hint
+            )
         while not attempts.exhausted:
             job = make_job(attempts.next_job_id())
             try:

@@ -30,6 +30,7 @@ from tessera.gateway.metrics import GatewayMetrics
 from tessera.gateway.routing import no_route_error
 from tessera.market.fair_share import RunningJobs, SharePolicy
 from tessera.market.health import BreakerPolicy
+from tessera.market.refusals import FALSE_REFUSAL, blames_client, refusal_disproved
 from tessera.market.registry import LiveProvider, ProviderRegistry
 from tessera.market.routing import Decision, NoRoute, Router, RouteRequest
 from tessera.protocol import signing
@@ -132,6 +133,7 @@ class JobStream:
         self.started_at = time.time()
         self.opened_at = time.monotonic()
         self.first_event_at: float | None = None  # when the first chunk (or done) came
+        self.chunks = 0  # chunks received from the provider (not yet necessarily read)
         self.decision: Decision | None = None  # why the router chose this provider
 
     @property
@@ -512,8 +514,12 @@ class ProviderHub:
                 return await self._bad_frame(
                     session, "too_many_frames", f"job {frame.job_id} got more frames than tokens"
                 )
-            if isinstance(frame, Chunk) and stream.digest is not None:
-                stream.digest.add(frame)
+            if isinstance(frame, Chunk):
+                stream.chunks += 1
+                if stream.digest is not None:
+                    stream.digest.add(frame)
+            elif isinstance(frame, JobError):
+                frame = self._judge(stream, frame)
             stream.queue.put_nowait(frame)
             return True
         if isinstance(frame, AuditResult):
@@ -535,6 +541,34 @@ class ProviderHub:
             return True
         return await self._bad_frame(
             session, "unexpected_frame", f"'{frame.type}' not expected now"
+        )
+
+    def _judge(self, stream: JobStream, error: JobError) -> JobError:
+        """A provider's job error as the gateway holds it (see market/refusals.py).
+
+        A refusal that blames the request is never retried elsewhere, whatever the
+        provider says; one that the gateway's own checks contradict becomes the
+        provider's failure (``false_refusal``), retried elsewhere if nothing was sent yet.
+        """
+        if not blames_client(error.code):
+            return error
+        why = refusal_disproved(
+            stream.job, error.code, stream.offer, self.registry.offer(stream.job.model)
+        )
+        if why is None:
+            return error.model_copy(update={"retryable": False})
+        log.warning(
+            "provider %s refused job %s as %s, but %s",
+            stream.provider_id[:12],
+            stream.job.job_id,
+            error.code,
+            why,
+        )
+        return JobError(
+            job_id=error.job_id,
+            code=FALSE_REFUSAL,
+            message=f"refused as {error.code} a request the gateway checked: {why}"[:2000],
+            retryable=stream.chunks == 0,
         )
 
     async def _bad_frame(self, session: ProviderSession, code: str, message: str) -> bool:

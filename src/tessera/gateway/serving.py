@@ -24,7 +24,12 @@ from tessera.errors import (
     TesseraError,
     openai_error_body,
 )
-from tessera.gateway.dispatch import Attempts, Dispatcher, job_error_to_exception
+from tessera.gateway.dispatch import (
+    CLIENT_ERROR_CODES,
+    Attempts,
+    Dispatcher,
+    job_error_to_exception,
+)
 from tessera.gateway.hub import JobEvent, JobStream, ProviderGone
 from tessera.gateway.metrics import GatewayMetrics
 from tessera.gateway.openai_format import (
@@ -510,7 +515,8 @@ class Serving:
                     raise error from None
                 continue
             except TesseraError as exc:
-                self.hub.job_failed(stream.provider_id, exc.code)
+                if exc.code not in CLIENT_ERROR_CODES:  # the request's fault is no one's failure
+                    self.hub.job_failed(stream.provider_id, exc.code)
                 self._release(ctx, "provider_failed")
                 self.record(ctx, "error", stream.provider_id, exc.code, None)
                 raise
@@ -648,7 +654,7 @@ class Serving:
                             event = resumed
                             continue
                         why_not = resumed
-                    elif isinstance(event, JobError):
+                    elif isinstance(event, JobError) and event.code not in CLIENT_ERROR_CODES:
                         self.hub.job_failed(stream.provider_id, reason)
                     # The provider failed mid-answer: its work costs the consumer nothing.
                     exc = _failure(event)

@@ -64,6 +64,7 @@ Send = Callable[[Frame], Awaitable[None]]
 CLIENT_ERRORS = {
     "context_length_exceeded",
     "invalid_token_ids",
+    "invalid_prompt",
     "chat_template_missing",
     "invalid_continuation",
 }
