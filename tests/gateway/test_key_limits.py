@@ -311,6 +311,21 @@ async def test_requests_and_tokens_per_minute(gateway_dir: Path) -> None:
             assert ok.status_code == 200, ok.text
 
 
+async def test_malformed_requests_spend_the_keys_rate_too(gateway_dir: Path) -> None:
+    """A key is admitted before its body is parsed: looping over bodies the gateway must
+    refuse (each costing it a parse) runs into the key's rate like any other request."""
+    async with live_gateway(gateway_dir) as gw, providers(gw, (2, 0.0)):
+        key, _ = await new_key(gw, "garbage", KeyLimits(requests_per_minute=3))
+        async with client_for(gw, key) as client:
+            for body in (b"{", b'{"model":' + b"[" * 1000 + b"]" * 1000 + b"}", b"[]"):
+                bad = await client.post("/v1/chat/completions", content=body)
+                assert bad.status_code == 400, bad.text
+            assert_limited(
+                await client.post("/v1/chat/completions", json=says("hi")),
+                "rate_limit_exceeded",
+            )
+
+
 # ---------------------------------------------------------------- hedging
 
 

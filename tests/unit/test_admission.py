@@ -180,3 +180,15 @@ def test_the_waiting_room_bounds_requests_waiting_for_a_provider() -> None:
     assert room.enter()
     unbounded = WaitingRoom(max_waiting=None)
     assert all(unbounded.enter() for _ in range(1000))
+
+
+def test_tokens_are_counted_after_admission_and_a_refusal_takes_none() -> None:
+    admission = Admission()
+    limits = Limits(tokens_per_minute=100)
+    first = ticket(admit(admission, key_limits=limits))  # admitted before the body is read
+    assert admission.take_tokens(first, limits, NONE, 80, now_s=0.0) is None
+    second = ticket(admit(admission, key_limits=limits))
+    refused = admission.take_tokens(second, limits, NONE, 80, now_s=0.0)
+    assert refused is not None and refused.code == "tokens_per_minute_exceeded"
+    assert refused.retry_after_s == pytest.approx(36.0)  # 60 more tokens at 100 a minute
+    assert admission.take_tokens(second, limits, NONE, 20, now_s=0.0) is None  # nothing taken

@@ -1,7 +1,8 @@
 """The gateway's shell around market/admission: limits per key and account, and hedges.
 
-``admit`` runs once per OpenAI request after authentication, before any money is held
-or provider asked; a refusal is :class:`RateLimited` (429 with Retry-After). The ticket
+``admit`` runs once per OpenAI request after authentication, before its body is read
+(so a request refused as malformed still spends its key's rate), and ``take_tokens``
+counts the body's token bound once parsed; a refusal is :class:`RateLimited` (429 with Retry-After). The ticket
 it returns must be released exactly once when the response is really over (for a stream,
 after its last byte or the client's departure): ``release`` is idempotent, so a caller
 may release on every path without counting. While a request runs, its ticket is found by
@@ -68,6 +69,22 @@ class RequestAdmission:
             )
         self._running[request_id] = (decision, key_limits, self._account_limits)
         return decision
+
+    def take_tokens(self, request_id: str, ticket: Ticket, tokens: int) -> None:
+        """Count the tokens of a request admitted before its body was read, or release it
+        and raise RateLimited."""
+        running = self._running.get(request_id)
+        if running is None or running[0] is not ticket:
+            return
+        _, key_limits, account_limits = running
+        refusal = self._core.take_tokens(
+            ticket, key_limits, account_limits, tokens, now_s=self._clock()
+        )
+        if refusal is not None:
+            self.release(request_id, ticket)
+            raise RateLimited(
+                refusal.message(), retry_after_s=refusal.retry_after_s, code=refusal.code
+            )
 
     def release(self, request_id: str, ticket: Ticket) -> None:
         """Free the request's slots (all of them, hedge included). Safe to call again."""

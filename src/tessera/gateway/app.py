@@ -540,12 +540,18 @@ def _install_routes(app: FastAPI, metrics: GatewayMetrics, registry: ProviderReg
         """
         gateway = gateway_of(request)
         ctx, key = await context(request, endpoint)
-        body = await parse_body(request, body_type)
-        ctx.model = body.model
-        ctx.policy = policy_for(getattr(key, "policy_json", None), body.provider)
-        tokens = token_bound(body, gateway.settings.default_max_tokens)
-        ticket = gateway.admission.admit(ctx.request_id, key, tokens)
+        # Admitted before the body is read: malformed requests spend the key's rate too.
+        ticket = gateway.admission.admit(ctx.request_id, key, 0)
         release = functools.partial(gateway.admission.release, ctx.request_id, ticket)
+        try:
+            body = await parse_body(request, body_type)
+            ctx.model = body.model
+            ctx.policy = policy_for(getattr(key, "policy_json", None), body.provider)
+            tokens = token_bound(body, gateway.settings.default_max_tokens)
+            gateway.admission.take_tokens(ctx.request_id, ticket, tokens)
+        except BaseException:
+            release()
+            raise
         # An in_flight row now (queued, never awaited); a crash leaves it to be marked.
         unrecorded = gateway.request_log.started(
             in_flight_record(ctx.request_id, ctx.api_key_id, endpoint, ctx.model, key.account_id)

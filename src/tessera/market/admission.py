@@ -155,6 +155,47 @@ class Admission:
         self._sweep(now_s)
         return Ticket(key_id, account_id)
 
+    def take_tokens(
+        self,
+        ticket: Ticket,
+        key_limits: Limits,
+        account_limits: Limits,
+        tokens: int,
+        now_s: float,
+    ) -> Refusal | None:
+        """Count an admitted request's tokens once its body says how many (None: taken).
+
+        ``admit`` runs before the body is read, so a request the gateway must refuse
+        still spends its key's requests and a slot while it is parsed; its tokens are
+        known only after. A refusal takes nothing; the caller releases the ticket.
+        """
+        pairs: tuple[tuple[_Subject, Limits, Scope], ...] = (
+            (self._subjects[("key", ticket.key_id)], key_limits, "key"),
+            (self._subjects[("account", ticket.account_id)], account_limits, "account"),
+        )
+        worst: Refusal | None = None
+        for subject, limits, scope in pairs:
+            size = limits.tokens_per_minute
+            if size is None:
+                continue
+            need = min(tokens, size)
+            have = _available(subject.tokens, size, now_s)
+            if size == 0:
+                refusal = Refusal(CODES["tokens"], scope, 0, SUSPENDED_RETRY_S)
+            elif have < need:
+                refusal = Refusal(CODES["tokens"], scope, size, (need - have) * 60.0 / size)
+            else:
+                continue
+            if worst is None or refusal.retry_after_s > worst.retry_after_s:
+                worst = refusal
+        if worst is not None:
+            return worst
+        for subject, limits, _ in pairs:
+            size = limits.tokens_per_minute
+            if size is not None:
+                subject.tokens = _take(subject.tokens, size, min(tokens, size), now_s)
+        return None
+
     def add_slot(self, ticket: Ticket, key_limits: Limits, account_limits: Limits) -> bool:
         """One more slot for a running request (a hedge) if both subjects have one spare."""
         if ticket.released:
