@@ -7,7 +7,7 @@ Three kinds of traffic run at once over real sockets:
   unhandled 500 (and block its event loop rendering a traceback), or open every
   provider's circuit breaker;
 - one flooding key keeping ``flood_concurrency`` long requests in flight;
-- the honest key, sending one short chat at a time and timing each.
+- the honest key, sending one short chat at a time, five a second, and timing each.
 """
 
 from __future__ import annotations
@@ -77,10 +77,16 @@ class Tally:
         return statistics.median(self.honest_ms)
 
 
+HONEST_INTERVAL_S = 0.2  # five requests a second: well inside a key's default limits
+
+
 async def honest_loop(base: str, key: str, until: float, tally: Tally) -> None:
     headers = {"Authorization": f"Bearer {key}"}
     async with httpx.AsyncClient(base_url=base, headers=headers, timeout=120) as client:
+        next_at = time.monotonic()
         while time.monotonic() < until:
+            await asyncio.sleep(max(0.0, next_at - time.monotonic()))
+            next_at += HONEST_INTERVAL_S
             started = time.perf_counter()
             try:
                 response = await client.post("/v1/chat/completions", json=HONEST_CHAT)
@@ -133,7 +139,8 @@ async def run_load(
     hostile_clients: int = 4,
     flood_concurrency: int = 64,
 ) -> Tally:
-    """The honest key's latencies while one key sends hostile input and another floods."""
+    """The honest key's latencies while one key sends hostile input and another floods
+    (either may be 0 clients)."""
     tally = Tally()
     until = time.monotonic() + duration_s
     tasks = [
