@@ -178,6 +178,16 @@ class GatewaySettings(BaseSettings):
     route_sample: int = Field(
         64, ge=2, description="Providers scored per request when a model has more (at random)."
     )
+    location_lat_deg: float | None = Field(
+        None,
+        ge=-90,
+        le=90,
+        description="The gateway's own latitude: with location_lon_deg, providers' declared "
+        "countries are checked against their connection's round-trip time (unset: unchecked).",
+    )
+    location_lon_deg: float | None = Field(
+        None, ge=-180, le=180, description="The gateway's own longitude (see location_lat_deg)."
+    )
     hedge_min_ms: int = Field(
         100,
         ge=100,

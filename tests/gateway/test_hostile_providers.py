@@ -1,7 +1,8 @@
 """Providers that announce things to win work or to spoil it for others (issue 11).
 
 Scripted peers with real keys drive an in-process gateway: an offer that disagrees with
-the other providers of its name (finding 9).
+the other providers of its name (finding 9); a declared region, label or no-retention
+promise, and id prefixes short enough to grind (finding 10).
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import struct
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -17,8 +19,17 @@ from tessera.protocol.wire import (
     ModelOffer,
 )
 
-from support.announced_peers import first_job, join
-from support.scripted_peers import WEIGHTS, LiveGateway, Peer, done_frame, wait_providers
+from support.announced_peers import first_job, join, text_offer
+from support.scripted_peers import (
+    WEIGHTS,
+    LiveGateway,
+    Peer,
+    answer,
+    chat_body,
+    done_frame,
+    live_gateway,
+    wait_providers,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -81,3 +92,57 @@ async def test_a_provider_announcing_an_embedding_model_as_text_spoils_nothing(
     liar_beat.cancel()
     for _, beat in honest:
         beat.cancel()
+
+
+async def test_a_declared_region_the_round_trip_contradicts_wins_no_region_request(
+    gateway_dir: Path,
+) -> None:
+    # This gateway says it stands in Sydney; the peers dial in over loopback (a few ms),
+    # so a peer declaring Germany is contradicted and one declaring Australia is not.
+    async with live_gateway(gateway_dir, location_lat_deg=-33.9, location_lon_deg=151.2) as gw:
+        liar, liar_beat = await join(
+            gw, text_offer(), region="DE-eu", no_retention=True, label="Acme GPU"
+        )
+        local, local_beat = await join(gw, text_offer(), region="AU", label="acme gpu")
+        await wait_providers(gw, 2)
+        async with gw.client() as client:
+            view = (await client.get(f"/v1/providers/{liar.provider_id}")).json()
+            region = view["attributes"]["region"]
+            assert (region["value"], region["check"]) == ("DE-eu", "contradicted")
+            assert region["rtt_ms"] is not None
+            assert view["attributes"]["no_retention"]["check"] == "unchecked"
+            assert view["attributes"]["label"]["check"] == "duplicate"
+            status = (await client.get(f"/v1/providers/{local.provider_id}/status")).json()
+            assert status["attributes"]["region"]["check"] == "consistent"
+            assert status["attributes"]["label"]["shared_with"] == 1
+
+            eu = {"regions_allow": ["eu"], "data_collection": "deny"}
+            refused = await client.post("/v1/chat/completions", json=chat_body(provider=eu))
+            assert refused.status_code == 400, refused.text
+            assert refused.json()["error"]["param"] == "provider.regions_allow"
+
+            request = asyncio.create_task(
+                client.post(
+                    "/v1/chat/completions", json=chat_body(provider={"regions_allow": ["oceania"]})
+                )
+            )
+            job = await local.recv()
+            await answer(local, job)
+            response = await request
+            assert response.status_code == 200, response.text
+            assert response.headers["x-tessera-provider"] == local.provider_id
+        liar_beat.cancel()
+        local_beat.cancel()
+
+
+@pytest.mark.parametrize("field", ["order", "only", "ignore"])
+async def test_an_8_character_id_prefix_is_refused(gateway: LiveGateway, field: str) -> None:
+    peer, beat = await join(gateway, text_offer())
+    async with gateway.client() as client:
+        short = {field: [peer.provider_id[:8]]}
+        response = await client.post("/v1/chat/completions", json=chat_body(provider=short))
+        assert response.status_code == 400
+        error = response.json()["error"]
+        assert error["param"] == f"provider.{field}"
+        assert "16" in error["message"]
+    beat.cancel()

@@ -197,7 +197,7 @@ async def test_each_request_policy_field_over_http(tmp_path: Path) -> None:
             return await client.post("/v1/chat/completions", json=chat_body(provider=provider))
 
         assert served_by(await pick({"only": [jp]})) == jp
-        assert served_by(await pick({"only": [jp[:8]]})) == jp  # an id prefix works
+        assert served_by(await pick({"only": [jp[:16]]})) == jp  # an id prefix works
         assert served_by(await pick({"ignore": [us, de]})) == jp
         assert served_by(await pick({"order": [us, de]})) == us
         assert served_by(await pick({"sort": "price"})) == de
@@ -213,8 +213,8 @@ async def test_each_request_policy_field_over_http(tmp_path: Path) -> None:
         cases = {
             "provider.min_reputation": {"min_reputation": 0.99},
             "provider.regions_allow": {"regions_allow": ["oceania"]},
-            "provider.only": {"only": ["ffffffffff"]},
-            "provider.order": {"order": ["ffffffffff"], "allow_fallbacks": False},
+            "provider.only": {"only": ["ffffffffffffffff"]},
+            "provider.order": {"order": ["ffffffffffffffff"], "allow_fallbacks": False},
             "provider.max_price": {"max_price": {"completion": 1}},
             "provider.data_collection": {"data_collection": "deny", "ignore": [de]},
         }

@@ -31,6 +31,7 @@ from tessera.gateway.routing import no_route_error
 from tessera.market.fair_share import RunningJobs, SharePolicy
 from tessera.market.health import BreakerPolicy
 from tessera.market.refusals import FALSE_REFUSAL, blames_client, refusal_disproved
+from tessera.market.regions import CONTRADICTED, FIBRE_KM_PER_MS, region_check
 from tessera.market.registry import LiveProvider, ProviderRegistry
 from tessera.market.routing import Decision, NoRoute, Router, RouteRequest
 from tessera.protocol import signing
@@ -398,6 +399,7 @@ class ProviderHub:
         nonce = secrets.token_hex(32)
         hello = Hello(gateway_id=self.settings.gateway_id, nonce=nonce)
         await websocket.send_text(hello.model_dump_json())
+        sent_at = time.monotonic()
         try:
             async with asyncio.timeout(self.settings.register_timeout_s):
                 message = await websocket.receive()
@@ -406,6 +408,9 @@ class ProviderHub:
             return None
         if message["type"] == "websocket.disconnect":
             return None
+        # One round trip plus the provider's signing: an upper bound on the true round
+        # trip, so it can only make a declared country look possible, never impossible.
+        rtt_ms = (time.monotonic() - sent_at) * 1000
         raw = message.get("text")
         if raw is None:  # a binary frame: starlette's receive_text would raise KeyError
             await self._refuse(websocket, "binary_frame", "frames are JSON text, not binary")
@@ -450,7 +455,21 @@ class ProviderHub:
         session = ProviderSession(provider_id, websocket, last_seen=time.monotonic())
         self.sessions[provider_id] = session
         status = self.initial_status(provider_id, caps) if self.initial_status else None
-        self.registry.add(provider_id, caps, now=time.time(), status=status)
+        checked = region_check(
+            caps.region, rtt_ms, self.settings.location_lat_deg, self.settings.location_lon_deg
+        )
+        if checked == CONTRADICTED:
+            log.warning(
+                "provider %s declares %s, but its %.1f ms round trip puts it within %.0f km "
+                "of this gateway",
+                provider_id[:12],
+                caps.region,
+                rtt_ms,
+                rtt_ms * FIBRE_KM_PER_MS / 2,
+            )
+        self.registry.add(
+            provider_id, caps, now=time.time(), status=status, rtt_ms=rtt_ms, region_check=checked
+        )
         self.metrics.providers_connected.set(len(self.sessions))
         await session.send(
             Welcome(

@@ -33,6 +33,7 @@ from tessera.ledger.journal import (
     LedgerError,
 )
 from tessera.ledger.spend_caps import SpendCaps
+from tessera.market.attributes import attributes
 from tessera.protocol.provider_api import require_same_provider, verify_request
 
 PROVIDER_ID = re.compile(r"[0-9a-f]{64}")
@@ -224,6 +225,10 @@ def install_money_routes(app: FastAPI, gateway_of: Callable[[Request], Any]) -> 
             "unbonding": [{"amount": t.amount, "release_at": t.release_at} for t in view.unbonding],
             "label": live.capabilities.label if live else None,
             "region": live.capabilities.region if live else None,
+            # Which of the provider's announcements are only declared, which were checked.
+            "attributes": (
+                attributes(live, gateway.registry.label_shared_with(provider_id)) if live else None
+            ),
         }
 
     @app.get("/v1/providers/{provider_id}", tags=["providers"])

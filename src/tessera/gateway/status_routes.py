@@ -15,6 +15,7 @@ from fastapi import FastAPI, Request
 
 from tessera.errors import NotFound
 from tessera.gateway.verification_routes import provider_id_param
+from tessera.market.attributes import attributes
 from tessera.market.diagnosis import diagnose
 
 
@@ -71,6 +72,7 @@ def install_status_routes(app: FastAPI, gateway_of: Callable[[Request], Any]) ->
             "label": caps.label,
             "region": caps.region,
             "no_retention": caps.no_retention,
+            "attributes": attributes(live, gateway.registry.label_shared_with(provider_id)),
             "sla_uptime_bps": caps.sla_uptime_bps,
             "reputation": round(live.reputation, 4),
             "load": {

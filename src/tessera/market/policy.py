@@ -18,13 +18,16 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from tessera.market.quotes import MaxPrice
-from tessera.market.regions import countries, country_of, normalise
+from tessera.market.regions import CONTRADICTED, countries, country_of, normalise
 from tessera.market.registry import LiveProvider
 from tessera.protocol.wire import ModelOffer
 
 Sort = Literal["price", "latency", "throughput"]
 SORTS: tuple[str, ...] = ("price", "latency", "throughput")
-MIN_ID_PREFIX = 8  # a provider may be named by this many leading characters of its id
+# A provider may be named by this many leading hex characters of its id (64 bits): fewer
+# could be ground out by a stranger making keys until one shares a popular prefix.
+MIN_ID_PREFIX = 16
+HEX = frozenset("0123456789abcdef")
 
 
 class PolicyError(ValueError):
@@ -59,10 +62,17 @@ class Policy:
         def ids(name: str) -> tuple[str, ...]:
             values = tuple(str(v).strip().lower() for v in raw.get(name) or ())
             for value in values:
-                if len(value) < MIN_ID_PREFIX:
+                problem = (
+                    "is too short"
+                    if len(value) < MIN_ID_PREFIX
+                    else "is not a provider id (ids are hex)"
+                    if not set(value) <= HEX
+                    else None
+                )
+                if problem is not None:
                     raise PolicyError(
-                        f"provider.{name}: {value!r} is too short; name a provider by its id "
-                        f"or at least its first {MIN_ID_PREFIX} characters",
+                        f"provider.{name}: {value[:80]!r} {problem}; name a provider by its id "
+                        f"(64 hex characters) or at least its first {MIN_ID_PREFIX} characters",
                         f"provider.{name}",
                     )
             return values
@@ -119,6 +129,8 @@ class Policy:
             out.append(
                 Filter("ignore", src, f"ignore {_names(ignore)}", lambda p, o: not named(p, ignore))
             )
+        # A declared country that the provider's round trip contradicts says nothing about
+        # where it is: it satisfies neither an allow list nor a deny list (regions.py).
         if self.regions_allow is not None:
             allowed = countries(self.regions_allow)
             out.append(
@@ -126,7 +138,10 @@ class Policy:
                     "regions_allow",
                     src,
                     f"regions_allow {_names(self.regions_allow)}",
-                    lambda p, o: country_of(p.capabilities.region) in allowed,
+                    lambda p, o: (
+                        country_of(p.capabilities.region) in allowed
+                        and p.region_check != CONTRADICTED
+                    ),
                 )
             )
         if self.regions_deny:
@@ -136,7 +151,10 @@ class Policy:
                     "regions_deny",
                     src,
                     f"regions_deny {_names(self.regions_deny)}",
-                    lambda p, o: country_of(p.capabilities.region) not in denied,
+                    lambda p, o: (
+                        country_of(p.capabilities.region) not in denied
+                        and p.region_check != CONTRADICTED
+                    ),
                 )
             )
         if self.data_collection == "deny":

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tessera.market.health import ProviderHealth
+from tessera.market.regions import UNCHECKED
 from tessera.protocol.wire import Capabilities, ModelOffer
 
 
@@ -43,6 +44,9 @@ class LiveProvider:
     status: dict[str, str] = field(default_factory=dict)
     reputation: float = 0.5  # the verification record's score in [0, 1], for the router
     health: ProviderHealth = field(default_factory=ProviderHealth)  # speed and breaker
+    # The handshake's round trip, and whether the declared country fits it (regions.py).
+    rtt_ms: float | None = None
+    region_check: str = UNCHECKED
 
     @property
     def max_concurrent_jobs(self) -> int:
@@ -232,6 +236,7 @@ class ProviderRegistry:
         self._providers: dict[str, LiveProvider] = {}
         self._by_model: dict[str, ModelPool] = {}
         self._known_models: set[str] = set()
+        self._labels: dict[str, set[str]] = {}  # label (case-folded) -> connected ids
         # Speed and breaker records outlive connections: reconnecting resets nothing.
         self._health: dict[str, ProviderHealth] = {}
 
@@ -244,6 +249,8 @@ class ProviderRegistry:
         capabilities: Capabilities,
         now: float,
         status: dict[str, str] | None = None,
+        rtt_ms: float | None = None,
+        region_check: str = UNCHECKED,
     ) -> LiveProvider:
         """Register a provider; replaces an earlier entry with the same id.
 
@@ -258,8 +265,13 @@ class ProviderRegistry:
             offers=offers,
             status={name: (status or {}).get(name, ROUTABLE) for name in offers},
             health=self.health(provider_id),
+            rtt_ms=rtt_ms,
+            region_check=region_check,
         )
         self._providers[provider_id] = live
+        label = _label_key(capabilities.label)
+        if label:
+            self._labels.setdefault(label, set()).add(provider_id)
         for name in live.offers:
             self._known_models.add(name)
             if live.status[name] == ROUTABLE:
@@ -283,7 +295,24 @@ class ProviderRegistry:
             return None
         for name in live.offers:
             self._unindex(name, provider_id)
+        label = _label_key(live.capabilities.label)
+        holders = self._labels.get(label)
+        if holders is not None:
+            holders.discard(provider_id)
+            if not holders:
+                del self._labels[label]
         return live
+
+    def label_shared_with(self, provider_id: str) -> int:
+        """How many other connected providers announce the same label (case-insensitive).
+
+        A label is the provider's word: anyone may copy it, so a shared one is flagged.
+        """
+        live = self._providers.get(provider_id)
+        if live is None:
+            return 0
+        label = _label_key(live.capabilities.label)
+        return len(self._labels.get(label, ())) - 1 if label else 0
 
     def set_status(self, provider_id: str, model: str, status: str) -> None:
         """Route (``routable``) or stop routing a connected provider for one model."""
@@ -390,3 +419,7 @@ class ProviderRegistry:
                 )
             )
         return out
+
+
+def _label_key(label: str) -> str:
+    return " ".join(label.split()).casefold()
