@@ -102,11 +102,12 @@ async def test_a_continued_stream_is_logged_as_delivered_with_or_without_a_usage
 
 
 async def logged_row(client: httpx.AsyncClient, request_id: str) -> dict[str, Any]:
-    """The request's row in the account's usage listing (the request log writes in batches)."""
+    """The request's finished row in the account's usage listing (the request log writes
+    in batches, and a request's ``in_flight`` row may be read before its final one)."""
     for _ in range(100):
         rows = (await client.get("/v1/account/usage")).json()["data"]
         row = next((r for r in rows if r["request_id"] == request_id), None)
-        if row is not None:
+        if row is not None and row["status"] != "in_flight":
             return dict(row)
         await asyncio.sleep(0.05)
     raise AssertionError(f"request {request_id} was never logged")
