@@ -70,7 +70,7 @@ class GatewaySettings(BaseSettings):
         0.1,
         ge=0.0,
         le=0.5,
-        description="Share of each model's provider slots (at least one, when it has two or "
+        description="Share of each model's provider slots (at least one, when it has four or "
         "more) that an account already running jobs on the model may not take, so another "
         "account's request always finds a free slot instead of queueing behind a flood.",
     )

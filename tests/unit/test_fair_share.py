@@ -7,7 +7,7 @@ from tessera.market.fair_share import RunningJobs, SharePolicy
 
 def test_an_account_may_not_take_the_headroom() -> None:
     policy = SharePolicy(0.1)
-    assert [policy.most(c) for c in (0, 1, 2, 4, 10, 11, 100)] == [1, 1, 1, 3, 9, 9, 90]
+    assert [policy.most(c) for c in (0, 1, 2, 3, 4, 10, 11, 100)] == [1, 1, 2, 3, 3, 9, 9, 90]
     assert SharePolicy(0.5).most(4) == 2
     assert SharePolicy(0.0).most(4) == 4  # no headroom: an account may fill the model
 

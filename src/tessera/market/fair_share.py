@@ -4,16 +4,19 @@ Per-key limits bound how much one account asks for; they cannot keep it from fil
 every slot a model has, and then any other account's request waits behind its jobs (with
 four slots and a flood, an honest one-at-a-time key waited about a second for a 20 ms
 answer). So an account that already runs jobs on a model may not take the model's last
-free slots: ``headroom_fraction`` of the model's slots (at least one, when the model has
-two or more) stay for other accounts. An account alone on the network loses that
-headroom's throughput; any newcomer finds a slot at once instead of queueing behind a
-flood. Pure: the hub counts the jobs and asks.
+free slots: ``headroom_fraction`` of the model's slots (at least one) stay for other
+accounts. An account alone on the network loses that headroom's throughput; any newcomer
+finds a slot at once instead of queueing behind a flood. A model with fewer than
+``MIN_CAPACITY`` slots keeps no headroom: there it would cost an account a third or more
+of the model. Pure: the hub counts the jobs and asks.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+
+MIN_CAPACITY = 4
 
 
 @dataclass(frozen=True, slots=True)
@@ -22,7 +25,7 @@ class SharePolicy:
 
     def most(self, capacity: int) -> int:
         """The most jobs one account may run at once on a model with ``capacity`` slots."""
-        if capacity <= 1 or self.headroom_fraction <= 0:
+        if capacity < MIN_CAPACITY or self.headroom_fraction <= 0:
             return max(capacity, 1)
         reserved = max(1, math.ceil(capacity * self.headroom_fraction))
         return max(1, capacity - reserved)
