@@ -2,8 +2,10 @@ import pytest
 
 from tessera.errors import InvalidRequest
 from tessera.gateway.request_body import validated
+from tessera.market.policy import MIN_ID_PREFIX as POLICY_MIN_ID_PREFIX
 from tessera.market.regions import REGIONS
 from tessera.protocol.openai_api import (
+    MIN_ID_PREFIX,
     REGION_NAMES,
     UNSUPPORTED,
     ChatCompletionRequest,
@@ -131,12 +133,21 @@ def test_provider_names_and_regions_are_checked_when_parsed(
     with pytest.raises(InvalidRequest) as info:
         validated({"model": "m", "messages": MSG, "provider": provider}, ChatCompletionRequest)
     assert (info.value.param, info.value.code) == (param, "invalid_provider_policy")
-    ok = chat(provider={"only": ["ABCDEF01"], "regions_allow": ["eu", "Europe", "de"]})
+    ok = chat(provider={"only": ["ABCDEF0123456789"], "regions_allow": ["eu", "Europe", "de"]})
     assert ok.provider is not None
 
 
 def test_region_names_are_the_markets() -> None:
     assert set(REGION_NAMES) == set(REGIONS)
+
+
+def test_the_schema_asks_provider_prefixes_as_long_as_the_policy_does() -> None:
+    assert MIN_ID_PREFIX == POLICY_MIN_ID_PREFIX
+    prefix = "ab" * (MIN_ID_PREFIX // 2 - 1)
+    with pytest.raises(InvalidRequest):
+        validated(
+            {"model": "m", "messages": [], "provider": {"only": [prefix]}}, ChatCompletionRequest
+        )
 
 
 # What a provider job accepts, from each API field (what serving copies into the job).

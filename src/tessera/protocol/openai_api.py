@@ -51,7 +51,7 @@ MAX_PARTS = 10_000
 MIN_HEDGE_AFTER_MS = 100  # the earliest a request may ask to be hedged
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 # A provider is named by its id (64 hex digits) or a prefix of at least this many.
-MIN_ID_PREFIX = 8
+MIN_ID_PREFIX = 16  # market/policy.py MIN_ID_PREFIX (a unit test keeps the two equal)
 # market/regions.py REGIONS (a unit test keeps the two equal): protocol imports no market.
 REGION_NAMES = ("eu", "eea", "europe", "na", "latam", "asia", "apac", "me", "oceania", "africa")
 
@@ -120,7 +120,7 @@ ModelName = Name
 class ProviderPreferences(ApiModel):
     """The optional ``provider`` object: OpenRouter's routing preferences, extended.
 
-    Providers are named by id or an id prefix of 8+ hex digits. Regions are ISO country
+    Providers are named by id or an id prefix of 16+ hex digits. Regions are ISO country
     codes or coarse regions (``eu``, ``na``, ...). Unknown keys are ignored, as OpenRouter
     clients may send ones we do not implement.
     """
