@@ -85,7 +85,9 @@ def run_schemathesis(
 @pytest.fixture(scope="module")
 def api_key(live_network: LiveNetwork) -> str:
     """A funded key of its own: the fuzzer funds, spends and reads its own account only."""
-    key = create_key(live_network.data_dir)
+    # Its own generous rate: the fuzzer sends requests as fast as the gateway answers,
+    # and every one, malformed or not, counts against its key.
+    key = create_key(live_network.data_dir, "--rpm", "1000000", "--max-concurrency", "64")
     fund_account(live_network.base, key)
     return key
 

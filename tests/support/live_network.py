@@ -33,7 +33,8 @@ class LiveNetwork:
         return OpenAI(base_url=f"{self.base}/v1", api_key=self.api_key, max_retries=0, **kw)  # type: ignore[arg-type]
 
 
-def create_key(data_dir: Path) -> str:
+def create_key(data_dir: Path, *options: str) -> str:
+    """A new API key made by `tessera keys create` (``options``: e.g. "--rpm", "6000")."""
     out = subprocess.run(
         [
             sys.executable,
@@ -44,6 +45,7 @@ def create_key(data_dir: Path) -> str:
             "--json",
             "--data-dir",
             str(data_dir),
+            *options,
         ],
         check=True,
         capture_output=True,
