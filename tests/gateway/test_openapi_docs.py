@@ -10,6 +10,8 @@ from typing import Any
 import httpx
 import pytest
 
+from tessera.market.policy import MIN_ID_PREFIX
+
 from support.scripted_peers import LiveGateway
 
 pytestmark = pytest.mark.integration
@@ -49,7 +51,8 @@ async def test_the_document_states_every_status_and_content_type(gateway: LiveGa
     assert {"type": "integer", "minimum": 1, "maximum": 1} in completion["best_of"]["anyOf"]
     assert completion["max_tokens"]["anyOf"][0]["maximum"] == 1_000_000
     preferences = schemas["ProviderPreferences"]["properties"]
-    assert preferences["only"]["anyOf"][0]["items"]["pattern"] == "^[0-9a-fA-F]{8,64}$"
+    pattern = f"^[0-9a-fA-F]{{{MIN_ID_PREFIX},64}}$"  # what the router takes
+    assert preferences["only"]["anyOf"][0]["items"]["pattern"] == pattern
     assert "[Ee][Uu]" in preferences["regions_allow"]["anyOf"][0]["items"]["pattern"]
     usage = paths["/v1/account/fund"]["post"]["requestBody"]["content"]["application/json"]
     assert usage["schema"]["properties"]["amount"]["maximum"] == gateway.settings.dev_fund_max_units
