@@ -15,6 +15,7 @@ followed it).
 
 from __future__ import annotations
 
+import functools
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -68,6 +69,8 @@ def check_text(field: str, value: str, max_chars: int) -> None:
     PostgreSQL refuses NUL in text and a lone surrogate cannot be encoded: either would
     make the store refuse an entry that memory had already applied.
     """
+    if type(value) is str and len(value) <= max_chars and value.isascii() and "\x00" not in value:
+        return  # the common case, decided in C: ASCII always encodes
     if not isinstance(value, str):
         raise EntryTooLarge(field, f"{field} must be text, not {type(value).__name__}")
     if len(value) > max_chars:
@@ -123,12 +126,18 @@ def check_fits(entry: Entry) -> None:
     check_text("kind", entry.kind, MAX_KIND_CHARS)
     check_text("reference", entry.reference, MAX_REFERENCE_CHARS)
     for p in entry.postings:
-        check_text("account", str(p.account), MAX_ACCOUNT_CHARS)
+        _check_account(p.account)
     for k, v in entry.memo:
         check_text("memo", k, MAX_MEMO_CHARS)
         check_text("memo", v, MAX_MEMO_CHARS)
     if memo_chars(entry.memo) > MAX_MEMO_CHARS:
         raise EntryTooLarge("memo", f"the memo is longer than {MAX_MEMO_CHARS} characters")
+
+
+@functools.lru_cache(maxsize=65_536)
+def _check_account(account: Account) -> None:
+    """An account name fits its column (cached: a ledger posts to the same few accounts)."""
+    check_text("account", str(account), MAX_ACCOUNT_CHARS)
 
 
 def check_postings(postings: Iterable[Posting]) -> None:
