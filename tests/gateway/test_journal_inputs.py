@@ -4,34 +4,22 @@ stops paid work for everyone (issue 11, finding 1)."""
 from __future__ import annotations
 
 import asyncio
-from typing import Any
 
-import httpx
 import pytest
 
-from tessera.store.engine import create_engine, database_url_for
-from tessera.store.ledger import LedgerStore
-
-from support.scripted_peers import LiveGateway, Peer, answer, chat_body
+from support.scripted_peers import (
+    PRICE,
+    LiveGateway,
+    Peer,
+    account,
+    answer,
+    chat_body,
+    journal_problems,
+)
 
 pytestmark = pytest.mark.integration
 
-PRICE = (1_000 * 1_000_000, 2_000 * 1_000_000)  # 1,000 / 2,000 base units per token
 REAL = 3 * 1_000 + 1 * 2_000  # what answer() reports: 3 prompt + 1 completion tokens
-
-
-async def account(client: httpx.AsyncClient) -> dict[str, Any]:
-    response = await client.get("/v1/account")
-    assert response.status_code == 200, response.text
-    return response.json()
-
-
-async def journal_problems(gateway: LiveGateway) -> list[str]:
-    engine = create_engine(database_url_for(gateway.settings.data_dir))
-    try:
-        return await LedgerStore(engine).check()
-    finally:
-        await engine.dispose()
 
 
 async def test_an_overlong_idempotency_key_is_refused_and_paid_chats_go_on(

@@ -16,35 +16,24 @@ from tessera.ledger.accounts import TOKEN
 from tessera.protocol.provider_api import signed_headers
 from tessera.store.api_keys import ApiKeyStore
 from tessera.store.engine import create_engine, database_url_for
-from tessera.store.ledger import LedgerStore
 
-from support.scripted_peers import LiveGateway, Peer, answer, chat_body, live_gateway, settled
+from support.scripted_peers import (
+    PRICE,
+    LiveGateway,
+    Peer,
+    account,
+    answer,
+    chat_body,
+    journal_problems,
+    live_gateway,
+    priced,
+    settled,
+)
 
 pytestmark = pytest.mark.integration
 
-PRICE = (1_000 * 1_000_000, 2_000 * 1_000_000)  # 1,000 / 2,000 base units per token
 WORST = (16 + 32 + 2) * 1_000 + 8 * 2_000  # "hi", max_tokens 8: prompt bound 50 tokens
 REAL = 3 * 1_000 + 1 * 2_000  # what answer() reports: 3 prompt + 1 completion tokens
-
-
-async def priced(gateway: LiveGateway, slots: int = 2) -> tuple[Peer, asyncio.Task[None]]:
-    peer = await Peer.open(gateway.ws_url)
-    assert (await peer.register(slots=slots, price=PRICE))["type"] == "welcome"
-    return peer, asyncio.create_task(peer.beat_forever())
-
-
-async def account(client: httpx.AsyncClient) -> dict[str, Any]:
-    response = await client.get("/v1/account")
-    assert response.status_code == 200, response.text
-    return response.json()
-
-
-async def journal_problems(gateway: LiveGateway) -> list[str]:
-    engine = create_engine(database_url_for(gateway.settings.data_dir))
-    try:
-        return await LedgerStore(engine).check()
-    finally:
-        await engine.dispose()
 
 
 async def test_paid_request_charges_real_usage_and_reports_it(gateway: LiveGateway) -> None:

@@ -14,18 +14,11 @@ import pytest
 
 from tessera.gateway.header_values import header_value
 
-from support.scripted_peers import MODEL, LiveGateway, Peer, answer, chat_body, settled
+from support.scripted_peers import MODEL, LiveGateway, answer, chat_body, priced, settled
 
 pytestmark = pytest.mark.integration
 
-PRICE = (1_000 * 1_000_000, 2_000 * 1_000_000)  # 1,000 / 2,000 base units per token
 REAL = 3 * 1_000 + 1 * 2_000  # what answer() reports: 3 prompt + 1 completion tokens
-
-
-async def priced(gateway: LiveGateway) -> tuple[Peer, asyncio.Task[None]]:
-    peer = await Peer.open(gateway.ws_url)
-    assert (await peer.register(slots=2, price=PRICE))["type"] == "welcome"
-    return peer, asyncio.create_task(peer.beat_forever())
 
 
 async def balance(client: httpx.AsyncClient) -> tuple[int, int]:

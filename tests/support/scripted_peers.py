@@ -40,6 +40,7 @@ from tessera.protocol.wire import (
 )
 from tessera.store.api_keys import ApiKeyStore
 from tessera.store.engine import create_engine, database_url_for
+from tessera.store.ledger import LedgerStore
 
 MODEL = "scripted-model"
 
@@ -228,6 +229,33 @@ async def poll(
             if done(body):
                 return body
             await asyncio.sleep(0.05)
+
+
+PRICE = (1_000 * 1_000_000, 2_000 * 1_000_000)  # 1,000 / 2,000 base units per token
+
+
+async def priced(gateway: LiveGateway, slots: int = 2) -> tuple[Peer, asyncio.Task[None]]:
+    """A registered, beating peer that charges PRICE."""
+    peer = await Peer.open(gateway.ws_url)
+    assert (await peer.register(slots=slots, price=PRICE))["type"] == "welcome"
+    return peer, asyncio.create_task(peer.beat_forever())
+
+
+async def account(client: httpx.AsyncClient) -> dict[str, Any]:
+    """GET /v1/account for the client's key."""
+    response = await client.get("/v1/account")
+    assert response.status_code == 200, response.text
+    view: dict[str, Any] = response.json()
+    return view
+
+
+async def journal_problems(gateway: LiveGateway) -> list[str]:
+    """What `tessera ledger check` would find in the gateway's stored journal."""
+    engine = create_engine(database_url_for(gateway.settings.data_dir))
+    try:
+        return await LedgerStore(engine).check()
+    finally:
+        await engine.dispose()
 
 
 async def settled(client: httpx.AsyncClient, request_id: str) -> dict[str, Any]:
