@@ -113,9 +113,10 @@ async def test_aiter_sse_reads_an_async_byte_stream() -> None:
 
 _lines = st.lists(
     st.one_of(
-        st.text(alphabet=st.characters(blacklist_characters="\r\n"), max_size=12).map(
-            lambda t: "data: " + t
-        ),
+        st.text(
+            alphabet=st.characters(blacklist_characters="\r\n", blacklist_categories=("Cs",)),
+            max_size=12,
+        ).map(lambda t: "data: " + t),
         st.just(""),
         st.just(": comment"),
         st.just("event: e"),
