@@ -248,7 +248,18 @@ def provider(
     except TesseraError as exc:
         _fail(exc)
         return
-    asyncio.run(_run_provider(settings, key, served, probe()))
+    with asyncio.Runner(loop_factory=fast_event_loop()) as runner:
+        runner.run(_run_provider(settings, key, served, probe()))
+
+
+def fast_event_loop():  # type: ignore[no-untyped-def]
+    """uvloop's event loop where it is installed (it is a dependency; the gateway's uvicorn
+    picks it too): the agent spends most of its time in socket I/O and frame handling."""
+    try:
+        import uvloop
+    except ImportError:
+        return None
+    return uvloop.new_event_loop
 
 
 async def _run_provider(settings, key, served, hardware) -> None:  # type: ignore[no-untyped-def]

@@ -308,6 +308,7 @@ def server_config(app: Any, settings: GatewaySettings) -> uvicorn.Config:
         http=protocol_class(HttpLimits.of(settings)),
         log_level="warning",
         ws_max_size=settings.ws_max_frame_bytes,
+        ws_per_message_deflate=False,  # small JSON frames: deflate costs more than it saves
         timeout_keep_alive=settings.keepalive_timeout_s,  # type: ignore[arg-type]
         timeout_graceful_shutdown=5,
     )

@@ -236,7 +236,11 @@ class ProviderAgent:
         """One connection; returns whether the gateway welcomed us before it ended."""
         url = gateway_url  # statuses and links are keyed by the URL the operator gave
         ws_url = websocket_url(gateway_url)
-        async with connect(ws_url, open_timeout=10, max_size=32 * 1024 * 1024) as ws:
+        # No per-message deflate: frames are small JSON, and compressing each one cost the
+        # agent and the gateway more CPU than it saved on any link.
+        async with connect(
+            ws_url, open_timeout=10, max_size=32 * 1024 * 1024, compression=None
+        ) as ws:
             welcome = await self._register(ws)
             self.on_status(url, f"connected as {welcome.provider_id[:12]}")
             log.info("registered with %s as %s", url, welcome.provider_id[:12])
