@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import event
-from sqlalchemy.engine import URL, Connection, make_url
+from sqlalchemy.engine import URL, Connection, Engine, make_url
 from sqlalchemy.exc import ArgumentError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
@@ -113,8 +113,15 @@ def _sqlite_engine(url: URL, echo: bool) -> AsyncEngine:
         path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         _private_database_file(path)
     engine = create_async_engine(url, echo=echo)
+    sqlite_hooks(engine.sync_engine)
+    return engine
 
-    @event.listens_for(engine.sync_engine, "connect")
+
+def sqlite_hooks(engine: Engine) -> None:
+    """WAL, NORMAL sync, foreign keys and a busy timeout on every connection, and BEGIN
+    issued by SQLAlchemy in the mode the ``SQLITE_BEGIN_OPTION`` execution option names."""
+
+    @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
         # Hand BEGIN to SQLAlchemy (below) so sqlite3's legacy mode does not autocommit DDL.
         dbapi_connection.isolation_level = None
@@ -128,14 +135,12 @@ def _sqlite_engine(url: URL, echo: bool) -> AsyncEngine:
             cursor.execute(f"PRAGMA {pragma}")
         cursor.close()
 
-    @event.listens_for(engine.sync_engine, "begin")
+    @event.listens_for(engine, "begin")
     def _on_begin(connection: Connection) -> None:
         mode = connection.get_execution_options().get(SQLITE_BEGIN_OPTION, "DEFERRED")
         if mode not in _SQLITE_BEGIN_MODES:
             raise ValueError(f"{SQLITE_BEGIN_OPTION} must be one of {_SQLITE_BEGIN_MODES}")
         connection.exec_driver_sql(f"BEGIN {mode}")
-
-    return engine
 
 
 def _private_database_file(path: Path) -> None:

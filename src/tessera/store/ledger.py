@@ -11,9 +11,11 @@ postings in SQL and reports any disagreement.
 
 from __future__ import annotations
 
+import functools
 import json
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import (
@@ -26,7 +28,9 @@ from sqlalchemy import (
     select,
     union_all,
 )
+from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.sql.dml import Insert
 
 from tessera.ledger.accounts import MINT, Account
 from tessera.ledger.journal import (
@@ -37,6 +41,7 @@ from tessera.ledger.journal import (
     LedgerError,
     Posting,
 )
+from tessera.store.batched import in_transaction
 from tessera.store.dialect import conflict_insert
 from tessera.store.engine import SQLITE_BEGIN_OPTION
 from tessera.store.errors import StoreError, translated
@@ -95,20 +100,12 @@ class LedgerStore:
         for entry in entries:
             _check_widths(entry)
         with translated(self._engine.url):
-            async with self._engine.connect() as conn:
-                if conn.dialect.name == "sqlite":
-                    # Read max(entry_id), then write: take the write lock before the read.
-                    await conn.execution_options(**{SQLITE_BEGIN_OPTION: "IMMEDIATE"})
-                async with conn.begin():
-                    stored = int(
-                        (await conn.execute(select(func.max(_entries.entry_id)))).scalar() or 0
-                    )
-                    retried = [entry for entry in entries if entry.entry_id <= stored]
-                    if retried:
-                        await _check_retried(conn, retried)
-                    fresh = _fresh(entries, stored)
-                    if fresh:
-                        await _insert(conn, fresh)
+            # Read max(entry_id), then write: on SQLite take the write lock before the read.
+            await in_transaction(
+                self._engine,
+                lambda conn: _append(conn, entries),
+                **{SQLITE_BEGIN_OPTION: "IMMEDIATE"},
+            )
 
     async def balances(self) -> dict[Account, int]:
         """Every non-zero stored balance."""
@@ -183,14 +180,25 @@ def _check_widths(entry: Entry) -> None:
             )
 
 
-async def _check_retried(conn: AsyncConnection, retried: Sequence[Entry]) -> None:
+def _append(conn: Connection, entries: Sequence[Entry]) -> None:
+    """The batch as one transaction's statements (see :meth:`LedgerStore.append`)."""
+    stored = int(conn.execute(select(func.max(_entries.entry_id))).scalar() or 0)
+    retried = [entry for entry in entries if entry.entry_id <= stored]
+    if retried:
+        _check_retried(conn, retried)
+    fresh = _fresh(entries, stored)
+    if fresh:
+        _insert(conn, fresh)
+
+
+def _check_retried(conn: Connection, retried: Sequence[Entry]) -> None:
     """Entries being skipped as already stored must be the stored ones, or a second
     writer's entries would vanish without a word. Costs a query only on a retry."""
     ids = [entry.entry_id for entry in retried]
     stmt = select(_entries.entry_id, _entries.kind, _entries.reference, _entries.at).where(
         _entries.entry_id.between(min(ids), max(ids))
     )
-    stored = {row.entry_id: (row.kind, row.reference, row.at) for row in await conn.execute(stmt)}
+    stored = {row.entry_id: (row.kind, row.reference, row.at) for row in conn.execute(stmt)}
     for entry in retried:
         if stored.get(entry.entry_id) != (entry.kind, entry.reference, float(entry.at)):
             raise JournalConflict(
@@ -216,10 +224,11 @@ def _fresh(entries: Sequence[Entry], stored: int) -> list[Entry]:
     return fresh
 
 
-async def _insert(conn: AsyncConnection, fresh: Sequence[Entry]) -> None:
+def _insert(conn: Connection, fresh: Sequence[Entry]) -> None:
     """Three executemany statements, whatever the number of entries."""
-    await conn.execute(
-        insert(ledger_entries),
+    statements = _statements(conn.dialect.name)
+    conn.execute(
+        statements.entries,
         [
             {
                 "entry_id": entry.entry_id,
@@ -240,8 +249,31 @@ async def _insert(conn: AsyncConnection, fresh: Sequence[Entry]) -> None:
             posting_rows.append(
                 {"entry_id": entry.entry_id, "account": account, "amount": posting.amount}
             )
-    await conn.execute(insert(ledger_postings), posting_rows)
-    upsert = conflict_insert(conn.dialect.name, ledger_balances)
+    conn.execute(statements.postings, posting_rows)
+    last = fresh[-1].entry_id
+    # Sorted, so two writers (which would be a bug) lock rows in one order and cannot deadlock.
+    conn.execute(
+        statements.balances,
+        [
+            {"account": account, "balance": deltas[account], "last_entry_id": last}
+            for account in sorted(deltas)
+        ],
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class _Statements:
+    entries: Insert
+    postings: Insert
+    balances: Insert
+
+
+@functools.cache
+def _statements(dialect: str) -> _Statements:
+    """The append's statements, built once per dialect: building an upsert (its
+    ``excluded`` columns) costs more than running it, and a reused statement also hits
+    SQLAlchemy's compiled cache without rebuilding its cache key's parts."""
+    upsert = conflict_insert(dialect, ledger_balances)
     upsert = upsert.on_conflict_do_update(
         index_elements=[_balances.account],
         set_={
@@ -249,15 +281,7 @@ async def _insert(conn: AsyncConnection, fresh: Sequence[Entry]) -> None:
             "last_entry_id": upsert.excluded.last_entry_id,
         },
     )
-    last = fresh[-1].entry_id
-    # Sorted, so two writers (which would be a bug) lock rows in one order and cannot deadlock.
-    await conn.execute(
-        upsert,
-        [
-            {"account": account, "balance": deltas[account], "last_entry_id": last}
-            for account in sorted(deltas)
-        ],
-    )
+    return _Statements(insert(ledger_entries), insert(ledger_postings), upsert)
 
 
 def _memo_json(memo: Iterable[tuple[str, str]]) -> str:

@@ -24,9 +24,11 @@ from datetime import UTC, datetime, timedelta
 from typing import Final
 
 from sqlalchemy import select, update
+from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tessera.store.batch_writer import BatchWriter
+from tessera.store.batched import in_transaction
 from tessera.store.dialect import conflict_insert
 from tessera.store.errors import StoreError, translated
 from tessera.store.tables import requests
@@ -120,19 +122,23 @@ class RequestLog:
         if not records:
             return
         latest = {record.request_id: record for record in records}  # the final one wins
+        rows = [asdict(record) for record in latest.values()]
+
+        def write(conn: Connection) -> None:
+            stmt = conflict_insert(conn.dialect.name, requests)
+            stmt = stmt.on_conflict_do_update(
+                index_elements=[requests.c.request_id],
+                set_={
+                    column.name: stmt.excluded[column.name]
+                    for column in requests.columns
+                    if column.name != "request_id"
+                },
+                where=requests.c.status == IN_FLIGHT,
+            )
+            conn.execute(stmt, rows)
+
         with translated(self._engine.url):
-            async with self._engine.begin() as conn:
-                stmt = conflict_insert(conn.dialect.name, requests)
-                stmt = stmt.on_conflict_do_update(
-                    index_elements=[requests.c.request_id],
-                    set_={
-                        column.name: stmt.excluded[column.name]
-                        for column in requests.columns
-                        if column.name != "request_id"
-                    },
-                    where=requests.c.status == IN_FLIGHT,
-                )
-                await conn.execute(stmt, [asdict(record) for record in latest.values()])
+            await in_transaction(self._engine, write)
 
     async def mark_interrupted(self) -> int:
         """Mark the rows of requests a crashed gateway left ``in_flight`` as

@@ -26,6 +26,7 @@ from sqlalchemy import insert, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tessera.store.batch_writer import BatchWriter, Queued
+from tessera.store.batched import in_transaction
 from tessera.store.dialect import conflict_insert
 from tessera.store.errors import StoreError, translated
 from tessera.store.tables import (
@@ -218,8 +219,10 @@ class VerificationStore:
             raise DuplicateReceipt(repeated, within_batch=True)
         with translated(self._engine.url):
             try:
-                async with self._engine.begin() as conn:
-                    await conn.execute(insert(receipts), [asdict(row) for row in rows])
+                values = [asdict(row) for row in rows]
+                await in_transaction(
+                    self._engine, lambda conn: conn.execute(insert(receipts), values)
+                )
             except sa_exc.IntegrityError as exc:
                 stored = await self._stored_receipt_ids(ids)
                 if not stored:
