@@ -183,7 +183,11 @@ async def test_bad_api_key_never_reaches_a_provider(gateway: LiveGateway) -> Non
     beat.cancel()
 
 
-async def test_flooding_a_job_with_frames_is_refused(gateway: LiveGateway) -> None:
+async def test_a_job_overrunning_max_tokens_fails_alone_and_its_provider_stays(
+    gateway: LiveGateway,
+) -> None:
+    """An upstream that ignores max_tokens made the agent send too many frames: that job
+    fails and is cancelled, but the provider keeps its connection and its other work."""
     peer, beat = await registered(gateway)
     async with gateway.client() as client:
         request = asyncio.create_task(
@@ -191,15 +195,20 @@ async def test_flooding_a_job_with_frames_is_refused(gateway: LiveGateway) -> No
         )
         job = await peer.recv()
         # A 2-token job has room for two token chunks, a finish and a done: four frames.
-        for _ in range(5):
+        for _ in range(8):
             await peer.send({"type": "chunk", "job_id": job["job_id"], "text": "x"})
-        error = await peer.recv()
-        assert (error["type"], error["code"]) == ("error", "too_many_frames")
-        beat.cancel()
-        await peer.close()
+        cancel = await peer.recv()
+        assert (cancel["type"], cancel["job_id"]) == ("cancel", job["job_id"])
         response = await request
-    assert response.status_code == 502
-    assert response.json()["error"]["code"] == "provider_failed"
+        assert response.status_code == 502
+        error = response.json()["error"]
+        assert error["code"] == "too_many_frames"
+        assert "more output than the 2 tokens" in error["message"]
+        # Still connected, still routed: the next request is served by the same provider.
+        second = asyncio.create_task(client.post("/v1/chat/completions", json=chat_body()))
+        await answer(peer, await peer.recv())
+        assert (await second).status_code == 200
+    beat.cancel()
 
 
 async def test_non_streaming_answer_survives_a_provider_dying_mid_answer(

@@ -63,6 +63,7 @@ log = logging.getLogger("tessera.gateway.hub")
 
 POLICY_VIOLATION = 1008
 LEAVING = "leaving"  # a model status: the provider said goodbye
+TOO_MANY_FRAMES = "too_many_frames"  # a job's output overran its max_tokens
 AUDITOR_BUSY = "the auditor is busy"
 
 
@@ -530,9 +531,8 @@ class ProviderHub:
                 )
             stream.frames_left -= 1
             if stream.frames_left < 0:
-                return await self._bad_frame(
-                    session, "too_many_frames", f"job {frame.job_id} got more frames than tokens"
-                )
+                await self._overran(session, stream)
+                return True
             if isinstance(frame, Chunk):
                 stream.chunks += 1
                 if stream.digest is not None:
@@ -561,6 +561,29 @@ class ProviderHub:
         return await self._bad_frame(
             session, "unexpected_frame", f"'{frame.type}' not expected now"
         )
+
+    async def _overran(self, session: ProviderSession, stream: JobStream) -> None:
+        """The provider sent more frames than ``max_tokens`` allows (an upstream server
+        that ignores it, say): that job fails as the provider's fault and is cancelled,
+        and its later frames are dropped. Its other jobs go on; disconnecting it would
+        have failed them all for one job's excess."""
+        job_id = stream.job.job_id
+        session.jobs.pop(job_id, None)
+        self.note_cancelled(job_id)
+        self.metrics.frames_rejected.labels(code=TOO_MANY_FRAMES).inc()
+        log.warning(
+            "provider %s sent more frames than job %s allows; failing that job",
+            session.provider_id[:12],
+            job_id,
+        )
+        asked = stream.job.params.max_tokens if stream.job.params is not None else 0
+        message = f"the provider sent more output than the {asked} tokens asked for"
+        retryable = stream.chunks == 0  # nothing relayed yet: another provider may start over
+        stream.queue.put_nowait(
+            JobError(job_id=job_id, code=TOO_MANY_FRAMES, message=message, retryable=retryable)
+        )
+        with contextlib.suppress(Exception):
+            await session.send(Cancel(job_id=job_id))
 
     def _judge(self, stream: JobStream, error: JobError) -> JobError:
         """A provider's job error as the gateway holds it (see market/refusals.py).
