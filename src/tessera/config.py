@@ -220,6 +220,22 @@ class GatewaySettings(BaseSettings):
         description="Requests that may wait for a provider slot at once; more get a fast 503 "
         "with Retry-After (None: no bound).",
     )
+    overload_loop_lag_ms: float | None = Field(
+        100.0,
+        gt=0,
+        description="Event loop lag (the least of recent samples) above which new inference "
+        "requests get a fast 503 with Retry-After instead of queueing behind work the "
+        "gateway cannot keep up with (None: never).",
+    )
+    overload_sample_ms: float = Field(
+        10.0, gt=0, le=1000, description="How often the event loop's lag is sampled."
+    )
+    max_in_flight_requests: int | None = Field(
+        4096,
+        ge=1,
+        description="Inference requests (streams included) the gateway runs at once; more get "
+        "a fast 503 with Retry-After (None: no bound).",
+    )
     overload_retry_after_s: int = Field(
         2, ge=1, description="Retry-After (seconds) sent with an overload 503."
     )

@@ -29,6 +29,7 @@ from support.scripted_peers import (
     Peer,
     answer,
     chat_body,
+    journal_problems,
     live_gateway,
     wait_providers,
 )
@@ -384,6 +385,78 @@ async def test_an_overloaded_gateway_answers_fast_instead_of_queueing(gateway_di
             assert (await running).status_code == 200
             assert (await waiting).status_code == 200
             assert (await client.post("/v1/chat/completions", json=says("hi"))).status_code == 200
+
+
+def _refused_for_overload(response: httpx.Response) -> None:
+    """A fast refusal in OpenAI's shape: 503, gateway_overloaded, Retry-After, a request id."""
+    assert response.status_code == 503, response.text
+    error = response.json()["error"]
+    assert error["code"] == "gateway_overloaded"
+    assert error["type"] and "retry in" in error["message"]
+    assert int(response.headers["retry-after"]) >= 1
+    assert response.headers["x-request-id"].startswith("req_")
+
+
+async def test_requests_beyond_the_gateways_in_flight_bound_are_refused_at_the_door(
+    gateway_dir: Path,
+) -> None:
+    async with (
+        live_gateway(gateway_dir, max_in_flight_requests=1) as gw,
+        providers(gw, (4, 0.0)) as (provider,),
+    ):
+        async with gw.client() as client:
+            running = asyncio.create_task(client.post("/v1/chat/completions", json=says("hold")))
+            await until(lambda: len(provider.held) == 1)
+            refused = await client.post("/v1/chat/completions", json=says("hi"))
+            _refused_for_overload(refused)
+            assert "running 1 requests" in refused.json()["error"]["message"]
+            assert len(provider.jobs) == 1  # refused before any work or hold
+            # Everything but inference still answers.
+            assert (await client.get("/health")).status_code == 200
+            assert (await client.get("/v1/account")).status_code == 200
+            metrics = (await client.get("/metrics")).text
+            assert 'tessera_requests_shed_total{reason="in_flight"} 1.0' in metrics
+            provider.release.set()
+            assert (await running).status_code == 200
+            served = await client.post("/v1/chat/completions", json=says("hi"))
+            assert served.status_code == 200, served.text
+        assert await journal_problems(gw) == []
+
+
+async def test_a_lagging_event_loop_refuses_new_requests_until_it_catches_up(
+    gateway_dir: Path,
+) -> None:
+    """Work the loop cannot keep up with (here a callback that hogs it 30 ms a turn) makes
+    new inference requests fail fast with 503 instead of queueing; once the loop catches
+    up they are served again. Nothing was held or charged for the refused ones."""
+    async with (
+        live_gateway(gateway_dir, overload_loop_lag_ms=10, overload_sample_ms=5) as gw,
+        providers(gw, (4, 0.0)) as (provider,),
+    ):
+        gauge = gw.app.state.gateway.load
+        loop = asyncio.get_running_loop()
+        hogging = True
+
+        def hog() -> None:
+            time.sleep(0.03)
+            if hogging:
+                loop.call_later(0.001, hog)
+
+        async with gw.client() as client:
+            balance = (await client.get("/v1/account")).json()["balance"]
+            loop.call_soon(hog)
+            await until(lambda: gauge.overloaded)
+            refused = await client.post("/v1/chat/completions", json=says("hi"))
+            _refused_for_overload(refused)
+            assert "event loop runs" in refused.json()["error"]["message"]
+            hogging = False
+            assert provider.jobs == []
+            assert (await client.get("/v1/account")).json()["balance"] == balance
+            await until(lambda: not gauge.overloaded)
+            served = await client.post("/v1/chat/completions", json=says("hi"))
+            assert served.status_code == 200, served.text
+            assert len(provider.jobs) == 1
+        assert await journal_problems(gw) == []
 
 
 async def test_an_account_leaves_a_slot_of_the_model_for_other_accounts(

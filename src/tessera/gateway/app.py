@@ -40,6 +40,7 @@ from tessera.gateway.http_limits import RequestIdAndBodyLimit
 from tessera.gateway.hub import ProviderHub
 from tessera.gateway.liveness import Liveness
 from tessera.gateway.liveness_routes import install_liveness_routes
+from tessera.gateway.load_shedding import LagMonitor, ShedOverload
 from tessera.gateway.metrics import CONTENT_TYPE_LATEST, GatewayMetrics
 from tessera.gateway.money_routes import install_money_routes, payer_of
 from tessera.gateway.openapi_docs import describe
@@ -54,6 +55,7 @@ from tessera.key_file import load_or_create_key
 from tessera.ledger.book import BookPolicy
 from tessera.ledger.escrow import FeePolicy
 from tessera.ledger.slashing_table import SlashingTable
+from tessera.market.load_shedding import LoadGauge
 from tessera.market.quotes import TEMPLATE_TOKENS_PER_MESSAGE, TEMPLATE_TOKENS_PER_PROMPT
 from tessera.market.registry import ProviderRegistry
 from tessera.market.stake_policy import StakePolicy
@@ -105,6 +107,7 @@ class Gateway:
     verifier: Verifier
     liveness: Liveness
     admission: RequestAdmission
+    load: LoadGauge
 
 
 def create_app(settings: GatewaySettings) -> FastAPI:
@@ -112,6 +115,12 @@ def create_app(settings: GatewaySettings) -> FastAPI:
     registry = ProviderRegistry()
 
     catalog = load_catalog(settings)
+    load = LoadGauge(
+        None if settings.overload_loop_lag_ms is None else settings.overload_loop_lag_ms / 1000,
+        settings.max_in_flight_requests,
+        retry_after_s=settings.overload_retry_after_s,
+    )
+    lag_monitor = LagMonitor(load, metrics, settings.overload_sample_ms / 1000)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -251,12 +260,15 @@ def create_app(settings: GatewaySettings) -> FastAPI:
             verifier,
             liveness,
             admission,
+            load,
         )
         housekeeping = asyncio.create_task(verifier.run_housekeeping())
         liveness.start()
+        lag_monitor.start()
         try:
             yield
         finally:
+            await lag_monitor.close()
             housekeeping.cancel()
             await key_watcher.close()
             await liveness.close()
@@ -272,6 +284,8 @@ def create_app(settings: GatewaySettings) -> FastAPI:
         description="OpenAI-compatible API of the Tessera inference network.",
         lifespan=lifespan,
     )
+    # Added first, so it runs inside RequestIdAndBodyLimit: refusals carry a request id.
+    app.add_middleware(ShedOverload, gauge=load, metrics=metrics)
     app.add_middleware(RequestIdAndBodyLimit, max_body_bytes=settings.max_body_bytes)
     _install_error_handlers(app, metrics)
     _install_routes(app, metrics, registry)

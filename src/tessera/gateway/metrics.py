@@ -75,5 +75,19 @@ class GatewayMetrics:
             registry=self.registry,
         )
 
+        self.shed = Counter(
+            "tessera_requests_shed_total",
+            "Inference requests refused at the door because the gateway was overloaded, "
+            "by reason (loop_lag, in_flight).",
+            ["reason"],
+            registry=self.registry,
+        )
+        self.loop_lag = Gauge(
+            "tessera_event_loop_lag_seconds",
+            "How late the gateway's event loop runs a timer (least of recent samples); above "
+            "overload_loop_lag_ms new inference requests are refused.",
+            registry=self.registry,
+        )
+
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -1,0 +1,86 @@
+"""When the gateway itself is the bottleneck: refuse new work at once instead of queueing it.
+
+Pure policy: the gateway's shell measures how late its event loop runs a timer (the lag)
+and counts the requests it is running; this decides. An event loop with more work than
+CPU does not refuse anything by itself: it reads every request it is sent, starts a task
+for each, and shares itself among all of them, so under an offered load above capacity
+every request slows down together until they all time out. The lag is the signal: it is
+the time any new request waits before its next step runs, and it grows as soon as the
+loop is saturated, whatever the work is (a flood of small requests, many streams, a slow
+handler). A saturated loop that merely keeps up (a closed loop of clients at capacity)
+lags by about one turn of its work; a loop that falls behind lags more with every turn.
+
+Rules, in order:
+
+- ``max_in_flight`` requests running at once (None: no bound): one more is refused.
+- a standing lag above ``target_s``: the least of the last ``window`` samples. One late
+  turn (a garbage collection, a slow callback) is not overload and refuses nothing; a loop
+  late on every turn is, and every new request is refused until one sample comes back
+  under the target. Refusing costs a small fraction of serving, so the loop drains.
+
+A refusal changes no state and says how long to wait (``retry_after_s``).
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+from typing import Literal
+
+Reason = Literal["loop_lag", "in_flight"]
+
+
+@dataclass(frozen=True, slots=True)
+class Shed:
+    """Refused for overload: why, and when to try again."""
+
+    reason: Reason
+    retry_after_s: int
+
+    def message(self, *, lag_s: float, limit: int | None) -> str:
+        wait = f"retry in {self.retry_after_s} s"
+        if self.reason == "in_flight":
+            return f"The gateway is running {limit} requests, its limit; {wait}."
+        return (
+            f"The gateway is overloaded (its event loop runs {lag_s * 1000:.0f} ms behind); {wait}."
+        )
+
+
+class LoadGauge:
+    """The gateway's load, from lag samples, and whether a new request may start."""
+
+    def __init__(
+        self,
+        target_s: float | None,
+        max_in_flight: int | None = None,
+        *,
+        window: int = 5,
+        retry_after_s: int = 1,
+    ) -> None:
+        if window < 1:
+            raise ValueError("window must be at least one sample")
+        self.target_s = target_s
+        self.max_in_flight = max_in_flight
+        self.retry_after_s = retry_after_s
+        self._samples: deque[float] = deque([0.0], maxlen=window)
+
+    def observe(self, lag_s: float) -> None:
+        """One sample: how late the loop ran a timer (negative values count as 0)."""
+        self._samples.append(max(lag_s, 0.0))
+
+    @property
+    def lag_s(self) -> float:
+        """The standing lag: the least of the recent samples."""
+        return min(self._samples)
+
+    @property
+    def overloaded(self) -> bool:
+        return self.target_s is not None and self.lag_s > self.target_s
+
+    def refusal(self, in_flight: int) -> Shed | None:
+        """None if one more request may start now, with ``in_flight`` already running."""
+        if self.max_in_flight is not None and in_flight >= self.max_in_flight:
+            return Shed("in_flight", self.retry_after_s)
+        if self.overloaded:
+            return Shed("loop_lag", self.retry_after_s)
+        return None
