@@ -46,12 +46,18 @@ Cancel: a background task reads the upstream; the generator polls ``cancel`` at 
 every ``CANCEL_POLL_S`` and, when it is set or the consumer closes the generator, cancels
 that task, which closes the HTTP stream (the upstream sees the disconnect and stops).
 A cancelled stream ends without a Finish.
+
+Connections: each backend holds one httpx client, and its jobs share that client's pool.
+A stream is read to the end of its HTTP body even after ``data: [DONE]``, so that its
+keep-alive connection goes back to the pool for the next job; only a cancelled (or broken)
+stream closes its connection.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Sequence
+import contextlib
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from typing import Any
 
 import httpx
@@ -75,15 +81,25 @@ from tessera.provider.backends.openai_wire import (
     short,
     status_error,
 )
-from tessera.provider.backends.sse import SSEError, aiter_sse
+from tessera.provider.backends.sse import SSEDecoder, SSEError
 
 CANCEL_POLL_S = 0.05
 CONNECT_TIMEOUT_S = 15.0
+DONE_DRAIN_TIMEOUT_S = 1.0  # how long the body may stay open after [DONE]
+DONE_DRAIN_MAX_BYTES = 64 * 1024  # what may follow [DONE] before the connection is dropped
+# One pool per backend, for all its jobs: at most MAX_CONNECTIONS streams at once (more
+# wait for a connection, within the timeout), of which MAX_KEEPALIVE_CONNECTIONS stay open
+# between jobs for KEEPALIVE_EXPIRY_S, under the 5 s after which uvicorn (vLLM, SGLang)
+# and llama.cpp close an idle one, so a job is never sent on a connection being closed.
+MAX_CONNECTIONS = 1024
+MAX_KEEPALIVE_CONNECTIONS = 64
+KEEPALIVE_EXPIRY_S = 4.0
 _QUEUE_SIZE = 64
 
 
 class _Upstream:
-    """One httpx.AsyncClient per backend; closed by close()."""
+    """One httpx.AsyncClient per backend, built with it and shared by all its jobs, so
+    their requests reuse pooled keep-alive connections; closed by close()."""
 
     def __init__(
         self,
@@ -102,7 +118,11 @@ class _Upstream:
             base_url=base_url.rstrip("/") + "/",
             headers=headers,
             timeout=httpx.Timeout(timeout_s, connect=min(timeout_s, CONNECT_TIMEOUT_S)),
-            limits=httpx.Limits(max_connections=1024, max_keepalive_connections=64),
+            limits=httpx.Limits(
+                max_connections=MAX_CONNECTIONS,
+                max_keepalive_connections=MAX_KEEPALIVE_CONNECTIONS,
+                keepalive_expiry=KEEPALIVE_EXPIRY_S,
+            ),
             transport=transport,
         )
 
@@ -215,12 +235,13 @@ class OpenAIUpstreamTextBackend(_Upstream):
             async with self._client.stream("POST", path, json=body) as response:
                 if response.status_code >= 400:
                     raise status_error(response.status_code, await response.aread())
-                async for event in aiter_sse(response.aiter_bytes()):
-                    if event.data.strip() == "[DONE]":
-                        break
-                    delta = state.feed(event.data)
-                    if delta is not None:
-                        await queue.put(delta)
+                pieces = response.aiter_bytes()
+                async with contextlib.aclosing(_until_done(pieces)) as events:
+                    async for data in events:
+                        delta = state.feed(data)
+                        if delta is not None:
+                            await queue.put(delta)
+                await _drain(pieces)
             await queue.put(state.finish())
         except BackendError as exc:
             await queue.put(exc)
@@ -230,6 +251,39 @@ class OpenAIUpstreamTextBackend(_Upstream):
             await queue.put(BackendError(str(exc), "upstream_invalid"))
         except Exception as exc:  # anything else must still reach the consumer, never hang it
             await queue.put(BackendError(f"upstream stream failed: {exc!r}", "upstream_invalid"))
+
+
+async def _until_done(pieces: AsyncIterator[bytes]) -> AsyncGenerator[str, None]:
+    """The data of each event up to ``[DONE]`` (or the end of the body), leaving the rest
+    of ``pieces`` unread and open for :func:`_drain`."""
+    decoder = SSEDecoder()
+    async for piece in pieces:
+        for event in decoder.feed(piece):
+            if event.data.strip() == "[DONE]":
+                return
+            yield event.data
+    for event in decoder.flush():
+        if event.data.strip() == "[DONE]":
+            return
+        yield event.data
+
+
+async def _drain(pieces: AsyncIterator[bytes]) -> None:
+    """Read the body to its end after ``[DONE]`` (normally just the chunked terminator),
+    so that httpx sees it complete and returns the connection to the pool; stopping at
+    ``[DONE]`` made it close the connection, one new TCP connection per job.
+
+    The answer is complete at ``[DONE]``: an upstream that sends more than
+    ``DONE_DRAIN_MAX_BYTES`` after it, keeps the body open past ``DONE_DRAIN_TIMEOUT_S``
+    or breaks it is cut off instead (only that connection is lost, never the answer).
+    """
+    left = DONE_DRAIN_MAX_BYTES
+    with contextlib.suppress(TimeoutError, httpx.HTTPError):
+        async with asyncio.timeout(DONE_DRAIN_TIMEOUT_S):
+            async for piece in pieces:
+                left -= len(piece)
+                if left < 0:
+                    return
 
 
 def _agreeing_finish(finish: Finish, listed: int) -> Finish:
