@@ -29,7 +29,7 @@ class ScriptedUpstream:
     connections: int = 0  # TCP connections accepted so far
     requests: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
     port: int = 0
-    _open: set[asyncio.StreamWriter] = field(default_factory=set)
+    _open: dict[asyncio.StreamWriter, asyncio.Task[Any]] = field(default_factory=dict)
 
     @property
     def base_url(self) -> str:
@@ -37,21 +37,27 @@ class ScriptedUpstream:
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.connections += 1
-        self._open.add(writer)
+        task = asyncio.current_task()
+        assert task is not None
+        self._open[writer] = task
         try:
             while await self._answer(reader, writer):
                 pass
         except (ConnectionError, asyncio.IncompleteReadError):
             pass  # the client went away, mid-answer or between requests
         finally:
-            self._open.discard(writer)
+            self._open.pop(writer, None)
             writer.close()
             with contextlib.suppress(ConnectionError):
                 await writer.wait_closed()
 
-    def close_connections(self) -> None:
+    async def close_connections(self) -> None:
+        """Close what a client still keeps alive and wait for those handlers to end."""
+        handlers = list(self._open.values())
         for writer in list(self._open):
             writer.close()
+        if handlers:
+            await asyncio.wait(handlers, timeout=5)
 
     async def _answer(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
         """One request and its answer; False once the client closed the connection."""
@@ -128,5 +134,5 @@ async def scripted_upstream(**script: Any) -> AsyncIterator[ScriptedUpstream]:
         yield upstream
     finally:
         server.close()
-        upstream.close_connections()  # kept alive by a client (3.11 has no close_clients())
+        await upstream.close_connections()  # Python 3.11's server has no close_clients()
         await server.wait_closed()

@@ -9,6 +9,12 @@ ended with its end-of-sequence token. The Done carries a :class:`Receipt` signed
 provider key that commits to exactly the chunks sent (``OutputDigest``), so its
 ``completion_tokens`` equal the digest's: ids listed plus one per end-of-sequence token.
 
+No choice counts more than ``max_tokens`` tokens, whatever the backend produces (an
+upstream server may ignore ``max_tokens``): its output is cut there and it finishes with
+``length``, so a job never sends more than the gateway's frame budget, one chunk per token
+plus a finish per choice, and the Done. A choice cut this way counts the prompt tokens its
+backend told before the cut (0 when it told none: an upstream tells them at the end).
+
 A continuation job (``Job.continue_from``, failover after another provider died mid-stream)
 has one prompt; the backend reads prompt + continue_from and produces only what follows.
 Its usage and receipt count ``prompt_tokens`` = the prompt's tokens + len(continue_from)
@@ -19,11 +25,12 @@ Its usage and receipt count ``prompt_tokens`` = the prompt's tokens + len(contin
 from __future__ import annotations
 
 import base64
+import contextlib
 import math
 import struct
 import time
-from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass, replace
 
 from nacl.signing import SigningKey
 
@@ -158,6 +165,46 @@ def _delta_chunks(job: Job, index: int, event: Delta, client_logprobs: bool) -> 
     return chunks
 
 
+def _within(delta: Delta, room: int) -> Delta | None:
+    """The part of ``delta`` that fits in ``room`` more tokens: all of it (the same object),
+    its first tokens, or None.
+
+    A cut keeps the first ``room`` logprob entries, and the text only when it is exactly
+    those entries' tokens (the text of several tokens cannot be split otherwise; what is
+    dropped is then held back, as text is before a character or a stop string completes).
+    """
+    if delta.token_count <= room:
+        return delta
+    if room <= 0:
+        return None
+    if not delta.logprobs:
+        return replace(delta, tokens=room)  # text counted as more tokens than it lists
+    kept = delta.logprobs[:room]
+    whole = "".join(entry.token for entry in delta.logprobs) == delta.text
+    text = "".join(entry.token for entry in kept) if whole else ""
+    return replace(delta, text=text, logprobs=kept, tokens=0)
+
+
+def _within_finish(finish: Finish, max_tokens: int) -> Finish:
+    """``finish`` counting at most ``max_tokens``: an end-of-sequence token sampled after
+    ``max_tokens`` tokens (or any count beyond) is a ``length`` finish at ``max_tokens``."""
+    if finish.completion_tokens <= max_tokens:
+        return finish
+    return Finish("length", finish.prompt_tokens, max_tokens)
+
+
+@contextlib.asynccontextmanager
+async def _closing(events: AsyncIterator[Delta | Finish]) -> AsyncIterator[None]:
+    """Close ``events`` on leaving (an async generator's aclose), so a stream left early
+    stops its backend now rather than when the generator is collected."""
+    try:
+        yield
+    finally:
+        aclose = getattr(events, "aclose", None)
+        if aclose is not None:
+            await aclose()
+
+
 async def run_text_job(
     job: Job, backend: TextBackend, send: Send, cancel: CancelToken, signer: ReceiptSigner
 ) -> None:
@@ -191,6 +238,7 @@ async def run_text_job(
         await send(chunk)
         sent_any = True
 
+    max_tokens = job.params.max_tokens
     try:
         for index, prompt in enumerate(prompts):
             # Passed only when set: backends written before continuations still run the rest.
@@ -199,13 +247,24 @@ async def run_text_job(
                 if continue_from
                 else backend.stream(prompt, job.params, cancel)
             )
-            async for event in events:
-                if isinstance(event, Delta):
-                    if not event.text and not event.logprobs:
-                        continue
-                    for chunk in _delta_chunks(job, index, event, client_logprobs):
-                        await emit(chunk)
-                elif isinstance(event, Finish):
+            room, told_prompt_tokens, cut = max_tokens, 0, False
+            async with _closing(events):
+                async for event in events:
+                    if isinstance(event, Delta):
+                        if not event.text and not event.logprobs:
+                            continue
+                        told_prompt_tokens = told_prompt_tokens or event.prompt_tokens or 0
+                        fitting = _within(event, room)
+                        if fitting is not None:
+                            room -= fitting.token_count
+                            for chunk in _delta_chunks(job, index, fitting, client_logprobs):
+                                await emit(chunk)
+                        if fitting is event:
+                            continue
+                        # Past max_tokens (an upstream that ignores it): the choice finishes
+                        # here, and leaving the loop closes the backend's stream.
+                        event, cut = Finish("length", told_prompt_tokens, max_tokens - room), True
+                    event = _within_finish(event, max_tokens)
                     prompt_tokens += event.prompt_tokens
                     completion_tokens += event.completion_tokens
                     await emit(
@@ -216,7 +275,10 @@ async def run_text_job(
                             eos=event.eos,
                         )
                     )
-            if cancel.cancelled:
+                    if cut:
+                        break
+            # A choice cut at max_tokens is complete, even if closing its stream set cancel.
+            if cancel.cancelled and not cut:
                 return
     except BackendError as exc:
         await send(
