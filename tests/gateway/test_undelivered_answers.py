@@ -138,3 +138,48 @@ async def test_a_prompt_count_above_the_gateways_bound_is_not_billed(
     bounded = 50 * 1_000 + 1 * 2_000
     assert response.json()["usage"]["cost"] == bounded
     assert after == before - bounded
+
+
+async def test_a_hold_the_journal_refuses_is_never_answered_or_charged(
+    gateway: LiveGateway,
+) -> None:
+    """The hold is stored while the provider works, not before: if the store refuses it,
+    the finished answer is withheld (503), the job is not paid and nothing moves."""
+    from sqlalchemy import text
+
+    from tessera.store.engine import create_engine, database_url_for
+
+    peer, beat = await priced(gateway)
+    engine = create_engine(database_url_for(gateway.settings.data_dir))
+    async with engine.begin() as conn:
+        await conn.execute(
+            text(
+                "CREATE TRIGGER refuse_holds BEFORE INSERT ON ledger_entries "
+                "WHEN NEW.kind = 'hold' BEGIN SELECT RAISE(ABORT, 'refused by the test'); END"
+            )
+        )
+    try:
+        async with gateway.client() as client:
+            before = await balance(client)
+            request = asyncio.create_task(client.post("/v1/chat/completions", json=chat_body()))
+            await answer(peer, await peer.recv())
+            refused = await request
+            assert refused.status_code == 503, refused.text
+            assert refused.json()["error"]["code"] == "journal_refused"
+            assert await balance(client) == before
+            async with engine.begin() as conn:
+                await conn.execute(text("DROP TRIGGER refuse_holds"))
+            request = asyncio.create_task(client.post("/v1/chat/completions", json=chat_body()))
+            job = await peer.recv()
+            if job["type"] == "cancel":  # the refused job's, sent as it was withheld
+                job = await peer.recv()
+            await answer(peer, job)
+            response = await request
+            assert response.status_code == 200, response.text
+            assert response.json()["usage"]["cost"] == REAL
+            view = await settled(client, response.headers["x-request-id"])
+            assert view["settlement"] == "captured"
+            assert await balance(client) == (before[0] - REAL, 0)
+    finally:
+        beat.cancel()
+        await engine.dispose()

@@ -150,6 +150,37 @@ class Bookkeeper:
 
     # ------------------------------------------------------------ requests
 
+    def post_hold(
+        self,
+        account: str,
+        key: str,
+        caps: SpendCaps,
+        request_id: str,
+        amount: int,
+        memo: dict[str, str],
+    ) -> asyncio.Future[Entry]:
+        """Escrow ``amount`` now (InsufficientFunds or CapReached if it cannot be) and
+        queue it for the journal; the returned future resolves once it is stored.
+
+        The caller overlaps the write with other work and must pass the future to
+        :meth:`confirm_hold` before it reports anything the hold paid for. A crash before
+        the hold is stored loses nothing: nothing after it (the capture) can be stored
+        either, since the journal stores entries in the order they were posted."""
+        self._guard()
+        entry = self.book.hold(account, key, caps, request_id, amount, self.clock(), memo)
+        future = self._submit(entry)
+        future.add_done_callback(_observed)
+        return future
+
+    async def confirm_hold(self, request_id: str, stored: asyncio.Future[Entry]) -> None:
+        """Wait until a posted hold is stored; release it and raise LedgerUnavailable if it
+        cannot be."""
+        try:
+            await self.durable(stored)
+        except BaseException:
+            self.release(request_id, "hold_not_stored")
+            raise
+
     async def hold(
         self,
         account: str,
@@ -160,13 +191,8 @@ class Bookkeeper:
         memo: dict[str, str],
     ) -> None:
         """Escrow ``amount`` and wait until that is stored; release it if it cannot be."""
-        self._guard()
-        entry = self.book.hold(account, key, caps, request_id, amount, self.clock(), memo)
-        try:
-            await self.durable(self._submit(entry))
-        except BaseException:
-            self.release(request_id, "hold_not_stored")
-            raise
+        stored = self.post_hold(account, key, caps, request_id, amount, memo)
+        await self.confirm_hold(request_id, stored)
 
     def capture(
         self,
@@ -254,3 +280,10 @@ class Bookkeeper:
         )
         await self._posted(self.book.ledger.last)
         return outcome
+
+
+def _observed(future: asyncio.Future[Entry]) -> None:
+    """Mark a hold's failure as seen: the request that posted it may have ended (refused,
+    cancelled) before confirming it, and the failure was handled by ``take_back``."""
+    if not future.cancelled():
+        future.exception()

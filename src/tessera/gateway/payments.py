@@ -18,7 +18,7 @@ from tessera.errors import QuotaExceeded
 from tessera.gateway.bookkeeper import Bookkeeper
 from tessera.gateway.routing import no_route_error
 from tessera.ledger.book import CapReached
-from tessera.ledger.journal import InsufficientFunds
+from tessera.ledger.journal import Entry, InsufficientFunds
 from tessera.ledger.spend_caps import SpendCaps
 from tessera.market.policy import Filter
 from tessera.market.quotes import (
@@ -52,6 +52,8 @@ class Charge:
     cost: int | None = None
     status: str = "open"  # open | captured | released
     stored: asyncio.Future[None] | None = field(default=None, repr=False)
+    # The hold, posted but perhaps not yet stored: confirm() before reporting what it paid.
+    hold_stored: asyncio.Future[Entry] | None = field(default=None, repr=False)
 
     @property
     def settled(self) -> bool:
@@ -90,6 +92,9 @@ class Payments:
     async def reserve(self, payer: Payer, request_id: str, job: Job, route: RouteRequest) -> Charge:
         """Hold the worst case of ``job`` before work starts, or refuse with a clear error.
 
+        The hold is taken in memory at once (no one can spend the same tokens) and stored
+        while the work runs: :meth:`confirm` waits for it before anything is answered.
+
         The hold is the worst case of the dearest provider the request may use and the
         consumer can afford, found by walking the model's price index from the top (no
         full scan): a retry may then land on any provider up to that price. ``route``
@@ -125,7 +130,7 @@ class Payments:
         if hold is None:
             raise self._short(payer, least)
         try:
-            await self.bookkeeper.hold(
+            charge.hold_stored = self.bookkeeper.post_hold(
                 payer.account_id,
                 payer.key_id,
                 payer.caps,
@@ -137,6 +142,13 @@ class Payments:
             raise self._short(payer, least) from None
         charge.held = hold
         return charge
+
+    async def confirm(self, charge: Charge) -> None:
+        """Wait until the charge's hold is stored (usually long done: it was written while
+        the provider worked); LedgerUnavailable, and the hold released, if it cannot be."""
+        stored, charge.hold_stored = charge.hold_stored, None
+        if stored is not None:
+            await self.bookkeeper.confirm_hold(charge.request_id, stored)
 
     def admit(self, charge: Charge, job: Job) -> list[Filter]:
         """The dispatch checks: staked, and a worst case that fits what was held."""
