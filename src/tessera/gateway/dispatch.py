@@ -18,8 +18,8 @@ from dataclasses import dataclass, field
 
 from tessera.config import GatewaySettings
 from tessera.errors import InvalidRequest, NoCapacity, Overloaded, ProviderFailed, TesseraError
-from tessera.gateway.hub import JobEvent, JobStream, ProviderGone, ProviderHub
 from tessera.gateway.metrics import GatewayMetrics
+from tessera.gateway.transport import JobEvent, JobStream, JobTransport, ProviderGone
 from tessera.market.admission import WaitingRoom
 from tessera.market.refusals import CLIENT_CODES, out_of_vocabulary
 from tessera.market.routing import RouteRequest
@@ -89,7 +89,7 @@ class Attempts:
 class Dispatcher:
     def __init__(
         self,
-        hub: ProviderHub,
+        hub: JobTransport,
         settings: GatewaySettings,
         metrics: GatewayMetrics,
         may_hedge: Callable[[str], bool] | None = None,

@@ -5,7 +5,7 @@ by signing a fresh single-use nonce together with its capabilities. After that t
 hands jobs to the session and routes the frames that come back to the job's queue.
 
 Invariants: a provider's slot is taken before its job is sent and given back exactly
-once (JobStream.close); a provider that goes away wakes every job waiting on it with
+once (WebSocketJobStream.close); a provider that goes away wakes every job waiting on it with
 ProviderGone; nothing a provider sends can raise out of ``serve``.
 """
 
@@ -28,6 +28,7 @@ from tessera.config import GatewaySettings
 from tessera.errors import NoCapacity
 from tessera.gateway.metrics import GatewayMetrics
 from tessera.gateway.routing import no_route_error
+from tessera.gateway.transport import JobEvent, JobStream, ProviderGone
 from tessera.market.fair_share import RunningJobs, SharePolicy
 from tessera.market.health import BreakerPolicy
 from tessera.market.refusals import FALSE_REFUSAL, blames_client, refusal_disproved
@@ -67,14 +68,6 @@ TOO_MANY_FRAMES = "too_many_frames"  # a job's output overran its max_tokens
 AUDITOR_BUSY = "the auditor is busy"
 
 
-@dataclass(frozen=True, slots=True)
-class ProviderGone:
-    """Put on a job's queue when its provider's connection ends."""
-
-    reason: str
-
-
-JobEvent = Chunk | Done | JobError | ProviderGone
 OnProviderSeen = Callable[[str, Capabilities], Awaitable[None]]
 OnProviderGone = Callable[[str], None]
 OnProviderLeaving = Callable[[str, str], None]
@@ -87,7 +80,7 @@ class ProviderSession:
     provider_id: str
     websocket: WebSocket
     last_seen: float
-    jobs: dict[str, JobStream] = field(default_factory=dict)
+    jobs: dict[str, WebSocketJobStream] = field(default_factory=dict)
     audits: dict[str, asyncio.Future[AuditAnswer]] = field(default_factory=dict)
     bad_frames: int = 0
     leaving: bool = False  # said goodbye: gets no new work
@@ -106,8 +99,8 @@ def frame_budget(job: Job) -> int:
     return choices * (job.params.max_tokens + 1) + 1
 
 
-class JobStream:
-    """One job on one provider: its events, and the slot it holds until closed."""
+class WebSocketJobStream:
+    """One job on a provider connected to this hub (a :class:`JobStream`)."""
 
     def __init__(
         self,
@@ -150,10 +143,15 @@ class JobStream:
 
     async def poll(self, timeout_s: float | None) -> JobEvent | None:
         """The next event, or None if none came within ``timeout_s`` (nothing is lost)."""
-        try:
-            event = await asyncio.wait_for(self.queue.get(), timeout_s)
-        except TimeoutError:
-            return None
+        queue = self.queue
+        if not queue.empty():  # already here: no timer, no task
+            event = queue.get_nowait()
+        else:
+            try:
+                async with asyncio.timeout(timeout_s):
+                    event = await queue.get()
+            except TimeoutError:
+                return None
         if self.first_event_at is None and isinstance(event, Chunk | Done):
             self.first_event_at = time.monotonic()
         if isinstance(event, Done | JobError | ProviderGone):
@@ -237,7 +235,9 @@ class ProviderHub:
 
     # ------------------------------------------------------------ jobs
 
-    async def open_job(self, job: Job, route: RouteRequest, exclude: set[str]) -> JobStream:
+    async def open_job(
+        self, job: Job, route: RouteRequest, exclude: set[str]
+    ) -> WebSocketJobStream:
         """Take a slot on the provider the router picks for ``job``; send the job.
 
         ``exclude`` (the providers that failed this request) grows if a send fails.
@@ -304,7 +304,7 @@ class ProviderHub:
                 reason,
             )
 
-    async def open_job_on(self, provider_id: str, job: Job) -> JobStream:
+    async def open_job_on(self, provider_id: str, job: Job) -> WebSocketJobStream:
         """Send ``job`` to one given provider, routed for the model or not (join challenges).
 
         Raises NoCapacity if that provider is gone or has no free slot.
@@ -349,12 +349,12 @@ class ProviderHub:
 
     def _start(
         self, chosen: LiveProvider, job: Job, account: str | None = None
-    ) -> JobStream | None:
+    ) -> WebSocketJobStream | None:
         session = self.sessions.get(chosen.provider_id)
         if session is None:
             return None
         self.registry.acquire(chosen.provider_id)
-        stream = JobStream(self, session, job, chosen.offers[job.model], account)
+        stream = WebSocketJobStream(self, session, job, chosen.offers[job.model], account)
         if account is not None:
             self.running.started(account, job.model)
         session.jobs[job.job_id] = stream
@@ -562,7 +562,7 @@ class ProviderHub:
             session, "unexpected_frame", f"'{frame.type}' not expected now"
         )
 
-    async def _overran(self, session: ProviderSession, stream: JobStream) -> None:
+    async def _overran(self, session: ProviderSession, stream: WebSocketJobStream) -> None:
         """The provider sent more frames than ``max_tokens`` allows (an upstream server
         that ignores it, say): that job fails as the provider's fault and is cancelled,
         and its later frames are dropped. Its other jobs go on; disconnecting it would
@@ -585,7 +585,7 @@ class ProviderHub:
         with contextlib.suppress(Exception):
             await session.send(Cancel(job_id=job_id))
 
-    def _judge(self, stream: JobStream, error: JobError) -> JobError:
+    def _judge(self, stream: WebSocketJobStream, error: JobError) -> JobError:
         """A provider's job error as the gateway holds it (see market/refusals.py).
 
         A refusal that blames the request is never retried elsewhere, whatever the
