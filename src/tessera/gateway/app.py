@@ -35,6 +35,7 @@ from tessera.gateway.admission import RequestAdmission, token_bound
 from tessera.gateway.auth import ApiKeyAuth, KeyChangeWatcher
 from tessera.gateway.bookkeeper import Bookkeeper
 from tessera.gateway.dispatch import Dispatcher
+from tessera.gateway.events import EventBus, ProviderJoined, ProviderLeft, RequestFinished
 from tessera.gateway.header_values import header_value
 from tessera.gateway.http_limits import RequestIdAndBodyLimit
 from tessera.gateway.hub import ProviderHub
@@ -65,7 +66,7 @@ from tessera.protocol.openai_api import (
     EmbeddingRequest,
     OpenAIRequest,
 )
-from tessera.protocol.wire import Capabilities, Usage
+from tessera.protocol.wire import Capabilities
 from tessera.store.accounts import AccountStore
 from tessera.store.api_keys import ApiKeyStore, hash_api_key
 from tessera.store.engine import create_engine, database_url_for
@@ -108,11 +109,14 @@ class Gateway:
     liveness: Liveness
     admission: RequestAdmission
     load: LoadGauge
+    events: EventBus
 
 
 def create_app(settings: GatewaySettings) -> FastAPI:
     metrics = GatewayMetrics()
     registry = ProviderRegistry()
+    events = EventBus()
+    metrics.subscribe_to(events)
 
     catalog = load_catalog(settings)
     load = LoadGauge(
@@ -153,6 +157,11 @@ def create_app(settings: GatewaySettings) -> FastAPI:
         async def provider_seen(provider_id: str, caps: Capabilities) -> None:
             liveness.connected(provider_id, caps)
             verifier.on_connect(provider_id, caps)
+            events.publish(
+                ProviderJoined(
+                    provider_id, caps.label, caps.region, tuple(m.name for m in caps.models)
+                )
+            )
             try:
                 await providers.upsert_seen(
                     provider_id=provider_id,
@@ -180,6 +189,7 @@ def create_app(settings: GatewaySettings) -> FastAPI:
             receipt_writer,
             ReputationBook.restore(await verification_store.load_reputation()),
             {(pid, model) for pid, model, _, _ in await verification_store.bans()},
+            events,
         )
         hub.initial_status = verifier.initial_status
         liveness = Liveness(
@@ -189,46 +199,36 @@ def create_app(settings: GatewaySettings) -> FastAPI:
         def provider_gone(provider_id: str) -> None:
             verifier.on_disconnect(provider_id)
             liveness.gone(provider_id)
+            events.publish(ProviderLeft(provider_id))
 
         hub.on_provider_gone = provider_gone
         hub.on_provider_leaving = liveness.leaving
 
-        def record(
-            ctx: RequestContext,
-            status: str,
-            provider_id: str | None,
-            error_code: str | None,
-            usage: Usage | None,
-        ) -> None:
-            latency_s = time.perf_counter() - ctx.started
-            metrics.latency.labels(endpoint=ctx.endpoint).observe(latency_s)
-            if usage is not None:
-                metrics.tokens.labels(direction="prompt").inc(usage.prompt_tokens)
-                metrics.tokens.labels(direction="completion").inc(usage.completion_tokens)
-            if status == "error" and provider_id is not None:
-                verifier.reputation.job_failed(provider_id)
-            charge = ctx.charge
-            offer = ctx.offer
+        def request_finished(event: RequestFinished) -> None:
+            if event.status == "error" and event.provider_id is not None:
+                verifier.reputation.job_failed(event.provider_id)
             request_log.submit(
                 RequestRecord(
-                    account_id=ctx.payer.account_id,
-                    cost=0 if charge is None or charge.cost is None else charge.cost,
-                    price_input_per_mtok=offer.price_input_per_mtok if offer else None,
-                    price_output_per_mtok=offer.price_output_per_mtok if offer else None,
-                    request_id=ctx.request_id,
-                    api_key_id=ctx.api_key_id,
-                    endpoint=ctx.endpoint,
-                    model=ctx.model,
-                    provider_id=provider_id,
-                    status=status,
-                    error_code=error_code,
-                    prompt_tokens=usage.prompt_tokens if usage else 0,
-                    completion_tokens=usage.completion_tokens if usage else 0,
-                    latency_ms=round(latency_s * 1000),
-                    ttft_ms=None if ctx.ttft_ms is None else round(ctx.ttft_ms),
-                    created_at=datetime.now(UTC),
+                    account_id=event.account_id,
+                    cost=event.cost,
+                    price_input_per_mtok=event.price_input_per_mtok,
+                    price_output_per_mtok=event.price_output_per_mtok,
+                    request_id=event.request_id,
+                    api_key_id=event.api_key_id,
+                    endpoint=event.endpoint,
+                    model=event.model,
+                    provider_id=event.provider_id,
+                    status=event.status,
+                    error_code=event.error_code,
+                    prompt_tokens=event.prompt_tokens,
+                    completion_tokens=event.completion_tokens,
+                    latency_ms=round(event.latency_s * 1000),
+                    ttft_ms=None if event.ttft_ms is None else round(event.ttft_ms),
+                    created_at=event.at,
                 )
             )
+
+        events.subscribe(RequestFinished, request_finished)
 
         admission = RequestAdmission(settings)
         serving = Serving(
@@ -236,7 +236,7 @@ def create_app(settings: GatewaySettings) -> FastAPI:
             Dispatcher(hub, settings, metrics, admission.hedge_slot),
             settings,
             metrics,
-            record,
+            events,
             payments,
             verifier,
         )
@@ -261,6 +261,7 @@ def create_app(settings: GatewaySettings) -> FastAPI:
             liveness,
             admission,
             load,
+            events,
         )
         housekeeping = asyncio.create_task(verifier.run_housekeeping())
         liveness.start()

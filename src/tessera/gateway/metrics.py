@@ -5,6 +5,15 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
+from tessera.gateway.events import (
+    AuditClosed,
+    EventBus,
+    ProviderJoined,
+    ProviderLeft,
+    RequestFinished,
+    Slashed,
+)
+
 __all__ = ["CONTENT_TYPE_LATEST", "GatewayMetrics"]
 
 
@@ -88,6 +97,52 @@ class GatewayMetrics:
             "overload_loop_lag_ms new inference requests are refused.",
             registry=self.registry,
         )
+
+        self.provider_joins = Counter(
+            "tessera_provider_joins_total",
+            "Provider connections that passed the handshake.",
+            registry=self.registry,
+        )
+        self.provider_leaves = Counter(
+            "tessera_provider_disconnects_total",
+            "Provider connections that ended.",
+            registry=self.registry,
+        )
+        self.audits = Counter(
+            "tessera_audit_cases_total",
+            "Audit cases closed, by outcome (passed, cleared, upheld, inconclusive).",
+            ["status"],
+            registry=self.registry,
+        )
+        self.slashes = Counter(
+            "tessera_slashes_total",
+            "Stake slashes, by reason.",
+            ["reason"],
+            registry=self.registry,
+        )
+        self.slashed_units = Counter(
+            "tessera_slashed_units_total",
+            "Base units of stake slashed.",
+            registry=self.registry,
+        )
+
+    def subscribe_to(self, events: EventBus) -> None:
+        """Count what the gateway publishes (see events.py)."""
+        events.subscribe(RequestFinished, self._request_finished)
+        events.subscribe(ProviderJoined, lambda e: self.provider_joins.inc())
+        events.subscribe(ProviderLeft, lambda e: self.provider_leaves.inc())
+        events.subscribe(AuditClosed, lambda e: self.audits.labels(status=e.status).inc())
+        events.subscribe(Slashed, self._slashed)
+
+    def _request_finished(self, event: RequestFinished) -> None:
+        self.latency.labels(endpoint=event.endpoint).observe(event.latency_s)
+        if event.status == "ok" or event.prompt_tokens or event.completion_tokens:
+            self.tokens.labels(direction="prompt").inc(event.prompt_tokens)
+            self.tokens.labels(direction="completion").inc(event.completion_tokens)
+
+    def _slashed(self, event: Slashed) -> None:
+        self.slashes.labels(reason=event.reason).inc()
+        self.slashed_units.inc(event.slashed_units)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

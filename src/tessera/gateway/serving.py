@@ -13,6 +13,7 @@ import struct
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
 from typing import Any
 
 from tessera.config import GatewaySettings
@@ -30,7 +31,7 @@ from tessera.gateway.dispatch import (
     Dispatcher,
     job_error_to_exception,
 )
-from tessera.gateway.hub import JobEvent, JobStream, ProviderGone
+from tessera.gateway.events import EventSink, RequestFinished
 from tessera.gateway.metrics import GatewayMetrics
 from tessera.gateway.openai_format import (
     ChatChunks,
@@ -41,6 +42,7 @@ from tessera.gateway.openai_format import (
 )
 from tessera.gateway.payments import Charge, Payer, Payments
 from tessera.gateway.routing import no_route_error
+from tessera.gateway.transport import JobEvent, JobStream, ProviderGone
 from tessera.gateway.verification import Verifier
 from tessera.market.diagnosis import RecentRequests
 from tessera.market.policy import EffectivePolicy, Filter
@@ -108,7 +110,6 @@ class Served:
 
 
 RenderFn = Callable[[str, str, dict[int, ChoiceText], Usage, int | None], dict[str, Any]]
-RecordFn = Callable[[RequestContext, str, "str | None", "str | None", Usage | None], None]
 
 
 def sse(data: dict[str, Any] | str) -> bytes:
@@ -123,7 +124,7 @@ class Serving:
         dispatcher: Dispatcher,
         settings: GatewaySettings,
         metrics: GatewayMetrics,
-        record: RecordFn,
+        events: EventSink,
         payments: Payments,
         verifier: Verifier,
     ) -> None:
@@ -133,7 +134,7 @@ class Serving:
         self.dispatcher = dispatcher
         self.settings = settings
         self.metrics = metrics
-        self.record = record
+        self.events = events
         self.hub = dispatcher.hub
         self.hub.router.stake = payments.bonded
         self.sticky = StickyTable(settings.sticky_ttl_s)
@@ -306,6 +307,38 @@ class Serving:
             "usage": {"prompt_tokens": usage.prompt_tokens, "total_tokens": usage.prompt_tokens},
         }
         return self._answered(ctx, stream, first, body)
+
+    def record(
+        self,
+        ctx: RequestContext,
+        status: str,
+        provider_id: str | None,
+        error_code: str | None,
+        usage: Usage | None,
+    ) -> None:
+        """Publish how the request ended (the metrics, the request log and the
+        reputation book subscribe)."""
+        charge, offer = ctx.charge, ctx.offer
+        self.events.publish(
+            RequestFinished(
+                request_id=ctx.request_id,
+                account_id=ctx.payer.account_id,
+                api_key_id=ctx.api_key_id,
+                endpoint=ctx.endpoint,
+                model=ctx.model,
+                provider_id=provider_id,
+                status=status,
+                error_code=error_code,
+                prompt_tokens=usage.prompt_tokens if usage else 0,
+                completion_tokens=usage.completion_tokens if usage else 0,
+                cost=0 if charge is None or charge.cost is None else charge.cost,
+                price_input_per_mtok=offer.price_input_per_mtok if offer else None,
+                price_output_per_mtok=offer.price_output_per_mtok if offer else None,
+                latency_s=time.perf_counter() - ctx.started,
+                ttft_ms=ctx.ttft_ms,
+                at=datetime.now(UTC),
+            )
+        )
 
     # ------------------------------------------------------------ money
 
@@ -481,6 +514,15 @@ class Serving:
         except BaseException:
             self._release(ctx, "client_disconnected")
             raise
+        if ctx.charge is not None and ctx.charge.hold_stored is not None:
+            try:
+                await self.payments.confirm(ctx.charge)
+            except BaseException as exc:
+                await stream.close()
+                self._release(ctx, "hold_not_stored")
+                if isinstance(exc, TesseraError):
+                    self.record(ctx, "error", stream.provider_id, exc.code, None)
+                raise
         ctx.offer = stream.offer
         if stream.decision is not None:
             why = stream.decision.header()
@@ -719,6 +761,15 @@ class Serving:
             return f"no other provider could take it ({exc})"
         self.metrics.continuations.labels(outcome="started").inc()
         relay.resume(stream, len(all_sent))
+        if ctx.charge is not None and ctx.charge.hold_stored is not None:
+            try:
+                await self.payments.confirm(ctx.charge)
+            except BaseException as exc:
+                await stream.close()
+                self._release(ctx, "hold_not_stored")
+                if isinstance(exc, TesseraError):
+                    self.record(ctx, "error", stream.provider_id, exc.code, None)
+                raise
         ctx.offer = stream.offer
         if stream.decision is not None:
             ctx.route = f"{ctx.route}; continued: {stream.decision.header()}"

@@ -36,13 +36,9 @@ from nacl.signing import SigningKey
 from tessera.config import GatewaySettings
 from tessera.errors import NoCapacity
 from tessera.gateway.bookkeeper import Bookkeeper
-from tessera.gateway.hub import (
-    AUDITOR_BUSY,
-    AuditAnswer,
-    JobStream,
-    ProviderGone,
-    ProviderHub,
-)
+from tessera.gateway.events import AuditClosed, EventSink, Slashed
+from tessera.gateway.hub import AUDITOR_BUSY, AuditAnswer, ProviderHub
+from tessera.gateway.transport import JobStream, ProviderGone
 from tessera.ledger.escrow import split_fee
 from tessera.ledger.journal import LedgerError
 from tessera.market.registry import ROUTABLE, ProviderRegistry
@@ -136,9 +132,11 @@ class Verifier:
         receipts: ReceiptWriter,
         reputation: ReputationBook,
         bans: set[tuple[str, str]],
+        events: EventSink,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.settings = settings
+        self.events = events
         self.catalog = catalog
         self.key = key
         self.public_key = signing.public_key_hex(key)
@@ -633,6 +631,9 @@ class Verifier:
                 closed_at=datetime.now(UTC),
             )
         )
+        self.events.publish(
+            AuditClosed(subject.request_id, provider_id, subject.model, status, slashed, refunded)
+        )
         if status != "passed":
             log.warning(
                 "audit case %s against %s: %s", subject.request_id, provider_id[:12], status
@@ -681,6 +682,7 @@ class Verifier:
         ):
             await self.ban(provider_id, model, reason)
         self._refresh_score(provider_id)
+        self.events.publish(Slashed(provider_id, model, reason, slashed, refunded))
         log.warning(
             "slashed %s for %s: %d base units, %d refunded",
             provider_id[:12],
