@@ -46,6 +46,7 @@ bench: $(TINY_STAMP)
 	$(BIN)/python bench/settled_requests.py
 	$(BIN)/python bench/router.py
 	TESSERA_TINY_MODEL_DIR=$(TINY_MODEL) $(BIN)/python bench/hostile_load.py
+	$(BIN)/python bench/front_door.py
 
 clean:
 	rm -rf $(VENV) .cache .pytest_cache .ruff_cache
