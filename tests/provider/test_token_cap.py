@@ -186,13 +186,23 @@ async def test_a_delta_whose_text_cannot_be_split_keeps_only_its_tokens() -> Non
     assert done.usage.completion_tokens == 1
 
 
-async def test_an_end_of_sequence_past_max_tokens_becomes_length() -> None:
-    backend = ScriptedBackend(
-        [Delta("a", (entry("a", 1),)), Delta("b", (entry("b", 2),)), Finish("stop", 4, 3, True)]
-    )
-    chunks, done = await run(job(2, kind="chat", messages=USER), backend)
-    assert (chunks[-1].finish_reason, chunks[-1].eos) == ("length", False)
-    assert (done.usage.prompt_tokens, done.usage.completion_tokens) == (4, 2)
+@pytest.mark.parametrize(
+    ("max_tokens", "finish"), [(6, ("length", False, 6)), (7, ("stop", True, 7))]
+)
+async def test_an_end_of_sequence_past_max_tokens_is_a_length_finish(
+    max_tokens: int, finish: tuple[str, bool, int]
+) -> None:
+    """The upstream lists six tokens, then counts a seventh: its end of sequence. Within
+    max_tokens 7 that is a stop; with max_tokens 6 the upstream went past it."""
+    async with scripted_upstream(eos=True) as upstream:
+        backend = OpenAIUpstreamTextBackend(INFO, upstream.base_url, "up-model")
+        try:
+            chunks, done = await run(job(max_tokens, kind="chat", messages=USER), backend)
+        finally:
+            await backend.close()
+    assert "".join(c.text for c in chunks) == "The fox ran far away."
+    last = chunks[-1]
+    assert (last.finish_reason, last.eos, done.usage.completion_tokens) == finish
 
 
 @pytest.mark.parametrize("stream", [False, True], ids=["non_streamed", "streamed"])

@@ -26,6 +26,7 @@ class ScriptedUpstream:
     tokens: Sequence[str] = ("The", " fox", " ran", " far", " away", ".")
     finish_reason: str = "stop"
     hang_after_done: bool = False  # send [DONE] but never end the body
+    eos: bool = False  # usage counts one token more than listed: an end of sequence
     connections: int = 0  # TCP connections accepted so far
     requests: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
     port: int = 0
@@ -83,7 +84,8 @@ class ScriptedUpstream:
             await _event(writer, _token_chunk(chat, token, 100 + number))
         end = {"index": 0, "finish_reason": self.finish_reason}
         await _event(writer, {"choices": [{**end, **({"delta": {}} if chat else {"text": ""})}]})
-        usage = {"prompt_tokens": PROMPT_TOKENS, "completion_tokens": len(self.tokens)}
+        completion = len(self.tokens) + (1 if self.eos else 0)
+        usage = {"prompt_tokens": PROMPT_TOKENS, "completion_tokens": completion}
         await _event(writer, {"choices": [], "usage": usage})
         await _event(writer, "[DONE]")
         if self.hang_after_done:

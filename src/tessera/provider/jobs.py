@@ -9,11 +9,13 @@ ended with its end-of-sequence token. The Done carries a :class:`Receipt` signed
 provider key that commits to exactly the chunks sent (``OutputDigest``), so its
 ``completion_tokens`` equal the digest's: ids listed plus one per end-of-sequence token.
 
-No choice counts more than ``max_tokens`` tokens, whatever the backend produces (an
-upstream server may ignore ``max_tokens``): its output is cut there and it finishes with
-``length``, so a job never sends more than the gateway's frame budget, one chunk per token
-plus a finish per choice, and the Done. A choice cut this way counts the prompt tokens its
-backend told before the cut (0 when it told none: an upstream tells them at the end).
+No choice sends more than ``max_tokens`` tokens, whatever the backend produces (an
+upstream server may ignore ``max_tokens``): a delta that would pass it is cut, the choice
+finishes there with ``length`` and exactly ``max_tokens`` completion tokens, and its
+stream is closed. So a job never sends more than the gateway's frame budget: one chunk per
+token plus a finish per choice, and the Done. A choice cut this way counts the prompt
+tokens its backend told before the cut (0 when it told none: an upstream tells them only
+at the end). A backend's own Finish is signed as it counts.
 
 A continuation job (``Job.continue_from``, failover after another provider died mid-stream)
 has one prompt; the backend reads prompt + continue_from and produces only what follows.
@@ -185,14 +187,6 @@ def _within(delta: Delta, room: int) -> Delta | None:
     return replace(delta, text=text, logprobs=kept, tokens=0)
 
 
-def _within_finish(finish: Finish, max_tokens: int) -> Finish:
-    """``finish`` counting at most ``max_tokens``: an end-of-sequence token sampled after
-    ``max_tokens`` tokens (or any count beyond) is a ``length`` finish at ``max_tokens``."""
-    if finish.completion_tokens <= max_tokens:
-        return finish
-    return Finish("length", finish.prompt_tokens, max_tokens)
-
-
 @contextlib.asynccontextmanager
 async def _closing(events: AsyncIterator[Delta | Finish]) -> AsyncIterator[None]:
     """Close ``events`` on leaving (an async generator's aclose), so a stream left early
@@ -264,7 +258,6 @@ async def run_text_job(
                         # Past max_tokens (an upstream that ignores it): the choice finishes
                         # here, and leaving the loop closes the backend's stream.
                         event, cut = Finish("length", told_prompt_tokens, max_tokens - room), True
-                    event = _within_finish(event, max_tokens)
                     prompt_tokens += event.prompt_tokens
                     completion_tokens += event.completion_tokens
                     await emit(

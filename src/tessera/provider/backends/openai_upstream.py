@@ -174,7 +174,7 @@ class OpenAIUpstreamTextBackend(_Upstream):
                 if isinstance(item, Finish):
                     if not unlisted:
                         item = _agreeing_finish(item, listed)
-                    yield item
+                    yield _within(item, params.max_tokens)
                     return
                 yield item
         finally:
@@ -290,6 +290,16 @@ def _agreeing_finish(finish: Finish, listed: int) -> Finish:
     """The upstream's Finish with counts that agree with the ``listed`` tokens."""
     eos = finish.reason == "stop" and finish.completion_tokens == listed + 1
     return Finish(finish.reason, finish.prompt_tokens, listed + (1 if eos else 0), eos)
+
+
+def _within(finish: Finish, max_tokens: int) -> Finish:
+    """``finish`` counting at most ``max_tokens``: an upstream that ignored it and ended
+    after more (its end of sequence after ``max_tokens`` tokens, or a count of its own
+    beyond them) finished, for us, with ``length`` at ``max_tokens``. jobs.py cuts the
+    tokens themselves at ``max_tokens``."""
+    if finish.completion_tokens <= max_tokens:
+        return finish
+    return Finish("length", finish.prompt_tokens, max_tokens)
 
 
 async def _next_item(queue: asyncio.Queue[_Item], cancel: CancelToken) -> _Item | None:
