@@ -15,12 +15,14 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from tessera.market.quotes import MaxPrice
 from tessera.market.regions import CONTRADICTED, countries, country_of, normalise
 from tessera.market.registry import LiveProvider
 from tessera.protocol.wire import ModelOffer
+
+_T = TypeVar("_T")
 
 Sort = Literal["price", "latency", "throughput"]
 SORTS: tuple[str, ...] = ("price", "latency", "throughput")
@@ -223,24 +225,25 @@ class EffectivePolicy:
     # Every layer's filters, compiled once per request (the router reads them per pick).
     filters: tuple[Filter, ...] = ()
 
-    def _last(self, attr: str) -> Any:
+    def _last(self, read: Callable[[Policy], _T | None]) -> _T | None:
+        """The value ``read`` takes from the last layer where it is set (truthy)."""
         for layer in reversed(self.layers):
-            value = getattr(layer, attr)
+            value = read(layer)
             if value:
                 return value
         return None
 
     @property
     def sort(self) -> Sort | None:
-        return self._last("sort")  # type: ignore[no-any-return]
+        return self._last(lambda layer: layer.sort)
 
     @property
     def order(self) -> tuple[str, ...]:
-        return self._last("order") or ()
+        return self._last(lambda layer: layer.order) or ()
 
     @property
     def hedge_after_ms(self) -> int | None:
-        return self._last("hedge_after_ms")  # type: ignore[no-any-return]
+        return self._last(lambda layer: layer.hedge_after_ms)
 
     @property
     def allow_fallbacks(self) -> bool:

@@ -24,11 +24,11 @@ from __future__ import annotations
 import bisect
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TypeVar
 
 from tessera.market.health import ProviderHealth
 from tessera.market.regions import UNCHECKED
-from tessera.protocol.wire import Capabilities, ModelOffer
+from tessera.protocol.wire import Capabilities, ModelKind, ModelOffer
 
 
 @dataclass(slots=True)
@@ -67,7 +67,7 @@ class ModelSummary:
     """What /v1/models shows for one model."""
 
     name: str
-    kind: str
+    kind: ModelKind
     providers: int
     context_length: int
     price_input_min: int
@@ -79,7 +79,9 @@ class ModelSummary:
     disagreeing: int = 0  # providers announcing the name with another shape (not routed)
 
 
-Shape = tuple[str, int | None]  # (kind, embedding dimensions; None for text)
+_K = TypeVar("_K")
+
+Shape = tuple[ModelKind, int | None]  # (kind, embedding dimensions; None for text)
 
 
 def shape_of(offer: ModelOffer) -> Shape:
@@ -201,7 +203,7 @@ class ModelPool:
         self._public = ModelOffer(
             name=self.name,
             weights_sha256=max(stats.weights, key=lambda w: stats.weights[w]),
-            kind=kind,  # type: ignore[arg-type]
+            kind=kind,
             context_length=stats.contexts[(len(stats.contexts) - 1) // 2],
             supports_tools=stats.without_tools == 0,
             embedding_dimensions=dims,
@@ -210,7 +212,7 @@ class ModelPool:
         return self._public
 
 
-def _decrement(counts: dict[Any, int], key: Any) -> None:
+def _decrement(counts: dict[_K, int], key: _K) -> None:
     left = counts.get(key, 0) - 1
     if left > 0:
         counts[key] = left

@@ -307,9 +307,11 @@ class CompletionRequest(SamplingFields):
         p = self.prompt
         if isinstance(p, str):
             return [p]
-        if p and isinstance(p[0], int):
-            return [list(p)]  # type: ignore[arg-type]
-        return list(p)  # type: ignore[arg-type]
+        if not p:
+            return []
+        if isinstance(p[0], int):
+            return [list(p)]
+        return list(p)
 
 
 class EmbeddingRequest(OpenAIRequest):
@@ -321,9 +323,11 @@ class EmbeddingRequest(OpenAIRequest):
         v = self.input
         if isinstance(v, str):
             return [v]
-        if v and isinstance(v[0], int):
-            return [list(v)]  # type: ignore[arg-type]
-        return list(v)  # type: ignore[arg-type]
+        if not v:
+            return []
+        if isinstance(v[0], int):
+            return [list(v)]
+        return list(v)
 
 
 def refuse_unhonourable(

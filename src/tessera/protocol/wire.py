@@ -37,6 +37,7 @@ Name = Annotated[str, Field(min_length=1, max_length=200)]
 ShortText = Annotated[str, Field(max_length=2_000)]
 JobId = Annotated[str, Field(min_length=1, max_length=100)]
 Count = Annotated[int, Field(ge=0, le=10_000_000)]
+ModelKind = Literal["text", "embedding"]
 
 # Bounds of a job's input. The OpenAI request types (openai_api.py) are built from these,
 # so the API refuses with a 400 whatever a job could not carry.
@@ -64,7 +65,7 @@ class ModelOffer(Frame):
 
     name: Name
     weights_sha256: Sha256
-    kind: Literal["text", "embedding"]
+    kind: ModelKind
     context_length: Annotated[int, Field(ge=1, le=10_000_000)]
     supports_tools: bool = False
     embedding_dimensions: Annotated[int, Field(ge=1, le=65_536)] | None = None

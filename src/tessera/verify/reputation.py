@@ -55,7 +55,8 @@ class Reputation:
 
     def integrity(self) -> float:
         good = self.audits_passed + self.audits_cleared
-        bad = sum(weight * getattr(self, name) for name, weight in PENALTY.items())
+        # Every PENALTY key names an int counter field.
+        bad: int = sum(weight * getattr(self, name) for name, weight in PENALTY.items())
         return (good + 1) / (good + 2 + bad)
 
     def score(self) -> float:
@@ -169,7 +170,11 @@ class ReputationBook:
                         f"{provider_id}: {name} must be a finite number >= 0, not {value!r}"
                     )
                 values[name] = float(value)
-            records[provider_id] = Reputation(**values)  # type: ignore[arg-type]
+            # Field by field: each value was checked against its own field's type above.
+            record = Reputation()
+            for name, value in values.items():
+                setattr(record, name, value)
+            records[provider_id] = record
         return cls(records)
 
 

@@ -78,7 +78,9 @@ def reputation_rate(policy: AuditPolicy, clean_audits: int, failed_audits: int) 
         raise ValueError("audit counts are never negative")
     if clean_audits < policy.probation_audits or failed_audits > 0:
         return 1.0
-    decayed = 0.5 ** ((clean_audits - policy.probation_audits) / policy.half_life_audits)
+    # A positive base: the power is real (typeshed types float ** float as Any for the
+    # complex result of a negative base).
+    decayed: float = 0.5 ** ((clean_audits - policy.probation_audits) / policy.half_life_audits)
     return min(1.0, max(policy.floor_rate, decayed))
 
 
