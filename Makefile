@@ -28,9 +28,11 @@ $(TINY_STAMP): src/tessera/models/make_tiny.py src/tessera/models/corpus.py $(wi
 demo: $(TINY_STAMP)
 	$(BIN)/tessera demo --model-dir $(TINY_MODEL)
 
+# mypy takes its files (the strict packages) and flags from [tool.mypy] in pyproject.toml.
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/mypy --config-file pyproject.toml
 
 format: $(STAMP)
 	$(BIN)/ruff format .
