@@ -55,6 +55,7 @@ from tessera.protocol.wire import (
 from tessera.provider.auditing import ScoreBatcher, run_audit
 from tessera.provider.backends.base import CancelToken, EmbeddingBackend, TextBackend
 from tessera.provider.jobs import ReceiptSigner, run_embedding_job, run_text_job
+from tessera.provider.outbox import Outbox
 
 log = logging.getLogger("tessera.provider")
 CONNECT_PATH = "/v1/providers/connect"
@@ -75,6 +76,7 @@ class _Link:
     ws: ClientConnection
     send: Callable[[Frame], Awaitable[None]]
     running: Running
+    flush: Callable[[], Awaitable[None]]  # until every frame sent so far is written
 
 
 class RegistrationRefused(Exception):
@@ -200,6 +202,7 @@ class ProviderAgent:
 
         async def close(link: _Link) -> None:
             with contextlib.suppress(Exception):
+                await asyncio.wait_for(link.flush(), 5)  # the drained jobs' last frames
                 await asyncio.wait_for(link.ws.close(1000, "goodbye"), 5)
 
         await asyncio.gather(*(close(link) for link in list(self._links.values())))
@@ -245,18 +248,15 @@ class ProviderAgent:
             self.on_status(url, f"connected as {welcome.provider_id[:12]}")
             log.info("registered with %s as %s", url, welcome.provider_id[:12])
             running: Running = {}
-            send_lock = asyncio.Lock()
-
-            async def send(frame: Frame) -> None:
-                async with send_lock:
-                    await ws.send(frame.model_dump_json())
-
+            outbox = Outbox(ws.send)
+            send = outbox.send
             beat = asyncio.create_task(self._heartbeat(send, welcome.heartbeat_interval_s, running))
-            link = _Link(ws, send, running)
+            link = _Link(ws, send, running, outbox.flush)
             self._links[url] = link
             try:
                 if self._leaving:  # welcomed while leaving: take nothing, go
                     await send(Goodbye(reason="shutting down"))
+                    await asyncio.wait_for(outbox.flush(), 5)
                     await ws.close(1000, "goodbye")
                 async for raw in ws:
                     await self._on_frame(raw, send, running)
@@ -270,6 +270,7 @@ class ProviderAgent:
                     token.cancel()
                     task.cancel()
                 await asyncio.gather(*(t for t, _ in running.values()), return_exceptions=True)
+                await outbox.close()
             return True
 
     async def _register(self, ws: ClientConnection) -> Welcome:
