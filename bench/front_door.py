@@ -52,7 +52,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
@@ -516,6 +516,42 @@ def wait_quiet(pids: list[int], limit_s: float = 30.0, busy: float = 0.15) -> fl
     return time.monotonic() - started
 
 
+def _busy_s() -> float:
+    """CPU time the whole machine has spent busy since boot, s (all cores)."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+    guest = sum(fields[8:10]) if len(fields) > 9 else 0  # already counted in user and nice
+    return (sum(fields) - idle - guest) / os.sysconf("SC_CLK_TCK")
+
+
+def _own_s() -> float:
+    """CPU time of this process and of its finished children (wrk, the generators), s."""
+    import resource
+
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    done = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + done.ru_utime + done.ru_stime
+
+
+class OthersMeter:
+    """The share of the machine that processes outside this run used while it measured:
+    the noise in a figure, on a machine other people use too."""
+
+    def __init__(self, pids: Callable[[], list[int]]) -> None:
+        self.pids = pids
+
+    @contextlib.contextmanager
+    def measuring(self, result: dict[str, Any]) -> Iterator[None]:
+        """Sets ``result["others_cpu_pct"]``: percent of all cores, over the block."""
+        pids = self.pids()
+        start = (time.monotonic(), _busy_s(), cpu_seconds(pids) + _own_s())
+        yield
+        elapsed = time.monotonic() - start[0]
+        ours = cpu_seconds(pids) + _own_s() - start[2]
+        others = max(0.0, _busy_s() - start[1] - ours)
+        result["others_cpu_pct"] = 100 * others / (elapsed * (os.cpu_count() or 1))
+
+
 @dataclass
 class Started:
     """A process this run started (in its own session, so its whole group can be ended)."""
@@ -796,12 +832,18 @@ class Bench:
     """Runs one measured point at a time against a target, each in a process on core 0."""
 
     def __init__(
-        self, args: argparse.Namespace, workdir: Path, wrk: str | None, results: Results
+        self,
+        args: argparse.Namespace,
+        workdir: Path,
+        wrk: str | None,
+        results: Results,
+        meter: OthersMeter,
     ) -> None:
         self.args = args
         self.workdir = workdir
         self.wrk = wrk
         self.results = results
+        self.meter = meter
 
     def _worker(self, spec: dict[str, Any], limit_s: float) -> dict[str, Any]:
         cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", json.dumps(spec)]
@@ -829,6 +871,12 @@ class Bench:
         }
 
     def closed(self, target: Target, concurrency: int, duration: int) -> dict[str, Any]:
+        noise: dict[str, Any] = {}
+        with self.meter.measuring(noise):
+            result = self._closed(target, concurrency, duration)
+        return result | noise
+
+    def _closed(self, target: Target, concurrency: int, duration: int) -> dict[str, Any]:
         if self.wrk is None:
             spec = self._spec(target, "closed", concurrency=concurrency, duration=duration)
             return self._worker(spec, duration + 120)
@@ -869,18 +917,23 @@ class Bench:
         spec = self._spec(
             target, "open", rate=rate, duration=duration, max_conns=self.args.max_conns
         )
-        result = self._worker(spec, duration + self.args.timeout + 120)
-        result["quiet_wait_s"] = wait_quiet(target.pids)
-        return result
+        noise: dict[str, Any] = {}
+        with self.meter.measuring(noise):
+            result = self._worker(spec, duration + self.args.timeout + 120)
+        # How long the server kept working on what the load left behind.
+        result["drain_s"] = wait_quiet(target.pids, limit_s=self.args.drain_limit)
+        return result | noise
 
     def streams(self, target: Target, count: int, duration: int) -> dict[str, Any]:
         spec = self._spec(
             target, "streams", streams=count, duration=duration, max_tokens=self.args.stream_tokens
         )
         spec["timeout"] = max(self.args.timeout, 30.0)
-        result = self._worker(spec, duration + spec["timeout"] + 120)
-        wait_quiet(target.pids)
-        return result
+        noise: dict[str, Any] = {}
+        with self.meter.measuring(noise):
+            result = self._worker(spec, duration + spec["timeout"] + 120)
+        wait_quiet(target.pids, limit_s=self.args.drain_limit)
+        return result | noise
 
 
 # ================================================================ report
@@ -923,13 +976,14 @@ def tables(results: Results, rows: list[str]) -> list[tuple[str, list[str], list
                     _added(r["p99_ms"], direct and direct["p99_ms"]),
                     _ratio(r["rps"], lite and lite["rps"]),
                     _ratio(r["rps"], direct and direct["rps"]),
+                    _f(r.get("others_cpu_pct"), 0),
                 ]
             )  # fmt: skip
     out.append(
         (
             f"Closed loop (wrk), non-streaming chat, max_tokens {MAX_TOKENS}",
             ["path", "c", "req/s", "p50 ms", "p99 ms", "errors", "added p50 ms", "added p99 ms",
-             "req/s vs LiteLLM", "req/s vs direct"],
+             "req/s vs LiteLLM", "req/s vs direct", "others' CPU %"],
             closed_rows,
         )
     )  # fmt: skip
@@ -945,14 +999,17 @@ def tables(results: Results, rows: list[str]) -> list[tuple[str, list[str], list
                     _added(r["p50_ms"], direct and direct["p50_ms"]),
                     _added(r["p99_all_ms"], direct and direct["p99_all_ms"]),
                     _ratio(r["achieved"], lite and lite["achieved"]),
-                    _f(r["lag_p99_ms"], 2),
+                    _ratio(r["achieved"], direct and direct["achieved"]),
+                    _f(r["lag_p99_ms"], 2), _f(r["drain_s"], 1),
+                    _f(r.get("others_cpu_pct"), 0),
                 ]
             )  # fmt: skip
     out.append(
         (
             "Open loop: fixed send schedule, latency from the scheduled time",
             ["path", "rate/s", "achieved/s", "p50 ms", "p99 ms", "errors", "timeouts",
-             "added p50 ms", "added p99 ms (failures ∞)", "achieved vs LiteLLM", "send lag p99 ms"],
+             "added p50 ms", "added p99 ms (failures ∞)", "achieved vs LiteLLM",
+             "achieved vs direct", "send lag p99 ms", "drain s", "others' CPU %"],
             open_rows,
         )
     )  # fmt: skip
@@ -968,16 +1025,19 @@ def tables(results: Results, rows: list[str]) -> list[tuple[str, list[str], list
                     _added(r["ttft_p50_ms"], direct and direct["ttft_p50_ms"]),
                     _added(r["ttft_p99_ms"], direct and direct["ttft_p99_ms"]),
                     _ratio(r["completed"], lite and lite["completed"]),
+                    _ratio(r["completed"], direct and direct["completed"]),
                     _f(r["gap_p99_ms"], 1), _f(r["max_gap_ms"], 0),
                     str(r["stalls"]), str(r["stalled_streams"]),
+                    _f(r.get("others_cpu_pct"), 0),
                 ]
             )  # fmt: skip
     out.append(
         (
             "Concurrent streams, 20 ms between upstream chunks",
             ["path", "streams", "completed", "errors", "TTFT p50 ms", "TTFT p99 ms",
-             "added TTFT p50", "added TTFT p99", "completed vs LiteLLM", "gap p99 ms",
-             "max gap ms", "stalls >100 ms", "streams stalled"],
+             "added TTFT p50", "added TTFT p99", "completed vs LiteLLM",
+             "completed vs direct", "gap p99 ms", "max gap ms", "stalls >100 ms",
+             "streams stalled", "others' CPU %"],
             stream_rows,
         )
     )  # fmt: skip
@@ -1201,12 +1261,18 @@ def markdown(
         f"{args.max_conns}); latency counts from the scheduled send time, so a server that "
         f"falls behind is charged for the queue. Unanswered after {args.timeout:.0f} s is a "
         "timeout. p50/p99 are over 2xx answers; the added p99 counts failures as infinite. "
-        "Send lag is how late the generator itself sent (its own health).",
+        "Send lag is how late the generator itself sent (its own health); drain is how long "
+        "the server stayed busy after the load stopped, on what the load left behind.",
         "- Streams: each of N connections streams one answer after another; time to first "
         "token is the first SSE event with non-empty content; a stall is a gap over 100 ms "
         "between two SSE events of one stream.",
         "- Memory: VmRSS of each server process (with its children) after each phase.",
+        "- Others' CPU: the share of both cores that processes outside this run used while "
+        "a point was measured (from /proc/stat, less this run's own processes); a point "
+        "with a high share was disturbed and is worth measuring again.",
     ]
+    if args.nice:
+        parts.append(f"- Every process of this run ran at niceness {args.nice} (`--nice`).")
     if results.notes:
         parts += ["", "## Notes", ""] + [f"- {n}" for n in results.notes]
     return "\n".join(parts) + "\n"
@@ -1222,7 +1288,17 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--duration", type=int, default=5, help="seconds per point (default 5)")
     parser.add_argument("--quick", action="store_true", help="2 s per point, for a smoke run")
     parser.add_argument("--timeout", type=float, default=5.0, help="open-loop request timeout, s")
-    parser.add_argument("--max-conns", type=int, default=1024, help="open-loop connection cap")
+    parser.add_argument("--max-conns", type=int, default=256, help="open-loop connection cap")
+    parser.add_argument(
+        "--drain-limit", type=float, default=60.0, help="longest wait for a server to go idle, s"
+    )
+    parser.add_argument(
+        "--nice",
+        type=int,
+        default=0,
+        help="run everything at this niceness (negative needs root): on a machine others "
+        "use, their processes then disturb the figures less",
+    )
     parser.add_argument("--stream-tokens", type=int, default=16, help="tokens per streamed answer")
     parser.add_argument("--no-litellm", action="store_true", help="skip the LiteLLM row")
     parser.add_argument("--no-results", action="store_true", help="do not write bench/RESULTS.md")
@@ -1435,11 +1511,14 @@ def main() -> int:
         results.notes.append(f"LiteLLM row not run: {litellm_version}")
         console.print(f"[yellow]LiteLLM row not run: {litellm_version}[/]")
     info["Versions"] = versions(litellm_version if litellm_exe else "not run", wrk)
-    bench = Bench(args, workdir, wrk, results)
+    if args.nice:
+        os.setpriority(os.PRIO_PROCESS, 0, args.nice)  # inherited by everything started
+    bench = Bench(args, workdir, wrk, results, OthersMeter(lambda: []))
     previous = signal.signal(signal.SIGTERM, _interrupt)
     servers = None
     try:
         servers = start_servers(console, workdir, litellm_exe, results)
+        bench.meter.pids = lambda: list(servers.pids().values()) if servers else []
         rows = [row for row in ROWS if row in servers.targets()]
         measure(bench, servers, rows, console, workdir)
     except KeyboardInterrupt:
