@@ -19,7 +19,7 @@ import builtins
 import functools
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Final
 
@@ -31,6 +31,7 @@ from tessera.store.batch_writer import BatchWriter
 from tessera.store.batched import in_transaction
 from tessera.store.dialect import conflict_insert
 from tessera.store.errors import StoreError, translated
+from tessera.store.rows import row_values
 from tessera.store.tables import requests
 
 log = logging.getLogger(__name__)
@@ -122,7 +123,7 @@ class RequestLog:
         if not records:
             return
         latest = {record.request_id: record for record in records}  # the final one wins
-        rows = [asdict(record) for record in latest.values()]
+        rows = [row_values(record) for record in latest.values()]
 
         def write(conn: Connection) -> None:
             stmt = conflict_insert(conn.dialect.name, requests)

@@ -29,6 +29,7 @@ from tessera.store.batch_writer import BatchWriter, Queued
 from tessera.store.batched import in_transaction
 from tessera.store.dialect import conflict_insert
 from tessera.store.errors import StoreError, translated
+from tessera.store.rows import row_values
 from tessera.store.tables import (
     audit_cases,
     audits,
@@ -219,7 +220,7 @@ class VerificationStore:
             raise DuplicateReceipt(repeated, within_batch=True)
         with translated(self._engine.url):
             try:
-                values = [asdict(row) for row in rows]
+                values = [row_values(row) for row in rows]
                 await in_transaction(
                     self._engine, lambda conn: conn.execute(insert(receipts), values)
                 )
