@@ -36,6 +36,7 @@ from tessera.gateway.auth import ApiKeyAuth, KeyChangeWatcher
 from tessera.gateway.bookkeeper import Bookkeeper
 from tessera.gateway.dispatch import Dispatcher
 from tessera.gateway.events import EventBus, ProviderJoined, ProviderLeft, RequestFinished
+from tessera.gateway.fast_routes import InferenceRoutes
 from tessera.gateway.header_values import header_value
 from tessera.gateway.http_limits import RequestIdAndBodyLimit
 from tessera.gateway.hub import ProviderHub
@@ -286,10 +287,12 @@ def create_app(settings: GatewaySettings) -> FastAPI:
         lifespan=lifespan,
     )
     # Added first, so it runs inside RequestIdAndBodyLimit: refusals carry a request id.
-    app.add_middleware(ShedOverload, gauge=load, metrics=metrics)
+    routes = InferenceRoutes()
+    app.add_middleware(ShedOverload, gauge=load, metrics=metrics, routes=routes)
     app.add_middleware(RequestIdAndBodyLimit, max_body_bytes=settings.max_body_bytes)
     _install_error_handlers(app, metrics)
-    _install_routes(app, metrics, registry)
+    _install_routes(app, metrics, registry, routes)
+    routes.bind(app, functools.partial(_tessera_error_response, metrics))
     install_money_routes(app, gateway_of)
     install_verification_routes(app, gateway_of)
     install_status_routes(app, gateway_of)
@@ -345,14 +348,20 @@ def _error_response(request: Request, error: TesseraError) -> JSONResponse:
     )
 
 
+def _tessera_error_response(
+    metrics: GatewayMetrics, request: Request, exc: TesseraError
+) -> JSONResponse:
+    metrics.requests.labels(endpoint=_route(request), status=str(exc.status_code)).inc()
+    return _error_response(request, exc)
+
+
 def _install_error_handlers(app: FastAPI, metrics: GatewayMetrics) -> None:
     """Our errors and the framework's become OpenAI bodies; anything else is a 500 from
     ``RequestIdAndBodyLimit``, which logs one line without the client's content."""
 
     @app.exception_handler(TesseraError)
     async def tessera_error(request: Request, exc: TesseraError) -> JSONResponse:
-        metrics.requests.labels(endpoint=_route(request), status=str(exc.status_code)).inc()
-        return _error_response(request, exc)
+        return _tessera_error_response(metrics, request, exc)
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -486,7 +495,9 @@ class SettlingStreamingResponse(StreamingResponse):
 # ------------------------------------------------------------------ routes
 
 
-def _install_routes(app: FastAPI, metrics: GatewayMetrics, registry: ProviderRegistry) -> None:
+def _install_routes(
+    app: FastAPI, metrics: GatewayMetrics, registry: ProviderRegistry, fast: InferenceRoutes
+) -> None:
     async def context(request: Request, endpoint: str) -> tuple[RequestContext, Any]:
         """The request's context, and its key (limits, default routing policy)."""
         gateway = gateway_of(request)
@@ -608,6 +619,14 @@ def _install_routes(app: FastAPI, metrics: GatewayMetrics, registry: ProviderReg
     @app.post("/v1/embeddings", openapi_extra=_body_schema(EmbeddingRequest), response_model=None)
     async def embeddings(request: Request) -> Response:
         return await serve(request, "embeddings", EmbeddingRequest, lambda s: s.embeddings)
+
+    for path, endpoint in (
+        ("/v1/chat/completions", chat_completions),
+        ("/v1/completions", completions),
+        ("/v1/embeddings", embeddings),
+    ):
+        route = next(r for r in app.router.routes if getattr(r, "path", None) == path)
+        fast.add(path, endpoint, route)
 
     @app.websocket("/v1/providers/connect")
     async def provider_socket(websocket: WebSocket) -> None:

@@ -22,6 +22,7 @@ import time
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from tessera.errors import Overloaded, openai_error_body
+from tessera.gateway.fast_routes import InferenceRoutes
 from tessera.gateway.metrics import GatewayMetrics
 from tessera.market.load_shedding import LoadGauge, Shed
 
@@ -61,10 +62,17 @@ class LagMonitor:
 class ShedOverload:
     """Refuse inference requests at the door while the gateway is overloaded."""
 
-    def __init__(self, app: ASGIApp, gauge: LoadGauge, metrics: GatewayMetrics) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        gauge: LoadGauge,
+        metrics: GatewayMetrics,
+        routes: InferenceRoutes | None = None,
+    ) -> None:
         self.app = app
         self.gauge = gauge
         self.metrics = metrics
+        self.routes = routes  # admitted requests go straight to their endpoint
         self.in_flight = 0
         self._logged_s = -_LOG_EVERY_S
 
@@ -76,9 +84,10 @@ class ShedOverload:
         if shed is not None:
             await self._refuse(send, shed)
             return
+        handler = self.routes.handler(scope) if self.routes is not None else None
         self.in_flight += 1
         try:
-            await self.app(scope, receive, send)
+            await (handler or self.app)(scope, receive, send)
         finally:
             self.in_flight -= 1
 
