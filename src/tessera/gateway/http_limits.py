@@ -10,6 +10,8 @@ what the client sent), an OpenAI-shaped 500, and at most one stack line per
 
 from __future__ import annotations
 
+import hashlib
+import itertools
 import json
 import logging
 import secrets
@@ -27,8 +29,16 @@ STACK_EVERY_S = 60.0
 INTERNAL_ERROR = "The gateway hit an internal error; retry the request."
 
 
+_ID_KEY = secrets.token_bytes(32)  # this process's: ids never repeat across restarts
+_id_counter = itertools.count()
+
+
 def new_request_id() -> str:
-    return "req_" + secrets.token_hex(12)
+    """24 hex characters nobody can predict (a keyed BLAKE2b of a counter): as random as
+    ``secrets.token_hex(12)`` to anyone without the key, but no system call per request,
+    which on the event loop handed the GIL to the database thread every time."""
+    counter = next(_id_counter).to_bytes(8, "little")
+    return "req_" + hashlib.blake2b(counter, key=_ID_KEY, digest_size=12).hexdigest()
 
 
 class RequestIdAndBodyLimit:

@@ -7,6 +7,7 @@ all accounts always sum to zero, and the others sum to what was minted.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -75,7 +76,10 @@ def earnings_of(provider: str) -> Account:
     return Account(AccountKind.EARNINGS, provider)
 
 
+@functools.lru_cache(maxsize=65_536)
 def stake_of(provider: str) -> Account:
+    """The provider's stake account (cached: the router asks for every candidate's bond
+    several times per request, and building a validated account costs microseconds)."""
     return Account(AccountKind.STAKE, provider)
 
 
