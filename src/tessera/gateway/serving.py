@@ -44,6 +44,7 @@ from tessera.gateway.payments import Charge, Payer, Payments
 from tessera.gateway.routing import no_route_error
 from tessera.gateway.transport import JobEvent, JobStream, ProviderGone
 from tessera.gateway.verification import Verifier
+from tessera.ledger.request_life import PaidRequest, Release, Settlement
 from tessera.market.diagnosis import RecentRequests
 from tessera.market.policy import EffectivePolicy, Filter
 from tessera.market.quotes import output_token_bound, prompt_token_bound, prompt_token_floor
@@ -81,6 +82,7 @@ class RequestContext:
     ttft_ms: float | None = None
     policy: EffectivePolicy = field(default_factory=EffectivePolicy)
     charge: Charge | None = None
+    life: PaidRequest | None = None  # what the request costs, decided as it goes
     checks: list[Filter] = field(default_factory=list)  # stake and hold, for dispatch
     offer: ModelOffer | None = None  # the offer (price) of the provider that ran the job
     route: str | None = None  # why the provider was chosen (the x-tessera-route header)
@@ -401,6 +403,7 @@ class Serving:
         except TesseraError as exc:
             self.record(ctx, "error", None, exc.code, None)
             raise
+        ctx.life = PaidRequest(ctx.request_id)
         ctx.checks = self.payments.admit(ctx.charge, job)
         ctx.routing = self._route(ctx, job.model, job)
         self.recent.add(ctx.routing)
@@ -421,14 +424,19 @@ class Serving:
                 code="context_length_exceeded",
             )
 
-    def _capture(
-        self, ctx: RequestContext, stream: JobStream, prompt_tokens: int, completion_tokens: int
+    def _settle(
+        self, ctx: RequestContext, stream: JobStream, settlement: Settlement | None
     ) -> None:
-        if ctx.charge is not None:
-            prompt = self._billable_prompt(stream, prompt_tokens)
-            self.payments.capture(
-                ctx.charge, stream.offer, stream.provider_id, prompt, completion_tokens
-            )
+        """Carry out what the request's life decided (None: it was settled already)."""
+        if ctx.charge is None or settlement is None:
+            return
+        if isinstance(settlement, Release):
+            self.payments.release(ctx.charge, settlement.reason)
+            return
+        prompt = self._billable_prompt(stream, settlement.prompt_tokens)
+        self.payments.capture(
+            ctx.charge, stream.offer, settlement.provider_id, prompt, settlement.completion_tokens
+        )
 
     @staticmethod
     def _billable_prompt(stream: JobStream, claimed: int) -> int:
@@ -443,8 +451,11 @@ class Serving:
         self.verifier.accepted(stream, done, ctx.payer.account_id, cost)
 
     def _release(self, ctx: RequestContext, reason: str) -> None:
-        if ctx.charge is not None:
-            self.payments.release(ctx.charge, reason)
+        """Nothing (more) reaches the client, or what did is unproven: it costs nothing."""
+        if ctx.charge is not None and ctx.life is not None:
+            settlement = ctx.life.failed(reason)
+            if isinstance(settlement, Release):
+                self.payments.release(ctx.charge, settlement.reason)
 
     def _answered(
         self,
@@ -476,7 +487,10 @@ class Serving:
                 self._release(ctx, "not_delivered")
                 self.record(ctx, "error", stream.provider_id, "not_delivered", None)
                 return
-            self._capture(ctx, stream, usage.prompt_tokens, usage.completion_tokens)
+            if ctx.life is not None:
+                self._settle(
+                    ctx, stream, ctx.life.answered(usage.prompt_tokens, usage.completion_tokens)
+                )
             self._accepted(ctx, stream, done)
             if on_delivered is not None:
                 on_delivered()
@@ -523,6 +537,8 @@ class Serving:
                 if isinstance(exc, TesseraError):
                     self.record(ctx, "error", stream.provider_id, exc.code, None)
                 raise
+        if ctx.life is not None:
+            ctx.life.begin(stream.provider_id)
         ctx.offer = stream.offer
         if stream.decision is not None:
             why = stream.decision.header()
@@ -619,12 +635,8 @@ class Serving:
         After a continuation, only what the current provider sent is paid (to it); the
         failed provider's part was never proven by a receipt and is free.
         """
-        seen = relay.delivered
-        if seen.tokens or seen.prompt_tokens:
-            prompt = max(seen.prompt_tokens - relay.prefix, 0)
-            self._capture(ctx, relay.stream, prompt, seen.tokens)
-        else:
-            self._release(ctx, "client_disconnected")
+        if ctx.life is not None:
+            self._settle(ctx, relay.stream, ctx.life.abandoned())
 
     async def _relay(
         self,
@@ -654,6 +666,8 @@ class Serving:
                 if isinstance(event, Chunk):
                     yield sse(content(event))
                     relay.add(event)
+                    if ctx.life is not None:
+                        ctx.life.relayed(event.tokens, event.prompt_tokens)
                 elif isinstance(event, Done):
                     # What the client was sent: the prompt (without the earlier providers'
                     # tokens, which this provider read as prompt) and every token.
@@ -664,7 +678,9 @@ class Serving:
                     check = self.verifier.check(stream, event)
                     if check.ok:
                         made = event.usage.completion_tokens  # by this provider: it is paid
-                        self._capture(ctx, stream, usage.prompt_tokens, made)
+                        if ctx.life is not None:
+                            paid = ctx.life.answered(event.usage.prompt_tokens, made)
+                            self._settle(ctx, stream, paid)
                         if ctx.charge is not None:
                             await self.payments.stored(ctx.charge)
                         self._accepted(ctx, stream, event)
@@ -761,6 +777,8 @@ class Serving:
             return f"no other provider could take it ({exc})"
         self.metrics.continuations.labels(outcome="started").inc()
         relay.resume(stream, len(all_sent))
+        if ctx.life is not None:
+            ctx.life.begin(stream.provider_id, prefix=len(all_sent))
         if ctx.charge is not None and ctx.charge.hold_stored is not None:
             try:
                 await self.payments.confirm(ctx.charge)
@@ -785,7 +803,6 @@ class _Relay:
     make_job: Callable[[str], Job]
     attempts: Attempts
     param: str
-    delivered: _Delivered = field(default_factory=lambda: _Delivered())
     token_ids: list[int] = field(default_factory=list)  # sent by the current provider
     prefix: int = 0  # tokens sent by earlier providers (the current job's continue_from)
     continuations: int = 0
@@ -793,7 +810,6 @@ class _Relay:
     finished: bool = False  # a finish_reason was sent: nothing is left to continue
 
     def add(self, chunk: Chunk) -> None:
-        self.delivered.add(chunk)
         self.token_ids.extend(chunk.token_ids)
         self.text += chunk.text
         self.finished = self.finished or chunk.finish_reason is not None
@@ -801,22 +817,8 @@ class _Relay:
     def resume(self, stream: JobStream, prefix: int) -> None:
         self.stream = stream
         self.prefix = prefix
-        self.delivered = _Delivered()
         self.token_ids = []
         self.continuations += 1
-
-
-@dataclass(slots=True)
-class _Delivered:
-    """What a stream has handed the client so far: what an abandoned stream pays for."""
-
-    tokens: int = 0
-    prompt_tokens: int = 0
-
-    def add(self, chunk: Chunk) -> None:
-        self.tokens += chunk.tokens
-        if chunk.prompt_tokens is not None and not self.prompt_tokens:
-            self.prompt_tokens = chunk.prompt_tokens
 
 
 class _ProviderVanished(Exception):
