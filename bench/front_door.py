@@ -516,16 +516,22 @@ def wait_quiet(pids: list[int], limit_s: float = 30.0, busy: float = 0.15) -> fl
     return time.monotonic() - started
 
 
-def _busy_s() -> float:
-    """CPU time the whole machine has spent busy since boot, s (all cores)."""
-    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
-    guest = sum(fields[8:10]) if len(fields) > 9 else 0  # already counted in user and nice
-    return (sum(fields) - idle - guest) / os.sysconf("SC_CLK_TCK")
+def _busy_s() -> dict[int, float]:
+    """CPU time each core has spent busy since boot, s."""
+    busy = {}
+    for line in Path("/proc/stat").read_text().splitlines():
+        name, *values = line.split()
+        if name.startswith("cpu") and name[3:].isdigit():
+            fields = [int(x) for x in values]
+            idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+            guest = sum(fields[8:10])  # already counted in user and nice
+            busy[int(name[3:])] = (sum(fields) - idle - guest) / os.sysconf("SC_CLK_TCK")
+    return busy
 
 
 def _own_s() -> float:
-    """CPU time of this process and of its finished children (wrk, the generators), s."""
+    """CPU time of this process and of its finished children (wrk, the generators), s:
+    all of it on the load core."""
     import resource
 
     own = resource.getrusage(resource.RUSAGE_SELF)
@@ -534,22 +540,42 @@ def _own_s() -> float:
 
 
 class OthersMeter:
-    """The share of the machine that processes outside this run used while it measured:
-    the noise in a figure, on a machine other people use too."""
+    """How busy processes outside this run kept each of its two cores while a point was
+    measured: the noise in a figure, on a machine other people use too. Every process of
+    the run is pinned to one core, so the rest of a core's busy time is someone else's."""
 
     def __init__(self, pids: Callable[[], list[int]]) -> None:
         self.pids = pids
 
+    def _ours(self) -> dict[int, float]:
+        ours = {LOAD_CORE: _own_s(), SERVER_CORE: 0.0}
+        for pid in self.pids():
+            with contextlib.suppress(OSError):
+                core = min(os.sched_getaffinity(pid))
+                ours[core] = ours.get(core, 0.0) + cpu_seconds([pid])
+        return ours
+
     @contextlib.contextmanager
     def measuring(self, result: dict[str, Any]) -> Iterator[None]:
-        """Sets ``result["others_cpu_pct"]``: percent of all cores, over the block."""
-        pids = self.pids()
-        start = (time.monotonic(), _busy_s(), cpu_seconds(pids) + _own_s())
+        """Sets ``result["others_pct"]``: {core: percent of that core}, over the block."""
+        started, busy, ours = time.monotonic(), _busy_s(), self._ours()
         yield
-        elapsed = time.monotonic() - start[0]
-        ours = cpu_seconds(pids) + _own_s() - start[2]
-        others = max(0.0, _busy_s() - start[1] - ours)
-        result["others_cpu_pct"] = 100 * others / (elapsed * (os.cpu_count() or 1))
+        elapsed = time.monotonic() - started
+        busy_now, ours_now = _busy_s(), self._ours()
+        result["others_pct"] = {
+            core: 100
+            * max(0.0, busy_now[core] - busy[core] - ours_now[core] + ours[core])
+            / elapsed
+            for core in (LOAD_CORE, SERVER_CORE)
+        }
+
+
+def _others(result: dict[str, Any]) -> str:
+    """Others' share of the load core / the servers' core, percent."""
+    shares = result.get("others_pct")
+    if not shares:
+        return "n/a"
+    return " / ".join(f"{shares[core]:.0f}" for core in (LOAD_CORE, SERVER_CORE))
 
 
 @dataclass
@@ -976,14 +1002,14 @@ def tables(results: Results, rows: list[str]) -> list[tuple[str, list[str], list
                     _added(r["p99_ms"], direct and direct["p99_ms"]),
                     _ratio(r["rps"], lite and lite["rps"]),
                     _ratio(r["rps"], direct and direct["rps"]),
-                    _f(r.get("others_cpu_pct"), 0),
+                    _others(r),
                 ]
             )  # fmt: skip
     out.append(
         (
             f"Closed loop (wrk), non-streaming chat, max_tokens {MAX_TOKENS}",
             ["path", "c", "req/s", "p50 ms", "p99 ms", "errors", "added p50 ms", "added p99 ms",
-             "req/s vs LiteLLM", "req/s vs direct", "others' CPU %"],
+             "req/s vs LiteLLM", "req/s vs direct", "others' CPU % (core 0 / 1)"],
             closed_rows,
         )
     )  # fmt: skip
@@ -1001,7 +1027,7 @@ def tables(results: Results, rows: list[str]) -> list[tuple[str, list[str], list
                     _ratio(r["achieved"], lite and lite["achieved"]),
                     _ratio(r["achieved"], direct and direct["achieved"]),
                     _f(r["lag_p99_ms"], 2), _f(r["drain_s"], 1),
-                    _f(r.get("others_cpu_pct"), 0),
+                    _others(r),
                 ]
             )  # fmt: skip
     out.append(
@@ -1009,7 +1035,7 @@ def tables(results: Results, rows: list[str]) -> list[tuple[str, list[str], list
             "Open loop: fixed send schedule, latency from the scheduled time",
             ["path", "rate/s", "achieved/s", "p50 ms", "p99 ms", "errors", "timeouts",
              "added p50 ms", "added p99 ms (failures ∞)", "achieved vs LiteLLM",
-             "achieved vs direct", "send lag p99 ms", "drain s", "others' CPU %"],
+             "achieved vs direct", "send lag p99 ms", "drain s", "others' CPU % (core 0 / 1)"],
             open_rows,
         )
     )  # fmt: skip
@@ -1028,7 +1054,7 @@ def tables(results: Results, rows: list[str]) -> list[tuple[str, list[str], list
                     _ratio(r["completed"], direct and direct["completed"]),
                     _f(r["gap_p99_ms"], 1), _f(r["max_gap_ms"], 0),
                     str(r["stalls"]), str(r["stalled_streams"]),
-                    _f(r.get("others_cpu_pct"), 0),
+                    _others(r),
                 ]
             )  # fmt: skip
     out.append(
@@ -1037,7 +1063,7 @@ def tables(results: Results, rows: list[str]) -> list[tuple[str, list[str], list
             ["path", "streams", "completed", "errors", "TTFT p50 ms", "TTFT p99 ms",
              "added TTFT p50", "added TTFT p99", "completed vs LiteLLM",
              "completed vs direct", "gap p99 ms", "max gap ms", "stalls >100 ms",
-             "streams stalled", "others' CPU %"],
+             "streams stalled", "others' CPU % (core 0 / 1)"],
             stream_rows,
         )
     )  # fmt: skip
@@ -1267,9 +1293,10 @@ def markdown(
         "token is the first SSE event with non-empty content; a stall is a gap over 100 ms "
         "between two SSE events of one stream.",
         "- Memory: VmRSS of each server process (with its children) after each phase.",
-        "- Others' CPU: the share of both cores that processes outside this run used while "
-        "a point was measured (from /proc/stat, less this run's own processes); a point "
-        "with a high share was disturbed and is worth measuring again.",
+        "- Others' CPU: how busy processes outside this run kept core 0 (load) and core 1 "
+        "(servers) while a point was measured, in percent of that core (/proc/stat less this "
+        "run's own processes, each pinned to one core). A point with a high share on a core "
+        "it needed was disturbed and is worth measuring again.",
     ]
     if args.nice:
         parts.append(f"- Every process of this run ran at niceness {args.nice} (`--nice`).")
