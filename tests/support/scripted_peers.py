@@ -24,6 +24,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from tessera.config import GatewaySettings
 from tessera.dev_money import DEFAULT_FUNDS, fund_account
 from tessera.gateway.app import create_app
+from tessera.gateway.wiring import Runtime
 from tessera.protocol.receipts import OutputDigest, prompt_sha256, request_id_of, sign_receipt
 from tessera.protocol.signing import public_key_hex, sign
 from tessera.protocol.wire import (
@@ -70,6 +71,7 @@ async def live_gateway(
     data_dir: Path,
     database_url: str | None = None,
     funds: int = DEFAULT_FUNDS,
+    runtime: Runtime | None = None,
     **overrides: Any,
 ) -> AsyncIterator[LiveGateway]:
     """A gateway app served by uvicorn in this event loop, with one funded API key.
@@ -89,7 +91,7 @@ async def live_gateway(
         **overrides,
     }
     settings = GatewaySettings(port=port, data_dir=data_dir, database_url=database_url, **options)
-    app = create_app(settings)
+    app = create_app(settings, runtime)
     config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning")
     server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve())

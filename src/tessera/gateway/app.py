@@ -53,6 +53,7 @@ from tessera.gateway.serving import RequestContext, Served, Serving
 from tessera.gateway.status_routes import install_status_routes
 from tessera.gateway.verification import Verifier
 from tessera.gateway.verification_routes import install_verification_routes
+from tessera.gateway.wiring import Runtime
 from tessera.key_file import load_or_create_key
 from tessera.ledger.book import BookPolicy
 from tessera.ledger.escrow import FeePolicy
@@ -113,7 +114,10 @@ class Gateway:
     events: EventBus
 
 
-def create_app(settings: GatewaySettings) -> FastAPI:
+def create_app(settings: GatewaySettings, runtime: Runtime | None = None) -> FastAPI:
+    """The gateway app; ``runtime`` (default: the real clocks, an unseeded random source)
+    is the one clock and random source every part is given."""
+    runtime = runtime or Runtime()
     metrics = GatewayMetrics()
     registry = ProviderRegistry()
     events = EventBus()
@@ -144,6 +148,7 @@ def create_app(settings: GatewaySettings) -> FastAPI:
             ledger_store,
             book_policy(settings),
             durable_timeout_s=settings.ledger_write_timeout_s,
+            clock=runtime.wall,
         )
         log.info(
             "ledger: %d entries replayed, %d crash-left hold(s) released",
@@ -175,7 +180,9 @@ def create_app(settings: GatewaySettings) -> FastAPI:
             except TesseraError:
                 log.exception("could not record provider %s", provider_id[:12])
 
-        hub = ProviderHub(settings, registry, metrics, on_provider_seen=provider_seen)
+        hub = ProviderHub(
+            settings, registry, metrics, on_provider_seen=provider_seen, rng=runtime.rng
+        )
         verification_store = VerificationStore(engine)
         receipt_writer = ReceiptWriter(verification_store)
         await receipt_writer.start()
@@ -191,10 +198,15 @@ def create_app(settings: GatewaySettings) -> FastAPI:
             ReputationBook.restore(await verification_store.load_reputation()),
             {(pid, model) for pid, model, _, _ in await verification_store.bans()},
             events,
+            clock=runtime.wall,
         )
         hub.initial_status = verifier.initial_status
         liveness = Liveness(
-            settings, bookkeeper, UptimeStore(engine), lambda pid: pid in hub.sessions
+            settings,
+            bookkeeper,
+            UptimeStore(engine),
+            lambda pid: pid in hub.sessions,
+            clock=runtime.wall,
         )
 
         def provider_gone(provider_id: str) -> None:
@@ -231,7 +243,7 @@ def create_app(settings: GatewaySettings) -> FastAPI:
 
         events.subscribe(RequestFinished, request_finished)
 
-        admission = RequestAdmission(settings)
+        admission = RequestAdmission(settings, clock=runtime.monotonic)
         serving = Serving(
             registry,
             Dispatcher(hub, settings, metrics, admission.hedge_slot),

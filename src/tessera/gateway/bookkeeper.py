@@ -70,7 +70,12 @@ class Bookkeeper:
 
     @classmethod
     async def open(
-        cls, store: LedgerStoreLike, policy: BookPolicy, **kwargs: float
+        cls,
+        store: LedgerStoreLike,
+        policy: BookPolicy,
+        *,
+        durable_timeout_s: float = 10.0,
+        clock: Callable[[], float] = time.time,
     ) -> tuple[Bookkeeper, Recovery]:
         """Replay and check the stored journal, start writing, settle crash leftovers."""
         entries = await store.load()
@@ -83,7 +88,7 @@ class Bookkeeper:
             raise JournalCorrupt("the stored journal is unsound: " + "; ".join(problems[:5]))
         book.keep_undo()
         writer = JournalWriter(store, stored=book.stored)
-        keeper = cls(book, writer, **kwargs)
+        keeper = cls(book, writer, durable_timeout_s=durable_timeout_s, clock=clock)
         writer.refused = keeper.take_back
         writer.start()
         released = []
