@@ -17,7 +17,7 @@ from dataclasses import dataclass, field, replace
 from tessera.errors import QuotaExceeded
 from tessera.gateway.bookkeeper import Bookkeeper
 from tessera.gateway.routing import no_route_error
-from tessera.ledger.book import CapReached
+from tessera.ledger.book import CapReached, ConsumerView
 from tessera.ledger.journal import Entry, InsufficientFunds
 from tessera.ledger.spend_caps import SpendCaps
 from tessera.market.policy import Filter
@@ -79,6 +79,10 @@ class Payments:
 
     def bonded(self, provider_id: str) -> int:
         return self.bookkeeper.book.bonded(provider_id)
+
+    def balance(self, account_id: str) -> ConsumerView:
+        """The account's balance and what its running requests hold, in memory now."""
+        return self.bookkeeper.book.consumer(account_id)
 
     def stake_filter(self, model: str) -> Filter:
         """The network's own constraint: enough stake bonded to be routed ``model``."""

@@ -33,6 +33,7 @@ from tessera.gateway.dispatch import (
 )
 from tessera.gateway.events import EventSink, RequestFinished
 from tessera.gateway.metrics import GatewayMetrics
+from tessera.gateway.money import Money
 from tessera.gateway.openai_format import (
     ChatChunks,
     ChoiceText,
@@ -40,7 +41,7 @@ from tessera.gateway.openai_format import (
     chat_completion,
     text_completion,
 )
-from tessera.gateway.payments import Charge, Payer, Payments
+from tessera.gateway.payments import Charge, Payer
 from tessera.gateway.routing import no_route_error
 from tessera.gateway.transport import JobEvent, JobStream, ProviderGone
 from tessera.gateway.verification import Verifier
@@ -127,7 +128,7 @@ class Serving:
         settings: GatewaySettings,
         metrics: GatewayMetrics,
         events: EventSink,
-        payments: Payments,
+        payments: Money,
         verifier: Verifier,
     ) -> None:
         self.payments = payments
