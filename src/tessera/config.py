@@ -176,7 +176,11 @@ class GatewaySettings(BaseSettings):
         2, ge=0, description="Times one stream may move to another provider mid-answer."
     )
     route_sample: int = Field(
-        64, ge=2, description="Providers scored per request when a model has more (at random)."
+        16,
+        ge=2,
+        description="Providers scored per request when a model has more (at random): the "
+        "best of 16 random picks balances load nearly as well as of 64, at a quarter of the "
+        "decision time.",
     )
     location_lat_deg: float | None = Field(
         None,

@@ -96,7 +96,7 @@ Stake = Callable[[str], int]
 
 class Router:
     def __init__(
-        self, rng: random.Random | None = None, sample: int = 64, stake: Stake | None = None
+        self, rng: random.Random | None = None, sample: int = 16, stake: Stake | None = None
     ) -> None:
         self.rng = rng or random.Random()
         self.sample = sample
