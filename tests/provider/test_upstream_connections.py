@@ -2,8 +2,8 @@
 
 A real local HTTP server (support/scripted_upstream.py) counts the TCP connections it
 accepts while jobs run one after another through jobs.py and the upstream backends: a
-connection that is read to the end of each body goes back to httpx's pool, so one is all
-it takes.
+connection that is read to the end of each body goes back to the backend's pool
+(backends/http_client.py), so one is all it takes.
 """
 
 from __future__ import annotations

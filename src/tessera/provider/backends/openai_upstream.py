@@ -5,8 +5,9 @@ Text: chat messages go to ``POST {base_url}/chat/completions``, text or token id
 ``POST {base_url}/completions``, always with ``stream=true`` and
 ``stream_options.include_usage``. Upstream SSE chunks become :class:`Delta` events and
 the stream ends with exactly one :class:`Finish` (chunk parsing lives in openai_wire.py).
-``base_url`` includes the version prefix (``http://host:8000/v1``); ``transport`` is an
-optional httpx transport (a Unix socket, or a replay in tests).
+``base_url`` includes the version prefix (``http://host:8000/v1``); ``uds`` is an optional
+Unix socket to reach it through, and ``client`` an optional :class:`UpstreamClient` in
+place of the default :class:`UpstreamHTTP` (http_client.py).
 
 What the upstream cannot tell us, and what we do instead:
 
@@ -47,22 +48,24 @@ every ``CANCEL_POLL_S`` and, when it is set or the consumer closes the generator
 that task, which closes the HTTP stream (the upstream sees the disconnect and stops).
 A cancelled stream ends without a Finish.
 
-Connections: each backend holds one httpx client, and its jobs share that client's pool.
+Connections: each backend holds one HTTP client, and its jobs share that client's pool.
 A stream is read to the end of its HTTP body even after ``data: [DONE]``, so that its
 keep-alive connection goes back to the pool for the next job; only a cancelled (or broken)
-stream closes its connection.
+stream closes its connection. Any failure of the HTTP client itself (connect, timeout,
+connection lost, malformed response) is ``upstream_unavailable``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncGenerator, AsyncIterator, Sequence
+import json
+from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Sequence
 from typing import Any
 
-import httpx
 from pydantic import ValidationError
 
+from tessera.errors import ConfigError
 from tessera.protocol.wire import ChatMessage, SamplingParams
 from tessera.provider.backends.base import (
     BackendError,
@@ -75,6 +78,7 @@ from tessera.provider.backends.base import (
     ScoreRequest,
     ScoreResult,
 )
+from tessera.provider.backends.http_client import HTTPClientError, UpstreamClient, UpstreamHTTP
 from tessera.provider.backends.openai_wire import (
     ChunkFolder,
     EmbeddingResponse,
@@ -98,8 +102,10 @@ _QUEUE_SIZE = 64
 
 
 class _Upstream:
-    """One httpx.AsyncClient per backend, built with it and shared by all its jobs, so
-    their requests reuse pooled keep-alive connections; closed by close()."""
+    """One HTTP client per backend, built with it and shared by all its jobs, so their
+    requests reuse pooled keep-alive connections; closed by close(). ``timeout_s`` is the
+    read timeout (between two pieces of an answer); connecting takes at most
+    ``CONNECT_TIMEOUT_S`` of it. A malformed ``base_url`` is a ConfigError here."""
 
     def __init__(
         self,
@@ -109,28 +115,39 @@ class _Upstream:
         api_key: str | None = None,
         timeout_s: float = 600,
         *,
-        transport: httpx.AsyncBaseTransport | None = None,
+        uds: str | None = None,
+        client: UpstreamClient | None = None,
     ) -> None:
         self.info = info
-        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self._model = upstream_model
-        self._client = httpx.AsyncClient(
-            base_url=base_url.rstrip("/") + "/",
-            headers=headers,
-            timeout=httpx.Timeout(timeout_s, connect=min(timeout_s, CONNECT_TIMEOUT_S)),
-            limits=httpx.Limits(
+        if client is not None:
+            self._client = client
+            return
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        try:
+            self._client = UpstreamHTTP(
+                base_url,
+                headers=headers,
+                connect_timeout_s=min(timeout_s, CONNECT_TIMEOUT_S),
+                read_timeout_s=timeout_s,
                 max_connections=MAX_CONNECTIONS,
-                max_keepalive_connections=MAX_KEEPALIVE_CONNECTIONS,
-                keepalive_expiry=KEEPALIVE_EXPIRY_S,
-            ),
-            transport=transport,
-        )
+                max_idle_connections=MAX_KEEPALIVE_CONNECTIONS,
+                idle_expiry_s=KEEPALIVE_EXPIRY_S,
+                uds=uds,
+            )
+        except ValueError as exc:
+            raise ConfigError(f"upstream {base_url}: {exc}") from exc
 
     async def close(self) -> None:
         await self._client.aclose()
 
 
-def _transport_error(exc: httpx.HTTPError) -> BackendError:
+def _json(body: dict[str, Any]) -> bytes:
+    """A request body as httpx encoded ``json=`` (compact UTF-8, no NaN)."""
+    return json.dumps(body, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode()
+
+
+def _transport_error(exc: HTTPClientError) -> BackendError:
     detail = str(exc) or type(exc).__name__
     return BackendError(f"upstream unreachable: {short(detail)}", "upstream_unavailable")
 
@@ -232,20 +249,19 @@ class OpenAIUpstreamTextBackend(_Upstream):
     ) -> None:
         """Runs as a task: request, then chunks into the queue; ends with Finish or an error."""
         try:
-            async with self._client.stream("POST", path, json=body) as response:
-                if response.status_code >= 400:
-                    raise status_error(response.status_code, await response.aread())
-                pieces = response.aiter_bytes()
-                async with contextlib.aclosing(_until_done(pieces)) as events:
+            async with self._client.stream("POST", path, _json(body)) as response:
+                if response.status >= 400:
+                    raise status_error(response.status, await response.read())
+                async with contextlib.aclosing(_until_done(response)) as events:
                     async for data in events:
                         delta = state.feed(data)
                         if delta is not None:
                             await queue.put(delta)
-                await _drain(pieces)
+                await _drain(response)
             await queue.put(state.finish())
         except BackendError as exc:
             await queue.put(exc)
-        except httpx.HTTPError as exc:
+        except HTTPClientError as exc:
             await queue.put(_transport_error(exc))
         except SSEError as exc:
             await queue.put(BackendError(str(exc), "upstream_invalid"))
@@ -253,7 +269,7 @@ class OpenAIUpstreamTextBackend(_Upstream):
             await queue.put(BackendError(f"upstream stream failed: {exc!r}", "upstream_invalid"))
 
 
-async def _until_done(pieces: AsyncIterator[bytes]) -> AsyncGenerator[str, None]:
+async def _until_done(pieces: AsyncIterable[bytes]) -> AsyncGenerator[str, None]:
     """The data of each event up to ``[DONE]`` (or the end of the body), leaving the rest
     of ``pieces`` unread and open for :func:`_drain`."""
     decoder = SSEDecoder()
@@ -268,17 +284,17 @@ async def _until_done(pieces: AsyncIterator[bytes]) -> AsyncGenerator[str, None]
         yield event.data
 
 
-async def _drain(pieces: AsyncIterator[bytes]) -> None:
+async def _drain(pieces: AsyncIterable[bytes]) -> None:
     """Read the body to its end after ``[DONE]`` (normally just the chunked terminator),
-    so that httpx sees it complete and returns the connection to the pool; stopping at
-    ``[DONE]`` made it close the connection, one new TCP connection per job.
+    so that the client sees it complete and returns the connection to the pool; stopping
+    at ``[DONE]`` would close the connection, one new TCP connection per job.
 
     The answer is complete at ``[DONE]``: an upstream that sends more than
     ``DONE_DRAIN_MAX_BYTES`` after it, keeps the body open past ``DONE_DRAIN_TIMEOUT_S``
     or breaks it is cut off instead (only that connection is lost, never the answer).
     """
     left = DONE_DRAIN_MAX_BYTES
-    with contextlib.suppress(TimeoutError, httpx.HTTPError):
+    with contextlib.suppress(TimeoutError, HTTPClientError):
         async with asyncio.timeout(DONE_DRAIN_TIMEOUT_S):
             async for piece in pieces:
                 left -= len(piece)
@@ -342,16 +358,16 @@ class OpenAIUpstreamEmbeddingBackend(_Upstream):
             prompt_tokens += tokens
         return EmbeddingResult(vectors=vectors, prompt_tokens=prompt_tokens)
 
-    async def _post(self, payload: list[str] | list[list[int]]) -> tuple[list[list[float]], int]:
-        body = {"model": self._model, "input": payload, "encoding_format": "float"}
+    async def _post(self, payload: list[str | list[int]]) -> tuple[list[list[float]], int]:
+        body = _json({"model": self._model, "input": payload, "encoding_format": "float"})
         try:
-            response = await self._client.post("embeddings", json=body)
-        except httpx.HTTPError as exc:
+            status, content = await self._client.request("POST", "embeddings", body)
+        except HTTPClientError as exc:
             raise _transport_error(exc) from exc
-        if response.status_code >= 400:
-            raise status_error(response.status_code, response.content)
+        if status >= 400:
+            raise status_error(status, content)
         try:
-            parsed = EmbeddingResponse.model_validate_json(response.content)
+            parsed = EmbeddingResponse.model_validate_json(content)
         except ValidationError as exc:
             raise BackendError(
                 "upstream sent an unreadable embeddings body", "upstream_invalid"
