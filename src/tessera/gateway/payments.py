@@ -111,26 +111,34 @@ class Payments:
         if cheapest is None:
             raise no_route_error(self._router.explain(pool, route, now=0.0))
         output_bound = output_token_bound(job)
+        prompt_bounds: dict[int, int] = {}  # by context length: most offers share one
 
         def worst(p: LiveProvider) -> int:
-            return self._worst_case(p.offers[model], job, output_bound)
+            offer = p.offers[model]
+            bound = prompt_bounds.get(offer.context_length)
+            if bound is None:
+                bound = prompt_bounds[offer.context_length] = prompt_token_bound(
+                    job, offer.context_length
+                )
+            return offer_price(offer).worst_case(bound, output_bound)
 
         charge = Charge(request_id=request_id, model=model, held=0)
-        dearest = next(self._router.by_price(pool, route, descending=True))
-        if worst(dearest) == 0 and worst(cheapest) == 0:
-            return charge  # only free providers: nothing to hold
-        book = self.bookkeeper.book
-        now = self.bookkeeper.clock()
-        spendable = book.spendable(payer.account_id, payer.key_id, payer.caps, now)
         least = worst(cheapest)
-        hold = next(
-            (
-                cost
-                for p in self._router.by_price(pool, route, True)
-                if (cost := worst(p)) <= spendable
-            ),
-            None,
-        )
+        # One walk down from the dearest: it says whether anything is priced at all, and
+        # the first the consumer can afford is the hold.
+        book = self.bookkeeper.book
+        spendable: int | None = None
+        hold: int | None = None
+        for number, p in enumerate(self._router.by_price(pool, route, descending=True)):
+            cost = worst(p)
+            if number == 0 and cost == 0 and least == 0:
+                return charge  # only free providers: nothing to hold
+            if spendable is None:
+                now = self.bookkeeper.clock()
+                spendable = book.spendable(payer.account_id, payer.key_id, payer.caps, now)
+            if cost <= spendable:
+                hold = cost
+                break
         if hold is None:
             raise self._short(payer, least)
         try:
