@@ -49,6 +49,7 @@ bench: $(TINY_STAMP)
 	$(BIN)/python bench/router.py
 	TESSERA_TINY_MODEL_DIR=$(TINY_MODEL) $(BIN)/python bench/hostile_load.py
 	$(BIN)/python bench/front_door.py
+	$(BIN)/python bench/soak.py
 
 clean:
 	rm -rf $(VENV) .cache .pytest_cache .ruff_cache
