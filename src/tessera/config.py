@@ -234,6 +234,17 @@ class GatewaySettings(BaseSettings):
     overload_sample_ms: float = Field(
         10.0, gt=0, le=1000, description="How often the event loop's lag is sampled."
     )
+    overload_queue_s: float | None = Field(
+        1.0,
+        gt=0,
+        description="Requests waiting for their answer (a stream: its first token) beyond "
+        "what the gateway answered in this many seconds lately (at least "
+        "overload_min_queue) get a fast 503 with Retry-After (None: never). Catches a "
+        "bottleneck past the gateway, which its own event loop does not feel.",
+    )
+    overload_min_queue: int = Field(
+        256, ge=1, description="The queue the overload_queue_s rule always allows."
+    )
     max_in_flight_requests: int | None = Field(
         4096,
         ge=1,

@@ -423,6 +423,35 @@ async def test_requests_beyond_the_gateways_in_flight_bound_are_refused_at_the_d
         assert await journal_problems(gw) == []
 
 
+async def test_a_queue_the_providers_do_not_drain_is_refused_at_the_door(
+    gateway_dir: Path,
+) -> None:
+    """A provider that takes jobs and sits on them (the gateway's loop idle all along)
+    makes requests queue; beyond what the gateway answers in overload_queue_s (here at
+    least 2) the next one gets a fast 503 instead of joining a queue it would time out in."""
+    async with (
+        live_gateway(gateway_dir, overload_queue_s=1.0, overload_min_queue=2) as gw,
+        providers(gw, (8, 0.0)) as (provider,),
+    ):
+        async with gw.client() as client:
+            waiting = [
+                asyncio.create_task(client.post("/v1/chat/completions", json=says("hold")))
+                for _ in range(2)
+            ]
+            await until(lambda: len(provider.held) == 2)
+            refused = await client.post("/v1/chat/completions", json=says("hi"))
+            _refused_for_overload(refused)
+            assert "2 requests waiting" in refused.json()["error"]["message"]
+            assert len(provider.jobs) == 2
+            metrics = (await client.get("/metrics")).text
+            assert 'tessera_requests_shed_total{reason="queue"} 1.0' in metrics
+            provider.release.set()
+            assert [(await w).status_code for w in waiting] == [200, 200]
+            served = await client.post("/v1/chat/completions", json=says("hi"))
+            assert served.status_code == 200, served.text
+        assert await journal_problems(gw) == []
+
+
 async def test_a_lagging_event_loop_refuses_new_requests_until_it_catches_up(
     gateway_dir: Path,
 ) -> None:

@@ -58,3 +58,26 @@ def test_negative_samples_count_as_no_lag_and_no_target_never_sheds() -> None:
 def test_the_window_holds_at_least_one_sample() -> None:
     with pytest.raises(ValueError):
         LoadGauge(target_s=0.01, window=0)
+
+
+def test_a_queue_longer_than_the_gateway_answers_in_queue_s_is_refused() -> None:
+    gauge = LoadGauge(target_s=None, queue_s=1.0, min_queue=4, rate_window_s=2.0)
+    assert gauge.refusal(10, waiting=3, now_s=0.0) is None  # under the floor
+    shed = gauge.refusal(10, waiting=4, now_s=0.0)
+    assert shed is not None and shed.reason == "queue"
+    # 40 answers began over the last 2 s: 20 a second, so a 1 s queue holds 20.
+    for i in range(40):
+        gauge.answered(10.0 + i * 0.05)
+    assert gauge.answer_rate(11.99) == pytest.approx(20.0)
+    assert gauge.queue_limit(11.99) == 20
+    assert gauge.refusal(40, waiting=19, now_s=11.99) is None
+    assert gauge.refusal(40, waiting=20, now_s=11.99) == Shed("queue", 1)
+    # Answers older than the window no longer count: back to the floor.
+    assert gauge.queue_limit(20.0) == 4
+    assert "4 requests waiting" in Shed("queue", 1).message(lag_s=0.0, limit=4)
+
+
+def test_without_queue_s_the_queue_is_never_refused() -> None:
+    gauge = LoadGauge(target_s=None, queue_s=None, min_queue=1)
+    assert gauge.queue_limit(0.0) is None
+    assert gauge.refusal(10**5, waiting=10**5, now_s=0.0) is None

@@ -128,6 +128,8 @@ def create_app(settings: GatewaySettings, runtime: Runtime | None = None) -> Fas
         None if settings.overload_loop_lag_ms is None else settings.overload_loop_lag_ms / 1000,
         settings.max_in_flight_requests,
         retry_after_s=settings.overload_retry_after_s,
+        queue_s=settings.overload_queue_s,
+        min_queue=settings.overload_min_queue,
     )
     lag_monitor = LagMonitor(load, metrics, settings.overload_sample_ms / 1000)
 

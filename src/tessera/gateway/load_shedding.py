@@ -19,7 +19,7 @@ import json
 import logging
 import time
 
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from tessera.errors import Overloaded, openai_error_body
 from tessera.gateway.fast_routes import InferenceRoutes
@@ -74,25 +74,41 @@ class ShedOverload:
         self.metrics = metrics
         self.routes = routes  # admitted requests go straight to their endpoint
         self.in_flight = 0
+        self.waiting = 0  # admitted, no answer begun yet
         self._logged_s = -_LOG_EVERY_S
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["path"] not in SHED_PATHS:
             await self.app(scope, receive, send)
             return
-        shed = self.gauge.refusal(self.in_flight)
+        clock = asyncio.get_running_loop().time
+        shed = self.gauge.refusal(self.in_flight, self.waiting, clock())
         if shed is not None:
             await self._refuse(send, shed)
             return
         handler = self.routes.handler(scope) if self.routes is not None else None
+        answered = False
+
+        async def send_answer(message: Message) -> None:
+            nonlocal answered
+            if not answered and message["type"] == "http.response.start":
+                answered = True
+                self.waiting -= 1
+                self.gauge.answered(clock())
+            await send(message)
+
         self.in_flight += 1
+        self.waiting += 1
         try:
-            await (handler or self.app)(scope, receive, send)
+            await (handler or self.app)(scope, receive, send_answer)
         finally:
             self.in_flight -= 1
+            if not answered:
+                self.waiting -= 1
 
     async def _refuse(self, send: Send, shed: Shed) -> None:
-        message = shed.message(lag_s=self.gauge.lag_s, limit=self.gauge.max_in_flight)
+        limit = self.waiting if shed.reason == "queue" else self.gauge.max_in_flight
+        message = shed.message(lag_s=self.gauge.lag_s, limit=limit)
         reason, retry_after_s = shed.reason, shed.retry_after_s
         self.metrics.shed.labels(reason=reason).inc()
         now = time.monotonic()

@@ -13,6 +13,13 @@ lags by about one turn of its work; a loop that falls behind lags more with ever
 Rules, in order:
 
 - ``max_in_flight`` requests running at once (None: no bound): one more is refused.
+- a queue longer than the gateway drains in ``queue_s``: requests admitted and not yet
+  answered (for a stream: its first byte) beyond ``queue_s`` times the rate at which
+  answers began over the last ``rate_window_s``, and at least ``min_queue``. The
+  bottleneck may be past the gateway (a provider slower than it says, an agent short of
+  CPU): the gateway's loop is then idle while its queue grows into timeouts, and only
+  this rule sees it. A stream counts as answered at its first token, so long streams
+  never fill the queue.
 - a standing lag above ``target_s``: the least of the last ``window`` samples. One late
   turn (a garbage collection, a slow callback) is not overload and refuses nothing; a loop
   late on every turn is, and every new request is refused until one sample comes back
@@ -23,11 +30,12 @@ A refusal changes no state and says how long to wait (``retry_after_s``).
 
 from __future__ import annotations
 
+import math
 from collections import deque
 from dataclasses import dataclass
 from typing import Literal
 
-Reason = Literal["loop_lag", "in_flight"]
+Reason = Literal["loop_lag", "in_flight", "queue"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,6 +49,11 @@ class Shed:
         wait = f"retry in {self.retry_after_s} s"
         if self.reason == "in_flight":
             return f"The gateway is running {limit} requests, its limit; {wait}."
+        if self.reason == "queue":
+            return (
+                f"The gateway has {limit} requests waiting for an answer, more than it "
+                f"answers in the next moments; {wait}."
+            )
         return (
             f"The gateway is overloaded (its event loop runs {lag_s * 1000:.0f} ms behind); {wait}."
         )
@@ -56,13 +69,24 @@ class LoadGauge:
         *,
         window: int = 5,
         retry_after_s: int = 1,
+        queue_s: float | None = None,
+        min_queue: int = 256,
+        rate_window_s: float = 2.0,
     ) -> None:
         if window < 1:
             raise ValueError("window must be at least one sample")
+        if rate_window_s <= 0:
+            raise ValueError("the rate window must be positive")
         self.target_s = target_s
         self.max_in_flight = max_in_flight
         self.retry_after_s = retry_after_s
+        self.queue_s = queue_s
+        self.min_queue = min_queue
         self._samples: deque[float] = deque([0.0], maxlen=window)
+        # Answers begun, by bucket of a quarter of the rate window: (bucket, count).
+        self._bucket_s = rate_window_s / 4
+        self._rate_window_s = rate_window_s
+        self._answers: deque[list[int]] = deque()
 
     def observe(self, lag_s: float) -> None:
         """One sample: how late the loop ran a timer (negative values count as 0)."""
@@ -77,10 +101,41 @@ class LoadGauge:
     def overloaded(self) -> bool:
         return self.target_s is not None and self.lag_s > self.target_s
 
-    def refusal(self, in_flight: int) -> Shed | None:
-        """None if one more request may start now, with ``in_flight`` already running."""
+    def answered(self, now_s: float) -> None:
+        """A request's answer began (its first byte) at ``now_s``."""
+        bucket = int(now_s // self._bucket_s)
+        answers = self._answers
+        if answers and answers[-1][0] == bucket:
+            answers[-1][1] += 1
+        else:
+            answers.append([bucket, 1])
+            self._forget(bucket)
+
+    def _forget(self, bucket: int) -> None:
+        oldest = bucket - round(self._rate_window_s / self._bucket_s) + 1
+        while self._answers and self._answers[0][0] < oldest:
+            self._answers.popleft()
+
+    def answer_rate(self, now_s: float) -> float:
+        """Answers begun per second over the last rate window."""
+        self._forget(int(now_s // self._bucket_s))
+        return sum(count for _, count in self._answers) / self._rate_window_s
+
+    def queue_limit(self, now_s: float) -> int | None:
+        """How many requests may wait for their answer now (None: no bound)."""
+        if self.queue_s is None:
+            return None
+        return max(self.min_queue, math.ceil(self.answer_rate(now_s) * self.queue_s))
+
+    def refusal(self, in_flight: int, waiting: int = 0, now_s: float = 0.0) -> Shed | None:
+        """None if one more request may start now, with ``in_flight`` already running, of
+        which ``waiting`` have no answer yet."""
         if self.max_in_flight is not None and in_flight >= self.max_in_flight:
             return Shed("in_flight", self.retry_after_s)
         if self.overloaded:
             return Shed("loop_lag", self.retry_after_s)
+        if self.queue_s is not None and waiting >= self.min_queue:
+            limit = self.queue_limit(now_s)
+            if limit is not None and waiting >= limit:
+                return Shed("queue", self.retry_after_s)
         return None
