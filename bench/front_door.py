@@ -1300,9 +1300,38 @@ def markdown(
     ]
     if args.nice:
         parts.append(f"- Every process of this run ran at niceness {args.nice} (`--nice`).")
-    if results.notes:
-        parts += ["", "## Notes", ""] + [f"- {n}" for n in results.notes]
+    notes = [*results.notes, *disturbed(results)]
+    if notes:
+        parts += ["", "## Notes", ""] + [f"- {n}" for n in notes]
     return "\n".join(parts) + "\n"
+
+
+DISTURBED_PCT = 25.0
+
+
+def disturbed(results: Results) -> list[str]:
+    """A note naming the points during which other processes took over DISTURBED_PCT of a
+    core the point used (direct: the load core only; the proxies: both)."""
+    points = []
+    for phase, unit, by_row in (
+        ("closed loop c=", "", results.closed),
+        ("open loop ", "/s", results.open),
+        ("streams ", "", results.streams),
+    ):
+        for row, figures in by_row.items():
+            for x, r in figures.items():
+                shares = r.get("others_pct") or {}
+                used = (LOAD_CORE,) if row == "direct" else (LOAD_CORE, SERVER_CORE)
+                if max((shares.get(c, 0.0) for c in used), default=0.0) > DISTURBED_PCT:
+                    points.append(f"{row} {phase}{x}{unit} ({_others(r)})")
+    if not points:
+        return []
+    return [
+        f"Other processes took more than {DISTURBED_PCT:.0f} % of core 0 or core 1 during "
+        f"{len(points)} points, whose figures are likely understated (measure again on a quiet machine): "
+        + "; ".join(points)
+        + "."
+    ]
 
 
 # ================================================================ main
