@@ -183,3 +183,43 @@ async def test_a_hold_the_journal_refuses_is_never_answered_or_charged(
     finally:
         beat.cancel()
         await engine.dispose()
+
+
+async def test_a_client_gone_before_its_body_is_let_go_quietly(
+    gateway: LiveGateway, caplog: pytest.LogCaptureFixture
+) -> None:
+    """No body, just a disconnect: nothing to answer, no 'unexpected error' in the log,
+    nothing held."""
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0", "spec_version": "2.4"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": "/v1/chat/completions",
+        "raw_path": b"/v1/chat/completions",
+        "query_string": b"",
+        "root_path": "",
+        "headers": [
+            (b"authorization", f"Bearer {gateway.api_key}".encode()),
+            (b"content-type", b"application/json"),
+            (b"content-length", b"100"),
+        ],
+        "client": ("127.0.0.1", 1),
+        "server": ("127.0.0.1", 80),
+        "state": {},
+    }
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.disconnect"}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    async with gateway.client() as client:
+        before = await balance(client)
+        await asyncio.wait_for(gateway.app(scope, receive, send), 10)
+        assert await balance(client) == before
+    assert not [m for m in sent if m["type"] == "http.response.start"]
+    assert "unexpected" not in caplog.text

@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
@@ -57,6 +57,8 @@ class InferenceRoutes:
         request = Request(scope, receive, send)
         try:
             response = await endpoint(request)
+        except ClientDisconnect:
+            return  # the client left before its body arrived: nobody to answer, nothing held
         except TesseraError as exc:
             assert self._error is not None, "InferenceRoutes.bind was never called"
             response = self._error(request, exc)
