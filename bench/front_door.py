@@ -381,6 +381,7 @@ async def streams(spec: dict[str, Any]) -> dict[str, Any]:
     ttft_ms: list[float] = []
     gaps_ms: list[float] = []
     tally = {"completed": 0, "errors": 0, "stalls": 0, "stalled_streams": 0}
+    statuses: dict[str, int] = {}  # why streams failed: an HTTP status, or unfinished
 
     async def worker() -> None:
         conn: HttpConn | None = None
@@ -398,6 +399,8 @@ async def streams(spec: dict[str, Any]) -> dict[str, Any]:
                 continue
             if status != 200 or not trace.finished or trace.first is None:
                 tally["errors"] += 1
+                why = str(status) if status != 200 else "unfinished"
+                statuses[why] = statuses.get(why, 0) + 1
                 continue
             tally["completed"] += 1
             ttft_ms.append((trace.first - trace.started) * 1000)
@@ -414,6 +417,7 @@ async def streams(spec: dict[str, Any]) -> dict[str, Any]:
     await asyncio.gather(*(worker() for _ in range(spec["streams"])))
     return {
         **tally,
+        "failures": statuses,
         "ttft_p50_ms": percentile(ttft_ms, 0.50),
         "ttft_p99_ms": percentile(ttft_ms, 0.99),
         "gap_p99_ms": percentile(gaps_ms, 0.99),
@@ -958,6 +962,8 @@ class Bench:
         noise: dict[str, Any] = {}
         with self.meter.measuring(noise):
             result = self._worker(spec, duration + spec["timeout"] + 120)
+        if result.get("failures"):
+            print(f"{count} streams: failed {result['failures']}", file=sys.stderr, flush=True)
         wait_quiet(target.pids, limit_s=self.args.drain_limit)
         return result | noise
 
