@@ -26,6 +26,30 @@ async def balance(client: httpx.AsyncClient) -> tuple[int, int]:
     return view["balance"], view["held"]
 
 
+def chat_scope(gateway: LiveGateway, content_length: int) -> dict[str, Any]:
+    """The ASGI scope of a POST /v1/chat/completions by the gateway's key, to drive the
+    app with a receive and a send of the test's own."""
+    return {
+        "type": "http",
+        "asgi": {"version": "3.0", "spec_version": "2.4"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": "/v1/chat/completions",
+        "raw_path": b"/v1/chat/completions",
+        "query_string": b"",
+        "root_path": "",
+        "headers": [
+            (b"authorization", f"Bearer {gateway.api_key}".encode()),
+            (b"content-type", b"application/json"),
+            (b"content-length", str(content_length).encode()),
+        ],
+        "client": ("127.0.0.1", 1),
+        "server": ("127.0.0.1", 80),
+        "state": {},
+    }
+
+
 def test_header_value_keeps_plain_text_and_encodes_the_rest() -> None:
     assert header_value("best of 3; provider=ab12") == "best of 3; provider=ab12"
     for hostile in ("nope\r\nX-Injected: 1", "nul\x00byte", "modèle ✓", "100%", "\ud800"):
@@ -86,25 +110,7 @@ async def test_an_answer_that_cannot_be_sent_is_not_charged(gateway: LiveGateway
         if message["type"] == "http.response.body":
             raise OSError("connection reset by peer")
 
-    scope = {
-        "type": "http",
-        "asgi": {"version": "3.0", "spec_version": "2.4"},
-        "http_version": "1.1",
-        "method": "POST",
-        "scheme": "http",
-        "path": "/v1/chat/completions",
-        "raw_path": b"/v1/chat/completions",
-        "query_string": b"",
-        "root_path": "",
-        "headers": [
-            (b"authorization", f"Bearer {gateway.api_key}".encode()),
-            (b"content-type", b"application/json"),
-            (b"content-length", str(len(raw)).encode()),
-        ],
-        "client": ("127.0.0.1", 1),
-        "server": ("127.0.0.1", 80),
-        "state": {},
-    }
+    scope = chat_scope(gateway, len(raw))
     async with gateway.client() as client:
         before, _ = await balance(client)
         call = asyncio.create_task(gateway.app(scope, receive, send))
@@ -190,25 +196,7 @@ async def test_a_client_gone_before_its_body_is_let_go_quietly(
 ) -> None:
     """No body, just a disconnect: nothing to answer, no 'unexpected error' in the log,
     nothing held."""
-    scope = {
-        "type": "http",
-        "asgi": {"version": "3.0", "spec_version": "2.4"},
-        "http_version": "1.1",
-        "method": "POST",
-        "scheme": "http",
-        "path": "/v1/chat/completions",
-        "raw_path": b"/v1/chat/completions",
-        "query_string": b"",
-        "root_path": "",
-        "headers": [
-            (b"authorization", f"Bearer {gateway.api_key}".encode()),
-            (b"content-type", b"application/json"),
-            (b"content-length", b"100"),
-        ],
-        "client": ("127.0.0.1", 1),
-        "server": ("127.0.0.1", 80),
-        "state": {},
-    }
+    scope = chat_scope(gateway, 100)
     sent: list[dict[str, Any]] = []
 
     async def receive() -> dict[str, Any]:

@@ -780,16 +780,7 @@ class Serving:
         relay.resume(stream, len(all_sent))
         if ctx.life is not None:
             ctx.life.begin(stream.provider_id, prefix=len(all_sent))
-        if ctx.charge is not None and ctx.charge.hold_stored is not None:
-            try:
-                await self.payments.confirm(ctx.charge)
-            except BaseException as exc:
-                await stream.close()
-                self._release(ctx, "hold_not_stored")
-                if isinstance(exc, TesseraError):
-                    self.record(ctx, "error", stream.provider_id, exc.code, None)
-                raise
-        ctx.offer = stream.offer
+        ctx.offer = stream.offer  # (the hold was confirmed when the stream first started)
         if stream.decision is not None:
             ctx.route = f"{ctx.route}; continued: {stream.decision.header()}"
         return first
