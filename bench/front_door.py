@@ -1343,6 +1343,34 @@ def disturbed(results: Results) -> list[str]:
 # ================================================================ main
 
 
+def fresh_workdir(base: Path) -> Path:
+    """This run's own directory under ``base`` (logs, configs, the gateway's data), so two
+    runs at once never delete each other's files; those of runs no longer alive go, the
+    last one's logs stay until the next run."""
+    base.mkdir(parents=True, exist_ok=True)
+    for old in base.iterdir():
+        pid = old.name.removeprefix("run-")
+        if old.name.startswith("run-") and pid.isdigit() and _alive(int(pid)):
+            continue
+        if old.is_dir():
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            old.unlink(missing_ok=True)
+    workdir = base / f"run-{os.getpid()}"
+    workdir.mkdir()
+    return workdir
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -1552,9 +1580,7 @@ def main() -> int:
     sys.path[:0] = [str(REPO / "src"), str(REPO / "tests")]
     paths = [str(REPO / "src"), *filter(None, [os.environ.get("PYTHONPATH")])]
     os.environ["PYTHONPATH"] = os.pathsep.join(paths)
-    workdir = CACHE / "front-door"
-    shutil.rmtree(workdir, ignore_errors=True)
-    workdir.mkdir(parents=True)
+    workdir = fresh_workdir(CACHE / "front-door")
     info = {"Machine": machine()}
     results = Results()
     with console.status("checking wrk and LiteLLM (installed once into .cache/bench)…"):
