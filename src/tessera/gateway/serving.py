@@ -83,13 +83,16 @@ class RequestContext:
     ttft_ms: float | None = None
     policy: EffectivePolicy = field(default_factory=EffectivePolicy)
     charge: Charge | None = None
-    life: PaidRequest | None = None  # what the request costs, decided as it goes
+    life: PaidRequest = field(init=False)  # what the request costs, decided as it goes
     checks: list[Filter] = field(default_factory=list)  # stake and hold, for dispatch
     offer: ModelOffer | None = None  # the offer (price) of the provider that ran the job
     route: str | None = None  # why the provider was chosen (the x-tessera-route header)
     sticky: str | None = None  # the provider of this conversation's previous turn
     turns: list[tuple[str, str]] | None = None  # a chat's (role, text) turns so far
     routing: RouteRequest | None = None  # what the router is asked, once money is held
+
+    def __post_init__(self) -> None:
+        self.life = PaidRequest(self.request_id)
 
 
 @dataclass(frozen=True, slots=True)
@@ -404,7 +407,6 @@ class Serving:
         except TesseraError as exc:
             self.record(ctx, "error", None, exc.code, None)
             raise
-        ctx.life = PaidRequest(ctx.request_id)
         ctx.checks = self.payments.admit(ctx.charge, job)
         ctx.routing = self._route(ctx, job.model, job)
         self.recent.add(ctx.routing)
@@ -426,14 +428,16 @@ class Serving:
             )
 
     def _settle(
-        self, ctx: RequestContext, stream: JobStream, settlement: Settlement | None
+        self, ctx: RequestContext, stream: JobStream | None, settlement: Settlement | None
     ) -> None:
-        """Carry out what the request's life decided (None: it was settled already)."""
+        """Carry out what the request's life decided (None: it was settled already; no
+        charge: nothing was held, nothing to move)."""
         if ctx.charge is None or settlement is None:
             return
         if isinstance(settlement, Release):
             self.payments.release(ctx.charge, settlement.reason)
             return
+        assert stream is not None, "a capture pays the provider of a stream"
         prompt = self._billable_prompt(stream, settlement.prompt_tokens)
         self.payments.capture(
             ctx.charge, stream.offer, settlement.provider_id, prompt, settlement.completion_tokens
@@ -453,10 +457,7 @@ class Serving:
 
     def _release(self, ctx: RequestContext, reason: str) -> None:
         """Nothing (more) reaches the client, or what did is unproven: it costs nothing."""
-        if ctx.charge is not None and ctx.life is not None:
-            settlement = ctx.life.failed(reason)
-            if isinstance(settlement, Release):
-                self.payments.release(ctx.charge, settlement.reason)
+        self._settle(ctx, None, ctx.life.failed(reason))
 
     def _answered(
         self,
@@ -488,10 +489,8 @@ class Serving:
                 self._release(ctx, "not_delivered")
                 self.record(ctx, "error", stream.provider_id, "not_delivered", None)
                 return
-            if ctx.life is not None:
-                self._settle(
-                    ctx, stream, ctx.life.answered(usage.prompt_tokens, usage.completion_tokens)
-                )
+            paid = ctx.life.answered(usage.prompt_tokens, usage.completion_tokens)
+            self._settle(ctx, stream, paid)
             self._accepted(ctx, stream, done)
             if on_delivered is not None:
                 on_delivered()
@@ -538,8 +537,7 @@ class Serving:
                 if isinstance(exc, TesseraError):
                     self.record(ctx, "error", stream.provider_id, exc.code, None)
                 raise
-        if ctx.life is not None:
-            ctx.life.begin(stream.provider_id)
+        ctx.life.begin(stream.provider_id)
         ctx.offer = stream.offer
         if stream.decision is not None:
             why = stream.decision.header()
@@ -636,8 +634,7 @@ class Serving:
         After a continuation, only what the current provider sent is paid (to it); the
         failed provider's part was never proven by a receipt and is free.
         """
-        if ctx.life is not None:
-            self._settle(ctx, relay.stream, ctx.life.abandoned())
+        self._settle(ctx, relay.stream, ctx.life.abandoned())
 
     async def _relay(
         self,
@@ -667,8 +664,7 @@ class Serving:
                 if isinstance(event, Chunk):
                     yield sse(content(event))
                     relay.add(event)
-                    if ctx.life is not None:
-                        ctx.life.relayed(event.tokens, event.prompt_tokens)
+                    ctx.life.relayed(event.tokens, event.prompt_tokens)
                 elif isinstance(event, Done):
                     # What the client was sent: the prompt (without the earlier providers'
                     # tokens, which this provider read as prompt) and every token.
@@ -679,9 +675,8 @@ class Serving:
                     check = self.verifier.check(stream, event)
                     if check.ok:
                         made = event.usage.completion_tokens  # by this provider: it is paid
-                        if ctx.life is not None:
-                            paid = ctx.life.answered(event.usage.prompt_tokens, made)
-                            self._settle(ctx, stream, paid)
+                        paid = ctx.life.answered(event.usage.prompt_tokens, made)
+                        self._settle(ctx, stream, paid)
                         if ctx.charge is not None:
                             await self.payments.stored(ctx.charge)
                         self._accepted(ctx, stream, event)
@@ -778,8 +773,7 @@ class Serving:
             return f"no other provider could take it ({exc})"
         self.metrics.continuations.labels(outcome="started").inc()
         relay.resume(stream, len(all_sent))
-        if ctx.life is not None:
-            ctx.life.begin(stream.provider_id, prefix=len(all_sent))
+        ctx.life.begin(stream.provider_id, prefix=len(all_sent))
         ctx.offer = stream.offer  # (the hold was confirmed when the stream first started)
         if stream.decision is not None:
             ctx.route = f"{ctx.route}; continued: {stream.decision.header()}"
