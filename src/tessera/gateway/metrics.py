@@ -136,9 +136,8 @@ class GatewayMetrics:
 
     def _request_finished(self, event: RequestFinished) -> None:
         self.latency.labels(endpoint=event.endpoint).observe(event.latency_s)
-        if event.status == "ok" or event.prompt_tokens or event.completion_tokens:
-            self.tokens.labels(direction="prompt").inc(event.prompt_tokens)
-            self.tokens.labels(direction="completion").inc(event.completion_tokens)
+        self.tokens.labels(direction="prompt").inc(event.prompt_tokens)
+        self.tokens.labels(direction="completion").inc(event.completion_tokens)
 
     def _slashed(self, event: Slashed) -> None:
         self.slashes.labels(reason=event.reason).inc()
