@@ -29,6 +29,7 @@ from tessera.protocol.signing import public_key_hex
 from tessera.provider.identity import load_or_create_key
 
 from support.live_network import TEXT_MODEL, LiveNetwork, create_key, provider_key_file
+from support.verified_network import environment
 
 __all__ = [
     "TEXT_MODEL",
@@ -158,6 +159,15 @@ def counter_total(metrics_text: str, name: str, **labels: str) -> float:
     return total
 
 
+# The load here is the test's own: a 429 from the per-key and per-account rate limits
+# (600 and 1,200 a minute by default, reached on a fast machine) would fail a request
+# for a reason that has nothing to do with a killed provider.
+NO_RATE_LIMITS = {
+    "TESSERA_GATEWAY_KEY_REQUESTS_PER_MINUTE": "1000000",
+    "TESSERA_GATEWAY_ACCOUNT_REQUESTS_PER_MINUTE": "1000000",
+}
+
+
 def start_fault_network(
     data_dir: Path, model_dir: Path, providers: int = 3, max_concurrent_jobs: int = 3
 ) -> FaultNetwork:
@@ -166,7 +176,10 @@ def start_fault_network(
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     network = Network(data_dir)
-    network.spawn("gateway", ["gateway", "--port", str(port), "--data-dir", str(data_dir), "--dev"])
+    with environment(NO_RATE_LIMITS):
+        network.spawn(
+            "gateway", ["gateway", "--port", str(port), "--data-dir", str(data_dir), "--dev"]
+        )
     try:
         api_key = create_key(data_dir)
         wait_for_network(base, 0, network, timeout_s=60)
