@@ -194,6 +194,7 @@ def provider(
     from tessera.provider.hardware import probe
     from tessera.provider.identity import load_or_create_key
     from tessera.provider.loading import UpstreamSpec, load_local, load_upstream
+    from tessera.provider.turn_gate import TurnGate
 
     restrict_new_files()
     _logging(verbose)
@@ -223,9 +224,10 @@ def provider(
         )
         key = load_or_create_key(settings.key_file)
         served = []
+        gate = TurnGate()  # the local models share this machine's compute, turn by turn
         for spec in model:
             with console.status(f"loading {spec}…"):
-                served.append(load_local(spec, settings))
+                served.append(load_local(spec, settings, gate))
             console.print(f"loaded [bold]{served[-1].offer.name}[/] ({spec})")
         if upstream:
             if not (upstream_model and weights_sha256):

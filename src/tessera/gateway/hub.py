@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import random
 import secrets
@@ -89,6 +90,14 @@ class ProviderSession:
     async def send(self, frame: Frame) -> None:
         async with self.send_lock:
             await self.websocket.send_text(frame.model_dump_json())
+
+
+def tenant_tag(account: str, provider_id: str) -> str:
+    """The account's tag at one provider (``Job.tenant``): stable, so the provider can
+    share its compute fairly between accounts; keyed by the provider, so two providers
+    cannot link their tags; one-way, so neither learns the account."""
+    key = provider_id.encode()[:64]
+    return hashlib.blake2b(account.encode(), key=key, digest_size=8).hexdigest()
 
 
 def frame_budget(job: Job) -> int:
@@ -271,14 +280,17 @@ class ProviderHub:
                 await self._slot_freed.wait(min(remaining, 1.0))
                 continue
             chosen = decision.provider
-            stream = self._start(chosen, job, account)
+            sent = job
+            if account is not None:
+                sent = job.model_copy(update={"tenant": tenant_tag(account, chosen.provider_id)})
+            stream = self._start(chosen, sent, account)
             if stream is None:
                 exclude.add(chosen.provider_id)
                 continue
             stream.decision = decision
             chosen.health.started(now)
             try:
-                await stream.session.send(job)
+                await stream.session.send(sent)
             except Exception:
                 await stream.close()
                 exclude.add(chosen.provider_id)

@@ -2,8 +2,8 @@
 
 Definitions (stable, so any party can recompute them):
 
-- ``prompt_sha256(job)``: SHA-256 of the canonical JSON of the job without its ids and
-  type: model, kind, input (messages, prompts or inputs) and sampling params.
+- ``prompt_sha256(job)``: SHA-256 of the canonical JSON of the job without its ids, type
+  and tenant tag: model, kind, input (messages, prompts or inputs) and sampling params.
 - ``output_sha256``: for text jobs, of the canonical JSON list of choices sorted by index,
   each ``{"index", "text", "token_ids", "eos", "finish_reason"}``; for embedding jobs, of
   ``{"embeddings_b64": [...]}``.
@@ -36,8 +36,9 @@ from tessera.protocol.wire import (
 
 
 def prompt_sha256(job: Job) -> str:
-    """Hash of what the job asks for, independent of which attempt (job id) carries it."""
-    body = job.model_dump(mode="json", exclude={"type", "job_id", "request_id"})
+    """Hash of what the job asks for, independent of which attempt (job id) carries it
+    and of whose it is (the tenant tag differs at every provider)."""
+    body = job.model_dump(mode="json", exclude={"type", "job_id", "request_id", "tenant"})
     return sha256_hex(canonical_bytes(body))
 
 

@@ -209,6 +209,10 @@ class Job(Frame):
     # greedy or seeded) job. The provider appends them after the prompt and generates what
     # follows, as if it had produced them itself; ``params.max_tokens`` counts new tokens.
     continue_from: TokenIds | None = None
+    # Whose job it is: an opaque tag, the same for one account's jobs at one provider and
+    # different at every other, so the provider can share its compute fairly between
+    # accounts without learning who they are (see market/compute_turns.py).
+    tenant: Annotated[str, Field(pattern=r"^[0-9a-f]{16,64}$")] | None = None
 
 
 class TopLogprob(Frame):

@@ -326,7 +326,7 @@ class ProviderAgent:
                     )
                 )
                 return
-            token = CancelToken()
+            token = CancelToken(frame.tenant or "") if isinstance(frame, Job) else CancelToken()
             work = (
                 self._run_job(frame, send, token)  # type: ignore[arg-type]
                 if isinstance(frame, Job)

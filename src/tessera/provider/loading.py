@@ -16,6 +16,7 @@ from tessera.errors import ConfigError
 from tessera.protocol.wire import ModelOffer
 from tessera.provider.agent import ServedModel
 from tessera.provider.backends.base import EmbeddingBackend, ModelInfo, TextBackend
+from tessera.provider.turn_gate import TurnGate
 
 MINILM_ALIASES = {"minilm", "all-minilm-l6-v2"}
 
@@ -45,8 +46,9 @@ def offer_for(info: ModelInfo, settings: ProviderSettings) -> ModelOffer:
     )
 
 
-def load_local(spec: str, settings: ProviderSettings) -> ServedModel:
-    """Load one local model (blocking: run it in a thread from async code)."""
+def load_local(spec: str, settings: ProviderSettings, gate: TurnGate | None = None) -> ServedModel:
+    """Load one local model (blocking: run it in a thread from async code). Text models
+    loaded with one ``gate`` take turns at it for every forward pass."""
     backend: TextBackend | EmbeddingBackend
     if spec.lower() in MINILM_ALIASES:
         from tessera.provider.backends.sentence_embed import SentenceEmbeddingBackend
@@ -71,7 +73,11 @@ def load_local(spec: str, settings: ProviderSettings) -> ServedModel:
             from tessera.provider.backends.transformers_text import TransformersTextBackend
 
             backend = TransformersTextBackend.load(
-                path, device=settings.device, dtype=settings.dtype, threads=settings.torch_threads
+                path,
+                device=settings.device,
+                dtype=settings.dtype,
+                threads=settings.torch_threads,
+                gate=gate,
             )
         else:
             raise ConfigError(f"--model {spec}: no config.json or modules.json in {path}")

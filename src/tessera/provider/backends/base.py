@@ -153,8 +153,13 @@ class PromptTooLong(BackendError):
 
 @dataclass(slots=True)
 class CancelToken:
-    """Set by the agent when the client went away; checked by the backend every token."""
+    """Set by the agent when the client went away; checked by the backend every token.
 
+    ``tenant`` is whose job it is (the gateway's opaque tag for the paying account, "" when
+    none came): a backend that shares one device between jobs shares it by tenant.
+    """
+
+    tenant: str = ""
     _event: threading.Event = field(default_factory=threading.Event)
 
     def cancel(self) -> None:

@@ -3,7 +3,11 @@
 The same code serves the tiny CPU model in tests and a real model on a GPU. Each stream runs
 its own decoding loop with the KV cache in a worker thread and hands events to the event loop
 with ``call_soon_threadsafe``; the loop is never blocked. The thread checks the cancel token
-before every token, and a consumer that stops iterating cancels it.
+before every token, and a consumer that stops iterating cancels it. Every forward pass takes
+a turn at the backend's ``TurnGate`` (one at a time by default, shared when the agent passes
+one gate to all its models): running jobs share the device fairly between the accounts they
+serve (the token's ``tenant``), not equally between jobs, so one account's many jobs cannot
+starve another's one.
 
 Text contract: streamed text never contains half a UTF-8 character and never runs past a
 stop string (text that could still become a stop string is held back). Logprobs come from
@@ -64,12 +68,14 @@ from tessera.provider.backends.base import (
 )
 from tessera.provider.backends.sampling import counter_uniform, fresh_uniform, sample_token
 from tessera.provider.model_hash import weights_sha256
+from tessera.provider.turn_gate import TurnGate
 
 REPLACEMENT_CHAR = "\ufffd"
 MIN_LOGPROB = -9999.0  # the wire forbids -inf; a token this unlikely is never chosen anyway
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 _CONTEXT_KEYS = ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length")
 _thread_ids = itertools.count(1)
+AUDIT_TENANT = "audits"  # the tenant an audit's scoring pass is charged to (tags are hex)
 
 # ---------------------------------------------------------------- pure helpers
 
@@ -203,9 +209,17 @@ class TransformersTextBackend:
     """One causal LM served from a Hugging Face model directory."""
 
     def __init__(
-        self, model: Any, tokenizer: Any, info: ModelInfo, device: torch.device, eos: set[int]
+        self,
+        model: Any,
+        tokenizer: Any,
+        info: ModelInfo,
+        device: torch.device,
+        eos: set[int],
+        gate: TurnGate | None = None,
     ) -> None:
         self.info = info
+        # Every forward pass takes a turn: jobs share the device fairly between tenants.
+        self._gate = gate if gate is not None else TurnGate()
         self._model: Any = model
         self._tokenizer = tokenizer
         self._device = device
@@ -230,11 +244,13 @@ class TransformersTextBackend:
         device: str = "auto",
         dtype: str = "auto",
         threads: int | None = None,
+        gate: TurnGate | None = None,
     ) -> TransformersTextBackend:
         """Load a model directory (blocking: call it in a thread). ConfigError if unusable.
 
         ``device`` auto = cuda when available, else cpu; ``dtype`` auto = bfloat16 on cuda,
         float32 elsewhere. ``threads`` sets torch's CPU threads for the whole process.
+        ``gate`` orders the forward passes (a new one-at-a-time gate when None).
         """
         model_dir = Path(model_dir)
         if not model_dir.is_dir():
@@ -269,7 +285,7 @@ class TransformersTextBackend:
             context_length=_context_length(model.config, tokenizer, model_dir),
             vocab_size=int(model.get_input_embeddings().num_embeddings),
         )
-        return cls(model, tokenizer, info, dev, _eos_ids(model, tokenizer))
+        return cls(model, tokenizer, info, dev, _eos_ids(model, tokenizer), gate)
 
     @property
     def active_streams(self) -> int:
@@ -396,15 +412,20 @@ class TransformersTextBackend:
         eos = False
         text = ""
         prompt_tokens: int | None = len(ids)  # sent with the first delta
+        detok, stops = primed_text_state(self._decode, continued, params.stop)
+        step = torch.tensor([ids], device=self._device)  # the prefill, then one token a step
+        past: Any = None
         with torch.inference_mode():
-            out = model(input_ids=torch.tensor([ids], device=self._device), use_cache=True)
-            # Primed after the prefill is queued: on a GPU the two overlap.
-            detok, stops = primed_text_state(self._decode, continued, params.stop)
             while not cancel.cancelled:
-                logits = out.logits[0, -1]
-                position = len(continued) + produced  # in the whole answer
-                uniform = fresh_uniform() if seed is None else counter_uniform(seed, position)
-                token = sample_token(logits, params.temperature, params.top_p, uniform)
+                # A turn covers the pass and the sampling that waits for it (on a GPU the
+                # pass is only queued until then), so its measured time is the compute.
+                with self._gate.turn(cancel.tenant):
+                    out = model(input_ids=step, past_key_values=past, use_cache=True)
+                    logits = out.logits[0, -1]
+                    position = len(continued) + produced  # in the whole answer
+                    uniform = fresh_uniform() if seed is None else counter_uniform(seed, position)
+                    token = sample_token(logits, params.temperature, params.top_p, uniform)
+                past = out.past_key_values
                 produced += 1
                 if token in self._eos_ids:
                     reason, eos = "stop", True
@@ -418,7 +439,6 @@ class TransformersTextBackend:
                     emit(Delta(text, tuple(pending), prompt_tokens))
                     pending, text, prompt_tokens = [], "", None
                 step = torch.tensor([[token]], device=self._device)
-                out = model(input_ids=step, past_key_values=out.past_key_values, use_cache=True)
         if not stops.stopped:
             text += stops.push(detok.flush())
             text += stops.flush()
@@ -462,7 +482,7 @@ class TransformersTextBackend:
         # trailing `keep` positions of the padded batch cover every row's need.
         keep = width - min(len(p) for p in prompts) + 1
         extra: dict[str, Any] = {"logits_to_keep": keep} if self._trims_logits else {}
-        with torch.inference_mode():
+        with torch.inference_mode(), self._gate.turn(AUDIT_TENANT):
             out = model(
                 input_ids=input_ids.to(self._device),
                 attention_mask=mask.to(self._device),
