@@ -161,6 +161,13 @@ def provider(
     dtype: Annotated[
         str, typer.Option(help="auto (bfloat16 on GPU, float32 on CPU), float32, bfloat16.")
     ] = "auto",
+    parallel_passes: Annotated[
+        int | None,
+        typer.Option(
+            help="Forward passes run at once; jobs take turns by paying account. Default: one "
+            "on a GPU, on a CPU the cores available divided by --threads."
+        ),
+    ] = None,
     no_retention: Annotated[
         bool,
         typer.Option(
@@ -193,7 +200,7 @@ def provider(
     from tessera.private_files import restrict_new_files
     from tessera.provider.hardware import probe
     from tessera.provider.identity import load_or_create_key
-    from tessera.provider.loading import UpstreamSpec, load_local, load_upstream
+    from tessera.provider.loading import UpstreamSpec, load_local, load_upstream, turn_width
     from tessera.provider.turn_gate import TurnGate
 
     restrict_new_files()
@@ -208,6 +215,8 @@ def provider(
         extra["drain_timeout_s"] = drain_timeout_s
     if no_retention:
         extra["no_retention"] = True
+    if parallel_passes is not None:
+        extra["parallel_passes"] = parallel_passes
     try:
         settings = ProviderSettings(
             gateway_urls=gateway,
@@ -224,7 +233,8 @@ def provider(
         )
         key = load_or_create_key(settings.key_file)
         served = []
-        gate = TurnGate()  # the local models share this machine's compute, turn by turn
+        # The local models share this machine's compute, turn by turn.
+        gate = TurnGate(turn_width(settings)) if model else None
         for spec in model:
             with console.status(f"loading {spec}…"):
                 served.append(load_local(spec, settings, gate))

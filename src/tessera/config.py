@@ -282,6 +282,13 @@ class ProviderSettings(BaseSettings):
     dtype: str = Field(
         "auto", description="auto (bfloat16 on GPU, float32 on CPU), float32, bfloat16, float16."
     )
+    parallel_passes: int | None = Field(
+        None,
+        ge=1,
+        le=1024,
+        description="Forward passes of local models run at once; jobs take turns by account "
+        "(None: one on a GPU, on a CPU the cores this process may use / torch threads).",
+    )
     backoff_initial_s: float = Field(0.5, gt=0, description="First reconnect delay.")
     backoff_max_s: float = Field(30.0, gt=0, description="Longest reconnect delay.")
     no_retention: bool = Field(

@@ -8,6 +8,7 @@ is described by its URL, served name and weight hash instead.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,6 +45,26 @@ def offer_for(info: ModelInfo, settings: ProviderSettings) -> ModelOffer:
         price_input_per_mtok=settings.price_input_per_mtok,
         price_output_per_mtok=settings.price_output_per_mtok,
     )
+
+
+def turn_width(settings: ProviderSettings) -> int:
+    """How many forward passes of local models may run at once (the ``TurnGate`` width).
+
+    ``parallel_passes`` when set (providers sharing one machine set it). Otherwise one on
+    a GPU: passes queue on its stream anyway, and one at a time keeps each turn's measured
+    time its own. On a CPU, as many as fit when each uses ``torch_threads`` of the cores
+    this process may run on (torch's default uses them all: one).
+    """
+    if settings.parallel_passes is not None:
+        return settings.parallel_passes
+    import torch
+
+    device = settings.device
+    if device.startswith("cuda") or (device == "auto" and torch.cuda.is_available()):
+        return 1
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    per_pass = settings.torch_threads or torch.get_num_threads()
+    return max(1, (cores or 1) // per_pass)
 
 
 def load_local(spec: str, settings: ProviderSettings, gate: TurnGate | None = None) -> ServedModel:
