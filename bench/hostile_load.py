@@ -1,13 +1,17 @@
 """An honest key's latency while strangers attack the gateway, against the same key alone.
 
 Baseline: the honest key sends five short chats a second, one at a time, to a live
-network (a gateway and two provider agents serving the tiny model) with nothing else
-running. Then the same beside each attack and both: one key looping over every input
-that once made the gateway answer an unhandled 500 or trip every provider's circuit
-breaker (tests/support/hostile_load.py), and another key keeping 64 long requests in
-flight. The target is an honest p99 within 2× of its unloaded value. On one machine the
-flood's admitted jobs share the CPU with the honest key's, which no gateway can undo:
-the "flood only" row shows that share. Run::
+network (a gateway and two provider agents serving the tiny model, eight jobs each at
+once, one forward pass at a time) with nothing else running. Then the same beside each
+attack and both: one key looping over every input that once made the gateway answer an
+unhandled 500 or trip every provider's circuit breaker (tests/support/hostile_load.py),
+and another key keeping 64 long requests in flight. The target is an honest p99 within 2×
+of its unloaded value. The flood's admitted jobs run on the same providers as the honest
+key's: the gateway bounds how many slots they take (market/fair_share.py) and the
+providers give each account's jobs an equal share of their passes
+(market/compute_turns.py), so an honest answer waits about one flood pass per token of
+its own. On one machine they still share the two cores with the gateway and the clients.
+Run::
 
     PYTHONPATH=src:tests python bench/hostile_load.py [--seconds S]
 """
@@ -16,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import statistics
 import sys
 import tempfile
@@ -40,12 +45,23 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=30.0, help="length of each phase")
     parser.add_argument("--flood", type=int, default=64, help="the flooding key's concurrency")
     parser.add_argument("--hostile-clients", type=int, default=4)
+    parser.add_argument(
+        "--provider-slots",
+        type=int,
+        default=8,
+        help="jobs each provider runs at once: room for the flood to crowd an honest job",
+    )
     args = parser.parse_args()
     console = Console()
+    # Two providers share this machine's cores: each runs one forward pass at a time, as a
+    # provider alone on its own machine would by default.
+    os.environ["TESSERA_PROVIDER_PARALLEL_PASSES"] = "1"
     model_dir = ensure_tiny_model()
     with tempfile.TemporaryDirectory() as tmp:
         with console.status("starting a gateway and two providers…"):
-            live = start_network(Path(tmp), model_dir, embeddings=False)
+            live = start_network(
+                Path(tmp), model_dir, embeddings=False, max_concurrent_jobs=args.provider_slots
+            )
         try:
             keys = [create_key(live.data_dir) for _ in range(3)]
             for key in keys:

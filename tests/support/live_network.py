@@ -60,7 +60,13 @@ def provider_key_file(network: Network, index: int) -> Path:
 
 
 def start_provider(
-    network: Network, base: str, model_dir: Path, index: int, region: str, embeddings: bool = True
+    network: Network,
+    base: str,
+    model_dir: Path,
+    index: int,
+    region: str,
+    embeddings: bool = True,
+    max_concurrent_jobs: int = 2,
 ) -> None:
     """A staked provider serving the tiny model and, with ``embeddings``, all-MiniLM-L6-v2
     (sentence-transformers and MiniLM cost a provider about 2 s of CPU more at start)."""
@@ -78,13 +84,17 @@ def start_provider(
             "--price-out", str(300 * index),
             "--key-file", str(provider_key_file(network, index)),
             "--threads", "1",
-            "--max-concurrent-jobs", "2",
+            "--max-concurrent-jobs", str(max_concurrent_jobs),
         ],
     )  # fmt: skip
 
 
 def start_network(
-    data_dir: Path, model_dir: Path, providers: int = 2, embeddings: bool = True
+    data_dir: Path,
+    model_dir: Path,
+    providers: int = 2,
+    embeddings: bool = True,
+    max_concurrent_jobs: int = 2,
 ) -> LiveNetwork:
     """A dev gateway and ``providers`` providers (see :func:`start_provider`), all connected."""
     port = free_port()
@@ -98,7 +108,7 @@ def start_network(
         for i in range(providers):
             stake_provider(base, provider_key_file(network, i + 1))
             region = ["US-east", "DE-eu"][i % 2]
-            start_provider(network, base, model_dir, i + 1, region, embeddings)
+            start_provider(network, base, model_dir, i + 1, region, embeddings, max_concurrent_jobs)
         wait_for_network(base, providers, network, timeout_s=240)
     except BaseException:
         network.stop()
