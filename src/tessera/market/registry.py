@@ -22,13 +22,90 @@ pinned weights and passed its join challenge, so the catalog's pin stands behind
 from __future__ import annotations
 
 import bisect
-from collections.abc import Iterable
+import weakref
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import TypeVar
+
+from pydantic import BaseModel
 
 from tessera.market.health import ProviderHealth
 from tessera.market.regions import UNCHECKED
-from tessera.protocol.wire import Capabilities, ModelKind, ModelOffer
+from tessera.protocol.wire import Capabilities, Hardware, ModelKind, ModelOffer
+
+
+@dataclass(frozen=True, slots=True)
+class ProviderCard:
+    """What a provider announced, as the registry keeps it: the fields of its
+    ``Capabilities``, with offers and hardware shared among all providers that announced
+    the same ones (a fleet has few distinct ones). The parsed message costs about 4 KB a
+    provider; this, a few hundred bytes."""
+
+    public_key: str
+    agent_version: str
+    models: tuple[ModelOffer, ...]
+    hardware: Hardware
+    region: str
+    max_concurrent_jobs: int
+    label: str = ""
+    no_retention: bool = False
+    sla_uptime_bps: int = 0
+
+
+_Frozen = TypeVar("_Frozen", bound=BaseModel)
+
+
+class _Shared:
+    """One object per distinct value: equal offers and hardware of many providers are
+    kept once, for as long as any provider holds them."""
+
+    def __init__(self) -> None:
+        self._by_json: weakref.WeakValueDictionary[str, BaseModel] = weakref.WeakValueDictionary()
+        self._strings: dict[str, str] = {}
+        self._offer_maps: dict[tuple[int, ...], Mapping[str, ModelOffer]] = {}
+
+    def one(self, value: _Frozen) -> _Frozen:
+        key = f"{type(value).__name__}:{value.model_dump_json()}"
+        kept = self._by_json.get(key)
+        if isinstance(kept, type(value)):
+            return kept
+        self._by_json[key] = value
+        return value
+
+    def text(self, value: str) -> str:
+        """Short strings many providers repeat (regions, agent versions); never grows
+        past a few thousand."""
+        kept = self._strings.get(value)
+        if kept is not None:
+            return kept
+        if len(self._strings) < 4096:
+            self._strings[value] = value
+        return value
+
+    def offers(self, models: tuple[ModelOffer, ...]) -> Mapping[str, ModelOffer]:
+        """Model name -> offer, one read-only mapping per set of shared offers."""
+        key = tuple(id(offer) for offer in models)  # they stay alive while it is kept
+        kept = self._offer_maps.get(key)
+        if kept is not None:
+            return kept
+        made = MappingProxyType({offer.name: offer for offer in models})
+        if len(self._offer_maps) < 4096:
+            self._offer_maps[key] = made
+        return made
+
+    def card(self, caps: Capabilities) -> ProviderCard:
+        return ProviderCard(
+            public_key=caps.public_key,
+            agent_version=self.text(caps.agent_version),
+            models=tuple(self.one(offer) for offer in caps.models),
+            hardware=self.one(caps.hardware),
+            region=self.text(caps.region),
+            max_concurrent_jobs=caps.max_concurrent_jobs,
+            label=caps.label,
+            no_retention=caps.no_retention,
+            sla_uptime_bps=caps.sla_uptime_bps,
+        )
 
 
 @dataclass(slots=True)
@@ -36,12 +113,14 @@ class LiveProvider:
     """A connected provider; mutable only through the registry."""
 
     provider_id: str
-    capabilities: Capabilities
+    capabilities: ProviderCard
     connected_at: float
     active_jobs: int = 0
-    offers: dict[str, ModelOffer] = field(default_factory=dict)
+    # Read-only, and shared by the providers that announced the very same offers.
+    offers: Mapping[str, ModelOffer] = field(default_factory=dict)
     # Model name -> routable | challenge | challenge_failed | weights_mismatch | banned.
-    status: dict[str, str] = field(default_factory=dict)
+    # Read-only: the registry replaces it (most providers share one all-routable mapping).
+    status: Mapping[str, str] = field(default_factory=dict)
     reputation: float = 0.5  # the verification record's score in [0, 1], for the router
     health: ProviderHealth = field(default_factory=ProviderHealth)  # speed and breaker
     # The handshake's round trip, and whether the declared country fits it (regions.py).
@@ -238,9 +317,13 @@ class ProviderRegistry:
         self._providers: dict[str, LiveProvider] = {}
         self._by_model: dict[str, ModelPool] = {}
         self._known_models: set[str] = set()
-        self._labels: dict[str, set[str]] = {}  # label (case-folded) -> connected ids
+        # Label (case-folded) -> the connected id announcing it, or the set of them when
+        # several do (most labels are one provider's: a set each would cost 200 bytes).
+        self._labels: dict[str, str | set[str]] = {}
+        self._all_routable: dict[tuple[str, ...], Mapping[str, str]] = {}
         # Speed and breaker records outlive connections: reconnecting resets nothing.
         self._health: dict[str, ProviderHealth] = {}
+        self._shared = _Shared()
 
     def __len__(self) -> int:
         return len(self._providers)
@@ -259,26 +342,45 @@ class ProviderRegistry:
         ``status`` gives each model's starting status (default: all routable).
         """
         self.remove(provider_id)
-        offers = {offer.name: offer for offer in capabilities.models}
+        card = self._shared.card(capabilities)
+        offers = self._shared.offers(card.models)
         live = LiveProvider(
             provider_id=provider_id,
-            capabilities=capabilities,
+            capabilities=card,
             connected_at=now,
             offers=offers,
-            status={name: (status or {}).get(name, ROUTABLE) for name in offers},
+            status=self._statuses(tuple(offers), status or {}),
             health=self.health(provider_id),
             rtt_ms=rtt_ms,
             region_check=region_check,
         )
         self._providers[provider_id] = live
-        label = _label_key(capabilities.label)
+        label = _label_key(card.label)
         if label:
-            self._labels.setdefault(label, set()).add(provider_id)
+            holders = self._labels.get(label)
+            if holders is None or holders == provider_id:
+                self._labels[label] = provider_id
+            elif isinstance(holders, set):
+                holders.add(provider_id)
+            else:
+                self._labels[label] = {holders, provider_id}
         for name in live.offers:
             self._known_models.add(name)
             if live.status[name] == ROUTABLE:
                 self._index(name, live)
         return live
+
+    def _statuses(self, names: tuple[str, ...], given: Mapping[str, str]) -> Mapping[str, str]:
+        """Each model's starting status; all routable (the usual case) is one shared,
+        read-only mapping per set of model names."""
+        if any(given.get(name, ROUTABLE) != ROUTABLE for name in names):
+            return {name: given.get(name, ROUTABLE) for name in names}
+        shared = self._all_routable.get(names)
+        if shared is None:
+            shared = MappingProxyType(dict.fromkeys(names, ROUTABLE))
+            if len(self._all_routable) < 1024:
+                self._all_routable[names] = shared
+        return shared
 
     def has_seen(self, provider_id: str) -> bool:
         """Whether this provider ever connected since the gateway started."""
@@ -299,10 +401,12 @@ class ProviderRegistry:
             self._unindex(name, provider_id)
         label = _label_key(live.capabilities.label)
         holders = self._labels.get(label)
-        if holders is not None:
+        if holders == provider_id:
+            del self._labels[label]
+        elif isinstance(holders, set):
             holders.discard(provider_id)
-            if not holders:
-                del self._labels[label]
+            if len(holders) == 1:
+                self._labels[label] = holders.pop()
         return live
 
     def label_shared_with(self, provider_id: str) -> int:
@@ -314,14 +418,15 @@ class ProviderRegistry:
         if live is None:
             return 0
         label = _label_key(live.capabilities.label)
-        return len(self._labels.get(label, ())) - 1 if label else 0
+        holders = self._labels.get(label) if label else None
+        return len(holders) - 1 if isinstance(holders, set) else 0
 
     def set_status(self, provider_id: str, model: str, status: str) -> None:
         """Route (``routable``) or stop routing a connected provider for one model."""
         live = self._providers.get(provider_id)
         if live is None or model not in live.offers:
             return
-        live.status[model] = status
+        live.status = {**live.status, model: status}
         if status == ROUTABLE:
             self._index(model, live)
         else:
@@ -424,4 +529,5 @@ class ProviderRegistry:
 
 
 def _label_key(label: str) -> str:
-    return " ".join(label.split()).casefold()
+    key = " ".join(label.split()).casefold()
+    return label if key == label else key  # one string, not two, for most labels
