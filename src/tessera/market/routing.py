@@ -27,7 +27,7 @@ from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 from tessera.market.policy import EffectivePolicy, Filter
-from tessera.market.registry import LiveProvider, ModelPool
+from tessera.market.registry import LiveProvider, ModelPool, shape_of
 
 WEIGHTS = {
     "price": 0.30,
@@ -37,6 +37,9 @@ WEIGHTS = {
     "reputation": 0.20,
     "stake": 0.10,
 }
+PARTS = tuple(WEIGHTS)  # a score's parts, in the order ``Router._score`` gives them
+_WEIGHTS = tuple(WEIGHTS.values())
+_PRICE = PARTS.index("price")
 NEUTRAL = 0.7  # the speed part of a provider not measured yet: tried, not shunned
 TOP_K = 3  # the default pick is random among this many best, weighted by score
 STICKY_MIN_SHARE = 0.5  # a sticky provider is kept while its score is this share of the best
@@ -92,6 +95,12 @@ class NoRoute:
 
 
 Stake = Callable[[str], int]
+Scored = tuple[float, tuple[float, ...], LiveProvider]  # score, parts (PARTS order), provider
+
+
+def named(parts: tuple[float, ...]) -> dict[str, float]:
+    """A score's parts by name, as a Decision shows them."""
+    return dict(zip(PARTS, parts, strict=True))
 
 
 class Router:
@@ -107,14 +116,24 @@ class Router:
     def choose(self, pool: ModelPool, request: RouteRequest, now: float) -> Decision | NoRoute:
         filters = [*request.checks, *request.policy.filters]
         model = request.model
+        exclude = request.exclude
+        shape = pool.shape
 
         def ok(p: LiveProvider) -> bool:
-            if p.free_slots <= 0 or p.provider_id in request.exclude:
+            # Runs for every sampled provider: attributes read directly, not through the
+            # properties and helpers that say the same (free_slots, admits, fits).
+            if p.active_jobs >= p.capabilities.max_concurrent_jobs or p.provider_id in exclude:
                 return False
-            if not p.health.admits(now):
+            health = p.health
+            if health.backoff_s != 0.0 and not health.admits(now):
                 return False
             offer = p.offers[model]
-            return pool.fits(offer) and all(f.test(p, offer) for f in filters)
+            if shape_of(offer) != shape:
+                return False
+            for f in filters:
+                if not f.test(p, offer):
+                    return False
+            return True
 
         policy = request.policy
         if policy.order:
@@ -141,12 +160,12 @@ class Router:
             best = max(score for score, _, _ in scored)
             for score, parts, p in scored:
                 if p.provider_id == request.sticky and score >= STICKY_MIN_SHARE * best:
-                    return Decision(p, "sticky", score, parts, len(scored), len(pool))
+                    return Decision(p, "sticky", score, named(parts), len(scored), len(pool))
             sticky = pool.get(request.sticky)
             if sticky is not None and sticky not in candidates and ok(sticky):
                 (score, parts, p), *_ = self._score([sticky, *candidates], request)
                 if score >= STICKY_MIN_SHARE * best:
-                    return Decision(p, "sticky", score, parts, len(scored), len(pool))
+                    return Decision(p, "sticky", score, named(parts), len(scored), len(pool))
         tier, reason = self._tier(scored, policy.sort)
         if len(tier) == 1:
             score, parts, chosen = tier[0]
@@ -154,7 +173,7 @@ class Router:
             top = sorted(tier, key=lambda item: item[0], reverse=True)[:TOP_K]
             weights = [max(score, 1e-6) ** 2 for score, _, _ in top]
             score, parts, chosen = self.rng.choices(top, weights=weights)[0]
-        return Decision(chosen, reason, score, parts, len(scored), len(pool))
+        return Decision(chosen, reason, score, named(parts), len(scored), len(pool))
 
     def _scan(
         self, pool: ModelPool, test: Callable[[LiveProvider], bool], want: int
@@ -212,10 +231,14 @@ class Router:
                 yield p
 
     def _view(self, pool: ModelPool) -> list[LiveProvider]:
+        """Up to ``sample`` members at random (drawn with replacement, repeats dropped: a
+        tenth of the cost of ``random.sample``, and one short now and then)."""
         members = pool.members
-        if len(members) <= self.sample:
+        n = len(members)
+        if n <= self.sample:
             return members
-        return [members[i] for i in self.rng.sample(range(len(members)), self.sample)]
+        draw = self.rng.random
+        return [members[i] for i in {int(draw() * n) for _ in range(self.sample)}]
 
     def _matching(self, pool: ModelPool, name: str) -> Iterable[LiveProvider]:
         exact = pool.get(name)
@@ -247,58 +270,62 @@ class Router:
         pool_size: int,
     ) -> Decision:
         score, parts, _ = self._score(candidates, request)[0]
-        return Decision(chosen, reason, score, parts, len(candidates), pool_size)
+        return Decision(chosen, reason, score, named(parts), len(candidates), pool_size)
 
     # ------------------------------------------------------------ scoring
 
-    def _score(
-        self, candidates: Sequence[LiveProvider], request: RouteRequest
-    ) -> list[tuple[float, dict[str, float], LiveProvider]]:
+    def _score(self, candidates: Sequence[LiveProvider], request: RouteRequest) -> list[Scored]:
+        """Each candidate's score and its parts (in ``PARTS`` order): tuples, not dicts, as
+        only the chosen one's parts are ever shown (``named``)."""
         model = request.model
-        costs = [_cost(p, model, request) for p in candidates]
+        tokens_in, tokens_out = request.prompt_tokens, request.output_tokens
+        offers = [p.offers[model] for p in candidates]
+        costs = [
+            o.price_input_per_mtok * tokens_in + o.price_output_per_mtok * tokens_out
+            for o in offers
+        ]
         cheapest = min(costs)
         ttfts = [p.health.ttft_ms for p in candidates if p.health.ttft_ms is not None]
         speeds = [p.health.tokens_per_s for p in candidates if p.health.tokens_per_s is not None]
-        fastest_start = min(ttfts, default=None)
+        fastest_start = max(min(ttfts), 1.0) if ttfts else None
         fastest = max(speeds, default=None)
         stakes = [self.stake(p.provider_id) for p in candidates]
         most_stake = max(stakes)
-        out = []
+        w_price, w_latency, w_throughput, w_load, w_reputation, w_stake = _WEIGHTS
+        out: list[Scored] = []
         for p, cost, stake in zip(candidates, costs, stakes, strict=True):
             health = p.health
-            parts = {
-                "price": 1.0 if cost == 0 else cheapest / cost,
-                "latency": (
-                    NEUTRAL
-                    if health.ttft_ms is None or fastest_start is None
-                    else max(fastest_start, 1.0) / max(health.ttft_ms, 1.0)
-                ),
-                "throughput": (
-                    NEUTRAL
-                    if health.tokens_per_s is None or not fastest
-                    else health.tokens_per_s / fastest
-                ),
-                "load": 1.0 - p.load,
-                "reputation": p.reputation,
-                "stake": 1.0 if most_stake == 0 else stake / most_stake,
-            }
-            score = sum(WEIGHTS[k] * v for k, v in parts.items())
-            out.append((score, parts, p))
+            ttft, speed = health.ttft_ms, health.tokens_per_s
+            price = 1.0 if cost == 0 else cheapest / cost
+            latency = (
+                NEUTRAL if ttft is None or fastest_start is None else fastest_start / max(ttft, 1.0)
+            )
+            throughput = NEUTRAL if speed is None or not fastest else speed / fastest
+            load = 1.0 - p.active_jobs / p.capabilities.max_concurrent_jobs
+            backing = 1.0 if most_stake == 0 else stake / most_stake
+            score = (
+                w_price * price
+                + w_latency * latency
+                + w_throughput * throughput
+                + w_load * load
+                + w_reputation * p.reputation
+                + w_stake * backing
+            )
+            out.append((score, (price, latency, throughput, load, p.reputation, backing), p))
         return out
 
     @staticmethod
-    def _tier(
-        scored: list[tuple[float, dict[str, float], LiveProvider]], sort: str | None
-    ) -> tuple[list[tuple[float, dict[str, float], LiveProvider]], str]:
+    def _tier(scored: list[Scored], sort: str | None) -> tuple[list[Scored], str]:
         """The candidates a strict sort leaves tied for first (all of them without one)."""
         if sort == "price":
-            best = max(parts["price"] for _, parts, _ in scored)
-            return [s for s in scored if s[1]["price"] >= best], "sort=price"
+            best = max(parts[_PRICE] for _, parts, _ in scored)
+            return [s for s in scored if s[1][_PRICE] >= best], "sort=price"
         if sort in ("latency", "throughput"):
+            at = PARTS.index(sort)
             measured = [s for s in scored if _measured(s[2], sort)]
             if measured:
-                best = max(s[1][sort] for s in measured)
-                return [s for s in measured if s[1][sort] * SPEED_TIER >= best], f"sort={sort}"
+                best = max(s[1][at] for s in measured)
+                return [s for s in measured if s[1][at] * SPEED_TIER >= best], f"sort={sort}"
             return scored, f"sort={sort} (none measured yet)"
         return scored, f"best of {len(scored)}"
 
@@ -370,11 +397,3 @@ def _measured(p: LiveProvider, sort: str) -> bool:
     if sort == "latency":
         return p.health.ttft_ms is not None
     return p.health.tokens_per_s is not None
-
-
-def _cost(p: LiveProvider, model: str, request: RouteRequest) -> int:
-    offer = p.offers[model]
-    return (
-        offer.price_input_per_mtok * request.prompt_tokens
-        + offer.price_output_per_mtok * request.output_tokens
-    )
