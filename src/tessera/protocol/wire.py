@@ -24,7 +24,9 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
-PROTOCOL_VERSION = 1
+# 2: a job carries its tenant tag. Frames refuse unknown fields, so an agent of version 1
+# would fail every job; the handshake tells it to upgrade instead.
+PROTOCOL_VERSION = 2
 REGISTER_DOMAIN = "tessera/register/v1"
 RECEIPT_DOMAIN = "tessera/receipt/v1"
 COUNTERSIGN_DOMAIN = "tessera/receipt-countersign/v1"
