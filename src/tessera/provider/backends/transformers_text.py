@@ -417,21 +417,25 @@ class TransformersTextBackend:
         past: Any = None
         with torch.inference_mode():
             while not cancel.cancelled:
-                # A turn covers the pass and the sampling that waits for it (on a GPU the
-                # pass is only queued until then), so its measured time is the compute.
+                # A turn covers the pass, the sampling that waits for it (on a GPU the pass
+                # is only queued until then) and the token's logprobs: all of a step's
+                # compute, so its measured time is the tenant's and no other job's step
+                # competes with it for the CPU or the GIL.
                 with self._gate.turn(cancel.tenant):
                     out = model(input_ids=step, past_key_values=past, use_cache=True)
                     logits = out.logits[0, -1]
                     position = len(continued) + produced  # in the whole answer
                     uniform = fresh_uniform() if seed is None else counter_uniform(seed, position)
                     token = sample_token(logits, params.temperature, params.top_p, uniform)
+                    if token not in self._eos_ids:
+                        logprobs = torch.log_softmax(logits.float(), dim=-1)
+                        entry = self._token_logprob(token, logprobs, params.top_logprobs)
                 past = out.past_key_values
                 produced += 1
                 if token in self._eos_ids:
                     reason, eos = "stop", True
                     break
-                logprobs = torch.log_softmax(logits.float(), dim=-1)
-                pending.append(self._token_logprob(token, logprobs, params.top_logprobs))
+                pending.append(entry)
                 text = stops.push(detok.push(token))
                 if stops.stopped or produced >= max_new:
                     break
