@@ -427,15 +427,13 @@ class TransformersTextBackend:
                     position = len(continued) + produced  # in the whole answer
                     uniform = fresh_uniform() if seed is None else counter_uniform(seed, position)
                     token = sample_token(logits, params.temperature, params.top_p, uniform)
-                    if token not in self._eos_ids:
-                        logprobs = torch.log_softmax(logits.float(), dim=-1)
-                        entry = self._token_logprob(token, logprobs, params.top_logprobs)
+                    produced += 1
+                    if token in self._eos_ids:
+                        reason, eos = "stop", True
+                        break
+                    logprobs = torch.log_softmax(logits.float(), dim=-1)
+                    pending.append(self._token_logprob(token, logprobs, params.top_logprobs))
                 past = out.past_key_values
-                produced += 1
-                if token in self._eos_ids:
-                    reason, eos = "stop", True
-                    break
-                pending.append(entry)
                 text = stops.push(detok.push(token))
                 if stops.stopped or produced >= max_new:
                     break
