@@ -36,7 +36,7 @@ from tessera.gateway.auth import ApiKeyAuth, KeyChangeWatcher
 from tessera.gateway.bookkeeper import Bookkeeper
 from tessera.gateway.dispatch import Dispatcher
 from tessera.gateway.events import EventBus, ProviderJoined, ProviderLeft, RequestFinished
-from tessera.gateway.fast_routes import InferenceRoutes
+from tessera.gateway.fast_routes import FrontDoorApp, InferenceRoutes
 from tessera.gateway.header_values import header_value
 from tessera.gateway.http_limits import RequestIdAndBodyLimit
 from tessera.gateway.hub import ProviderHub
@@ -294,15 +294,20 @@ def create_app(settings: GatewaySettings, runtime: Runtime | None = None) -> Fas
             await request_log.close()
             await engine.dispose()
 
-    app = FastAPI(
+    app = FrontDoorApp(
         title="Tessera gateway",
         version=__version__,
         description="OpenAI-compatible API of the Tessera inference network.",
         lifespan=lifespan,
     )
-    # Added first, so it runs inside RequestIdAndBodyLimit: refusals carry a request id.
+    # The inference POSTs: shedding inside the request id, so refusals carry one. Every
+    # other request gets its id and body limit inside the framework's stack.
     routes = InferenceRoutes()
-    app.add_middleware(ShedOverload, gauge=load, metrics=metrics, routes=routes)
+    app.inference = routes
+    app.front = RequestIdAndBodyLimit(
+        ShedOverload(app, gauge=load, metrics=metrics, routes=routes),
+        max_body_bytes=settings.max_body_bytes,
+    )
     app.add_middleware(RequestIdAndBodyLimit, max_body_bytes=settings.max_body_bytes)
     _install_error_handlers(app, metrics)
     _install_routes(app, metrics, registry, routes)

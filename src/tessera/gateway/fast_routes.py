@@ -9,6 +9,12 @@ the same error mapping FastAPI's handlers give (OpenAI-shaped body, metrics coun
 a response is byte for byte what the routed one was. The routes stay registered with
 FastAPI too: the OpenAPI document describes them, and any other method on their paths
 (a GET, an OPTIONS) still gets the framework's 405.
+
+:class:`FrontDoorApp` goes one step further out: those POSTs skip the framework's
+middleware stack too (its server-error, body-limit and telemetry layers, the last of which
+read the process environment on every request, and a send wrapper per layer for every
+chunk of a stream). They run under our own request-id and body limit and load shedding
+only, which answer every error the way the framework's layers would have.
 """
 
 from __future__ import annotations
@@ -16,9 +22,10 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from fastapi import FastAPI
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
-from starlette.types import Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from tessera.errors import TesseraError
 
@@ -63,3 +70,27 @@ class InferenceRoutes:
             assert self._error is not None, "InferenceRoutes.bind was never called"
             response = self._error(request, exc)
         await response(scope, receive, send)
+
+
+class FrontDoorApp(FastAPI):
+    """FastAPI, with the inference POSTs sent straight to ``front`` once it is set.
+
+    ``front`` is the request-id and body limit around the load shedding around
+    :class:`InferenceRoutes`; every other request (and the lifespan) takes the framework's
+    own path, middleware and all."""
+
+    front: ASGIApp | None = None
+    inference: InferenceRoutes | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        front, inference = self.front, self.inference
+        if (
+            front is not None
+            and inference is not None
+            and scope["type"] == "http"
+            and inference.handler(scope) is not None
+        ):
+            scope["app"] = self
+            await front(scope, receive, send)
+            return
+        await super().__call__(scope, receive, send)
