@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
 from tessera.protocol.wire import Chunk, TokenLogprob, Usage
+
+
+def sse(data: dict[str, Any] | str) -> bytes:
+    """One server-sent event: ``data`` as compact JSON (or a literal such as [DONE])."""
+    text = data if isinstance(data, str) else json.dumps(data, separators=(",", ":"))
+    return f"data: {text}\n\n".encode()
 
 
 @dataclass(slots=True)
@@ -138,6 +145,7 @@ class _StreamChunks:
         self.created = int(time.time())
         self.include_usage = include_usage
         self.top_n = top_n
+        self._envelopes: dict[int, tuple[bytes, bytes]] = {}
 
     def _chunk(self, choices: list[dict[str, Any]]) -> dict[str, Any]:
         body: dict[str, Any] = {
@@ -156,6 +164,37 @@ class _StreamChunks:
     def head(self) -> list[dict[str, Any]]:
         """Chunks sent before the first token (none for text completions)."""
         return []
+
+    def content(self, chunk: Chunk) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def event(self, chunk: Chunk) -> bytes:
+        """``chunk`` as one SSE event, byte for byte what ``sse(self.content(chunk))``
+        gives. The common chunk (text, no log-probs, not the last) is spliced into an
+        envelope rendered once per stream instead of encoding a fresh dict per token,
+        which was a tenth of the gateway's work per streamed token."""
+        if chunk.finish_reason is not None or self.top_n is not None or not chunk.text:
+            return sse(self.content(chunk))
+        self._advance(chunk)
+        envelope = self._envelopes.get(chunk.index)
+        if envelope is None:
+            envelope = self._envelopes[chunk.index] = self._envelope(chunk.index)
+        before, after = envelope
+        return before + json.dumps(chunk.text).encode() + after
+
+    def _advance(self, chunk: Chunk) -> None:
+        """Keep any per-choice state ``content`` would have kept for ``chunk``."""
+
+    def _envelope(self, index: int) -> tuple[bytes, bytes]:
+        """The SSE bytes before and after the text of a plain chunk of choice ``index``."""
+        marker = "\x00tessera-text\x00"
+        probe = {"index": index, **self._plain_choice(marker)}
+        text = sse(self._chunk([probe])).decode()
+        before, after = text.split(json.dumps(marker), 1)
+        return before.encode(), after.encode()
+
+    def _plain_choice(self, text: str) -> dict[str, Any]:
+        raise NotImplementedError
 
     def usage(self, usage: Usage) -> dict[str, Any]:
         body = self._chunk([])
@@ -186,6 +225,9 @@ class ChatChunks(_StreamChunks):
         }
         return self._chunk([choice])
 
+    def _plain_choice(self, text: str) -> dict[str, Any]:
+        return {"delta": {"content": text}, "logprobs": None, "finish_reason": None}
+
 
 class CompletionChunks(_StreamChunks):
     object_name = "text_completion"
@@ -208,3 +250,9 @@ class CompletionChunks(_StreamChunks):
             "finish_reason": chunk.finish_reason,
         }
         return self._chunk([choice])
+
+    def _advance(self, chunk: Chunk) -> None:
+        self._offsets[chunk.index] = self._offsets.get(chunk.index, 0) + len(chunk.text)
+
+    def _plain_choice(self, text: str) -> dict[str, Any]:
+        return {"text": text, "logprobs": None, "finish_reason": None}

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import json
 import struct
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
@@ -39,6 +38,7 @@ from tessera.gateway.openai_format import (
     ChoiceText,
     CompletionChunks,
     chat_completion,
+    sse,
     text_completion,
 )
 from tessera.gateway.payments import Charge, Payer
@@ -116,11 +116,6 @@ class Served:
 
 
 RenderFn = Callable[[str, str, dict[int, ChoiceText], Usage, int | None], dict[str, Any]]
-
-
-def sse(data: dict[str, Any] | str) -> bytes:
-    text = data if isinstance(data, str) else json.dumps(data, separators=(",", ":"))
-    return f"data: {text}\n\n".encode()
 
 
 class Serving:
@@ -262,7 +257,7 @@ class Serving:
         chunks = chunk_type(ctx.request_id, ctx.model, include_usage, top_n)
         usage_chunk = chunks.usage if include_usage else None
         relay = _Relay(stream, make_job, attempts, param)
-        return self._streamed(relay, first, ctx, chunks.head(), chunks.content, usage_chunk)
+        return self._streamed(relay, first, ctx, chunks.head(), chunks.event, usage_chunk)
 
     async def embeddings(self, req: EmbeddingRequest, ctx: RequestContext) -> Served:
         offer = await self._pick_model(req, ctx, "embedding")
@@ -612,10 +607,10 @@ class Serving:
         first: JobEvent,
         ctx: RequestContext,
         head: list[dict[str, Any]],
-        content: Callable[[Chunk], dict[str, Any]],
+        event: Callable[[Chunk], bytes],
         usage_chunk: Callable[[Usage], dict[str, Any]] | None,
     ) -> Served:
-        body = self._relay(relay, first, ctx, head, content, usage_chunk)
+        body = self._relay(relay, first, ctx, head, event, usage_chunk)
 
         async def finish() -> None:
             # Runs after the response, however it ended; settles a relay that never ran.
@@ -642,7 +637,7 @@ class Serving:
         first: JobEvent,
         ctx: RequestContext,
         head: list[dict[str, Any]],
-        content: Callable[[Chunk], dict[str, Any]],
+        encode: Callable[[Chunk], bytes],
         usage_chunk: Callable[[Usage], dict[str, Any]] | None,
     ) -> AsyncGenerator[bytes, None]:
         """SSE bytes as the provider produces them; cancels the job if the client leaves.
@@ -662,7 +657,7 @@ class Serving:
             while True:
                 stream = relay.stream
                 if isinstance(event, Chunk):
-                    yield sse(content(event))
+                    yield encode(event)
                     relay.add(event)
                     ctx.life.relayed(event.tokens, event.prompt_tokens)
                 elif isinstance(event, Done):
