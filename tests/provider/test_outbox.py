@@ -8,7 +8,8 @@ import json
 import pytest
 
 from tessera.protocol.receipts import OutputDigest
-from tessera.protocol.wire import Chunk, Heartbeat
+from tessera.protocol.wire import Chunk, Heartbeat, frames_of, provider_frame_adapter
+from tessera.provider import outbox as outbox_module
 from tessera.provider.outbox import MAX_MERGED_TOKENS, Outbox, merged
 
 
@@ -26,9 +27,11 @@ def chunk(text: str, ids: list[int], **extra: object) -> Chunk:
 class Wire:
     def __init__(self) -> None:
         self.frames: list[dict[str, object]] = []
+        self.messages: list[str] = []
 
     async def write(self, text: str) -> None:
-        self.frames.append(json.loads(text))
+        self.messages.append(text)
+        self.frames.extend(json.loads(line) for line in frames_of(text))
         await asyncio.sleep(0)
 
 
@@ -94,4 +97,41 @@ async def test_a_closed_connection_fails_the_next_send() -> None:
     await outbox.flush()  # returns: the writer stopped
     with pytest.raises(ConnectionResetError):
         await outbox.send(chunk("b", [2]))
+    await outbox.close()
+
+
+async def test_frames_of_many_jobs_ready_together_leave_as_one_message() -> None:
+    wire = Wire()
+    outbox = Outbox(wire.write)
+    for job in range(5):
+        await outbox.send(Chunk(job_id=f"job-{job}", text=f"t{job}", tokens=1, token_ids=[job]))
+    await outbox.send(Heartbeat(active_jobs=5))
+    await outbox.flush()
+    assert len(wire.messages) == 1
+    lines = frames_of(wire.messages[0])
+    assert [provider_frame_adapter.validate_json(x).type for x in lines] == ["chunk"] * 5 + [
+        "heartbeat"
+    ]
+    assert [f.get("job_id") for f in wire.frames[:5]] == [f"job-{j}" for j in range(5)]
+    await outbox.close()
+
+
+async def test_a_batch_stops_at_its_byte_bound_and_a_big_frame_goes_alone(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(outbox_module, "MAX_BATCH_BYTES", 200)
+    wire = Wire()
+    outbox = Outbox(wire.write)
+    small = [Chunk(job_id=f"job-{j}", text="x", tokens=1) for j in range(6)]
+    big = Chunk(job_id="job-big", text="y" * 500, tokens=1)
+    for frame in [*small[:3], big, *small[3:]]:
+        await outbox.send(frame)
+    await outbox.flush()
+    assert all(len(m) <= 200 or "\n" not in m for m in wire.messages)
+    assert any(frames_of(m) == [big.model_dump_json()] for m in wire.messages)
+    assert [f["job_id"] for f in wire.frames] == [
+        *(f"job-{j}" for j in range(3)),
+        "job-big",
+        *(f"job-{j}" for j in range(3, 6)),
+    ]
     await outbox.close()

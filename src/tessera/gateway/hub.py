@@ -58,6 +58,7 @@ from tessera.protocol.wire import (
     ModelOffer,
     Register,
     Welcome,
+    frames_of,
     provider_frame_adapter,
 )
 
@@ -511,11 +512,12 @@ class ProviderHub:
                 session.last_seen = time.monotonic()
                 raw = message.get("text")
                 if raw is None:
-                    ok = await self._bad_frame(session, "binary_frame", "frames are JSON text")
-                else:
-                    ok = await self._handle_frame(session, raw)
-                if not ok:
-                    return
+                    if not await self._bad_frame(session, "binary_frame", "frames are JSON text"):
+                        return
+                    continue
+                for text in frames_of(raw):
+                    if not await self._handle_frame(session, text):
+                        return
         finally:
             watchdog.cancel()
 

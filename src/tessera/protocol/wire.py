@@ -16,6 +16,12 @@ Chunks always carry the sampled token ids and their raw log-probabilities, whate
 client asked for: the receipt commits to them and an audit re-scores them.
 
 Our own protocol forbids unknown fields: a peer that sends them is broken or hostile.
+
+A WebSocket text message carries one or more frames, one per line (``\n`` between them;
+compact JSON never holds a raw newline). A provider streaming many jobs at once sends the
+frames that are ready together as one message: the per-message costs (the WebSocket
+framing, masking, the server's read and dispatch) are then paid once per batch instead
+of once per token. See :func:`frames_of` and :func:`batch_text`.
 """
 
 from __future__ import annotations
@@ -26,7 +32,10 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
 # 2: a job carries its tenant tag. Frames refuse unknown fields, so an agent of version 1
 # would fail every job; the handshake tells it to upgrade instead.
-PROTOCOL_VERSION = 2
+# 3: a message may carry several frames, one per line; a version-2 gateway would refuse
+# such a message as one malformed frame.
+PROTOCOL_VERSION = 3
+FRAME_SEPARATOR = "\n"
 REGISTER_DOMAIN = "tessera/register/v1"
 RECEIPT_DOMAIN = "tessera/receipt/v1"
 COUNTERSIGN_DOMAIN = "tessera/receipt-countersign/v1"
@@ -388,3 +397,13 @@ GatewayFrame = Annotated[
 
 provider_frame_adapter: TypeAdapter[ProviderFrame] = TypeAdapter(ProviderFrame)
 gateway_frame_adapter: TypeAdapter[GatewayFrame] = TypeAdapter(GatewayFrame)
+
+
+def frames_of(message: str) -> list[str]:
+    """The frames (JSON texts) of one WebSocket text message, in order."""
+    return message.split(FRAME_SEPARATOR)
+
+
+def batch_text(frames: list[str]) -> str:
+    """One message carrying ``frames`` (each a compact JSON text without newlines)."""
+    return FRAME_SEPARATOR.join(frames)

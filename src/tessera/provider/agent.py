@@ -49,6 +49,7 @@ from tessera.protocol.wire import (
     ModelOffer,
     Register,
     Welcome,
+    frames_of,
     gateway_frame_adapter,
     register_payload,
 )
@@ -259,7 +260,8 @@ class ProviderAgent:
                     await asyncio.wait_for(outbox.flush(), 5)
                     await ws.close(1000, "goodbye")
                 async for raw in ws:
-                    await self._on_frame(raw, send, running)
+                    for text in frames_of(raw) if isinstance(raw, str) else (raw,):
+                        await self._on_frame(text, send, running)
             except websockets.ConnectionClosed:
                 pass
             finally:

@@ -7,6 +7,10 @@ keeps the frames a job queued in the same turn of the event loop and merges cons
 text chunks of the same choice before one writer task sends them; a token that arrives
 alone still leaves at once, since the writer runs as soon as the producer yields.
 
+The writer then sends everything queued as one WebSocket message, a frame per line (up to
+``MAX_BATCH_BYTES``): with many jobs streaming at once, frames of different jobs that are
+ready in the same turn share one message, and the gateway reads one message for them all.
+
 Merging changes no content: a receipt's output digest is over the choice's text, token
 ids and log-probs, not over chunk boundaries. A finishing chunk is never merged, so a
 choice's last frame stays its own (a consumer who cancels pays for tokens, not frames).
@@ -19,11 +23,12 @@ import contextlib
 from collections import deque
 from collections.abc import Awaitable, Callable
 
-from tessera.protocol.wire import Chunk, Frame
+from tessera.protocol.wire import Chunk, Frame, batch_text
 
 MAX_MERGED_TOKENS = 10_000  # the wire's bound on a chunk's token lists
 MAX_MERGED_TEXT = 1_000_000  # and on its text
 MAX_QUEUED = 256  # frames waiting before a producer waits for the writer
+MAX_BATCH_BYTES = 1 << 20  # one message's frames (a larger frame still goes, alone)
 
 
 def merged(first: Chunk, second: Chunk) -> Chunk | None:
@@ -93,13 +98,23 @@ class Outbox:
     async def _run(self) -> None:
         queue = self._queue
         try:
+            carried: str | None = None  # encoded, but too big for the last batch
             while True:
                 await self._ready.wait()
-                while queue:
-                    frame = queue.popleft()
+                while queue or carried is not None:
+                    batch = [] if carried is None else [carried]
+                    size = 0 if carried is None else len(carried)
+                    carried = None
+                    while queue:
+                        text = queue.popleft().model_dump_json()
+                        if batch and size + len(text) > MAX_BATCH_BYTES:
+                            carried = text
+                            break
+                        batch.append(text)
+                        size += len(text) + 1
                     if len(queue) < MAX_QUEUED:
                         self._room.set()
-                    await self._write(frame.model_dump_json())
+                    await self._write(batch_text(batch))
                 self._ready.clear()
                 self._drained.set()
         except Exception as exc:
