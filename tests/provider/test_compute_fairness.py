@@ -78,10 +78,12 @@ async def test_one_stream_is_not_starved_by_another_tenants_six(
     during = arrivals[start : last + 1]  # the floods run on to the end of their answers
     flood_tokens = sum(t for who, t in during if who == "f100d")
     assert honest >= HONEST_TOKENS
-    # Fair turns: about one flood pass per honest one (a little slack for the passes in
-    # flight when the honest stream starts and for tokens held back a step). Shared by
-    # job, the flood would make six tokens for each honest one.
-    assert flood_tokens <= 2 * honest + 2 * FLOOD_STREAMS, (honest, flood_tokens)
+    # Fair turns: about one flood pass per honest one, plus slack for the passes in flight
+    # when the honest stream starts, for tokens held back a step, and for a busy machine:
+    # with both cores taken by other work, the honest thread is often not yet back at the
+    # gate when a turn is handed out (measured 66 flood tokens for 24 then, 2.75 to 1).
+    # Shared by job, the flood makes six or more for each honest one (203 for 24).
+    assert flood_tokens <= 3 * honest + 2 * FLOOD_STREAMS, (honest, flood_tokens)
 
 
 INFO = ModelInfo("tenant-probe", "b" * 64, "text", 2048)
