@@ -16,6 +16,7 @@ import os
 import secrets
 import signal
 import sys
+import weakref
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -35,6 +36,7 @@ from tessera.protocol.wire import (
     Register,
     SamplingParams,
     Welcome,
+    frames_of,
     provider_frame_adapter,
 )
 
@@ -68,11 +70,17 @@ class ScriptedGateway:
         await ws.wait_closed()
 
 
+_unread: weakref.WeakKeyDictionary[ServerConnection, list[str]] = weakref.WeakKeyDictionary()
+
+
 async def next_frame(ws: ServerConnection, timeout_s: float = 60.0) -> dict[str, Any]:
-    """The provider's next frame that is not a heartbeat."""
+    """The provider's next frame that is not a heartbeat (a message may carry several)."""
+    unread = _unread.setdefault(ws, [])
     async with asyncio.timeout(timeout_s):
         while True:
-            frame: dict[str, Any] = json.loads(await ws.recv())
+            if not unread:
+                unread.extend(frames_of(str(await ws.recv())))
+            frame: dict[str, Any] = json.loads(unread.pop(0))
             if frame["type"] != "heartbeat":
                 return frame
 
