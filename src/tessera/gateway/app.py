@@ -508,7 +508,13 @@ class SettledJSONResponse(JSONResponse):
 
 
 class SettlingStreamingResponse(StreamingResponse):
-    """A stream that settles its payment once sent, even if its body never started."""
+    """A stream that settles its payment once sent, even if its body never started.
+
+    The client's leaving is watched by one plain task that cancels this one, as
+    ``until_disconnect`` does, instead of Starlette's task group (an anyio task group and
+    cancel scope per stream, a sizeable share of a short stream's cost): the body's
+    generator then sees the cancellation at its ``await`` and settles what was sent.
+    """
 
     def __init__(
         self,
@@ -520,11 +526,36 @@ class SettlingStreamingResponse(StreamingResponse):
         self._finish = finish
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        current = asyncio.current_task()
+        assert current is not None
+        left = False
+
+        async def watch() -> None:
+            nonlocal left
+            while (await receive())["type"] != "http.disconnect":
+                pass
+            left = True
+            current.cancel()
+
+        watcher = asyncio.ensure_future(watch())
         try:
-            await super().__call__(scope, receive, send)
+            await self.stream_response(send)
+        except asyncio.CancelledError:
+            if not left:
+                raise  # cancelled from outside (a shutdown): not ours to swallow
         finally:
-            if self._finish is not None:
-                await self._finish()
+            watcher.cancel()
+            finish = self._finish
+            if left:
+                current.uncancel()
+            if finish is not None and not left:
+                await finish()
+            elif finish is not None:
+                # The client left; this task may still carry the watcher's cancellation
+                # (the stream ended in the same instant), so the cleanup runs apart.
+                finishing = asyncio.ensure_future(finish())
+                _finishing.add(finishing)
+                finishing.add_done_callback(_finishing.discard)
 
 
 # ------------------------------------------------------------------ routes
