@@ -35,6 +35,9 @@ from tessera.units import format_tokens
 log = logging.getLogger("tessera.gateway.payments")
 
 
+_MAX_STAKE_FILTERS = 4_096  # models with a filter kept at once
+
+
 @dataclass(frozen=True, slots=True)
 class Payer:
     """Who pays for a request: the key's account, and the key's own caps."""
@@ -72,6 +75,10 @@ class Payments:
         self.registry = registry
         self.stake = stake
         self._router = Router()  # only its stateless eligibility scan is used here
+        # One stake filter per model, made once (two per request were built, each
+        # formatting its description); dropped whenever the stake policy is replaced.
+        self._stake_filters: dict[str, Filter] = {}
+        self._filters_policy = stake
 
     def staked(self, provider: LiveProvider, model: str) -> bool:
         required = self.stake.required(provider, model)
@@ -86,12 +93,19 @@ class Payments:
 
     def stake_filter(self, model: str) -> Filter:
         """The network's own constraint: enough stake bonded to be routed ``model``."""
-        return Filter(
-            "stake",
-            "network",
-            f"the minimum stake bonded ({tokens(self.stake.default)} or more by default)",
-            lambda p, o: self.staked(p, model),
-        )
+        filters = self._stake_filters
+        if self._filters_policy is not self.stake or len(filters) >= _MAX_STAKE_FILTERS:
+            filters.clear()
+            self._filters_policy = self.stake
+        found = filters.get(model)
+        if found is None:
+            found = filters[model] = Filter(
+                "stake",
+                "network",
+                f"the minimum stake bonded ({tokens(self.stake.default)} or more by default)",
+                lambda p, o: self.staked(p, model),
+            )
+        return found
 
     async def reserve(self, payer: Payer, request_id: str, job: Job, route: RouteRequest) -> Charge:
         """Hold the worst case of ``job`` before work starts, or refuse with a clear error.

@@ -205,7 +205,10 @@ class Router:
             offer = p.offers[model]
             if pool is not None and not pool.fits(offer):
                 return False
-            return all(f.test(p, offer) for f in filters)
+            for f in filters:  # a loop, not all(generator): no generator per provider
+                if not f.test(p, offer):
+                    return False
+            return True
 
         return test
 
