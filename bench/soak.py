@@ -47,7 +47,7 @@ def worker(spec: dict[str, Any], limit_s: float) -> dict[str, Any]:
         capture_output=True,
         text=True,
         timeout=limit_s,
-        preexec_fn=fd._pinned_child(fd.LOAD_CORE),
+        preexec_fn=fd.pinned_child(fd.LOAD_CORE),
     )
     for line in got.stdout.splitlines():
         if line.startswith("RESULT "):
