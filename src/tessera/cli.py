@@ -277,10 +277,12 @@ def fast_event_loop():  # type: ignore[no-untyped-def]
 async def _run_provider(settings, key, served, hardware) -> None:  # type: ignore[no-untyped-def]
     import signal
 
+    from tessera.gc_tuning import settle_heap
     from tessera.provider.agent import ProviderAgent
 
     agent = ProviderAgent(settings, key, served, hardware, on_status=_print_status)
     console.print(f"provider id [bold]{agent.provider_id}[/]")
+    settle_heap()  # the models are loaded: what lives now lives as long as the process
     stop = asyncio.Event()
 
     def on_signal(name: str) -> None:

@@ -30,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import socket
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
@@ -38,6 +39,7 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from tessera.config import GatewaySettings
 from tessera.errors import InvalidRequest, NoCapacity, TesseraError, openai_error_body
+from tessera.gc_tuning import settle_heap
 
 log = logging.getLogger(__name__)
 
@@ -314,6 +316,14 @@ def server_config(app: Any, settings: GatewaySettings) -> uvicorn.Config:
     )
 
 
+class _SettledServer(uvicorn.Server):
+    """uvicorn's server, settling the heap once the app has started (see gc_tuning)."""
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)
+        settle_heap()
+
+
 def serve(app: Any, settings: GatewaySettings) -> None:
     """Serve ``app`` until SIGINT or SIGTERM (the gateway command's main loop)."""
-    uvicorn.Server(server_config(app, settings)).run()
+    _SettledServer(server_config(app, settings)).run()
