@@ -48,8 +48,9 @@ from tessera.gateway.money_routes import install_money_routes, payer_of
 from tessera.gateway.openapi_docs import describe
 from tessera.gateway.payments import Payments
 from tessera.gateway.request_body import invalid_parameter, parse_json, validated
+from tessera.gateway.request_context import RequestContext, Served
 from tessera.gateway.routing import policy_for
-from tessera.gateway.serving import RequestContext, Served, Serving
+from tessera.gateway.serving import Serving
 from tessera.gateway.status_routes import install_status_routes
 from tessera.gateway.verification import Verifier
 from tessera.gateway.verification_routes import install_verification_routes

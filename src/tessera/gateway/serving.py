@@ -10,8 +10,8 @@ import base64
 import contextlib
 import struct
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field, replace
+from collections.abc import AsyncGenerator, Callable
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -28,7 +28,6 @@ from tessera.gateway.dispatch import (
     CLIENT_ERROR_CODES,
     Attempts,
     Dispatcher,
-    job_error_to_exception,
 )
 from tessera.gateway.events import EventSink, RequestFinished
 from tessera.gateway.metrics import GatewayMetrics
@@ -41,13 +40,13 @@ from tessera.gateway.openai_format import (
     sse,
     text_completion,
 )
-from tessera.gateway.payments import Charge, Payer
+from tessera.gateway.request_context import RequestContext, Served
 from tessera.gateway.routing import no_route_error
+from tessera.gateway.stream_relay import ProviderVanished, Relay, event_failure, event_reason
 from tessera.gateway.transport import JobEvent, JobStream, ProviderGone
 from tessera.gateway.verification import Verifier
-from tessera.ledger.request_life import PaidRequest, Release, Settlement
+from tessera.ledger.request_life import Release, Settlement
 from tessera.market.diagnosis import RecentRequests
-from tessera.market.policy import EffectivePolicy, Filter
 from tessera.market.quotes import output_token_bound, prompt_token_bound, prompt_token_floor
 from tessera.market.registry import ProviderRegistry
 from tessera.market.routing import RouteRequest
@@ -68,52 +67,6 @@ from tessera.protocol.wire import (
     SamplingParams,
     Usage,
 )
-
-
-@dataclass(slots=True)
-class RequestContext:
-    """Who asked, for what, and when; carried through one request."""
-
-    request_id: str
-    api_key_id: str
-    endpoint: str
-    model: str
-    started: float  # time.perf_counter()
-    payer: Payer
-    ttft_ms: float | None = None
-    policy: EffectivePolicy = field(default_factory=EffectivePolicy)
-    charge: Charge | None = None
-    life: PaidRequest = field(init=False)  # what the request costs, decided as it goes
-    checks: list[Filter] = field(default_factory=list)  # stake and hold, for dispatch
-    offer: ModelOffer | None = None  # the offer (price) of the provider that ran the job
-    route: str | None = None  # why the provider was chosen (the x-tessera-route header)
-    sticky: str | None = None  # the provider of this conversation's previous turn
-    turns: list[tuple[str, str]] | None = None  # a chat's (role, text) turns so far
-    routing: RouteRequest | None = None  # what the router is asked, once money is held
-
-    def __post_init__(self) -> None:
-        self.life = PaidRequest(self.request_id)
-
-
-@dataclass(frozen=True, slots=True)
-class Served:
-    """A finished answer (body) or a stream of SSE bytes, and who served it.
-
-    ``finish`` must run once a stream's response is over, however it ended: it settles a
-    stream whose generator never ran (the client left before the first byte).
-    ``settle`` must run exactly once for a body: True once it was sent whole, False if
-    it could not be (it is charged only in the first case).
-    """
-
-    provider_id: str
-    body: dict[str, Any] | None = None
-    stream: AsyncIterator[bytes] | None = None
-    cost: int | None = None
-    held: int = 0
-    finish: Callable[[], Awaitable[None]] | None = None
-    route: str | None = None
-    settle: Callable[[bool], None] | None = None
-
 
 RenderFn = Callable[[str, str, dict[int, ChoiceText], Usage, int | None], dict[str, Any]]
 
@@ -256,7 +209,7 @@ class Serving:
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
         chunks = chunk_type(ctx.request_id, ctx.model, include_usage, top_n)
         usage_chunk = chunks.usage if include_usage else None
-        relay = _Relay(stream, make_job, attempts, param)
+        relay = Relay(stream, make_job, attempts, param)
         return self._streamed(relay, first, ctx, chunks.head(), chunks.event, usage_chunk)
 
     async def embeddings(self, req: EmbeddingRequest, ctx: RequestContext) -> Served:
@@ -556,8 +509,8 @@ class Serving:
                 check = self.verifier.check(stream, done)
                 if not check.ok:
                     # Nothing reached the client: another provider can answer instead.
-                    raise _ProviderVanished(f"its receipt was refused: {check.detail}")
-            except _ProviderVanished as exc:
+                    raise ProviderVanished(f"its receipt was refused: {check.detail}")
+            except ProviderVanished as exc:
                 self.dispatcher.failed(attempts, stream.provider_id, exc.reason)
                 self.dispatcher.metrics.retries.inc()
                 if attempts.exhausted:
@@ -594,16 +547,16 @@ class Serving:
                     choices.setdefault(0, ChoiceText())
                     return choices, event
                 elif isinstance(event, ProviderGone):
-                    raise _ProviderVanished(event.reason)
+                    raise ProviderVanished(event.reason)
                 else:
-                    raise _failure(event)
+                    raise event_failure(event)
                 event = await stream.next_event(self.settings.first_token_timeout_s)
         finally:
             await stream.close()
 
     def _streamed(
         self,
-        relay: _Relay,
+        relay: Relay,
         first: JobEvent,
         ctx: RequestContext,
         head: list[dict[str, Any]],
@@ -623,7 +576,7 @@ class Serving:
         provider_id = relay.stream.provider_id
         return Served(provider_id, stream=body, held=held, finish=finish, route=ctx.route)
 
-    def _settle_abandoned(self, ctx: RequestContext, relay: _Relay) -> None:
+    def _settle_abandoned(self, ctx: RequestContext, relay: Relay) -> None:
         """The client left mid-stream: it pays for the tokens it was sent, no more.
 
         After a continuation, only what the current provider sent is paid (to it); the
@@ -633,7 +586,7 @@ class Serving:
 
     async def _relay(
         self,
-        relay: _Relay,
+        relay: Relay,
         first: JobEvent,
         ctx: RequestContext,
         head: list[dict[str, Any]],
@@ -692,7 +645,7 @@ class Serving:
                     yield sse("[DONE]")
                     return
                 else:
-                    reason = _reason(event)
+                    reason = event_reason(event)
                     why_not = ""
                     if isinstance(event, ProviderGone) or (
                         isinstance(event, JobError) and event.retryable
@@ -706,7 +659,7 @@ class Serving:
                     elif isinstance(event, JobError) and event.code not in CLIENT_ERROR_CODES:
                         self.hub.job_failed(stream.provider_id, reason)
                     # The provider failed mid-answer: its work costs the consumer nothing.
-                    exc = _failure(event)
+                    exc = event_failure(event)
                     if why_not:
                         exc = ProviderFailed(
                             f"{exc}; the answer could not be continued elsewhere: {why_not}. "
@@ -725,7 +678,7 @@ class Serving:
             await relay.stream.close()
             self.record(ctx, status, relay.stream.provider_id, error_code, usage)
 
-    async def _continue(self, relay: _Relay, ctx: RequestContext) -> JobEvent | str:
+    async def _continue(self, relay: Relay, ctx: RequestContext) -> JobEvent | str:
         """Move a broken stream to another provider: its first event, or why it can't.
 
         The new job carries the token ids already sent (``continue_from``) and asks for
@@ -775,60 +728,9 @@ class Serving:
         return first
 
 
-@dataclass(slots=True)
-class _Relay:
-    """One streamed answer across the providers that wrote it (more than one after a
-    continuation): the current job, and what this provider has sent so far."""
-
-    stream: JobStream
-    make_job: Callable[[str], Job]
-    attempts: Attempts
-    param: str
-    token_ids: list[int] = field(default_factory=list)  # sent by the current provider
-    prefix: int = 0  # tokens sent by earlier providers (the current job's continue_from)
-    continuations: int = 0
-    text: str = ""  # the whole answer's text so far (for sticky conversations)
-    finished: bool = False  # a finish_reason was sent: nothing is left to continue
-
-    def add(self, chunk: Chunk) -> None:
-        self.token_ids.extend(chunk.token_ids)
-        self.text += chunk.text
-        self.finished = self.finished or chunk.finish_reason is not None
-
-    def resume(self, stream: JobStream, prefix: int) -> None:
-        self.stream = stream
-        self.prefix = prefix
-        self.token_ids = []
-        self.continuations += 1
-
-
-class _ProviderVanished(Exception):
-    """The provider's connection ended mid-answer (internal: triggers a retry)."""
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
-
-
-def _reason(event: JobEvent) -> str:
-    if isinstance(event, ProviderGone):
-        return event.reason
-    if isinstance(event, JobError):
-        return f"{event.code}: {event.message}"
-    return "unexpected frame"
-
-
 def _worth_a_fallback(exc: TesseraError) -> bool:
     """Errors that another model may not have: nobody serves it, or nobody allowed."""
     return isinstance(exc, NoCapacity | ModelNotFound) or (exc.code or "").startswith("no_provider")
-
-
-def _failure(event: JobEvent) -> TesseraError:
-    if isinstance(event, JobError):
-        return job_error_to_exception(event)
-    if isinstance(event, ProviderGone):
-        return ProviderFailed(f"the provider stopped mid-response: {event.reason}")
-    return ProviderFailed("the provider sent an unexpected frame")
 
 
 def _vector(b64: str, encoding_format: str | None) -> list[float] | str:
