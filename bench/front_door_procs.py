@@ -106,7 +106,7 @@ def wait_quiet(pids: list[int], limit_s: float = 30.0, busy: float = 0.15) -> fl
     return time.monotonic() - started
 
 
-def _busy_s() -> dict[int, float]:
+def busy_per_core_s() -> dict[int, float]:
     """CPU time each core has spent busy since boot, s."""
     busy = {}
     for line in Path("/proc/stat").read_text().splitlines():
@@ -148,10 +148,10 @@ class OthersMeter:
     @contextlib.contextmanager
     def measuring(self, result: dict[str, Any]) -> Iterator[None]:
         """Sets ``result["others_pct"]``: {core: percent of that core}, over the block."""
-        started, busy, ours = time.monotonic(), _busy_s(), self._ours()
+        started, busy, ours = time.monotonic(), busy_per_core_s(), self._ours()
         yield
         elapsed = time.monotonic() - started
-        busy_now, ours_now = _busy_s(), self._ours()
+        busy_now, ours_now = busy_per_core_s(), self._ours()
         result["others_pct"] = {
             core: 100
             * max(0.0, busy_now[core] - busy[core] - ours_now[core] + ours[core])
@@ -401,3 +401,12 @@ def start_tessera(mock_port: int, data_dir: Path) -> Tessera:
         network.stop()
         raise
     return Tessera(network, port, key, gateway.pid, agent.pid)
+
+
+def loop_wait_s(pid: int) -> float:
+    """How long ``pid``'s main thread (a server's event loop) has waited on a run queue for
+    a CPU since it started, s: the kernel's schedstat, which ``wait_quiet``'s CPU
+    figures cannot show. 0 where the kernel keeps no schedstat."""
+    with contextlib.suppress(OSError, IndexError, ValueError):
+        return int(Path(f"/proc/{pid}/schedstat").read_text().split()[1]) / 1e9
+    return 0.0

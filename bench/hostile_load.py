@@ -10,7 +10,9 @@ of its unloaded value. The flood's admitted jobs run on the same providers as th
 key's: the gateway bounds how many slots they take (market/fair_share.py) and the
 providers give each account's jobs an equal share of their passes
 (market/compute_turns.py), so an honest answer waits about one flood pass per token of
-its own. On one machine they still share the two cores with the gateway and the clients.
+its own. On one machine they still share the two cores with the gateway and the clients:
+each phase also prints how busy the machine was and how long each server's event loop
+waited for a CPU per second (the kernel's schedstat), which is where the honest tail goes.
 Run::
 
     PYTHONPATH=src:tests python bench/hostile_load.py [--seconds S]
@@ -24,6 +26,10 @@ import os
 import statistics
 import sys
 import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 from rich.console import Console
@@ -32,12 +38,40 @@ from rich.table import Table
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO / "src"), str(REPO / "tests")]
 
+from front_door_procs import busy_per_core_s, cpu_seconds, loop_wait_s  # noqa: E402
+
 from tessera.dev_money import fund_account  # noqa: E402
 
 from support.hostile_load import Tally, run_load, run_unloaded  # noqa: E402
 from support.live_network import create_key, start_network  # noqa: E402
 from support.tiny_model import ensure_tiny_model  # noqa: E402
 from support.verified_network import ledger_check  # noqa: E402
+
+
+@dataclass
+class Pressure:
+    """How loaded the machine was during one phase: cores busy (all processes), each
+    server's CPU in cores, and how long its event loop waited for a CPU, ms per second."""
+
+    machine_cores: float = 0.0
+    cpu_cores: dict[str, float] | None = None
+    loop_wait_ms_per_s: dict[str, float] | None = None
+
+
+@contextmanager
+def measuring(processes: list[tuple[str, int]]) -> Iterator[Pressure]:
+    pressure = Pressure()
+    started = time.monotonic()
+    busy = sum(busy_per_core_s().values())
+    cpu = {name: cpu_seconds([pid]) for name, pid in processes}
+    waited = {name: loop_wait_s(pid) for name, pid in processes}
+    yield pressure
+    elapsed = time.monotonic() - started
+    pressure.machine_cores = (sum(busy_per_core_s().values()) - busy) / elapsed
+    pressure.cpu_cores = {n: (cpu_seconds([pid]) - cpu[n]) / elapsed for n, pid in processes}
+    pressure.loop_wait_ms_per_s = {
+        n: (loop_wait_s(pid) - waited[n]) * 1000 / elapsed for n, pid in processes
+    }
 
 
 def main() -> None:
@@ -67,16 +101,22 @@ def main() -> None:
             for key in keys:
                 fund_account(live.base, key)
             honest, hostile, flood = keys
+            servers = [(name, proc.pid) for name, proc in live.network.processes]
+            pressures: dict[str, Pressure] = {}
             with console.status(f"honest key alone for {args.seconds:.0f} s…"):
                 asyncio.run(run_unloaded(live.base, honest, 3.0))  # warm up
-                alone = asyncio.run(run_unloaded(live.base, honest, args.seconds))
+                with measuring(servers) as pressures["alone"]:
+                    alone = asyncio.run(run_unloaded(live.base, honest, args.seconds))
             phases = {"alone": alone}
             for name, clients, flooders in (
                 ("hostile input only", args.hostile_clients, 0),
                 ("flood only", 0, args.flood),
                 ("hostile input and flood", args.hostile_clients, args.flood),
             ):
-                with console.status(f"honest key beside {name} for {args.seconds:.0f} s…"):
+                with (
+                    console.status(f"honest key beside {name} for {args.seconds:.0f} s…"),
+                    measuring(servers) as pressures[name],
+                ):
                     phases[name] = asyncio.run(
                         run_load(
                             live.base,
@@ -92,6 +132,7 @@ def main() -> None:
             live.network.stop()
         checked = ledger_check(live.data_dir)
     report(console, phases, args)
+    report_pressure(console, pressures)
     console.print(f"ledger check after the run: {'ok' if checked.returncode == 0 else 'FAILED'}")
     if checked.returncode:
         console.print(checked.stdout, checked.stderr)
@@ -128,6 +169,26 @@ def report(console: Console, phases: dict[str, Tally], args: argparse.Namespace)
     console.print(answers)
     for error in attacked.honest_errors[:5]:
         console.print(f"honest error: {error}")
+
+
+def report_pressure(console: Console, pressures: dict[str, Pressure]) -> None:
+    cores = len(busy_per_core_s())
+    names = list(next(iter(pressures.values())).cpu_cores or {})
+    order = " / ".join(names)
+    table = Table(title=f"The machine during each phase ({cores} cores, every process on it)")
+    table.add_column("beside")
+    table.add_column("cores busy", justify="right")
+    table.add_column(f"CPU, cores: {order}", justify="right")
+    table.add_column(f"event loop waited for a CPU, ms/s: {order}", justify="right")
+    for phase, p in pressures.items():
+        cpu, waits = p.cpu_cores or {}, p.loop_wait_ms_per_s or {}
+        table.add_row(
+            phase,
+            f"{p.machine_cores:.2f}",
+            " / ".join(f"{cpu[n]:.2f}" for n in names),
+            " / ".join(f"{waits[n]:.0f}" for n in names),
+        )
+    console.print(table)
 
 
 if __name__ == "__main__":
