@@ -95,6 +95,14 @@ def gateway(
         list[str],
         typer.Option(help="Public key of a provider you run as a trusted auditor; repeatable."),
     ] = [],  # noqa: B006
+    standby: Annotated[
+        bool,
+        typer.Option(
+            "--standby",
+            help="If another gateway owns this database's ledger, wait and take over when it "
+            "stops (instead of refusing to start).",
+        ),
+    ] = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
     """Run a gateway: the OpenAI-compatible API and the provider hub."""
@@ -120,6 +128,8 @@ def gateway(
         extra["catalog_file"] = catalog
     if validator:
         extra["validator_keys"] = validator
+    if standby:
+        extra["standby"] = True
     settings = GatewaySettings(
         host=host, port=port, data_dir=data_dir, database_url=database_url, **extra
     )

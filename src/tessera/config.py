@@ -107,6 +107,14 @@ class GatewaySettings(BaseSettings):
     slashing_table_file: Path | None = Field(
         None, description="JSON list of slashing rules replacing the default table."
     )
+    standby: bool = Field(
+        False,
+        description="When another gateway owns this database's ledger, wait and take over "
+        "when it stops, instead of refusing to start.",
+    )
+    standby_poll_s: float = Field(
+        0.5, gt=0, description="How often a standby checks whether the ledger's owner is gone."
+    )
     ledger_write_timeout_s: float = Field(
         10.0, gt=0, description="How long a payment waits for the journal before 503."
     )

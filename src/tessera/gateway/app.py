@@ -40,6 +40,7 @@ from tessera.gateway.fast_routes import FrontDoorApp, InferenceRoutes
 from tessera.gateway.header_values import header_value
 from tessera.gateway.http_limits import RequestIdAndBodyLimit
 from tessera.gateway.hub import ProviderHub
+from tessera.gateway.ledger_ownership import own_ledger
 from tessera.gateway.liveness import Liveness
 from tessera.gateway.liveness_routes import install_liveness_routes
 from tessera.gateway.load_shedding import LagMonitor, ShedOverload
@@ -74,6 +75,7 @@ from tessera.store.accounts import AccountStore
 from tessera.store.api_keys import ApiKeyStore, hash_api_key
 from tessera.store.engine import create_engine, database_url_for
 from tessera.store.ledger import LedgerStore
+from tessera.store.ledger_owner import ledger_owner_lock
 from tessera.store.migrate import upgrade_to_head
 from tessera.store.providers import ProviderStore
 from tessera.store.requests_log import (
@@ -141,6 +143,14 @@ def create_app(settings: GatewaySettings, runtime: Runtime | None = None) -> Fas
         url = settings.database_url or database_url_for(settings.data_dir)
         await upgrade_to_head(url)
         engine = create_engine(url)
+        # Before anything reads or repairs the ledger or the request log: a second
+        # gateway would release the first one's running holds as crash-left.
+        owner = ledger_owner_lock(engine, settings.gateway_id)
+        try:
+            await own_ledger(owner, standby=settings.standby, poll_s=settings.standby_poll_s)
+        except BaseException:
+            await engine.dispose()
+            raise
         keys = ApiKeyStore(engine)
         providers = ProviderStore(engine)
         request_reader = RequestLog(engine)
@@ -293,6 +303,7 @@ def create_app(settings: GatewaySettings, runtime: Runtime | None = None) -> Fas
             await receipt_writer.close()
             await bookkeeper.close()
             await request_log.close()
+            await owner.release()
             await engine.dispose()
 
     app = FrontDoorApp(

@@ -1,0 +1,66 @@
+"""Owning the database's ledger before the book is opened, or waiting as a standby.
+
+See :mod:`tessera.store.ledger_owner` for why one gateway owns a database's ledger. A
+gateway started with ``--standby`` waits (its HTTP port closed, so a load balancer's
+health check keeps traffic away) until the owner stops or dies, then takes over: it
+replays the journal, releases the holds the dead owner left open, and serves. Ctrl-C or
+SIGTERM while it waits stops it without taking over.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import Iterator
+
+from tessera.errors import ConfigError
+from tessera.store.ledger_owner import LedgerOwnerLock
+
+log = logging.getLogger("tessera.gateway.ledger")
+
+
+async def own_ledger(lock: LedgerOwnerLock, *, standby: bool, poll_s: float) -> None:
+    """Hold ``lock`` before returning: at once, or (``standby``) once its holder has gone.
+    ConfigError naming the holder when it is taken and this gateway is no standby."""
+    if await lock.try_acquire():
+        return
+    holder = await lock.holder() or "another gateway"
+    if not standby:
+        raise ConfigError(
+            f"{holder} is already running on this database and owns its ledger; two "
+            "gateways on one ledger would release each other's holds. Stop it first, point "
+            "this one at another database, or start it with --standby to take over when "
+            "the owner stops."
+        )
+    log.warning("standby: %s owns the ledger; this gateway takes over when it stops", holder)
+    with _stop_on_signals():
+        # Polled: neither flock nor an advisory lock tells a waiter it came free
+        # without blocking a thread or a pooled connection for as long as it waits.
+        while True:
+            await asyncio.sleep(poll_s)
+            if await lock.try_acquire():
+                break
+    log.warning("standby: the owner is gone; this gateway now owns the ledger")
+
+
+@contextlib.contextmanager
+def _stop_on_signals() -> Iterator[None]:
+    """SIGINT and SIGTERM cancel the wait (the server's own handlers are put back after)."""
+    loop = asyncio.get_running_loop()
+    task = asyncio.current_task()
+    signals = (signal.SIGINT, signal.SIGTERM)
+    saved = {sig: signal.getsignal(sig) for sig in signals}
+    try:
+        for sig in signals:
+            if task is not None:
+                loop.add_signal_handler(sig, task.cancel)
+    except (NotImplementedError, RuntimeError, ValueError):  # not the main thread
+        saved = {}
+    try:
+        yield
+    finally:
+        for sig, handler in saved.items():
+            loop.remove_signal_handler(sig)
+            signal.signal(sig, handler)

@@ -1,0 +1,160 @@
+"""One gateway owns a database's ledger at a time; another waits to take over, or leaves.
+
+The book lives in one process's memory and its journal is written by one writer, so a
+second gateway started on the same database would be wrong in every way at once: at
+start it releases the holds it finds open (the first gateway's running requests, which
+then answer unpaid), and its appends collide with the first's until one of them stops
+with a journal conflict. So the owner takes a lock that the operating system or the
+database frees when the owner dies, however it dies (SIGKILL included):
+
+- PostgreSQL: a session advisory lock on a connection kept open for the owner's life
+  (``application_name`` on that connection names the owner, for the next one's message);
+- SQLite: ``flock`` on a file beside the database (only processes on one machine can
+  share a SQLite file anyway), holding the owner's name.
+
+A gateway that finds the lock taken stops with a message that names the owner, or, as a
+standby, waits and takes over once the owner is gone: the journal it then replays is
+complete, and the holds it releases are really orphaned.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+from pathlib import Path
+from typing import Protocol
+
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from tessera.store.errors import translated
+
+# pg_try_advisory_lock(int, int): ours is (0x7E55, 1); migrations use another key.
+_PG_LOCK = (0x7E55, 1)
+_OWNER_FILE_SUFFIX = ".ledger-owner"
+
+
+class LedgerOwnerLock(Protocol):
+    """The right to own a database's ledger, held until released or the holder dies."""
+
+    async def try_acquire(self) -> bool:
+        """Take the lock if it is free (never waits); True if this process holds it now."""
+        ...
+
+    async def holder(self) -> str | None:
+        """Who holds the lock now, as it named itself; None if unknown or free."""
+        ...
+
+    async def release(self) -> None:
+        """Give the lock up (safe to call when not held)."""
+        ...
+
+
+def ledger_owner_lock(engine: AsyncEngine, owner: str) -> LedgerOwnerLock:
+    """The lock for ``engine``'s database, held under the name ``owner``."""
+    if engine.dialect.name == "sqlite":
+        database = engine.url.database or ""
+        return FileOwnerLock(Path(database + _OWNER_FILE_SUFFIX), owner)
+    return PostgresOwnerLock(engine, owner)
+
+
+class FileOwnerLock:
+    """``flock`` on a file beside the SQLite database; the kernel frees it with the holder."""
+
+    def __init__(self, path: Path, owner: str) -> None:
+        self.path = path
+        self.owner = owner
+        self._fd: int | None = None
+
+    async def try_acquire(self) -> bool:
+        if self._fd is not None:
+            return True
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return False
+        except BaseException:
+            os.close(fd)
+            raise
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{self.owner} (pid {os.getpid()})\n".encode(), 0)
+        self._fd = fd
+        return True
+
+    async def holder(self) -> str | None:
+        with contextlib.suppress(OSError):
+            return self.path.read_text(encoding="utf-8", errors="replace").strip() or None
+        return None
+
+    async def release(self) -> None:
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            os.ftruncate(fd, 0)
+            os.close(fd)  # closing the only descriptor frees the lock
+
+
+class PostgresOwnerLock:
+    """A session advisory lock on a dedicated connection; PostgreSQL frees it when that
+    session ends (the holder exits, dies, or loses its connection)."""
+
+    def __init__(self, engine: AsyncEngine, owner: str) -> None:
+        self.engine = engine
+        self.owner = owner
+        self._conn: AsyncConnection | None = None
+
+    async def try_acquire(self) -> bool:
+        if self._conn is not None:
+            return True
+        with translated(self.engine.url):
+            conn = await self.engine.connect()
+            try:
+                await conn.execute(
+                    text("SELECT set_config('application_name', :name, false)"),
+                    {"name": f"tessera ledger owner: {self.owner}"[:63]},
+                )
+                got = (
+                    await conn.execute(
+                        text("SELECT pg_try_advisory_lock(:a, :b)"),
+                        {"a": _PG_LOCK[0], "b": _PG_LOCK[1]},
+                    )
+                ).scalar()
+                await conn.commit()
+            except BaseException:
+                await conn.invalidate()
+                await conn.close()
+                raise
+        if not got:
+            # Back to the pool under its usual name: it holds nothing.
+            await conn.execute(text("SELECT set_config('application_name', 'tessera', false)"))
+            await conn.commit()
+            await conn.close()
+            return False
+        self._conn = conn
+        return True
+
+    async def holder(self) -> str | None:
+        stmt = text(
+            "SELECT a.application_name FROM pg_locks l "
+            "JOIN pg_stat_activity a ON a.pid = l.pid "
+            "WHERE l.locktype = 'advisory' AND l.granted "
+            "AND l.classid = :a AND l.objid = :b AND l.objsubid = 2"
+        )
+        with translated(self.engine.url):
+            async with self.engine.connect() as conn:
+                name = (await conn.execute(stmt, {"a": _PG_LOCK[0], "b": _PG_LOCK[1]})).scalar()
+        if not name:
+            return None
+        return str(name).removeprefix("tessera ledger owner: ")
+
+    async def release(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is None:
+            return
+        # Never back to the pool: the session (and with it the lock) must end.
+        with contextlib.suppress(Exception):
+            await conn.invalidate()
+        with contextlib.suppress(Exception):
+            await conn.close()
