@@ -115,6 +115,9 @@ class GatewaySettings(BaseSettings):
     standby_poll_s: float = Field(
         0.5, gt=0, description="How often a standby checks whether the ledger's owner is gone."
     )
+    ledger_owner_check_s: float = Field(
+        2.0, gt=0, description="How often the ledger's owner checks that its lock is still its own."
+    )
     ledger_write_timeout_s: float = Field(
         10.0, gt=0, description="How long a payment waits for the journal before 503."
     )

@@ -40,7 +40,7 @@ from tessera.gateway.fast_routes import FrontDoorApp, InferenceRoutes
 from tessera.gateway.header_values import header_value
 from tessera.gateway.http_limits import RequestIdAndBodyLimit
 from tessera.gateway.hub import ProviderHub
-from tessera.gateway.ledger_ownership import own_ledger
+from tessera.gateway.ledger_ownership import own_ledger, watch_ownership
 from tessera.gateway.liveness import Liveness
 from tessera.gateway.liveness_routes import install_liveness_routes
 from tessera.gateway.load_shedding import LagMonitor, ShedOverload
@@ -290,6 +290,9 @@ def create_app(settings: GatewaySettings, runtime: Runtime | None = None) -> Fas
             events,
         )
         housekeeping = asyncio.create_task(verifier.run_housekeeping())
+        ownership = asyncio.create_task(
+            watch_ownership(owner, bookkeeper.writer.stop_writing, settings.ledger_owner_check_s)
+        )
         liveness.start()
         lag_monitor.start()
         try:
@@ -297,6 +300,7 @@ def create_app(settings: GatewaySettings, runtime: Runtime | None = None) -> Fas
         finally:
             await lag_monitor.close()
             housekeeping.cancel()
+            ownership.cancel()
             await key_watcher.close()
             await liveness.close()
             await verifier.close()

@@ -228,6 +228,12 @@ class JournalWriter:
         if self._pending:
             self._wake.set()
 
+    def stop_writing(self, why: str) -> None:
+        """Refuse every entry from now on (and those waiting), as a journal conflict does:
+        for when this process may no longer be the journal's only writer."""
+        if self.failure is None:
+            self._fail(why, [])
+
     def _fail(self, why: str, items: Sequence[_Item]) -> None:
         self.failure = why
         log.error("%s; refusing further ledger work", why)

@@ -5,6 +5,11 @@ gateway started with ``--standby`` waits (its HTTP port closed, so a load balanc
 health check keeps traffic away) until the owner stops or dies, then takes over: it
 replays the journal, releases the holds the dead owner left open, and serves. Ctrl-C or
 SIGTERM while it waits stops it without taking over.
+
+An owner checks every few seconds that the lock is still its own (a PostgreSQL session can
+end under a live process: a restarted server, a cut connection). If it is not, another
+gateway may already own the ledger, so this one stops writing the journal at once: money
+stops moving here (503 ``ledger_unavailable``) until an operator restarts it.
 """
 
 from __future__ import annotations
@@ -13,7 +18,7 @@ import asyncio
 import contextlib
 import logging
 import signal
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from tessera.errors import ConfigError
 from tessera.store.ledger_owner import LedgerOwnerLock
@@ -43,6 +48,23 @@ async def own_ledger(lock: LedgerOwnerLock, *, standby: bool, poll_s: float) -> 
             if await lock.try_acquire():
                 break
     log.warning("standby: the owner is gone; this gateway now owns the ledger")
+
+
+async def watch_ownership(
+    lock: LedgerOwnerLock, on_lost: Callable[[str], None], interval_s: float
+) -> None:
+    """Check ``lock`` every ``interval_s``; once it is lost, call ``on_lost(why)`` and end."""
+    while True:
+        await asyncio.sleep(interval_s)
+        if not await lock.still_held():
+            why = (
+                "this gateway no longer holds the ledger's ownership lock (its database "
+                "session ended) and another gateway may own the ledger now; restart this "
+                "one, as --standby if another is running"
+            )
+            log.critical("%s", why)
+            on_lost(why)
+            return
 
 
 @contextlib.contextmanager

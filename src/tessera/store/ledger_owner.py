@@ -19,6 +19,7 @@ complete, and the holds it releases are really orphaned.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import fcntl
 import os
@@ -33,6 +34,7 @@ from tessera.store.errors import translated
 # pg_try_advisory_lock(int, int): ours is (0x7E55, 1); migrations use another key.
 _PG_LOCK = (0x7E55, 1)
 _OWNER_FILE_SUFFIX = ".ledger-owner"
+_CHECK_TIMEOUT_S = 5.0
 
 
 class LedgerOwnerLock(Protocol):
@@ -44,6 +46,11 @@ class LedgerOwnerLock(Protocol):
 
     async def holder(self) -> str | None:
         """Who holds the lock now, as it named itself; None if unknown or free."""
+        ...
+
+    async def still_held(self) -> bool:
+        """False once a lock this process took is no longer its own (on PostgreSQL: its
+        session ended, and another gateway may have taken the lock since)."""
         ...
 
     async def release(self) -> None:
@@ -88,6 +95,9 @@ class FileOwnerLock:
         with contextlib.suppress(OSError):
             return self.path.read_text(encoding="utf-8", errors="replace").strip() or None
         return None
+
+    async def still_held(self) -> bool:
+        return self._fd is not None  # the kernel keeps it for as long as the descriptor
 
     async def release(self) -> None:
         fd, self._fd = self._fd, None
@@ -148,6 +158,18 @@ class PostgresOwnerLock:
         if not name:
             return None
         return str(name).removeprefix("tessera ledger owner: ")
+
+    async def still_held(self) -> bool:
+        conn = self._conn
+        if conn is None:
+            return False
+        try:
+            # The lock lives as long as the session; a session that answers still has it.
+            await asyncio.wait_for(conn.execute(text("SELECT 1")), _CHECK_TIMEOUT_S)
+            await conn.commit()
+        except Exception:
+            return False
+        return True
 
     async def release(self) -> None:
         conn, self._conn = self._conn, None
