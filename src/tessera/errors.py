@@ -11,6 +11,7 @@
     ├── NotFound                      404 invalid_request_error  (an account, request or provider)
     ├── NoCapacity                    503 service_unavailable    (no live provider can serve now)
     │   ├── LedgerUnavailable         503                        (the journal cannot be written now)
+    │   ├── Reconnecting              503 code=providers_reconnecting (a gateway just started; Retry-After)
     │   └── Overloaded                503 code=gateway_overloaded (too many requests wait for providers; Retry-After)
     ├── ProviderFailed                502 provider_error         (the provider broke the job)
     ├── ProtocolViolation             —   a peer broke the wire protocol (error frame, not HTTP)
@@ -102,6 +103,17 @@ class NoCapacity(TesseraError):
 
 class LedgerUnavailable(NoCapacity):
     default_code = "ledger_unavailable"
+
+
+class Reconnecting(NoCapacity):
+    """A known model has no provider yet because this gateway has just started (a restart,
+    or a standby taking over): they are reconnecting, so the client should retry soon."""
+
+    default_code = "providers_reconnecting"
+
+    def __init__(self, message: str, *, retry_after_s: float):
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
 
 
 class Overloaded(NoCapacity):

@@ -51,3 +51,15 @@ def test_summaries_report_price_range_and_count() -> None:
     registry.add("b", capabilities(models=[offer("x", price_input_per_mtok=9)]), now=0)
     (summary,) = registry.summaries()
     assert (summary.providers, summary.price_input_min, summary.price_input_max) == (2, 5, 9)
+
+
+def test_models_served_before_a_start_are_awaited_until_announced_again() -> None:
+    registry = ProviderRegistry()
+    registry.add("live", capabilities(models=[offer("y")]), now=0)
+    registry.remember_models(["x", "y"])  # read from the store at start
+    assert registry.is_known("x") and registry.is_awaited("x")
+    assert registry.is_known("y") and not registry.is_awaited("y")  # already back
+    assert not registry.is_known("z") and not registry.is_awaited("z")
+    registry.add("back", capabilities(models=[offer("x")]), now=1)
+    registry.remove("back")
+    assert registry.is_known("x") and not registry.is_awaited("x")  # came back, left again

@@ -153,6 +153,7 @@ def create_app(settings: GatewaySettings, runtime: Runtime | None = None) -> Fas
             raise
         keys = ApiKeyStore(engine)
         providers = ProviderStore(engine)
+        registry.remember_models(await providers.recent_models())
         request_reader = RequestLog(engine)
         request_log = RequestLogWriter(request_reader)
         await request_log.start()
@@ -265,6 +266,7 @@ def create_app(settings: GatewaySettings, runtime: Runtime | None = None) -> Fas
             events,
             payments,
             verifier,
+            clock=runtime.monotonic,
         )
         auth = ApiKeyAuth(keys.find_by_hash, hash_api_key, settings.api_key_cache_ttl_s)
         key_watcher = KeyChangeWatcher(keys, auth, settings.key_change_poll_s)

@@ -21,6 +21,7 @@ from tessera.errors import (
     ModelNotFound,
     NoCapacity,
     ProviderFailed,
+    Reconnecting,
     TesseraError,
     openai_error_body,
 )
@@ -68,6 +69,8 @@ from tessera.protocol.wire import (
     Usage,
 )
 
+RECONNECT_RETRY_AFTER_S = 2.0  # providers reconnect within a second or two of a start
+
 RenderFn = Callable[[str, str, dict[int, ChoiceText], Usage, int | None], dict[str, Any]]
 
 
@@ -81,8 +84,13 @@ class Serving:
         events: EventSink,
         payments: Money,
         verifier: Verifier,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.payments = payments
+        self.clock = clock
+        # Until then a model served before the start that nobody has announced since is
+        # only waiting for its providers to reconnect (a restart, a standby's takeover).
+        self.reconnecting_until = clock() + settings.uptime_restart_grace_s
         self.verifier = verifier
         self.registry = registry
         self.dispatcher = dispatcher
@@ -100,6 +108,13 @@ class Serving:
         offer = self.registry.offer(model)
         if offer is None:
             if self.registry.is_known(model):
+                left = self.reconnecting_until - self.clock()
+                if left > 0 and self.registry.is_awaited(model):
+                    raise Reconnecting(
+                        f"no provider is serving model '{model}' yet: this gateway has just "
+                        "started and its providers are reconnecting; retry in a few seconds",
+                        retry_after_s=min(left, RECONNECT_RETRY_AFTER_S),
+                    )
                 raise NoCapacity(f"no live provider is serving model '{model}' right now")
             raise ModelNotFound(
                 f"The model '{model}' does not exist or is not served on this network. "

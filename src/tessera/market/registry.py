@@ -317,6 +317,7 @@ class ProviderRegistry:
         self._providers: dict[str, LiveProvider] = {}
         self._by_model: dict[str, ModelPool] = {}
         self._known_models: set[str] = set()
+        self._awaited: set[str] = set()  # remembered, not yet announced by anyone here
         # Label (case-folded) -> the connected id announcing it, or the set of them when
         # several do (most labels are one provider's: a set each would cost 200 bytes).
         self._labels: dict[str, str | set[str]] = {}
@@ -366,6 +367,7 @@ class ProviderRegistry:
                 self._labels[label] = {holders, provider_id}
         for name in live.offers:
             self._known_models.add(name)
+            self._awaited.discard(name)
             if live.status[name] == ROUTABLE:
                 self._index(name, live)
         return live
@@ -455,11 +457,18 @@ class ProviderRegistry:
         return list(self._providers.values())
 
     def remember_models(self, names: Iterable[str]) -> None:
-        """Mark models as known (seen before) so a request for them is 503, not 404."""
+        """Mark models as known (served before this start) so a request for them is 503,
+        not 404, and as awaited until some provider announces them again."""
+        names = set(names) - self._known_models
         self._known_models.update(names)
+        self._awaited.update(names)
 
     def is_known(self, model: str) -> bool:
         return model in self._known_models
+
+    def is_awaited(self, model: str) -> bool:
+        """Served before this start, and no provider has announced it since."""
+        return model in self._awaited
 
     def serving(self, model: str) -> list[LiveProvider]:
         """Live providers routed for ``model`` (a copy)."""

@@ -7,6 +7,7 @@ on every successful registration; it keeps ``first_seen_at`` and replaces the re
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -69,6 +70,24 @@ class ProviderStore:
                         },
                     )
                 )
+
+    async def recent_models(self, limit: int = 10_000) -> set[str]:
+        """The models announced by the ``limit`` providers seen most recently: what a
+        restarted gateway expects back (a request for one is then 503, not 404)."""
+        stmt = (
+            select(providers.c.capabilities).order_by(providers.c.last_seen_at.desc()).limit(limit)
+        )
+        with translated(self._engine.url):
+            async with self._engine.connect() as conn:
+                rows = (await conn.execute(stmt)).scalars().all()
+        names: set[str] = set()
+        for text in rows:
+            try:
+                models = json.loads(text).get("models", [])
+                names.update(m["name"] for m in models if isinstance(m.get("name"), str))
+            except (ValueError, TypeError, AttributeError, KeyError):
+                continue  # an unreadable old row names no model
+        return names
 
     async def get(self, provider_id: str) -> ProviderRecord | None:
         stmt = select(providers).where(providers.c.provider_id == provider_id)
