@@ -95,6 +95,13 @@ def gateway(
         list[str],
         typer.Option(help="Public key of a provider you run as a trusted auditor; repeatable."),
     ] = [],  # noqa: B006
+    nats_url: Annotated[
+        str | None,
+        typer.Option(
+            help="NATS server the gateway replicas share (nats://127.0.0.1:4222); the "
+            "gateway's events are published there on tsr.v1.evt.*",
+        ),
+    ] = None,
     standby: Annotated[
         bool,
         typer.Option(
@@ -130,6 +137,8 @@ def gateway(
         extra["validator_keys"] = validator
     if standby:
         extra["standby"] = True
+    if nats_url:
+        extra["nats_url"] = nats_url
     settings = GatewaySettings(
         host=host, port=port, data_dir=data_dir, database_url=database_url, **extra
     )

@@ -107,6 +107,11 @@ class GatewaySettings(BaseSettings):
     slashing_table_file: Path | None = Field(
         None, description="JSON list of slashing rules replacing the default table."
     )
+    nats_url: str | None = Field(
+        None,
+        description="NATS server(s) the gateway replicas share (nats://host:4222, comma-"
+        "separated); its domain events are published there. None: a single gateway.",
+    )
     standby: bool = Field(
         False,
         description="When another gateway owns this database's ledger, wait and take over "

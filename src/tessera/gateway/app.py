@@ -35,6 +35,7 @@ from tessera.gateway.admission import RequestAdmission, token_bound
 from tessera.gateway.auth import ApiKeyAuth, KeyChangeWatcher
 from tessera.gateway.bookkeeper import Bookkeeper
 from tessera.gateway.dispatch import Dispatcher
+from tessera.gateway.event_feed import EventFeed
 from tessera.gateway.events import EventBus, ProviderJoined, ProviderLeft, RequestFinished
 from tessera.gateway.fast_routes import FrontDoorApp, InferenceRoutes
 from tessera.gateway.header_values import header_value
@@ -46,6 +47,7 @@ from tessera.gateway.liveness_routes import install_liveness_routes
 from tessera.gateway.load_shedding import LagMonitor, ShedOverload
 from tessera.gateway.metrics import CONTENT_TYPE_LATEST, GatewayMetrics
 from tessera.gateway.money_routes import install_money_routes, payer_of
+from tessera.gateway.nats_bus import NatsBus
 from tessera.gateway.openapi_docs import describe
 from tessera.gateway.payments import Payments
 from tessera.gateway.request_body import invalid_parameter, parse_json, validated
@@ -291,6 +293,12 @@ def create_app(settings: GatewaySettings, runtime: Runtime | None = None) -> Fas
             load,
             events,
         )
+        feed: EventFeed | None = None
+        if settings.nats_url:
+            bus = await NatsBus.connect(settings.nats_url, f"tessera gateway {settings.gateway_id}")
+            feed = EventFeed(bus, settings.gateway_id)
+            feed.attach(events)
+            feed.start()
         housekeeping = asyncio.create_task(verifier.run_housekeeping())
         ownership = asyncio.create_task(
             watch_ownership(owner, bookkeeper.writer.stop_writing, settings.ledger_owner_check_s)
@@ -303,6 +311,9 @@ def create_app(settings: GatewaySettings, runtime: Runtime | None = None) -> Fas
             await lag_monitor.close()
             housekeeping.cancel()
             ownership.cancel()
+            if feed is not None:
+                await feed.close()
+                await feed.bus.close()
             await key_watcher.close()
             await liveness.close()
             await verifier.close()
