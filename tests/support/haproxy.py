@@ -3,35 +3,16 @@ this test's ports, in the foreground, stopped by its process id."""
 
 from __future__ import annotations
 
-import os
 import re
-import shutil
 import subprocess
 import time
 from pathlib import Path
 
 import httpx
 
+from support.debian import ensure_program
+
 CONFIG = Path(__file__).resolve().parents[2] / "deploy" / "haproxy.cfg"
-
-
-def ensure_haproxy() -> str:
-    """haproxy's path, installing Debian's package when it is missing (as root, or with
-    sudo without a password); RuntimeError saying what to run if that fails."""
-    if found := shutil.which("haproxy"):
-        return found
-    sudo = [] if os.geteuid() == 0 else ["sudo", "-n"]
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    install = [*sudo, "apt-get", "install", "-y", "-q", "haproxy"]
-    if subprocess.run(install, env=env, capture_output=True, timeout=600).returncode != 0:
-        subprocess.run([*sudo, "apt-get", "update", "-q"], env=env, capture_output=True)
-        subprocess.run(install, env=env, capture_output=True, timeout=600)
-    found = shutil.which("haproxy") or (
-        "/usr/sbin/haproxy" if Path("/usr/sbin/haproxy").exists() else None
-    )
-    if found is None:
-        raise RuntimeError("haproxy is missing and could not be installed: apt-get install haproxy")
-    return found
 
 
 def render_config(port: int, gateway_ports: list[int]) -> str:
@@ -48,7 +29,7 @@ def render_config(port: int, gateway_ports: list[int]) -> str:
 
 def start_haproxy(workdir: Path, port: int, gateway_ports: list[int]) -> subprocess.Popen[bytes]:
     """HAProxy in the foreground on ``port``; returns once it accepts connections."""
-    exe = ensure_haproxy()
+    exe = ensure_program("haproxy", "haproxy")
     config = workdir / "haproxy.cfg"
     config.write_text(render_config(port, gateway_ports))
     checked = subprocess.run([exe, "-c", "-f", str(config)], capture_output=True, text=True)

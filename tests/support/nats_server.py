@@ -3,8 +3,6 @@ port with JetStream in a temporary directory; stopped, and restartable, by proce
 
 from __future__ import annotations
 
-import os
-import shutil
 import socket
 import subprocess
 import time
@@ -13,23 +11,7 @@ from pathlib import Path
 
 from tessera.demo import free_port
 
-
-def ensure_nats_server() -> str:
-    """nats-server's path, installing Debian's package when missing; RuntimeError if not."""
-    for found in (shutil.which("nats-server"), "/usr/sbin/nats-server"):
-        if found and Path(found).exists():
-            return found
-    sudo = [] if os.geteuid() == 0 else ["sudo", "-n"]
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    install = [*sudo, "apt-get", "install", "-y", "-q", "nats-server"]
-    if subprocess.run(install, env=env, capture_output=True, timeout=600).returncode != 0:
-        subprocess.run([*sudo, "apt-get", "update", "-q"], env=env, capture_output=True)
-        subprocess.run(install, env=env, capture_output=True, timeout=600)
-    if Path("/usr/sbin/nats-server").exists():
-        return "/usr/sbin/nats-server"
-    raise RuntimeError(
-        "nats-server is missing and could not be installed: apt-get install nats-server"
-    )
+from support.debian import ensure_program
 
 
 @dataclass
@@ -43,7 +25,7 @@ class NatsServer:
         return f"nats://127.0.0.1:{self.port}"
 
     def start(self) -> NatsServer:
-        exe = ensure_nats_server()
+        exe = ensure_program("nats-server", "nats-server")
         self.directory.mkdir(parents=True, exist_ok=True)
         args = [exe, "-a", "127.0.0.1", "-p", str(self.port), "-js", "-sd", str(self.directory)]
         with (self.directory / "nats.log").open("ab") as log:
