@@ -71,6 +71,19 @@ def test_one_owner_per_ledger_and_a_standby_that_takes_over(
             httpx.get(f"{base['c']}/health", timeout=2)
         assert _balance(base["a"], key) == DEFAULT_FUNDS  # A serves throughout
 
+        # An operator's Ctrl-C or SIGTERM stops a waiting standby cleanly.
+        _gateway(network, url, "gateway-d", free_port(), "--standby")
+        d = next(proc for name, proc in network.processes if name == "gateway-d")
+        deadline = time.monotonic() + 60
+        while "owns the ledger; this gateway takes over" not in _log(network, "gateway-d"):
+            assert time.monotonic() < deadline and d.poll() is None, _log(network, "gateway-d")
+            time.sleep(0.1)
+        d.send_signal(signal.SIGTERM)
+        assert d.wait(10) == 0
+        network.processes.remove(("gateway-d", d))
+        assert "SIGTERM before taking over the ledger" in _log(network, "gateway-d")
+        assert "Traceback" not in _log(network, "gateway-d")
+
         a = next(proc for name, proc in network.processes if name == "gateway-a")
         a.send_signal(signal.SIGKILL)
         a.wait(10)

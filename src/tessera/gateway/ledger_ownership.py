@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 from collections.abc import Callable, Iterator
 
@@ -69,15 +70,24 @@ async def watch_ownership(
 
 @contextlib.contextmanager
 def _stop_on_signals() -> Iterator[None]:
-    """SIGINT and SIGTERM cancel the wait (the server's own handlers are put back after)."""
+    """SIGINT and SIGTERM end a waiting standby at once, exit status 0 (the server's own
+    handlers are put back after the wait).
+
+    It exits the process rather than failing the start: a standby holds nothing yet (no
+    ledger, no lock, no client), and a failed start would print a traceback for what is
+    an operator's ordinary stop."""
     loop = asyncio.get_running_loop()
-    task = asyncio.current_task()
     signals = (signal.SIGINT, signal.SIGTERM)
     saved = {sig: signal.getsignal(sig) for sig in signals}
+
+    def leave(sig: signal.Signals) -> None:
+        log.warning("standby: %s before taking over the ledger; stopping", sig.name)
+        logging.shutdown()
+        os._exit(0)
+
     try:
         for sig in signals:
-            if task is not None:
-                loop.add_signal_handler(sig, task.cancel)
+            loop.add_signal_handler(sig, leave, sig)
     except (NotImplementedError, RuntimeError, ValueError):  # not the main thread
         saved = {}
     try:
