@@ -121,26 +121,24 @@ class PostgresOwnerLock:
         with translated(self.engine.url):
             conn = await self.engine.connect()
             try:
-                await conn.execute(
-                    text("SELECT set_config('application_name', :name, false)"),
-                    {"name": f"tessera ledger owner: {self.owner}"[:63]},
-                )
                 got = (
                     await conn.execute(
                         text("SELECT pg_try_advisory_lock(:a, :b)"),
                         {"a": _PG_LOCK[0], "b": _PG_LOCK[1]},
                     )
                 ).scalar()
+                if got:  # the holding session names its owner, for the next one's message
+                    await conn.execute(
+                        text("SELECT set_config('application_name', :name, false)"),
+                        {"name": f"tessera ledger owner: {self.owner}"[:63]},
+                    )
                 await conn.commit()
             except BaseException:
                 await conn.invalidate()
                 await conn.close()
                 raise
         if not got:
-            # Back to the pool under its usual name: it holds nothing.
-            await conn.execute(text("SELECT set_config('application_name', 'tessera', false)"))
-            await conn.commit()
-            await conn.close()
+            await conn.close()  # back to the pool: it holds nothing
             return False
         self._conn = conn
         return True
