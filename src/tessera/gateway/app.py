@@ -141,6 +141,11 @@ def create_app(settings: GatewaySettings, runtime: Runtime | None = None) -> Fas
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
+        # First, so a wrong --nats-url fails the start before anything else is opened.
+        feed: EventFeed | None = None
+        if settings.nats_url:
+            bus = await NatsBus.connect(settings.nats_url, f"tessera gateway {settings.gateway_id}")
+            feed = EventFeed(bus, settings.gateway_id)
         gateway_key = load_or_create_key(settings.data_dir / "gateway.key", what="gateway")
         url = settings.database_url or database_url_for(settings.data_dir)
         await upgrade_to_head(url)
@@ -293,10 +298,7 @@ def create_app(settings: GatewaySettings, runtime: Runtime | None = None) -> Fas
             load,
             events,
         )
-        feed: EventFeed | None = None
-        if settings.nats_url:
-            bus = await NatsBus.connect(settings.nats_url, f"tessera gateway {settings.gateway_id}")
-            feed = EventFeed(bus, settings.gateway_id)
+        if feed is not None:
             feed.attach(events)
             feed.start()
         housekeeping = asyncio.create_task(verifier.run_housekeeping())
