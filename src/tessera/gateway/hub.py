@@ -27,7 +27,9 @@ from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
 from tessera.config import GatewaySettings
 from tessera.errors import NoCapacity
+from tessera.gateway.cluster import Announced
 from tessera.gateway.metrics import GatewayMetrics
+from tessera.gateway.remote_jobs import BUSY, RemoteJobs, RemoteJobStream
 from tessera.gateway.routing import no_route_error
 from tessera.gateway.transport import JobEvent, JobStream, ProviderGone
 from tessera.market.fair_share import RunningJobs, SharePolicy
@@ -86,6 +88,7 @@ class ProviderSession:
     audits: dict[str, asyncio.Future[AuditAnswer]] = field(default_factory=dict)
     bad_frames: int = 0
     leaving: bool = False  # said goodbye: gets no new work
+    capabilities_json: str = ""  # as announced, for the other replicas (cluster.py)
     send_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
     async def send(self, frame: Frame) -> None:
@@ -242,12 +245,20 @@ class ProviderHub:
         self.running = RunningJobs()
         self._slot_freed = Wakeup()
         self._cancelled: OrderedDict[str, None] = OrderedDict()
+        # Providers connected to other replicas, reached over the bus (None: only ours).
+        self.remote: RemoteJobs | None = None
+        self.on_sessions_changed: Callable[[], None] | None = None
+
+    def attach_remote(self, remote: RemoteJobs) -> None:
+        """Route to providers on other replicas too, through ``remote``."""
+        self.remote = remote
+        remote.on_closed = self._remote_closed
 
     # ------------------------------------------------------------ jobs
 
     async def open_job(
         self, job: Job, route: RouteRequest, exclude: set[str]
-    ) -> WebSocketJobStream:
+    ) -> WebSocketJobStream | RemoteJobStream:
         """Take a slot on the provider the router picks for ``job``; send the job.
 
         ``exclude`` (the providers that failed this request) grows if a send fails.
@@ -284,6 +295,13 @@ class ProviderHub:
             sent = job
             if account is not None:
                 sent = job.model_copy(update={"tenant": tenant_tag(account, chosen.provider_id)})
+            if self.remote is not None and chosen.provider_id not in self.sessions:
+                remote = await self._open_remote(chosen, sent, account, exclude)
+                if remote is None:
+                    continue
+                remote.decision = decision
+                chosen.health.started(now)
+                return remote
             stream = self._start(chosen, sent, account)
             if stream is None:
                 exclude.add(chosen.provider_id)
@@ -297,6 +315,47 @@ class ProviderHub:
                 exclude.add(chosen.provider_id)
                 continue
             return stream
+
+    async def _open_remote(
+        self, chosen: LiveProvider, job: Job, account: str | None, exclude: set[str]
+    ) -> RemoteJobStream | None:
+        """Send ``job`` through the replica holding ``chosen``'s socket; None if that
+        replica refused it (busy: full until its next announcement; gone: excluded)."""
+        assert self.remote is not None
+        provider_id = chosen.provider_id
+        self.registry.acquire(provider_id)
+        if account is not None:
+            self.running.started(account, job.model)
+        opened = await self.remote.open(chosen, job, account)
+        if isinstance(opened, RemoteJobStream):
+            return opened
+        if account is not None:
+            self.running.finished(account, job.model)
+        self.release(provider_id)
+        if opened == BUSY:
+            self.registry.set_load(provider_id, chosen.max_concurrent_jobs)
+        else:
+            exclude.add(provider_id)
+        return None
+
+    def announced(self) -> list[Announced]:
+        """The providers connected here, as the other replicas are told of them."""
+        out = []
+        for provider_id, session in self.sessions.items():
+            live = self.registry.get(provider_id)
+            if live is None or not session.capabilities_json:
+                continue
+            out.append(
+                Announced(
+                    provider_id, session.capabilities_json, dict(live.status), live.active_jobs
+                )
+            )
+        return out
+
+    def _remote_closed(self, stream: RemoteJobStream) -> None:
+        if stream.account is not None:
+            self.running.finished(stream.account, stream.job.model)
+        self.release(stream.provider_id)
 
     def job_succeeded(self, stream: JobStream, completion_tokens: int) -> None:
         """Fold a finished job's speed into its provider's record; close its breaker."""
@@ -466,7 +525,12 @@ class ProviderHub:
             self._drop(old, "replaced by a newer connection from the same key")
             with contextlib.suppress(Exception):
                 await old.websocket.close(code=1000, reason="replaced")
-        session = ProviderSession(provider_id, websocket, last_seen=time.monotonic())
+        session = ProviderSession(
+            provider_id,
+            websocket,
+            last_seen=time.monotonic(),
+            capabilities_json=caps.model_dump_json(),
+        )
         self.sessions[provider_id] = session
         status = self.initial_status(provider_id, caps) if self.initial_status else None
         checked = region_check(
@@ -494,6 +558,8 @@ class ProviderHub:
         if self.on_provider_seen is not None:
             asyncio.get_running_loop().create_task(self.on_provider_seen(provider_id, caps))
         await self.notify_slot()
+        if self.on_sessions_changed is not None:
+            self.on_sessions_changed()
         return session
 
     async def _refuse(self, websocket: WebSocket, code: str, message: str) -> None:
@@ -668,6 +734,8 @@ class ProviderHub:
             self.metrics.providers_connected.set(len(self.sessions))
             if self.on_provider_gone is not None:
                 self.on_provider_gone(session.provider_id)
+            if self.on_sessions_changed is not None:
+                self.on_sessions_changed()
         for stream in session.jobs.values():
             stream.queue.put_nowait(ProviderGone(reason))
         session.jobs.clear()

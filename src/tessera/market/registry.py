@@ -509,6 +509,13 @@ class ProviderRegistry:
         if live is not None and live.active_jobs > 0:
             live.active_jobs -= 1
 
+    def set_load(self, provider_id: str, active_jobs: int) -> None:
+        """Take another replica's count of a provider's running jobs (it holds the
+        socket, so it knows); clamped to the provider's declared concurrency."""
+        live = self._providers.get(provider_id)
+        if live is not None:
+            live.active_jobs = max(0, min(active_jobs, live.max_concurrent_jobs))
+
     def summaries(self) -> list[ModelSummary]:
         """Each served model as the network describes it (see ``ModelPool.public_offer``):
         only providers whose offer has the model's majority shape are counted and priced."""
