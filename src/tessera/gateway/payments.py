@@ -195,20 +195,7 @@ class Payments:
         return offer_price(offer).worst_case(prompt_bound, output_bound)
 
     def _short(self, payer: Payer, needed: int) -> QuotaExceeded:
-        book = self.bookkeeper.book
-        balance = book.consumer(payer.account_id).balance
-        room = book.spend.headroom(payer.key_id, payer.caps, self.bookkeeper.clock())
-        if room is not None and room < needed and balance >= needed:
-            return QuotaExceeded(
-                f"This API key's spend cap leaves {tokens(room)}, and this request may cost up "
-                f"to {tokens(needed)}. Raise the key's cap, wait for the daily cap to reset, "
-                "or lower max_tokens."
-            )
-        return QuotaExceeded(
-            f"Your balance is {tokens(balance)}, and this request may cost up to "
-            f"{tokens(needed)} (its prompt and max_tokens at the cheapest provider's price). "
-            "Add funds to your account or lower max_tokens."
-        )
+        return shortfall(self.bookkeeper, payer, needed)
 
     # ------------------------------------------------------------ settlement
 
@@ -255,3 +242,24 @@ class Payments:
         """Wait until the settlement is durable (before reporting the cost)."""
         if charge.stored is not None:
             await self.bookkeeper.durable(charge.stored)
+
+
+def shortfall(bookkeeper: Bookkeeper, payer: Payer, needed: int) -> QuotaExceeded:
+    """Why ``payer`` cannot hold ``needed``: the key's spend cap, or the balance.
+
+    A module function so the ledger owner can say the same to a request held over the bus
+    (gateway/ledger_service.py)."""
+    book = bookkeeper.book
+    balance = book.consumer(payer.account_id).balance
+    room = book.spend.headroom(payer.key_id, payer.caps, bookkeeper.clock())
+    if room is not None and room < needed and balance >= needed:
+        return QuotaExceeded(
+            f"This API key's spend cap leaves {tokens(room)}, and this request may cost up "
+            f"to {tokens(needed)}. Raise the key's cap, wait for the daily cap to reset, "
+            "or lower max_tokens."
+        )
+    return QuotaExceeded(
+        f"Your balance is {tokens(balance)}, and this request may cost up to "
+        f"{tokens(needed)} (its prompt and max_tokens at the cheapest provider's price). "
+        "Add funds to your account or lower max_tokens."
+    )
