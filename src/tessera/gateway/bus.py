@@ -15,7 +15,6 @@ skipped, never fatal to the bus.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
 import logging
 import secrets
@@ -142,8 +141,13 @@ class _LocalSubscription:
         if self in self.bus._subscriptions:
             self.bus._subscriptions.remove(self)
         self.task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
+        try:
             await self.task
+        except asyncio.CancelledError:
+            # The delivery task's own end; a cancel aimed at our caller goes on to it.
+            current = asyncio.current_task()
+            if current is not None and current.cancelling():
+                raise
 
 
 class LocalBus:
