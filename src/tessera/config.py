@@ -112,6 +112,18 @@ class GatewaySettings(BaseSettings):
         description="NATS server(s) the gateway replicas share (nats://host:4222, comma-"
         "separated); its domain events are published there. None: a single gateway.",
     )
+    cluster_announce_s: float = Field(
+        1.0,
+        gt=0,
+        description="With --nats-url: how often a replica tells the others which providers "
+        "it holds (and that it lives).",
+    )
+    replica_dead_after_s: float = Field(
+        3.0,
+        gt=0,
+        description="With --nats-url: a replica silent this long is dead (its providers leave "
+        "the view, its jobs end, its holds are released).",
+    )
     standby: bool = Field(
         False,
         description="When another gateway owns this database's ledger, wait and take over "

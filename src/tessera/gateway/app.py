@@ -34,6 +34,7 @@ from tessera.errors import (
 from tessera.gateway.admission import RequestAdmission, token_bound
 from tessera.gateway.auth import ApiKeyAuth, KeyChangeWatcher
 from tessera.gateway.bookkeeper import Bookkeeper
+from tessera.gateway.bus import Bus
 from tessera.gateway.dispatch import Dispatcher
 from tessera.gateway.event_feed import EventFeed
 from tessera.gateway.events import EventBus, ProviderJoined, ProviderLeft, RequestFinished
@@ -42,14 +43,19 @@ from tessera.gateway.header_values import header_value
 from tessera.gateway.http_limits import RequestIdAndBodyLimit
 from tessera.gateway.hub import ProviderHub
 from tessera.gateway.ledger_ownership import own_ledger, watch_ownership
+from tessera.gateway.ledger_service import LedgerService
 from tessera.gateway.liveness import Liveness
 from tessera.gateway.liveness_routes import install_liveness_routes
 from tessera.gateway.load_shedding import LagMonitor, ShedOverload
 from tessera.gateway.metrics import CONTENT_TYPE_LATEST, GatewayMetrics
+from tessera.gateway.money import Money
 from tessera.gateway.money_routes import install_money_routes, payer_of
 from tessera.gateway.nats_bus import NatsBus
 from tessera.gateway.openapi_docs import describe
+from tessera.gateway.owner_forwarding import ForwardToOwner, OwnerDoor
 from tessera.gateway.payments import Payments
+from tessera.gateway.remote_money import RemoteMoney
+from tessera.gateway.replica import ClusterMember, SwitchedMoney, watch_for_takeover
 from tessera.gateway.request_body import invalid_parameter, parse_json, validated
 from tessera.gateway.request_context import RequestContext, Served
 from tessera.gateway.routing import policy_for
@@ -108,15 +114,18 @@ class Gateway:
     keys: ApiKeyStore
     request_log: RequestLogWriter
     request_reader: RequestLog
-    bookkeeper: Bookkeeper
-    payments: Payments
+    # None on a replica that does not own the ledger: the owner answers what needs them
+    # (gateway/owner_forwarding.py); it gets them if it takes the ledger over.
+    bookkeeper: Bookkeeper | None
+    payments: Money
     ledger_store: LedgerStore
     accounts: AccountStore
     verifier: Verifier
-    liveness: Liveness
+    liveness: Liveness | None
     admission: RequestAdmission
     load: LoadGauge
     events: EventBus
+    cluster: ClusterMember | None = None
 
 
 def create_app(settings: GatewaySettings, runtime: Runtime | None = None) -> FastAPI:
@@ -143,6 +152,7 @@ def create_app(settings: GatewaySettings, runtime: Runtime | None = None) -> Fas
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         # First, so a wrong --nats-url fails the start before anything else is opened.
         feed: EventFeed | None = None
+        bus: Bus | None = None
         if settings.nats_url:
             bus = await NatsBus.connect(settings.nats_url, f"tessera gateway {settings.gateway_id}")
             feed = EventFeed(bus, settings.gateway_id)
@@ -151,10 +161,15 @@ def create_app(settings: GatewaySettings, runtime: Runtime | None = None) -> Fas
         await upgrade_to_head(url)
         engine = create_engine(url)
         # Before anything reads or repairs the ledger or the request log: a second
-        # gateway would release the first one's running holds as crash-left.
+        # gateway would release the first one's running holds as crash-left. In a
+        # cluster, a replica that does not get the lock pays through the one that did.
         owner = ledger_owner_lock(engine, settings.gateway_id)
         try:
-            await own_ledger(owner, standby=settings.standby, poll_s=settings.standby_poll_s)
+            if bus is None:
+                await own_ledger(owner, standby=settings.standby, poll_s=settings.standby_poll_s)
+                owns = True
+            else:
+                owns = await owner.try_acquire()
         except BaseException:
             await engine.dispose()
             raise
@@ -165,24 +180,19 @@ def create_app(settings: GatewaySettings, runtime: Runtime | None = None) -> Fas
         request_log = RequestLogWriter(request_reader)
         await request_log.start()
         ledger_store = LedgerStore(engine)
-        bookkeeper, recovery = await Bookkeeper.open(
-            ledger_store,
-            book_policy(settings),
-            durable_timeout_s=settings.ledger_write_timeout_s,
-            clock=runtime.wall,
-        )
-        log.info(
-            "ledger: %d entries replayed, %d crash-left hold(s) released",
-            recovery.entries,
-            len(recovery.released),
-        )
         stake = StakePolicy(
             settings.min_stake_units, settings.min_stake_per_model, settings.min_stake_per_gpu
         )
-        payments = Payments(bookkeeper, registry, stake)
+        bookkeeper: Bookkeeper | None = None
+        liveness: Liveness | None = None
+        ledger_service: LedgerService | None = None
+        door: OwnerDoor | None = None
+        remote_money: RemoteMoney | None = None
+        owner_tasks: list[asyncio.Task[None]] = []
 
         async def provider_seen(provider_id: str, caps: Capabilities) -> None:
-            liveness.connected(provider_id, caps)
+            if liveness is not None:
+                liveness.connected(provider_id, caps)
             verifier.on_connect(provider_id, caps)
             events.publish(
                 ProviderJoined(
@@ -204,6 +214,56 @@ def create_app(settings: GatewaySettings, runtime: Runtime | None = None) -> Fas
         hub = ProviderHub(
             settings, registry, metrics, on_provider_seen=provider_seen, rng=runtime.rng
         )
+        member: ClusterMember | None = None
+        if bus is not None:
+            member = ClusterMember(bus, settings, registry, hub)
+            await member.start()
+
+        async def open_ledger() -> Bookkeeper:
+            keep = None
+            if member is not None:
+                await member.hear_the_others()  # their open holds stay open
+                keep = member.keeps
+            keeper, recovery = await Bookkeeper.open(
+                ledger_store,
+                book_policy(settings),
+                durable_timeout_s=settings.ledger_write_timeout_s,
+                clock=runtime.wall,
+                keep=keep,
+            )
+            log.info(
+                "ledger: %d entries replayed, %d crash-left hold(s) released, %d kept",
+                recovery.entries,
+                len(recovery.released),
+                len(recovery.kept),
+            )
+            if bus is not None:
+                nonlocal ledger_service
+                ledger_service = LedgerService(bus, keeper, settings.gateway_id)
+                ledger_service.adopt(recovery.kept)
+                await ledger_service.start()
+                assert member is not None
+                service = ledger_service
+                member.view.on_replica_gone.append(lambda r: void(service.release_orphans(r)))
+            return keeper
+
+        def new_liveness(keeper: Bookkeeper) -> Liveness:
+            connected = member.is_connected if member is not None else hub.sessions.__contains__
+            return Liveness(settings, keeper, UptimeStore(engine), connected, clock=runtime.wall)
+
+        payments: Money
+        switched: SwitchedMoney | None = None
+        if owns:
+            bookkeeper = await open_ledger()
+            payments = Payments(bookkeeper, registry, stake)
+        else:
+            assert bus is not None
+            holder = await owner.holder() or "another replica"
+            log.warning("%s owns the ledger: this replica pays through it", holder)
+            remote_money = RemoteMoney(bus, registry, stake, replica_id=settings.gateway_id)
+            await remote_money.start()
+            payments = switched = SwitchedMoney(remote_money)
+
         verification_store = VerificationStore(engine)
         receipt_writer = ReceiptWriter(verification_store)
         await receipt_writer.start()
@@ -222,21 +282,33 @@ def create_app(settings: GatewaySettings, runtime: Runtime | None = None) -> Fas
             clock=runtime.wall,
         )
         hub.initial_status = verifier.initial_status
-        liveness = Liveness(
-            settings,
-            bookkeeper,
-            UptimeStore(engine),
-            lambda pid: pid in hub.sessions,
-            clock=runtime.wall,
-        )
+        if bookkeeper is not None:
+            liveness = new_liveness(bookkeeper)
 
         def provider_gone(provider_id: str) -> None:
             verifier.on_disconnect(provider_id)
-            liveness.gone(provider_id)
+            if liveness is not None:
+                liveness.gone(provider_id)
             events.publish(ProviderLeft(provider_id))
 
+        def provider_leaving(provider_id: str, reason: str) -> None:
+            if liveness is not None:
+                liveness.leaving(provider_id, reason)
+
         hub.on_provider_gone = provider_gone
-        hub.on_provider_leaving = liveness.leaving
+        hub.on_provider_leaving = provider_leaving
+        if member is not None:
+            # Providers on other replicas count for uptime where the ledger is.
+            def remote_added(provider_id: str, caps: Capabilities) -> None:
+                if liveness is not None:
+                    liveness.connected(provider_id, caps)
+
+            def remote_removed(provider_id: str) -> None:
+                if liveness is not None:
+                    liveness.gone(provider_id)
+
+            member.view.on_provider_added.append(remote_added)
+            member.view.on_provider_removed.append(remote_removed)
 
         def request_finished(event: RequestFinished) -> None:
             if event.status == "error" and event.provider_id is not None:
@@ -278,7 +350,7 @@ def create_app(settings: GatewaySettings, runtime: Runtime | None = None) -> Fas
         auth = ApiKeyAuth(keys.find_by_hash, hash_api_key, settings.api_key_cache_ttl_s)
         key_watcher = KeyChangeWatcher(keys, auth, settings.key_change_poll_s)
         await key_watcher.start()
-        app.state.gateway = Gateway(
+        gateway = app.state.gateway = Gateway(
             settings,
             metrics,
             registry,
@@ -297,30 +369,84 @@ def create_app(settings: GatewaySettings, runtime: Runtime | None = None) -> Fas
             admission,
             load,
             events,
+            member,
         )
+
+        def start_owner_work(keeper: Bookkeeper) -> None:
+            """What only the ledger's owner runs: audits' upkeep, the lock's watch, uptime."""
+            owner_tasks.append(asyncio.create_task(verifier.run_housekeeping()))
+            owner_tasks.append(
+                asyncio.create_task(
+                    watch_ownership(
+                        owner, keeper.writer.stop_writing, settings.ledger_owner_check_s
+                    )
+                )
+            )
+            assert liveness is not None
+            liveness.start()
+
+        async def take_over() -> None:
+            """The owner died and this replica got the lock: the ledger moves here."""
+            nonlocal bookkeeper, liveness, door
+            keeper = await open_ledger()
+            bookkeeper = gateway.bookkeeper = verifier.bookkeeper = keeper
+            assert switched is not None and bus is not None and member is not None
+            switched.local = Payments(keeper, registry, stake)
+            liveness = gateway.liveness = new_liveness(keeper)
+            for provider_id, session in list(hub.sessions.items()):
+                if session.capabilities_json:
+                    caps = Capabilities.model_validate_json(session.capabilities_json)
+                    liveness.connected(provider_id, caps)
+            for provider_id, caps in member.view.remote_providers():
+                liveness.connected(provider_id, caps)
+            door = OwnerDoor(bus, app)
+            await door.start()
+            app.state.owns_ledger = True
+            start_owner_work(keeper)
+
         if feed is not None:
             feed.attach(events)
             feed.start()
-        housekeeping = asyncio.create_task(verifier.run_housekeeping())
-        ownership = asyncio.create_task(
-            watch_ownership(owner, bookkeeper.writer.stop_writing, settings.ledger_owner_check_s)
-        )
-        liveness.start()
+        app.state.cluster_bus = bus
+        app.state.owns_ledger = owns
+        takeover: asyncio.Task[None] | None = None
+        if bookkeeper is not None:
+            if bus is not None:
+                door = OwnerDoor(bus, app)
+                await door.start()
+            start_owner_work(bookkeeper)
+        else:
+            takeover = asyncio.create_task(
+                watch_for_takeover(owner, take_over, settings.standby_poll_s)
+            )
         lag_monitor.start()
         try:
             yield
         finally:
             await lag_monitor.close()
-            housekeeping.cancel()
-            ownership.cancel()
+            if takeover is not None:
+                takeover.cancel()
+            for task in owner_tasks:
+                task.cancel()
+            if member is not None:
+                await member.close()  # tell the others first: they stop routing here
+            if door is not None:
+                await door.close()
             if feed is not None:
                 await feed.close()
-                await feed.bus.close()
             await key_watcher.close()
-            await liveness.close()
+            if liveness is not None:
+                await liveness.close()
             await verifier.close()
             await receipt_writer.close()
-            await bookkeeper.close()
+            if remote_money is not None:
+                await remote_money.close()
+            if ledger_service is not None:
+                await ledger_service.close()
+            if bookkeeper is not None:
+                await bookkeeper.close()
+            if bus is not None:
+                await bus.close()
             await request_log.close()
             await owner.release()
             await engine.dispose()
@@ -339,6 +465,13 @@ def create_app(settings: GatewaySettings, runtime: Runtime | None = None) -> Fas
         ShedOverload(app, gauge=load, metrics=metrics, routes=routes),
         max_body_bytes=settings.max_body_bytes,
     )
+    # Inside the request id: requests only the ledger's owner can answer go there.
+    app.add_middleware(
+        ForwardToOwner,
+        bus=lambda: getattr(app.state, "cluster_bus", None),
+        is_owner=lambda: getattr(app.state, "owns_ledger", True),
+        max_body_bytes=settings.max_body_bytes,
+    )
     app.add_middleware(RequestIdAndBodyLimit, max_body_bytes=settings.max_body_bytes)
     _install_error_handlers(app, metrics)
     _install_routes(app, metrics, registry, routes)
@@ -349,6 +482,10 @@ def create_app(settings: GatewaySettings, runtime: Runtime | None = None) -> Fas
     install_liveness_routes(app, gateway_of)
     _install_openapi(app, settings)
     return app
+
+
+def void(_: object) -> None:
+    """Drop a callback's result (the cluster view's hooks return nothing)."""
 
 
 def book_policy(settings: GatewaySettings) -> BookPolicy:

@@ -26,7 +26,7 @@ from typing import Protocol, TypeVar
 from tessera.errors import LedgerUnavailable
 from tessera.gateway.journal_writer import JournalRefused, JournalUnavailable, JournalWriter
 from tessera.ledger.book import Book, BookPolicy
-from tessera.ledger.escrow import CAPTURE
+from tessera.ledger.escrow import CAPTURE, OpenHold
 from tessera.ledger.journal import Entry, LedgerError
 from tessera.ledger.pricing import Price
 from tessera.ledger.spend_caps import SpendCaps
@@ -52,6 +52,7 @@ class JournalCorrupt(Exception):
 class Recovery:
     entries: int
     released: tuple[str, ...]
+    kept: tuple[OpenHold, ...] = ()  # open holds of replicas still alive (a takeover)
 
 
 class Bookkeeper:
@@ -76,8 +77,12 @@ class Bookkeeper:
         *,
         durable_timeout_s: float = 10.0,
         clock: Callable[[], float] = time.time,
+        keep: Callable[[OpenHold], bool] | None = None,
     ) -> tuple[Bookkeeper, Recovery]:
-        """Replay and check the stored journal, start writing, settle crash leftovers."""
+        """Replay and check the stored journal, start writing, settle crash leftovers.
+
+        Open holds are crash leftovers, released, unless ``keep`` says otherwise: a replica
+        taking the ledger over keeps those of replicas still alive, whose captures come."""
         entries = await store.load()
         try:
             book = Book(policy, entries, retain_entries=False)
@@ -92,13 +97,17 @@ class Bookkeeper:
         writer.refused = keeper.take_back
         writer.start()
         released = []
+        kept = []
         for hold in book.open_holds():
+            if keep is not None and keep(hold):
+                kept.append(hold)
+                continue
             keeper.release(hold.request_id, RESTART)
             released.append(hold.request_id)
         await keeper.flush()
         if released:
             log.warning("released %d hold(s) a crash left open", len(released))
-        return keeper, Recovery(len(entries), tuple(released))
+        return keeper, Recovery(len(entries), tuple(released), tuple(kept))
 
     async def close(self) -> None:
         await self.writer.close()

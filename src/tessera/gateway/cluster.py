@@ -66,6 +66,7 @@ class _Remote:
     replica: str
     caps_digest: str
     heard_at: float
+    capabilities: Capabilities
 
 
 @dataclass(slots=True)
@@ -102,6 +103,9 @@ class ClusterView:
         self.wall = wall
         self.on_replica_gone: list[OnReplicaGone] = []
         self.on_changed: list[Callable[[], None]] = []  # the remote providers changed
+        # A provider connected to another replica joined or left the view (uptime).
+        self.on_provider_added: list[Callable[[str, Capabilities], None]] = []
+        self.on_provider_removed: list[Callable[[str], None]] = []
         self._remote: dict[str, _Remote] = {}  # provider id -> where its socket is
         self._replicas: dict[str, float] = {}  # replica -> when last heard (clock)
         self._assembling: dict[str, _Assembly] = {}
@@ -141,6 +145,10 @@ class ClusterView:
         """The replica holding a remote provider's socket; None if local or unknown."""
         remote = self._remote.get(provider_id)
         return None if remote is None else remote.replica
+
+    def remote_providers(self) -> list[tuple[str, Capabilities]]:
+        """Every provider connected to another replica, with what it announced."""
+        return [(pid, remote.capabilities) for pid, remote in self._remote.items()]
 
     def replicas(self) -> list[str]:
         """The other replicas heard within ``dead_after_s``."""
@@ -310,13 +318,18 @@ class ClusterView:
             return False
         self.registry.add(provider_id, caps, now=self.wall(), status=statuses)
         self.registry.set_load(provider_id, active)
-        self._remote[provider_id] = _Remote(replica, digest, now)
+        self._remote[provider_id] = _Remote(replica, digest, now, caps)
+        if remote is None:
+            for added in self.on_provider_added:
+                added(provider_id, caps)
         return True
 
     def _drop(self, provider_id: str) -> None:
         del self._remote[provider_id]
         if not self.is_local(provider_id):
             self.registry.remove(provider_id)
+            for removed in self.on_provider_removed:
+                removed(provider_id)
 
     # ------------------------------------------------------------ the dead
 

@@ -57,6 +57,9 @@ class Charge:
     stored: asyncio.Future[None] | None = field(default=None, repr=False)
     # The hold, posted but perhaps not yet stored: confirm() before reporting what it paid.
     hold_stored: asyncio.Future[Entry] | None = field(default=None, repr=False)
+    # Held through the ledger's owner over the bus (a replica without the ledger): it is
+    # settled there too, even after this replica has taken the ledger over.
+    via_bus: bool = False
 
     @property
     def settled(self) -> bool:

@@ -127,7 +127,7 @@ class Verifier:
         key: SigningKey,
         registry: ProviderRegistry,
         hub: ProviderHub,
-        bookkeeper: Bookkeeper,
+        bookkeeper: Bookkeeper | None,
         store: VerificationStore,
         receipts: ReceiptWriter,
         reputation: ReputationBook,
@@ -414,6 +414,10 @@ class Verifier:
         entry = self.catalog.get(stream.job.model)
         if not self.settings.audits_enabled or entry is None or done.receipt is None:
             return
+        if self.bookkeeper is None:
+            # A replica without the ledger: audits move money (auditor pay, refunds,
+            # slashes), so they are run where the ledger is.
+            return
         provider_id = stream.provider_id
         fees = self.bookkeeper.book.policy.fees
         earnings = split_fee(cost, fees.fee_bps, fees.verification_share_bps)[0]
@@ -442,6 +446,12 @@ class Verifier:
         )
         self.audits_started += 1
         self.spawn(self._audit_case(subject, entry))
+
+    def _keeper(self) -> Bookkeeper:
+        """The ledger, for a case's money; only a replica that owns it opens cases."""
+        if self.bookkeeper is None:
+            raise RuntimeError("audit cases run only on the replica that owns the ledger")
+        return self.bookkeeper
 
     def _eligible_auditors(self, subject: Subject, excluded: set[str]) -> list[str]:
         """Who may audit now: trusted, serving the same weights, free, not excluded.
@@ -584,7 +594,7 @@ class Verifier:
         if amount <= 0:
             return
         try:
-            await self.bookkeeper.pay_auditor(
+            await self._keeper().pay_auditor(
                 auditor, amount, f"audit:{subject.request_id}:{attempt}"
             )
         except LedgerError as exc:
@@ -658,7 +668,7 @@ class Verifier:
         if consumer is not None and refund > 0:
             claw = min(earnings, refund)
             try:
-                entry = await self.bookkeeper.clawback(
+                entry = await self._keeper().clawback(
                     provider_id, consumer, claw, f"clawback:{reference}"
                 )
                 if entry is not None:
@@ -668,7 +678,7 @@ class Verifier:
         harmed = [(consumer, refund - refunded)] if consumer and refund > refunded else []
         slashed = 0
         try:
-            outcome = await self.bookkeeper.slash(
+            outcome = await self._keeper().slash(
                 provider_id, reason, evidence[:500], harmed, f"slash:{reference}"
             )
             slashed = outcome.taken
@@ -676,7 +686,7 @@ class Verifier:
         except LedgerError as exc:
             log.warning("no stake slashed from %s for %s: %s", provider_id[:12], reason, exc)
         self.reputation.slashed(provider_id)
-        rule = self.bookkeeper.book.policy.slashing.rule(reason)
+        rule = self._keeper().book.policy.slashing.rule(reason)
         if rule.ban or self.reputation.get(provider_id).audits_failed >= (
             self.settings.ban_after_failures
         ):
