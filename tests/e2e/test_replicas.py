@@ -24,6 +24,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import asyncpg
 import httpx
 import openai
 import pytest
@@ -311,3 +312,71 @@ def test_the_ledger_owner_killed_another_replica_takes_it_over_in_place(cluster:
         stdin=subprocess.DEVNULL,
     )
     assert checked.returncode == 0, checked.stdout + checked.stderr
+
+
+async def _end_owner_session(user: str, database: str) -> int:
+    """End the ledger owner's lock session from outside (a cut connection, a DBA's
+    pg_terminate_backend): the advisory lock goes with it."""
+    conn = await asyncpg.connect(host="127.0.0.1", port=5432, user=user, database="postgres")
+    try:
+        rows = await conn.fetch(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            "WHERE datname = $1 AND application_name LIKE 'tessera ledger owner:%'",
+            database,
+        )
+    finally:
+        await conn.close()
+    return len(rows)
+
+
+def test_an_owner_that_loses_its_lock_stops_answering_for_the_ledger_and_pays_through_the_new_one(
+    tmp_path: Path, postgres_admin_user: str
+) -> None:
+    name = f"tessera_lock_{int(time.time() * 1000)}"
+    asyncio.run(_admin_execute(postgres_admin_user, f'CREATE DATABASE "{name}"'))
+    url = f"postgresql://{postgres_admin_user}@127.0.0.1:5432/{name}"
+    nats = NatsServer(tmp_path / "nats").start()
+    network = Network(tmp_path / "data")
+    base = {r: f"http://127.0.0.1:{free_port()}" for r in ("a", "b")}
+    try:
+        for replica in ("a", "b"):
+            port = int(base[replica].rsplit(":", 1)[1])
+            _gateway(network, f"gateway-{replica}", port, url, nats.url)
+            wait_for_network(base[replica], 0, network, timeout_s=60)
+        key = _new_key(url, network.data_dir)["key"]
+        fund_account(base["b"], key, units=100)  # on B, answered by A, the owner
+        assert asyncio.run(_end_owner_session(postgres_admin_user, name)) == 1
+        cluster = Cluster(network, nats, url, base, key, "")
+        _wait(
+            lambda: "takes the ledger over" in cluster.log("gateway-b"),
+            20,
+            "B taking the ledger over",
+        )
+        _wait(
+            lambda: bool(fund_account(base["a"], key, units=5)),  # A forwards it to B now
+            10,
+            "a deposit through A after its lock was lost",
+        )
+        assert cluster.account("a")["balance"] == cluster.account("b")["balance"] == 105
+        _wait(
+            lambda: "no longer holds the ledger's ownership lock" in cluster.log("gateway-a"),
+            10,
+            "A noticing that it lost the lock",
+        )
+        assert network.dead() == []
+    finally:
+        network.stop()
+        nats.stop()
+    try:
+        checked = subprocess.run(
+            [sys.executable, "-m", "tessera.cli", "ledger", "check", "--database-url", url],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            stdin=subprocess.DEVNULL,
+        )
+        assert checked.returncode == 0, checked.stdout + checked.stderr
+    finally:
+        asyncio.run(
+            _admin_execute(postgres_admin_user, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        )

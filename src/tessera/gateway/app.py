@@ -42,7 +42,7 @@ from tessera.gateway.fast_routes import FrontDoorApp, InferenceRoutes
 from tessera.gateway.header_values import header_value
 from tessera.gateway.http_limits import RequestIdAndBodyLimit
 from tessera.gateway.hub import ProviderHub
-from tessera.gateway.ledger_ownership import own_ledger, watch_ownership
+from tessera.gateway.ledger_ownership import RESTART_IT, own_ledger, watch_ownership
 from tessera.gateway.ledger_service import LedgerService
 from tessera.gateway.liveness import Liveness
 from tessera.gateway.liveness_routes import install_liveness_routes
@@ -66,7 +66,7 @@ from tessera.gateway.verification_routes import install_verification_routes
 from tessera.gateway.wiring import Runtime
 from tessera.key_file import load_or_create_key
 from tessera.ledger.book import BookPolicy
-from tessera.ledger.escrow import FeePolicy
+from tessera.ledger.escrow import FeePolicy, OpenHold
 from tessera.ledger.slashing_table import SlashingTable
 from tessera.market.load_shedding import LoadGauge
 from tessera.market.quotes import TEMPLATE_TOKENS_PER_MESSAGE, TEMPLATE_TOKENS_PER_PROMPT
@@ -98,6 +98,10 @@ from tessera.verify.catalog import Catalog
 from tessera.verify.reputation import ReputationBook
 
 log = logging.getLogger("tessera.gateway")
+PAY_THROUGH_NEW_OWNER = (
+    "this replica stops moving money itself and goes on serving, paying through the new "
+    "owner; it takes the ledger back if that one stops"
+)
 T = TypeVar("T", bound=BaseModel)
 
 
@@ -189,6 +193,7 @@ def create_app(settings: GatewaySettings, runtime: Runtime | None = None) -> Fas
         door: OwnerDoor | None = None
         remote_money: RemoteMoney | None = None
         owner_tasks: list[asyncio.Task[None]] = []
+        takeover: asyncio.Task[None] | None = None
 
         async def provider_seen(provider_id: str, caps: Capabilities) -> None:
             if liveness is not None:
@@ -219,7 +224,8 @@ def create_app(settings: GatewaySettings, runtime: Runtime | None = None) -> Fas
             member = ClusterMember(bus, settings, registry, hub)
             await member.start()
 
-        async def open_ledger() -> Bookkeeper:
+        async def open_ledger() -> tuple[Bookkeeper, tuple[OpenHold, ...]]:
+            """Replay the journal; with replicas, keep the holds of those still alive."""
             keep = None
             if member is not None:
                 await member.hear_the_others()  # their open holds stay open
@@ -237,15 +243,7 @@ def create_app(settings: GatewaySettings, runtime: Runtime | None = None) -> Fas
                 len(recovery.released),
                 len(recovery.kept),
             )
-            if bus is not None:
-                nonlocal ledger_service
-                ledger_service = LedgerService(bus, keeper, settings.gateway_id)
-                ledger_service.adopt(recovery.kept)
-                await ledger_service.start()
-                assert member is not None
-                service = ledger_service
-                member.view.on_replica_gone.append(lambda r: void(service.release_orphans(r)))
-            return keeper
+            return keeper, recovery.kept
 
         def new_liveness(keeper: Bookkeeper) -> Liveness:
             connected = member.is_connected if member is not None else hub.sessions.__contains__
@@ -253,16 +251,22 @@ def create_app(settings: GatewaySettings, runtime: Runtime | None = None) -> Fas
 
         payments: Money
         switched: SwitchedMoney | None = None
+        kept: tuple[OpenHold, ...] = ()
         if owns:
-            bookkeeper = await open_ledger()
+            bookkeeper, kept = await open_ledger()
+        if bus is None:
+            assert bookkeeper is not None
             payments = Payments(bookkeeper, registry, stake)
         else:
-            assert bus is not None
-            holder = await owner.holder() or "another replica"
-            log.warning("%s owns the ledger: this replica pays through it", holder)
+            # A replica pays through the owner until it owns the ledger itself, and again
+            # if it ever loses the lock.
             remote_money = RemoteMoney(bus, registry, stake, replica_id=settings.gateway_id)
-            await remote_money.start()
             payments = switched = SwitchedMoney(remote_money)
+            if bookkeeper is not None:
+                switched.local = Payments(bookkeeper, registry, stake)
+            else:
+                holder = await owner.holder() or "another replica"
+                log.warning("%s owns the ledger: this replica pays through it", holder)
 
         verification_store = VerificationStore(engine)
         receipt_writer = ReceiptWriter(verification_store)
@@ -282,8 +286,6 @@ def create_app(settings: GatewaySettings, runtime: Runtime | None = None) -> Fas
             clock=runtime.wall,
         )
         hub.initial_status = verifier.initial_status
-        if bookkeeper is not None:
-            liveness = new_liveness(bookkeeper)
 
         def provider_gone(provider_id: str) -> None:
             verifier.on_disconnect(provider_id)
@@ -372,53 +374,100 @@ def create_app(settings: GatewaySettings, runtime: Runtime | None = None) -> Fas
             member,
         )
 
-        def start_owner_work(keeper: Bookkeeper) -> None:
-            """What only the ledger's owner runs: audits' upkeep, the lock's watch, uptime."""
+        def orphans_of(replica: str) -> None:
+            if ledger_service is not None:
+                ledger_service.release_orphans(replica)
+
+        if member is not None:
+            member.view.on_replica_gone.append(orphans_of)
+
+        async def hold_ledger(keeper: Bookkeeper, adopted: tuple[OpenHold, ...]) -> None:
+            """Run what only the ledger's owner runs: the ledger service and door for the
+            other replicas, audits' upkeep, uptime and the lock's watch."""
+            nonlocal ledger_service, door, liveness, bookkeeper
+            bookkeeper = gateway.bookkeeper = verifier.bookkeeper = keeper
+            if switched is not None:
+                switched.local = Payments(keeper, registry, stake)
+            if liveness is None:
+                liveness = gateway.liveness = new_liveness(keeper)
+                for provider_id, session in list(hub.sessions.items()):
+                    if session.capabilities_json:
+                        caps = Capabilities.model_validate_json(session.capabilities_json)
+                        liveness.connected(provider_id, caps)
+                if member is not None:
+                    for provider_id, caps in member.view.remote_providers():
+                        liveness.connected(provider_id, caps)
+            if bus is not None:
+                ledger_service = LedgerService(bus, keeper, settings.gateway_id)
+                ledger_service.adopt(adopted)
+                await ledger_service.start()
+                door = OwnerDoor(bus, app)
+                await door.start()
+            app.state.owns_ledger = True
             owner_tasks.append(asyncio.create_task(verifier.run_housekeeping()))
             owner_tasks.append(
                 asyncio.create_task(
                     watch_ownership(
-                        owner, keeper.writer.stop_writing, settings.ledger_owner_check_s
+                        owner,
+                        lambda why: lost_ledger(keeper, why),
+                        interval,
+                        RESTART_IT if bus is None else PAY_THROUGH_NEW_OWNER,
                     )
                 )
             )
-            assert liveness is not None
             liveness.start()
+
+        interval = settings.ledger_owner_check_s
+
+        def lost_ledger(keeper: Bookkeeper, why: str) -> None:
+            keeper.writer.stop_writing(why)
+            if bus is not None:  # a replica: pay through the new owner, and watch the lock
+                asyncio.get_running_loop().create_task(give_up_ledger(keeper))
+
+        async def give_up_ledger(keeper: Bookkeeper) -> None:
+            """The lock is gone (its database session ended): another replica may own the
+            ledger now. Stop answering for it at once; pay through whoever owns it."""
+            nonlocal ledger_service, door, liveness, bookkeeper, takeover
+            app.state.owns_ledger = False
+            if switched is not None:
+                switched.local = None
+            bookkeeper = gateway.bookkeeper = verifier.bookkeeper = None
+            for task in owner_tasks:
+                task.cancel()
+            owner_tasks.clear()
+            service, ledger_service = ledger_service, None
+            if service is not None:
+                await service.close()
+            front, door = door, None
+            if front is not None:
+                await front.close()
+            watcher, liveness = liveness, None
+            gateway.liveness = None
+            if watcher is not None:
+                await watcher.close()
+            await keeper.close()
+            takeover = asyncio.create_task(
+                watch_for_takeover(owner, take_over, settings.standby_poll_s)
+            )
 
         async def take_over() -> None:
             """The owner died and this replica got the lock: the ledger moves here."""
-            nonlocal bookkeeper, liveness, door
-            keeper = await open_ledger()
-            bookkeeper = gateway.bookkeeper = verifier.bookkeeper = keeper
-            assert switched is not None and bus is not None and member is not None
-            switched.local = Payments(keeper, registry, stake)
-            liveness = gateway.liveness = new_liveness(keeper)
-            for provider_id, session in list(hub.sessions.items()):
-                if session.capabilities_json:
-                    caps = Capabilities.model_validate_json(session.capabilities_json)
-                    liveness.connected(provider_id, caps)
-            for provider_id, caps in member.view.remote_providers():
-                liveness.connected(provider_id, caps)
-            door = OwnerDoor(bus, app)
-            await door.start()
-            app.state.owns_ledger = True
-            start_owner_work(keeper)
+            keeper, adopted = await open_ledger()
+            await hold_ledger(keeper, adopted)
 
         if feed is not None:
             feed.attach(events)
             feed.start()
         app.state.cluster_bus = bus
         app.state.owns_ledger = owns
-        takeover: asyncio.Task[None] | None = None
         if bookkeeper is not None:
-            if bus is not None:
-                door = OwnerDoor(bus, app)
-                await door.start()
-            start_owner_work(bookkeeper)
+            await hold_ledger(bookkeeper, kept)
         else:
             takeover = asyncio.create_task(
                 watch_for_takeover(owner, take_over, settings.standby_poll_s)
             )
+        if remote_money is not None:  # once the owner's service answers, if this is it
+            await remote_money.start()
         lag_monitor.start()
         try:
             yield
@@ -482,10 +531,6 @@ def create_app(settings: GatewaySettings, runtime: Runtime | None = None) -> Fas
     install_liveness_routes(app, gateway_of)
     _install_openapi(app, settings)
     return app
-
-
-def void(_: object) -> None:
-    """Drop a callback's result (the cluster view's hooks return nothing)."""
 
 
 def book_policy(settings: GatewaySettings) -> BookPolicy:

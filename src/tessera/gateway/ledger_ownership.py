@@ -51,8 +51,14 @@ async def own_ledger(lock: LedgerOwnerLock, *, standby: bool, poll_s: float) -> 
     log.warning("standby: the owner is gone; this gateway now owns the ledger")
 
 
+RESTART_IT = "restart this one, as --standby if another is running"
+
+
 async def watch_ownership(
-    lock: LedgerOwnerLock, on_lost: Callable[[str], None], interval_s: float
+    lock: LedgerOwnerLock,
+    on_lost: Callable[[str], None],
+    interval_s: float,
+    next_step: str = RESTART_IT,
 ) -> None:
     """Check ``lock`` every ``interval_s``; once it is lost, call ``on_lost(why)`` and end."""
     while True:
@@ -60,8 +66,7 @@ async def watch_ownership(
         if not await lock.still_held():
             why = (
                 "this gateway no longer holds the ledger's ownership lock (its database "
-                "session ended) and another gateway may own the ledger now; restart this "
-                "one, as --standby if another is running"
+                f"session ended) and another gateway may own the ledger now; {next_step}"
             )
             log.critical("%s", why)
             on_lost(why)
