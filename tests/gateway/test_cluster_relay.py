@@ -21,13 +21,13 @@ from tessera.config import GatewaySettings
 from tessera.errors import NoCapacity
 from tessera.gateway.bus import LocalBus
 from tessera.gateway.cluster import ClusterView
-from tessera.gateway.hub import ProviderHub, ProviderSession
+from tessera.gateway.hub import AUDITOR_BUSY, ProviderHub, ProviderSession
 from tessera.gateway.metrics import GatewayMetrics
 from tessera.gateway.remote_jobs import JobDesk, RemoteJobs, RemoteJobStream
 from tessera.gateway.transport import ProviderGone
 from tessera.market.registry import ProviderRegistry
 from tessera.market.routing import RouteRequest
-from tessera.protocol.wire import Chunk, Done, Job, SamplingParams, Usage
+from tessera.protocol.wire import Audit, AuditResult, Chunk, Done, Job, SamplingParams, Usage
 
 from support.scripted_peers import caps_for
 
@@ -274,3 +274,46 @@ async def test_hostile_announcements_change_nothing(pair: Pair) -> None:
     await settle()
     assert len(pair.a.hub.registry) == before
     assert pair.a.view.announcements_refused >= len(bad)
+
+
+def audit_of(n: int) -> Audit:
+    return Audit(job_id=f"audit-{n}", weights_sha256="ab" * 32, job=job(100 + n), choices=[])
+
+
+def audit_result(job_id: str, auditor: str) -> dict[str, object]:
+    return {
+        "type": "audit_result",
+        "job_id": job_id,
+        "auditor_id": auditor,
+        "weights_sha256": "ab" * 32,
+        "audit_sha256": "cd" * 32,
+        "choices": [],
+        "signature": "ef" * 64,
+    }
+
+
+async def test_an_auditor_on_another_replica_is_asked_through_it(pair: Pair) -> None:
+    asked = asyncio.create_task(pair.a.hub.request_audit(pair.provider_id, audit_of(1), 5))
+    frame = await pair.socket.next("audit")
+    assert frame["job_id"] == "audit-1"
+    live_b = pair.b.hub.registry.get(pair.provider_id)
+    assert live_b is not None and live_b.active_jobs == 1  # the audit holds a slot on B
+    await provider_says(pair, audit_result("audit-1", pair.provider_id))
+    answer = await asked
+    assert isinstance(answer, AuditResult) and answer.job_id == "audit-1"
+    await settle()
+    assert live_b.active_jobs == 0
+    assert pair.a.hub.registry.get(pair.provider_id).active_jobs == 0  # type: ignore[union-attr]
+
+
+async def test_a_busy_or_vanished_remote_auditor_is_told_as_such(pair: Pair) -> None:
+    for _ in range(2):
+        pair.b.hub.registry.acquire(pair.provider_id)
+    busy = await pair.a.hub.request_audit(pair.provider_id, audit_of(2), 5)
+    assert isinstance(busy, ProviderGone) and busy.reason == AUDITOR_BUSY
+    for _ in range(2):
+        pair.b.hub.registry.release(pair.provider_id)
+    pair.b.hub._drop(pair.session, "test")
+    gone = await pair.a.hub.request_audit(pair.provider_id, audit_of(3), 5)
+    assert isinstance(gone, ProviderGone) and "not connected" in gone.reason
+    assert pair.socket.sent == []

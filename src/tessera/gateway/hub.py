@@ -397,8 +397,26 @@ class ProviderHub:
     async def request_audit(self, provider_id: str, audit: Audit, timeout_s: float) -> AuditAnswer:
         """Ask one provider to audit; its answer, or ProviderGone if it fails to give one.
 
-        The audit takes one of the provider's slots while it runs.
+        The audit takes one of the provider's slots while it runs. A provider connected to
+        another replica is asked through that replica.
         """
+        if provider_id not in self.sessions and self.remote is not None:
+            live = self.registry.get(provider_id)
+            if live is None:
+                return ProviderGone("the auditor is not connected")
+            if live.free_slots <= 0:
+                return ProviderGone(AUDITOR_BUSY)
+            self.registry.acquire(provider_id)
+            try:
+                return await self.remote.audit(provider_id, audit, timeout_s)
+            finally:
+                self.release(provider_id)
+        return await self.request_local_audit(provider_id, audit, timeout_s)
+
+    async def request_local_audit(
+        self, provider_id: str, audit: Audit, timeout_s: float
+    ) -> AuditAnswer:
+        """Ask a provider connected here to audit (see :meth:`request_audit`)."""
         session = self.sessions.get(provider_id)
         live = self.registry.get(provider_id)
         if session is None or live is None:

@@ -39,7 +39,16 @@ from tessera.gateway.transport import JobEvent, ProviderGone
 from tessera.market.registry import ROUTABLE, LiveProvider, ProviderRegistry
 from tessera.market.routing import Decision
 from tessera.protocol.receipts import OutputDigest
-from tessera.protocol.wire import Chunk, Done, Job, JobError, ModelOffer, provider_frame_adapter
+from tessera.protocol.wire import (
+    Audit,
+    AuditResult,
+    Chunk,
+    Done,
+    Job,
+    JobError,
+    ModelOffer,
+    provider_frame_adapter,
+)
 
 log = logging.getLogger("tessera.gateway.remote_jobs")
 
@@ -58,6 +67,14 @@ def resp_subject(replica: str) -> str:
 
 def ctl_subject(replica: str) -> str:
     return f"{PREFIX}.{replica}.ctl"
+
+
+def audit_subject(replica: str) -> str:
+    return f"{PREFIX}.{replica}.audit"
+
+
+AuditAnswer = AuditResult | JobError | ProviderGone
+AUDIT_MARGIN_S = 1.0  # the asking side waits this much longer than the audit may take
 
 
 # ---------------------------------------------------------------- A: the asking side
@@ -253,6 +270,39 @@ class RemoteJobs:
             return status if status in (BUSY, GONE) else GONE
         return stream
 
+    async def audit(self, provider_id: str, audit: Audit, timeout_s: float) -> AuditAnswer:
+        """Ask a provider connected to another replica to audit: its answer, or
+        ProviderGone (its replica gone, or no answer in time)."""
+        replica = self.replica_of(provider_id)
+        if replica is None:
+            return ProviderGone("the auditor is not connected")
+        headers = {
+            "Tsr-From": self.replica,
+            "Tsr-Provider": provider_id,
+            "Tsr-Timeout": f"{timeout_s:.3f}",
+        }
+        try:
+            answer = await self.bus.request(
+                audit_subject(replica),
+                audit.model_dump_json().encode(),
+                timeout_s + AUDIT_MARGIN_S,
+                headers,
+            )
+        except NoResponders:
+            return ProviderGone(f"replica {replica}, which holds the auditor, is gone")
+        except BusError as exc:
+            return ProviderGone(f"no audit result through replica {replica}: {exc}")
+        kind = answer.headers.get("Tsr-Kind", "")
+        if kind == "gone":
+            return ProviderGone(answer.data.decode(errors="replace")[:500])
+        try:
+            frame = provider_frame_adapter.validate_json(answer.data)
+        except ValidationError:
+            return ProviderGone(f"replica {replica} relayed a malformed audit answer")
+        if isinstance(frame, AuditResult | JobError) and frame.job_id == audit.job_id:
+            return frame
+        return ProviderGone(f"replica {replica} relayed another job's audit answer")
+
     def closed(self, stream: RemoteJobStream) -> None:
         if self._streams.get(stream.job.job_id) is stream:
             del self._streams[stream.job.job_id]
@@ -329,11 +379,13 @@ class JobDesk:
         self.window = window
         self._relays: dict[str, _Relay] = {}
         self._subscriptions: list[Subscription] = []
+        self._audits: set[asyncio.Task[None]] = set()
 
     async def start(self) -> None:
         self._subscriptions = [
             await self.bus.subscribe(job_subject(self.replica), self._job),
             await self.bus.subscribe(ctl_subject(self.replica), self._control),
+            await self.bus.subscribe(audit_subject(self.replica), self._audit),
         ]
 
     async def close(self) -> None:
@@ -345,6 +397,8 @@ class JobDesk:
         for relay in list(self._relays.values()):
             await relay.stream.close()
         self._relays.clear()
+        for task in list(self._audits):
+            task.cancel()
 
     def relaying(self) -> int:
         return len(self._relays)
@@ -377,6 +431,29 @@ class JobDesk:
             return
         relay.task = asyncio.create_task(self._pump(relay), name=f"relay-{job.job_id}")
         await self.bus.respond(message, ACCEPTED.encode())
+
+    async def _audit(self, message: BusMessage) -> None:
+        """An audit for a provider connected here: run apart, so that audits, which take
+        seconds, never hold up the jobs behind them on this subscription."""
+        task = asyncio.create_task(self._run_audit(message))
+        self._audits.add(task)
+        task.add_done_callback(self._audits.discard)
+
+    async def _run_audit(self, message: BusMessage) -> None:
+        headers = message.headers
+        provider_id = headers.get("Tsr-Provider", "")
+        try:
+            timeout_s = min(max(float(headers.get("Tsr-Timeout", "")), 0.1), 600.0)
+            audit = Audit.model_validate_json(message.data)
+        except (ValueError, ValidationError):
+            await self.bus.respond(message, b"malformed audit request", {"Tsr-Kind": "gone"})
+            return
+        answer = await self.hub.request_local_audit(provider_id, audit, timeout_s)
+        if isinstance(answer, ProviderGone):
+            reply, kind = answer.reason.encode(), "gone"
+        else:
+            reply, kind = answer.model_dump_json().encode(), "answer"
+        await self.bus.respond(message, reply, {"Tsr-Kind": kind})
 
     def _admit(self, provider_id: str, job: Job, account: str | None) -> tuple[str, Any]:
         """The final say on a job routed here from another replica's view."""
