@@ -35,6 +35,7 @@ from tessera.gateway.admission import RequestAdmission, token_bound
 from tessera.gateway.auth import ApiKeyAuth, KeyChangeWatcher
 from tessera.gateway.bookkeeper import Bookkeeper
 from tessera.gateway.bus import Bus
+from tessera.gateway.cluster_audits import AuditIntake, AuditSender
 from tessera.gateway.dispatch import Dispatcher
 from tessera.gateway.event_feed import EventFeed
 from tessera.gateway.events import EventBus, ProviderJoined, ProviderLeft, RequestFinished
@@ -286,6 +287,9 @@ def create_app(settings: GatewaySettings, runtime: Runtime | None = None) -> Fas
             clock=runtime.wall,
         )
         hub.initial_status = verifier.initial_status
+        audit_intake: AuditIntake | None = None
+        if bus is not None:
+            verifier.forward_audit = AuditSender(bus)  # used while another owns the ledger
 
         def provider_gone(provider_id: str) -> None:
             verifier.on_disconnect(provider_id)
@@ -384,7 +388,7 @@ def create_app(settings: GatewaySettings, runtime: Runtime | None = None) -> Fas
         async def hold_ledger(keeper: Bookkeeper, adopted: tuple[OpenHold, ...]) -> None:
             """Run what only the ledger's owner runs: the ledger service and door for the
             other replicas, audits' upkeep, uptime and the lock's watch."""
-            nonlocal ledger_service, door, liveness, bookkeeper
+            nonlocal ledger_service, door, liveness, bookkeeper, audit_intake
             bookkeeper = gateway.bookkeeper = verifier.bookkeeper = keeper
             if switched is not None:
                 switched.local = Payments(keeper, registry, stake)
@@ -403,6 +407,8 @@ def create_app(settings: GatewaySettings, runtime: Runtime | None = None) -> Fas
                 await ledger_service.start()
                 door = OwnerDoor(bus, app)
                 await door.start()
+                audit_intake = AuditIntake(bus, verifier)
+                await audit_intake.start()
             app.state.owns_ledger = True
             owner_tasks.append(asyncio.create_task(verifier.run_housekeeping()))
             owner_tasks.append(
@@ -427,7 +433,7 @@ def create_app(settings: GatewaySettings, runtime: Runtime | None = None) -> Fas
         async def give_up_ledger(keeper: Bookkeeper) -> None:
             """The lock is gone (its database session ended): another replica may own the
             ledger now. Stop answering for it at once; pay through whoever owns it."""
-            nonlocal ledger_service, door, liveness, bookkeeper, takeover
+            nonlocal ledger_service, door, liveness, bookkeeper, takeover, audit_intake
             app.state.owns_ledger = False
             if switched is not None:
                 switched.local = None
@@ -441,6 +447,9 @@ def create_app(settings: GatewaySettings, runtime: Runtime | None = None) -> Fas
             front, door = door, None
             if front is not None:
                 await front.close()
+            intake, audit_intake = audit_intake, None
+            if intake is not None:
+                await intake.close()
             watcher, liveness = liveness, None
             gateway.liveness = None
             if watcher is not None:
@@ -481,6 +490,8 @@ def create_app(settings: GatewaySettings, runtime: Runtime | None = None) -> Fas
                 await member.close()  # tell the others first: they stop routing here
             if door is not None:
                 await door.close()
+            if audit_intake is not None:
+                await audit_intake.close()
             if feed is not None:
                 await feed.close()
             await key_watcher.close()

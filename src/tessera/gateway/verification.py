@@ -30,6 +30,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Protocol
 
 from nacl.signing import SigningKey
 
@@ -47,6 +48,7 @@ from tessera.protocol.canonical import canonical_bytes, sha256_hex
 from tessera.protocol.receipts import (
     ChoiceOutput,
     CountersignedReceipt,
+    OutputDigest,
     countersign,
     request_id_of,
 )
@@ -119,6 +121,18 @@ def audit_secret(key: SigningKey) -> bytes:
     return hmac.new(key.encode(), b"tessera/audit-draw/v1", hashlib.sha256).digest()
 
 
+class ServedJob(Protocol):
+    """What sampling a served job for audit reads of it (a JobStream has it all; so does
+    a job another replica served, sent here: gateway/cluster_audits.py)."""
+
+    job: Job
+    offer: ModelOffer
+    digest: OutputDigest | None
+
+    @property
+    def provider_id(self) -> str: ...
+
+
 class Verifier:
     def __init__(
         self,
@@ -160,6 +174,8 @@ class Verifier:
         self._online: dict[str, _Online] = {}
         self._last_tick = clock()
         self.audits_started = 0
+        # A replica without the ledger sends its paid requests here to the owner.
+        self.forward_audit: Callable[[ServedJob, Done, str, int], None] | None = None
 
     # ------------------------------------------------------------ lifecycle
 
@@ -410,13 +426,21 @@ class Verifier:
 
     # ------------------------------------------------------------ audits
 
-    def _maybe_audit(self, stream: JobStream, done: Done, consumer: str, cost: int) -> None:
+    def sample_for_audit(self, stream: ServedJob, done: Done, consumer: str, cost: int) -> None:
+        """Sample a request another replica served, as if it had been served here (only
+        where the ledger is)."""
+        if self.bookkeeper is not None:
+            self._maybe_audit(stream, done, consumer, cost)
+
+    def _maybe_audit(self, stream: ServedJob, done: Done, consumer: str, cost: int) -> None:
         entry = self.catalog.get(stream.job.model)
         if not self.settings.audits_enabled or entry is None or done.receipt is None:
             return
         if self.bookkeeper is None:
             # A replica without the ledger: audits move money (auditor pay, refunds,
-            # slashes), so they are run where the ledger is.
+            # slashes), so the owner samples and runs them (gateway/cluster_audits.py).
+            if self.forward_audit is not None:
+                self.forward_audit(stream, done, consumer, cost)
             return
         provider_id = stream.provider_id
         fees = self.bookkeeper.book.policy.fees
