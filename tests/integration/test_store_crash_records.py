@@ -2,7 +2,7 @@
 
 On SQLite and PostgreSQL. A request's in_flight row is replaced by its final record and
 never the other way round, whatever the batching; the next start marks leftovers
-interrupted. The open epochs round-trip through provider_uptime_progress.
+interrupted, and a final record still coming (from another replica) replaces the mark. The open epochs round-trip through provider_uptime_progress.
 """
 
 from __future__ import annotations
@@ -54,9 +54,13 @@ async def test_final_records_replace_in_flight_rows_and_never_the_reverse(
     assert third is not None
     assert (third.status, third.error_code) == ("interrupted", GATEWAY_RESTARTED)
     assert await log.mark_interrupted() == 0
-    await log.write_many([finished(3)])  # too late: what the restart decided stands
+    # Still running on another replica when this one started: its final record wins.
+    await log.write_many([finished(3)])
     third = await log.get("req_000003")
-    assert third is not None and third.status == "interrupted"
+    assert third is not None and (third.status, third.error_code) == ("ok", None)
+    await log.write_many([started(3)])  # and nothing final is rewritten after it
+    third = await log.get("req_000003")
+    assert third is not None and third.status == "ok"
 
 
 async def test_the_writer_marks_leftovers_first_and_closes_what_ended_unrecorded(

@@ -9,8 +9,9 @@ than growing memory until the process dies.
 A request is logged twice through the same queue: an ``in_flight`` row when it starts and
 its final row when it ends, which replaces the first (never the other way round). A
 gateway that crashed leaves ``in_flight`` rows behind; the next start marks them
-``interrupted`` (``mark_interrupted``), so every request that began leaves a row. One
-gateway writes one database's log, as it writes its journal.
+``interrupted`` (``mark_interrupted``), so every request that began leaves a row.
+Replicas share one log: a replica's start also marks the requests other replicas are
+running, and their final records, when they come, replace those marks.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Final
 
-from sqlalchemy import select, update
+from sqlalchemy import or_, select, update
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -118,8 +119,8 @@ class RequestLog:
 
     async def write_many(self, records: Sequence[RequestRecord]) -> None:
         """Insert all records in one transaction. A stored row is replaced only while it is
-        ``in_flight`` (its final record arrived), so a batch retried after an unclear
-        failure never duplicates, fails or rewrites a finished request."""
+        ``in_flight`` or ``interrupted`` (its final record arrived), so a batch retried
+        after an unclear failure never duplicates, fails or rewrites a finished request."""
         if not records:
             return
         latest = {record.request_id: record for record in records}  # the final one wins
@@ -134,7 +135,10 @@ class RequestLog:
                     for column in requests.columns
                     if column.name != "request_id"
                 },
-                where=requests.c.status == IN_FLIGHT,
+                # ``interrupted``: another replica's start marked it while it was running
+                # here (replicas share the log); its own final record is the truth.
+                # (Two comparisons, not IN: an expanding IN cannot run per row of a batch.)
+                where=or_(requests.c.status == IN_FLIGHT, requests.c.status == INTERRUPTED),
             )
             conn.execute(stmt, rows)
 
