@@ -62,6 +62,7 @@ from tessera.gateway.request_context import RequestContext, Served
 from tessera.gateway.routing import policy_for
 from tessera.gateway.serving import Serving
 from tessera.gateway.status_routes import install_status_routes
+from tessera.gateway.sticky_share import StickyShare
 from tessera.gateway.verification import Verifier
 from tessera.gateway.verification_routes import install_verification_routes
 from tessera.gateway.wiring import Runtime
@@ -353,6 +354,11 @@ def create_app(settings: GatewaySettings, runtime: Runtime | None = None) -> Fas
             verifier,
             clock=runtime.monotonic,
         )
+        sticky_share: StickyShare | None = None
+        if bus is not None:
+            sticky_share = StickyShare(bus, settings.gateway_id, serving.sticky)
+            serving.on_remember = sticky_share.remembered
+            await sticky_share.start()
         auth = ApiKeyAuth(keys.find_by_hash, hash_api_key, settings.api_key_cache_ttl_s)
         key_watcher = KeyChangeWatcher(keys, auth, settings.key_change_poll_s)
         await key_watcher.start()
@@ -492,6 +498,8 @@ def create_app(settings: GatewaySettings, runtime: Runtime | None = None) -> Fas
                 await door.close()
             if audit_intake is not None:
                 await audit_intake.close()
+            if sticky_share is not None:
+                await sticky_share.close()
             if feed is not None:
                 await feed.close()
             await key_watcher.close()

@@ -100,6 +100,8 @@ class Serving:
         self.hub = dispatcher.hub
         self.hub.router.stake = payments.bonded
         self.sticky = StickyTable(settings.sticky_ttl_s)
+        # Told of each conversation remembered here (replicas share them: sticky_share.py).
+        self.on_remember: Callable[[str, str], None] | None = None
         self.recent = RecentRequests()  # routing requests per model, for provider status
 
     # ------------------------------------------------------------ checks
@@ -469,6 +471,8 @@ class Serving:
             return
         digest = conversation_digest(ctx.api_key_id, ctx.model, [*ctx.turns, ("assistant", answer)])
         self.sticky.remember(digest, provider_id, time.monotonic())
+        if self.on_remember is not None:
+            self.on_remember(digest, provider_id)
 
     # ------------------------------------------------------------ plumbing
 
