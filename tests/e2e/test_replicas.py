@@ -31,6 +31,8 @@ import pytest
 
 from tessera.demo import Network, free_port, wait_for_network
 from tessera.dev_money import fund_account, stake_provider
+from tessera.key_file import load_or_create_key
+from tessera.protocol.signing import public_key_hex
 
 from support.databases import _admin_execute
 from support.live_network import TEXT_MODEL, provider_key_file, start_provider
@@ -263,6 +265,19 @@ def test_a_revoked_key_is_refused_by_every_replica_within_a_second(cluster: Clus
         _wait(lambda r=replica: refused(r), 5, f"replica {replica} refusing the revoked key")
     assert time.monotonic() - revoked_at < 5
     print(f"\nrevoked key refused by both replicas {time.monotonic() - revoked_at:.2f} s after")
+
+
+def test_the_owner_counts_uptime_for_a_provider_connected_to_another_replica(
+    cluster: Cluster,
+) -> None:
+    key_file = provider_key_file(cluster.network, 1)
+    provider_id = public_key_hex(load_or_create_key(key_file))
+    for replica in ("a", "b"):  # B forwards it to A, where uptime is counted
+        response = httpx.get(f"{cluster.base[replica]}/v1/providers/{provider_id}/uptime")
+        assert response.status_code == 200, response.text
+        current = response.json()["current"]
+        assert current is not None and current["connected"] is True, response.json()
+        assert current["down_ms"] == 0
 
 
 def test_the_cluster_recovers_from_a_nats_restart_without_restarting_a_gateway(
