@@ -36,6 +36,7 @@ from tessera.gateway.auth import ApiKeyAuth, KeyChangeWatcher
 from tessera.gateway.bookkeeper import Bookkeeper
 from tessera.gateway.bus import Bus
 from tessera.gateway.cluster_audits import AuditIntake, AuditSender
+from tessera.gateway.cluster_reputation import CompletionsIntake, follow_stored_reputation
 from tessera.gateway.dispatch import Dispatcher
 from tessera.gateway.event_feed import EventFeed
 from tessera.gateway.events import EventBus, ProviderJoined, ProviderLeft, RequestFinished
@@ -289,6 +290,8 @@ def create_app(settings: GatewaySettings, runtime: Runtime | None = None) -> Fas
         )
         hub.initial_status = verifier.initial_status
         audit_intake: AuditIntake | None = None
+        completions: CompletionsIntake | None = None
+        following: asyncio.Task[None] | None = None  # the stored reputation, off the owner
         if bus is not None:
             verifier.forward_audit = AuditSender(bus)  # used while another owns the ledger
 
@@ -394,7 +397,8 @@ def create_app(settings: GatewaySettings, runtime: Runtime | None = None) -> Fas
         async def hold_ledger(keeper: Bookkeeper, adopted: tuple[OpenHold, ...]) -> None:
             """Run what only the ledger's owner runs: the ledger service and door for the
             other replicas, audits' upkeep, uptime and the lock's watch."""
-            nonlocal ledger_service, door, liveness, bookkeeper, audit_intake
+            nonlocal ledger_service, door, liveness, bookkeeper, audit_intake, completions
+            nonlocal following
             bookkeeper = gateway.bookkeeper = verifier.bookkeeper = keeper
             if switched is not None:
                 switched.local = Payments(keeper, registry, stake)
@@ -415,6 +419,11 @@ def create_app(settings: GatewaySettings, runtime: Runtime | None = None) -> Fas
                 await door.start()
                 audit_intake = AuditIntake(bus, verifier)
                 await audit_intake.start()
+                completions = CompletionsIntake(bus, settings.gateway_id, verifier)
+                await completions.start()
+                if following is not None:
+                    following.cancel()
+                    following = None
             app.state.owns_ledger = True
             owner_tasks.append(asyncio.create_task(verifier.run_housekeeping()))
             owner_tasks.append(
@@ -440,6 +449,7 @@ def create_app(settings: GatewaySettings, runtime: Runtime | None = None) -> Fas
             """The lock is gone (its database session ended): another replica may own the
             ledger now. Stop answering for it at once; pay through whoever owns it."""
             nonlocal ledger_service, door, liveness, bookkeeper, takeover, audit_intake
+            nonlocal completions, following
             app.state.owns_ledger = False
             if switched is not None:
                 switched.local = None
@@ -456,6 +466,10 @@ def create_app(settings: GatewaySettings, runtime: Runtime | None = None) -> Fas
             intake, audit_intake = audit_intake, None
             if intake is not None:
                 await intake.close()
+            counting, completions = completions, None
+            if counting is not None:
+                await counting.close()
+            following = asyncio.create_task(follow_stored_reputation(verifier))
             watcher, liveness = liveness, None
             gateway.liveness = None
             if watcher is not None:
@@ -481,6 +495,7 @@ def create_app(settings: GatewaySettings, runtime: Runtime | None = None) -> Fas
             takeover = asyncio.create_task(
                 watch_for_takeover(owner, take_over, settings.standby_poll_s)
             )
+            following = asyncio.create_task(follow_stored_reputation(verifier))
         if remote_money is not None:  # once the owner's service answers, if this is it
             await remote_money.start()
         lag_monitor.start()
@@ -490,6 +505,10 @@ def create_app(settings: GatewaySettings, runtime: Runtime | None = None) -> Fas
             await lag_monitor.close()
             if takeover is not None:
                 takeover.cancel()
+            if following is not None:
+                following.cancel()
+            if completions is not None:
+                await completions.close()
             for task in owner_tasks:
                 task.cancel()
             if member is not None:

@@ -279,6 +279,10 @@ class Verifier:
                     self.reputation.seen(pid, elapsed)
             self._last_tick = now
 
+    def refresh_score(self, provider_id: str) -> None:
+        """Give the router the provider's current score (after the record changed)."""
+        self._refresh_score(provider_id)
+
     def _refresh_score(self, provider_id: str) -> None:
         live = self.registry.get(provider_id)
         if live is not None:
