@@ -105,9 +105,7 @@ def test_a_replica_killed_under_load_behind_haproxy_loses_no_whole_answer(
         # The SDK's own retries (2 by default) stay on, as a user has them: the kill can
         # close a client's connection to HAProxy before any answer, and the SDK sends the
         # request again (it is not charged twice: the dead replica's hold is released).
-        clients = [
-            openai.OpenAI(base_url=f"{front}/v1", api_key=key, timeout=60) for _ in range(3)
-        ]
+        clients = [openai.OpenAI(base_url=f"{front}/v1", api_key=key, timeout=60) for _ in range(3)]
         workers = [
             threading.Thread(target=_whole, args=(clients[0], stop, whole), daemon=True),
             threading.Thread(target=_whole, args=(clients[1], stop, whole), daemon=True),
