@@ -579,3 +579,40 @@ async def test_a_flood_past_the_in_flight_bound_is_told_to_retry(desk: Desk) -> 
     remote = await desk.remote(owner_wait_s=0.2)
     with pytest.raises(LedgerUnavailable, match="too many"):
         await remote.fetch_balance("acct_0000000000000001")
+
+
+# ------------------------------------------------------------ early answers, confirmed
+
+
+async def test_an_early_hold_is_answered_before_its_commit_and_confirmed_after(
+    desk: Desk,
+) -> None:
+    remote = await desk.remote()
+    payer = await desk.account()
+    charge = await remote.reserve(payer, "early-1", job(), route())
+    assert charge.held > 0 and charge.hold_stored is not None  # decided, not yet stored
+    assert desk.view(payer).held == charge.held  # no one else can spend it meanwhile
+    await remote.confirm(charge)
+    assert charge.hold_stored is None
+    stored = await desk.keeper.writer._store.entries_for("early-1")  # type: ignore[attr-defined]
+    assert [e.kind for e in stored] == ["hold"]
+    remote.capture(charge, offer(PRICES[DEAR]), DEAR, 3, 1)
+    await remote.stored(charge)
+    assert desk.view(payer).held == 0
+
+
+async def test_a_hold_the_owner_never_stored_is_refused_at_confirm_and_charges_nothing(
+    desk: Desk,
+) -> None:
+    remote = await desk.remote()
+    payer = await desk.account()
+    confirmed = await desk.ask("tsr.v1.ledger.confirm", encode({"request_id": "lost-1"}))
+    assert confirmed["error"]["kind"] == "unavailable"  # a new owner never saw it
+    charge = await remote.reserve(payer, "lost-2", job(), route())
+    desk.service._open.pop("lost-2")  # as if the owner that answered had died
+    desk.keeper.release("lost-2", "owner_gone")
+    with pytest.raises(LedgerUnavailable):
+        await remote.confirm(charge)
+    assert charge.status == "released" and charge.cost == 0
+    await asyncio.sleep(0.05)
+    assert desk.view(payer).held == 0 and desk.view(payer).balance == FUNDS

@@ -6,7 +6,8 @@ in the queue group ``ledger``, on these subjects; bodies are compact JSON, repli
 either the fields below or ``{"error": {"kind", "message", "code"}}``:
 
     tsr.v1.ledger.hold     {request_id, account_id, key_id, caps: {total, daily}, amounts,
-                            memo, replica}                         -> {held}
+                            memo, replica, early}                  -> {held, stored}
+    tsr.v1.ledger.confirm  {request_id}                            -> {stored}
     tsr.v1.ledger.capture  {request_id, price_input_per_mtok, price_output_per_mtok,
                             prompt_tokens, completion_tokens, provider_id}
                                                                    -> {cost, status}
@@ -19,7 +20,11 @@ consumer cannot afford the cheapest amount; the message is the one a local reque
 ``unavailable`` (the journal cannot record it now: retry), ``conflict`` (the request id is
 settled already, or held by the owner's own requests), ``busy`` (too many requests at once).
 
-A hold is answered only once it is durable, so an owner crash loses no acknowledged hold.
+A hold is answered once it is durable, so an owner crash loses no acknowledged hold; with
+``early`` it is answered as soon as it is decided (``stored: false``) and the asker must
+get ``confirm`` through before it reports anything the hold paid for, so the commit runs
+while the provider works. A hold an owner crash lost is never confirmed: the request
+fails unpaid.
 Every call is idempotent by request id: a retried hold answers the amount held the first
 time, a retried capture the cost recorded the first time, and a settled request id is
 remembered (the last ``remember`` of them) so that a late or repeated hold can never open it
@@ -57,6 +62,7 @@ CAPTURE = "tsr.v1.ledger.capture"
 RELEASE = "tsr.v1.ledger.release"
 BALANCE = "tsr.v1.ledger.balance"
 STAKES = "tsr.v1.ledger.stakes"
+CONFIRM = "tsr.v1.ledger.confirm"
 QUEUE = "ledger"
 
 MAX_AMOUNTS = 64  # candidate amounts in one hold request
@@ -94,6 +100,9 @@ class HoldRequest(Wire):
     amounts: Annotated[list[Units], Field(max_length=MAX_AMOUNTS)]
     memo: Annotated[dict[MemoKey, MemoValue], Field(max_length=4)] = {}
     replica: OwnerId
+    # Answer once the hold is decided, before it is stored; the asker overlaps the
+    # commit with the provider's work and confirms it (CONFIRM) before answering.
+    early: bool = False
 
     @model_validator(mode="after")
     def _descending(self) -> HoldRequest:
@@ -126,6 +135,15 @@ class StakesRequest(Wire):
 
 class HoldResponse(Wire):
     held: Units
+    stored: bool = True  # False: confirm it on CONFIRM before reporting what it paid for
+
+
+class ConfirmRequest(Wire):
+    request_id: RequestId
+
+
+class ConfirmResponse(Wire):
+    stored: bool
 
 
 class CaptureResponse(Wire):
@@ -233,6 +251,7 @@ class LedgerService:
             RELEASE: self._release,
             BALANCE: self._balance,
             STAKES: self._stakes,
+            CONFIRM: self._confirm,
         }
 
     # ------------------------------------------------------------ life
@@ -331,6 +350,23 @@ class LedgerService:
         record = _OpenHold(request.replica, amount, asyncio.get_running_loop().create_future())
         record.ready.add_done_callback(_observed)
         self._open[rid] = record
+        if request.early:
+            task = asyncio.create_task(self._store_quietly(rid, record, stored))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+            return {"held": amount, "stored": False}
+        await self._store(rid, record, stored)
+        return {"held": amount}
+
+    async def _store_quietly(
+        self, rid: str, record: _OpenHold, stored: asyncio.Future[Entry]
+    ) -> None:
+        """``_store`` for an early answer: a failure is told on CONFIRM, not raised here."""
+        with contextlib.suppress(Exception):
+            await self._store(rid, record, stored)
+
+    async def _store(self, rid: str, record: _OpenHold, stored: asyncio.Future[Entry]) -> None:
+        """Wait until a posted hold is stored; release it (and say why) if it cannot be."""
         try:
             await self.bookkeeper.confirm_hold(rid, stored)
         except BaseException as exc:  # confirm_hold released it
@@ -346,7 +382,23 @@ class LedgerService:
             record.ready.set_exception(failure)
             raise
         record.ready.set_result(None)
-        return {"held": amount}
+
+    async def _confirm(self, data: bytes) -> dict[str, Any]:
+        """Answer once an early-answered hold is stored; ``unavailable`` if it never will
+        be (the journal refused it, or this owner never saw it: a takeover lost it)."""
+        request = parse(ConfirmRequest, data)
+        record = self._open.get(request.request_id)
+        if record is not None:
+            await self._ready(record)
+            return {"stored": True}
+        settled = self._settled.get(request.request_id)
+        if settled is not None and settled.status == "captured":
+            return {"stored": True}  # captured already: its hold was stored before it
+        raise LedgerUnavailable(
+            "The hold for this request was not stored (the ledger's owner changed or its "
+            "journal refused it); nothing was charged. Retry the request.",
+            code="hold_not_stored",
+        )
 
     @staticmethod
     async def _ready(record: _OpenHold) -> None:

@@ -46,6 +46,9 @@ log = logging.getLogger("tessera.gateway.remote_money")
 _MAX_STAKE_FILTERS = 4_096  # as in Payments
 _MAX_BALANCES = 10_000  # account views kept from fetch_balance
 _FIRST_BACKOFF_S = 0.05
+# A charge's hold_stored while the owner has answered but not yet stored the hold: what
+# Serving sees to call confirm(); never awaited.
+_PENDING: Any = object()
 
 W = TypeVar("W", bound=wire.Wire)
 
@@ -191,7 +194,10 @@ class RemoteMoney:
         amounts = self._candidates(pool, route, job, cheapest)
         if amounts[0] == 0:
             return charge  # only free providers: nothing to hold
-        charge.held = await self._hold(payer, request_id, model, amounts)
+        charge.held, stored = await self._hold(payer, request_id, model, amounts)
+        if not stored:
+            # Decided, not yet stored: confirm() waits for it while the provider works.
+            charge.hold_stored = _PENDING
         return charge
 
     def _candidates(
@@ -221,7 +227,10 @@ class RemoteMoney:
         seen.add(worst(cheapest))
         return sorted(seen, reverse=True)
 
-    async def _hold(self, payer: Payer, request_id: str, model: str, amounts: list[int]) -> int:
+    async def _hold(
+        self, payer: Payer, request_id: str, model: str, amounts: list[int]
+    ) -> tuple[int, bool]:
+        """(held, stored): the owner answers as soon as it decided (``early``)."""
         body = wire.encode(
             {
                 "request_id": request_id,
@@ -231,11 +240,13 @@ class RemoteMoney:
                 "amounts": amounts,
                 "memo": {"model": model},
                 "replica": self.replica_id,
+                "early": True,
             }
         )
         try:
             reply = await self._ask(wire.HOLD, body)
-            return _decode(wire.HoldResponse, reply).held
+            answer = _decode(wire.HoldResponse, reply)
+            return answer.held, answer.stored
         except (QuotaExceeded, _NoOwner):
             raise  # refused, or nobody received it: nothing was held
         except BaseException:
@@ -271,8 +282,17 @@ class RemoteMoney:
                 ) from None
 
     async def confirm(self, charge: Charge) -> None:
-        """Nothing to wait for: the owner answered the hold once it was stored."""
-        charge.hold_stored = None
+        """Wait until the owner has stored the hold (it answered before: the commit ran
+        while the provider worked); LedgerUnavailable, the hold released, if it was not."""
+        pending, charge.hold_stored = charge.hold_stored, None
+        if pending is None:
+            return
+        body = wire.encode({"request_id": charge.request_id})
+        try:
+            _decode(wire.ConfirmResponse, await self._ask(wire.CONFIRM, body))
+        except BaseException:
+            self.release(charge, "hold_not_stored")
+            raise
 
     def admit(self, charge: Charge, job: Job) -> list[Filter]:
         """The dispatch checks: staked, and a worst case that fits what was held."""
