@@ -18,7 +18,14 @@ import pytest
 from nacl.signing import SigningKey
 
 from tessera.gateway.bus import LocalBus
-from tessera.gateway.cluster_audits import SUBJECT, AuditIntake, AuditSender, Sampled
+from tessera.gateway.cluster_audits import (
+    BANS,
+    SUBJECT,
+    AuditIntake,
+    AuditSender,
+    BanShare,
+    Sampled,
+)
 from tessera.protocol.receipts import OutputDigest
 from tessera.protocol.signing import public_key_hex
 from tessera.protocol.wire import Chunk, Done, Job, ModelOffer, SamplingParams
@@ -140,3 +147,33 @@ def _body(sample: Sampled, done: Done) -> bytes:
             "cost": 5,
         }
     ).encode()
+
+
+@dataclass
+class Banning:
+    """Stands in for a replica's verifier: its bans, and whom it stopped routing to."""
+
+    bans: set[tuple[str, str]] = field(default_factory=set)
+    on_ban: Any = None
+
+    def apply_ban(self, provider_id: str, model: str) -> None:
+        self.bans.add((provider_id, model))
+
+
+async def test_a_ban_decided_by_the_owner_takes_effect_on_every_replica() -> None:
+    bus = LocalBus()
+    owner, other = Banning(), Banning()
+    shares = [BanShare(bus, owner), BanShare(bus, other)]  # type: ignore[arg-type]
+    for share in shares:
+        await share.start()
+    assert owner.on_ban == shares[0].banned  # the verifier tells the share
+    owner.apply_ban("ab" * 32, "m")
+    owner.on_ban("ab" * 32, "m")
+    for bad in (b"nope", b'{"provider_id": 1, "model": "m"}', b"{}"):
+        await bus.publish(BANS, bad)
+    await settle()
+    assert other.bans == {("ab" * 32, "m")} and shares[1].applied == 1
+    assert shares[0].applied == 0  # its own ban, already applied
+    for share in shares:
+        await share.close()
+    await bus.close()

@@ -35,7 +35,7 @@ from tessera.gateway.admission import RequestAdmission, token_bound
 from tessera.gateway.auth import ApiKeyAuth, KeyChangeWatcher
 from tessera.gateway.bookkeeper import Bookkeeper
 from tessera.gateway.bus import Bus
-from tessera.gateway.cluster_audits import AuditIntake, AuditSender
+from tessera.gateway.cluster_audits import AuditIntake, AuditSender, BanShare
 from tessera.gateway.cluster_reputation import CompletionsIntake, follow_stored_reputation
 from tessera.gateway.dispatch import Dispatcher
 from tessera.gateway.event_feed import EventFeed
@@ -292,8 +292,11 @@ def create_app(settings: GatewaySettings, runtime: Runtime | None = None) -> Fas
         audit_intake: AuditIntake | None = None
         completions: CompletionsIntake | None = None
         following: asyncio.Task[None] | None = None  # the stored reputation, off the owner
+        ban_share: BanShare | None = None
         if bus is not None:
             verifier.forward_audit = AuditSender(bus)  # used while another owns the ledger
+            ban_share = BanShare(bus, verifier)
+            await ban_share.start()
 
         def provider_gone(provider_id: str) -> None:
             verifier.on_disconnect(provider_id)
@@ -519,6 +522,8 @@ def create_app(settings: GatewaySettings, runtime: Runtime | None = None) -> Fas
                 await audit_intake.close()
             if sticky_share is not None:
                 await sticky_share.close()
+            if ban_share is not None:
+                await ban_share.close()
             if feed is not None:
                 await feed.close()
             await key_watcher.close()

@@ -10,6 +10,11 @@ as for a request it served itself, and runs the case, asking auditors connected 
 replica (remote_jobs.py). So one request is sampled once, by one rule, whichever replica
 served it.
 
+A ban the owner decides (a provider caught serving other weights, say) is told to every
+replica on ``tsr.v1.audit.ban``: the one holding the provider's socket stops routing to it
+at once, and its announcements carry the ban to every view. (Each replica also loads the
+stored bans when it starts.)
+
 The sample is a core NATS message: one sent while no replica owns the ledger (a takeover's
 second or two) is not audited. A sample larger than the bus carries is not sent (counted).
 """
@@ -33,6 +38,7 @@ from tessera.protocol.wire import Done, Job, ModelOffer
 log = logging.getLogger("tessera.gateway.cluster_audits")
 
 SUBJECT = "tsr.v1.audit.sample"
+BANS = "tsr.v1.audit.ban"
 QUEUE = "ledger"
 
 
@@ -147,3 +153,49 @@ def parse(data: bytes) -> tuple[Sampled, Done, str, int]:
     except SignatureInvalid as exc:
         raise ValueError("the receipt's signature does not verify") from exc
     return Sampled(job, offer, provider_id, digest), done, consumer, cost
+
+
+class BanShare:
+    """Every replica: bans decided where the ledger is take effect everywhere."""
+
+    def __init__(self, bus: Bus, verifier: Verifier) -> None:
+        self.bus = bus
+        self.verifier = verifier
+        self.applied = 0
+        self._subscription: Subscription | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def start(self) -> None:
+        self._subscription = await self.bus.subscribe(BANS, self._heard)
+        self.verifier.on_ban = self.banned
+
+    async def close(self) -> None:
+        self.verifier.on_ban = None
+        if self._subscription is not None:
+            await self._subscription.unsubscribe()
+            self._subscription = None
+
+    def banned(self, provider_id: str, model: str) -> None:
+        """The verifier banned here: tell every replica (never blocks)."""
+        body = json.dumps({"provider_id": provider_id, "model": model}).encode()
+        task = asyncio.get_running_loop().create_task(self._send(body))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _send(self, body: bytes) -> None:
+        try:
+            await self.bus.publish(BANS, body)
+        except BusError as exc:
+            log.warning("could not tell the replicas of a ban (they load it at start): %s", exc)
+
+    async def _heard(self, message: BusMessage) -> None:
+        try:
+            body = json.loads(message.data)
+            provider_id, model = body["provider_id"], body["model"]
+            if not (isinstance(provider_id, str) and isinstance(model, str)):
+                raise TypeError("provider_id and model are strings")
+        except (ValueError, KeyError, TypeError):
+            return
+        if (provider_id, model) not in self.verifier.bans:
+            self.verifier.apply_ban(provider_id, model)
+            self.applied += 1

@@ -176,6 +176,8 @@ class Verifier:
         self.audits_started = 0
         # A replica without the ledger sends its paid requests here to the owner.
         self.forward_audit: Callable[[ServedJob, Done, str, int], None] | None = None
+        # Told of each ban decided here (replicas apply it too: cluster_audits.py).
+        self.on_ban: Callable[[str, str], None] | None = None
 
     # ------------------------------------------------------------ lifecycle
 
@@ -731,9 +733,16 @@ class Verifier:
         return slashed, refunded
 
     async def ban(self, provider_id: str, model: str, reason: str) -> None:
+        self.apply_ban(provider_id, model)
+        await self.store.ban(provider_id, model, reason, datetime.now(UTC))
+        if self.on_ban is not None:
+            self.on_ban(provider_id, model)
+
+    def apply_ban(self, provider_id: str, model: str) -> None:
+        """Stop routing ``model`` to the provider, here and on any later connection (a ban
+        decided here, or by the replica that owns the ledger)."""
         self.bans.add((provider_id, model))
         self.registry.set_status(provider_id, model, BANNED)
-        await self.store.ban(provider_id, model, reason, datetime.now(UTC))
 
     async def _violation(
         self, provider_id: str, request_id: str | None, kind: str, detail: str
