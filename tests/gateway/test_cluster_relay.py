@@ -317,3 +317,35 @@ async def test_a_busy_or_vanished_remote_auditor_is_told_as_such(pair: Pair) -> 
     gone = await pair.a.hub.request_audit(pair.provider_id, audit_of(3), 5)
     assert isinstance(gone, ProviderGone) and "not connected" in gone.reason
     assert pair.socket.sent == []
+
+
+async def test_a_large_cluster_view_arrives_in_parts_and_whole(tmp_path: Path) -> None:
+    bus = LocalBus(max_payload=8 * 1024)  # a few providers per part
+    a = await replica(bus, "a", tmp_path, window=4)
+    b = await replica(bus, "b", tmp_path, window=4)
+    ids = []
+    for _ in range(40):
+        caps = caps_for(SigningKey.generate(), slots=2, model="m")
+        b.hub.sessions[caps.public_key] = ProviderSession(
+            caps.public_key,
+            Recorder(),  # type: ignore[arg-type]
+            last_seen=0.0,
+            capabilities_json=caps.model_dump_json(),
+        )
+        b.hub.registry.add(caps.public_key, caps, now=0.0)
+        ids.append(caps.public_key)
+    sent: list[int] = []
+
+    async def count(message: object) -> None:
+        sent.append(1)
+
+    await bus.subscribe("tsr.v1.reg.b", count)
+    await b.view.announce()
+    await settle()
+    assert len(sent) > 5  # in parts under the bus's limit
+    assert all(a.view.replica_of(pid) == "b" for pid in ids)
+    for part in (b, a):
+        await part.remote.close()
+        await part.desk.close()
+        await part.view.close()
+    await bus.close()
