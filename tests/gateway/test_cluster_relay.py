@@ -19,7 +19,7 @@ from nacl.signing import SigningKey
 
 from tessera.config import GatewaySettings
 from tessera.errors import NoCapacity
-from tessera.gateway.bus import LocalBus
+from tessera.gateway.bus import BusMessage, LocalBus
 from tessera.gateway.cluster import ClusterView
 from tessera.gateway.hub import AUDITOR_BUSY, ProviderHub, ProviderSession
 from tessera.gateway.metrics import GatewayMetrics
@@ -349,3 +349,31 @@ async def test_a_large_cluster_view_arrives_in_parts_and_whole(tmp_path: Path) -
         await part.desk.close()
         await part.view.close()
     await bus.close()
+
+
+async def test_announcements_carry_capabilities_only_when_someone_needs_them(
+    pair: Pair,
+) -> None:
+    bodies: list[dict[str, object]] = []
+
+    async def keep(message: BusMessage) -> None:
+        bodies.append(json.loads(message.data))
+
+    await pair.bus.subscribe("tsr.v1.reg.b", keep)
+    await pair.b.view.announce()  # A has heard B before: a digest is enough
+    await settle()
+    (entry,) = bodies[-1]["providers"]  # type: ignore[misc]
+    assert "caps" not in entry and entry["digest"]
+    assert pair.a.view.replica_of(pair.provider_id) == "b"  # still in A's view
+    # A replica that starts now knows no digest: it asks, and B sends them in full.
+    late = await replica(pair.bus, "c", Path(pair.b.hub.settings.data_dir).parent, window=4)
+    await pair.b.view.announce()
+    for _ in range(20):
+        await settle()
+        if late.view.replica_of(pair.provider_id) == "b":
+            break
+    assert late.view.replica_of(pair.provider_id) == "b"
+    assert any("caps" in e for b in bodies for e in b.get("providers", []))  # type: ignore[union-attr]
+    await late.remote.close()
+    await late.desk.close()
+    await late.view.close()

@@ -10,6 +10,13 @@ silent for ``dead_after_s`` is dead: its providers leave every view and
 ``on_replica_gone`` tells whoever cleans up after it (the ledger owner releases its holds,
 the job desk cancels the jobs it relayed for it). A replica that stops cleanly says so.
 
+An announcement carries each provider's capabilities (a kilobyte or so) only when the
+replica first announces it or it changed, and in full every ``full_every`` periods; in
+between, a digest of them stands in, so a replica holding thousands of providers sends
+their load each second, not their whole description. A replica that hears a digest it
+does not know (it started late, or missed a message) asks for a full one on
+``tsr.v1.reg.want.<replica>``, and a replica heard for the first time gets one at once.
+
 The view of a remote provider's load is at most a period old, so the replica holding the
 socket has the final say on admission (remote_jobs.py). A provider announced by two
 replicas at once (it moved) belongs to the one heard last; one connected here is local,
@@ -52,13 +59,20 @@ class Announced:
     status: dict[str, str]
     active_jobs: int
 
-    def as_json(self) -> dict[str, Any]:
-        return {
+    def as_json(self, digest: str, with_caps: bool) -> dict[str, Any]:
+        entry: dict[str, Any] = {
             "id": self.provider_id,
-            "caps": self.capabilities_json,
+            "digest": digest,
             "status": self.status,
             "active": self.active_jobs,
         }
+        if with_caps:
+            entry["caps"] = self.capabilities_json
+        return entry
+
+
+def caps_digest(capabilities_json: str) -> str:
+    return hashlib.blake2b(capabilities_json.encode(), digest_size=16).hexdigest()
 
 
 @dataclass(slots=True)
@@ -89,6 +103,7 @@ class ClusterView:
         *,
         announce_s: float = 1.0,
         dead_after_s: float = 3.0,
+        full_every: int = 10,
         clock: Callable[[], float] = time.monotonic,
         wall: Callable[[], float] = time.time,
     ) -> None:
@@ -98,6 +113,11 @@ class ClusterView:
         self.local_providers = local_providers
         self.is_local = is_local
         self.announce_s = announce_s
+        self.full_every = full_every
+        self._sent: dict[str, str] = {}  # provider id -> caps digest last announced
+        self._digests: dict[str, tuple[str, str]] = {}  # provider id -> (caps json, digest)
+        self._full_next = True
+        self._wanted_at: dict[str, float] = {}  # replica -> when we last asked it for a full
         self.dead_after_s = dead_after_s
         self.clock = clock
         self.wall = wall
@@ -113,6 +133,8 @@ class ClusterView:
         self._announce_now = asyncio.Event()
         self._subscription: Subscription | None = None
         self._tasks: list[asyncio.Task[None]] = []
+        self._tasks_bg: set[asyncio.Task[None]] = set()
+        self._want: Subscription | None = None
         self._send_failed = False
         self.announcements_sent = 0
         self.announcements_refused = 0
@@ -121,6 +143,7 @@ class ClusterView:
 
     async def start(self) -> None:
         self._subscription = await self.bus.subscribe(f"{SUBJECT_PREFIX}.*", self._heard)
+        self._want = await self.bus.subscribe(f"{SUBJECT_PREFIX}.want.{self.replica}", self._wanted)
         self._tasks = [
             asyncio.create_task(self._announce_loop(), name="cluster-announce"),
             asyncio.create_task(self._reap_loop(), name="cluster-reap"),
@@ -135,6 +158,8 @@ class ClusterView:
                 await task
         if self._subscription is not None:
             await self._subscription.unsubscribe()
+        if self._want is not None:
+            await self._want.unsubscribe()
         with contextlib.suppress(BusError):
             body = {"replica": self.replica, "leaving": True}
             await self.bus.publish(self._subject(), json.dumps(body).encode())
@@ -183,13 +208,26 @@ class ClusterView:
 
     async def announce(self) -> None:
         """Publish this replica's providers: one snapshot, in parts under the bus's limit."""
-        providers = [p.as_json() for p in self.local_providers()]
         self._generation += 1
+        full = self._full_next or self._generation % self.full_every == 1
+        self._full_next = False
+        digests: dict[str, tuple[str, str]] = {}
+        sent: dict[str, str] = {}
+        providers = []
+        for p in self.local_providers():
+            known = self._digests.get(p.provider_id)
+            if known is None or known[0] is not p.capabilities_json:
+                known = (p.capabilities_json, caps_digest(p.capabilities_json))
+            digests[p.provider_id] = known
+            sent[p.provider_id] = known[1]
+            with_caps = full or self._sent.get(p.provider_id) != known[1]
+            providers.append(p.as_json(known[1], with_caps))
+        self._digests, self._sent = digests, sent
         budget = max(self.bus.max_payload // 2, 4096)
         parts: list[list[dict[str, Any]]] = [[]]
         size = 0
         for entry in providers:
-            cost = len(entry["caps"]) + 64 + 40 * len(entry["status"])
+            cost = len(entry.get("caps", "")) + 96 + 40 * len(entry["status"])
             if parts[-1] and size + cost > budget:
                 parts.append([])
                 size = 0
@@ -209,6 +247,7 @@ class ClusterView:
             if not self._send_failed:
                 log.warning("cannot announce this replica's providers: %s", exc)
             self._send_failed = True
+            self._full_next = True  # what was lost may have carried capabilities
             return
         if self._send_failed:
             log.info("announcing this replica's providers again")
@@ -239,6 +278,9 @@ class ClusterView:
             self.announcements_refused += 1
             log.warning("refused an announcement from replica %s: %s", replica, exc)
             return
+        if replica not in self._replicas:
+            self._full_next = True  # a replica new to us: it needs our capabilities
+            self._announce_now.set()
         self._replicas[replica] = self.clock()
         assembly = self._assembling.get(replica)
         if assembly is None or assembly.generation != generation:
@@ -252,29 +294,49 @@ class ClusterView:
         ]
         self._apply(replica, entries)
 
+    async def _wanted(self, message: BusMessage) -> None:
+        """Another replica met a digest it does not know: announce in full now."""
+        self._full_next = True
+        self._announce_now.set()
+
+    async def _want_full(self, replica: str) -> None:
+        now = self.clock()
+        if now - self._wanted_at.get(replica, -1e9) < self.announce_s:
+            return  # asked this period already
+        self._wanted_at[replica] = now
+        with contextlib.suppress(BusError):
+            await self.bus.publish(f"{SUBJECT_PREFIX}.want.{replica}", b"")
+
     def _apply(self, replica: str, entries: list[dict[str, Any]]) -> None:
         """Make the registry agree with ``replica``'s snapshot."""
         now = self.clock()
         seen: set[str] = set()
         changed = False
+        unknown = False
         for entry in entries:
             try:
                 provider_id = entry["id"]
-                caps_json = entry["caps"]
+                digest = entry["digest"]
+                caps_json = entry.get("caps")
                 status = entry["status"]
                 active = entry["active"]
                 if not (
                     isinstance(provider_id, str)
-                    and isinstance(caps_json, str)
+                    and isinstance(digest, str)
+                    and (caps_json is None or isinstance(caps_json, str))
                     and isinstance(status, dict)
                     and isinstance(active, int)
                 ):
                     raise TypeError("wrong types")
-            except (KeyError, TypeError):
+            except (KeyError, TypeError, AttributeError):
                 self.announcements_refused += 1
                 continue
             seen.add(provider_id)
-            changed |= self._merge(replica, provider_id, caps_json, status, active, now)
+            merged = self._merge(replica, provider_id, digest, caps_json, status, active, now)
+            if merged is None:
+                unknown = True
+            else:
+                changed |= merged
         for provider_id, remote in list(self._remote.items()):
             if remote.replica == replica and provider_id not in seen:
                 self._drop(provider_id)
@@ -282,16 +344,23 @@ class ClusterView:
         if changed:
             for callback in self.on_changed:
                 callback()
+        if unknown:
+            task = asyncio.get_running_loop().create_task(self._want_full(replica))
+            self._tasks_bg.add(task)
+            task.add_done_callback(self._tasks_bg.discard)
 
     def _merge(
         self,
         replica: str,
         provider_id: str,
-        caps_json: str,
+        digest: str,
+        caps_json: str | None,
         status: dict[str, Any],
         active: int,
         now: float,
-    ) -> bool:
+    ) -> bool | None:
+        """Take one announced provider: whether the view changed; None when only its
+        digest came and it is not one known here (a full announcement is needed)."""
         if self.is_local(provider_id):
             self._remote.pop(provider_id, None)
             return False  # connected here: local wins
@@ -299,7 +368,6 @@ class ClusterView:
         live = self.registry.get(provider_id)
         if live is not None and remote is None:
             return False  # being connected here (the handshake is under way)
-        digest = hashlib.blake2b(caps_json.encode(), digest_size=16).hexdigest()
         statuses = {str(k): str(v) for k, v in status.items()}
         if remote is not None and remote.caps_digest == digest and live is not None:
             remote.replica, remote.heard_at = replica, now
@@ -307,6 +375,11 @@ class ClusterView:
                 if live.status.get(model) != wanted:
                     self.registry.set_status(provider_id, model, wanted)
             self.registry.set_load(provider_id, active)
+            return False
+        if caps_json is None:
+            return None
+        if caps_digest(caps_json) != digest:
+            self.announcements_refused += 1
             return False
         try:
             caps = Capabilities.model_validate_json(caps_json)
