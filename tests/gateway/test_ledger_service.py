@@ -616,3 +616,19 @@ async def test_a_hold_the_owner_never_stored_is_refused_at_confirm_and_charges_n
     assert charge.status == "released" and charge.cost == 0
     await asyncio.sleep(0.05)
     assert desk.view(payer).held == 0 and desk.view(payer).balance == FUNDS
+
+
+async def test_a_payer_who_can_afford_only_a_free_provider_holds_nothing(desk: Desk) -> None:
+    free = "f" * 64
+    mixed = registry({**PRICES, free: (0, 0)})
+    local = Payments(desk.keeper, mixed, StakePolicy())
+    remote = await desk.remote(providers=mixed)
+    broke = await desk.account(funds=0)
+    for money, request_id in ((local, "free-1"), (remote, "free-2")):
+        charge = await money.reserve(broke, request_id, job(), route())
+        assert charge.held == 0
+        await money.confirm(charge)
+        (hold_check,) = [c for c in money.admit(charge, job()) if c.name == "hold"]
+        assert passing(hold_check, mixed) == []  # neither priced provider fits nothing held
+        assert hold_check.test(mixed.get(free), mixed.get(free).offers[MODEL])  # type: ignore[arg-type,union-attr]
+    assert desk.view(broke).held == 0

@@ -158,6 +158,10 @@ class Payments:
                 break
         if hold is None:
             raise self._short(payer, least)
+        if hold == 0:
+            # The payer can afford only a free provider: nothing to hold, and admit()
+            # keeps the dispatch on free ones.
+            return charge
         try:
             charge.hold_stored = self.bookkeeper.post_hold(
                 payer.account_id,
