@@ -176,6 +176,11 @@ def create_app(settings: GatewaySettings, runtime: Runtime | None = None) -> Fas
                 await own_ledger(owner, standby=settings.standby, poll_s=settings.standby_poll_s)
                 owns = True
             else:
+                if settings.standby:
+                    log.info(
+                        "--standby is implied with --nats-url: this replica serves now and "
+                        "takes the ledger over if its owner stops"
+                    )
                 owns = await owner.try_acquire()
         except BaseException:
             await engine.dispose()
