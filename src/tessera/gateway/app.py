@@ -57,7 +57,12 @@ from tessera.gateway.openapi_docs import describe
 from tessera.gateway.owner_forwarding import ForwardToOwner, OwnerDoor
 from tessera.gateway.payments import Payments
 from tessera.gateway.remote_money import RemoteMoney
-from tessera.gateway.replica import ClusterMember, SwitchedMoney, watch_for_takeover
+from tessera.gateway.replica import (
+    ClusterMember,
+    SwitchedMoney,
+    replica_name,
+    watch_for_takeover,
+)
 from tessera.gateway.request_body import invalid_parameter, parse_json, validated
 from tessera.gateway.request_context import RequestContext, Served
 from tessera.gateway.routing import policy_for
@@ -160,9 +165,10 @@ def create_app(settings: GatewaySettings, runtime: Runtime | None = None) -> Fas
         # First, so a wrong --nats-url fails the start before anything else is opened.
         feed: EventFeed | None = None
         bus: Bus | None = None
+        replica = replica_name(settings.gateway_id)  # this process, in the cluster
         if settings.nats_url:
             bus = await NatsBus.connect(settings.nats_url, f"tessera gateway {settings.gateway_id}")
-            feed = EventFeed(bus, settings.gateway_id)
+            feed = EventFeed(bus, replica)
         gateway_key = load_or_create_key(settings.data_dir / "gateway.key", what="gateway")
         url = settings.database_url or database_url_for(settings.data_dir)
         await upgrade_to_head(url)
@@ -229,7 +235,7 @@ def create_app(settings: GatewaySettings, runtime: Runtime | None = None) -> Fas
         )
         member: ClusterMember | None = None
         if bus is not None:
-            member = ClusterMember(bus, settings, registry, hub)
+            member = ClusterMember(bus, replica, settings, registry, hub)
             await member.start()
 
         async def open_ledger() -> tuple[Bookkeeper, tuple[OpenHold, ...]]:
@@ -268,7 +274,7 @@ def create_app(settings: GatewaySettings, runtime: Runtime | None = None) -> Fas
         else:
             # A replica pays through the owner until it owns the ledger itself, and again
             # if it ever loses the lock.
-            remote_money = RemoteMoney(bus, registry, stake, replica_id=settings.gateway_id)
+            remote_money = RemoteMoney(bus, registry, stake, replica_id=replica)
             payments = switched = SwitchedMoney(remote_money)
             if bookkeeper is not None:
                 switched.local = Payments(bookkeeper, registry, stake)
@@ -367,7 +373,7 @@ def create_app(settings: GatewaySettings, runtime: Runtime | None = None) -> Fas
         )
         sticky_share: StickyShare | None = None
         if bus is not None:
-            sticky_share = StickyShare(bus, settings.gateway_id, serving.sticky)
+            sticky_share = StickyShare(bus, replica, serving.sticky)
             serving.on_remember = sticky_share.remembered
             await sticky_share.start()
         auth = ApiKeyAuth(keys.find_by_hash, hash_api_key, settings.api_key_cache_ttl_s)
@@ -420,14 +426,14 @@ def create_app(settings: GatewaySettings, runtime: Runtime | None = None) -> Fas
                     for provider_id, caps in member.view.remote_providers():
                         liveness.connected(provider_id, caps)
             if bus is not None:
-                ledger_service = LedgerService(bus, keeper, settings.gateway_id)
+                ledger_service = LedgerService(bus, keeper, replica)
                 ledger_service.adopt(adopted)
                 await ledger_service.start()
                 door = OwnerDoor(bus, app)
                 await door.start()
                 audit_intake = AuditIntake(bus, verifier)
                 await audit_intake.start()
-                completions = CompletionsIntake(bus, settings.gateway_id, verifier)
+                completions = CompletionsIntake(bus, replica, verifier)
                 await completions.start()
                 if following is not None:
                     following.cancel()

@@ -3,8 +3,9 @@
 With ``--nats-url`` every event the gateway publishes in process (a request settled, a
 provider joined or left, an audit closed, a slash) also goes out as JSON on
 ``tsr.v1.evt.<kind>`` (``request_finished``, ``provider_joined``, ``provider_left``,
-``audit_closed``, ``slashed``), with headers ``Tsr-Replica`` (the gateway's id) and
-``Tsr-Seq`` (1, 2, ... per replica, so a watcher sees what it missed). Other replicas, an
+``audit_closed``, ``slashed``), with headers ``Tsr-Replica`` (the replica: its gateway
+id and a suffix new at each start) and ``Tsr-Seq`` (1, 2, ... per replica, so a watcher
+sees what it missed). Other replicas, an
 explorer or an operator's ``nats sub 'tsr.v1.evt.>'`` read the same facts. Events carry
 ids, counts and costs, never prompt or output text.
 

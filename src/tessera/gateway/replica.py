@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
+import secrets
 from collections.abc import Awaitable, Callable
 
 from tessera.config import GatewaySettings
@@ -37,14 +39,27 @@ from tessera.store.ledger_owner import LedgerOwnerLock
 log = logging.getLogger("tessera.gateway.replica")
 
 
+def replica_name(gateway_id: str) -> str:
+    """This process's name in the cluster: the gateway id made a NATS subject token, and a
+    random suffix, so a replica restarted under the same id is a new replica (the holds its
+    previous run left open are that run's, released as a dead replica's)."""
+    token = re.sub(r"[^A-Za-z0-9_-]", "_", gateway_id)[:48] or "gw"
+    return f"{token}-{secrets.token_hex(3)}"
+
+
 class ClusterMember:
     """The cluster parts of one replica (see the module docstring)."""
 
     def __init__(
-        self, bus: Bus, settings: GatewaySettings, registry: ProviderRegistry, hub: ProviderHub
+        self,
+        bus: Bus,
+        replica: str,
+        settings: GatewaySettings,
+        registry: ProviderRegistry,
+        hub: ProviderHub,
     ) -> None:
         self.bus = bus
-        self.replica = settings.gateway_id
+        self.replica = replica
         self.settings = settings
         self.hub = hub
         self.view = ClusterView(
