@@ -38,6 +38,11 @@ pytestmark = [pytest.mark.e2e, pytest.mark.postgres]
 REQUESTS_PER_PROVIDER = 4
 
 
+def _routable_on(base: str, model: str) -> int:
+    models = httpx.get(f"{base}/v1/models", timeout=10).json()["data"]
+    return sum(int(m["providers"]) for m in models if m["id"] == model)
+
+
 def test_requests_on_a_replica_without_the_ledger_are_audited_once_by_the_owner(
     tmp_path: Path, postgres_admin_user: str, tiny_model_dir: Path, tiny_catalog: Path
 ) -> None:
@@ -76,6 +81,12 @@ def test_requests_on_a_replica_without_the_ledger_are_audited_once_by_the_owner(
         wait_for_network(base["b"], 2, network, timeout_s=240)
         model = _catalog_model(base["b"])
         wait_routable(base["b"], ids, model, network, timeout_s=240)
+        # That is the owner's word (B forwards it there); B's own view follows within the
+        # next announcement, a second at most.
+        deadline = time.monotonic() + 10
+        while _routable_on(base["b"], model) < 2:
+            assert time.monotonic() < deadline, "B never saw both validators routable"
+            time.sleep(0.1)
 
         client = openai.OpenAI(base_url=f"{base['b']}/v1", api_key=api_key, max_retries=0)
         served: dict[str, str] = {}  # request id -> provider
