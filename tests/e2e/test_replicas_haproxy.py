@@ -150,6 +150,19 @@ def test_a_replica_killed_under_load_behind_haproxy_loses_no_whole_answer(
         while not nothing_held():  # B's orphans go once A calls it dead (3 s)
             assert time.monotonic() < deadline, "B's holds were never released"
             time.sleep(0.2)
+
+        def in_flight() -> list[str]:
+            rows = httpx.get(
+                f"{front}/v1/account/usage",
+                params={"limit": 500},
+                headers={"Authorization": f"Bearer {key}"},
+                timeout=10,
+            ).json()["data"]
+            return [r["status"] for r in rows if r["status"] == "in_flight"]
+
+        while in_flight():  # B's requests cut by the kill: marked by A, B never restarts
+            assert time.monotonic() < deadline, f"rows left in flight: {in_flight()}"
+            time.sleep(0.2)
     finally:
         stop.set()
         for worker in workers:

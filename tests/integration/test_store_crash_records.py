@@ -17,6 +17,7 @@ from tessera.market.uptime import ProviderProgress
 from tessera.store.requests_log import (
     GATEWAY_RESTARTED,
     NOT_RECORDED,
+    REPLICA_GONE,
     RequestLog,
     RequestLogWriter,
     RequestRecord,
@@ -100,3 +101,20 @@ async def test_open_epochs_round_trip_and_are_replaced_whole(store_engine: Async
     assert await store.load_progress(3600) == []  # another epoch length: not resumed
     await store.save_progress(60, saved[1:], now)
     assert await store.load_progress(60) == saved[1:]
+
+
+async def test_a_dead_replicas_rows_are_marked_and_the_live_ones_kept(
+    store_engine: AsyncEngine,
+) -> None:
+    log = RequestLog(store_engine)
+    await log.write_many([started(1), started(2), started(3)])
+    later = datetime.now(UTC)
+    await log.write_many([started(4)])  # began after the sweep asked: not judged
+    assert await log.mark_interrupted_unless({"req_000002"}, later, chunk=1) == 2
+    rows = {i: await log.get(f"req_{i:06d}") for i in range(1, 5)}
+    assert {i: (r.status, r.error_code) for i, r in rows.items() if r} == {
+        1: ("interrupted", REPLICA_GONE),
+        2: ("in_flight", None),  # still running on a live replica
+        3: ("interrupted", REPLICA_GONE),
+        4: ("in_flight", None),
+    }

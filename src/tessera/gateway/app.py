@@ -37,6 +37,7 @@ from tessera.gateway.bookkeeper import Bookkeeper
 from tessera.gateway.bus import Bus
 from tessera.gateway.cluster_audits import AuditIntake, AuditSender, BanShare
 from tessera.gateway.cluster_reputation import CompletionsIntake, follow_stored_reputation
+from tessera.gateway.cluster_requests import RunningDesk, sweep_left_in_flight
 from tessera.gateway.dispatch import Dispatcher
 from tessera.gateway.event_feed import EventFeed
 from tessera.gateway.events import EventBus, ProviderJoined, ProviderLeft, RequestFinished
@@ -401,12 +402,30 @@ def create_app(settings: GatewaySettings, runtime: Runtime | None = None) -> Fas
             member,
         )
 
-        def orphans_of(replica: str) -> None:
-            if ledger_service is not None:
-                ledger_service.release_orphans(replica)
+        sweeps: set[asyncio.Task[None]] = set()
 
-        if member is not None:
+        def orphans_of(replica: str) -> None:
+            """A replica died: the owner releases its holds and marks its requests (in the
+            background: the cluster view's handlers must not wait on other replicas)."""
+            if ledger_service is None or member is None or bus is None:
+                return
+            ledger_service.release_orphans(replica)
+            task = asyncio.create_task(sweep(member.view.replicas()))
+            sweeps.add(task)
+            task.add_done_callback(sweeps.discard)
+
+        async def sweep(live: list[str]) -> None:
+            assert bus is not None
+            try:
+                await sweep_left_in_flight(bus, live, request_log, request_reader)
+            except TesseraError as exc:
+                log.warning("could not mark a dead replica's requests: %s", exc)
+
+        running_desk: RunningDesk | None = None
+        if member is not None and bus is not None:
             member.view.on_replica_gone.append(orphans_of)
+            running_desk = RunningDesk(bus, replica, request_log)
+            await running_desk.start()
 
         async def hold_ledger(keeper: Bookkeeper, adopted: tuple[OpenHold, ...]) -> None:
             """Run what only the ledger's owner runs: the ledger service and door for the
@@ -535,6 +554,8 @@ def create_app(settings: GatewaySettings, runtime: Runtime | None = None) -> Fas
                 await sticky_share.close()
             if ban_share is not None:
                 await ban_share.close()
+            if running_desk is not None:
+                await running_desk.close()
             if feed is not None:
                 await feed.close()
             await key_watcher.close()

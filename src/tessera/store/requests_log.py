@@ -19,7 +19,7 @@ from __future__ import annotations
 import builtins
 import functools
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Final
@@ -41,6 +41,7 @@ ENDPOINTS: Final = frozenset({"chat.completions", "completions", "embeddings"})
 IN_FLIGHT: Final = "in_flight"
 INTERRUPTED: Final = "interrupted"
 GATEWAY_RESTARTED: Final = "gateway_restarted"
+REPLICA_GONE: Final = "replica_gone"  # its replica died: no start of its own will mark it
 STATUSES: Final = frozenset({"ok", "error", "cancelled", IN_FLIGHT, INTERRUPTED})
 NOT_RECORDED: Final = "not_recorded"  # ended with no final record: the code says so
 MAX_MODEL_CHARS: Final = 200  # the column's width
@@ -158,6 +159,33 @@ class RequestLog:
             async with self._engine.begin() as conn:
                 return (await conn.execute(stmt)).rowcount
 
+    async def mark_interrupted_unless(
+        self, running: Collection[str], before: datetime, chunk: int = 500
+    ) -> int:
+        """Mark ``interrupted`` the rows left ``in_flight`` since before ``before`` whose
+        request no live replica is running (``running``: every live replica's ids); how
+        many. For a replica that died and will not start again to mark its own."""
+        find = select(requests.c.request_id).where(
+            requests.c.status == IN_FLIGHT, requests.c.created_at < before
+        )
+        with translated(self._engine.url):
+            async with self._engine.connect() as conn:
+                found = [row[0] for row in await conn.execute(find)]
+            left = [rid for rid in found if rid not in running]
+            marked = 0
+            for start in range(0, len(left), chunk):
+                stmt = (
+                    update(requests)
+                    .where(
+                        requests.c.request_id.in_(left[start : start + chunk]),
+                        requests.c.status == IN_FLIGHT,
+                    )
+                    .values(status=INTERRUPTED, error_code=REPLICA_GONE)
+                )
+                async with self._engine.begin() as conn:
+                    marked += (await conn.execute(stmt)).rowcount
+        return marked
+
     async def get(self, request_id: str) -> RequestRecord | None:
         stmt = select(requests).where(requests.c.request_id == request_id)
         with translated(self._engine.url):
@@ -258,6 +286,10 @@ class RequestLogWriter(BatchWriter[RequestRecord]):
         if item.status != IN_FLIGHT:
             self._running.pop(item.request_id, None)
         super().submit(item)
+
+    def running(self) -> set[str]:
+        """The requests started here whose final record has not been submitted."""
+        return set(self._running)
 
     @property
     def pending(self) -> int:
