@@ -23,7 +23,7 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, text
 
 from tessera.store.engine import SQLITE_BEGIN_OPTION, create_engine
-from tessera.store.errors import translated
+from tessera.store.errors import StoreError, translated
 
 MIGRATIONS_DIR = Path(__file__).resolve().with_name("migrations")
 # Any fixed 64-bit number; it only has to be the same in every replica.
@@ -45,9 +45,25 @@ def head_revision() -> str:
     return head
 
 
-async def upgrade_to_head(url: str) -> None:
-    """Bring the database at ``url`` to the newest schema. Raises StoreError if unreachable."""
-    await _run(url, _upgrade)
+async def upgrade_to_head(url: str, wait_s: float = 60.0) -> None:
+    """Bring the database at ``url`` to the newest schema. Raises StoreError if unreachable.
+
+    Gateways started at once on one SQLite file take turns: one migrates under the write
+    lock while the others wait past the busy timeout, trying again for up to ``wait_s``
+    (PostgreSQL queues them on an advisory lock instead)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + wait_s
+    delay = 0.1
+    while True:
+        try:
+            await _run(url, _upgrade)
+            return
+        except StoreError as exc:
+            sqlite = url.startswith("sqlite")
+            if not (sqlite and exc.retryable) or loop.time() + delay > deadline:
+                raise
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, 2.0)
 
 
 async def current_revision(url: str) -> str | None:
