@@ -6,8 +6,10 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.tessera-installed
 TINY_MODEL := .cache/models/tessera-tiny
 TINY_STAMP := $(TINY_MODEL)/.complete
+# npm ci writes this file last, so its age says whether node_modules matches the lock.
+NODE_STAMP := node_modules/.package-lock.json
 
-.PHONY: demo test lint format venv tiny-model bench clean
+.PHONY: demo test lint format venv tiny-model node-tools bench clean
 
 venv: $(STAMP)
 
@@ -21,11 +23,18 @@ $(STAMP): pyproject.toml
 
 tiny-model: $(TINY_STAMP)
 
+# anvil (the local EVM chain) comes from npm, pinned in package-lock.json; nothing at run time.
+node-tools: $(NODE_STAMP)
+
+$(NODE_STAMP): package.json package-lock.json
+	npm ci --no-audit --no-fund --loglevel=error
+	touch $@
+
 # Order-only on the venv: reinstalling packages must not retrain the model.
 $(TINY_STAMP): src/tessera/models/make_tiny.py src/tessera/models/corpus.py $(wildcard src/tessera/models/corpus/*.txt) | $(STAMP)
 	$(BIN)/tessera models make-tiny $(TINY_MODEL)
 
-demo: $(TINY_STAMP)
+demo: $(TINY_STAMP) $(NODE_STAMP)
 	$(BIN)/tessera demo --model-dir $(TINY_MODEL)
 
 # mypy takes its files (the strict packages) and flags from [tool.mypy] in pyproject.toml.
@@ -38,7 +47,7 @@ format: $(STAMP)
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
-test: $(TINY_STAMP) lint
+test: $(TINY_STAMP) $(NODE_STAMP) lint
 	TESSERA_TINY_MODEL_DIR=$(TINY_MODEL) $(BIN)/python -m pytest
 
 bench: $(TINY_STAMP)
@@ -52,4 +61,4 @@ bench: $(TINY_STAMP)
 	$(BIN)/python bench/soak.py
 
 clean:
-	rm -rf $(VENV) .cache .pytest_cache .ruff_cache
+	rm -rf $(VENV) .cache .pytest_cache .ruff_cache node_modules
