@@ -257,6 +257,7 @@ def deposit_with_permit(
     @dev A permit someone else submitted first makes ours fail; the allowance it set is
          still there, so the failure is ignored and `transferFrom` decides.
     """
+    # The outcome is deliberately unused: `transferFrom` below checks the allowance.
     permitted: bool = raw_call(
         token.address,
         abi_encode(
