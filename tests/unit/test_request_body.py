@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+import subprocess
+import sys
 
 import pytest
 from pydantic import TypeAdapter
@@ -29,6 +31,32 @@ def test_depth_is_bounded_at_any_size() -> None:
         assert info.value.code == "invalid_json" and "nests deeper" in info.value.message
     wide = b'{"ids": [' + b",".join([b"1"] * 100_000) + b"]}"
     assert len(parse_json(wide)["ids"]) == 100_000
+
+
+def test_brackets_inside_strings_do_not_count_toward_depth() -> None:
+    text = '"[[[{{' + "[" * 500 + '\\"' + "{" * 500 + '"'  # one JSON string
+    body = b'{"prompt": ' + text.encode() + b', "x": [[1]]}'
+    assert parse_json(body)["x"] == [[1]]
+    many = b'{"m": [' + b",".join([b'{"a": [1]}'] * 1_000) + b"]}"
+    assert len(parse_json(many)["m"]) == 1_000
+
+
+def test_depth_holds_when_a_library_raised_the_recursion_limit() -> None:
+    """py_ecc (imported by web3) raises the limit to 100,000: json.loads would then recurse
+    until the stack overflows and kill the process instead of raising."""
+    script = (
+        "import sys; sys.setrecursionlimit(100_000)\n"
+        "from tessera.errors import InvalidRequest\n"
+        "from tessera.gateway.request_body import parse_json\n"
+        "try:\n"
+        "    parse_json(b'{\"x\": ' + b'[' * 1_000_000 + b']' * 1_000_000 + b'}')\n"
+        "except InvalidRequest as exc:\n"
+        "    print(exc.code)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60
+    )
+    assert (done.returncode, done.stdout.strip()) == (0, "invalid_json"), done.stderr[-2000:]
 
 
 @pytest.mark.parametrize(
@@ -65,3 +93,18 @@ def test_dates_are_iso_only() -> None:
     for bad in ("0.5", "1700000000", "yesterday"):
         with pytest.raises(ValueError):
             dates.validate_python(bad)
+
+
+@pytest.mark.parametrize("opener", [b"[", b"{"])
+def test_unclosed_brackets_are_refused_before_parsing(opener: bytes) -> None:
+    with pytest.raises(InvalidRequest) as info:
+        parse_json(b'{"x": ' + opener * 100_000)
+    assert info.value.code == "invalid_json"
+
+
+def test_each_level_counts_once_whatever_the_bracket_kind() -> None:
+    alternating = b'{"x": ' + b'[{"k": ' * 32 + b"1" + b"}]" * 32 + b"}"
+    with pytest.raises(InvalidRequest):
+        parse_json(alternating)  # 65 deep, peeled one level at a time
+    shallow = b'{"x": ' + b'[{"k": ' * 31 + b"1" + b"}]" * 31 + b"}"
+    assert parse_json(shallow)["x"]
