@@ -1,8 +1,12 @@
 """Ledger accounts: who holds value, named so a journal line reads on its own.
 
-Every account but ``mint`` is an asset someone holds and can never go below zero. ``mint``
-is where tokens come from: its balance is minus everything ever minted, so the balances of
-all accounts always sum to zero, and the others sum to what was minted.
+Every account but ``mint``, ``chain`` and ``uncollected`` is an asset someone holds and can
+never go below zero. ``mint`` is where dev-mode tokens come from: its balance is minus
+everything ever minted. ``chain`` is where on-chain tokens come from: minus its balance is
+what the gateway's vault holds for the ledger (deposits credited, less payouts and
+withdrawals; see chain_book.py). ``uncollected`` is minus what consumers withdrew on chain
+after spending it here, before the gateway collected it: the operator's loss. So the
+balances of all accounts always sum to zero.
 """
 
 from __future__ import annotations
@@ -25,11 +29,24 @@ class AccountKind(StrEnum):
     FEES = "fees"
     VERIFICATION_POOL = "verification_pool"
     INSURANCE_POOL = "insurance_pool"
+    CHAIN = "chain"  # the vault's side of every on-chain movement (may go negative)
+    CHEQUES = "cheques"  # earnings promised by signed cheques, not yet paid on chain
+    UNCOLLECTED = "uncollected"  # spend withdrawn on chain before it was collected (<= 0)
+    WITHDRAWING = "withdrawing"  # a consumer's balance frozen by a withdrawal on chain
 
 
 SYSTEM_KINDS = frozenset(
-    {AccountKind.MINT, AccountKind.FEES, AccountKind.VERIFICATION_POOL, AccountKind.INSURANCE_POOL}
+    {
+        AccountKind.MINT,
+        AccountKind.FEES,
+        AccountKind.VERIFICATION_POOL,
+        AccountKind.INSURANCE_POOL,
+        AccountKind.CHAIN,
+        AccountKind.CHEQUES,
+        AccountKind.UNCOLLECTED,
+    }
 )
+NEGATIVE_KINDS = frozenset({AccountKind.MINT, AccountKind.CHAIN, AccountKind.UNCOLLECTED})
 
 
 @dataclass(frozen=True, slots=True, order=True)
@@ -55,13 +72,16 @@ class Account:
 
     @property
     def may_go_negative(self) -> bool:
-        return self.kind is AccountKind.MINT
+        return self.kind in NEGATIVE_KINDS
 
 
 MINT = Account(AccountKind.MINT)
 FEES = Account(AccountKind.FEES)
 VERIFICATION_POOL = Account(AccountKind.VERIFICATION_POOL)
 INSURANCE_POOL = Account(AccountKind.INSURANCE_POOL)
+CHAIN = Account(AccountKind.CHAIN)
+CHEQUES = Account(AccountKind.CHEQUES)
+UNCOLLECTED = Account(AccountKind.UNCOLLECTED)
 
 
 def balance_of(owner: str) -> Account:
@@ -85,3 +105,7 @@ def stake_of(provider: str) -> Account:
 
 def unbonding_of(provider: str) -> Account:
     return Account(AccountKind.UNBONDING, provider)
+
+
+def withdrawing_of(owner: str) -> Account:
+    return Account(AccountKind.WITHDRAWING, owner)

@@ -32,7 +32,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.sql.dml import Insert
 
-from tessera.ledger.accounts import MINT, Account
+from tessera.ledger.accounts import CHAIN, MINT, UNCOLLECTED, Account
 from tessera.ledger.journal import (
     MAX_ACCOUNT_CHARS,
     MAX_KIND_CHARS,
@@ -46,6 +46,8 @@ from tessera.store.dialect import conflict_insert
 from tessera.store.engine import SQLITE_BEGIN_OPTION
 from tessera.store.errors import StoreError, translated
 from tessera.store.tables import ledger_balances, ledger_entries, ledger_postings
+
+NEGATIVE_ACCOUNTS = (MINT, CHAIN, UNCOLLECTED)  # the system accounts that may go below 0
 
 
 class JournalConflict(StoreError):
@@ -141,7 +143,7 @@ class LedgerStore:
 
         Checks that every entry has two or more postings summing to zero, that entry ids run
         1..N without gaps, that ``ledger_balances`` equals the postings summed per account,
-        that no account but mint is negative, and that all balances sum to zero.
+        that no account but mint, chain and uncollected is negative, and that all balances sum to zero.
         """
         with translated(self._engine.url):
             async with self._engine.connect() as conn:
@@ -395,7 +397,7 @@ async def _negative_accounts(conn: AsyncConnection) -> list[str]:
     total = func.sum(_postings.amount)
     stmt = (
         select(_postings.account, total)
-        .where(_postings.account != str(MINT))
+        .where(_postings.account.not_in([str(a) for a in NEGATIVE_ACCOUNTS]))
         .group_by(_postings.account)
         .having(total < 0)
         .order_by(_postings.account)
