@@ -389,6 +389,9 @@ class TxSender:
             rows = self._db.execute(
                 "SELECT tx_hash, state FROM txs WHERE nonce = ? ORDER BY sent_at DESC", (nonce,)
             ).fetchall()
+        # Read the account's nonce before the receipts: read after them, it can count our
+        # own transaction mined in between and blame another sender for it.
+        used = self._chain_nonce("latest") > nonce
         for tx_hash, _state in rows:
             try:
                 receipt = self.w3.eth.get_transaction_receipt(tx_hash)
@@ -403,7 +406,7 @@ class TxSender:
                     (tx_hash, nonce),
                 )
             return receipt
-        if self._chain_nonce("latest") > nonce:
+        if used:
             with self._lock:
                 self._db.execute(
                     "UPDATE txs SET state = 'dropped' WHERE nonce = ? AND state = 'pending'",
