@@ -138,6 +138,29 @@ class GatewaySettings(BaseSettings):
     ledger_write_timeout_s: float = Field(
         10.0, gt=0, description="How long a payment waits for the journal before 503."
     )
+    chain_url: str | None = Field(
+        None,
+        description="JSON-RPC URL of the chain holding the vault (http://127.0.0.1:8545). "
+        "None: no chain; balances come from dev-mode minting only.",
+    )
+    chain_deployment: Path | None = Field(
+        None, description="The contracts' deployment file (`tessera chain up` writes one)."
+    )
+    chain_key_file: Path | None = Field(
+        None,
+        description="The gateway's Ethereum key: its vault address, and the signer of its "
+        "custodial spends. Default: data_dir/gateway-eth.key.",
+    )
+    chain_poll_s: float = Field(2.0, gt=0, description="How often the vault's events are read.")
+    chain_collect_s: float = Field(
+        30.0, gt=0, description="How often what consumers spent is collected from the vault."
+    )
+    chain_confirmations: int | None = Field(
+        None,
+        ge=0,
+        description="Blocks below the head an event must be to be booked. None: the chain's "
+        "'finalized' block.",
+    )
     catalog_file: Path | None = Field(
         None, description="Model catalog (JSON): weight hashes, audit tolerances, challenges."
     )

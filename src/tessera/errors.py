@@ -11,6 +11,7 @@
     ├── NotFound                      404 invalid_request_error  (an account, request or provider)
     ├── NoCapacity                    503 service_unavailable    (no live provider can serve now)
     │   ├── LedgerUnavailable         503                        (the journal cannot be written now)
+    │   ├── ChainUnavailable          503 code=chain_unavailable (no chain here, or not the ledger's owner)
     │   ├── Reconnecting              503 code=providers_reconnecting (a gateway just started; Retry-After)
     │   └── Overloaded                503 code=gateway_overloaded (too many requests wait for providers; Retry-After)
     ├── ProviderFailed                502 provider_error         (the provider broke the job)
@@ -103,6 +104,12 @@ class NoCapacity(TesseraError):
 
 class LedgerUnavailable(NoCapacity):
     default_code = "ledger_unavailable"
+
+
+class ChainUnavailable(NoCapacity):
+    """This gateway settles on no chain, or this replica does not hold the ledger now."""
+
+    default_code = "chain_unavailable"
 
 
 class Reconnecting(NoCapacity):

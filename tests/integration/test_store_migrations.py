@@ -65,6 +65,8 @@ async def test_upgrade_is_idempotent(database_url: str) -> None:
         "provider_reputation",
         "provider_uptime",
         "provider_uptime_progress",
+        "chain_links",
+        "chain_cursor",
     }
 
 

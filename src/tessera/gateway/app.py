@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from fastapi import FastAPI, Request, WebSocket
 from fastapi.exceptions import RequestValidationError
@@ -35,6 +35,7 @@ from tessera.gateway.admission import RequestAdmission, token_bound
 from tessera.gateway.auth import ApiKeyAuth, KeyChangeWatcher
 from tessera.gateway.bookkeeper import Bookkeeper
 from tessera.gateway.bus import Bus
+from tessera.gateway.chain_routes import install_chain_routes
 from tessera.gateway.cluster_audits import AuditIntake, AuditSender, BanShare
 from tessera.gateway.cluster_reputation import CompletionsIntake, follow_stored_reputation
 from tessera.gateway.cluster_requests import RunningDesk, sweep_left_in_flight
@@ -90,6 +91,7 @@ from tessera.protocol.openai_api import (
 from tessera.protocol.wire import Capabilities
 from tessera.store.accounts import AccountStore
 from tessera.store.api_keys import ApiKeyStore, hash_api_key
+from tessera.store.chain import ChainStore
 from tessera.store.engine import create_engine, database_url_for
 from tessera.store.ledger import LedgerStore
 from tessera.store.ledger_owner import ledger_owner_lock
@@ -105,6 +107,9 @@ from tessera.store.uptime import UptimeStore
 from tessera.store.verification import ReceiptWriter, VerificationStore
 from tessera.verify.catalog import Catalog
 from tessera.verify.reputation import ReputationBook
+
+if TYPE_CHECKING:
+    from tessera.gateway.chain_watcher import ChainWatcher
 
 log = logging.getLogger("tessera.gateway")
 PAY_THROUGH_NEW_OWNER = (
@@ -139,6 +144,7 @@ class Gateway:
     load: LoadGauge
     events: EventBus
     cluster: ClusterMember | None = None
+    chain: ChainWatcher | None = None  # on the ledger's owner, when it settles on a chain
 
 
 def create_app(settings: GatewaySettings, runtime: Runtime | None = None) -> FastAPI:
@@ -470,6 +476,12 @@ def create_app(settings: GatewaySettings, runtime: Runtime | None = None) -> Fas
                 )
             )
             liveness.start()
+            if settings.chain_url is not None:
+                from tessera.gateway.chain_watcher import open_chain_watcher  # web3: lazily
+
+                watcher = await open_chain_watcher(settings, keeper, ChainStore(engine))
+                gateway.chain = watcher
+                owner_tasks.append(asyncio.create_task(watcher.run()))
 
         interval = settings.ledger_owner_check_s
 
@@ -487,6 +499,7 @@ def create_app(settings: GatewaySettings, runtime: Runtime | None = None) -> Fas
             if switched is not None:
                 switched.local = None
             bookkeeper = gateway.bookkeeper = verifier.bookkeeper = None
+            gateway.chain = None
             for task in owner_tasks:
                 task.cancel()
             owner_tasks.clear()
@@ -604,6 +617,7 @@ def create_app(settings: GatewaySettings, runtime: Runtime | None = None) -> Fas
     install_verification_routes(app, gateway_of)
     install_status_routes(app, gateway_of)
     install_liveness_routes(app, gateway_of)
+    install_chain_routes(app, gateway_of)
     _install_openapi(app, settings)
     return app
 

@@ -27,7 +27,7 @@ from tessera.errors import LedgerUnavailable
 from tessera.gateway.journal_writer import JournalRefused, JournalUnavailable, JournalWriter
 from tessera.ledger.book import Book, BookPolicy
 from tessera.ledger.escrow import CAPTURE, OpenHold
-from tessera.ledger.journal import Entry, LedgerError
+from tessera.ledger.journal import Entry, Ledger, LedgerError
 from tessera.ledger.pricing import Price
 from tessera.ledger.spend_caps import SpendCaps
 from tessera.ledger.staking import SlashOutcome
@@ -250,6 +250,12 @@ class Bookkeeper:
     async def mint(self, owner: str, amount: int, reference: str) -> Entry | None:
         self._guard()
         return await self._posted(self.book.mint(owner, amount, reference, self.clock()))
+
+    async def chain_move(self, post: Callable[[Ledger, float], Entry | None]) -> Entry | None:
+        """Post one of chain_book's movements (``post(ledger, at)``) and wait until stored."""
+        self._guard()
+        at = self.clock()
+        return await self._posted(self.book.chain_move(lambda ledger: post(ledger, at)))
 
     async def withdraw_earnings(self, provider: str, amount: int, reference: str) -> Entry | None:
         self._guard()

@@ -28,7 +28,14 @@ log = logging.getLogger("tessera.gateway.owner_forwarding")
 
 SUBJECT = "tsr.v1.ledger.http"
 # Each path, and everything under it.
-OWNER_PATHS = ("/v1/account", "/v1/requests", "/v1/slashing", "/v1/ledger", "/v1/providers")
+OWNER_PATHS = (
+    "/v1/account",
+    "/v1/requests",
+    "/v1/slashing",
+    "/v1/ledger",
+    "/v1/providers",
+    "/v1/chain",
+)
 HOP_HEADERS = {"connection", "keep-alive", "transfer-encoding", "upgrade", "host", "content-length"}
 TIMEOUT_S = 10.0
 RETRY_AFTER_S = 2

@@ -221,6 +221,12 @@ class Book:
     def mint(self, owner: str, amount: int, reference: str, at: float) -> Entry:
         return self._posted(mint(self.ledger, owner, amount, reference, at))
 
+    def chain_move(self, post: Callable[[Ledger], Entry | None]) -> Entry | None:
+        """Apply one of chain_book's postings (``post`` takes the ledger), keeping the
+        indexes in step; None when it had nothing to move."""
+        entry = post(self.ledger)
+        return None if entry is None else self._posted(entry)
+
     def withdraw_earnings(self, provider: str, amount: int, reference: str, at: float) -> Entry:
         return self._posted(withdraw_earnings(self.ledger, provider, amount, reference, at))
 

@@ -343,3 +343,26 @@ provider_uptime_progress = Table(
     Column("saved_at", UtcDateTime(), nullable=False),
     CheckConstraint("sla_uptime_bps >= 0 AND sla_uptime_bps <= 10000 AND epoch_s > 0", name="sane"),
 )
+
+# Which account an Ethereum address pays for: a consumer proves the address is theirs once
+# (a signed message, gateway/chain_routes.py) and its deposits in the vault are credited to
+# the account from then on. One account per address; an account may link several.
+chain_links = Table(
+    "chain_links",
+    metadata,
+    Column("address", String(42), primary_key=True),  # checksummed 0x...
+    Column("account_id", String(40), nullable=False),
+    Column("linked_at", UtcDateTime(), nullable=False),
+    Index(None, "account_id"),
+)
+
+# How far the chain watcher has booked the vault's events, per gateway address: the last
+# finalized block whose events are all in the journal (gateway/chain_watcher.py).
+chain_cursor = Table(
+    "chain_cursor",
+    metadata,
+    Column("gateway", String(42), primary_key=True),
+    Column("block_number", BigInteger(), nullable=False),
+    Column("block_hash", String(66), nullable=False),
+    Column("updated_at", UtcDateTime(), nullable=False),
+)

@@ -1,0 +1,267 @@
+"""A gateway that settles on a real chain (anvil): deposits in the vault become balances,
+what consumers spend is collected from their deposits, a withdrawal freezes and empties
+the balance, and the journal matches the vault to the unit throughout."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from eth_account import Account
+from eth_account.messages import encode_defunct
+
+from tessera.chain.anvil import AnvilNode, rpc, start_anvil
+from tessera.chain.client import ChainClient
+from tessera.chain.deploy import DeployParams, deploy_to, dev_key_for
+from tessera.chain.deployment import Deployment
+from tessera.chain.keys import EthKey, write_key_file
+from tessera.chain.sender import TxSender
+from tessera.ledger.accounts import TOKEN
+from tessera.store.chain import ChainStore, Cursor
+from tessera.store.engine import create_engine, database_url_for
+
+from support.scripted_peers import (
+    LiveGateway,
+    account,
+    answer,
+    chat_body,
+    journal_problems,
+    live_gateway,
+    priced,
+)
+
+pytestmark = pytest.mark.integration
+
+REAL = 3 * 1_000 + 1 * 2_000  # what answer() costs at PRICE: 3 prompt + 1 completion tokens
+DEPOSIT = 50 * TOKEN
+
+
+@dataclass
+class Chain:
+    node: AnvilNode
+    deployment: Deployment
+    deployment_file: Path
+    client: ChainClient
+    minter: TxSender
+
+    def funded_key(self, tokens: int = 0) -> EthKey:
+        """A new key with gas, and ``tokens`` base units minted to it."""
+        key = EthKey.generate()
+        rpc(self.node.url, "anvil_setBalance", [key.address, hex(10**20)])
+        if tokens:
+            self.minter.transact(self.client.token.functions.mint(key.address, tokens))
+        return key
+
+    def sender(self, key: EthKey) -> TxSender:
+        return TxSender(self.client.w3, key)
+
+    def mine(self, blocks: int = 1) -> None:
+        rpc(self.node.url, "anvil_mine", [hex(blocks)])
+
+    def wait_out(self, seconds: int) -> None:
+        rpc(self.node.url, "evm_increaseTime", [seconds])
+        self.mine()
+
+
+@pytest.fixture(scope="module")
+def chain(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Chain]:
+    node = start_anvil()
+    try:
+        deployment = deploy_to(node.url, params=DeployParams.for_tests())
+        path = tmp_path_factory.mktemp("chain") / "deployment.json"
+        deployment.save(path)
+        client = ChainClient(node.url, deployment)
+        minter = TxSender(client.w3, dev_key_for(client.w3))
+        yield Chain(node, deployment, path, client, minter)
+        minter.close()
+    finally:
+        node.stop()
+
+
+@pytest.fixture
+async def chain_gateway(gateway_dir: Path, chain: Chain) -> AsyncIterator[LiveGateway]:
+    key = chain.funded_key()
+    key_file = gateway_dir / "gateway-eth.key"
+    write_key_file(key_file, key)
+    async with live_gateway(
+        gateway_dir,
+        funds=0,
+        chain_url=chain.node.url,
+        chain_deployment=chain.deployment_file,
+        chain_key_file=key_file,
+        chain_confirmations=0,  # anvil mines a block per transaction; nothing reorgs
+        chain_poll_s=0.05,
+        chain_collect_s=3600.0,  # the test collects when it means to
+    ) as gw:
+        yield gw
+
+
+def watcher(gw: LiveGateway) -> Any:
+    return gw.app.state.gateway.chain
+
+
+def deposit(chain: Chain, consumer: EthKey, gateway: str, amount: int, cap: int) -> None:
+    sender = chain.sender(consumer)
+    try:
+        sender.transact(chain.client.token.functions.approve(chain.client.vault.address, amount))
+        sender.transact(chain.client.vault.functions.deposit(gateway, amount, cap))
+    finally:
+        sender.close()
+
+
+async def link(client: httpx.AsyncClient, consumer: EthKey) -> httpx.Response:
+    template = (await client.get("/v1/account/chain")).json()["link_message"]
+    message = template.replace("<address>", consumer.address)
+    signed = Account.sign_message(encode_defunct(text=message), consumer.private_key)
+    return await client.post(
+        "/v1/account/chain-link",
+        json={"address": consumer.address, "signature": "0x" + signed.signature.hex()},
+    )
+
+
+async def booked(gw: LiveGateway, chain: Chain) -> None:
+    """Wait until the watcher has booked every block mined so far."""
+    head = chain.client.block("latest")[0]
+    async with asyncio.timeout(10):
+        while watcher(gw).cursor.block_number < head:
+            await asyncio.sleep(0.02)
+
+
+async def status(client: httpx.AsyncClient) -> dict[str, Any]:
+    response = await client.get("/v1/chain")
+    assert response.status_code == 200, response.text
+    body: dict[str, Any] = response.json()
+    return body
+
+
+async def test_deposit_spend_collect_withdraw_matches_the_vault(
+    chain_gateway: LiveGateway, chain: Chain
+) -> None:
+    gw = chain_gateway
+    gateway_address = watcher(gw).gateway
+    consumer = chain.funded_key(tokens=DEPOSIT)
+    await asyncio.to_thread(deposit, chain, consumer, gateway_address, DEPOSIT, DEPOSIT)
+    async with gw.client() as client:
+        await booked(gw, chain)
+        # Not linked yet: the deposit waits, nothing is spendable.
+        assert (await account(client))["balance"] == 0
+        assert (await status(client))["unlinked_deposits"] == DEPOSIT
+        linked = await link(client, consumer)
+        assert linked.status_code == 200, linked.text
+        assert linked.json()["credited"] == DEPOSIT
+        assert (await account(client))["balance"] == DEPOSIT
+        again = await link(client, consumer)  # linking twice credits nothing twice
+        assert again.json()["credited"] == 0
+        assert (await status(client))["problems"] == []
+
+        # Spend off chain, then collect it on chain with the gateway's custodial signature.
+        peer, beat = await priced(gw)
+        for _ in range(3):
+            request = asyncio.create_task(client.post("/v1/chat/completions", json=chat_body()))
+            await answer(peer, await peer.recv())
+            assert (await request).status_code == 200
+        assert (await account(client))["balance"] == DEPOSIT - 3 * REAL
+        (collected,) = await watcher(gw).collect()
+        assert (collected.consumer, collected.amount) == (consumer.address, 3 * REAL)
+        assert chain.client.collected(consumer.address, gateway_address) == 3 * REAL
+        assert await watcher(gw).collect() == []  # nothing new was spent
+        await booked(gw, chain)
+        view = await status(client)
+        assert view["problems"] == [], view
+        assert view["vault"]["gateway_balance"] == 3 * REAL
+
+        # Withdraw: the request freezes the balance, the payout empties it.
+        sender = chain.sender(consumer)
+        sender.transact(chain.client.vault.functions.request_withdraw(gateway_address))
+        await booked(gw, chain)
+        assert (await account(client))["balance"] == 0
+        refused = await client.post("/v1/chat/completions", json=chat_body())
+        assert refused.status_code == 429  # frozen: nothing spendable
+        chain.wait_out(21)
+        sender.transact(chain.client.vault.functions.withdraw(gateway_address))
+        sender.close()
+        await booked(gw, chain)
+        assert chain.client.token_balance(consumer.address) == DEPOSIT - 3 * REAL
+        view = await status(client)
+        assert view["problems"] == [], view
+        assert view["backing"] == 3 * REAL == view["vault"]["gateway_balance"]
+        beat.cancel()
+    assert await journal_problems(gw) == []
+
+
+async def test_link_refuses_a_signature_that_is_not_the_addresses(
+    chain_gateway: LiveGateway, chain: Chain
+) -> None:
+    consumer, other = EthKey.generate(), EthKey.generate()
+    async with chain_gateway.client() as client:
+        template = (await client.get("/v1/account/chain")).json()["link_message"]
+        message = template.replace("<address>", consumer.address)
+        by_other = Account.sign_message(encode_defunct(text=message), other.private_key)
+        cases: list[dict[str, Any]] = [
+            {"address": consumer.address, "signature": "0x" + by_other.signature.hex()},
+            {"address": consumer.address, "signature": "0x" + "00" * 65},
+            {"address": "0x" + "zz" * 20, "signature": "0x" + "00" * 65},
+            {"address": consumer.address},
+            {"address": consumer.address, "signature": "0x" + "00" * 65, "extra": 1},
+        ]
+        for body in cases:
+            response = await client.post("/v1/account/chain-link", json=body)
+            assert response.status_code == 400, (body, response.text)
+            assert response.json()["error"]["type"] == "invalid_request_error"
+        # A link for another account's id (a replayed signature) does not verify here.
+        wrong = template.replace("<address>", consumer.address).replace("acct_", "acct_x")
+        signed = Account.sign_message(encode_defunct(text=wrong), consumer.private_key)
+        response = await client.post(
+            "/v1/account/chain-link",
+            json={"address": consumer.address, "signature": "0x" + signed.signature.hex()},
+        )
+        assert response.json()["error"]["code"] == "invalid_signature"
+        assert watcher(chain_gateway).addresses_of("anything") == []
+    async with httpx.AsyncClient(base_url=chain_gateway.base) as anonymous:
+        assert (await anonymous.get("/v1/account/chain")).status_code == 401
+
+
+async def test_a_restarted_gateway_books_nothing_twice(gateway_dir: Path, chain: Chain) -> None:
+    key = chain.funded_key()
+    key_file = gateway_dir / "gateway-eth.key"
+    write_key_file(key_file, key)
+    options: dict[str, Any] = {
+        "funds": 0,
+        "chain_url": chain.node.url,
+        "chain_deployment": chain.deployment_file,
+        "chain_key_file": key_file,
+        "chain_confirmations": 0,
+        "chain_poll_s": 0.05,
+        "chain_collect_s": 3600.0,
+    }
+    consumer = chain.funded_key(tokens=2 * DEPOSIT)
+    async with live_gateway(gateway_dir, **options) as gw:
+        async with gw.client() as client:
+            assert (await link(client, consumer)).status_code == 200
+        await asyncio.to_thread(deposit, chain, consumer, key.address, DEPOSIT, DEPOSIT)
+        await booked(gw, chain)
+        api_key = gw.api_key
+    # The gateway forgets how far it booked (as if it crashed before saving the cursor):
+    # it reads every block again on restart.
+    engine = create_engine(database_url_for(gateway_dir))
+    try:
+        await ChainStore(engine).save_cursor(
+            key.address, Cursor(chain.deployment.start_block - 1, "")
+        )
+    finally:
+        await engine.dispose()
+    await asyncio.to_thread(deposit, chain, consumer, key.address, DEPOSIT, DEPOSIT)
+    async with live_gateway(gateway_dir, **options) as gw:
+        await booked(gw, chain)
+        async with httpx.AsyncClient(
+            base_url=gw.base, headers={"Authorization": f"Bearer {api_key}"}
+        ) as client:
+            assert (await account(client))["balance"] == 2 * DEPOSIT
+            view = await status(client)
+        assert view["problems"] == [], json.dumps(view)
