@@ -155,6 +155,11 @@ class GatewaySettings(BaseSettings):
     chain_collect_s: float = Field(
         30.0, gt=0, description="How often what consumers spent is collected from the vault."
     )
+    chain_min_payout_units: int = Field(
+        10**7,
+        ge=1,
+        description="Earnings (base units) a provider must have before a new cheque is signed.",
+    )
     chain_confirmations: int | None = Field(
         None,
         ge=0,

@@ -15,14 +15,17 @@ import httpx
 import pytest
 from eth_account import Account
 from eth_account.messages import encode_defunct
+from nacl.signing import SigningKey
 
 from tessera.chain.anvil import AnvilNode, rpc, start_anvil
 from tessera.chain.client import ChainClient
 from tessera.chain.deploy import DeployParams, deploy_to, dev_key_for
 from tessera.chain.deployment import Deployment
+from tessera.chain.errors import TransactionReverted
 from tessera.chain.keys import EthKey, write_key_file
 from tessera.chain.sender import TxSender
-from tessera.ledger.accounts import TOKEN
+from tessera.chain.typed_data import SignedCheque, sign_binding, sign_cheque
+from tessera.ledger.accounts import TOKEN, cheques_of, earnings_of
 from tessera.store.chain import ChainStore, Cursor
 from tessera.store.engine import create_engine, database_url_for
 
@@ -84,20 +87,27 @@ def chain(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Chain]:
         node.stop()
 
 
+def chain_options(gateway_dir: Path, chain: Chain, key: EthKey) -> dict[str, Any]:
+    """live_gateway options for a gateway settling on ``chain`` with ``key``."""
+    key_file = gateway_dir / "gateway-eth.key"
+    if not key_file.exists():
+        write_key_file(key_file, key)
+    return {
+        "funds": 0,
+        "chain_url": chain.node.url,
+        "chain_deployment": chain.deployment_file,
+        "chain_key_file": key_file,
+        "chain_confirmations": 0,  # anvil mines a block per transaction; nothing reorgs
+        "chain_poll_s": 0.05,
+        "chain_collect_s": 3600.0,  # the tests collect and pay when they mean to
+        "chain_min_payout_units": 1,
+    }
+
+
 @pytest.fixture
 async def chain_gateway(gateway_dir: Path, chain: Chain) -> AsyncIterator[LiveGateway]:
-    key = chain.funded_key()
-    key_file = gateway_dir / "gateway-eth.key"
-    write_key_file(key_file, key)
     async with live_gateway(
-        gateway_dir,
-        funds=0,
-        chain_url=chain.node.url,
-        chain_deployment=chain.deployment_file,
-        chain_key_file=key_file,
-        chain_confirmations=0,  # anvil mines a block per transaction; nothing reorgs
-        chain_poll_s=0.05,
-        chain_collect_s=3600.0,  # the test collects when it means to
+        gateway_dir, **chain_options(gateway_dir, chain, chain.funded_key())
     ) as gw:
         yield gw
 
@@ -229,17 +239,7 @@ async def test_link_refuses_a_signature_that_is_not_the_addresses(
 
 async def test_a_restarted_gateway_books_nothing_twice(gateway_dir: Path, chain: Chain) -> None:
     key = chain.funded_key()
-    key_file = gateway_dir / "gateway-eth.key"
-    write_key_file(key_file, key)
-    options: dict[str, Any] = {
-        "funds": 0,
-        "chain_url": chain.node.url,
-        "chain_deployment": chain.deployment_file,
-        "chain_key_file": key_file,
-        "chain_confirmations": 0,
-        "chain_poll_s": 0.05,
-        "chain_collect_s": 3600.0,
-    }
+    options = chain_options(gateway_dir, chain, key)
     consumer = chain.funded_key(tokens=2 * DEPOSIT)
     async with live_gateway(gateway_dir, **options) as gw:
         async with gw.client() as client:
@@ -265,3 +265,119 @@ async def test_a_restarted_gateway_books_nothing_twice(gateway_dir: Path, chain:
             assert (await account(client))["balance"] == 2 * DEPOSIT
             view = await status(client)
         assert view["problems"] == [], json.dumps(view)
+
+
+def bind(chain: Chain, account: EthKey, signing_key: Any, nonce: int = 1) -> None:
+    """The provider's account binds its Ed25519 key (``signing_key``) in the Registry."""
+    binding = sign_binding(
+        signing_key,
+        chain.deployment.chain_id,
+        chain.client.registry.address,
+        account.address,
+        2**40,
+        nonce,
+    )
+    sender = chain.sender(account)
+    try:
+        sender.transact(
+            chain.client.registry.functions.bind(
+                binding.key, binding.valid_until, binding.nonce, binding.signature
+            )
+        )
+    finally:
+        sender.close()
+
+
+async def spend(client: httpx.AsyncClient, peer: Any, times: int) -> None:
+    for _ in range(times):
+        request = asyncio.create_task(client.post("/v1/chat/completions", json=chat_body()))
+        await answer(peer, await peer.recv())
+        assert (await request).status_code == 200
+
+
+async def test_providers_are_paid_by_push_and_by_cheque_without_the_gateway(
+    gateway_dir: Path, chain: Chain
+) -> None:
+    key = chain.funded_key()
+    options = chain_options(gateway_dir, chain, key)
+    consumer = chain.funded_key(tokens=DEPOSIT)
+    provider_account = chain.funded_key()
+    async with live_gateway(gateway_dir, **options) as gw, gw.client() as client:
+        api_key = gw.api_key
+        ledger = gw.app.state.gateway.bookkeeper.book.ledger
+        assert (await link(client, consumer)).status_code == 200
+        await asyncio.to_thread(deposit, chain, consumer, key.address, DEPOSIT, DEPOSIT)
+        peer, beat = await priced(gw)
+        # A binding the key never signed is ignored; the real one is believed.
+        impostor = chain.funded_key()
+        forged = sign_binding(
+            SigningKey.generate(),
+            chain.deployment.chain_id,
+            chain.client.registry.address,
+            impostor.address,
+            2**40,
+            1,
+        )
+        sender = chain.sender(impostor)
+        sender.transact(
+            chain.client.registry.functions.bind(
+                bytes.fromhex(peer.provider_id), forged.valid_until, 1, forged.signature
+            )
+        )
+        sender.close()
+        await asyncio.to_thread(bind, chain, provider_account, peer.key)
+        await booked(gw, chain)
+        assert watcher(gw).payees[peer.provider_id].address == provider_account.address
+
+        await spend(client, peer, 3)
+        earned = ledger.balance(earnings_of(peer.provider_id))
+        assert earned > 0
+        assert (await client.get(f"/v1/providers/{peer.provider_id}/cheque")).status_code == 404
+        await watcher(gw).collect()
+        (cheque,) = await watcher(gw).pay_providers()
+        assert cheque.cumulative == earned and cheque.provider == provider_account.address
+        # The first payout of the epoch is pushed: the provider holds its earnings.
+        assert chain.client.token_balance(provider_account.address) == earned
+        await booked(gw, chain)
+        assert ledger.balance(cheques_of(peer.provider_id)) == 0
+        assert ledger.balance(earnings_of(peer.provider_id)) == 0
+
+        # More work in the same epoch: a cheque only, which the provider cashes itself.
+        await spend(client, peer, 2)
+        more = ledger.balance(earnings_of(peer.provider_id))
+        await watcher(gw).collect()
+        await watcher(gw).pay_providers()
+        served = (await client.get(f"/v1/providers/{peer.provider_id}/cheque")).json()
+        assert served["cumulative"] == earned + more
+        assert chain.client.token_balance(provider_account.address) == earned  # not pushed
+        beat.cancel()
+    # The gateway is gone; the provider cashes what it was handed.
+    payee = chain.sender(provider_account)
+    try:
+        # A cheque the provider signs itself for more is refused; the gateway's is paid.
+        greedy = sign_cheque(
+            provider_account.private_key,
+            chain.deployment.chain_id,
+            chain.client.vault.address,
+            key.address,
+            provider_account.address,
+            10 * (earned + more),
+        )
+        with pytest.raises(TransactionReverted):
+            chain.client.cash(payee, greedy)
+        chain.client.cash(payee, SignedCheque.from_json(served))
+        chain.client.cash(payee, SignedCheque.from_json(served))  # a replay pays nothing
+    finally:
+        payee.close()
+    assert chain.client.token_balance(provider_account.address) == earned + more
+    # Back up, the gateway books the payment it did not make.
+    async with live_gateway(gateway_dir, **options) as gw:
+        await booked(gw, chain)
+        ledger = gw.app.state.gateway.bookkeeper.book.ledger
+        assert ledger.balance(cheques_of(peer.provider_id)) == 0
+        async with httpx.AsyncClient(
+            base_url=gw.base, headers={"Authorization": f"Bearer {api_key}"}
+        ) as client:
+            view = await status(client)
+    assert view["problems"] == [], view
+    assert view["backing"] == view["vault"]["linked_deposits"] + view["vault"]["gateway_balance"]

@@ -66,6 +66,7 @@ async def test_upgrade_is_idempotent(database_url: str) -> None:
         "provider_uptime",
         "provider_uptime_progress",
         "chain_links",
+        "chain_payees",
         "chain_cursor",
     }
 

@@ -7,9 +7,9 @@ import pytest
 from tessera.ledger import chain_book as cb
 from tessera.ledger.accounts import (
     CHAIN,
-    CHEQUES,
     UNCOLLECTED,
     balance_of,
+    cheques_of,
     earnings_of,
     withdrawing_of,
 )
@@ -91,9 +91,9 @@ def test_cheques_bound_what_the_vault_can_pay() -> None:
     with pytest.raises(InsufficientFunds):
         cb.issue_cheque(book.ledger, "prov", 1, "cheque:prov:2", T)
     with pytest.raises(InsufficientFunds):
-        cb.book_payment(book.ledger, earned + 1, "paid", T)
-    cb.book_payment(book.ledger, earned, "paid", T)
-    assert book.ledger.balance(CHEQUES) == 0
+        cb.book_payment(book.ledger, "prov", earned + 1, "paid", T)
+    cb.book_payment(book.ledger, "prov", earned, "paid", T)
+    assert book.ledger.balance(cheques_of("prov")) == 0
     assert book.check() == []
 
 
@@ -107,7 +107,7 @@ def test_backing_matches_the_vault_after_collect_and_payout() -> None:
     # The gateway collected ``spent`` (deposit -> its balance), then paid the provider.
     earned = book.ledger.balance(earnings_of("prov"))
     cb.issue_cheque(book.ledger, "prov", earned, "c", T)
-    cb.book_payment(book.ledger, earned, "p", T)
+    cb.book_payment(book.ledger, "prov", earned, "p", T)
     vault = cb.VaultView(
         linked_deposits=10_000 - spent, unlinked_deposits=0, gateway_balance=spent - earned
     )

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 from fastapi import FastAPI, Request
 from pydantic import BaseModel, ConfigDict, Field
 
-from tessera.errors import ChainUnavailable, InvalidRequest
+from tessera.errors import ChainUnavailable, InvalidRequest, NotFound
 from tessera.gateway.request_body import parse_json, validated
 from tessera.ledger.accounts import TOKEN
 
@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from tessera.gateway.chain_watcher import ChainWatcher
 
 _ADDRESS = re.compile(r"0x[0-9a-fA-F]{40}")
+_PROVIDER_ID = re.compile(r"[0-9a-f]{64}")
 
 
 def link_message(address: str, account_id: str, gateway: str, chain_id: int) -> str:
@@ -91,6 +92,27 @@ def install_chain_routes(app: FastAPI, gateway_of: Callable[[Request], Any]) -> 
             ),
             "unit": f"base units (1 token = {TOKEN})",
         }
+
+    @app.get("/v1/providers/{provider_id}/cheque", tags=["providers"])
+    async def provider_cheque(request: Request, provider_id: str) -> dict[str, Any]:
+        """The provider's newest cumulative cheque, signed by this gateway: anyone may
+        submit it to the vault's ``cash`` (it pays only the provider's bound account), so
+        the provider is paid even if this gateway is gone."""
+        if not _PROVIDER_ID.fullmatch(provider_id):
+            raise InvalidRequest(
+                "provider_id is the provider's Ed25519 public key, 64 hex characters",
+                param="provider_id",
+                code="invalid_value",
+            )
+        cheque = _watcher(gateway_of(request)).cheque_for(provider_id)
+        if cheque is None:
+            raise NotFound(
+                "No cheque for this provider yet: it needs earnings of at least the payout "
+                "minimum and a Registry binding of its key to an account "
+                "(`tessera wallet bind`).",
+                param="provider_id",
+            )
+        return {"object": "cheque", "provider_id": provider_id, **cheque.to_json()}
 
     @app.post("/v1/account/chain-link", tags=["account"])
     async def chain_link(request: Request) -> dict[str, Any]:

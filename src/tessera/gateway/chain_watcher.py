@@ -9,6 +9,10 @@ Every ``collect_s`` it collects, for each linked consumer, what they spent here 
 vault still holds as their deposit, with a custodial spend signed by the gateway's key.
 The amount is read at the booked block, so it never counts a deposit the journal has not
 credited: ``cumulative = collected + min(deposit, Σ deposits - what the account owns)``.
+Then it pays providers: each one whose Ed25519 key is bound in the Registry to an account
+gets its earnings as a cumulative cheque (``paid + cheques``, signed by the gateway's key,
+served at ``GET /v1/providers/{id}/cheque`` so it can be cashed without this gateway), and
+once per vault epoch the gateway pushes the largest owed amounts with ``settle``.
 
 A consumer links an address once (``link``); its earlier deposits are booked then, in the
 order they happened. The web3 client is synchronous: every chain call runs in a thread.
@@ -29,17 +33,19 @@ from tessera.chain.deployment import Deployment
 from tessera.chain.errors import ChainError
 from tessera.chain.keys import EthKey, load_key_file
 from tessera.chain.sender import TxSender, state_path_for
+from tessera.chain.typed_data import Binding, SignedCheque, verify_binding
 from tessera.config import GatewaySettings
 from tessera.errors import ConfigError
 from tessera.gateway.bookkeeper import Bookkeeper
 from tessera.ledger import chain_book
-from tessera.ledger.accounts import balance_of, hold_of, withdrawing_of
-from tessera.ledger.journal import DuplicateEntry, Entry, Ledger
-from tessera.store.chain import ChainStore, Cursor
+from tessera.ledger.accounts import balance_of, cheques_of, earnings_of, hold_of, withdrawing_of
+from tessera.ledger.journal import DuplicateEntry, Entry, Ledger, LedgerError
+from tessera.store.chain import ChainStore, Cursor, Payee
 
 log = logging.getLogger("tessera.gateway.chain")
 
 CONSUMER_EVENTS = frozenset({"Deposited", "Refunded", "WithdrawRequested", "Withdrawn"})
+MAX_SETTLE = 256  # PaymentVault.MAX_SETTLE: pushed payments per epoch
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +67,7 @@ class ChainWatcher:
         poll_s: float = 2.0,
         collect_s: float = 30.0,
         confirmations: int | None = None,
+        min_payout: int = 1,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.client = client
@@ -72,7 +79,11 @@ class ChainWatcher:
         self.poll_s = poll_s
         self.collect_s = collect_s
         self.confirmations = confirmations
+        self.min_payout = min_payout
         self.clock = clock
+        self.payees: dict[str, Payee] = {}  # provider id -> where it is paid
+        self.cheques: dict[str, SignedCheque] = {}  # provider id -> its newest cheque
+        self.problems: list[str] = []  # events the journal could not take (see status)
         self.links: dict[str, str] = {}
         self.cursor = Cursor(client.deployment.start_block - 1, "")
         self.unlinked: dict[str, int] = defaultdict(int)  # address -> deposits not credited
@@ -88,6 +99,7 @@ class ChainWatcher:
 
     async def start(self) -> None:
         self.links = await self.store.links()
+        self.payees = await self.store.payees()
         stored = await self.store.cursor(self.gateway)
         if stored is not None:
             self.cursor = stored
@@ -106,6 +118,7 @@ class ChainWatcher:
                 await self.poll()
                 if self.clock() >= next_collect:
                     await self.collect()
+                    await self.pay_providers()
                     next_collect = self.clock() + self.collect_s
                 self.last_error = None
             except asyncio.CancelledError:
@@ -148,6 +161,16 @@ class ChainWatcher:
         )
 
     async def _book(self, event: ChainEvent) -> int:
+        if event.contract == "registry" and event.name == "Bound":
+            await self._bound(event)
+            return 0
+        if (
+            event.contract == "vault"
+            and event.name == "Paid"
+            and event.args.get("gateway") == self.gateway
+        ):
+            await self._paid(event)
+            return 1
         if not self._ours(event):
             return 0
         consumer = event.args["consumer"]
@@ -189,6 +212,55 @@ class ChainWatcher:
             except DuplicateEntry:
                 pass  # booked before a restart that came before the cursor was saved
         return 1
+
+    async def _bound(self, event: ChainEvent) -> None:
+        """A provider bound its Ed25519 key to an account: believe it only if the key
+        signed the binding for this registry (the chain does not check Ed25519)."""
+        args = event.args
+        binding = Binding(
+            args["account"],
+            bytes(args["key"]),
+            int(args["valid_until"]),
+            int(args["nonce"]),
+            bytes(args["signature"]),
+        )
+        registry = self.client.deployment.contracts["registry"]
+        if not verify_binding(self.chain_id, registry, binding, binding.key):
+            log.warning("chain: ignoring a binding of %s with a bad signature", binding.account)
+            return
+        payee = Payee(
+            binding.key.hex(),
+            binding.account,
+            binding.nonce,
+            binding.valid_until,
+            event.block_number,
+        )
+        known = self.payees.get(payee.provider_id)
+        if known is not None and known.bound_at_block > payee.bound_at_block:
+            return
+        await self.store.save_payee(payee)
+        self.payees[payee.provider_id] = payee
+
+    async def _paid(self, event: ChainEvent) -> None:
+        amount = int(event.args["amount"])
+        if amount == 0:
+            return
+        address = event.args["provider"]
+        provider = next((p for p, payee in self.payees.items() if payee.address == address), None)
+        key = chain_book.chain_event_key(event.tx_hash, event.log_index)
+        if provider is None:
+            self.problems.append(f"the vault paid {amount} to {address}, no provider's payee")
+            log.error("chain: %s", self.problems[-1])
+            return
+        try:
+            await self.keeper.chain_move(
+                lambda ledger, at: chain_book.book_payment(ledger, provider, amount, key, at)
+            )
+        except DuplicateEntry:
+            pass
+        except LedgerError as exc:  # paid beyond the cheques: a signer key leaked?
+            self.problems.append(f"payment {key} to {address} does not fit the journal: {exc}")
+            log.error("chain: %s", self.problems[-1])
 
     async def link(self, address: str, account_id: str) -> int:
         """Make ``address`` pay for ``account_id`` and book its past events (the caller
@@ -267,6 +339,77 @@ class ChainWatcher:
             )
         return out
 
+    async def pay_providers(self) -> list[SignedCheque]:
+        """Turn bound providers' earnings into cheques, and push the largest owed once per
+        vault epoch. Returns the cheques signed now."""
+        async with self._lock:
+            block = self.cursor.block_number
+            if block < self.client.deployment.start_block or not self.payees:
+                return []
+            ledger = self.keeper.book.ledger
+            due = {
+                p: payee
+                for p, payee in self.payees.items()
+                if ledger.balance(earnings_of(p)) >= self.min_payout
+                or ledger.balance(cheques_of(p)) > 0
+            }
+            if not due:
+                return []
+            chain = await asyncio.to_thread(self._read_payees, due, block)
+            signed = []
+            for provider, payee in due.items():
+                paid, bound_key = chain[provider]
+                if bound_key != bytes.fromhex(provider):
+                    continue  # the account bound another key since: pay it no more
+                earned = ledger.balance(earnings_of(provider))
+                outstanding = ledger.balance(cheques_of(provider))
+                if earned >= self.min_payout:
+                    cumulative = paid + outstanding + earned
+                    await self.keeper.chain_move(
+                        lambda led, at, p=provider, e=earned, c=cumulative: chain_book.issue_cheque(
+                            led, p, e, f"cheque:{p}:{c}", at
+                        )
+                    )
+                cumulative = paid + ledger.balance(cheques_of(provider))
+                known = self.cheques.get(provider)
+                if known is None or known.cumulative != cumulative:
+                    cheque = self.client.sign_cheque(
+                        self.key.private_key, self.gateway, payee.address, cumulative
+                    )
+                    self.cheques[provider] = cheque
+                    signed.append(cheque)
+            owed = sorted(
+                (
+                    (c.cumulative - chain[p][0], c.provider, c.cumulative)
+                    for p, c in self.cheques.items()
+                    if p in chain and c.cumulative > chain[p][0]
+                ),
+                reverse=True,
+            )[:MAX_SETTLE]
+        if owed:
+            await asyncio.to_thread(self._push, [(a, c) for _, a, c in owed])
+        return signed
+
+    def _read_payees(self, due: dict[str, Payee], block: int) -> dict[str, tuple[int, bytes]]:
+        vault = self.client.vault.functions
+        registry = self.client.registry.functions
+        out = {}
+        for provider, payee in due.items():
+            paid = int(vault.paid(self.gateway, payee.address).call(block_identifier=block))
+            bound = registry.bindings(payee.address).call(block_identifier=block)
+            out[provider] = (paid, bytes(bound[0]))
+        return out
+
+    def _push(self, payments: list[tuple[str, int]]) -> None:
+        """One ``settle`` per vault epoch; the rest is cashed from the cheques."""
+        epoch = self.client.current_epoch()
+        if epoch <= self.client.last_settled_epoch(self.gateway):
+            return
+        self.client.settle(self.sender, epoch, payments)
+
+    def cheque_for(self, provider_id: str) -> SignedCheque | None:
+        return self.cheques.get(provider_id)
+
     def _read_vault(self, addresses: list[str], block: int) -> dict[str, tuple[int, int]]:
         vault = self.client.vault.functions
         out = {}
@@ -291,6 +434,10 @@ class ChainWatcher:
             "backing": chain_book.backing(self.keeper.book.ledger),
             "linked_addresses": len(self.links),
             "unlinked_deposits": sum(self.unlinked.values()),
+            "payees": len(self.payees),
+            "cheques_outstanding": sum(
+                self.keeper.book.ledger.balance(cheques_of(p)) for p in self.payees
+            ),
             "last_error": self.last_error,
         }
         if block < self.client.deployment.start_block:
@@ -318,7 +465,10 @@ class ChainWatcher:
             "gateway_balance": seen.gateway_balance,
             "collected": sum(c for _, c in vault.values()),
         }
-        view["problems"] = chain_book.backing_problems(self.keeper.book.ledger, seen)
+        view["problems"] = [
+            *chain_book.backing_problems(self.keeper.book.ledger, seen),
+            *self.problems[-10:],
+        ]
         return view
 
 
@@ -352,6 +502,7 @@ async def open_chain_watcher(
         poll_s=settings.chain_poll_s,
         collect_s=settings.chain_collect_s,
         confirmations=settings.chain_confirmations,
+        min_payout=settings.chain_min_payout_units,
     )
     await watcher.start()
     log.info(

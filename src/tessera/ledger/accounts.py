@@ -30,7 +30,7 @@ class AccountKind(StrEnum):
     VERIFICATION_POOL = "verification_pool"
     INSURANCE_POOL = "insurance_pool"
     CHAIN = "chain"  # the vault's side of every on-chain movement (may go negative)
-    CHEQUES = "cheques"  # earnings promised by signed cheques, not yet paid on chain
+    CHEQUES = "cheques"  # a provider's earnings promised by signed cheques, not yet paid
     UNCOLLECTED = "uncollected"  # spend withdrawn on chain before it was collected (<= 0)
     WITHDRAWING = "withdrawing"  # a consumer's balance frozen by a withdrawal on chain
 
@@ -42,7 +42,6 @@ SYSTEM_KINDS = frozenset(
         AccountKind.VERIFICATION_POOL,
         AccountKind.INSURANCE_POOL,
         AccountKind.CHAIN,
-        AccountKind.CHEQUES,
         AccountKind.UNCOLLECTED,
     }
 )
@@ -80,7 +79,6 @@ FEES = Account(AccountKind.FEES)
 VERIFICATION_POOL = Account(AccountKind.VERIFICATION_POOL)
 INSURANCE_POOL = Account(AccountKind.INSURANCE_POOL)
 CHAIN = Account(AccountKind.CHAIN)
-CHEQUES = Account(AccountKind.CHEQUES)
 UNCOLLECTED = Account(AccountKind.UNCOLLECTED)
 
 
@@ -109,3 +107,7 @@ def unbonding_of(provider: str) -> Account:
 
 def withdrawing_of(owner: str) -> Account:
     return Account(AccountKind.WITHDRAWING, owner)
+
+
+def cheques_of(provider: str) -> Account:
+    return Account(AccountKind.CHEQUES, provider)

@@ -16,9 +16,10 @@ withdrawal pays out, or a new deposit cancels it. A payout larger than what was 
 spend the gateway failed to collect in time; the gap is posted to ``uncollected`` (its
 loss), never taken from anyone else.
 
-Providers are paid by cheques: issuing one moves earnings to ``cheques``; the vault's
-``Paid`` event moves them out to ``chain``. A cheque is cumulative, so what the vault can
-ever pay one provider is bounded by what the journal moved to ``cheques`` for them.
+Providers are paid by cheques: issuing one moves earnings to the provider's ``cheques``;
+the vault's ``Paid`` event moves them out to ``chain``. A cheque is cumulative (what the
+vault paid the provider + what its ``cheques`` account holds), so the vault can never pay
+one provider more than the journal moved to ``cheques`` for them.
 """
 
 from __future__ import annotations
@@ -27,9 +28,9 @@ from dataclasses import dataclass
 
 from tessera.ledger.accounts import (
     CHAIN,
-    CHEQUES,
     UNCOLLECTED,
     balance_of,
+    cheques_of,
     earnings_of,
     withdrawing_of,
 )
@@ -135,14 +136,20 @@ def issue_cheque(ledger: Ledger, provider: str, amount: int, reference: str, at:
     """Promise ``amount`` of the provider's earnings by a signed cheque."""
     _positive(amount, "a cheque")
     return ledger.post(
-        CHEQUE, reference, {earnings_of(provider): -amount, CHEQUES: amount}, at, unique=True
+        CHEQUE,
+        reference,
+        {earnings_of(provider): -amount, cheques_of(provider): amount},
+        at,
+        unique=True,
     )
 
 
-def book_payment(ledger: Ledger, amount: int, reference: str, at: float) -> Entry:
-    """The vault paid a cheque (cashed by the provider or pushed by ``settle``)."""
+def book_payment(ledger: Ledger, provider: str, amount: int, reference: str, at: float) -> Entry:
+    """The vault paid the provider's cheque (cashed by them, or pushed by ``settle``)."""
     _positive(amount, "a payment")
-    return ledger.post(CHAIN_PAYMENT, reference, {CHEQUES: -amount, CHAIN: amount}, at, unique=True)
+    return ledger.post(
+        CHAIN_PAYMENT, reference, {cheques_of(provider): -amount, CHAIN: amount}, at, unique=True
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -183,6 +190,4 @@ def backing_problems(ledger: Ledger, vault: VaultView) -> list[str]:
         )
     if ledger.balance(UNCOLLECTED) > 0:
         problems.append("the uncollected account is positive")
-    if ledger.balance(CHEQUES) < 0:
-        problems.append("the cheques account is negative")
     return problems

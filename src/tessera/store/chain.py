@@ -6,7 +6,7 @@ in memory after that, so nothing here is on the request path.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -14,7 +14,18 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from tessera.errors import InvalidRequest
 from tessera.store.dialect import conflict_insert
 from tessera.store.errors import translated
-from tessera.store.tables import chain_cursor, chain_links, utc_now
+from tessera.store.tables import chain_cursor, chain_links, chain_payees, utc_now
+
+
+@dataclass(frozen=True, slots=True)
+class Payee:
+    """A provider's payout address from its newest checked Registry binding."""
+
+    provider_id: str
+    address: str
+    nonce: int
+    valid_until: int
+    bound_at_block: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,5 +95,25 @@ class ChainStore:
                 stmt = stmt.on_conflict_do_update(
                     index_elements=[chain_cursor.c.gateway],
                     set_={k: v for k, v in values.items() if k != "gateway"},
+                )
+                await conn.execute(stmt)
+
+    async def payees(self) -> dict[str, Payee]:
+        with translated(self._engine.url):
+            async with self._engine.connect() as conn:
+                rows = (await conn.execute(select(chain_payees))).mappings().all()
+        return {row["provider_id"]: Payee(**row) for row in rows}
+
+    async def save_payee(self, payee: Payee) -> None:
+        """Keep ``payee`` unless a binding from a later block is already stored (each
+        account numbers its own bindings, so only the block orders two accounts')."""
+        values = asdict(payee)
+        with translated(self._engine.url):
+            async with self._engine.begin() as conn:
+                stmt = conflict_insert(conn.dialect.name, chain_payees).values(**values)
+                stmt = stmt.on_conflict_do_update(
+                    index_elements=[chain_payees.c.provider_id],
+                    set_={k: v for k, v in values.items() if k != "provider_id"},
+                    where=chain_payees.c.bound_at_block <= payee.bound_at_block,
                 )
                 await conn.execute(stmt)

@@ -356,6 +356,18 @@ chain_links = Table(
     Index(None, "account_id"),
 )
 
+# Where each provider is paid: the Ethereum account its Ed25519 key bound itself to in the
+# Registry (the newest binding whose signature checks), read from the chain's Bound events.
+chain_payees = Table(
+    "chain_payees",
+    metadata,
+    Column("provider_id", String(64), primary_key=True),
+    Column("address", String(42), nullable=False),
+    Column("nonce", BigInteger(), nullable=False),
+    Column("valid_until", BigInteger(), nullable=False),
+    Column("bound_at_block", BigInteger(), nullable=False),
+)
+
 # How far the chain watcher has booked the vault's events, per gateway address: the last
 # finalized block whose events are all in the journal (gateway/chain_watcher.py).
 chain_cursor = Table(
