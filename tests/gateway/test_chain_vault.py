@@ -381,3 +381,53 @@ async def test_providers_are_paid_by_push_and_by_cheque_without_the_gateway(
             view = await status(client)
     assert view["problems"] == [], view
     assert view["backing"] == view["vault"]["linked_deposits"] + view["vault"]["gateway_balance"]
+
+
+async def test_a_deposit_reorganized_away_before_it_is_final_is_never_credited(
+    gateway_dir: Path, chain: Chain
+) -> None:
+    options = chain_options(gateway_dir, chain, chain.funded_key())
+    options["chain_confirmations"] = 3
+    consumer = chain.funded_key(tokens=2 * DEPOSIT)
+    async with live_gateway(gateway_dir, **options) as gw, gw.client() as client:
+        assert (await link(client, consumer)).status_code == 200
+        gateway_address = watcher(gw).gateway
+        await asyncio.to_thread(deposit, chain, consumer, gateway_address, DEPOSIT, DEPOSIT)
+        rpc(chain.node.url, "anvil_rollback", [2])  # the approve and the deposit vanish
+        chain.mine(5)
+        await booked_through(gw, chain.client.block("latest")[0] - 3)
+        assert (await account(client))["balance"] == 0
+        assert chain.client.deposits(consumer.address, gateway_address) == 0
+        await asyncio.to_thread(deposit, chain, consumer, gateway_address, DEPOSIT, DEPOSIT)
+        chain.mine(3)
+        await booked_through(gw, chain.client.block("latest")[0] - 3)
+        assert (await account(client))["balance"] == DEPOSIT
+        assert (await status(client))["problems"] == []
+
+
+async def test_a_reorganization_below_the_booked_block_stops_booking_loudly(
+    gateway_dir: Path, chain: Chain
+) -> None:
+    consumer = chain.funded_key(tokens=DEPOSIT)
+    options = chain_options(gateway_dir, chain, chain.funded_key())
+    async with live_gateway(gateway_dir, **options) as gw, gw.client() as client:
+        assert (await link(client, consumer)).status_code == 200
+        gateway_address = watcher(gw).gateway
+        await asyncio.to_thread(deposit, chain, consumer, gateway_address, DEPOSIT, DEPOSIT)
+        await booked(gw, chain)
+        assert (await account(client))["balance"] == DEPOSIT  # booked at 0 confirmations
+        rpc(chain.node.url, "anvil_rollback", [1])  # ...and then the deposit vanished
+        chain.mine(2)
+        async with asyncio.timeout(10):
+            while watcher(gw).halted is None:
+                await asyncio.sleep(0.02)
+        view = await status(client)
+        assert view["halted"] and "replaced block" in view["halted"]
+        assert any("--chain-confirmations" in p for p in view["problems"])
+        assert (await account(client))["balance"] == DEPOSIT  # nothing booked twice either
+
+
+async def booked_through(gw: LiveGateway, block: int) -> None:
+    async with asyncio.timeout(10):
+        while watcher(gw).cursor.block_number < block:
+            await asyncio.sleep(0.02)

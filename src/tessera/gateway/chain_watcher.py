@@ -84,6 +84,7 @@ class ChainWatcher:
         self.payees: dict[str, Payee] = {}  # provider id -> where it is paid
         self.cheques: dict[str, SignedCheque] = {}  # provider id -> its newest cheque
         self.problems: list[str] = []  # events the journal could not take (see status)
+        self.halted: str | None = None  # why booking stopped (a reorganization below it)
         self.links: dict[str, str] = {}
         self.cursor = Cursor(client.deployment.start_block - 1, "")
         self.unlinked: dict[str, int] = defaultdict(int)  # address -> deposits not credited
@@ -134,7 +135,19 @@ class ChainWatcher:
     async def poll(self) -> int:
         """Book every event up to the final block; returns how many were this gateway's."""
         async with self._lock:
-            number, block_hash = await asyncio.to_thread(self._final_block)
+            if self.halted is not None:
+                raise ChainError(self.halted)
+            number, block_hash, booked_hash = await asyncio.to_thread(self._final_block)
+            if self.cursor.block_hash and booked_hash != self.cursor.block_hash:
+                self.halted = (
+                    f"the chain replaced block {self.cursor.block_number}, which this gateway "
+                    f"had booked as final ({self.cursor.block_hash}, now {booked_hash}): the "
+                    "journal may hold events no longer on chain, so booking stopped. Raise "
+                    "--chain-confirmations, compare `GET /v1/chain` with the vault, and restart"
+                )
+                self.problems.append(self.halted)
+                log.error("chain: %s", self.halted)
+                raise ChainError(self.halted)
             if number <= self.cursor.block_number:
                 return 0
             events = await asyncio.to_thread(
@@ -147,11 +160,18 @@ class ChainWatcher:
             await self.store.save_cursor(self.gateway, self.cursor)
             return booked
 
-    def _final_block(self) -> tuple[int, str]:
+    def _final_block(self) -> tuple[int, str, str]:
+        """The final block's number and hash, and the hash the chain now gives the block
+        booked last (a reorganization below it changes it)."""
         if self.confirmations is None:
-            return self.client.block("finalized")
-        latest, _ = self.client.block("latest")
-        return self.client.block(max(0, latest - self.confirmations))
+            number, block_hash = self.client.block("finalized")
+        else:
+            latest, _ = self.client.block("latest")
+            number, block_hash = self.client.block(max(0, latest - self.confirmations))
+        booked = ""
+        if self.cursor.block_hash:
+            booked = self.client.block(self.cursor.block_number)[1]
+        return number, block_hash, booked
 
     def _ours(self, event: ChainEvent) -> bool:
         return (
@@ -439,6 +459,7 @@ class ChainWatcher:
                 self.keeper.book.ledger.balance(cheques_of(p)) for p in self.payees
             ),
             "last_error": self.last_error,
+            "halted": self.halted,
         }
         if block < self.client.deployment.start_block:
             view["problems"] = []
