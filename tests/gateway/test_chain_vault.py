@@ -431,3 +431,44 @@ async def booked_through(gw: LiveGateway, block: int) -> None:
     async with asyncio.timeout(10):
         while watcher(gw).cursor.block_number < block:
             await asyncio.sleep(0.02)
+
+
+def bond(chain: Chain, account: EthKey, amount: int) -> None:
+    sender = chain.sender(account)
+    try:
+        sender.transact(chain.client.token.functions.approve(chain.client.stake.address, amount))
+        sender.transact(chain.client.stake.functions.bond(amount))
+    finally:
+        sender.close()
+
+
+async def test_the_router_counts_the_stake_bonded_on_chain(gateway_dir: Path, chain: Chain) -> None:
+    options = chain_options(gateway_dir, chain, chain.funded_key())
+    options["min_stake_units"] = 10 * TOKEN
+    options["queue_timeout_s"] = 0.3
+    consumer = chain.funded_key(tokens=DEPOSIT)
+    provider_account = chain.funded_key(tokens=10 * TOKEN)
+    async with live_gateway(gateway_dir, **options) as gw, gw.client() as client:
+        assert (await link(client, consumer)).status_code == 200
+        await asyncio.to_thread(deposit, chain, consumer, watcher(gw).gateway, DEPOSIT, DEPOSIT)
+        peer, beat = await priced(gw)
+        await booked(gw, chain)
+        unstaked = await client.post("/v1/chat/completions", json=chat_body())
+        assert unstaked.status_code == 503, unstaked.text
+        # Bound but not bonded: still not routed. Bonded on chain: routed.
+        await asyncio.to_thread(bind, chain, provider_account, peer.key)
+        await booked(gw, chain)
+        assert (await client.post("/v1/chat/completions", json=chat_body())).status_code == 503
+        await asyncio.to_thread(bond, chain, provider_account, 10 * TOKEN)
+        await booked(gw, chain)
+        assert watcher(gw).bonded(peer.provider_id) == 10 * TOKEN
+        await spend(client, peer, 1)
+        status_view = (await client.get(f"/v1/providers/{peer.provider_id}")).json()
+        assert status_view["bonded"] == 10 * TOKEN, status_view
+        # Unbonding on chain takes it out of the routing at once.
+        sender = chain.sender(provider_account)
+        sender.transact(chain.client.stake.functions.unbond(1))
+        sender.close()
+        await booked(gw, chain)
+        assert (await client.post("/v1/chat/completions", json=chat_body())).status_code == 503
+        beat.cancel()

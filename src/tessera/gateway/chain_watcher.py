@@ -82,6 +82,7 @@ class ChainWatcher:
         self.min_payout = min_payout
         self.clock = clock
         self.payees: dict[str, Payee] = {}  # provider id -> where it is paid
+        self.stakes: dict[str, int] = {}  # account -> stake bonded on chain (the router's)
         self.cheques: dict[str, SignedCheque] = {}  # provider id -> its newest cheque
         self.problems: list[str] = []  # events the journal could not take (see status)
         self.halted: str | None = None  # why booking stopped (a reorganization below it)
@@ -104,6 +105,25 @@ class ChainWatcher:
         stored = await self.store.cursor(self.gateway)
         if stored is not None:
             self.cursor = stored
+        if self.cursor.block_number >= self.client.deployment.start_block:
+            accounts = sorted({p.address for p in self.payees.values()})
+            self.stakes = await asyncio.to_thread(
+                self._read_stakes, accounts, self.cursor.block_number
+            )
+
+    # ------------------------------------------------------------ stake (the router's)
+
+    def bonded(self, provider_id: str) -> int:
+        """Stake bonded on chain by the account the provider's key is bound to."""
+        payee = self.payees.get(provider_id)
+        return 0 if payee is None else self.stakes.get(payee.address, 0)
+
+    def staked(self) -> set[str]:
+        return {p for p, payee in self.payees.items() if self.stakes.get(payee.address, 0) > 0}
+
+    def _read_stakes(self, accounts: list[str], block: int) -> dict[str, int]:
+        stake = self.client.stake.functions
+        return {a: int(stake.bonded(a).call(block_identifier=block)) for a in accounts}
 
     async def run(self) -> None:
         """Poll and collect until cancelled; a failing node is logged and retried."""
@@ -184,6 +204,14 @@ class ChainWatcher:
         if event.contract == "registry" and event.name == "Bound":
             await self._bound(event)
             return 0
+        if event.contract == "stake":
+            account = (
+                event.args.get("account") or event.args.get("offender") or event.args.get("gateway")
+            )
+            if account is not None:
+                read = await asyncio.to_thread(self._read_stakes, [account], event.block_number)
+                self.stakes.update(read)
+            return 0
         if (
             event.contract == "vault"
             and event.name == "Paid"
@@ -259,7 +287,15 @@ class ChainWatcher:
         if known is not None and known.bound_at_block > payee.bound_at_block:
             return
         await self.store.save_payee(payee)
+        # An account is bound to one key at a time: a key it bound before no longer earns
+        # there, nor counts its stake.
+        for provider, known in list(self.payees.items()):
+            if known.address == payee.address and provider != payee.provider_id:
+                del self.payees[provider]
         self.payees[payee.provider_id] = payee
+        if payee.address not in self.stakes:
+            read = await asyncio.to_thread(self._read_stakes, [payee.address], event.block_number)
+            self.stakes.update(read)
 
     async def _paid(self, event: ChainEvent) -> None:
         amount = int(event.args["amount"])
@@ -526,6 +562,7 @@ async def open_chain_watcher(
         min_payout=settings.chain_min_payout_units,
     )
     await watcher.start()
+    keeper.book.chain_stake = watcher  # the router counts the stake bonded on chain
     log.info(
         "chain %d: vault %s, gateway %s, booked through block %d",
         deployment.chain_id,

@@ -526,7 +526,8 @@ class LedgerService:
     async def _stakes(self, data: bytes) -> dict[str, Any]:
         parse(StakesRequest, data)
         book = self.bookkeeper.book
-        bonded = {p: book.bonded(p) for p in self._staked}
+        staked = self._staked if book.chain_stake is None else book.staked_providers()
+        bonded = {p: book.bonded(p) for p in staked}
         return {"stakes": {p: units for p, units in bonded.items() if units > 0}}
 
 

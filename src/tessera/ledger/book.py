@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from tessera.ledger.accounts import (
     FEES,
@@ -40,6 +41,14 @@ from tessera.ledger.staking import (
     Tranche,
 )
 from tessera.ledger.transfers import clawback, mint, pay_auditor, withdraw_earnings
+
+
+class StakeSource(Protocol):
+    """Where bonded stake lives when it is not in the journal (an EVM chain)."""
+
+    def bonded(self, provider: str) -> int: ...
+
+    def staked(self) -> set[str]: ...
 
 
 class CapReached(LedgerError):
@@ -87,6 +96,7 @@ class Book:
             self.staking.track(entry)
             self.spend.track(entry)
         self.listeners: list[Callable[[Entry], None]] = []
+        self.chain_stake: StakeSource | None = None
 
     # ------------------------------------------------------------ undo
 
@@ -151,7 +161,7 @@ class Book:
         return ProviderView(
             earnings=self.ledger.balance(earnings_of(provider)),
             balance=self.ledger.balance(balance_of(provider)),
-            bonded=self.staking.bonded(provider),
+            bonded=self.bonded(provider),
             unbonding=tuple(self.staking.tranches(provider)),
         )
 
@@ -171,7 +181,17 @@ class Book:
         return balance if room is None else min(balance, room)
 
     def bonded(self, provider: str) -> int:
+        """The stake the router counts: the journal's, or the chain's when one is
+        configured (``chain_stake``, an in-memory index the chain watcher keeps)."""
+        if self.chain_stake is not None:
+            return self.chain_stake.bonded(provider)
         return self.ledger.balance(stake_of(provider))
+
+    def staked_providers(self) -> set[str]:
+        """Providers that may have stake, for those asking for every stake at once."""
+        if self.chain_stake is not None:
+            return self.chain_stake.staked()
+        return {a.owner for a in self.ledger.balances() if a.kind is AccountKind.STAKE}
 
     # ------------------------------------------------------------ requests
 

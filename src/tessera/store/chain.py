@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-from sqlalchemy import select
+from sqlalchemy import delete, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tessera.errors import InvalidRequest
@@ -117,3 +117,11 @@ class ChainStore:
                     where=chain_payees.c.bound_at_block <= payee.bound_at_block,
                 )
                 await conn.execute(stmt)
+                # The account is bound to this key now, no longer to the one before.
+                await conn.execute(
+                    delete(chain_payees).where(
+                        chain_payees.c.address == payee.address,
+                        chain_payees.c.provider_id != payee.provider_id,
+                        chain_payees.c.bound_at_block <= payee.bound_at_block,
+                    )
+                )
