@@ -160,6 +160,19 @@ class GatewaySettings(BaseSettings):
         ge=1,
         description="Earnings (base units) a provider must have before a new cheque is signed.",
     )
+    chain_wei_per_token: int = Field(
+        10**15,
+        gt=0,
+        description="The token's price in the chain's native currency (wei per token), to "
+        "weigh a payout against the gas of pushing it.",
+    )
+    chain_max_gas_share_bps: int = Field(
+        100,
+        gt=0,
+        le=10_000,
+        description="Push a provider's payout only when its gas costs at most this share of "
+        "it (basis points); smaller payouts wait, or are cashed from their cheque.",
+    )
     chain_confirmations: int | None = Field(
         None,
         ge=0,

@@ -25,6 +25,7 @@ from tessera.chain.errors import TransactionReverted
 from tessera.chain.keys import EthKey, write_key_file
 from tessera.chain.sender import TxSender
 from tessera.chain.typed_data import SignedCheque, sign_binding, sign_cheque
+from tessera.ledger import chain_book
 from tessera.ledger.accounts import TOKEN, cheques_of, earnings_of
 from tessera.store.chain import ChainStore, Cursor
 from tessera.store.engine import create_engine, database_url_for
@@ -101,6 +102,7 @@ def chain_options(gateway_dir: Path, chain: Chain, key: EthKey) -> dict[str, Any
         "chain_poll_s": 0.05,
         "chain_collect_s": 3600.0,  # the tests collect and pay when they mean to
         "chain_min_payout_units": 1,
+        "chain_wei_per_token": 10**30,  # gas is free next to a token: push every payout
     }
 
 
@@ -341,6 +343,11 @@ async def test_providers_are_paid_by_push_and_by_cheque_without_the_gateway(
         await booked(gw, chain)
         assert ledger.balance(cheques_of(peer.provider_id)) == 0
         assert ledger.balance(earnings_of(peer.provider_id)) == 0
+        # The epoch's commitment: a root anyone with the journal can recompute.
+        root = chain_book.ledger_root(ledger.balances())
+        epoch = await watcher(gw).post_epoch()
+        assert epoch is not None and await watcher(gw).post_epoch() is None
+        assert chain.client.vault.functions.epoch_root(key.address, epoch).call() == root
 
         # More work in the same epoch: a cheque only, which the provider cashes itself.
         await spend(client, peer, 2)

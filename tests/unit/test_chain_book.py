@@ -116,3 +116,25 @@ def test_backing_matches_the_vault_after_collect_and_payout() -> None:
     (problem,) = cb.backing_problems(book.ledger, wrong)
     assert "vault holds 10000" in problem
     assert book.ledger.balance(CHAIN) == -(10_000 - earned)
+
+
+def test_push_threshold_scales_with_the_gas_price() -> None:
+    # 50k gas at 2 gwei is 1e14 wei; at 1e15 wei a token that is 0.1 token; at most 1 %
+    # of a payout on gas: 10 tokens.
+    assert cb.push_threshold(2 * 10**9, 50_000, 10**15, 100) == 10 * 10**9
+    assert cb.push_threshold(4 * 10**9, 50_000, 10**15, 100) == 20 * 10**9
+    assert cb.push_threshold(0, 50_000, 10**15, 100) == 0
+    assert cb.push_threshold(1, 1, 10**30, 100) == 1  # rounds up, never to 0 when gas costs
+
+
+def test_the_ledger_root_commits_to_every_balance() -> None:
+    book = Book(BookPolicy())
+    deposit(book, "a", 500)
+    deposit(book, "b", 300, log_index=1)
+    root = cb.ledger_root(book.ledger.balances())
+    assert len(root) == 32
+    assert cb.ledger_root(dict(reversed(list(book.ledger.balances().items())))) == root
+    changed = dict(book.ledger.balances())
+    changed[balance_of("a")] += 1
+    assert cb.ledger_root(changed) != root
+    assert cb.ledger_root({}) == bytes(32)

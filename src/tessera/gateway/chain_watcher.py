@@ -46,6 +46,7 @@ log = logging.getLogger("tessera.gateway.chain")
 
 CONSUMER_EVENTS = frozenset({"Deposited", "Refunded", "WithdrawRequested", "Withdrawn"})
 MAX_SETTLE = 256  # PaymentVault.MAX_SETTLE: pushed payments per epoch
+GAS_PER_PUSH = 51_000  # settle's gas per payment to a provider paid for the first time
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,6 +69,8 @@ class ChainWatcher:
         collect_s: float = 30.0,
         confirmations: int | None = None,
         min_payout: int = 1,
+        wei_per_token: int = 10**15,
+        max_gas_share_bps: int = 100,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.client = client
@@ -80,6 +83,9 @@ class ChainWatcher:
         self.collect_s = collect_s
         self.confirmations = confirmations
         self.min_payout = min_payout
+        self.wei_per_token = wei_per_token
+        self.max_gas_share_bps = max_gas_share_bps
+        self.posted_epoch = -1  # the last vault epoch whose ledger root was posted
         self.clock = clock
         self.payees: dict[str, Payee] = {}  # provider id -> where it is paid
         self.stakes: dict[str, int] = {}  # account -> stake bonded on chain (the router's)
@@ -140,6 +146,7 @@ class ChainWatcher:
                 if self.clock() >= next_collect:
                     await self.collect()
                     await self.pay_providers()
+                    await self.post_epoch()
                     next_collect = self.clock() + self.collect_s
                 self.last_error = None
             except asyncio.CancelledError:
@@ -411,7 +418,10 @@ class ChainWatcher:
             }
             if not due:
                 return []
-            chain = await asyncio.to_thread(self._read_payees, due, block)
+            chain, gas_price = await asyncio.to_thread(self._read_payees, due, block)
+            threshold = chain_book.push_threshold(
+                gas_price, GAS_PER_PUSH, self.wei_per_token, self.max_gas_share_bps
+            )
             signed = []
             for provider, payee in due.items():
                 paid, bound_key = chain[provider]
@@ -438,7 +448,7 @@ class ChainWatcher:
                 (
                     (c.cumulative - chain[p][0], c.provider, c.cumulative)
                     for p, c in self.cheques.items()
-                    if p in chain and c.cumulative > chain[p][0]
+                    if p in chain and c.cumulative - chain[p][0] >= max(1, threshold)
                 ),
                 reverse=True,
             )[:MAX_SETTLE]
@@ -446,7 +456,11 @@ class ChainWatcher:
             await asyncio.to_thread(self._push, [(a, c) for _, a, c in owed])
         return signed
 
-    def _read_payees(self, due: dict[str, Payee], block: int) -> dict[str, tuple[int, bytes]]:
+    def _read_payees(
+        self, due: dict[str, Payee], block: int
+    ) -> tuple[dict[str, tuple[int, bytes]], int]:
+        """Per provider: what the vault paid it and the key its account is bound to; and
+        the gas price now."""
         vault = self.client.vault.functions
         registry = self.client.registry.functions
         out = {}
@@ -454,7 +468,41 @@ class ChainWatcher:
             paid = int(vault.paid(self.gateway, payee.address).call(block_identifier=block))
             bound = registry.bindings(payee.address).call(block_identifier=block)
             out[provider] = (paid, bytes(bound[0]))
-        return out
+        return out, int(self.client.w3.eth.gas_price)
+
+    async def post_epoch(self) -> int | None:
+        """Once per vault epoch, commit on chain to the journal's balances (a Merkle root,
+        chain_book.ledger_root) with what was collected and paid so far. Returns the epoch
+        posted, or None when this one already was."""
+        async with self._lock:
+            block = self.cursor.block_number
+            if block < self.client.deployment.start_block:
+                return None
+            snapshot = dict(self.keeper.book.ledger.balances())
+            links = sorted(self.links)
+            payees = sorted({p.address for p in self.payees.values()})
+
+        def post() -> int | None:
+            epoch = self.client.current_epoch()
+            if epoch <= self.posted_epoch:
+                return None
+            vault = self.client.vault.functions
+            if vault.epoch_root(self.gateway, epoch).call() != bytes(32):
+                self.posted_epoch = epoch  # posted before a restart
+                return None
+            spent = sum(
+                int(vault.collected(a, self.gateway).call(block_identifier=block)) for a in links
+            )
+            paid = sum(
+                int(vault.paid(self.gateway, a).call(block_identifier=block)) for a in payees
+            )
+            root = chain_book.ledger_root(snapshot)
+            self.client.post_epoch(self.sender, epoch, root, spent, paid)
+            self.posted_epoch = epoch
+            log.info("chain: posted epoch %d root %s", epoch, root.hex())
+            return epoch
+
+        return await asyncio.to_thread(post)
 
     def _push(self, payments: list[tuple[str, int]]) -> None:
         """One ``settle`` per vault epoch; the rest is cashed from the cheques."""
@@ -560,6 +608,8 @@ async def open_chain_watcher(
         collect_s=settings.chain_collect_s,
         confirmations=settings.chain_confirmations,
         min_payout=settings.chain_min_payout_units,
+        wei_per_token=settings.chain_wei_per_token,
+        max_gas_share_bps=settings.chain_max_gas_share_bps,
     )
     await watcher.start()
     keeper.book.chain_stake = watcher  # the router counts the stake bonded on chain

@@ -24,11 +24,14 @@ one provider more than the journal moved to ``cheques`` for them.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from tessera.ledger.accounts import (
     CHAIN,
+    TOKEN,
     UNCOLLECTED,
+    Account,
     balance_of,
     cheques_of,
     earnings_of,
@@ -191,3 +194,34 @@ def backing_problems(ledger: Ledger, vault: VaultView) -> list[str]:
     if ledger.balance(UNCOLLECTED) > 0:
         problems.append("the uncollected account is positive")
     return problems
+
+
+def push_threshold(
+    gas_price_wei: int, gas_per_payment: int, wei_per_token: int, max_gas_share_bps: int
+) -> int:
+    """The smallest payout (base units) worth pushing: one whose gas costs at most
+    ``max_gas_share_bps`` of it. Smaller ones wait, or are cashed from their cheque."""
+    gas_wei = gas_price_wei * gas_per_payment
+    return -(-gas_wei * 10_000 * TOKEN // (wei_per_token * max_gas_share_bps))
+
+
+def ledger_root(balances: Mapping[Account, int]) -> bytes:
+    """A Merkle root (keccak-256) over every non-zero balance, leaves sorted by account:
+    posted on chain each epoch so anyone holding the journal can prove a balance against
+    it. Leaf: keccak(account UTF-8 || 0x00 || balance as 16-byte signed big-endian); a
+    node hashes its two children in order; an odd one out is carried up as is."""
+    from eth_utils import keccak
+
+    level = [
+        keccak(str(account).encode() + b"\0" + amount.to_bytes(16, "big", signed=True))
+        for account, amount in sorted(balances.items())
+        if amount != 0
+    ]
+    if not level:
+        return bytes(32)
+    while len(level) > 1:
+        paired = [keccak(level[i] + level[i + 1]) for i in range(0, len(level) - 1, 2)]
+        if len(level) % 2:
+            paired.append(level[-1])
+        level = paired
+    return level[0]
