@@ -506,9 +506,21 @@ def earnings_withdraw(
 
 
 @ledger_app.command("check")
-def ledger_check(data_dir: DataDir = default_data_dir(), database_url: DatabaseUrl = None) -> None:
+def ledger_check(
+    data_dir: DataDir = default_data_dir(),
+    database_url: DatabaseUrl = None,
+    chain_url: Annotated[
+        str | None,
+        typer.Option(help="Also reconcile with the vault on this chain (JSON-RPC URL)."),
+    ] = None,
+    deployment: Annotated[
+        Path | None, typer.Option(help="The contracts' deployment file, with --chain-url.")
+    ] = None,
+) -> None:
     """Prove the stored journal sound, in SQL and by replaying it into a fresh book (offline).
 
+    With --chain-url and --deployment, also compare what the journal says the vault holds
+    for this gateway with what the vault holds, at the last block the gateway booked.
     Exits 0 when sound, 1 listing every problem.
     """
     from tessera.ledger.book import Book, BookPolicy
@@ -549,6 +561,11 @@ def ledger_check(data_dir: DataDir = default_data_dir(), database_url: DatabaseU
             problems.extend(book.check())
     if book is not None:
         data.print(_totals_table(book))
+    if (chain_url is None) != (deployment is None):
+        fail("pass both --chain-url and --deployment to reconcile with the chain")
+    if book is not None and chain_url is not None and deployment is not None:
+        with status.status("reading the vault…"):
+            problems.extend(_chain_problems(book, chain_url, deployment, data_dir, database_url))
     if problems:
         for problem in problems:
             status.print(f"[red]problem:[/] {escape(problem)}")
@@ -567,3 +584,64 @@ def _totals_table(book: Any) -> Table:
     table.add_row("entries", str(entries))
     table.add_row("open holds", f"{len(holds)} holding {amount_text(sum(h.amount for h in holds))}")
     return table
+
+
+def _chain_problems(
+    book: Any, chain_url: str, deployment_path: Path, data_dir: Path, database_url: str | None
+) -> list[str]:
+    """Where the journal's chain side and the vault disagree, at the booked block."""
+    from tessera.chain.client import ChainClient
+    from tessera.chain.deployment import Deployment
+    from tessera.ledger.chain_book import VaultView, backing, backing_problems
+    from tessera.store.chain import ChainStore
+    from tessera.store.tables import chain_cursor
+
+    async def stored() -> tuple[dict[str, str], list[tuple[str, int, str]]]:
+        from sqlalchemy import select
+
+        engine = await _open_store(data_dir, database_url)
+        try:
+            async with engine.connect() as conn:
+                rows = (await conn.execute(select(chain_cursor))).mappings().all()
+            cursors = [(r["gateway"], int(r["block_number"]), r["block_hash"]) for r in rows]
+            return await ChainStore(engine).links(), cursors
+        finally:
+            await engine.dispose()
+
+    try:
+        links, cursors = asyncio.run(stored())
+        if not cursors:
+            return ["the journal has booked nothing from a chain: no gateway ran with --chain-url"]
+        client = ChainClient(chain_url, Deployment.load(deployment_path))
+    except TesseraError as exc:
+        return [f"cannot reconcile with the chain: {exc.message}"]
+    problems = []
+    for gateway, block, block_hash in cursors:
+        vault = client.vault.functions
+        try:
+            on_chain_hash = client.block(block)[1]
+            deposits = sum(
+                int(vault.deposits(a, gateway).call(block_identifier=block)) for a in links
+            )
+            balance = int(vault.gateway_balance(gateway).call(block_identifier=block))
+        except Exception as exc:  # the node is down or pruned that block
+            problems.append(f"cannot read the vault at block {block}: {exc}")
+            continue
+        if on_chain_hash != block_hash:
+            problems.append(
+                f"block {block} is {on_chain_hash} on chain but was booked as {block_hash}: "
+                "the chain reorganized below what the gateway took as final"
+            )
+        seen = VaultView(linked_deposits=deposits, unlinked_deposits=0, gateway_balance=balance)
+        found = backing_problems(book.ledger, seen)
+        problems.extend(
+            f"{p} at block {block}; if the gateway stopped in the middle of booking, start it "
+            "once to finish, then check again"
+            for p in found
+        )
+        if not found:
+            status.print(
+                f"[green]chain[/] gateway {gateway}: the journal backs "
+                f"{amount_text(backing(book.ledger))}, as the vault holds at block {block}"
+            )
+    return problems

@@ -13,9 +13,11 @@ from typing import Any
 
 import httpx
 import pytest
+import typer
 from eth_account import Account
 from eth_account.messages import encode_defunct
 from nacl.signing import SigningKey
+from typer.testing import CliRunner
 
 from tessera.chain.anvil import AnvilNode, rpc, start_anvil
 from tessera.chain.client import ChainClient
@@ -27,8 +29,11 @@ from tessera.chain.sender import TxSender
 from tessera.chain.typed_data import SignedCheque, sign_binding, sign_cheque
 from tessera.ledger import chain_book
 from tessera.ledger.accounts import TOKEN, cheques_of, earnings_of
+from tessera.ledger.book import Book, BookPolicy
+from tessera.money_cli import ledger_app
 from tessera.store.chain import ChainStore, Cursor
 from tessera.store.engine import create_engine, database_url_for
+from tessera.store.ledger import LedgerStore
 
 from support.scripted_peers import (
     LiveGateway,
@@ -479,3 +484,45 @@ async def test_the_router_counts_the_stake_bonded_on_chain(gateway_dir: Path, ch
         await booked(gw, chain)
         assert (await client.post("/v1/chat/completions", json=chat_body())).status_code == 503
         beat.cancel()
+
+
+async def test_ledger_check_reconciles_the_journal_with_the_vault(
+    gateway_dir: Path, chain: Chain
+) -> None:
+    options = chain_options(gateway_dir, chain, chain.funded_key())
+    consumer = chain.funded_key(tokens=DEPOSIT)
+    async with live_gateway(gateway_dir, **options) as gw, gw.client() as client:
+        assert (await link(client, consumer)).status_code == 200
+        await asyncio.to_thread(deposit, chain, consumer, watcher(gw).gateway, DEPOSIT, DEPOSIT)
+        await booked(gw, chain)
+    cli = typer.Typer()
+    cli.add_typer(ledger_app, name="ledger")
+    args = [
+        "ledger",
+        "check",
+        "--data-dir",
+        str(gateway_dir),
+        "--chain-url",
+        chain.node.url,
+        "--deployment",
+        str(chain.deployment_file),
+    ]
+    sound = await asyncio.to_thread(CliRunner().invoke, cli, args)
+    assert sound.exit_code == 0, sound.stderr
+    assert "as the vault holds" in sound.stderr
+    # A credit no deposit backs (a bug, or a hand in the database) is named.
+    engine = create_engine(database_url_for(gateway_dir))
+    try:
+        store = LedgerStore(engine)
+        book = Book(BookPolicy(), await store.load())
+        forged = book.chain_move(
+            lambda ledger: chain_book.credit_deposit(ledger, "acct_forged", 7, "0xf:0", 1.0)
+        )
+        assert forged is not None
+        await store.append([forged])
+    finally:
+        await engine.dispose()
+    broken = await asyncio.to_thread(CliRunner().invoke, cli, args)
+    assert broken.exit_code == 1
+    said = " ".join(broken.stderr.split())  # the console wraps long lines
+    assert f"backs {DEPOSIT + 7} base units on chain but the vault holds {DEPOSIT}" in said
