@@ -28,7 +28,7 @@ from tessera.chain.keys import EthKey, write_key_file
 from tessera.chain.sender import TxSender
 from tessera.chain.typed_data import SignedCheque, sign_binding, sign_cheque
 from tessera.ledger import chain_book
-from tessera.ledger.accounts import TOKEN, cheques_of, earnings_of
+from tessera.ledger.accounts import FEES, TOKEN, cheques_of, earnings_of
 from tessera.ledger.book import Book, BookPolicy
 from tessera.money_cli import ledger_app
 from tessera.store.chain import ChainStore, Cursor
@@ -526,3 +526,42 @@ async def test_ledger_check_reconciles_the_journal_with_the_vault(
     assert broken.exit_code == 1
     said = " ".join(broken.stderr.split())  # the console wraps long lines
     assert f"backs {DEPOSIT + 7} base units on chain but the vault holds {DEPOSIT}" in said
+
+
+async def test_a_cheque_above_the_gateways_funds_is_paid_from_its_bond(
+    gateway_dir: Path, chain: Chain
+) -> None:
+    key = chain.funded_key(tokens=100 * TOKEN)
+    await asyncio.to_thread(bond, chain, key, 100 * TOKEN)  # the bond behind its cheques
+    options = chain_options(gateway_dir, chain, key)
+    consumer = chain.funded_key(tokens=DEPOSIT)
+    provider_account = chain.funded_key()
+    async with live_gateway(gateway_dir, **options) as gw, gw.client() as client:
+        ledger = gw.app.state.gateway.bookkeeper.book.ledger
+        assert (await link(client, consumer)).status_code == 200
+        await asyncio.to_thread(deposit, chain, consumer, key.address, DEPOSIT, DEPOSIT)
+        peer, beat = await priced(gw)
+        await asyncio.to_thread(bind, chain, provider_account, peer.key)
+        await booked(gw, chain)
+        await spend(client, peer, 2)
+        earned = ledger.balance(earnings_of(peer.provider_id))
+        fees = ledger.balance(FEES)
+        # Nothing collected yet: the vault holds no balance for the gateway, so the push
+        # skips the payment, and the cheque, cashed, bounces onto the gateway's bond.
+        (cheque,) = await watcher(gw).pay_providers()
+        assert chain.client.gateway_balance(key.address) == 0
+        assert chain.client.token_balance(provider_account.address) == 0
+        payee = chain.sender(provider_account)
+        try:
+            chain.client.cash(payee, cheque)
+        finally:
+            payee.close()
+        assert chain.client.token_balance(provider_account.address) == earned
+        assert chain.client.bonded(key.address) == 100 * TOKEN - earned
+        await booked(gw, chain)
+        assert ledger.balance(FEES) == fees + earned  # the operator is owed its bond back
+        assert (await status(client))["problems"] == []
+        await watcher(gw).collect()
+        await booked(gw, chain)
+        assert (await status(client))["problems"] == []
+        beat.cancel()

@@ -219,13 +219,21 @@ class ChainWatcher:
                 read = await asyncio.to_thread(self._read_stakes, [account], event.block_number)
                 self.stakes.update(read)
             return 0
-        if (
-            event.contract == "vault"
-            and event.name == "Paid"
-            and event.args.get("gateway") == self.gateway
-        ):
-            await self._paid(event)
-            return 1
+        if event.contract == "vault" and event.args.get("gateway") == self.gateway:
+            if event.name == "Paid":
+                await self._paid(event)
+                return 1
+            if event.name == "ChequeBounced" and event.args["covered"] > 0:
+                covered = int(event.args["covered"])
+                key = chain_book.chain_event_key(event.tx_hash, event.log_index)
+                log.warning("chain: the gateway's bond covered %d of a cheque", covered)
+                try:
+                    await self.keeper.chain_move(
+                        lambda ledger, at: chain_book.book_bounce_cover(ledger, covered, key, at)
+                    )
+                except DuplicateEntry:
+                    pass
+                return 1
         if not self._ours(event):
             return 0
         consumer = event.args["consumer"]

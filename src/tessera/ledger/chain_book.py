@@ -29,6 +29,7 @@ from dataclasses import dataclass
 
 from tessera.ledger.accounts import (
     CHAIN,
+    FEES,
     TOKEN,
     UNCOLLECTED,
     Account,
@@ -46,6 +47,7 @@ WITHDRAW_CANCELLED = "chain_withdraw_cancelled"
 CHAIN_WITHDRAWAL = "chain_withdrawal"
 CHEQUE = "cheque"
 CHAIN_PAYMENT = "chain_payment"
+BOUNCE_COVERED = "chain_bounce_covered"
 CHAIN_KINDS = frozenset(
     {
         CHAIN_DEPOSIT,
@@ -55,6 +57,7 @@ CHAIN_KINDS = frozenset(
         CHAIN_WITHDRAWAL,
         CHEQUE,
         CHAIN_PAYMENT,
+        BOUNCE_COVERED,
     }
 )
 
@@ -153,6 +156,15 @@ def book_payment(ledger: Ledger, provider: str, amount: int, reference: str, at:
     return ledger.post(
         CHAIN_PAYMENT, reference, {cheques_of(provider): -amount, CHAIN: amount}, at, unique=True
     )
+
+
+def book_bounce_cover(ledger: Ledger, covered: int, reference: str, at: float) -> Entry:
+    """The gateway's bond paid ``covered`` of a cheque its vault balance could not: the
+    provider was paid (``book_payment`` books the whole payment as leaving the vault), but
+    that part left the stake manager instead, so the vault still holds it. Those tokens
+    are the operator's, owed back for its bond: they go to the fees account."""
+    _positive(covered, "a covered bounce")
+    return ledger.post(BOUNCE_COVERED, reference, {CHAIN: -covered, FEES: covered}, at, unique=True)
 
 
 @dataclass(frozen=True, slots=True)
