@@ -15,10 +15,12 @@ from rich.logging import RichHandler
 
 from tessera import __version__
 from tessera.catalog_cli import catalog_app
+from tessera.chain_cli import chain_app
 from tessera.config import GatewaySettings, ProviderSettings, default_data_dir
 from tessera.errors import TesseraError
 from tessera.money_cli import account_app, earnings_app, ledger_app, stake_app
 from tessera.receipt_cli import receipt_app
+from tessera.wallet_cli import wallet_app
 
 app = typer.Typer(
     help="Tessera: an open network that turns idle GPUs into one inference cloud.",
@@ -38,6 +40,8 @@ app.add_typer(earnings_app, name="earnings")
 app.add_typer(ledger_app, name="ledger")
 app.add_typer(receipt_app, name="receipt")
 app.add_typer(catalog_app, name="catalog")
+app.add_typer(chain_app, name="chain")
+app.add_typer(wallet_app, name="wallet")
 provider_app = typer.Typer(
     help="Run a provider agent (with no subcommand), or ask a gateway about it (status)."
 )

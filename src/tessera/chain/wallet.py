@@ -14,6 +14,7 @@ local chain 31337 whose token that key deployed.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -58,6 +59,30 @@ class WalletBalance:
         return {name: getattr(self, name) for name in self.__slots__}
 
 
+def balance_of(client: ChainClient, address: str, gateway: str | None = None) -> WalletBalance:
+    """What ``address`` holds (and has deposited at ``gateway``, if given)."""
+    me = _addr(address)
+    held = WalletBalance(
+        address=me,
+        eth_wei=client.eth_balance(me),
+        tokens=client.token_balance(me),
+        bonded=client.bonded(me),
+        unbonding=client.unbonding(me),
+        stake_unlock_at=client.stake_unlock_at(me),
+    )
+    if gateway is None:
+        return held
+    gateway = _addr(gateway)
+    return dataclasses.replace(
+        held,
+        gateway=gateway,
+        deposit=client.deposits(me, gateway),
+        custodial_cap=client.custodial_cap(me, gateway),
+        custodial_left=client.custodial_left(me, gateway),
+        withdraw_unlock_at=client.unlock_at(me, gateway),
+    )
+
+
 class Wallet:
     """One key's writes against one deployment (see the module docstring)."""
 
@@ -86,28 +111,7 @@ class Wallet:
     # ------------------------------------------------------------------ reads
 
     def balance(self, gateway: str | None = None) -> WalletBalance:
-        c, me = self.client, self.address
-        out = WalletBalance(
-            address=me,
-            eth_wei=c.eth_balance(me),
-            tokens=c.token_balance(me),
-            bonded=c.bonded(me),
-            unbonding=c.unbonding(me),
-            stake_unlock_at=c.stake_unlock_at(me),
-        )
-        if gateway is None:
-            return out
-        gateway = _addr(gateway)
-        return WalletBalance(
-            **{
-                **out.to_json(),
-                "gateway": gateway,
-                "deposit": c.deposits(me, gateway),
-                "custodial_cap": c.custodial_cap(me, gateway),
-                "custodial_left": c.custodial_left(me, gateway),
-                "withdraw_unlock_at": c.unlock_at(me, gateway),
-            }
-        )
+        return balance_of(self.client, self.address, gateway)
 
     # ------------------------------------------------------------------ consumer
 
