@@ -94,7 +94,7 @@ def open_client(chain_url: str, deployment_path: Path) -> ChainClient:
 
 def key_address(key_file: Path | None) -> str:
     """The address of a wallet key file, without its password (a keystore names it)."""
-    from eth_utils import to_checksum_address
+    from eth_utils.address import to_checksum_address
 
     from tessera.chain.keys import default_key_path, is_keystore, load_key_file
     from tessera.errors import ConfigError

@@ -17,15 +17,18 @@ epoch, so a gateway with more payees pays the rest by cheque (or the next epoch)
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from eth_utils import event_abi_to_log_topic, to_checksum_address
+from eth_typing import ChecksumAddress, HexAddress, HexStr
+from eth_utils.abi import event_abi_to_log_topic
+from eth_utils.address import to_checksum_address
 from web3 import Web3
 from web3.contract import Contract
 from web3.exceptions import ContractLogicError, Web3Exception
-from web3.types import TxReceipt
+from web3.types import FilterParams, TxReceipt
 
 from tessera.chain import typed_data
 from tessera.chain.artifacts import Artifact, load_artifacts
@@ -114,66 +117,73 @@ class ChainClient:
     # ------------------------------------------------------------------ reads
 
     def eth_balance(self, address: str) -> int:
-        return int(_read(lambda: self.w3.eth.get_balance(_addr(address)), "read"))
+        return int(
+            _read(
+                lambda: self.w3.eth.get_balance(
+                    ChecksumAddress(HexAddress(HexStr(_addr(address))))
+                ),
+                "read",
+            )
+        )
 
     def token_balance(self, address: str) -> int:
-        return self._call(self.token.functions.balanceOf(_addr(address)))
+        return self._uint(self.token.functions.balanceOf(_addr(address)))
 
     def total_supply(self) -> int:
-        return self._call(self.token.functions.totalSupply())
+        return self._uint(self.token.functions.totalSupply())
 
     def permit_nonce(self, owner: str) -> int:
         """The token's EIP-2612 nonce of ``owner`` (what its next permit must carry)."""
-        return self._call(self.token.functions.nonces(_addr(owner)))
+        return self._uint(self.token.functions.nonces(_addr(owner)))
 
     def is_minter(self, address: str) -> bool:
         return bool(self._call(self.token.functions.is_minter(_addr(address))))
 
     def allowance(self, owner: str, spender: str) -> int:
-        return self._call(self.token.functions.allowance(_addr(owner), _addr(spender)))
+        return self._uint(self.token.functions.allowance(_addr(owner), _addr(spender)))
 
     def deposits(self, consumer: str, gateway: str) -> int:
-        return self._call(self.vault.functions.deposits(_addr(consumer), _addr(gateway)))
+        return self._uint(self.vault.functions.deposits(_addr(consumer), _addr(gateway)))
 
     def collected(self, consumer: str, gateway: str) -> int:
-        return self._call(self.vault.functions.collected(_addr(consumer), _addr(gateway)))
+        return self._uint(self.vault.functions.collected(_addr(consumer), _addr(gateway)))
 
     def paid(self, gateway: str, provider: str) -> int:
-        return self._call(self.vault.functions.paid(_addr(gateway), _addr(provider)))
+        return self._uint(self.vault.functions.paid(_addr(gateway), _addr(provider)))
 
     def gateway_balance(self, gateway: str) -> int:
-        return self._call(self.vault.functions.gateway_balance(_addr(gateway)))
+        return self._uint(self.vault.functions.gateway_balance(_addr(gateway)))
 
     def insurance_pool(self) -> int:
-        return self._call(self.vault.functions.insurance_pool())
+        return self._uint(self.vault.functions.insurance_pool())
 
     def unlock_at(self, consumer: str, gateway: str) -> int:
         """Unix second the consumer's requested withdrawal unlocks (0: none requested)."""
-        return self._call(self.vault.functions.unlock_at(_addr(consumer), _addr(gateway)))
+        return self._uint(self.vault.functions.unlock_at(_addr(consumer), _addr(gateway)))
 
     def custodial_cap(self, consumer: str, gateway: str) -> int:
-        return self._call(self.vault.functions.custodial_cap(_addr(consumer), _addr(gateway)))
+        return self._uint(self.vault.functions.custodial_cap(_addr(consumer), _addr(gateway)))
 
     def custodial_left(self, consumer: str, gateway: str) -> int:
-        return self._call(self.vault.functions.custodial_left(_addr(consumer), _addr(gateway)))
+        return self._uint(self.vault.functions.custodial_left(_addr(consumer), _addr(gateway)))
 
     def last_settled_epoch(self, gateway: str) -> int:
-        return self._call(self.vault.functions.last_settled_epoch(_addr(gateway)))
+        return self._uint(self.vault.functions.last_settled_epoch(_addr(gateway)))
 
     def current_epoch(self) -> int:
-        return self._call(self.vault.functions.current_epoch())
+        return self._uint(self.vault.functions.current_epoch())
 
     def bonded(self, account: str) -> int:
-        return self._call(self.stake.functions.bonded(_addr(account)))
+        return self._uint(self.stake.functions.bonded(_addr(account)))
 
     def unbonding(self, account: str) -> int:
-        return self._call(self.stake.functions.unbonding(_addr(account)))
+        return self._uint(self.stake.functions.unbonding(_addr(account)))
 
     def stake_unlock_at(self, account: str) -> int:
-        return self._call(self.stake.functions.unlock_at(_addr(account)))
+        return self._uint(self.stake.functions.unlock_at(_addr(account)))
 
     def slashable(self, account: str) -> int:
-        return self._call(self.stake.functions.slashable(_addr(account)))
+        return self._uint(self.stake.functions.slashable(_addr(account)))
 
     def bindings(self, account: str) -> Binding | None:
         """The account's current binding, or None if it never bound a key."""
@@ -222,12 +232,8 @@ class ChainClient:
         start = from_block
         while start <= last:
             end = min(last, start + chunk_blocks - 1)
-            logs = _read(
-                lambda s=start, e=end: self.w3.eth.get_logs(
-                    {"fromBlock": s, "toBlock": e, "address": addresses}
-                ),
-                "read logs",
-            )
+            query: FilterParams = {"fromBlock": start, "toBlock": end, "address": addresses}
+            logs = _read(functools.partial(self.w3.eth.get_logs, query), "read logs")
             out.extend(event for log in logs if (event := self._decode(log)) is not None)
             start = end + 1
         out.sort(key=lambda e: (e.block_number, e.log_index))
@@ -348,6 +354,9 @@ class ChainClient:
         return sender.transact(self.vault.functions.gateway_withdraw(amount, _addr(to)))
 
     # ------------------------------------------------------------------ internals
+
+    def _uint(self, function: Any) -> int:
+        return int(self._call(function))
 
     def _call(self, function: Any) -> Any:
         try:
