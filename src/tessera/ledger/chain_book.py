@@ -222,7 +222,7 @@ def ledger_root(balances: Mapping[Account, int]) -> bytes:
     posted on chain each epoch so anyone holding the journal can prove a balance against
     it. Leaf: keccak(account UTF-8 || 0x00 || balance as 16-byte signed big-endian); a
     node hashes its two children in order; an odd one out is carried up as is."""
-    from eth_utils import keccak
+    from eth_utils.crypto import keccak
 
     level = [
         keccak(str(account).encode() + b"\0" + amount.to_bytes(16, "big", signed=True))
