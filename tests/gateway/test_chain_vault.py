@@ -340,9 +340,15 @@ async def test_providers_are_paid_by_push_and_by_cheque_without_the_gateway(
         earned = ledger.balance(earnings_of(peer.provider_id))
         assert earned > 0
         assert (await client.get(f"/v1/providers/{peer.provider_id}/cheque")).status_code == 404
-        await watcher(gw).collect()
+        # Before the spend is collected the vault cannot cover the payout: the cheque is
+        # signed, and the epoch's one settle is kept for when the vault can pay it.
+        settled_before = chain.client.last_settled_epoch(key.address)
         (cheque,) = await watcher(gw).pay_providers()
         assert cheque.cumulative == earned and cheque.provider == provider_account.address
+        assert chain.client.token_balance(provider_account.address) == 0
+        assert chain.client.last_settled_epoch(key.address) == settled_before
+        await watcher(gw).collect()
+        assert await watcher(gw).pay_providers() == []  # the same cheque, now pushed
         # The first payout of the epoch is pushed: the provider holds its earnings.
         assert chain.client.token_balance(provider_account.address) == earned
         await booked(gw, chain)

@@ -461,7 +461,7 @@ class ChainWatcher:
                 reverse=True,
             )[:MAX_SETTLE]
         if owed:
-            await asyncio.to_thread(self._push, [(a, c) for _, a, c in owed])
+            await asyncio.to_thread(self._push, [(a, c, amount) for amount, a, c in owed])
         return signed
 
     def _read_payees(
@@ -512,12 +512,22 @@ class ChainWatcher:
 
         return await asyncio.to_thread(post)
 
-    def _push(self, payments: list[tuple[str, int]]) -> None:
-        """One ``settle`` per vault epoch; the rest is cashed from the cheques."""
+    def _push(self, owed: list[tuple[str, int, int]]) -> None:
+        """One ``settle`` per vault epoch, of the largest payments the gateway's vault
+        balance covers now; the rest is cashed from the cheques. The vault skips an entry
+        its balance cannot cover but still spends the epoch's one settle, so an entry
+        earned after the last collect would waste the epoch: leave it for the next."""
         epoch = self.client.current_epoch()
         if epoch <= self.client.last_settled_epoch(self.gateway):
             return
-        self.client.settle(self.sender, epoch, payments)
+        balance = self.client.gateway_balance(self.gateway)
+        payments = []
+        for address, cumulative, amount in owed:
+            if amount <= balance:
+                balance -= amount
+                payments.append((address, cumulative))
+        if payments:
+            self.client.settle(self.sender, epoch, payments)
 
     def cheque_for(self, provider_id: str) -> SignedCheque | None:
         return self.cheques.get(provider_id)
