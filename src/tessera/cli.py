@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -114,6 +115,31 @@ def gateway(
             "stops (instead of refusing to start).",
         ),
     ] = False,
+    chain_url: Annotated[
+        str | None,
+        typer.Option(
+            help="EVM JSON-RPC URL: deposits, stake and payouts settle on this chain "
+            "(start a local one with `tessera chain up`).",
+        ),
+    ] = None,
+    deployment: Annotated[
+        Path | None,
+        typer.Option(help="The contracts' deployment file (`tessera chain up` writes one)."),
+    ] = None,
+    chain_key_file: Annotated[
+        Path | None,
+        typer.Option(
+            help="The gateway's Ethereum key file (default DATA_DIR/gateway-eth.key, "
+            "created when missing).",
+        ),
+    ] = None,
+    chain_confirmations: Annotated[
+        int | None,
+        typer.Option(
+            help="Book chain events this many blocks below the head (default: the "
+            "chain's finalized block).",
+        ),
+    ] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
     """Run a gateway: the OpenAI-compatible API and the provider hub."""
@@ -143,12 +169,33 @@ def gateway(
         extra["standby"] = True
     if nats_url:
         extra["nats_url"] = nats_url
+    if (chain_url is None) != (deployment is None) and not _chain_from_env(chain_url, deployment):
+        console.print(
+            "[bold red]error:[/] --chain-url and --deployment go together: the chain and the "
+            "contracts deployed on it (`tessera chain up` prints both)."
+        )
+        raise typer.Exit(2)
+    for name, value in (
+        ("chain_url", chain_url),
+        ("chain_deployment", deployment),
+        ("chain_key_file", chain_key_file),
+        ("chain_confirmations", chain_confirmations),
+    ):
+        if value is not None:
+            extra[name] = value
     settings = GatewaySettings(
         host=host, port=port, data_dir=data_dir, database_url=database_url, **extra
     )
     console.print(f"[bold]Tessera gateway[/] {__version__} on http://{host}:{port}")
     secure_data_dir(settings.data_dir)
     serve(create_app(settings), settings)
+
+
+def _chain_from_env(chain_url: str | None, deployment: Path | None) -> bool:
+    """True when the half not given on the command line is set in the environment."""
+    if chain_url is None:
+        return bool(os.environ.get("TESSERA_GATEWAY_CHAIN_URL"))
+    return bool(os.environ.get("TESSERA_GATEWAY_CHAIN_DEPLOYMENT"))
 
 
 @provider_app.callback(invoke_without_command=True)
