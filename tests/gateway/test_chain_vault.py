@@ -31,10 +31,12 @@ from tessera.ledger import chain_book
 from tessera.ledger.accounts import FEES, TOKEN, cheques_of, earnings_of
 from tessera.ledger.book import Book, BookPolicy
 from tessera.money_cli import ledger_app
+from tessera.protocol.signing import public_key_hex
 from tessera.store.chain import ChainStore, Cursor
 from tessera.store.engine import create_engine, database_url_for
 from tessera.store.ledger import LedgerStore
 
+from support.audit_peers import CLOSED, catalog_file, join, join_validators, stop, wait_status
 from support.scripted_peers import (
     LiveGateway,
     account,
@@ -42,6 +44,7 @@ from support.scripted_peers import (
     chat_body,
     journal_problems,
     live_gateway,
+    poll,
     priced,
 )
 
@@ -571,3 +574,83 @@ async def test_a_cheque_above_the_gateways_funds_is_paid_from_its_bond(
         await booked(gw, chain)
         assert (await status(client))["problems"] == []
         beat.cancel()
+
+
+async def test_a_cheater_caught_by_audits_is_slashed_on_chain_and_its_consumer_refunded(
+    gateway_dir: Path, chain: Chain
+) -> None:
+    key = chain.funded_key()
+    # Governance seats the gateway on the StakeManager's committee (threshold 1).
+    chain.minter.transact(chain.client.stake.functions.set_committee([key.address], 1))
+    options = chain_options(gateway_dir, chain, key)
+    stake = 10 * TOKEN
+    options["min_stake_units"] = stake
+    consumer = chain.funded_key(tokens=DEPOSIT)
+    cheat_account = chain.funded_key(tokens=stake)
+    cheat_key = SigningKey.generate()
+    validators = [SigningKey.generate() for _ in range(3)]
+
+    async def says_something_else(peer: Any, job: dict[str, Any]) -> None:
+        await answer(peer, job, text="not what the model says")
+
+    async with (
+        live_gateway(
+            gateway_dir,
+            catalog_file=catalog_file(gateway_dir),
+            validator_keys=[public_key_hex(k) for k in validators],
+            **options,
+        ) as gw,
+        gw.client() as client,
+    ):
+        assert (await link(client, consumer)).status_code == 200
+        await asyncio.to_thread(deposit, chain, consumer, key.address, DEPOSIT, DEPOSIT)
+        await asyncio.to_thread(bind, chain, cheat_account, cheat_key)
+        await asyncio.to_thread(bond, chain, cheat_account, stake)
+        await booked(gw, chain)
+        tasks = await join_validators(gw, client, gateway_dir, validators)
+        cheat, more = await join(
+            gw, gateway_dir, "cheat", key=cheat_key, on_job=says_something_else
+        )
+        tasks += more
+        await wait_status(client, cheat, "routable")
+        assert (await account(client))["balance"] == DEPOSIT
+
+        response = await client.post("/v1/chat/completions", json=chat_body())
+        assert response.status_code == 200, response.text
+        assert response.headers["x-tessera-provider"] == cheat.provider_id
+        cost = int(response.headers["x-tessera-cost"])
+        cases = await poll(
+            client,
+            f"/v1/audit-cases?provider={cheat.provider_id}",
+            lambda body: body["data"] and body["data"][0]["status"] in CLOSED,
+        )
+        case = cases["data"][0]
+        assert case["status"] == "upheld" and case["reason"] == "tampered_output"
+        assert case["refunded"] == cost and case["slashed"] == stake // 2
+        # Its earnings came back from the journal at once; the rest (the request's fee,
+        # already paid to an auditor) waits for the stake the chain will take.
+        short = DEPOSIT - (await account(client))["balance"]
+        assert 0 < short < cost
+        async with asyncio.timeout(10):
+            while not watcher(gw).proposals:
+                await asyncio.sleep(0.05)
+        (proposal_id,) = watcher(gw).proposals.values()
+        proposal = chain.client.proposal(proposal_id)
+        assert proposal.offender == cheat_account.address and proposal.kind == 3
+        assert chain.client.bonded(cheat_account.address) == stake  # not before the window
+        assert await watcher(gw).execute_slashes() == []
+        chain.wait_out(chain.client.challenge_period())
+        assert await watcher(gw).execute_slashes() == [proposal_id]
+        assert await watcher(gw).execute_slashes() == []
+        assert chain.client.bonded(cheat_account.address) == stake - stake // 2
+        # The refund is the vault's: added to the consumer's deposit, booked like one.
+        assert chain.client.deposits(consumer.address, key.address) == DEPOSIT + short
+        await booked(gw, chain)
+        assert (await account(client))["balance"] == DEPOSIT
+        assert watcher(gw).bonded(cheat.provider_id) == stake - stake // 2
+        view = await status(client)
+        assert view["problems"] == [], view
+        assert view["slashing"] == {"queued": 0, "proposed": 1, "refused": []}
+        assert chain.client.insurance_pool() >= stake // 2 - short
+        stop(tasks)
+    assert await journal_problems(gw) == []

@@ -42,6 +42,7 @@ from tessera.errors import ConfigError, InvalidRequest
 T = TypeVar("T")
 MAX_SETTLE = 256  # PaymentVault.MAX_SETTLE
 MAX_IN_FLIGHT = 64  # collect transactions sent before waiting for their receipts
+MAX_REFUNDS = 32  # StakeManager.MAX_REFUNDS: consumers one slashing proposal refunds
 BLOCK_TAGS = ("latest", "safe", "finalized", "earliest", "pending")
 
 
@@ -64,6 +65,21 @@ class ChainEvent:
     def key(self) -> tuple[str, str, int]:
         """``(block_hash, tx_hash, log_index)``: unique per log, the same on every read."""
         return (self.block_hash, self.tx_hash, self.log_index)
+
+
+@dataclass(frozen=True, slots=True)
+class SlashProposal:
+    """A StakeManager proposal as the contract stores it."""
+
+    id: int
+    offender: str
+    kind: int
+    evidence: bytes
+    proposed_at: int
+    approvals: int
+    committee_version: int
+    executed: bool
+    vetoed: bool
 
 
 @dataclass(frozen=True, slots=True)
@@ -346,6 +362,58 @@ class ChainClient:
         if len(ledger_root) != 32:
             raise InvalidRequest("a ledger root is 32 bytes")
         return sender.transact(self.vault.functions.post_epoch(epoch, ledger_root, spent, paid))
+
+    # ------------------------------------------------------------------ slashing
+
+    def propose_slash(
+        self,
+        sender: TxSender,
+        offender: str,
+        kind: int,
+        evidence: bytes,
+        refunds: Sequence[tuple[str, str, int]],
+    ) -> int:
+        """Propose (and approve, as a committee member) slashing ``offender`` for an
+        offence of ``kind``, refunding ``(consumer, gateway, amount)`` in order from what
+        is taken. Returns the proposal id. The contract refuses evidence already used
+        against the same offender for the same kind."""
+        if len(evidence) != 32:
+            raise InvalidRequest("slashing evidence is a 32-byte hash")
+        if len(refunds) > MAX_REFUNDS:
+            raise InvalidRequest(f"a proposal refunds at most {MAX_REFUNDS} consumers")
+        receipt = sender.transact(
+            self.stake.functions.propose_slash(
+                _addr(offender),
+                kind,
+                evidence,
+                [_addr(c) for c, _, _ in refunds],
+                [_addr(g) for _, g, _ in refunds],
+                [int(a) for _, _, a in refunds],
+            )
+        )
+        for event in self.decode_receipt(receipt):
+            if event.name == "SlashProposed":
+                return int(event.args["id"])
+        raise ChainError("propose_slash was mined without a SlashProposed event")
+
+    def execute_slash(self, sender: TxSender, proposal_id: int) -> TxReceipt:
+        return sender.transact(self.stake.functions.execute_slash(proposal_id))
+
+    def proposal(self, proposal_id: int) -> SlashProposal:
+        raw = self._call(self.stake.functions.proposals(proposal_id))
+        return SlashProposal(proposal_id, *raw)
+
+    def proposal_count(self) -> int:
+        return self._uint(self.stake.functions.proposal_count())
+
+    def challenge_period(self) -> int:
+        return self._uint(self.stake.functions.challenge_period())
+
+    def slash_threshold(self) -> int:
+        return self._uint(self.stake.functions.threshold())
+
+    def committee_version(self) -> int:
+        return self._uint(self.stake.functions.committee_version())
 
     def set_gateway_signer(self, sender: TxSender, signer: str) -> TxReceipt:
         return sender.transact(self.registry.functions.set_gateway_signer(_addr(signer)))

@@ -55,6 +55,20 @@ class Recovery:
     kept: tuple[OpenHold, ...] = ()  # open holds of replicas still alive (a takeover)
 
 
+class ChainSlasher(Protocol):
+    """Where stake is slashed when it lives on a chain (gateway/chain_watcher.py): the
+    slash is proposed there and taken after the challenge window, not booked here."""
+
+    async def propose_slash(
+        self,
+        provider: str,
+        reason: str,
+        evidence: str,
+        harmed: list[tuple[str, int]],
+        reference: str,
+    ) -> SlashOutcome: ...
+
+
 class Bookkeeper:
     def __init__(
         self,
@@ -68,6 +82,7 @@ class Bookkeeper:
         self.writer = writer
         self.durable_timeout_s = durable_timeout_s
         self.clock = clock
+        self.chain_slasher: ChainSlasher | None = None
 
     @classmethod
     async def open(
@@ -295,6 +310,10 @@ class Bookkeeper:
         amount: int | None = None,
     ) -> SlashOutcome:
         self._guard()
+        if self.chain_slasher is not None:  # the stake is on chain: propose it there
+            return await self.chain_slasher.propose_slash(
+                provider, reason, evidence, harmed, reference
+            )
         outcome = self.book.slash(
             provider, reason, evidence, harmed, reference, self.clock(), amount
         )

@@ -14,6 +14,11 @@ gets its earnings as a cumulative cheque (``paid + cheques``, signed by the gate
 served at ``GET /v1/providers/{id}/cheque`` so it can be cashed without this gateway), and
 once per vault epoch the gateway pushes the largest owed amounts with ``settle``.
 
+When the audits slash a provider, the stake is on chain, so the slash is proposed to the
+StakeManager (this gateway must be on its committee) with the harmed consumers' linked
+addresses as refunds, and executed by the same loop once the challenge window has passed;
+the refunds come back as the vault's ``Refunded`` events and are booked like deposits.
+
 A consumer links an address once (``link``); its earlier deposits are booked then, in the
 order they happened. The web3 client is synchronous: every chain call runs in a thread.
 """
@@ -28,9 +33,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from tessera.chain.client import ChainClient, ChainEvent, Spend
+from tessera.chain.client import MAX_REFUNDS, ChainClient, ChainEvent, SlashProposal, Spend
 from tessera.chain.deployment import Deployment
-from tessera.chain.errors import ChainError
+from tessera.chain.errors import ChainError, TransactionReverted
 from tessera.chain.keys import EthKey, load_key_file
 from tessera.chain.sender import TxSender, state_path_for
 from tessera.chain.typed_data import Binding, SignedCheque, verify_binding
@@ -40,6 +45,8 @@ from tessera.gateway.bookkeeper import Bookkeeper
 from tessera.ledger import chain_book
 from tessera.ledger.accounts import balance_of, cheques_of, earnings_of, hold_of, withdrawing_of
 from tessera.ledger.journal import DuplicateEntry, Entry, Ledger, LedgerError
+from tessera.ledger.slashing_table import chain_kind
+from tessera.ledger.staking import SlashOutcome
 from tessera.store.chain import ChainStore, Cursor, Payee
 
 log = logging.getLogger("tessera.gateway.chain")
@@ -47,6 +54,18 @@ log = logging.getLogger("tessera.gateway.chain")
 CONSUMER_EVENTS = frozenset({"Deposited", "Refunded", "WithdrawRequested", "Withdrawn"})
 MAX_SETTLE = 256  # PaymentVault.MAX_SETTLE: pushed payments per epoch
 GAS_PER_PUSH = 51_000  # settle's gas per payment to a provider paid for the first time
+
+
+@dataclass(frozen=True, slots=True)
+class SlashClaim:
+    """A slash the audits decided, waiting to be proposed on chain."""
+
+    provider_id: str
+    offender: str  # the account the provider's key is bound to
+    kind: int
+    evidence: bytes  # keccak of the reference and the evidence text
+    refunds: tuple[tuple[str, str, int], ...]  # (consumer address, gateway, amount)
+    reference: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,6 +118,10 @@ class ChainWatcher:
         # yet, and sending it again would only pay gas for a replay
         self.sent: dict[str, int] = {}
         self.last_error: str | None = None
+        self.claims: list[SlashClaim] = []  # slashes decided here, not yet proposed
+        self.proposals: dict[str, int] = {}  # a claim's reference -> its proposal id
+        self.slash_errors: list[str] = []  # claims the StakeManager refused
+        self.slash_scan_from = 1  # proposals below this one are executed or dead
         self._lock = asyncio.Lock()  # one booking pass at a time (poll, link)
 
     @property
@@ -143,10 +166,12 @@ class ChainWatcher:
         while True:
             try:
                 await self.poll()
+                await self.send_claims()
                 if self.clock() >= next_collect:
                     await self.collect()
                     await self.pay_providers()
                     await self.post_epoch()
+                    await self.execute_slashes()
                     next_collect = self.clock() + self.collect_s
                 self.last_error = None
             except asyncio.CancelledError:
@@ -512,6 +537,136 @@ class ChainWatcher:
 
         return await asyncio.to_thread(post)
 
+    # ------------------------------------------------------------ slashing
+
+    async def propose_slash(
+        self,
+        provider: str,
+        reason: str,
+        evidence: str,
+        harmed: list[tuple[str, int]],
+        reference: str,
+    ) -> SlashOutcome:
+        """Queue a slash of ``provider``'s on-chain stake (sent by the loop within a poll,
+        off the caller's path) and return what it is expected to take and refund: the
+        StakeManager takes its share of what is slashable when the proposal executes.
+        Harmed consumers without a linked address cannot be refunded on chain; their part
+        goes to the insurance pool. LedgerError when the provider has no bound account."""
+        payee = self.payees.get(provider)
+        if payee is None:
+            raise LedgerError(f"{provider[:12]} has no account bound on chain: no stake to slash")
+        kind = chain_kind(reason)
+        refunds: list[tuple[str, str, int]] = []
+        accounts: list[tuple[str, int]] = []
+        for account, amount in harmed:
+            addresses = self.addresses_of(account)
+            if not addresses or amount <= 0:
+                log.warning("chain: %s has no linked address to refund %d to", account, amount)
+                continue
+            refunds.append((addresses[0], self.gateway, amount))
+            accounts.append((account, amount))
+        if len(refunds) > MAX_REFUNDS:
+            refunds, accounts = refunds[:MAX_REFUNDS], accounts[:MAX_REFUNDS]
+        from eth_utils.crypto import keccak
+
+        claim = SlashClaim(
+            provider,
+            payee.address,
+            kind,
+            keccak(f"{reference}\n{evidence}".encode()),
+            tuple(refunds),
+            reference,
+        )
+        self.claims.append(claim)
+        bonded = self.stakes.get(payee.address, 0)
+        bps = self.keeper.book.policy.slashing.rule(reason).stake_bps
+        taken = max(1, bonded * bps // 10_000) if bonded > 0 else 0
+        left = taken
+        to_consumers = []
+        for account, amount in accounts:
+            pay = min(amount, left)
+            if pay > 0:
+                to_consumers.append((account, pay))
+                left -= pay
+        return SlashOutcome(taken, tuple(to_consumers), left)
+
+    async def send_claims(self) -> list[int]:
+        """Propose every queued slash; a node that is down keeps the rest queued. Returns
+        the proposal ids made now."""
+        made = []
+        while self.claims:
+            claim = self.claims[0]
+            try:
+                proposal_id = await asyncio.to_thread(
+                    self.client.propose_slash,
+                    self.sender,
+                    claim.offender,
+                    claim.kind,
+                    claim.evidence,
+                    list(claim.refunds),
+                )
+            except TransactionReverted as exc:
+                self.claims.pop(0)
+                if "evidence already used" in str(exc.reason):
+                    continue  # proposed before a restart
+                self.slash_errors.append(
+                    f"slashing {claim.provider_id[:12]} ({claim.reference}) was refused: "
+                    f"{exc.reason}. Is {self.gateway} on the StakeManager's committee, with "
+                    "the stake it asks of members?"
+                )
+                log.error("chain: %s", self.slash_errors[-1])
+                continue
+            self.claims.pop(0)
+            self.proposals[claim.reference] = proposal_id
+            made.append(proposal_id)
+            log.warning(
+                "chain: proposed slash %d of %s (%s) with %d refunds",
+                proposal_id,
+                claim.offender,
+                claim.reference,
+                len(claim.refunds),
+            )
+        return made
+
+    async def execute_slashes(self) -> list[int]:
+        """Execute every proposal that has its approvals and whose challenge window has
+        passed (anyone may; the gateway does, so its consumers' refunds arrive). Returns
+        the ids executed now."""
+
+        def due() -> tuple[list[SlashProposal], int]:
+            count = self.client.proposal_count()
+            if count < self.slash_scan_from:
+                return [], self.slash_scan_from
+            version = self.client.committee_version()
+            threshold = self.client.slash_threshold()
+            window = self.client.challenge_period()
+            now = self.client.block_timestamp("latest")
+            ready, scan_from, settled_prefix = [], self.slash_scan_from, True
+            for proposal_id in range(self.slash_scan_from, count + 1):
+                proposal = self.client.proposal(proposal_id)
+                dead = proposal.executed or proposal.vetoed or proposal.committee_version != version
+                if dead and settled_prefix:
+                    scan_from = proposal_id + 1
+                    continue
+                settled_prefix = False
+                if dead:
+                    continue
+                if proposal.approvals >= threshold and now >= proposal.proposed_at + window:
+                    ready.append(proposal)
+            return ready, scan_from
+
+        ready, self.slash_scan_from = await asyncio.to_thread(due)
+        executed = []
+        for proposal in ready:
+            try:
+                await asyncio.to_thread(self.client.execute_slash, self.sender, proposal.id)
+            except TransactionReverted as exc:
+                log.warning("chain: slash %d not executed: %s", proposal.id, exc.reason)
+                continue
+            executed.append(proposal.id)
+            log.warning("chain: executed slash %d of %s", proposal.id, proposal.offender)
+        return executed
+
     def _push(self, owed: list[tuple[str, int, int]]) -> None:
         """One ``settle`` per vault epoch, of the largest payments the gateway's vault
         balance covers now; the rest is cashed from the cheques. The vault skips an entry
@@ -562,6 +717,11 @@ class ChainWatcher:
             ),
             "last_error": self.last_error,
             "halted": self.halted,
+            "slashing": {
+                "queued": len(self.claims),
+                "proposed": len(self.proposals),
+                "refused": self.slash_errors[-10:],
+            },
         }
         if block < self.client.deployment.start_block:
             view["problems"] = []
@@ -631,6 +791,7 @@ async def open_chain_watcher(
     )
     await watcher.start()
     keeper.book.chain_stake = watcher  # the router counts the stake bonded on chain
+    keeper.chain_slasher = watcher  # and slashes go to the StakeManager
     log.info(
         "chain %d: vault %s, gateway %s, booked through block %d",
         deployment.chain_id,

@@ -227,8 +227,9 @@ class Liveness:
     async def _slash(self, report: EpochReport) -> int:
         """Slash one breach by the table's downtime share; the units taken, 0 if none."""
         pid = report.provider_id
-        staking = self.bookkeeper.book.staking
-        exposed = staking.bonded(pid) + sum(t.amount for t in staking.tranches(pid))
+        book = self.bookkeeper.book
+        # book.bonded is the chain's stake when one is configured (no tranches here then)
+        exposed = book.bonded(pid) + sum(t.amount for t in book.staking.tranches(pid))
         if exposed <= 0:
             log.info("provider %s breached its SLA but has no stake to slash", pid[:12])
             return 0

@@ -41,6 +41,21 @@ DEFAULT_RULES = (
 )
 
 
+# The StakeManager's offence kinds (contracts/StakeManager.vy), for the same reasons and
+# the same shares as DEFAULT_RULES: on a chain the contract's shares are the ones in force.
+CHAIN_KINDS = {"forged_receipt": 1, "wrong_model": 2, "tampered_output": 3, "downtime": 4}
+
+
+def chain_kind(reason: str) -> int:
+    """The StakeManager's kind for ``reason``; KeyError naming the known ones if none."""
+    try:
+        return CHAIN_KINDS[reason]
+    except KeyError:
+        raise KeyError(
+            f"no on-chain slashing kind for {reason!r}; known: {sorted(CHAIN_KINDS)}"
+        ) from None
+
+
 class SlashingTable:
     def __init__(self, rules: Iterable[SlashRule] = DEFAULT_RULES) -> None:
         self._rules = {rule.reason: rule for rule in rules}
