@@ -738,6 +738,13 @@ def demo(
         ".cache/models/tessera-tiny"
     ),
     once: Annotated[bool, typer.Option("--once", help="Exit after the tour.")] = False,
+    no_chain: Annotated[
+        bool,
+        typer.Option(
+            "--no-chain",
+            help="Keep the money in the gateway's journal (dev mints) instead of on a local chain.",
+        ),
+    ] = False,
 ) -> None:
     """Start a whole local network, tour it with the openai SDK, then stay up.
 
@@ -748,7 +755,14 @@ def demo(
 
     restrict_new_files()
     sys.exit(
-        run_demo(port=port, providers=providers, data_dir=data_dir, model_dir=model_dir, once=once)
+        run_demo(
+            port=port,
+            providers=providers,
+            data_dir=data_dir,
+            model_dir=model_dir,
+            once=once,
+            chain=not no_chain,
+        )
     )
 
 

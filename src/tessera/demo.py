@@ -7,6 +7,11 @@ catalog (calibrated once and cached beside the model), so providers pass its joi
 challenge before they are routed and every request is audited by another provider; the
 demo's providers are the operator's own, so they are its validators. Child processes are
 always stopped on exit, Ctrl-C included.
+
+By default the money is on a local chain (demo_chain.py): anvil, the four contracts, the
+consumer's tokens deposited in the vault and the providers' stake bonded there; the tour
+ends with a provider cashing its cheque. ``--no-chain`` keeps everything in the gateway's
+journal, funded by dev-mode mints.
 """
 
 from __future__ import annotations
@@ -24,22 +29,26 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import httpx
 from rich.console import Console
 from rich.panel import Panel
 from rich.table import Table
 
-from tessera.dev_money import fund_account, stake_provider
+from tessera.dev_money import DEFAULT_STAKE, fund_account, stake_provider
 from tessera.key_file import load_or_create_key
 from tessera.ledger.accounts import TOKEN
 from tessera.private_files import secure_data_dir, write_private
 from tessera.protocol.signing import public_key_hex
 from tessera.units import format_tokens
 
+if TYPE_CHECKING:
+    from tessera.demo_chain import DemoChain
+
 console = Console()
 
-DEMO_FUNDS = 100 * TOKEN  # minted into the demo account (dev mode)
+DEMO_FUNDS = 100 * TOKEN  # deposited for the demo account (minted, in dev mode, without a chain)
 
 REGIONS = [
     ("US-east", "us-east-1", 200_000_000, 600_000_000),
@@ -391,9 +400,11 @@ def _stay_up(network: Network, data_dir: Path) -> int:
     return 1
 
 
-def run_demo(port: int, providers: int, data_dir: Path, model_dir: Path, once: bool) -> int:
+def run_demo(
+    port: int, providers: int, data_dir: Path, model_dir: Path, once: bool, chain: bool = True
+) -> int:
     """Run the demo; with ``providers`` 0, only the gateway and a funded key (no model, no
-    tour): a network for the caller's own providers."""
+    tour): a network for the caller's own providers. ``chain``: money on a local chain."""
     if providers and not (model_dir / ".complete").exists():
         from tessera.models.make_tiny import make_tiny
 
@@ -410,20 +421,49 @@ def run_demo(port: int, providers: int, data_dir: Path, model_dir: Path, once: b
     network = Network(data_dir)
     key_files = [data_dir / f"provider-{i + 1}.key" for i in range(providers)]
     validators = [public_key_hex(load_or_create_key(path)) for path in key_files]
+    on_chain: DemoChain | None = None
+    # web3 and the contracts load only for a chain (other users of this module need none)
+    from tessera.demo_chain import (
+        SETTLEMENT_ENV,
+        deposit_for,
+        forget_chain_ledger,
+        settlement_step,
+        stake_on_chain,
+        start_chain,
+        wait_until_staked,
+    )
+
     try:
+        if chain:
+            with console.status("starting a local chain (anvil) and deploying the contracts…"):
+                on_chain = start_chain(data_dir)
+            for name, value in SETTLEMENT_ENV.items():
+                os.environ.setdefault(name, value)
+        else:
+            forget_chain_ledger(data_dir)
+        money = on_chain.gateway_args() if on_chain else ["--dev"]
         catalog = ["--catalog", str(catalog_for(model_dir))] if providers else []
         network.spawn(
             "gateway",
-            ["gateway", "--port", str(port), "--data-dir", str(data_dir), "--dev",
+            ["gateway", "--port", str(port), "--data-dir", str(data_dir), *money,
              *catalog, *(f"--validator={key}" for key in validators)],
         )  # fmt: skip
         api_key = asyncio.run(create_api_key(data_dir))
         wait_for_network(base, 0, network)
-        fund_account(base, api_key, DEMO_FUNDS)
+        consumer = None
+        if on_chain is None:
+            fund_account(base, api_key, DEMO_FUNDS)
+        else:
+            with console.status("depositing the consumer's tokens in the vault…"):
+                consumer = deposit_for(on_chain, base, api_key, data_dir, DEMO_FUNDS)
         for i in range(providers):
             region, label, price_in, price_out = REGIONS[i % len(REGIONS)]
             # Stake first: an unstaked provider connects but gets no work.
-            stake_provider(base, key_files[i])
+            if on_chain is None:
+                stake_provider(base, key_files[i])
+            else:
+                with console.status(f"provider-{i + 1} binds its key and bonds on chain…"):
+                    stake_on_chain(on_chain, key_files[i], DEFAULT_STAKE)
             network.spawn(
                 f"provider-{i + 1}",
                 [
@@ -441,16 +481,22 @@ def run_demo(port: int, providers: int, data_dir: Path, model_dir: Path, once: b
                 ],
             )  # fmt: skip
         wait_for_network(base, providers, network)
-        write_private(
-            data_dir / "demo.json",
-            json.dumps({"base_url": f"{base}/v1", "api_key": api_key}, indent=2),
-        )
+        if on_chain is not None and providers:
+            with console.status("waiting for the gateway to count the stake on chain…"):
+                wait_until_staked(base, validators, DEFAULT_STAKE)
+        summary = {"base_url": f"{base}/v1", "api_key": api_key}
+        if on_chain is not None:
+            summary |= on_chain.summary() | {"consumer_address": consumer}
+        write_private(data_dir / "demo.json", json.dumps(summary, indent=2))
         if not providers:
             return _serve_without_providers(base, api_key, data_dir, network, once)
         wait_for_model(base, "tessera-tiny", network)
         steps = tour(f"{base}/v1", api_key, "tessera-tiny")
         steps.append(audit_step(base))
         steps.append(money_step(base, api_key))
+        if on_chain is not None and consumer is not None:
+            with console.status("waiting for a settlement on chain…"):
+                steps.append(settlement_step(on_chain, base, consumer, key_files))
         table = Table(title=f"Tessera demo: {providers} providers behind {base}")
         for column in ("step", "ok", "provider", "what happened"):
             table.add_column(column)
@@ -492,3 +538,5 @@ def run_demo(port: int, providers: int, data_dir: Path, model_dir: Path, once: b
         return 1
     finally:
         network.stop()
+        if on_chain is not None:
+            on_chain.stop()

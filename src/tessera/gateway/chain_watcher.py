@@ -136,9 +136,17 @@ class ChainWatcher:
             self.cursor = stored
         if self.cursor.block_number >= self.client.deployment.start_block:
             accounts = sorted({p.address for p in self.payees.values()})
-            self.stakes = await asyncio.to_thread(
-                self._read_stakes, accounts, self.cursor.block_number
-            )
+            try:
+                self.stakes = await asyncio.to_thread(
+                    self._read_stakes, accounts, self.cursor.block_number
+                )
+            except Exception as exc:  # a node that keeps no state that old (pruned)
+                log.warning(
+                    "chain: cannot read stakes at booked block %d (%s); reading the latest",
+                    self.cursor.block_number,
+                    exc,
+                )
+                self.stakes = await asyncio.to_thread(self._read_stakes, accounts, "latest")
 
     # ------------------------------------------------------------ stake (the router's)
 
@@ -150,7 +158,7 @@ class ChainWatcher:
     def staked(self) -> set[str]:
         return {p for p, payee in self.payees.items() if self.stakes.get(payee.address, 0) > 0}
 
-    def _read_stakes(self, accounts: list[str], block: int) -> dict[str, int]:
+    def _read_stakes(self, accounts: list[str], block: int | str) -> dict[str, int]:
         stake = self.client.stake.functions
         return {a: int(stake.bonded(a).call(block_identifier=block)) for a in accounts}
 
