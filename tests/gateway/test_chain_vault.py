@@ -654,3 +654,20 @@ async def test_a_cheater_caught_by_audits_is_slashed_on_chain_and_its_consumer_r
         assert chain.client.insurance_pool() >= stake // 2 - short
         stop(tasks)
     assert await journal_problems(gw) == []
+
+
+async def test_a_gateway_without_a_chain_says_so_and_nothing_to_retry(gateway_dir: Path) -> None:
+    async with live_gateway(gateway_dir) as gw, gw.client() as client:
+        replies = [
+            await client.get("/v1/chain"),
+            await client.get("/v1/account/chain"),
+            await client.get(f"/v1/providers/{'ab' * 32}/cheque"),
+            await client.post(
+                "/v1/account/chain-link",
+                json={"address": "0x" + "11" * 20, "signature": "0x" + "22" * 65},
+            ),
+        ]
+    for reply in replies:
+        assert reply.status_code == 404, reply.text
+        error = reply.json()["error"]
+        assert error["code"] == "no_chain" and "--chain-url" in error["message"]

@@ -46,11 +46,19 @@ class LinkBody(BaseModel):
 
 
 def _watcher(gateway: Any) -> ChainWatcher:
+    """The chain watcher; 404 on a gateway without a chain (nothing to retry), 503 on one
+    whose ledger (and so its watcher) another replica holds right now."""
     watcher = getattr(gateway, "chain", None)
     if watcher is None:
+        if gateway.settings.chain_url is None:
+            raise NotFound(
+                "This gateway does not settle on a chain: its operator starts it with "
+                "--chain-url and --deployment to take deposits and pay providers on chain.",
+                code="no_chain",
+            )
         raise ChainUnavailable(
-            "This gateway does not settle on a chain (start it with --chain-url and "
-            "--chain-deployment), or it does not hold the ledger right now; retry shortly."
+            "This gateway's chain watcher runs where its ledger is, and that is changing "
+            "hands; retry shortly."
         )
     return watcher
 

@@ -769,7 +769,7 @@ async def open_chain_watcher(
     """The watcher for ``settings.chain_url``: ConfigError (saying what to fix) when the
     deployment or key file is missing or the node is another chain."""
     if settings.chain_deployment is None:
-        raise ConfigError("--chain-url needs --chain-deployment: the file `tessera chain up` wrote")
+        raise ConfigError("--chain-url needs --deployment: the file `tessera chain up` wrote")
     key_path = settings.chain_key_file or settings.data_dir / "gateway-eth.key"
     if not key_path.exists():
         raise ConfigError(

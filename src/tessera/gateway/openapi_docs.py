@@ -37,7 +37,7 @@ DESCRIPTIONS = {
     400: "Invalid request: the error's `param` names the parameter.",
     401: "Missing or invalid credentials.",
     403: "Not allowed for this caller or in this gateway's mode.",
-    404: "No such model, request or provider.",
+    404: "No such model, request or provider (or no chain, on a gateway without one).",
     413: "The request body is larger than the gateway accepts.",
     429: "Out of credit (`insufficient_quota`) or over a rate limit (`Retry-After`).",
     500: "The gateway hit an internal error; retry the request.",
@@ -133,6 +133,11 @@ OPERATIONS: dict[tuple[str, str], Answers] = {
     ("get", "/v1/audits"): Answers((400,)),
     ("get", "/v1/audit-cases"): Answers((400,)),
     ("get", "/v1/audit-cases/{request_id}"): Answers((404,)),
+    # 404 ``no_chain`` on a gateway that does not settle on a chain
+    ("get", "/v1/chain"): Answers((404,)),
+    ("get", "/v1/account/chain"): Answers((401, 404), auth="apiKey"),
+    ("post", "/v1/account/chain-link"): Answers((400, 401, 404), auth="apiKey"),
+    ("get", "/v1/providers/{provider_id}/cheque"): Answers((400, 404)),
 }
 METHODS = ("get", "put", "post", "delete", "options", "head", "patch", "trace")
 
