@@ -369,3 +369,9 @@ class ProviderSettings(BaseSettings):
     drain_timeout_s: float = Field(
         30.0, ge=0, description="On shutdown, how long running jobs may finish after goodbye."
     )
+    cheque_poll_s: float = Field(
+        60.0,
+        ge=0,
+        description="How often to fetch the newest cheque from each gateway that settles on a "
+        "chain, kept in cheques/ beside the key file (0: never).",
+    )

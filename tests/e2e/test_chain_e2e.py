@@ -6,8 +6,10 @@ withdraws what it did not spend."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
+import stat
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -144,7 +146,9 @@ def test_money_on_chain_equals_the_journal_and_survives_a_killed_gateway(
             token.functions.approve(chain.client.stake.address, STAKE),
             chain.client.stake.functions.bond(STAKE),
         )
-        start_provider(network, base, tiny_model_dir, 1, "US-east", embeddings=False)
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setenv("TESSERA_PROVIDER_CHEQUE_POLL_S", "0.3")  # the agent keeps its cheque
+            start_provider(network, base, tiny_model_dir, 1, "US-east", embeddings=False)
         wait_for_network(base, 1, network, timeout_s=240)
         provider_id = signing_key.verify_key.encode().hex()
 
@@ -208,20 +212,35 @@ def test_money_on_chain_equals_the_journal_and_survives_a_killed_gateway(
             "the journal to match the vault", lambda: http.get("/v1/chain").json()["problems"] == []
         )
         http.close()
+        # The provider agent fetched and kept its newest cheque beside its key.
+        kept_dir = provider_key_file(network, 1).parent / "cheques"
+        kept = wait_for(
+            "the agent to keep its cheque",
+            lambda: next(
+                (
+                    f
+                    for f in kept_dir.glob("*.json")
+                    if json.loads(f.read_text())["cumulative"] == earned
+                ),
+                None,
+            ),
+        )
+        assert stat.S_IMODE(kept.stat().st_mode) == 0o600
 
         # The gateway dies for good.
         gateway = next(proc for name, proc in network.processes if name == "gateway")
         os.kill(gateway.pid, signal.SIGKILL)
         gateway.wait(10)
 
-        # The provider cashes its cheque without it.
+        # The provider cashes the cheque its agent kept, without the gateway.
+        assert SignedCheque.load(kept) == SignedCheque.from_json(cheque_json)
         chain.transact(
             provider_account,
             vault.functions.cash(
                 gateway_key.address,
                 provider_account.address,
                 cheque_json["cumulative"],
-                SignedCheque.from_json(cheque_json).signature,
+                SignedCheque.load(kept).signature,
             ),
         )
         assert chain.client.token_balance(provider_account.address) == earned

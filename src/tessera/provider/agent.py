@@ -55,6 +55,7 @@ from tessera.protocol.wire import (
 )
 from tessera.provider.auditing import ScoreBatcher, run_audit
 from tessera.provider.backends.base import CancelToken, EmbeddingBackend, TextBackend
+from tessera.provider.cheques import ChequeKeeper
 from tessera.provider.jobs import ReceiptSigner, run_embedding_job, run_text_job
 from tessera.provider.outbox import Outbox
 
@@ -153,8 +154,19 @@ class ProviderAgent:
             loops = [
                 group.create_task(self._connection_loop(url)) for url in self.settings.gateway_urls
             ]
+            cheques = None
+            if self.settings.cheque_poll_s > 0:
+                keeper = ChequeKeeper(
+                    self.provider_id,
+                    self.settings.gateway_urls,
+                    self.settings.key_file.parent / "cheques",
+                    self.settings.cheque_poll_s,
+                )
+                cheques = group.create_task(keeper.run())
             if stop is not None:
                 await stop.wait()
+                if cheques is not None:
+                    cheques.cancel()
                 await self.leave()
                 # Each loop ends once its socket is closed; one stuck dialing is cut short.
                 _, stuck = await asyncio.wait(loops, timeout=LOOP_EXIT_TIMEOUT_S)
