@@ -30,9 +30,10 @@ from tessera.chain.typed_data import SignedCheque, sign_binding, sign_cheque
 from tessera.ledger import chain_book
 from tessera.ledger.accounts import FEES, TOKEN, cheques_of, earnings_of
 from tessera.ledger.book import Book, BookPolicy
+from tessera.ledger.slashing_table import chain_kind
 from tessera.money_cli import ledger_app
 from tessera.protocol.signing import public_key_hex
-from tessera.store.chain import ChainStore, Cursor
+from tessera.store.chain import ChainStore, Cursor, SlashClaim
 from tessera.store.engine import create_engine, database_url_for
 from tessera.store.ledger import LedgerStore
 
@@ -671,3 +672,45 @@ async def test_a_gateway_without_a_chain_says_so_and_nothing_to_retry(gateway_di
         assert reply.status_code == 404, reply.text
         error = reply.json()["error"]
         assert error["code"] == "no_chain" and "--chain-url" in error["message"]
+
+
+async def test_a_slash_decided_before_a_crash_is_proposed_after_the_restart(
+    gateway_dir: Path, chain: Chain
+) -> None:
+    key = chain.funded_key()
+    chain.minter.transact(chain.client.stake.functions.set_committee([key.address], 1))
+    options = chain_options(gateway_dir, chain, key)
+    offender = chain.funded_key(tokens=10 * TOKEN)
+    provider_key = SigningKey.generate()
+    provider_id = provider_key.verify_key.encode().hex()
+    await asyncio.to_thread(bind, chain, offender, provider_key)
+    await asyncio.to_thread(bond, chain, offender, 10 * TOKEN)
+    async with live_gateway(gateway_dir, **options) as gw:
+        await booked(gw, chain)
+        # Decided and proposed in the running gateway: stored, then sent by the loop.
+        outcome = await watcher(gw).propose_slash(provider_id, "downtime", "{}", [], "slash:a")
+        assert outcome.taken == 10 * TOKEN // 100
+        async with asyncio.timeout(10):
+            while "slash:a" not in watcher(gw).proposals:
+                await asyncio.sleep(0.05)
+    # Killed after deciding the next one, before proposing it: the claim is stored queued.
+    engine = create_engine(database_url_for(gateway_dir))
+    try:
+        store = ChainStore(engine)
+        crashed = SlashClaim(
+            "slash:b", provider_id, offender.address, chain_kind("tampered_output"),
+            bytes(range(32)), ()
+        )  # fmt: skip
+        assert await store.save_claim(crashed)
+        async with live_gateway(gateway_dir, **options) as gw:
+            async with asyncio.timeout(10):
+                while "slash:b" not in watcher(gw).proposals:
+                    await asyncio.sleep(0.05)
+            assert set(watcher(gw).proposals) == {"slash:a", "slash:b"}
+            proposal = chain.client.proposal(watcher(gw).proposals["slash:b"])
+            assert proposal.offender == offender.address and proposal.kind == 3
+            assert proposal.evidence == bytes(range(32))
+        assert await store.queued_claims() == []
+        assert set(await store.proposed_claims()) == {"slash:a", "slash:b"}
+    finally:
+        await engine.dispose()

@@ -68,6 +68,7 @@ async def test_upgrade_is_idempotent(database_url: str) -> None:
         "chain_links",
         "chain_payees",
         "chain_cursor",
+        "chain_claims",
     }
 
 

@@ -47,25 +47,13 @@ from tessera.ledger.accounts import balance_of, cheques_of, earnings_of, hold_of
 from tessera.ledger.journal import DuplicateEntry, Entry, Ledger, LedgerError
 from tessera.ledger.slashing_table import chain_kind
 from tessera.ledger.staking import SlashOutcome
-from tessera.store.chain import ChainStore, Cursor, Payee
+from tessera.store.chain import ChainStore, Cursor, Payee, SlashClaim
 
 log = logging.getLogger("tessera.gateway.chain")
 
 CONSUMER_EVENTS = frozenset({"Deposited", "Refunded", "WithdrawRequested", "Withdrawn"})
 MAX_SETTLE = 256  # PaymentVault.MAX_SETTLE: pushed payments per epoch
 GAS_PER_PUSH = 51_000  # settle's gas per payment to a provider paid for the first time
-
-
-@dataclass(frozen=True, slots=True)
-class SlashClaim:
-    """A slash the audits decided, waiting to be proposed on chain."""
-
-    provider_id: str
-    offender: str  # the account the provider's key is bound to
-    kind: int
-    evidence: bytes  # keccak of the reference and the evidence text
-    refunds: tuple[tuple[str, str, int], ...]  # (consumer address, gateway, amount)
-    reference: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,6 +119,8 @@ class ChainWatcher:
     async def start(self) -> None:
         self.links = await self.store.links()
         self.payees = await self.store.payees()
+        self.claims = await self.store.queued_claims()  # decided before a crash, not sent
+        self.proposals = await self.store.proposed_claims()
         stored = await self.store.cursor(self.gateway)
         if stored is not None:
             self.cursor = stored
@@ -578,14 +568,15 @@ class ChainWatcher:
         from eth_utils.crypto import keccak
 
         claim = SlashClaim(
+            reference,
             provider,
             payee.address,
             kind,
             keccak(f"{reference}\n{evidence}".encode()),
             tuple(refunds),
-            reference,
         )
-        self.claims.append(claim)
+        if await self.store.save_claim(claim):  # stored first: a crash loses no slash
+            self.claims.append(claim)
         bonded = self.stakes.get(payee.address, 0)
         bps = self.keeper.book.policy.slashing.rule(reason).stake_bps
         taken = max(1, bonded * bps // 10_000) if bonded > 0 else 0
@@ -615,8 +606,10 @@ class ChainWatcher:
                 )
             except TransactionReverted as exc:
                 self.claims.pop(0)
-                if "evidence already used" in str(exc.reason):
-                    continue  # proposed before a restart
+                if "evidence already used" in str(exc.reason):  # proposed before a restart
+                    await self.store.claim_done(claim.reference, "proposed")
+                    continue
+                await self.store.claim_done(claim.reference, "refused", detail=str(exc.reason))
                 self.slash_errors.append(
                     f"slashing {claim.provider_id[:12]} ({claim.reference}) was refused: "
                     f"{exc.reason}. Is {self.gateway} on the StakeManager's committee, with "
@@ -625,6 +618,7 @@ class ChainWatcher:
                 log.error("chain: %s", self.slash_errors[-1])
                 continue
             self.claims.pop(0)
+            await self.store.claim_done(claim.reference, "proposed", proposal_id)
             self.proposals[claim.reference] = proposal_id
             made.append(proposal_id)
             log.warning(

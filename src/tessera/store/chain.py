@@ -6,15 +6,16 @@ in memory after that, so nothing here is on the request path.
 
 from __future__ import annotations
 
+import json
 from dataclasses import asdict, dataclass
 
-from sqlalchemy import delete, select
+from sqlalchemy import delete, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tessera.errors import InvalidRequest
 from tessera.store.dialect import conflict_insert
 from tessera.store.errors import translated
-from tessera.store.tables import chain_cursor, chain_links, chain_payees, utc_now
+from tessera.store.tables import chain_claims, chain_cursor, chain_links, chain_payees, utc_now
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,6 +27,18 @@ class Payee:
     nonce: int
     valid_until: int
     bound_at_block: int
+
+
+@dataclass(frozen=True, slots=True)
+class SlashClaim:
+    """A slash decided here against a provider's stake on chain, to be proposed."""
+
+    reference: str  # the slash's journal-style reference: unique per offence
+    provider_id: str
+    offender: str  # the account the provider's key is bound to
+    kind: int  # the StakeManager's offence kind
+    evidence: bytes  # keccak of the reference and the evidence text
+    refunds: tuple[tuple[str, str, int], ...]  # (consumer address, gateway, amount)
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,3 +138,71 @@ class ChainStore:
                         chain_payees.c.bound_at_block <= payee.bound_at_block,
                     )
                 )
+
+    async def save_claim(self, claim: SlashClaim) -> bool:
+        """Record ``claim`` as queued; False if one with its reference was recorded."""
+        values = {
+            "reference": claim.reference,
+            "provider_id": claim.provider_id,
+            "offender": claim.offender,
+            "kind": claim.kind,
+            "evidence": "0x" + claim.evidence.hex(),
+            "refunds": json.dumps([list(r) for r in claim.refunds]),
+            "status": "queued",
+            "proposal_id": None,
+            "detail": "",
+            "created_at": utc_now(),
+        }
+        with translated(self._engine.url):
+            async with self._engine.begin() as conn:
+                stmt = (
+                    conflict_insert(conn.dialect.name, chain_claims)
+                    .values(**values)
+                    .on_conflict_do_nothing(index_elements=[chain_claims.c.reference])
+                )
+                return bool((await conn.execute(stmt)).rowcount == 1)
+
+    async def queued_claims(self) -> list[SlashClaim]:
+        """Claims not yet proposed, oldest first."""
+        stmt = (
+            select(chain_claims)
+            .where(chain_claims.c.status == "queued")
+            .order_by(chain_claims.c.created_at, chain_claims.c.reference)
+        )
+        with translated(self._engine.url):
+            async with self._engine.connect() as conn:
+                rows = (await conn.execute(stmt)).mappings().all()
+        return [
+            SlashClaim(
+                row["reference"],
+                row["provider_id"],
+                row["offender"],
+                int(row["kind"]),
+                bytes.fromhex(row["evidence"].removeprefix("0x")),
+                tuple((c, g, int(a)) for c, g, a in json.loads(row["refunds"])),
+            )
+            for row in rows
+        ]
+
+    async def claim_done(
+        self, reference: str, status: str, proposal_id: int | None = None, detail: str = ""
+    ) -> None:
+        """Mark a claim ``proposed`` (with its id) or ``refused`` (with why)."""
+        stmt = (
+            update(chain_claims)
+            .where(chain_claims.c.reference == reference)
+            .values(status=status, proposal_id=proposal_id, detail=detail[:2000])
+        )
+        with translated(self._engine.url):
+            async with self._engine.begin() as conn:
+                await conn.execute(stmt)
+
+    async def proposed_claims(self) -> dict[str, int]:
+        """Every proposed claim's reference and proposal id."""
+        stmt = select(chain_claims.c.reference, chain_claims.c.proposal_id).where(
+            chain_claims.c.status == "proposed"
+        )
+        with translated(self._engine.url):
+            async with self._engine.connect() as conn:
+                rows = (await conn.execute(stmt)).all()
+        return {reference: int(pid or 0) for reference, pid in rows}

@@ -378,3 +378,21 @@ chain_cursor = Table(
     Column("block_hash", String(66), nullable=False),
     Column("updated_at", UtcDateTime(), nullable=False),
 )
+
+# Slashes decided here against stake on chain, recorded before they are proposed to the
+# StakeManager so a restart proposes what a crash left queued (gateway/chain_watcher.py).
+chain_claims = Table(
+    "chain_claims",
+    metadata,
+    Column("reference", String(200), primary_key=True),
+    Column("provider_id", String(64), nullable=False),
+    Column("offender", String(42), nullable=False),
+    Column("kind", Integer(), nullable=False),
+    Column("evidence", String(66), nullable=False),  # 0x keccak
+    Column("refunds", Text(), nullable=False),  # JSON [[consumer, gateway, amount], ...]
+    Column("status", String(16), nullable=False),  # queued, proposed, refused
+    Column("proposal_id", BigInteger(), nullable=True),
+    Column("detail", Text(), nullable=False),
+    Column("created_at", UtcDateTime(), nullable=False),
+    Index(None, "status"),
+)
