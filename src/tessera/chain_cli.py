@@ -215,6 +215,7 @@ def chain_status(
             "stake_holds": client.token_balance(client.stake.address),
             "insurance_pool": client.insurance_pool(),
             "vault_epoch": client.current_epoch(),
+            "gateways": _gateways(client),
         }
     if as_json:
         data.print_json(json.dumps(report))
@@ -230,7 +231,32 @@ def chain_status(
     table.add_row("stake holds", amount_text(report["stake_holds"]))
     table.add_row("insurance pool", amount_text(report["insurance_pool"]))
     table.add_row("vault epoch", str(report["vault_epoch"]))
+    for gateway, seen in report["gateways"].items():
+        table.add_row(
+            f"gateway {gateway[:10]}…",  # the whole address: --json
+            f"balance {amount_text(seen['balance'])}, last settled epoch "
+            f"{seen['last_settled_epoch'] or 'none'}",
+        )
     data.print(table)
+
+
+def _gateways(client: ChainClient) -> dict[str, dict[str, int]]:
+    """Every gateway the vault has seen (a deposit for it, or a settle): its balance in
+    the vault and the last epoch it settled, from the events since the deployment."""
+    seen = sorted(
+        {
+            str(event.args["gateway"])
+            for event in client.events(client.deployment.start_block)
+            if event.contract == "vault" and "gateway" in event.args
+        }
+    )
+    return {
+        gateway: {
+            "balance": client.gateway_balance(gateway),
+            "last_settled_epoch": client.last_settled_epoch(gateway),
+        }
+        for gateway in seen
+    }
 
 
 @chain_app.command()

@@ -87,6 +87,10 @@ def test_up_fund_mint_deposit_and_balance(fresh_node: AnvilNode, tmp_path: Path)
     status = json.loads(tessera("chain", "status", "--json", *on))
     assert status["vault_holds"] == 2_500_000_000
     assert status["contracts"] == deployment.contracts
+    # The gateway deposited for, seen from the vault's events: nothing collected or settled.
+    assert status["gateways"] == {gateway: {"balance": 0, "last_settled_epoch": 0}}
+    shown = " ".join(tessera("chain", "status", *on).split())
+    assert f"gateway {gateway[:10]}" in shown and "last settled epoch none" in shown
     # More precision than one base unit is refused, not rounded.
     refused = tessera("wallet", "deposit", gateway, "0.0000000001", "--key-file", key, *on, code=2)
     assert "more than 9 decimal places" in refused
