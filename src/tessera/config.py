@@ -151,6 +151,12 @@ class GatewaySettings(BaseSettings):
         description="The gateway's Ethereum key: its vault address, and the signer of its "
         "custodial spends. Default: data_dir/gateway-eth.key.",
     )
+    explorer_interval_s: float = Field(
+        2.0, gt=0, description="How often the explorer's snapshot is rebuilt (its pages read it)."
+    )
+    explorer_max_streams: int = Field(
+        200, ge=0, description="Live explorer pages (Server-Sent Events streams) at once."
+    )
     chain_poll_s: float = Field(2.0, gt=0, description="How often the vault's events are read.")
     chain_collect_s: float = Field(
         30.0, gt=0, description="How often what consumers spent is collected from the vault."

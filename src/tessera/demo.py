@@ -383,7 +383,7 @@ def _serve_without_providers(
 ) -> int:
     console.print(
         Panel(
-            f"gateway  {base}/v1\napi key  {api_key}\n"
+            f"gateway  {base}/v1\nexplorer {base}/explorer\napi key  {api_key}\n"
             f"no providers: start your own with `tessera provider --gateway {base} --model ...`"
             f" after bonding stake (`tessera stake --help`); state and logs in {data_dir}",
             title="the gateway is up",
@@ -484,7 +484,7 @@ def run_demo(
         if on_chain is not None and providers:
             with console.status("waiting for the gateway to count the stake on chain…"):
                 wait_until_staked(base, validators, DEFAULT_STAKE)
-        summary = {"base_url": f"{base}/v1", "api_key": api_key}
+        summary = {"base_url": f"{base}/v1", "explorer_url": f"{base}/explorer", "api_key": api_key}
         if on_chain is not None:
             summary |= on_chain.summary() | {"consumer_address": consumer}
         write_private(data_dir / "demo.json", json.dumps(summary, indent=2))
@@ -508,7 +508,7 @@ def run_demo(
             return 1 if failed else 0
         console.print(
             Panel(
-                f"gateway  {base}/v1\napi key  {api_key}\n"
+                f"gateway  {base}/v1\nexplorer {base}/explorer\napi key  {api_key}\n"
                 f"state and logs in {data_dir}; Ctrl-C stops the network",
                 title="the network is up",
             )

@@ -31,6 +31,8 @@ from tessera.errors import (
     error_headers,
     openai_error_body,
 )
+from tessera.explorer.routes import install_explorer_routes
+from tessera.explorer.service import Explorer
 from tessera.gateway.admission import RequestAdmission, token_bound
 from tessera.gateway.auth import ApiKeyAuth, KeyChangeWatcher
 from tessera.gateway.bookkeeper import Bookkeeper
@@ -155,6 +157,12 @@ def create_app(settings: GatewaySettings, runtime: Runtime | None = None) -> Fas
     registry = ProviderRegistry()
     events = EventBus()
     metrics.subscribe_to(events)
+    explorer = Explorer(
+        lambda: getattr(app.state, "gateway", None),
+        interval_s=settings.explorer_interval_s,
+        max_streams=settings.explorer_max_streams,
+    )
+    explorer.subscribe_to(events)
 
     catalog = load_catalog(settings)
     load = LoadGauge(
@@ -545,9 +553,11 @@ def create_app(settings: GatewaySettings, runtime: Runtime | None = None) -> Fas
         if remote_money is not None:  # once the owner's service answers, if this is it
             await remote_money.start()
         lag_monitor.start()
+        explorer_task = asyncio.create_task(explorer.run())
         try:
             yield
         finally:
+            explorer_task.cancel()
             await lag_monitor.close()
             if takeover is not None:
                 takeover.cancel()
@@ -618,6 +628,8 @@ def create_app(settings: GatewaySettings, runtime: Runtime | None = None) -> Fas
     install_status_routes(app, gateway_of)
     install_liveness_routes(app, gateway_of)
     install_chain_routes(app, gateway_of)
+    install_explorer_routes(app, explorer)
+    app.state.explorer = explorer
     _install_openapi(app, settings)
     return app
 

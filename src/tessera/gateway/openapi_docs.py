@@ -101,6 +101,7 @@ class Answers:
     auth: str | None = None  # "apiKey" or "providerSignature"
     stream: bool = False  # 200 may be text/event-stream (``"stream": true``)
     content_type: str | None = None  # 200 is not JSON
+    csv: bool = False  # 200 may be text/csv (``?format=csv``)
 
 
 INFERENCE = Answers((400, 401, 404, 429, 502), auth="apiKey", stream=True)
@@ -138,6 +139,9 @@ OPERATIONS: dict[tuple[str, str], Answers] = {
     ("get", "/v1/account/chain"): Answers((401, 404), auth="apiKey"),
     ("post", "/v1/account/chain-link"): Answers((400, 401, 404), auth="apiKey"),
     ("get", "/v1/providers/{provider_id}/cheque"): Answers((400, 404)),
+    ("get", "/explorer/api/v1/network/summary"): Answers((400,)),
+    ("get", "/explorer/api/v1/network/series"): Answers((400,), csv=True),
+    ("get", "/explorer/api/v1/requests/recent"): Answers((400,), csv=True),
 }
 METHODS = ("get", "put", "post", "delete", "options", "head", "patch", "trace")
 
@@ -191,6 +195,8 @@ def _describe_operation(path: str, method: str, operation: dict[str, Any]) -> No
         ok["content"] = {"application/json": json_ok}
     if answers.stream:
         ok["content"]["text/event-stream"] = {"schema": SSE_EVENT}
+    if answers.csv:
+        ok["content"]["text/csv"] = {"schema": {"type": "string"}}
     ok["headers"] = {"x-request-id": REQUEST_ID_HEADER}
     for status in sorted({*answers.errors, *EVERY_OPERATION}):
         responses[str(status)] = _error_response(status)

@@ -1,0 +1,198 @@
+"""The explorer's HTML, rendered on the server from a snapshot: every number is in the page,
+so it reads with JavaScript off, and the live fragments (KPIs, the tape, the chart) are the
+same functions the Server-Sent Events stream sends, so a live page and a reloaded one agree.
+
+Pure string building; everything user-visible is escaped. No prompt or output text exists
+in a snapshot, so none can appear here.
+"""
+
+from __future__ import annotations
+
+from html import escape
+from typing import Any
+
+from tessera.units import format_tokens
+
+WINDOW_NAMES = {"1h": "1 hour", "24h": "24 hours", "7d": "7 days", "30d": "30 days", "all": "all"}
+
+CSS = """
+body{font:14px/1.45 system-ui,sans-serif;margin:0;color:#1b1f24;background:#f6f7f9}
+header{background:#14213d;color:#fff;padding:12px 20px;display:flex;gap:16px;align-items:baseline;flex-wrap:wrap}
+header a{color:#fca311;text-decoration:none}main{padding:16px 20px;max-width:1200px;margin:auto}
+.cards{display:grid;grid-template-columns:repeat(auto-fill,minmax(170px,1fr));gap:10px}
+.card{background:#fff;border:1px solid #dde1e6;border-radius:8px;padding:10px 12px}
+.card .k{font-size:12px;color:#57606a}.card .v{font-size:22px;font-weight:600}
+.card .d{font-size:12px;color:#57606a}.ok{color:#1a7f37}.bad{color:#cf222e}.na{color:#8c959f}
+table{border-collapse:collapse;width:100%;background:#fff;font-size:13px}
+th,td{border-bottom:1px solid #eaeef2;padding:5px 8px;text-align:left;white-space:nowrap}
+th{background:#f0f2f5}td.num{text-align:right;font-variant-numeric:tabular-nums}
+.scroll{overflow-x:auto}nav.windows a{margin-right:10px}svg{background:#fff;border:1px solid #dde1e6;border-radius:8px}
+"""
+
+
+def overview(snapshot: dict[str, Any], window: str) -> str:
+    fragments = live_fragments(snapshot, window)
+    links = " ".join(
+        f'<a href="/explorer?window={w}"{" aria-current=page" if w == window else ""}>'
+        f"{escape(label)}</a>"
+        for w, label in WINDOW_NAMES.items()
+    )
+    return f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8">
+<meta name="viewport" content="width=device-width,initial-scale=1">
+<title>Tessera explorer</title><style>{CSS}</style></head>
+<body data-window="{escape(window)}">
+<header><strong>Tessera explorer</strong>
+<span>the network, measured by its gateway; updated live</span>
+<a href="/explorer/api/v1/network/summary?window={escape(window)}">JSON</a>
+<a href="/explorer/api/v1/requests/recent?format=csv">tape CSV</a></header>
+<main>
+<nav class="windows">Window: {links}</nav>
+<p id="asof">{fragments["asof"]}</p>
+<section id="kpis" class="cards">{fragments["kpis"]}</section>
+<h2>Requests per minute, last hour</h2>
+<div id="spark">{fragments["spark"]}</div>
+<h2>Latest requests</h2>
+<div class="scroll"><table><thead><tr><th>request</th><th>model</th><th>provider</th>
+<th>status</th><th>tokens in/out</th><th>cost (tokens)</th><th>latency ms</th>
+<th>TTFT ms</th></tr></thead><tbody id="tape">{fragments["tape"]}</tbody></table></div>
+</main>
+<script src="/explorer/static/explorer.js"></script>
+</body></html>"""
+
+
+def live_fragments(snapshot: dict[str, Any], window: str) -> dict[str, str]:
+    """The parts of the overview that change: what the stream sends to a live page."""
+    return {
+        "asof": f"as of {_time(snapshot['as_of'])} (snapshot {snapshot['version']})",
+        "kpis": kpi_cards(snapshot, window),
+        "spark": sparkline(snapshot["requests_per_minute"]),
+        "tape": tape_rows(snapshot["tape"]),
+    }
+
+
+def kpi_cards(snapshot: dict[str, Any], window: str) -> str:
+    summary = snapshot["windows"][window]
+    now, before = summary["kpis"], summary["previous"]
+    network = snapshot["network"]
+    ledger = snapshot["ledger"]
+    declared = network["declared"]
+    cards = [
+        _card("providers online", "network.providers_online", str(network["providers_online"]),
+              f"{network['providers_routable']} routable"),
+        _card("GPUs (declared)", "network.declared.gpu_count", str(declared["gpu_count"]),
+              ", ".join(f"{escape(k)} {v}" for k, v in declared["gpus"].items()) or "CPU only"),
+        _card("regions", "network.declared.regions", str(len(declared["regions"])),
+              ", ".join(escape(k) for k in declared["regions"]) or "none"),
+        _counted("requests", "requests", now, before),
+        _counted("tokens", "tokens", now, before),
+        _rate(now, before),
+        _percentile("TTFT p50 (ms)", "ttft_p50_ms", now, "ttft_samples"),
+        _percentile("TTFT p95 (ms)", "ttft_p95_ms", now, "ttft_samples"),
+        _percentile("decode tokens/s p50", "tokens_per_s_p50", now, "tokens_per_s_samples"),
+        _counted("audits passed", "audits_passed", now, before),
+        _counted("audits failed", "audits_failed", now, before),
+        _counted("slashes", "slashes", now, before),
+        _card("paid by consumers", f"windows.{window}.kpis.cost", format_tokens(now["cost"]),
+              "tokens, base units /1e9"),
+    ]  # fmt: skip
+    if ledger is not None:
+        state = "holds" if ledger["holds"] else "BROKEN"
+        cls = "ok" if ledger["holds"] else "bad"
+        detail = (
+            "every entry balanced" if ledger["holds"] else escape("; ".join(ledger["problems"]))
+        )
+        cards.append(
+            f'<div class="card"><div class="k">ledger invariant</div>'
+            f'<div class="v {cls}" data-k="ledger.holds">{state}</div>'
+            f'<div class="d">{detail}</div></div>'
+        )
+    return "".join(cards)
+
+
+def tape_rows(tape: list[dict[str, Any]]) -> str:
+    if not tape:
+        return '<tr><td colspan="8" class="na">no requests yet</td></tr>'
+    rows = []
+    for row in tape:
+        provider = row["provider_id"]
+        who = (
+            f'<a href="/v1/providers/{escape(provider)}">{escape(provider[:12])}</a>'
+            if provider
+            else '<span class="na">none</span>'
+        )
+        ttft = "—" if row["ttft_ms"] is None else f"{row['ttft_ms']:.0f}"
+        status_cls = "ok" if row["status"] == "ok" else "bad"
+        rows.append(
+            f'<tr data-request="{escape(row["request_id"])}"><td>{escape(row["request_id"])}</td>'
+            f"<td>{escape(row['model'])}</td><td>{who}</td>"
+            f'<td class="{status_cls}">{escape(row["status"])}</td>'
+            f'<td class="num">{row["prompt_tokens"]}/{row["completion_tokens"]}</td>'
+            f'<td class="num">{format_tokens(row["cost"])}</td>'
+            f'<td class="num">{row["latency_ms"]:.0f}</td><td class="num">{ttft}</td></tr>'
+        )
+    return "".join(rows)
+
+
+def sparkline(points: list[dict[str, Any]], width: int = 600, height: int = 80) -> str:
+    """Requests per minute as an SVG polyline (server-drawn; no chart library)."""
+    values = [p["value"] or 0 for p in points]
+    top = max(values, default=0)
+    if not values:
+        return '<p class="na">no data</p>'
+    step = width / max(1, len(values) - 1)
+    coords = " ".join(
+        f"{i * step:.1f},{height - 4 - (v / top * (height - 8) if top else 0):.1f}"
+        for i, v in enumerate(values)
+    )
+    return (
+        f'<svg viewBox="0 0 {width} {height}" width="100%" height="{height}" role="img" '
+        f'aria-label="requests per minute, peak {top}">'
+        f'<polyline fill="none" stroke="#1f6feb" stroke-width="2" points="{coords}"/>'
+        f'<text x="4" y="14" font-size="12" fill="#57606a">peak {top}/min</text></svg>'
+    )
+
+
+def _card(title: str, key: str, value: str, detail: str, cls: str = "") -> str:
+    return (
+        f'<div class="card"><div class="k">{escape(title)}</div>'
+        f'<div class="v {cls}" data-k="{escape(key)}">{value}</div>'
+        f'<div class="d">{detail}</div></div>'
+    )
+
+
+def _counted(title: str, name: str, now: dict[str, Any], before: dict[str, Any] | None) -> str:
+    prior = None if before is None else before[name]
+    return _card(title, f"kpis.{name}", str(now[name]), _delta(now[name], prior))
+
+
+def _rate(now: dict[str, Any], before: dict[str, Any] | None) -> str:
+    rate = now["success_rate"]
+    if rate is None:
+        return _card("success rate", "kpis.success_rate", "—", "no settled requests", "na")
+    shown = f"{rate * 100:.2f} %"
+    prior = None if before is None else before["success_rate"]
+    detail = "" if prior is None else f"previous window {prior * 100:.2f} %"
+    return _card("success rate", "kpis.success_rate", shown, detail)
+
+
+def _percentile(title: str, name: str, now: dict[str, Any], samples: str) -> str:
+    value, n = now[name], now[samples]
+    if value is None:
+        return _card(title, f"kpis.{name}", "—", f"insufficient data: n={n}, needs 5", "na")
+    return _card(title, f"kpis.{name}", f"{value:g}", f"measured, n={n} (bucket upper edge)")
+
+
+def _delta(now: int, before: int | None) -> str:
+    if before is None:
+        return "no previous window"
+    diff = now - before
+    if before == 0:
+        return f"{diff:+d} vs previous window"
+    return f"{diff:+d} ({diff / before * 100:+.1f} %) vs previous window"
+
+
+def _time(unix_s: float) -> str:
+    from datetime import UTC, datetime
+
+    return datetime.fromtimestamp(unix_s, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")

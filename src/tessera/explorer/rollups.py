@@ -1,0 +1,302 @@
+"""The network's numbers over time, kept as events happen, so no page ever scans a table.
+
+Every request that ends, audit that closes and slash adds to a bucket of its minute, its
+hour and its day; a window's figures are sums of buckets, and its percentiles come from
+fixed log-spaced histograms (each bucket keeps counts, not samples), so memory is bounded
+by the buckets kept, not by traffic: minutes for two days, hours for 32 days, days for ever.
+
+Pure: no clock and no I/O. Callers pass the time of each event and of each question
+(seconds since the epoch), so a simulator can drive it.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+MINUTE, HOUR, DAY = 60, 3600, 86_400
+KEEP_MINUTES = 2 * DAY
+KEEP_HOURS = 32 * DAY
+# Window name -> seconds (None: since the first event).
+WINDOWS: dict[str, int | None] = {
+    "1h": HOUR,
+    "24h": DAY,
+    "7d": 7 * DAY,
+    "30d": 30 * DAY,
+    "all": None,
+}
+MAX_POINTS = 300  # a series has at most this many points: buckets are merged to fit
+MIN_SAMPLES = 5  # a percentile needs this many samples; fewer says "insufficient data"
+
+# Histogram edges: 1.25x apart, from 1 ms to ~20 min (latency) and 0.1 to ~40k tokens/s.
+_RATIO = 1.25
+_BINS = 64
+_MS_FLOOR = 1.0
+_TPS_FLOOR = 0.1
+
+SERIES_METRICS = (
+    "requests",
+    "ok",
+    "errors",
+    "tokens",
+    "cost",
+    "success_rate",
+    "ttft_p50_ms",
+    "ttft_p95_ms",
+    "tokens_per_s_p50",
+    "audits_passed",
+    "audits_failed",
+    "slashes",
+)
+
+
+def _bin(value: float, floor: float) -> int:
+    if value <= floor:
+        return 0
+    return min(_BINS - 1, int(math.log(value / floor, _RATIO)) + 1)
+
+
+def _edge(index: int, floor: float) -> float:
+    """The upper edge of a bin: a percentile read from it is at most this."""
+    return floor * _RATIO**index
+
+
+@dataclass
+class Bucket:
+    """What happened in one minute, hour or day."""
+
+    start: int
+    requests: int = 0
+    ok: int = 0
+    errors: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cost: int = 0
+    audits_passed: int = 0
+    audits_failed: int = 0
+    slashes: int = 0
+    slashed_units: int = 0
+    refunded_units: int = 0
+    ttft: list[int] = field(default_factory=lambda: [0] * _BINS)
+    tps: list[int] = field(default_factory=lambda: [0] * _BINS)
+
+    def add(self, other: Bucket) -> None:
+        for name in _COUNTS:
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+        for i in range(_BINS):
+            self.ttft[i] += other.ttft[i]
+            self.tps[i] += other.tps[i]
+
+
+_COUNTS = (
+    "requests", "ok", "errors", "prompt_tokens", "completion_tokens", "cost",
+    "audits_passed", "audits_failed", "slashes", "slashed_units", "refunded_units",
+)  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
+class TapeRow:
+    """One finished request as the public sees it: ids, counts and times, never content."""
+
+    request_id: str
+    at: float
+    model: str
+    provider_id: str | None
+    status: str
+    prompt_tokens: int
+    completion_tokens: int
+    cost: int
+    latency_ms: float
+    ttft_ms: float | None
+
+
+def percentile(histogram: list[int], q: float, floor: float) -> tuple[float | None, int]:
+    """(the q-quantile's upper bin edge, samples); None below MIN_SAMPLES."""
+    n = sum(histogram)
+    if n < MIN_SAMPLES:
+        return None, n
+    rank = max(1, math.ceil(q * n))
+    seen = 0
+    for index, count in enumerate(histogram):
+        seen += count
+        if seen >= rank:
+            return round(_edge(index, floor), 3), n
+    return round(_edge(_BINS - 1, floor), 3), n
+
+
+class Rollups:
+    def __init__(self, tape_size: int = 50) -> None:
+        self.minutes: dict[int, Bucket] = {}
+        self.hours: dict[int, Bucket] = {}
+        self.days: dict[int, Bucket] = {}
+        self.tape: deque[TapeRow] = deque(maxlen=tape_size)
+        self.first_at: float | None = None
+        self.version = 0  # bumped by every event: a snapshot is stale when it differs
+
+    # ------------------------------------------------------------ events
+
+    def request(self, row: TapeRow, tokens_per_s: float | None = None) -> None:
+        for bucket in self._buckets(row.at):
+            bucket.requests += 1
+            if row.status == "ok":
+                bucket.ok += 1
+            elif row.status == "error":
+                bucket.errors += 1
+            bucket.prompt_tokens += row.prompt_tokens
+            bucket.completion_tokens += row.completion_tokens
+            bucket.cost += row.cost
+            if row.ttft_ms is not None and row.status == "ok":
+                bucket.ttft[_bin(row.ttft_ms, _MS_FLOOR)] += 1
+            if tokens_per_s is not None and row.status == "ok":
+                bucket.tps[_bin(tokens_per_s, _TPS_FLOOR)] += 1
+        self.tape.appendleft(row)
+        self.version += 1
+
+    def audit(self, passed: bool, at: float) -> None:
+        for bucket in self._buckets(at):
+            if passed:
+                bucket.audits_passed += 1
+            else:
+                bucket.audits_failed += 1
+        self.version += 1
+
+    def slash(self, units: int, refunded: int, at: float) -> None:
+        for bucket in self._buckets(at):
+            bucket.slashes += 1
+            bucket.slashed_units += units
+            bucket.refunded_units += refunded
+        self.version += 1
+
+    def _buckets(self, at: float) -> Iterable[Bucket]:
+        if self.first_at is None or at < self.first_at:
+            self.first_at = at
+        second = int(at)
+        for size, store in ((MINUTE, self.minutes), (HOUR, self.hours), (DAY, self.days)):
+            start = second - second % size
+            bucket = store.get(start)
+            if bucket is None:
+                bucket = store[start] = Bucket(start)
+            yield bucket
+
+    def forget_before(self, now: float) -> None:
+        """Drop minute buckets older than two days and hour buckets older than 32 days."""
+        for store, keep in ((self.minutes, KEEP_MINUTES), (self.hours, KEEP_HOURS)):
+            horizon = now - keep
+            for start in [s for s in store if s < horizon]:
+                del store[start]
+
+    # ------------------------------------------------------------ questions
+
+    def window(self, now: float, name: str) -> Bucket:
+        """Everything in the window ending at ``now``."""
+        length = _window_length(name)
+        return self._sum(now - length if length is not None else None, now + 1)
+
+    def summary(self, now: float, name: str) -> dict[str, Any]:
+        """The window's KPIs, each with the previous window's value to compare with."""
+        length = _window_length(name)
+        current = self.window(now, name)  # [now - length, now]; previous: the one before
+        out = {"window": name, "as_of": now, "kpis": _kpis(current)}
+        if length is not None:
+            previous = self._sum(now - 2 * length, now - length)
+            out["previous"] = _kpis(previous)
+        else:
+            out["previous"] = None
+        return out
+
+    def series(self, now: float, name: str, metric: str) -> dict[str, Any]:
+        """``metric`` over the window, at most MAX_POINTS points, oldest first; a point
+        whose percentile lacks samples is None (no data), not 0."""
+        if metric not in SERIES_METRICS:
+            raise ValueError(f"unknown metric {metric!r}; one of {', '.join(SERIES_METRICS)}")
+        length = _window_length(name)
+        start = now - length if length is not None else (self.first_at or now)
+        span = max(1.0, now - start)
+        store, size = self._store_for(span)
+        step = size * max(1, math.ceil(span / size / MAX_POINTS))
+        if length is None:  # since the first event: its bucket included
+            first = int(start) - int(start) % size
+        else:  # buckets that start in the window, as in _sum
+            first = math.ceil(start / size) * size
+        points = []
+        t = first
+        while t <= now:
+            merged = Bucket(t)
+            for s in range(t, t + step, size):
+                bucket = store.get(s)
+                if bucket is not None:
+                    merged.add(bucket)
+            points.append({"t": t, "value": _metric(merged, metric)})
+            t += step
+        return {"window": name, "metric": metric, "step_s": step, "points": points}
+
+    def _store_for(self, span: float) -> tuple[dict[int, Bucket], int]:
+        if span <= KEEP_MINUTES / 2:
+            return self.minutes, MINUTE
+        if span <= KEEP_HOURS - DAY:
+            return self.hours, HOUR
+        return self.days, DAY
+
+    def _sum(self, start: float | None, end: float) -> Bucket:
+        """Sum the buckets that start in [start, end), from the finest store that keeps
+        the span (a window's edge is as sharp as that store's bucket)."""
+        total = Bucket(int(start or 0))
+        span = end - (start if start is not None else (self.first_at or end))
+        store, _ = self._store_for(span)
+        low = -math.inf if start is None else start
+        for bucket_start, bucket in store.items():
+            if low <= bucket_start < end:
+                total.add(bucket)
+        return total
+
+
+def _window_length(name: str) -> int | None:
+    if name not in WINDOWS:
+        raise ValueError(f"unknown window {name!r}; one of {', '.join(WINDOWS)}")
+    return WINDOWS[name]
+
+
+def _kpis(bucket: Bucket) -> dict[str, Any]:
+    ttft50, n_ttft = percentile(bucket.ttft, 0.50, _MS_FLOOR)
+    ttft95, _ = percentile(bucket.ttft, 0.95, _MS_FLOOR)
+    tps50, n_tps = percentile(bucket.tps, 0.50, _TPS_FLOOR)
+    settled = bucket.ok + bucket.errors
+    return {
+        "requests": bucket.requests,
+        "ok": bucket.ok,
+        "errors": bucket.errors,
+        "success_rate": None if settled == 0 else round(bucket.ok / settled, 4),
+        "prompt_tokens": bucket.prompt_tokens,
+        "completion_tokens": bucket.completion_tokens,
+        "tokens": bucket.prompt_tokens + bucket.completion_tokens,
+        "cost": bucket.cost,
+        "ttft_p50_ms": ttft50,
+        "ttft_p95_ms": ttft95,
+        "ttft_samples": n_ttft,
+        "tokens_per_s_p50": tps50,
+        "tokens_per_s_samples": n_tps,
+        "audits_passed": bucket.audits_passed,
+        "audits_failed": bucket.audits_failed,
+        "slashes": bucket.slashes,
+        "slashed_units": bucket.slashed_units,
+        "refunded_units": bucket.refunded_units,
+    }
+
+
+def _metric(bucket: Bucket, metric: str) -> float | int | None:
+    if metric == "tokens":
+        return bucket.prompt_tokens + bucket.completion_tokens
+    if metric == "success_rate":
+        settled = bucket.ok + bucket.errors
+        return None if settled == 0 else round(bucket.ok / settled, 4)
+    if metric == "ttft_p50_ms":
+        return percentile(bucket.ttft, 0.50, _MS_FLOOR)[0]
+    if metric == "ttft_p95_ms":
+        return percentile(bucket.ttft, 0.95, _MS_FLOOR)[0]
+    if metric == "tokens_per_s_p50":
+        return percentile(bucket.tps, 0.50, _TPS_FLOOR)[0]
+    value: int = getattr(bucket, metric)
+    return value

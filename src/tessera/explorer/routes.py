@@ -1,0 +1,84 @@
+"""The explorer's HTTP: the overview page, its JSON twin, CSV, and the live stream.
+
+HTML lives under ``/explorer``, data under ``/explorer/api/v1/`` (never under ``/v1/``,
+OpenAI's namespace). Every answer is cut from the last snapshot; lists and series take
+``?format=csv``. Pages and the stream are left out of the OpenAPI document; the JSON is in.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from fastapi import FastAPI, Query
+from fastapi.responses import HTMLResponse, PlainTextResponse, Response, StreamingResponse
+
+from tessera.errors import NoCapacity
+from tessera.explorer.rollups import SERIES_METRICS
+from tessera.explorer.service import Explorer, to_csv
+
+Window = Literal["1h", "24h", "7d", "30d", "all"]
+Metric = Literal[SERIES_METRICS]  # type: ignore[valid-type]
+Format = Literal["json", "csv"]
+CACHE = {"Cache-Control": "public, max-age=2"}
+
+
+def install_explorer_routes(app: FastAPI, explorer: Explorer) -> None:
+    @app.get("/explorer", include_in_schema=False)
+    async def explorer_page(window: Window = "24h") -> HTMLResponse:
+        return HTMLResponse(explorer.page(window), headers=CACHE)
+
+    @app.get("/explorer/static/explorer.js", include_in_schema=False)
+    async def explorer_script() -> Response:
+        return Response(explorer.script(), media_type="text/javascript", headers=CACHE)
+
+    @app.get("/explorer/api/v1/network/summary", tags=["explorer"])
+    async def network_summary(window: Window = "24h") -> dict[str, Any]:
+        """The network now and over the window: providers, requests, tokens, success rate,
+        latency and throughput percentiles (with their sample counts), audits, slashes,
+        the ledger's totals and its invariant; with the previous window to compare."""
+        snapshot = explorer.current()
+        return {
+            "object": "explorer.network_summary",
+            "version": snapshot["version"],
+            "as_of": snapshot["as_of"],
+            "network": snapshot["network"],
+            **snapshot["windows"][window],
+            "ledger": snapshot["ledger"],
+        }
+
+    @app.get("/explorer/api/v1/network/series", tags=["explorer"])
+    async def network_series(
+        metric: Metric = Query("requests"),
+        window: Window = "1h",
+        format: Format = "json",
+    ) -> Any:
+        """One metric over the window, oldest point first, at most 300 points; a point
+        without enough samples for a percentile is null (no data), never 0."""
+        snapshot = explorer.current()
+        series = explorer.rollups.series(snapshot["as_of"], window, metric)
+        if format == "csv":
+            return PlainTextResponse(to_csv(series["points"]), media_type="text/csv")
+        return {"object": "explorer.series", "version": snapshot["version"], **series}
+
+    @app.get("/explorer/api/v1/requests/recent", tags=["explorer"])
+    async def recent_requests(format: Format = "json") -> Any:
+        """The latest finished requests (newest first): ids, model, provider, status, token
+        counts, cost, latency and time to first token; never prompt or output text."""
+        snapshot = explorer.current()
+        if format == "csv":
+            return PlainTextResponse(to_csv(snapshot["tape"]), media_type="text/csv")
+        return {"object": "list", "version": snapshot["version"], "data": snapshot["tape"]}
+
+    @app.get("/explorer/api/v1/stream", include_in_schema=False)
+    async def stream(window: Window = "24h") -> StreamingResponse:
+        if explorer.streams >= explorer.max_streams:
+            raise NoCapacity(
+                "Too many live explorer pages are open; the page still works, reload it "
+                "to see newer numbers.",
+                code="explorer_full",
+            )
+        return StreamingResponse(
+            explorer.stream(window),
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        )

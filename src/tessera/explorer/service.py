@@ -1,0 +1,200 @@
+"""The explorer inside the gateway: it listens to the gateway's events, rebuilds one
+snapshot every ``interval_s``, and serves pages, JSON, CSV and a live stream from it.
+
+Visitors never touch the request path: they read the last snapshot (built by one task,
+not per visitor), rendered fragments are cached per snapshot and window, and each live
+page holds one Server-Sent Events stream (capped; past the cap a page still works, it just
+stops updating). Events are folded into the rollups in O(1) as they are published.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import csv
+import io
+import json
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from importlib import resources
+from typing import Any
+
+from tessera.explorer.pages import live_fragments, overview
+from tessera.explorer.rollups import Rollups, TapeRow
+from tessera.explorer.snapshot import LedgerView, ProviderView, build_snapshot
+from tessera.gateway.events import AuditClosed, EventBus, RequestFinished, Slashed
+
+log = logging.getLogger("tessera.explorer")
+
+PASSED_AUDITS = frozenset({"passed", "cleared"})
+HEARTBEAT_S = 15.0
+
+
+class Explorer:
+    def __init__(
+        self,
+        gateway: Callable[[], Any],
+        *,
+        interval_s: float = 2.0,
+        max_streams: int = 200,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._gateway = gateway
+        self.interval_s = interval_s
+        self.max_streams = max_streams
+        self.clock = clock
+        self.rollups = Rollups()
+        self.snapshot: dict[str, Any] = {}
+        self.version = 0
+        self.streams = 0
+        self.build_s = 0.0  # how long the last snapshot took to build
+        self._changed = asyncio.Event()
+        self._fragments: dict[tuple[int, str], dict[str, str]] = {}
+        self._script = resources.files("tessera.explorer").joinpath("static/explorer.js")
+
+    # ------------------------------------------------------------ events (O(1) each)
+
+    def subscribe_to(self, events: EventBus) -> None:
+        events.subscribe(RequestFinished, self._request)
+        events.subscribe(AuditClosed, self._audit)
+        events.subscribe(Slashed, self._slash)
+
+    def _request(self, event: RequestFinished) -> None:
+        decode_s = event.latency_s - (event.ttft_ms or 0) / 1000
+        tps = None
+        if event.ttft_ms is not None and event.completion_tokens > 1 and decode_s > 0:
+            tps = (event.completion_tokens - 1) / decode_s
+        self.rollups.request(
+            TapeRow(
+                request_id=event.request_id,
+                at=event.at.timestamp(),
+                model=event.model,
+                provider_id=event.provider_id,
+                status=event.status,
+                prompt_tokens=event.prompt_tokens,
+                completion_tokens=event.completion_tokens,
+                cost=event.cost,
+                latency_ms=round(event.latency_s * 1000, 1),
+                ttft_ms=None if event.ttft_ms is None else round(event.ttft_ms, 1),
+            ),
+            tps,
+        )
+
+    def _audit(self, event: AuditClosed) -> None:
+        if event.status in PASSED_AUDITS:
+            self.rollups.audit(True, self.clock())
+        elif event.status == "upheld":
+            self.rollups.audit(False, self.clock())
+
+    def _slash(self, event: Slashed) -> None:
+        self.rollups.slash(event.slashed_units, event.refunded_units, self.clock())
+
+    # ------------------------------------------------------------ snapshots
+
+    async def run(self) -> None:
+        """Rebuild the snapshot every interval until cancelled."""
+        while True:
+            try:
+                self.rebuild()
+            except Exception:
+                log.exception("the explorer's snapshot failed; the last one stays")
+            await asyncio.sleep(self.interval_s)
+
+    def rebuild(self) -> dict[str, Any]:
+        started = time.perf_counter()
+        now = self.clock()
+        self.rollups.forget_before(now)
+        gateway = self._gateway()
+        providers = [] if gateway is None else [_provider_view(p) for p in gateway.registry.all()]
+        ledger = None if gateway is None else _ledger_view(gateway)
+        self.version += 1
+        self.snapshot = build_snapshot(self.rollups, providers, ledger, now, self.version)
+        self._fragments.clear()
+        self.build_s = time.perf_counter() - started
+        self._changed.set()
+        self._changed = asyncio.Event()
+        return self.snapshot
+
+    def current(self) -> dict[str, Any]:
+        return self.snapshot or self.rebuild()
+
+    def fragments(self, window: str) -> dict[str, str]:
+        snapshot = self.current()
+        key = (snapshot["version"], window)
+        cached = self._fragments.get(key)
+        if cached is None:
+            cached = self._fragments[key] = live_fragments(snapshot, window)
+        return cached
+
+    def page(self, window: str) -> str:
+        return overview(self.current(), window)
+
+    def script(self) -> str:
+        return self._script.read_text()
+
+    # ------------------------------------------------------------ live stream
+
+    async def stream(self, window: str) -> AsyncIterator[str]:
+        """Server-Sent Events: the page's fragments now and at every new snapshot, and a
+        comment every HEARTBEAT_S so proxies keep the connection."""
+        self.streams += 1
+        try:
+            yield "retry: 5000\n\n"
+            sent = -1
+            while True:
+                snapshot = self.current()
+                if snapshot["version"] != sent:
+                    sent = snapshot["version"]
+                    body = json.dumps({"version": sent, "html": self.fragments(window)})
+                    yield f"id: {sent}\nevent: snapshot\ndata: {body}\n\n"
+                changed = self._changed
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(changed.wait(), HEARTBEAT_S)
+                    continue
+                yield ": keep-alive\n\n"
+        finally:
+            self.streams -= 1
+
+
+def to_csv(rows: list[dict[str, Any]]) -> str:
+    """A list of flat dicts as CSV, columns in the first row's order."""
+    out = io.StringIO()
+    if not rows:
+        return ""
+    writer = csv.DictWriter(out, fieldnames=list(rows[0]), lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: "" if v is None else v for k, v in row.items()})
+    return out.getvalue()
+
+
+def _provider_view(live: Any) -> ProviderView:
+    card = live.capabilities
+    return ProviderView(
+        provider_id=live.provider_id,
+        label=card.label,
+        region=card.region,
+        gpus=tuple(g.name for g in card.hardware.gpus),
+        models=tuple(m.name for m in card.models),
+        routable=any(status == "routable" for status in live.status.values())
+        or (not live.status and bool(card.models)),
+        active_jobs=live.active_jobs,
+        max_concurrent_jobs=card.max_concurrent_jobs,
+    )
+
+
+def _ledger_view(gateway: Any) -> LedgerView | None:
+    keeper = gateway.bookkeeper
+    if keeper is None:  # a replica: the owner's explorer shows the ledger
+        return None
+    book = keeper.book
+    system = book.system()
+    return LedgerView(
+        minted=system["minted"],
+        fees=system["fees"],
+        verification_pool=system["verification_pool"],
+        insurance_pool=system["insurance_pool"],
+        escrow_open=sum(h.amount for h in book.open_holds()),
+        problems=tuple(book.check()),
+    )

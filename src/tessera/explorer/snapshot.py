@@ -1,0 +1,76 @@
+"""One immutable picture of the network that every explorer page and JSON answer is cut
+from: built every few seconds by the gateway, never per visitor.
+
+Pure: the caller hands in the rollups, the live providers, the ledger's totals and the
+time. Declared values (what providers announce: hardware, region) are kept apart from
+measured ones (what the gateway saw: requests, latencies, audits).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from tessera.explorer.rollups import WINDOWS, Rollups
+
+
+@dataclass(frozen=True, slots=True)
+class ProviderView:
+    """What the snapshot needs of one connected provider."""
+
+    provider_id: str
+    label: str
+    region: str
+    gpus: tuple[str, ...]
+    models: tuple[str, ...]
+    routable: bool
+    active_jobs: int
+    max_concurrent_jobs: int
+
+
+@dataclass(frozen=True, slots=True)
+class LedgerView:
+    minted: int
+    fees: int
+    verification_pool: int
+    insurance_pool: int
+    escrow_open: int
+    problems: tuple[str, ...]  # the live invariant check: empty when it holds
+
+
+def build_snapshot(
+    rollups: Rollups,
+    providers: Iterable[ProviderView],
+    ledger: LedgerView | None,
+    now: float,
+    version: int,
+) -> dict[str, Any]:
+    live = list(providers)
+    gpus: Counter[str] = Counter()
+    for p in live:
+        gpus.update(p.gpus)
+    return {
+        "object": "explorer.snapshot",
+        "version": version,
+        "as_of": now,
+        "network": {
+            "providers_online": len(live),
+            "providers_routable": sum(1 for p in live if p.routable),
+            "busy_slots": sum(p.active_jobs for p in live),
+            "slots": sum(p.max_concurrent_jobs for p in live),
+            "declared": {
+                "gpus": dict(sorted(gpus.items())),
+                "gpu_count": sum(gpus.values()),
+                "regions": dict(sorted(Counter(p.region for p in live).items())),
+                "models": dict(sorted(Counter(m for p in live for m in p.models).items())),
+            },
+        },
+        "windows": {name: rollups.summary(now, name) for name in WINDOWS},
+        "requests_per_minute": rollups.series(now, "1h", "requests")["points"],
+        "tape": [asdict(row) for row in rollups.tape],
+        "ledger": None
+        if ledger is None
+        else {**asdict(ledger), "problems": list(ledger.problems), "holds": not ledger.problems},
+    }

@@ -1,0 +1,117 @@
+"""The explorer served by a real gateway: a request shows on the live tape (JSON, HTML,
+CSV and the Server-Sent Events stream all agree), the page's numbers are its JSON twin's,
+no prompt or answer text leaks, and bad parameters get OpenAI-style errors."""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import io
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from support.scripted_peers import answer, chat_body, live_gateway, priced
+
+pytestmark = pytest.mark.integration
+
+SECRET_PROMPT = "the-prompt-nobody-may-see"
+SECRET_ANSWER = "the-answer-nobody-may-see"
+
+
+async def one_request(client: httpx.AsyncClient, peer: Any) -> str:
+    body = chat_body()
+    body["messages"] = [{"role": "user", "content": SECRET_PROMPT}]
+    request = asyncio.create_task(client.post("/v1/chat/completions", json=body))
+    await answer(peer, await peer.recv(), text=SECRET_ANSWER)
+    response = await request
+    assert response.status_code == 200, response.text
+    return response.headers["x-request-id"]
+
+
+async def until(client: httpx.AsyncClient, path: str, check: Any) -> Any:
+    async with asyncio.timeout(10):
+        while True:
+            body = (await client.get(path)).json()
+            if check(body):
+                return body
+            await asyncio.sleep(0.05)
+
+
+async def test_a_request_shows_everywhere_alike_and_without_its_text(gateway_dir: Path) -> None:
+    async with live_gateway(gateway_dir, explorer_interval_s=0.1) as gw, gw.client() as client:
+        peer, beat = await priced(gw)
+        public = httpx.AsyncClient(base_url=gw.base, timeout=30)  # no API key: it is public
+        # A live page's stream, opened before the request.
+        events: list[dict[str, Any]] = []
+
+        async def listen() -> None:
+            async with public.stream("GET", "/explorer/api/v1/stream?window=1h") as stream:
+                assert stream.headers["content-type"].startswith("text/event-stream")
+                async for line in stream.aiter_lines():
+                    if line.startswith("data: "):
+                        events.append(json.loads(line[6:]))
+
+        listener = asyncio.create_task(listen())
+        request_id = await one_request(client, peer)
+        tape = await until(
+            public,
+            "/explorer/api/v1/requests/recent",
+            lambda body: any(r["request_id"] == request_id for r in body["data"]),
+        )
+        row = next(r for r in tape["data"] if r["request_id"] == request_id)
+        assert row["provider_id"] == peer.provider_id and row["status"] == "ok"
+        assert (row["prompt_tokens"], row["completion_tokens"], row["cost"]) == (3, 1, 5000)
+        async with asyncio.timeout(10):
+            while not any(request_id in e["html"]["tape"] for e in events):
+                await asyncio.sleep(0.05)
+        listener.cancel()
+
+        summary = (await public.get("/explorer/api/v1/network/summary?window=1h")).json()
+        assert summary["kpis"]["requests"] == 1 and summary["kpis"]["cost"] == 5000
+        assert summary["network"]["providers_online"] == 1
+        assert summary["ledger"]["holds"] is True and summary["ledger"]["problems"] == []
+        page = await public.get("/explorer?window=1h")
+        assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+        html = page.text
+        assert request_id in html
+        shown = dict(re.findall(r'data-k="([^"]+)">([^<]*)<', html))
+        assert shown["kpis.requests"] == str(summary["kpis"]["requests"])
+        assert shown["network.providers_online"] == str(summary["network"]["providers_online"])
+        assert shown["ledger.holds"] == "holds"
+        # CSV is the JSON, row for row.
+        text = (await public.get("/explorer/api/v1/requests/recent?format=csv")).text
+        rows = list(csv.DictReader(io.StringIO(text)))
+        assert [r["request_id"] for r in rows] == [r["request_id"] for r in tape["data"]]
+        assert rows[0]["cost"] == str(tape["data"][0]["cost"])
+        series = (
+            await public.get("/explorer/api/v1/network/series?metric=requests&window=1h")
+        ).json()
+        assert sum(p["value"] for p in series["points"]) == 1
+        # Counts, ids and times only: never what was asked or answered.
+        everything = html + text + json.dumps(summary) + json.dumps(events)
+        assert SECRET_PROMPT not in everything and SECRET_ANSWER not in everything
+        assert (await public.get("/explorer/static/explorer.js")).status_code == 200
+        await public.aclose()
+        beat.cancel()
+
+
+async def test_bad_parameters_are_refused_and_streams_are_capped(gateway_dir: Path) -> None:
+    async with live_gateway(gateway_dir, explorer_max_streams=0) as gw:
+        async with httpx.AsyncClient(base_url=gw.base, timeout=30) as public:
+            for path in (
+                "/explorer/api/v1/network/summary?window=2h",
+                "/explorer/api/v1/network/series?metric=prompts",
+                "/explorer/api/v1/requests/recent?format=xml",
+                "/explorer?window=forever",
+            ):
+                response = await public.get(path)
+                assert response.status_code == 400, (path, response.text)
+                assert response.json()["error"]["type"] == "invalid_request_error"
+            full = await public.get("/explorer/api/v1/stream")
+            assert full.status_code == 503 and full.json()["error"]["code"] == "explorer_full"
+            assert (await public.get("/explorer")).status_code == 200  # the page still works

@@ -1,0 +1,87 @@
+"""The explorer's rollups: windows sum what happened in them, compare with the window
+before, say "insufficient data" rather than 0, and stay bounded in memory."""
+
+from __future__ import annotations
+
+import pytest
+
+from tessera.explorer.rollups import DAY, HOUR, MAX_POINTS, Rollups, TapeRow, percentile
+
+T0 = 1_780_000_000.0  # a fixed time: the rollups take time as an argument
+
+
+def row(at: float, status: str = "ok", ttft: float | None = 100.0, n: int = 0) -> TapeRow:
+    return TapeRow(f"req-{at}-{n}", at, "tessera-tiny", "ab" * 32, status, 3, 5, 1000, 250.0, ttft)
+
+
+def test_a_window_sums_its_requests_and_compares_with_the_one_before() -> None:
+    rollups = Rollups()
+    for i in range(4):
+        rollups.request(row(T0 - 2 * HOUR + 120 + i * 60, n=i))  # the previous hour
+    for i in range(6):
+        rollups.request(row(T0 - 30 * 60 + i * 60, n=i))
+    rollups.request(row(T0 - 10 * 60, status="error", ttft=None))
+    summary = rollups.summary(T0, "1h")
+    kpis, before = summary["kpis"], summary["previous"]
+    assert (kpis["requests"], kpis["ok"], kpis["errors"]) == (7, 6, 1)
+    assert kpis["tokens"] == 7 * 8 and kpis["cost"] == 7000
+    assert kpis["success_rate"] == round(6 / 7, 4)
+    assert before is not None and before["requests"] == 4
+    assert rollups.summary(T0, "24h")["kpis"]["requests"] == 11
+    assert rollups.summary(T0, "all")["previous"] is None
+
+
+def test_percentiles_need_samples_and_say_so() -> None:
+    rollups = Rollups()
+    for i in range(4):
+        rollups.request(row(T0 - i, ttft=50.0, n=i))
+    kpis = rollups.summary(T0, "1h")["kpis"]
+    assert kpis["ttft_p50_ms"] is None and kpis["ttft_samples"] == 4  # not 0: unknown
+    rollups.request(row(T0, ttft=2000.0, n=9))
+    kpis = rollups.summary(T0, "1h")["kpis"]
+    assert kpis["ttft_samples"] == 5
+    assert 50.0 <= kpis["ttft_p50_ms"] < 50.0 * 1.25  # the bucket's upper edge
+    assert 2000.0 <= kpis["ttft_p95_ms"] < 2000.0 * 1.25
+    assert percentile([0] * 64, 0.5, 1.0) == (None, 0)
+
+
+def test_a_series_has_bounded_points_and_no_data_is_not_zero() -> None:
+    rollups = Rollups()
+    for day in range(40):
+        rollups.request(row(T0 - day * DAY, n=day))
+    for window in ("1h", "24h", "7d", "30d", "all"):
+        series = rollups.series(T0, window, "requests")
+        assert 1 <= len(series["points"]) <= MAX_POINTS + 1
+        assert (
+            sum(p["value"] for p in series["points"])
+            == rollups.summary(T0, window)["kpis"]["requests"]
+        )
+    empty = rollups.series(T0, "1h", "ttft_p50_ms")["points"]
+    assert {p["value"] for p in empty} == {None}
+    with pytest.raises(ValueError, match="unknown metric"):
+        rollups.series(T0, "1h", "prompts")
+    with pytest.raises(ValueError, match="unknown window"):
+        rollups.summary(T0, "2h")
+
+
+def test_memory_is_bounded_by_the_buckets_kept() -> None:
+    rollups = Rollups(tape_size=3)
+    for minute in range(0, 40 * 24 * 60, 7):
+        rollups.request(row(T0 - minute * 60, n=minute))
+    rollups.forget_before(T0)
+    assert len(rollups.minutes) <= 2 * 24 * 60
+    assert len(rollups.hours) <= 32 * 24 + 1
+    assert len(rollups.tape) == 3
+    assert rollups.summary(T0, "all")["kpis"]["requests"] == len(range(0, 40 * 24 * 60, 7))
+
+
+def test_audits_and_slashes_count_in_their_window() -> None:
+    rollups = Rollups()
+    rollups.audit(True, T0 - 100)
+    rollups.audit(False, T0 - 100)
+    rollups.slash(500, 200, T0 - 100)
+    rollups.audit(True, T0 - 3 * DAY)
+    kpis = rollups.summary(T0, "24h")["kpis"]
+    assert (kpis["audits_passed"], kpis["audits_failed"], kpis["slashes"]) == (1, 1, 1)
+    assert (kpis["slashed_units"], kpis["refunded_units"]) == (500, 200)
+    assert rollups.summary(T0, "7d")["kpis"]["audits_passed"] == 2
