@@ -147,9 +147,10 @@ def sparkline(points: list[dict[str, Any]], width: int = 600, height: int = 80) 
     )
     return (
         f'<svg viewBox="0 0 {width} {height}" width="100%" height="{height}" role="img" '
-        f'aria-label="requests per minute, peak {top}">'
-        f'<polyline fill="none" stroke="#1f6feb" stroke-width="2" points="{coords}"/>'
-        f'<text x="4" y="14" font-size="12" fill="#57606a">peak {top}/min</text></svg>'
+        f'preserveAspectRatio="none" aria-label="requests per minute, peak {top}">'
+        f'<polyline fill="none" stroke="#1f6feb" stroke-width="2" '
+        f'vector-effect="non-scaling-stroke" points="{coords}"/></svg>'
+        f'<div class="d">peak {top}/min; {len(values)} minutes, oldest left</div>'
     )
 
 

@@ -57,7 +57,7 @@ def install_explorer_routes(app: FastAPI, explorer: Explorer) -> None:
         snapshot = explorer.current()
         series = explorer.rollups.series(snapshot["as_of"], window, metric)
         if format == "csv":
-            return PlainTextResponse(to_csv(series["points"]), media_type="text/csv")
+            return _csv(series["points"], f"{metric}-{window}.csv")
         return {"object": "explorer.series", "version": snapshot["version"], **series}
 
     @app.get("/explorer/api/v1/requests/recent", tags=["explorer"])
@@ -66,7 +66,7 @@ def install_explorer_routes(app: FastAPI, explorer: Explorer) -> None:
         counts, cost, latency and time to first token; never prompt or output text."""
         snapshot = explorer.current()
         if format == "csv":
-            return PlainTextResponse(to_csv(snapshot["tape"]), media_type="text/csv")
+            return _csv(snapshot["tape"], "requests-recent.csv")
         return {"object": "list", "version": snapshot["version"], "data": snapshot["tape"]}
 
     @app.get("/explorer/api/v1/stream", include_in_schema=False)
@@ -82,3 +82,11 @@ def install_explorer_routes(app: FastAPI, explorer: Explorer) -> None:
             media_type="text/event-stream",
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         )
+
+
+def _csv(rows: list[dict[str, Any]], filename: str) -> PlainTextResponse:
+    return PlainTextResponse(
+        to_csv(rows),
+        media_type="text/csv",
+        headers={"Content-Disposition": f'attachment; filename="{filename}"'},
+    )
