@@ -58,6 +58,7 @@ bench: $(TINY_STAMP)
 	$(BIN)/python bench/router.py
 	TESSERA_TINY_MODEL_DIR=$(TINY_MODEL) $(BIN)/python bench/hostile_load.py
 	$(BIN)/python bench/front_door.py
+	TESSERA_TINY_MODEL_DIR=$(TINY_MODEL) $(BIN)/python bench/explorer.py
 	$(BIN)/python bench/soak.py
 
 clean:
