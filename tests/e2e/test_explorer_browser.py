@@ -123,6 +123,18 @@ async def test_the_explorer_in_chromium(tmp_path: Path, chromium: str) -> None:
                 assert [r["request_id"] for r in rows] == [r["request_id"] for r in tape]
                 assert {first, second} <= {r["request_id"] for r in rows}
 
+                # The providers list: its row, as the JSON has it.
+                await page.goto(f"{gw.base}/explorer/providers")
+                row = page.locator(f'tr[data-provider="{peer.provider_id}"]')
+                await expect(row.locator('[data-k="status"]')).to_have_text("routable")
+                listed = (await public.get("/explorer/api/v1/providers")).json()["data"]
+                await expect(row.locator('[data-k="requests"]')).to_have_text(
+                    str(listed[0]["measured"]["requests"])
+                )
+                await page.screenshot(
+                    path=SCREENSHOTS / "explorer-providers-desktop.png", full_page=True
+                )
+
                 phone = await browser.new_context(viewport=PHONE, is_mobile=True)
                 await phone.route("**/*", local_only)
                 small = await phone.new_page()
@@ -131,6 +143,13 @@ async def test_the_explorer_in_chromium(tmp_path: Path, chromium: str) -> None:
                 await expect(small.locator(f'tr[data-request="{second}"]')).to_be_attached()
                 await small.screenshot(
                     path=SCREENSHOTS / "explorer-overview-phone.png", full_page=True
+                )
+                await small.goto(f"{gw.base}/explorer/providers")
+                await expect(
+                    small.locator(f'tr[data-provider="{peer.provider_id}"]')
+                ).to_be_attached()
+                await small.screenshot(
+                    path=SCREENSHOTS / "explorer-providers-phone.png", full_page=True
                 )
 
                 # JavaScript off: the same numbers, from the HTML alone.

@@ -115,3 +115,44 @@ async def test_bad_parameters_are_refused_and_streams_are_capped(gateway_dir: Pa
             full = await public.get("/explorer/api/v1/stream")
             assert full.status_code == 503 and full.json()["error"]["code"] == "explorer_full"
             assert (await public.get("/explorer")).status_code == 200  # the page still works
+
+
+async def test_providers_are_listed_as_measured_and_stay_listed_offline(gateway_dir: Path) -> None:
+    async with live_gateway(gateway_dir, explorer_interval_s=0.1) as gw, gw.client() as client:
+        peer, beat = await priced(gw)
+        public = httpx.AsyncClient(base_url=gw.base, timeout=30)
+        await one_request(client, peer)
+        listed = await until(
+            public,
+            "/explorer/api/v1/providers",
+            lambda body: body["data"] and (body["data"][0]["measured"] or {}).get("requests") == 1,
+        )
+        (row,) = listed["data"]
+        assert row["provider_id"] == peer.provider_id and row["status"] == "routable"
+        assert row["measured"]["cost"] == 5000 and row["measured"]["success_rate"] == 1.0
+        assert row["declared"]["models"][0]["model"] == "scripted-model"
+        region = row["region"]
+        # Filters and CSV answer from the same rows.
+        assert (await public.get(f"/explorer/api/v1/providers?region={region}")).json()["data"]
+        assert not (await public.get("/explorer/api/v1/providers?region=ZZ")).json()["data"]
+        assert not (await public.get("/explorer/api/v1/providers?model=other")).json()["data"]
+        text = (await public.get("/explorer/api/v1/providers?format=csv")).text
+        (line,) = list(csv.DictReader(io.StringIO(text)))
+        assert line["provider_id"] == peer.provider_id and line["requests"] == "1"
+        page = (await public.get("/explorer/providers")).text
+        assert peer.provider_id in page and ">routable<" in page
+        # It leaves: listed offline, its measured record kept.
+        beat.cancel()
+        await peer.ws.close()
+        gone = await until(
+            public,
+            "/explorer/api/v1/providers",
+            lambda body: body["data"][0]["status"] == "offline",
+        )
+        assert gone["data"][0]["measured"]["requests"] == 1
+        offline = await public.get("/explorer/api/v1/providers?status=offline")
+        assert [r["provider_id"] for r in offline.json()["data"]] == [peer.provider_id]
+        assert ">offline<" in (await public.get("/explorer/providers?status=offline")).text
+        bad = await public.get("/explorer/api/v1/providers?sort=cheapest")
+        assert bad.status_code == 400
+        await public.aclose()

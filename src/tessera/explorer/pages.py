@@ -43,6 +43,7 @@ def overview(snapshot: dict[str, Any], window: str) -> str:
 <title>Tessera explorer</title><style>{CSS}</style></head>
 <body data-window="{escape(window)}">
 <header><strong>Tessera explorer</strong>
+<a href="/explorer">overview</a> <a href="/explorer/providers">providers</a>
 <span>the network, measured by its gateway; updated live</span>
 <a href="/explorer/api/v1/network/summary?window={escape(window)}">JSON</a>
 <a href="/explorer/api/v1/requests/recent?format=csv">tape CSV</a></header>
@@ -59,6 +60,87 @@ def overview(snapshot: dict[str, Any], window: str) -> str:
 </main>
 <script src="/explorer/static/explorer.js"></script>
 </body></html>"""
+
+
+def providers_page(
+    snapshot: dict[str, Any],
+    rows: list[dict[str, Any]],
+    region: str | None,
+    model: str | None,
+    status: str | None,
+    sort: str,
+) -> str:
+    """Every provider seen, filtered and sorted as asked; declared and measured apart."""
+    query = "&".join(
+        f"{k}={escape(v)}"
+        for k, v in (("region", region), ("model", model), ("status", status))
+        if v
+    )
+    sorts = " ".join(
+        f'<a href="/explorer/providers?sort={name}{"&" + query if query else ""}"'
+        f"{' aria-current=page' if name == sort else ''}>{name}</a>"
+        for name in ("status", "requests", "stake", "reputation", "price", "region")
+    )
+    body = "".join(_provider_tr(row) for row in rows) or (
+        '<tr><td colspan="10" class="na">no provider matches</td></tr>'
+    )
+    filters = (
+        ", ".join(
+            f"{k} = {escape(v)}"
+            for k, v in (("region", region), ("model", model), ("status", status))
+            if v
+        )
+        or "none"
+    )
+    return f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8">
+<meta name="viewport" content="width=device-width,initial-scale=1">
+<title>Providers · Tessera explorer</title><style>{CSS}</style></head>
+<body data-page="providers">
+<header><strong>Tessera explorer</strong>
+<a href="/explorer">overview</a> <a href="/explorer/providers">providers</a>
+<a href="/explorer/api/v1/providers?sort={sort}{"&" + query if query else ""}">JSON</a>
+<a href="/explorer/api/v1/providers?format=csv&sort={sort}{"&" + query if query else ""}">CSV</a>
+</header>
+<main>
+<p>{len(rows)} of {len(snapshot["providers"])} providers seen since this gateway started;
+filters: {filters}. Sort: {sorts}.
+As of {_time(snapshot["as_of"])}. <em>Declared</em> is what a provider announced;
+<em>measured</em> is what this gateway saw.</p>
+<div class="scroll"><table><thead><tr><th>provider</th><th>status</th><th>region</th>
+<th>GPUs (declared)</th><th>models and prices per 1M in/out (declared)</th>
+<th>stake (tokens)</th><th>reputation</th><th>requests (measured)</th>
+<th>success</th><th>TTFT p50 ms</th></tr></thead>
+<tbody id="providers">{body}</tbody></table></div>
+</main></body></html>"""
+
+
+def _provider_tr(row: dict[str, Any]) -> str:
+    measured = row["measured"] or {}
+    status_cls = {"routable": "ok", "offline": "bad"}.get(row["status"], "na")
+    models = "; ".join(
+        f"{escape(m['model'])} {format_tokens(m['price_input_per_mtok'])}/"
+        f"{format_tokens(m['price_output_per_mtok'])}"
+        for m in row["declared"]["models"]
+    )
+    gpus = ", ".join(escape(g) for g in row["declared"]["gpus"]) or "CPU"
+    rate = measured.get("success_rate")
+    ttft = measured.get("ttft_p50_ms")
+    n = measured.get("ttft_samples", 0)
+    label = f" ({escape(row['label'])})" if row["label"] else ""
+    return (
+        f'<tr data-provider="{escape(row["provider_id"])}">'
+        f'<td><a href="/v1/providers/{escape(row["provider_id"])}">'
+        f"{escape(row['provider_id'][:12])}</a>{label}</td>"
+        f'<td class="{status_cls}" data-k="status">{escape(row["status"])}</td>'
+        f"<td>{escape(row['region'])}</td><td>{gpus}</td><td>{models}</td>"
+        f'<td class="num">{format_tokens(row["bonded"])}</td>'
+        f'<td class="num">{"—" if row["reputation"] is None else row["reputation"]}</td>'
+        f'<td class="num" data-k="requests">{measured.get("requests", 0)}</td>'
+        f'<td class="num">{"—" if rate is None else f"{rate * 100:.1f} %"}</td>'
+        f'<td class="num">{"—" if ttft is None else f"{ttft:g}"}'
+        f"{'' if ttft is not None else f' (n={n})'}</td></tr>"
+    )
 
 
 def live_fragments(snapshot: dict[str, Any], window: str) -> dict[str, str]:

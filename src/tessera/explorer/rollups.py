@@ -127,6 +127,34 @@ def percentile(histogram: list[int], q: float, floor: float) -> tuple[float | No
     return round(_edge(_BINS - 1, floor), 3), n
 
 
+@dataclass
+class ProviderTotals:
+    """One provider's requests since this gateway started: bounded by providers, not time."""
+
+    requests: int = 0
+    ok: int = 0
+    errors: int = 0
+    tokens: int = 0
+    earned_cost: int = 0  # what consumers paid for its answers (before fees)
+    last_at: float | None = None
+    ttft: list[int] = field(default_factory=lambda: [0] * _BINS)
+
+    def as_dict(self) -> dict[str, Any]:
+        settled = self.ok + self.errors
+        p50, n = percentile(self.ttft, 0.50, _MS_FLOOR)
+        return {
+            "requests": self.requests,
+            "ok": self.ok,
+            "errors": self.errors,
+            "success_rate": None if settled == 0 else round(self.ok / settled, 4),
+            "tokens": self.tokens,
+            "cost": self.earned_cost,
+            "ttft_p50_ms": p50,
+            "ttft_samples": n,
+            "last_request_at": self.last_at,
+        }
+
+
 class Rollups:
     def __init__(self, tape_size: int = 50) -> None:
         self.minutes: dict[int, Bucket] = {}
@@ -135,6 +163,7 @@ class Rollups:
         self.tape: deque[TapeRow] = deque(maxlen=tape_size)
         self.first_at: float | None = None
         self.version = 0  # bumped by every event: a snapshot is stale when it differs
+        self.providers: dict[str, ProviderTotals] = {}
 
     # ------------------------------------------------------------ events
 
@@ -152,6 +181,18 @@ class Rollups:
                 bucket.ttft[_bin(row.ttft_ms, _MS_FLOOR)] += 1
             if tokens_per_s is not None and row.status == "ok":
                 bucket.tps[_bin(tokens_per_s, _TPS_FLOOR)] += 1
+        if row.provider_id is not None:
+            totals = self.providers.get(row.provider_id)
+            if totals is None:
+                totals = self.providers[row.provider_id] = ProviderTotals()
+            totals.requests += 1
+            totals.ok += row.status == "ok"
+            totals.errors += row.status == "error"
+            totals.tokens += row.prompt_tokens + row.completion_tokens
+            totals.earned_cost += row.cost
+            totals.last_at = max(totals.last_at or row.at, row.at)
+            if row.ttft_ms is not None and row.status == "ok":
+                totals.ttft[_bin(row.ttft_ms, _MS_FLOOR)] += 1
         self.tape.appendleft(row)
         self.version += 1
 

@@ -14,11 +14,21 @@ from fastapi.responses import HTMLResponse, PlainTextResponse, Response, Streami
 
 from tessera.errors import NoCapacity
 from tessera.explorer.rollups import SERIES_METRICS
-from tessera.explorer.service import Explorer, to_csv
+from tessera.explorer.service import SORTS, Explorer, flat_provider, to_csv
 
 Window = Literal["1h", "24h", "7d", "30d", "all"]
 Metric = Literal[SERIES_METRICS]  # type: ignore[valid-type]
 Format = Literal["json", "csv"]
+Sort = Literal[SORTS]  # type: ignore[valid-type]
+Status = Literal["routable", "joining", "offline"]
+
+
+def _text() -> Any:
+    """A short optional text filter (one Query object per parameter: FastAPI keeps state
+    on it)."""
+    return Query(None, min_length=1, max_length=100)
+
+
 CACHE = {"Cache-Control": "public, max-age=2"}
 
 
@@ -26,6 +36,32 @@ def install_explorer_routes(app: FastAPI, explorer: Explorer) -> None:
     @app.get("/explorer", include_in_schema=False)
     async def explorer_page(window: Window = "24h") -> HTMLResponse:
         return HTMLResponse(explorer.page(window), headers=CACHE)
+
+    @app.get("/explorer/providers", include_in_schema=False)
+    async def providers_page(
+        region: str | None = _text(),
+        model: str | None = _text(),
+        status: Status | None = None,
+        sort: Sort = "status",
+    ) -> HTMLResponse:
+        return HTMLResponse(explorer.providers_html(region, model, status, sort), headers=CACHE)
+
+    @app.get("/explorer/api/v1/providers", tags=["explorer"])
+    async def providers(
+        region: str | None = _text(),
+        model: str | None = _text(),
+        status: Status | None = None,
+        sort: Sort = "status",
+        format: Format = "json",
+    ) -> Any:
+        """Every provider seen since this gateway started (one that left is ``offline``),
+        filtered by region, model and status: what it declared (GPUs, models, prices)
+        apart from what this gateway measured (requests, success rate, TTFT p50 with its
+        sample count), with its stake and reputation."""
+        rows = explorer.providers(region, model, status, sort)
+        if format == "csv":
+            return _csv([flat_provider(r) for r in rows], "providers.csv")
+        return {"object": "list", "version": explorer.current()["version"], "data": rows}
 
     @app.get("/explorer/static/explorer.js", include_in_schema=False)
     async def explorer_script() -> Response:

@@ -17,10 +17,11 @@ import json
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
+from dataclasses import replace
 from importlib import resources
 from typing import Any
 
-from tessera.explorer.pages import live_fragments, overview
+from tessera.explorer.pages import live_fragments, overview, providers_page
 from tessera.explorer.rollups import Rollups, TapeRow
 from tessera.explorer.snapshot import LedgerView, ProviderView, build_snapshot
 from tessera.gateway.events import AuditClosed, EventBus, RequestFinished, Slashed
@@ -51,6 +52,9 @@ class Explorer:
         self.build_s = 0.0  # how long the last snapshot took to build
         self._changed = asyncio.Event()
         self._fragments: dict[tuple[int, str], dict[str, str]] = {}
+        # Every provider seen since this gateway started, as last seen: one that left is
+        # listed offline rather than vanishing (bounded by providers, not by time).
+        self.seen: dict[str, ProviderView] = {}
         self._script = resources.files("tessera.explorer").joinpath("static/explorer.js")
 
     # ------------------------------------------------------------ events (O(1) each)
@@ -106,7 +110,16 @@ class Explorer:
         now = self.clock()
         self.rollups.forget_before(now)
         gateway = self._gateway()
-        providers = [] if gateway is None else [_provider_view(p) for p in gateway.registry.all()]
+        online = (
+            {}
+            if gateway is None
+            else {p.provider_id: _provider_view(p, gateway) for p in gateway.registry.all()}
+        )
+        for provider_id, view in self.seen.items():
+            if provider_id not in online and view.online:
+                self.seen[provider_id] = replace(view, online=False, active_jobs=0)
+        self.seen.update(online)
+        providers = list(self.seen.values())
         ledger = None if gateway is None else _ledger_view(gateway)
         self.version += 1
         self.snapshot = build_snapshot(self.rollups, providers, ledger, now, self.version)
@@ -129,6 +142,25 @@ class Explorer:
 
     def page(self, window: str) -> str:
         return overview(self.current(), window)
+
+    def providers(
+        self, region: str | None, model: str | None, status: str | None, sort: str
+    ) -> list[dict[str, Any]]:
+        """The providers list, filtered and sorted (descending for counts and stake)."""
+        rows = [
+            row
+            for row in self.current()["providers"]
+            if (region is None or row["region"] == region)
+            and (status is None or row["status"] == status)
+            and (model is None or any(m["model"] == model for m in row["declared"]["models"]))
+        ]
+        return sorted(rows, key=_SORTS[sort])
+
+    def providers_html(
+        self, region: str | None, model: str | None, status: str | None, sort: str
+    ) -> str:
+        rows = self.providers(region, model, status, sort)
+        return providers_page(self.current(), rows, region, model, status, sort)
 
     def script(self) -> str:
         return self._script.read_text()
@@ -157,6 +189,39 @@ class Explorer:
             self.streams -= 1
 
 
+_SORTS: dict[str, Callable[[dict[str, Any]], Any]] = {
+    "status": lambda r: (r["status"] != "routable", r["status"], r["provider_id"]),
+    "requests": lambda r: (-(r["measured"] or {}).get("requests", 0), r["provider_id"]),
+    "stake": lambda r: (-r["bonded"], r["provider_id"]),
+    "reputation": lambda r: (-(r["reputation"] or 0), r["provider_id"]),
+    "region": lambda r: (r["region"], r["provider_id"]),
+    "price": lambda r: (
+        min((m["price_output_per_mtok"] for m in r["declared"]["models"]), default=0),
+        r["provider_id"],
+    ),
+}
+SORTS = tuple(_SORTS)
+
+
+def flat_provider(row: dict[str, Any]) -> dict[str, Any]:
+    """A providers-list row as one CSV line (nested parts joined)."""
+    measured = row["measured"] or {}
+    return {
+        "provider_id": row["provider_id"],
+        "label": row["label"],
+        "status": row["status"],
+        "region": row["region"],
+        "gpus": ";".join(row["declared"]["gpus"]),
+        "models": ";".join(m["model"] for m in row["declared"]["models"]),
+        "bonded": row["bonded"],
+        "reputation": row["reputation"],
+        "requests": measured.get("requests", 0),
+        "success_rate": measured.get("success_rate"),
+        "ttft_p50_ms": measured.get("ttft_p50_ms"),
+        "cost": measured.get("cost", 0),
+    }
+
+
 def to_csv(rows: list[dict[str, Any]]) -> str:
     """A list of flat dicts as CSV, columns in the first row's order."""
     out = io.StringIO()
@@ -169,8 +234,12 @@ def to_csv(rows: list[dict[str, Any]]) -> str:
     return out.getvalue()
 
 
-def _provider_view(live: Any) -> ProviderView:
+def _provider_view(live: Any, gateway: Any) -> ProviderView:
     card = live.capabilities
+    try:
+        bonded = int(gateway.payments.bonded(live.provider_id))
+    except Exception:  # a replica whose owner is changing hands: shown as 0, not an error
+        bonded = 0
     return ProviderView(
         provider_id=live.provider_id,
         label=card.label,
@@ -181,6 +250,14 @@ def _provider_view(live: Any) -> ProviderView:
         or (not live.status and bool(card.models)),
         active_jobs=live.active_jobs,
         max_concurrent_jobs=card.max_concurrent_jobs,
+        statuses=tuple(sorted(live.status.items())),
+        prices=tuple(
+            (m.name, m.price_input_per_mtok, m.price_output_per_mtok) for m in card.models
+        ),
+        bonded=bonded,
+        reputation=round(float(live.reputation), 4),
+        agent_version=card.agent_version,
+        connected_at=live.connected_at,
     )
 
 

@@ -28,6 +28,13 @@ class ProviderView:
     routable: bool
     active_jobs: int
     max_concurrent_jobs: int
+    online: bool = True
+    statuses: tuple[tuple[str, str], ...] = ()  # (model, routable | challenge | banned ...)
+    prices: tuple[tuple[str, int, int], ...] = ()  # (model, input, output per 1M tokens)
+    bonded: int = 0
+    reputation: float | None = None
+    agent_version: str = ""
+    connected_at: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,7 +54,8 @@ def build_snapshot(
     now: float,
     version: int,
 ) -> dict[str, Any]:
-    live = list(providers)
+    everyone = list(providers)
+    live = [p for p in everyone if p.online]
     gpus: Counter[str] = Counter()
     for p in live:
         gpus.update(p.gpus)
@@ -70,7 +78,35 @@ def build_snapshot(
         "windows": {name: rollups.summary(now, name) for name in WINDOWS},
         "requests_per_minute": rollups.series(now, "1h", "requests")["points"],
         "tape": [asdict(row) for row in rollups.tape],
+        "providers": [_provider_row(p, rollups) for p in everyone],
         "ledger": None
         if ledger is None
         else {**asdict(ledger), "problems": list(ledger.problems), "holds": not ledger.problems},
+    }
+
+
+def _provider_row(view: ProviderView, rollups: Rollups) -> dict[str, Any]:
+    """One row of the providers list: declared (what it announced) apart from measured."""
+    totals = rollups.providers.get(view.provider_id)
+    measured = totals.as_dict() if totals is not None else None
+    return {
+        "provider_id": view.provider_id,
+        "label": view.label,
+        "status": ("routable" if view.routable else "joining") if view.online else "offline",
+        "region": view.region,
+        "declared": {
+            "gpus": list(view.gpus),
+            "models": [
+                {"model": model, "price_input_per_mtok": pin, "price_output_per_mtok": pout}
+                for model, pin, pout in view.prices
+            ],
+            "agent_version": view.agent_version,
+            "max_concurrent_jobs": view.max_concurrent_jobs,
+        },
+        "model_status": dict(view.statuses),
+        "active_jobs": view.active_jobs,
+        "bonded": view.bonded,
+        "reputation": view.reputation,
+        "connected_at": view.connected_at,
+        "measured": measured,
     }

@@ -142,6 +142,7 @@ OPERATIONS: dict[tuple[str, str], Answers] = {
     ("get", "/explorer/api/v1/network/summary"): Answers((400,)),
     ("get", "/explorer/api/v1/network/series"): Answers((400,), csv=True),
     ("get", "/explorer/api/v1/requests/recent"): Answers((400,), csv=True),
+    ("get", "/explorer/api/v1/providers"): Answers((400,), csv=True),
 }
 METHODS = ("get", "put", "post", "delete", "options", "head", "patch", "trace")
 
