@@ -156,3 +156,62 @@ async def test_providers_are_listed_as_measured_and_stay_listed_offline(gateway_
         bad = await public.get("/explorer/api/v1/providers?sort=cheapest")
         assert bad.status_code == 400
         await public.aclose()
+
+
+async def test_a_providers_page_shows_its_record_and_why_and_updates_live(
+    gateway_dir: Path,
+) -> None:
+    async with live_gateway(gateway_dir, explorer_interval_s=0.1) as gw, gw.client() as client:
+        peer, beat = await priced(gw)
+        public = httpx.AsyncClient(base_url=gw.base, timeout=30)
+        pid = peer.provider_id
+        path = f"/explorer/api/v1/providers/{pid}"
+        events: list[dict[str, Any]] = []
+
+        async def listen() -> None:
+            async with public.stream("GET", f"/explorer/api/v1/stream?provider={pid}") as stream:
+                async for line in stream.aiter_lines():
+                    if line.startswith("data: "):
+                        events.append(json.loads(line[6:]))
+
+        listener = asyncio.create_task(listen())
+        request_id = await one_request(client, peer)
+        detail = await until(public, path, lambda body: (body["record"] or {}).get("requests") == 1)
+        assert detail["provider"]["provider_id"] == pid
+        (offer,) = detail["offers"]
+        assert offer["model"] == "scripted-model" and len(offer["weights_sha256"]) == 64
+        assert offer["audited"] is False  # not pinned in this gateway's catalog
+        stats = detail["record"]["models"]["scripted-model"]
+        assert stats["requests"] == 1 and stats["ttft_ms"]["p50"] is None  # n=1: too few
+        assert stats["ttft_ms"]["samples"] == 1
+        assert detail["record"]["paid_by_day"][0]["cost"] == 5000
+        assert detail["reputation"]["formula"][0].startswith("score = ")
+        assert detail["routing"]["connected"] is True
+        assert detail["routing"]["models"][0]["model"] == "scripted-model"
+        assert detail["uptime"]["current"]["connected"] is True
+        assert detail["ledger"]["bonded"] == detail["provider"]["bonded"]
+        # The page shows the JSON's numbers, and no content.
+        html = (await public.get(f"/explorer/providers/{pid}")).text
+        shown = dict(re.findall(r'data-k="([^"]+)">([^<]*)<', html))
+        assert shown["provider.measured.requests"] == "1"
+        assert shown["provider.status"] == "routable"
+        assert offer["weights_sha256"] in html and "insufficient data (n=1)" in html
+        assert "score = 0.3 * completion" in html
+        assert SECRET_PROMPT not in html and SECRET_ANSWER not in html
+        # Live: the stream sends the page's body; the provider leaves and it says offline.
+        beat.cancel()
+        await peer.ws.close()
+        async with asyncio.timeout(10):
+            while not any(
+                'data-k="provider.status">offline<' in e["html"].get("detail", "") for e in events
+            ):
+                await asyncio.sleep(0.05)
+        listener.cancel()
+        # Bad and unknown ids.
+        bad = await public.get("/explorer/api/v1/providers/not-a-key")
+        assert bad.status_code == 400 and bad.json()["error"]["param"] == "provider_id"
+        unknown = await public.get(f"/explorer/providers/{'0' * 64}")
+        assert unknown.status_code == 404
+        assert (await public.get(f"/explorer/api/v1/stream?provider={'0' * 64}")).status_code == 404
+        assert request_id in (await public.get("/explorer")).text
+        await public.aclose()

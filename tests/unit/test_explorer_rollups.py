@@ -5,7 +5,18 @@ from __future__ import annotations
 
 import pytest
 
-from tessera.explorer.rollups import DAY, HOUR, MAX_POINTS, Rollups, TapeRow, percentile
+from tessera.explorer.rollups import (
+    DAY,
+    EARNING_DAYS,
+    HOUR,
+    MAX_POINTS,
+    RECENT,
+    AuditRow,
+    Rollups,
+    SlashRow,
+    TapeRow,
+    percentile,
+)
 
 T0 = 1_780_000_000.0  # a fixed time: the rollups take time as an argument
 
@@ -85,3 +96,41 @@ def test_audits_and_slashes_count_in_their_window() -> None:
     assert (kpis["audits_passed"], kpis["audits_failed"], kpis["slashes"]) == (1, 1, 1)
     assert (kpis["slashed_units"], kpis["refunded_units"]) == (500, 200)
     assert rollups.summary(T0, "7d")["kpis"]["audits_passed"] == 2
+
+
+def test_a_providers_record_keeps_models_audits_slashes_and_days_bounded() -> None:
+    rollups = Rollups()
+    provider = "ab" * 32
+    for i in range(6):
+        rollups.request(row(T0 - DAY - i, ttft=40.0 + i, n=i), tokens_per_s=20.0)
+    rollups.request(row(T0, status="error", ttft=None, n=99))
+    passed = AuditRow(T0, "req-1", "tessera-tiny", "passed", 0, 0)
+    upheld = AuditRow(T0 + 1, "req-2", "tessera-tiny", "upheld", 500, 200)
+    rollups.audit(True, T0, passed, provider)
+    rollups.audit(False, T0 + 1, upheld, provider)
+    rollups.audit_inconclusive(
+        AuditRow(T0 + 2, "req-3", "tessera-tiny", "inconclusive", 0, 0), provider
+    )
+    slash = SlashRow(T0 + 1, "tessera-tiny", "wrong_output", 500, 200, "audit:req-2")
+    rollups.slash(500, 200, T0 + 1, slash, provider)
+    detail = rollups.providers[provider].detail()
+    model = detail["models"]["tessera-tiny"]
+    assert (model["requests"], model["ok"], model["errors"]) == (7, 6, 1)
+    assert model["ttft_ms"]["samples"] == 6 and model["ttft_ms"]["p50"] is not None
+    assert model["ttft_ms"]["p50"] <= model["ttft_ms"]["p90"] <= model["ttft_ms"]["p99"]
+    assert model["tokens_per_s"]["samples"] == 6
+    assert detail["audits"]["passed"] == 1 and detail["audits"]["failed"] == 1
+    assert [a["status"] for a in detail["audits"]["recent"]] == ["inconclusive", "upheld", "passed"]
+    assert detail["slashes"]["count"] == 1 and detail["slashes"]["refunded_units"] == 200
+    assert detail["slashes"]["recent"][0]["reference"] == "audit:req-2"
+    # The window counts saw the audit and the slash once each.
+    kpis = rollups.summary(T0 + 2, "1h")["kpis"]
+    assert (kpis["audits_passed"], kpis["audits_failed"], kpis["slashes"]) == (1, 1, 1)
+    # Paid per day: two days, and days past EARNING_DAYS are dropped.
+    assert sum(d["cost"] for d in detail["paid_by_day"]) == 7000
+    assert len(detail["paid_by_day"]) == 2
+    rollups.forget_before(T0 + (EARNING_DAYS + 2) * DAY)
+    assert rollups.providers[provider].detail()["paid_by_day"] == []
+    for _ in range(RECENT + 5):
+        rollups.audit(True, T0, passed, provider)
+    assert len(rollups.providers[provider].detail()["audits"]["recent"]) == RECENT

@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 from collections import deque
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 MINUTE, HOUR, DAY = 60, 3600, 86_400
@@ -127,9 +127,71 @@ def percentile(histogram: list[int], q: float, floor: float) -> tuple[float | No
     return round(_edge(_BINS - 1, floor), 3), n
 
 
+def percentiles(histogram: list[int], floor: float) -> dict[str, Any]:
+    """p50, p75, p90 and p99 of a histogram with its sample count (None each when short)."""
+    out: dict[str, Any] = {}
+    n = 0
+    for name, q in (("p50", 0.50), ("p75", 0.75), ("p90", 0.90), ("p99", 0.99)):
+        out[name], n = percentile(histogram, q, floor)
+    out["samples"] = n
+    return out
+
+
+@dataclass
+class ModelStats:
+    """One provider's requests for one model: what the models page and the provider page
+    show per model (latency and throughput percentiles with their sample sizes)."""
+
+    requests: int = 0
+    ok: int = 0
+    errors: int = 0
+    ttft: list[int] = field(default_factory=lambda: [0] * _BINS)
+    tps: list[int] = field(default_factory=lambda: [0] * _BINS)
+
+    def as_dict(self) -> dict[str, Any]:
+        settled = self.ok + self.errors
+        return {
+            "requests": self.requests,
+            "ok": self.ok,
+            "errors": self.errors,
+            "success_rate": None if settled == 0 else round(self.ok / settled, 4),
+            "ttft_ms": percentiles(self.ttft, _MS_FLOOR),
+            "tokens_per_s": percentiles(self.tps, _TPS_FLOOR),
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class AuditRow:
+    """One closed audit case against a provider, as the public sees it."""
+
+    at: float
+    request_id: str
+    model: str
+    status: str  # passed | cleared | upheld | inconclusive
+    slashed_units: int
+    refunded_units: int
+
+
+@dataclass(frozen=True, slots=True)
+class SlashRow:
+    """Stake taken from a provider: why, how much, who was refunded, and the evidence."""
+
+    at: float
+    model: str
+    reason: str
+    slashed_units: int
+    refunded_units: int
+    reference: str  # "audit:<request id>": its evidence is that request's audit case
+
+
+RECENT = 20  # audits and slashes kept per provider
+EARNING_DAYS = 30  # days of per-provider earnings kept
+
+
 @dataclass
 class ProviderTotals:
-    """One provider's requests since this gateway started: bounded by providers, not time."""
+    """One provider's record since this gateway started: bounded by providers, models
+    and the days kept, not by traffic."""
 
     requests: int = 0
     ok: int = 0
@@ -138,6 +200,15 @@ class ProviderTotals:
     earned_cost: int = 0  # what consumers paid for its answers (before fees)
     last_at: float | None = None
     ttft: list[int] = field(default_factory=lambda: [0] * _BINS)
+    models: dict[str, ModelStats] = field(default_factory=dict)
+    cost_by_day: dict[int, int] = field(default_factory=dict)  # day start -> paid
+    audits_passed: int = 0
+    audits_failed: int = 0
+    audits: deque[AuditRow] = field(default_factory=lambda: deque(maxlen=RECENT))
+    slashed_units: int = 0
+    refunded_units: int = 0
+    slashes: deque[SlashRow] = field(default_factory=lambda: deque(maxlen=RECENT))
+    slash_count: int = 0
 
     def as_dict(self) -> dict[str, Any]:
         settled = self.ok + self.errors
@@ -152,6 +223,27 @@ class ProviderTotals:
             "ttft_p50_ms": p50,
             "ttft_samples": n,
             "last_request_at": self.last_at,
+        }
+
+    def detail(self) -> dict[str, Any]:
+        """Everything the provider page shows of its record, newest first."""
+        return {
+            **self.as_dict(),
+            "models": {name: stats.as_dict() for name, stats in sorted(self.models.items())},
+            "paid_by_day": [
+                {"day": day, "cost": cost} for day, cost in sorted(self.cost_by_day.items())
+            ],
+            "audits": {
+                "passed": self.audits_passed,
+                "failed": self.audits_failed,
+                "recent": [asdict(row) for row in self.audits],
+            },
+            "slashes": {
+                "count": self.slash_count,
+                "slashed_units": self.slashed_units,
+                "refunded_units": self.refunded_units,
+                "recent": [asdict(row) for row in self.slashes],
+            },
         }
 
 
@@ -182,34 +274,77 @@ class Rollups:
             if tokens_per_s is not None and row.status == "ok":
                 bucket.tps[_bin(tokens_per_s, _TPS_FLOOR)] += 1
         if row.provider_id is not None:
-            totals = self.providers.get(row.provider_id)
-            if totals is None:
-                totals = self.providers[row.provider_id] = ProviderTotals()
+            totals = self._provider(row.provider_id)
             totals.requests += 1
             totals.ok += row.status == "ok"
             totals.errors += row.status == "error"
             totals.tokens += row.prompt_tokens + row.completion_tokens
             totals.earned_cost += row.cost
             totals.last_at = max(totals.last_at or row.at, row.at)
+            stats = totals.models.get(row.model)
+            if stats is None:
+                stats = totals.models[row.model] = ModelStats()
+            stats.requests += 1
+            stats.ok += row.status == "ok"
+            stats.errors += row.status == "error"
             if row.ttft_ms is not None and row.status == "ok":
-                totals.ttft[_bin(row.ttft_ms, _MS_FLOOR)] += 1
+                ttft_bin = _bin(row.ttft_ms, _MS_FLOOR)
+                totals.ttft[ttft_bin] += 1
+                stats.ttft[ttft_bin] += 1
+            if tokens_per_s is not None and row.status == "ok":
+                stats.tps[_bin(tokens_per_s, _TPS_FLOOR)] += 1
+            if row.cost:
+                day = int(row.at) - int(row.at) % DAY
+                totals.cost_by_day[day] = totals.cost_by_day.get(day, 0) + row.cost
         self.tape.appendleft(row)
         self.version += 1
 
-    def audit(self, passed: bool, at: float) -> None:
+    def audit(
+        self, passed: bool, at: float, row: AuditRow | None = None, provider_id: str = ""
+    ) -> None:
+        """An audit case closed; with ``row``, also kept on its provider's record."""
         for bucket in self._buckets(at):
             if passed:
                 bucket.audits_passed += 1
             else:
                 bucket.audits_failed += 1
+        if row is not None:
+            totals = self._provider(provider_id)
+            totals.audits_passed += passed
+            totals.audits_failed += not passed
+            totals.audits.appendleft(row)
         self.version += 1
 
-    def slash(self, units: int, refunded: int, at: float) -> None:
+    def audit_inconclusive(self, row: AuditRow, provider_id: str) -> None:
+        """A case that ended without a verdict: on the provider's record, in no count."""
+        self._provider(provider_id).audits.appendleft(row)
+        self.version += 1
+
+    def slash(
+        self,
+        units: int,
+        refunded: int,
+        at: float,
+        row: SlashRow | None = None,
+        provider_id: str = "",
+    ) -> None:
         for bucket in self._buckets(at):
             bucket.slashes += 1
             bucket.slashed_units += units
             bucket.refunded_units += refunded
+        if row is not None:
+            totals = self._provider(provider_id)
+            totals.slash_count += 1
+            totals.slashed_units += units
+            totals.refunded_units += refunded
+            totals.slashes.appendleft(row)
         self.version += 1
+
+    def _provider(self, provider_id: str) -> ProviderTotals:
+        totals = self.providers.get(provider_id)
+        if totals is None:
+            totals = self.providers[provider_id] = ProviderTotals()
+        return totals
 
     def _buckets(self, at: float) -> Iterable[Bucket]:
         if self.first_at is None or at < self.first_at:
@@ -223,11 +358,17 @@ class Rollups:
             yield bucket
 
     def forget_before(self, now: float) -> None:
-        """Drop minute buckets older than two days and hour buckets older than 32 days."""
+        """Drop minute buckets older than two days, hour buckets older than 32 days and
+        providers' earnings older than EARNING_DAYS."""
         for store, keep in ((self.minutes, KEEP_MINUTES), (self.hours, KEEP_HOURS)):
             horizon = now - keep
             for start in [s for s in store if s < horizon]:
                 del store[start]
+        horizon = now - EARNING_DAYS * DAY
+        for totals in self.providers.values():
+            if totals.cost_by_day and min(totals.cost_by_day) < horizon:
+                for day in [d for d in totals.cost_by_day if d < horizon]:
+                    del totals.cost_by_day[day]
 
     # ------------------------------------------------------------ questions
 

@@ -12,9 +12,10 @@ from typing import Any, Literal
 from fastapi import FastAPI, Query
 from fastapi.responses import HTMLResponse, PlainTextResponse, Response, StreamingResponse
 
-from tessera.errors import NoCapacity
+from tessera.errors import InvalidRequest, NoCapacity, NotFound
 from tessera.explorer.rollups import SERIES_METRICS
 from tessera.explorer.service import SORTS, Explorer, flat_provider, to_csv
+from tessera.gateway.verification_routes import PROVIDER_ID
 
 Window = Literal["1h", "24h", "7d", "30d", "all"]
 Metric = Literal[SERIES_METRICS]  # type: ignore[valid-type]
@@ -63,6 +64,32 @@ def install_explorer_routes(app: FastAPI, explorer: Explorer) -> None:
             return _csv([flat_provider(r) for r in rows], "providers.csv")
         return {"object": "list", "version": explorer.current()["version"], "data": rows}
 
+    async def detail_of(provider_id: str) -> dict[str, Any]:
+        if not PROVIDER_ID.fullmatch(provider_id):
+            raise InvalidRequest(
+                "a provider id is its public key: 64 lowercase hex characters",
+                param="provider_id",
+            )
+        detail = await explorer.provider(provider_id)
+        if detail is None:
+            raise NotFound(
+                f"no provider {provider_id} has been seen by this gateway", param="provider_id"
+            )
+        return detail
+
+    @app.get("/explorer/providers/{provider_id}", include_in_schema=False)
+    async def provider_page(provider_id: str) -> HTMLResponse:
+        detail = await detail_of(provider_id)
+        return HTMLResponse(explorer.provider_html(detail), headers=CACHE)
+
+    @app.get("/explorer/api/v1/providers/{provider_id}", tags=["explorer"])
+    async def provider(provider_id: str) -> dict[str, Any]:
+        """One provider: its row in the list, its offers (weight hashes, prices, audited or
+        not), its measured record (per-model latency and throughput percentiles with sample
+        sizes, audits, slashes with evidence, paid per day), its reputation with the
+        formula, its ledger account, why it is routed or not, and uptime per epoch."""
+        return await detail_of(provider_id)
+
     @app.get("/explorer/static/explorer.js", include_in_schema=False)
     async def explorer_script() -> Response:
         return Response(explorer.script(), media_type="text/javascript", headers=CACHE)
@@ -106,15 +133,28 @@ def install_explorer_routes(app: FastAPI, explorer: Explorer) -> None:
         return {"object": "list", "version": snapshot["version"], "data": snapshot["tape"]}
 
     @app.get("/explorer/api/v1/stream", include_in_schema=False)
-    async def stream(window: Window = "24h") -> StreamingResponse:
+    async def stream(
+        window: Window = "24h",
+        provider: str | None = Query(None, pattern=r"^[0-9a-f]{64}$"),
+    ) -> StreamingResponse:
         if explorer.streams >= explorer.max_streams:
             raise NoCapacity(
                 "Too many live explorer pages are open; the page still works, reload it "
                 "to see newer numbers.",
                 code="explorer_full",
             )
+        if provider is not None:
+            await detail_of(provider)  # 404 before the stream starts
+
+            def render() -> Any:
+                return explorer.provider_fragments(provider)
+        else:
+
+            def render() -> Any:
+                return explorer.overview_fragments(window)
+
         return StreamingResponse(
-            explorer.stream(window),
+            explorer.stream(render),
             media_type="text/event-stream",
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         )

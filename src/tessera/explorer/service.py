@@ -16,20 +16,30 @@ import io
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import replace
 from importlib import resources
 from typing import Any
 
-from tessera.explorer.pages import live_fragments, overview, providers_page
-from tessera.explorer.rollups import Rollups, TapeRow
+from tessera.explorer.pages import (
+    live_fragments,
+    overview,
+    provider_main,
+    provider_page,
+    providers_page,
+)
+from tessera.explorer.rollups import AuditRow, Rollups, SlashRow, TapeRow
 from tessera.explorer.snapshot import LedgerView, ProviderView, build_snapshot
 from tessera.gateway.events import AuditClosed, EventBus, RequestFinished, Slashed
+from tessera.gateway.liveness_routes import current_view, epoch_view
+from tessera.gateway.status_routes import status_view
+from tessera.verify.reputation import FORMULA as REPUTATION_FORMULA
 
 log = logging.getLogger("tessera.explorer")
 
 PASSED_AUDITS = frozenset({"passed", "cleared"})
 HEARTBEAT_S = 15.0
+EPOCHS_SHOWN = 48  # uptime epochs on a provider's page
 
 
 class Explorer:
@@ -52,6 +62,8 @@ class Explorer:
         self.build_s = 0.0  # how long the last snapshot took to build
         self._changed = asyncio.Event()
         self._fragments: dict[tuple[int, str], dict[str, str]] = {}
+        self._rows: dict[str, dict[str, Any]] = {}  # provider id -> its row in the snapshot
+        self._details: dict[tuple[int, str], dict[str, Any]] = {}
         # Every provider seen since this gateway started, as last seen: one that left is
         # listed offline rather than vanishing (bounded by providers, not by time).
         self.seen: dict[str, ProviderView] = {}
@@ -86,13 +98,33 @@ class Explorer:
         )
 
     def _audit(self, event: AuditClosed) -> None:
+        now = self.clock()
+        row = AuditRow(
+            at=now,
+            request_id=event.request_id,
+            model=event.model,
+            status=event.status,
+            slashed_units=event.slashed_units,
+            refunded_units=event.refunded_units,
+        )
         if event.status in PASSED_AUDITS:
-            self.rollups.audit(True, self.clock())
+            self.rollups.audit(True, now, row, event.provider_id)
         elif event.status == "upheld":
-            self.rollups.audit(False, self.clock())
+            self.rollups.audit(False, now, row, event.provider_id)
+        else:
+            self.rollups.audit_inconclusive(row, event.provider_id)
 
     def _slash(self, event: Slashed) -> None:
-        self.rollups.slash(event.slashed_units, event.refunded_units, self.clock())
+        now = self.clock()
+        row = SlashRow(
+            at=now,
+            model=event.model,
+            reason=event.reason,
+            slashed_units=event.slashed_units,
+            refunded_units=event.refunded_units,
+            reference=event.reference,
+        )
+        self.rollups.slash(event.slashed_units, event.refunded_units, now, row, event.provider_id)
 
     # ------------------------------------------------------------ snapshots
 
@@ -123,7 +155,9 @@ class Explorer:
         ledger = None if gateway is None else _ledger_view(gateway)
         self.version += 1
         self.snapshot = build_snapshot(self.rollups, providers, ledger, now, self.version)
+        self._rows = {row["provider_id"]: row for row in self.snapshot["providers"]}
         self._fragments.clear()
+        self._details.clear()
         self.build_s = time.perf_counter() - started
         self._changed.set()
         self._changed = asyncio.Event()
@@ -162,14 +196,57 @@ class Explorer:
         rows = self.providers(region, model, status, sort)
         return providers_page(self.current(), rows, region, model, status, sort)
 
+    async def provider(self, provider_id: str) -> dict[str, Any] | None:
+        """One provider's page data, built at most once per snapshot (a crowd on one page
+        costs one build); None for a provider this gateway never saw."""
+        snapshot = self.current()
+        key = (snapshot["version"], provider_id)
+        cached = self._details.get(key)
+        if cached is not None:
+            return cached
+        row = self._rows.get(provider_id)
+        if row is None:
+            return None
+        view = self.seen[provider_id]
+        gateway = self._gateway()
+        totals = self.rollups.providers.get(provider_id)
+        if totals is not None:  # measured now, like the record below: one page, one moment
+            row = {**row, "measured": totals.as_dict()}
+        detail: dict[str, Any] = {
+            "object": "explorer.provider",
+            "version": snapshot["version"],
+            "as_of": snapshot["as_of"],
+            "provider": row,
+            "offers": _offers(view, gateway),
+            "record": None if totals is None else totals.detail(),
+            "reputation": None,
+            "ledger": None,
+            "routing": None,
+            "uptime": None,
+        }
+        if gateway is not None:
+            detail.update(await _live_parts(gateway, provider_id))
+        self._details[key] = detail
+        return detail
+
+    def provider_html(self, detail: dict[str, Any]) -> str:
+        return provider_page(detail)
+
     def script(self) -> str:
         return self._script.read_text()
 
     # ------------------------------------------------------------ live stream
 
-    async def stream(self, window: str) -> AsyncIterator[str]:
-        """Server-Sent Events: the page's fragments now and at every new snapshot, and a
-        comment every HEARTBEAT_S so proxies keep the connection."""
+    async def overview_fragments(self, window: str) -> dict[str, str]:
+        return self.fragments(window)
+
+    async def provider_fragments(self, provider_id: str) -> dict[str, str]:
+        detail = await self.provider(provider_id)
+        return {} if detail is None else {"detail": provider_main(detail)}
+
+    async def stream(self, render: Callable[[], Awaitable[dict[str, str]]]) -> AsyncIterator[str]:
+        """Server-Sent Events: the page's fragments (from ``render``) now and at every new
+        snapshot, and a comment every HEARTBEAT_S so proxies keep the connection."""
         self.streams += 1
         try:
             yield "retry: 5000\n\n"
@@ -178,7 +255,7 @@ class Explorer:
                 snapshot = self.current()
                 if snapshot["version"] != sent:
                     sent = snapshot["version"]
-                    body = json.dumps({"version": sent, "html": self.fragments(window)})
+                    body = json.dumps({"version": sent, "html": await render()})
                     yield f"id: {sent}\nevent: snapshot\ndata: {body}\n\n"
                 changed = self._changed
                 with contextlib.suppress(TimeoutError):
@@ -254,11 +331,66 @@ def _provider_view(live: Any, gateway: Any) -> ProviderView:
         prices=tuple(
             (m.name, m.price_input_per_mtok, m.price_output_per_mtok) for m in card.models
         ),
+        weights=tuple((m.name, m.kind, m.weights_sha256) for m in card.models),
         bonded=bonded,
         reputation=round(float(live.reputation), 4),
         agent_version=card.agent_version,
         connected_at=live.connected_at,
     )
+
+
+def _offers(view: ProviderView, gateway: Any) -> list[dict[str, Any]]:
+    """The models a provider announced, with weight hashes, prices and whether the
+    network audits them (pinned in the catalog with the same weights)."""
+    catalog = None if gateway is None else gateway.verifier.catalog
+    prices = {model: (pin, pout) for model, pin, pout in view.prices}
+    offers = []
+    for model, kind, weights in view.weights:
+        pinned = None if catalog is None else catalog.get(model)
+        pin, pout = prices.get(model, (0, 0))
+        offers.append(
+            {
+                "model": model,
+                "kind": kind,
+                "weights_sha256": weights,
+                "price_input_per_mtok": pin,
+                "price_output_per_mtok": pout,
+                "audited": pinned is not None and pinned.weights_sha256 == weights,
+                "status": dict(view.statuses).get(model),
+            }
+        )
+    return offers
+
+
+async def _live_parts(gateway: Any, provider_id: str) -> dict[str, Any]:
+    """What the gateway knows of a provider now: reputation with its formula, ledger
+    account, why it is (not) routed, and uptime per epoch against its SLA."""
+    reputation = gateway.verifier.reputation.get(provider_id).public()
+    keeper = gateway.bookkeeper
+    ledger = None
+    if keeper is not None:
+        account = keeper.book.provider(provider_id)
+        ledger = {
+            "earnings": account.earnings,
+            "balance": account.balance,
+            "bonded": account.bonded,
+            "unbonding": sum(t.amount for t in account.unbonding),
+        }
+    routing = await status_view(gateway, provider_id, uptime_epochs=EPOCHS_SHOWN)
+    summary = None if routing is None else routing.pop("uptime", None)
+    uptime = None
+    if summary is not None:
+        uptime = {
+            "epoch_s": summary.epoch_s,
+            "current": current_view(summary.current),
+            "epochs": [epoch_view(row) for row in summary.epochs],
+        }
+    return {
+        "reputation": {**reputation, "formula": list(REPUTATION_FORMULA)},
+        "ledger": ledger,
+        "routing": routing,
+        "uptime": uptime,
+    }
 
 
 def _ledger_view(gateway: Any) -> LedgerView | None:

@@ -31,6 +31,7 @@ class ProviderView:
     online: bool = True
     statuses: tuple[tuple[str, str], ...] = ()  # (model, routable | challenge | banned ...)
     prices: tuple[tuple[str, int, int], ...] = ()  # (model, input, output per 1M tokens)
+    weights: tuple[tuple[str, str, str], ...] = ()  # (model, kind, weights sha256)
     bonded: int = 0
     reputation: float | None = None
     agent_version: str = ""

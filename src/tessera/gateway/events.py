@@ -83,6 +83,9 @@ class Slashed:
     reason: str
     slashed_units: int
     refunded_units: int
+    # What it answers: "audit:<request id>" (evidence at /v1/audit-cases/<request id>) or
+    # "receipt:<job id>"; empty where the slash has no single request behind it.
+    reference: str = ""
 
 
 Event = RequestFinished | ProviderJoined | ProviderLeft | AuditClosed | Slashed

@@ -722,7 +722,7 @@ class Verifier:
         ):
             await self.ban(provider_id, model, reason)
         self._refresh_score(provider_id)
-        self.events.publish(Slashed(provider_id, model, reason, slashed, refunded))
+        self.events.publish(Slashed(provider_id, model, reason, slashed, refunded, reference))
         log.warning(
             "slashed %s for %s: %d base units, %d refunded",
             provider_id[:12],

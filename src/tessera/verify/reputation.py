@@ -22,6 +22,14 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, fields, replace
 
+# The formula above, as the explorer prints it beside a provider's numbers.
+FORMULA = (
+    "score = 0.3 * completion + 0.2 * uptime + 0.5 * integrity",
+    "completion = (jobs_completed + 1) / (jobs_completed + jobs_failed + 2)",
+    "uptime = (min(online_s, seen_s) + 1800) / (seen_s + 3600)",
+    "integrity = (good + 1) / (good + 2 + 50 * audits_failed + 20 * slashes"
+    " + 5 * receipts_refused + dissents), good = audits_passed + audits_cleared",
+)
 PRIOR_ONLINE_S = 3600.0
 WEIGHTS = {"completion": 0.3, "uptime": 0.2, "integrity": 0.5}
 PENALTY = {"audits_failed": 50, "slashes": 20, "receipts_refused": 5, "dissents": 1}

@@ -5,7 +5,13 @@
   "use strict";
   if (!window.EventSource) return; // the page stays correct, only not live
   var win = document.body.getAttribute("data-window") || "24h";
-  var source = new EventSource("/explorer/api/v1/stream?window=" + encodeURIComponent(win));
+  var provider = document.body.getAttribute("data-provider");
+  var page = document.body.getAttribute("data-page");
+  if (page === "providers") return; // the list is a snapshot with filters: reload it
+  var url = provider
+    ? "/explorer/api/v1/stream?provider=" + encodeURIComponent(provider)
+    : "/explorer/api/v1/stream?window=" + encodeURIComponent(win);
+  var source = new EventSource(url);
   source.addEventListener("snapshot", function (event) {
     var message = JSON.parse(event.data);
     Object.keys(message.html).forEach(function (id) {
