@@ -215,3 +215,57 @@ async def test_a_providers_page_shows_its_record_and_why_and_updates_live(
         assert (await public.get(f"/explorer/api/v1/stream?provider={'0' * 64}")).status_code == 404
         assert request_id in (await public.get("/explorer")).text
         await public.aclose()
+
+
+async def test_a_requests_page_shows_its_money_without_its_consumer(gateway_dir: Path) -> None:
+    async with live_gateway(gateway_dir, explorer_interval_s=0.1) as gw, gw.client() as client:
+        peer, beat = await priced(gw)
+        public = httpx.AsyncClient(base_url=gw.base, timeout=30)
+        account = (await client.get("/v1/account")).json()
+        request_id = await one_request(client, peer)
+        path = f"/explorer/api/v1/requests/{request_id}"
+        detail = await until(
+            public,
+            path,
+            lambda body: (
+                "request" in body and {e["kind"] for e in body["entries"]} >= {"hold", "capture"}
+            ),
+        )
+        row = detail["request"]
+        assert row["provider_id"] == peer.provider_id and row["cost"] == 5000
+        assert row["price_input_per_mtok"] is not None
+        assert detail["audit"] is None
+        gateway = (await public.get("/v1/gateway")).json()
+        assert detail["gateway"]["public_key"] == gateway["public_key"]
+        accounts = {p["account"] for e in detail["entries"] for p in e["postings"]}
+        assert "hold:consumer" in accounts
+        assert f"earnings:{peer.provider_id}" in accounts
+        for entry in detail["entries"]:
+            assert sum(p["amount"] for p in entry["postings"]) == 0  # balanced, as journaled
+        everything = json.dumps(detail)
+        html = (await public.get(f"/explorer/requests/{request_id}")).text
+        for shown in (everything, html):
+            assert account["id"] not in shown  # whose request it was stays private
+            assert SECRET_PROMPT not in shown and SECRET_ANSWER not in shown
+        facts = dict(re.findall(r'data-k="([^"]+)">([^<]*)<', html))
+        assert facts["request.cost"] == "0.000005 tokens" and facts["request.status"] == "ok"
+        assert gateway["public_key"] in html and 'src="/explorer/static/receipt.js"' in html
+        # The overview's tape links to it (once a snapshot has it); the checker also
+        # stands alone.
+        await until(
+            public,
+            "/explorer/api/v1/requests/recent",
+            lambda body: any(r["request_id"] == request_id for r in body["data"]),
+        )
+        assert f'href="/explorer/requests/{request_id}"' in (await public.get("/explorer")).text
+        alone = await public.get("/explorer/receipts")
+        assert alone.status_code == 200 and gateway["public_key"] in alone.text
+        script = await public.get("/explorer/static/receipt.js")
+        assert script.status_code == 200 and "Ed25519" in script.text
+        assert (await public.get("/explorer/static/other.js")).status_code == 404
+        unknown = await public.get("/explorer/api/v1/requests/req_nothing")
+        assert unknown.status_code == 404 and "/explorer/receipts" in unknown.text
+        bad = await public.get("/explorer/requests/%3Cscript%3E")
+        assert bad.status_code == 400
+        await public.aclose()
+        beat.cancel()

@@ -12,7 +12,7 @@ Pure: no clock and no I/O. Callers pass the time of each event and of each quest
 from __future__ import annotations
 
 import math
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -111,6 +111,8 @@ class TapeRow:
     cost: int
     latency_ms: float
     ttft_ms: float | None
+    price_input_per_mtok: int | None = None  # the offer it was served at
+    price_output_per_mtok: int | None = None
 
 
 def percentile(histogram: list[int], q: float, floor: float) -> tuple[float | None, int]:
@@ -185,6 +187,7 @@ class SlashRow:
 
 
 RECENT = 20  # audits and slashes kept per provider
+KEEP_REQUESTS = 10_000  # requests a request page can show (the newest)
 EARNING_DAYS = 30  # days of per-provider earnings kept
 
 
@@ -256,6 +259,9 @@ class Rollups:
         self.first_at: float | None = None
         self.version = 0  # bumped by every event: a snapshot is stale when it differs
         self.providers: dict[str, ProviderTotals] = {}
+        # The newest requests by id, for their pages, and the audit each one had.
+        self.requests: OrderedDict[str, TapeRow] = OrderedDict()
+        self.request_audits: dict[str, AuditRow] = {}
 
     # ------------------------------------------------------------ events
 
@@ -297,6 +303,10 @@ class Rollups:
                 day = int(row.at) - int(row.at) % DAY
                 totals.cost_by_day[day] = totals.cost_by_day.get(day, 0) + row.cost
         self.tape.appendleft(row)
+        self.requests[row.request_id] = row
+        if len(self.requests) > KEEP_REQUESTS:
+            gone, _ = self.requests.popitem(last=False)
+            self.request_audits.pop(gone, None)
         self.version += 1
 
     def audit(
@@ -313,11 +323,17 @@ class Rollups:
             totals.audits_passed += passed
             totals.audits_failed += not passed
             totals.audits.appendleft(row)
+            self._audited(row)
         self.version += 1
+
+    def _audited(self, row: AuditRow) -> None:
+        if row.request_id in self.requests:
+            self.request_audits[row.request_id] = row
 
     def audit_inconclusive(self, row: AuditRow, provider_id: str) -> None:
         """A case that ended without a verdict: on the provider's record, in no count."""
         self._provider(provider_id).audits.appendleft(row)
+        self._audited(row)
         self.version += 1
 
     def slash(

@@ -7,13 +7,13 @@ OpenAI's namespace). Every answer is cut from the last snapshot; lists and serie
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from fastapi import FastAPI, Query
+from fastapi import FastAPI, Path, Query
 from fastapi.responses import HTMLResponse, PlainTextResponse, Response, StreamingResponse
 
 from tessera.errors import InvalidRequest, NoCapacity, NotFound
-from tessera.explorer.rollups import SERIES_METRICS
+from tessera.explorer.rollups import KEEP_REQUESTS, SERIES_METRICS
 from tessera.explorer.service import SORTS, Explorer, flat_provider, to_csv
 from tessera.gateway.verification_routes import PROVIDER_ID
 
@@ -31,6 +31,8 @@ def _text() -> Any:
 
 
 CACHE = {"Cache-Control": "public, max-age=2"}
+SCRIPTS = frozenset({"explorer.js", "receipt.js"})
+RequestId = Annotated[str, Path(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_.:-]+$")]
 
 
 def install_explorer_routes(app: FastAPI, explorer: Explorer) -> None:
@@ -90,9 +92,15 @@ def install_explorer_routes(app: FastAPI, explorer: Explorer) -> None:
         formula, its ledger account, why it is routed or not, and uptime per epoch."""
         return await detail_of(provider_id)
 
-    @app.get("/explorer/static/explorer.js", include_in_schema=False)
-    async def explorer_script() -> Response:
-        return Response(explorer.script(), media_type="text/javascript", headers=CACHE)
+    @app.get("/explorer/receipts", include_in_schema=False)
+    async def receipts_page() -> HTMLResponse:
+        return HTMLResponse(explorer.receipts_html(), headers=CACHE)
+
+    @app.get("/explorer/static/{name}", include_in_schema=False)
+    async def explorer_static(name: str) -> Response:
+        if name not in SCRIPTS:
+            raise NotFound(f"no explorer asset '{name[:100]}'")
+        return Response(explorer.script(name), media_type="text/javascript", headers=CACHE)
 
     @app.get("/explorer/api/v1/network/summary", tags=["explorer"])
     async def network_summary(window: Window = "24h") -> dict[str, Any]:
@@ -158,6 +166,28 @@ def install_explorer_routes(app: FastAPI, explorer: Explorer) -> None:
             media_type="text/event-stream",
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         )
+
+    # After /requests/recent, which this pattern would otherwise take.
+    async def request_of(request_id: str) -> dict[str, Any]:
+        detail = await explorer.request(request_id)
+        if detail is None:
+            raise NotFound(
+                f"request '{request_id}' is not among the newest {KEEP_REQUESTS:,} this "
+                "gateway keeps; its receipt can still be checked at /explorer/receipts",
+                param="request_id",
+            )
+        return detail
+
+    @app.get("/explorer/requests/{request_id}", include_in_schema=False)
+    async def request_page(request_id: RequestId) -> HTMLResponse:
+        return HTMLResponse(explorer.request_html(await request_of(request_id)), headers=CACHE)
+
+    @app.get("/explorer/api/v1/requests/{request_id}", tags=["explorer"])
+    async def request_detail(request_id: RequestId) -> dict[str, Any]:
+        """One of the newest requests: model, provider, status, token counts, the offer's
+        price, cost, latency and time to first token, its audit (with a link to the
+        evidence) and its escrow entries (consumer accounts shown as ``consumer``)."""
+        return await request_of(request_id)
 
 
 def _csv(rows: list[dict[str, Any]], filename: str) -> PlainTextResponse:

@@ -17,7 +17,7 @@ import json
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import replace
+from dataclasses import asdict, replace
 from importlib import resources
 from typing import Any
 
@@ -27,6 +27,8 @@ from tessera.explorer.pages import (
     provider_main,
     provider_page,
     providers_page,
+    receipts_page,
+    request_page,
 )
 from tessera.explorer.rollups import AuditRow, Rollups, SlashRow, TapeRow
 from tessera.explorer.snapshot import LedgerView, ProviderView, build_snapshot
@@ -40,6 +42,9 @@ log = logging.getLogger("tessera.explorer")
 PASSED_AUDITS = frozenset({"passed", "cleared"})
 HEARTBEAT_S = 15.0
 EPOCHS_SHOWN = 48  # uptime epochs on a provider's page
+ENTRY_READS = 4  # journal reads for request pages at once
+# Accounts a request's entries may name that belong to a consumer: shown as "consumer".
+CONSUMER_KINDS = frozenset({"balance", "hold", "withdrawing"})
 
 
 class Explorer:
@@ -64,10 +69,13 @@ class Explorer:
         self._fragments: dict[tuple[int, str], dict[str, str]] = {}
         self._rows: dict[str, dict[str, Any]] = {}  # provider id -> its row in the snapshot
         self._details: dict[tuple[int, str], dict[str, Any]] = {}
+        self._request_details: dict[tuple[int, str], dict[str, Any]] = {}
+        self._entry_reads = asyncio.Semaphore(ENTRY_READS)
         # Every provider seen since this gateway started, as last seen: one that left is
         # listed offline rather than vanishing (bounded by providers, not by time).
         self.seen: dict[str, ProviderView] = {}
-        self._script = resources.files("tessera.explorer").joinpath("static/explorer.js")
+        self._static = resources.files("tessera.explorer").joinpath("static")
+        self._scripts: dict[str, str] = {}
 
     # ------------------------------------------------------------ events (O(1) each)
 
@@ -93,6 +101,8 @@ class Explorer:
                 cost=event.cost,
                 latency_ms=round(event.latency_s * 1000, 1),
                 ttft_ms=None if event.ttft_ms is None else round(event.ttft_ms, 1),
+                price_input_per_mtok=event.price_input_per_mtok,
+                price_output_per_mtok=event.price_output_per_mtok,
             ),
             tps,
         )
@@ -158,6 +168,7 @@ class Explorer:
         self._rows = {row["provider_id"]: row for row in self.snapshot["providers"]}
         self._fragments.clear()
         self._details.clear()
+        self._request_details.clear()
         self.build_s = time.perf_counter() - started
         self._changed.set()
         self._changed = asyncio.Event()
@@ -229,11 +240,57 @@ class Explorer:
         self._details[key] = detail
         return detail
 
+    async def request(self, request_id: str) -> dict[str, Any] | None:
+        """One of the newest requests: what the tape shows, its audit, and its escrow
+        entries (consumer accounts masked); None once it has left the kept window.
+
+        The entries are the one read from the journal (by its index on the reference), at
+        most once per request per snapshot and at most ENTRY_READS at a time."""
+        snapshot = self.current()
+        key = (snapshot["version"], request_id)
+        cached = self._request_details.get(key)
+        if cached is not None:
+            return cached
+        row = self.rollups.requests.get(request_id)
+        if row is None:
+            return None
+        audit = self.rollups.request_audits.get(request_id)
+        gateway = self._gateway()
+        entries = None
+        if gateway is not None and getattr(gateway, "ledger_store", None) is not None:
+            async with self._entry_reads:
+                found = await gateway.ledger_store.entries_for(request_id)
+            entries = [public_entry(e, row.provider_id) for e in found]
+        detail = {
+            "object": "explorer.request",
+            "version": snapshot["version"],
+            "as_of": snapshot["as_of"],
+            "request": asdict(row),
+            "audit": None if audit is None else asdict(audit),
+            "entries": entries,
+            "gateway": None if gateway is None else _gateway_identity(gateway),
+        }
+        self._request_details[key] = detail
+        return detail
+
+    def gateway_identity(self) -> dict[str, str] | None:
+        gateway = self._gateway()
+        return None if gateway is None else _gateway_identity(gateway)
+
     def provider_html(self, detail: dict[str, Any]) -> str:
         return provider_page(detail)
 
-    def script(self) -> str:
-        return self._script.read_text()
+    def request_html(self, detail: dict[str, Any]) -> str:
+        return request_page(detail)
+
+    def receipts_html(self) -> str:
+        return receipts_page(self.gateway_identity())
+
+    def script(self, name: str = "explorer.js") -> str:
+        cached = self._scripts.get(name)
+        if cached is None:
+            cached = self._scripts[name] = self._static.joinpath(name).read_text()
+        return cached
 
     # ------------------------------------------------------------ live stream
 
@@ -391,6 +448,24 @@ async def _live_parts(gateway: Any, provider_id: str) -> dict[str, Any]:
         "routing": routing,
         "uptime": uptime,
     }
+
+
+def public_entry(entry: Any, provider_id: str | None) -> dict[str, Any]:
+    """A journal entry as anyone may see it: amounts and the provider's and system
+    accounts by name, a consumer's accounts only as ``consumer`` (a request id must not
+    reveal whose it was)."""
+    postings = []
+    for posting in entry.postings:
+        kind = posting.account.kind.value
+        owner = posting.account.owner
+        if kind in CONSUMER_KINDS and owner != provider_id:
+            owner = "consumer"
+        postings.append({"account": f"{kind}:{owner}" if owner else kind, "amount": posting.amount})
+    return {"entry_id": entry.entry_id, "kind": entry.kind, "at": entry.at, "postings": postings}
+
+
+def _gateway_identity(gateway: Any) -> dict[str, str]:
+    return {"id": gateway.settings.gateway_id, "public_key": gateway.verifier.public_key}
 
 
 def _ledger_view(gateway: Any) -> LedgerView | None:
