@@ -269,3 +269,39 @@ async def test_a_requests_page_shows_its_money_without_its_consumer(gateway_dir:
         assert bad.status_code == 400
         await public.aclose()
         beat.cancel()
+
+
+async def test_models_list_every_provider_with_uptime_and_percentiles(gateway_dir: Path) -> None:
+    async with live_gateway(gateway_dir, explorer_interval_s=0.1) as gw, gw.client() as client:
+        peer, beat = await priced(gw)
+        public = httpx.AsyncClient(base_url=gw.base, timeout=30)
+        for _ in range(5):  # five samples: enough for percentiles
+            await one_request(client, peer)
+        body = await until(
+            public,
+            "/explorer/api/v1/models",
+            lambda b: (
+                b["data"] and (b["data"][0]["providers"][0]["measured"] or {}).get("requests") == 5
+            ),
+        )
+        (model,) = body["data"]
+        assert model["model"] == "scripted-model" and model["providers_online"] == 1
+        (row,) = model["providers"]
+        assert row["provider_id"] == peer.provider_id and row["status"] == "routable"
+        assert row["uptime"]["5m"]["uptime"] == 1.0 and row["uptime"]["5m"]["checks"] >= 1
+        ttft = row["measured"]["ttft_ms"]
+        assert ttft["samples"] == 5 and ttft["p50"] is not None
+        assert ttft["p50"] <= ttft["p75"] <= ttft["p90"] <= ttft["p99"]
+        text = (await public.get("/explorer/api/v1/models?format=csv")).text
+        (line,) = list(csv.DictReader(io.StringIO(text)))
+        assert line["provider_id"] == peer.provider_id and line["requests"] == "5"
+        assert line["ttft_p50_ms"] == f"{ttft['p50']}" or float(line["ttft_p50_ms"]) == ttft["p50"]
+        html = (await public.get("/explorer/models")).text
+        assert (
+            peer.provider_id in html
+            and 'data-k="models.scripted-model.providers_online">1<' in html
+        )
+        page = (await public.get(f"/explorer/providers/{peer.provider_id}")).text
+        assert "Seen connected by this gateway" in page
+        await public.aclose()
+        beat.cancel()

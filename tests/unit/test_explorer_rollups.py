@@ -12,6 +12,7 @@ from tessera.explorer.rollups import (
     MAX_POINTS,
     RECENT,
     AuditRow,
+    Presence,
     Rollups,
     SlashRow,
     TapeRow,
@@ -134,3 +135,25 @@ def test_a_providers_record_keeps_models_audits_slashes_and_days_bounded() -> No
     for _ in range(RECENT + 5):
         rollups.audit(True, T0, passed, provider)
     assert len(rollups.providers[provider].detail()["audits"]["recent"]) == RECENT
+
+
+def test_presence_counts_checks_per_minute_and_forgets_after_a_day() -> None:
+    presence = Presence()
+    pid = "cd" * 32
+    assert presence.uptime(pid, T0, 5) == (None, 0)  # never checked: unknown, not 0
+    start = T0 - T0 % 60
+    for second in range(0, 10 * 60, 2):  # ten minutes, checked every 2 s
+        presence.observe(pid, online=second < 8 * 60, now=start + second)  # down the last 2
+    now = start + 10 * 60 - 1
+    share, checks = presence.uptime(pid, now, 5)
+    assert checks == 150 and share == round(90 / 150, 4)
+    share, checks = presence.uptime(pid, now, 30)
+    assert checks == 300 and share == 0.8
+    windows = presence.windows(pid, now)
+    assert windows["24h"] == {"uptime": 0.8, "checks": 300}
+    # A gap: minutes nobody looked are unknown, then a day later all is forgotten.
+    presence.observe(pid, True, now + 3600)
+    assert presence.uptime(pid, now + 3600, 30) == (1.0, 1)
+    later = now + DAY + 3600
+    presence.observe(pid, True, later)
+    assert presence.uptime(pid, later, 24 * 60) == (1.0, 1)

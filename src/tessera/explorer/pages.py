@@ -44,6 +44,7 @@ def overview(snapshot: dict[str, Any], window: str) -> str:
 <body data-window="{escape(window)}">
 <header><strong>Tessera explorer</strong>
 <a href="/explorer">overview</a> <a href="/explorer/providers">providers</a>
+<a href="/explorer/models">models</a> <a href="/explorer/receipts">check a receipt</a>
 <span>the network, measured by its gateway; updated live</span>
 <a href="/explorer/api/v1/network/summary?window={escape(window)}">JSON</a>
 <a href="/explorer/api/v1/requests/recent?format=csv">tape CSV</a></header>
@@ -99,6 +100,7 @@ def providers_page(
 <body data-page="providers">
 <header><strong>Tessera explorer</strong>
 <a href="/explorer">overview</a> <a href="/explorer/providers">providers</a>
+<a href="/explorer/models">models</a>
 <a href="/explorer/api/v1/providers?sort={sort}{"&" + query if query else ""}">JSON</a>
 <a href="/explorer/api/v1/providers?format=csv&sort={sort}{"&" + query if query else ""}">CSV</a>
 </header>
@@ -353,7 +355,10 @@ def provider_main(detail: dict[str, Any]) -> str:
         f"<h2>Models (declared)</h2>{_offers_table(detail['offers'])}"
         f"<h2>Latency and throughput per model (measured)</h2>"
         f"{_model_stats_table(record.get('models', {}))}"
-        f"<h2>Uptime per epoch</h2>{_uptime(detail['uptime'])}"
+        "<h2>Uptime</h2><p>Seen connected by this gateway's checks: "
+        + " / ".join(f"{w} {_share(detail['seen_online'][w])}" for w in ("5m", "30m", "24h"))
+        + f" (n={detail['seen_online']['24h']['checks']} checks in 24 h).</p>"
+        f"<h3>Per epoch, against its SLA</h3>{_uptime(detail['uptime'])}"
         f"<h2>Why it gets work, or not</h2>{_routing(detail['routing'])}"
         f"<h2>Reputation</h2>{_reputation(reputation)}"
         f"<h2>Audits</h2>{_audits(record.get('audits'))}"
@@ -681,3 +686,65 @@ def _page(title: str, body_attrs: str, links: str, main: str) -> str:
 {links}</header>
 <main>{main}</main>
 </body></html>"""
+
+
+# ---------------------------------------------------------------- models
+
+
+def models_page(snapshot: dict[str, Any], models: list[dict[str, Any]]) -> str:
+    """Per model, every provider serving it: price, region, uptime over three windows,
+    latency and throughput percentiles with sample sizes (measured apart from declared)."""
+    sections = []
+    for m in models:
+        name = escape(m["model"])
+        median = m["median_price_output_per_mtok"]
+        rows = [_model_provider_tr(p) for p in m["providers"]]
+        head = ["provider", "status", "region", "price in/out per 1M (declared)",
+                "uptime 5 min / 30 min / 24 h (seen)", "requests",
+                "TTFT ms p50/p75/p90/p99", "decode tokens/s p50/p75/p90/p99"]  # fmt: skip
+        sections.append(
+            f'<section data-model="{name}"><h2 id="{name}">{name}</h2>'
+            f"<p>{'audited: its weights are pinned in the catalog' if m['audited'] else 'not audited'}; "
+            f'<span data-k="models.{name}.providers_online">{m["providers_online"]}</span> '
+            f"providers online of {m['providers_seen']} seen; median output price "
+            f"{'—' if median is None else format_tokens(median)} per 1M tokens.</p>"
+            + _table(head, rows, "no provider", f"providers-{name}")
+            + "</section>"
+        )
+    body = "".join(sections) or '<p class="na">no provider has announced a model yet</p>'
+    return _page(
+        "Models",
+        'data-page="models"',
+        '<a href="/explorer/api/v1/models">JSON</a> '
+        '<a href="/explorer/api/v1/models?format=csv">CSV</a>',
+        f"<h1>Models</h1><p>as of {_time(snapshot['as_of'])} (snapshot "
+        f"{snapshot['version']}). Uptime is the share of this gateway's checks (one per "
+        "snapshot) that found the provider connected.</p>" + body,
+    )
+
+
+def _share(window: dict[str, Any]) -> str:
+    if window["uptime"] is None:
+        return '<span class="na">no checks</span>'
+    return f"{window['uptime'] * 100:.1f} %"
+
+
+def _model_provider_tr(p: dict[str, Any]) -> str:
+    measured = p["measured"]
+    status_cls = {"routable": "ok", "offline": "bad"}.get(p["status"], "na")
+    uptime = " / ".join(_share(p["uptime"][w]) for w in ("5m", "30m", "24h"))
+    none = '<span class="na">no requests measured</span>'
+    label = f" ({escape(p['label'])})" if p["label"] else ""
+    return (
+        f'<tr data-provider="{escape(p["provider_id"])}">'
+        f'<td><a href="/explorer/providers/{escape(p["provider_id"])}">'
+        f"{escape(p['provider_id'][:12])}</a>{label}</td>"
+        f'<td class="{status_cls}">{escape(p["status"])}</td><td>{escape(p["region"])}</td>'
+        f'<td class="num">{format_tokens(p["price_input_per_mtok"])} / '
+        f"{format_tokens(p['price_output_per_mtok'])}</td>"
+        f'<td class="num">{uptime}</td>'
+        f'<td class="num" data-k="requests">{0 if measured is None else measured["requests"]}</td>'
+        f'<td class="num">{none if measured is None else _pcts(measured["ttft_ms"])}</td>'
+        f'<td class="num">{none if measured is None else _pcts(measured["tokens_per_s"])}</td>'
+        "</tr>"
+    )

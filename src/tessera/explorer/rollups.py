@@ -498,3 +498,63 @@ def _metric(bucket: Bucket, metric: str) -> float | int | None:
         return percentile(bucket.tps, 0.50, _TPS_FLOOR)[0]
     value: int = getattr(bucket, metric)
     return value
+
+
+PRESENCE_MINUTES = DAY // MINUTE  # a day of minutes per provider
+UPTIME_WINDOWS = {"5m": 5, "30m": 30, "24h": PRESENCE_MINUTES}  # name -> minutes
+
+
+class Presence:
+    """Whether each provider was online, minute by minute over the last day, as seen by
+    every snapshot: two 1,440-byte rings per provider (checks and online checks in each
+    minute), so 10,000 providers cost about 29 MB and a question reads no history."""
+
+    def __init__(self) -> None:
+        self._checks: dict[str, bytearray] = {}
+        self._online: dict[str, bytearray] = {}
+        self._minute: dict[str, int] = {}  # the last minute written, per provider
+
+    def observe(self, provider_id: str, online: bool, now: float) -> None:
+        minute = int(now) // MINUTE
+        checks = self._checks.get(provider_id)
+        if checks is None:
+            checks = self._checks[provider_id] = bytearray(PRESENCE_MINUTES)
+            self._online[provider_id] = bytearray(PRESENCE_MINUTES)
+            self._minute[provider_id] = minute
+        ups = self._online[provider_id]
+        last = self._minute[provider_id]
+        if minute > last:  # clear the minutes skipped since (nobody looked: unknown)
+            for m in range(last + 1, min(minute, last + PRESENCE_MINUTES) + 1):
+                checks[m % PRESENCE_MINUTES] = 0
+                ups[m % PRESENCE_MINUTES] = 0
+            self._minute[provider_id] = minute
+        elif minute < last:
+            return  # a clock step back: the ring keeps what it has
+        slot = minute % PRESENCE_MINUTES
+        if checks[slot] < 255:
+            checks[slot] += 1
+            ups[slot] += online
+
+    def uptime(self, provider_id: str, now: float, minutes: int) -> tuple[float | None, int]:
+        """(the share of checks that found it online in the last ``minutes``, checks);
+        None when no check fell in the window."""
+        checks = self._checks.get(provider_id)
+        if checks is None:
+            return None, 0
+        ups = self._online[provider_id]
+        minute = int(now) // MINUTE
+        last = self._minute[provider_id]
+        seen = online = 0
+        for m in range(minute - minutes + 1, minute + 1):
+            if m > last or m <= last - PRESENCE_MINUTES:
+                continue  # not written yet, or overwritten: unknown
+            seen += checks[m % PRESENCE_MINUTES]
+            online += ups[m % PRESENCE_MINUTES]
+        return (None if seen == 0 else round(online / seen, 4)), seen
+
+    def windows(self, provider_id: str, now: float) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for name, minutes in UPTIME_WINDOWS.items():
+            share, checks = self.uptime(provider_id, now, minutes)
+            out[name] = {"uptime": share, "checks": checks}
+        return out

@@ -14,7 +14,7 @@ from fastapi.responses import HTMLResponse, PlainTextResponse, Response, Streami
 
 from tessera.errors import InvalidRequest, NoCapacity, NotFound
 from tessera.explorer.rollups import KEEP_REQUESTS, SERIES_METRICS
-from tessera.explorer.service import SORTS, Explorer, flat_provider, to_csv
+from tessera.explorer.service import SORTS, Explorer, flat_model, flat_provider, to_csv
 from tessera.gateway.verification_routes import PROVIDER_ID
 
 Window = Literal["1h", "24h", "7d", "30d", "all"]
@@ -101,6 +101,22 @@ def install_explorer_routes(app: FastAPI, explorer: Explorer) -> None:
         if name not in SCRIPTS:
             raise NotFound(f"no explorer asset '{name[:100]}'")
         return Response(explorer.script(name), media_type="text/javascript", headers=CACHE)
+
+    @app.get("/explorer/models", include_in_schema=False)
+    async def models_page() -> HTMLResponse:
+        return HTMLResponse(explorer.models_html(), headers=CACHE)
+
+    @app.get("/explorer/api/v1/models", tags=["explorer"])
+    async def models(format: Format = "json") -> Any:
+        """Every model announced by a provider this gateway has seen, each with every
+        provider serving it: declared price and region, status, uptime over the last
+        5 minutes, 30 minutes and 24 hours (share of checks that found it connected, with
+        the number of checks), and measured latency (TTFT) and decode throughput
+        p50/p75/p90/p99 with their sample sizes."""
+        rows = explorer.models()
+        if format == "csv":
+            return _csv([line for m in rows for line in flat_model(m)], "models.csv")
+        return {"object": "list", "version": explorer.current()["version"], "data": rows}
 
     @app.get("/explorer/api/v1/network/summary", tags=["explorer"])
     async def network_summary(window: Window = "24h") -> dict[str, Any]:

@@ -23,6 +23,7 @@ from typing import Any
 
 from tessera.explorer.pages import (
     live_fragments,
+    models_page,
     overview,
     provider_main,
     provider_page,
@@ -30,7 +31,7 @@ from tessera.explorer.pages import (
     receipts_page,
     request_page,
 )
-from tessera.explorer.rollups import AuditRow, Rollups, SlashRow, TapeRow
+from tessera.explorer.rollups import AuditRow, Presence, Rollups, SlashRow, TapeRow
 from tessera.explorer.snapshot import LedgerView, ProviderView, build_snapshot
 from tessera.gateway.events import AuditClosed, EventBus, RequestFinished, Slashed
 from tessera.gateway.liveness_routes import current_view, epoch_view
@@ -61,6 +62,8 @@ class Explorer:
         self.max_streams = max_streams
         self.clock = clock
         self.rollups = Rollups()
+        self.presence = Presence()
+        self._models: tuple[int, list[dict[str, Any]]] | None = None
         self.snapshot: dict[str, Any] = {}
         self.version = 0
         self.streams = 0
@@ -162,6 +165,8 @@ class Explorer:
                 self.seen[provider_id] = replace(view, online=False, active_jobs=0)
         self.seen.update(online)
         providers = list(self.seen.values())
+        for view in providers:
+            self.presence.observe(view.provider_id, view.online, now)
         ledger = None if gateway is None else _ledger_view(gateway)
         self.version += 1
         self.snapshot = build_snapshot(self.rollups, providers, ledger, now, self.version)
@@ -230,6 +235,7 @@ class Explorer:
             "provider": row,
             "offers": _offers(view, gateway),
             "record": None if totals is None else totals.detail(),
+            "seen_online": self.presence.windows(provider_id, snapshot["as_of"]),
             "reputation": None,
             "ledger": None,
             "routing": None,
@@ -276,6 +282,60 @@ class Explorer:
     def gateway_identity(self) -> dict[str, str] | None:
         gateway = self._gateway()
         return None if gateway is None else _gateway_identity(gateway)
+
+    def models(self) -> list[dict[str, Any]]:
+        """Every model any provider seen has declared, each with every provider serving it:
+        price, region, status, uptime over 5 minutes, 30 minutes and a day, and latency
+        and throughput percentiles with their sample sizes. Built once per snapshot."""
+        snapshot = self.current()
+        if self._models is not None and self._models[0] == snapshot["version"]:
+            return self._models[1]
+        now = snapshot["as_of"]
+        gateway = self._gateway()
+        catalog = None if gateway is None else gateway.verifier.catalog
+        by_model: dict[str, list[dict[str, Any]]] = {}
+        for row in snapshot["providers"]:
+            pid = row["provider_id"]
+            totals = self.rollups.providers.get(pid)
+            for offer in row["declared"]["models"]:
+                name = offer["model"]
+                stats = None if totals is None else totals.models.get(name)
+                by_model.setdefault(name, []).append(
+                    {
+                        "provider_id": pid,
+                        "label": row["label"],
+                        "region": row["region"],
+                        "status": row["status"],
+                        "model_status": row["model_status"].get(name),
+                        "price_input_per_mtok": offer["price_input_per_mtok"],
+                        "price_output_per_mtok": offer["price_output_per_mtok"],
+                        "uptime": self.presence.windows(pid, now),
+                        "measured": None if stats is None else stats.as_dict(),
+                    }
+                )
+        models = []
+        for name, providers in sorted(by_model.items()):
+            live = [p for p in providers if p["status"] != "offline"]
+            outputs = sorted(p["price_output_per_mtok"] for p in live)
+            pinned = None if catalog is None else catalog.get(name)
+            models.append(
+                {
+                    "model": name,
+                    "audited": pinned is not None,
+                    "providers_online": len(live),
+                    "providers_seen": len(providers),
+                    "median_price_output_per_mtok": outputs[len(outputs) // 2] if outputs else None,
+                    "providers": sorted(
+                        providers,
+                        key=lambda p: (p["status"] == "offline", p["price_output_per_mtok"]),
+                    ),
+                }
+            )
+        self._models = (snapshot["version"], models)
+        return models
+
+    def models_html(self) -> str:
+        return models_page(self.current(), self.models())
 
     def provider_html(self, detail: dict[str, Any]) -> str:
         return provider_page(detail)
@@ -354,6 +414,34 @@ def flat_provider(row: dict[str, Any]) -> dict[str, Any]:
         "ttft_p50_ms": measured.get("ttft_p50_ms"),
         "cost": measured.get("cost", 0),
     }
+
+
+def flat_model(model: dict[str, Any]) -> list[dict[str, Any]]:
+    """A model's providers as CSV lines: one per (model, provider)."""
+    lines = []
+    for p in model["providers"]:
+        measured = p["measured"] or {}
+        ttft = measured.get("ttft_ms") or {}
+        tps = measured.get("tokens_per_s") or {}
+        lines.append(
+            {
+                "model": model["model"],
+                "audited": model["audited"],
+                "provider_id": p["provider_id"],
+                "status": p["status"],
+                "region": p["region"],
+                "price_input_per_mtok": p["price_input_per_mtok"],
+                "price_output_per_mtok": p["price_output_per_mtok"],
+                **{f"uptime_{w}": p["uptime"][w]["uptime"] for w in ("5m", "30m", "24h")},
+                "uptime_checks_24h": p["uptime"]["24h"]["checks"],
+                "requests": measured.get("requests", 0),
+                **{f"ttft_{q}_ms": ttft.get(q) for q in ("p50", "p75", "p90", "p99")},
+                "ttft_samples": ttft.get("samples", 0),
+                **{f"tokens_per_s_{q}": tps.get(q) for q in ("p50", "p75", "p90", "p99")},
+                "tokens_per_s_samples": tps.get("samples", 0),
+            }
+        )
+    return lines
 
 
 def to_csv(rows: list[dict[str, Any]]) -> str:
