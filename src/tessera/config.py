@@ -8,6 +8,7 @@ reads the environment at import time.
 from __future__ import annotations
 
 import secrets
+from decimal import Decimal
 from pathlib import Path
 
 from pydantic import Field
@@ -153,6 +154,12 @@ class GatewaySettings(BaseSettings):
     )
     explorer_interval_s: float = Field(
         2.0, gt=0, description="How often the explorer's snapshot is rebuilt (its pages read it)."
+    )
+    explorer_token_usd: Decimal | None = Field(
+        None,
+        gt=0,
+        description="Declared dollar value of one token, for the explorer's price index "
+        "against hyperscaler list prices (none: the index shows token prices only).",
     )
     explorer_max_streams: int = Field(
         200, ge=0, description="Live explorer pages (Server-Sent Events streams) at once."

@@ -174,9 +174,12 @@ async def test_a_providers_page_shows_its_record_and_why_and_updates_live(
                     if line.startswith("data: "):
                         events.append(json.loads(line[6:]))
 
+        await until(public, path, lambda body: "provider" in body)  # in a snapshot now
         listener = asyncio.create_task(listen())
         request_id = await one_request(client, peer)
-        detail = await until(public, path, lambda body: (body["record"] or {}).get("requests") == 1)
+        detail = await until(
+            public, path, lambda body: (body.get("record") or {}).get("requests") == 1
+        )
         assert detail["provider"]["provider_id"] == pid
         (offer,) = detail["offers"]
         assert offer["model"] == "scripted-model" and len(offer["weights_sha256"]) == 64
@@ -303,5 +306,45 @@ async def test_models_list_every_provider_with_uptime_and_percentiles(gateway_di
         )
         page = (await public.get(f"/explorer/providers/{peer.provider_id}")).text
         assert "Seen connected by this gateway" in page
+        await public.aclose()
+        beat.cancel()
+
+
+async def test_economics_and_claims_are_the_ledgers_and_the_windows(gateway_dir: Path) -> None:
+    async with (
+        live_gateway(gateway_dir, explorer_interval_s=0.1, explorer_token_usd="0.5") as gw,
+        gw.client() as client,
+    ):
+        peer, beat = await priced(gw)
+        public = httpx.AsyncClient(base_url=gw.base, timeout=30)
+        await one_request(client, peer)
+        eco = await until(
+            public,
+            "/explorer/api/v1/economics",
+            lambda b: b["paid_by_consumers"]["24h"] == 5000 and b["price_index"]["data"],
+        )
+        ledger = (await client.get("/v1/ledger")).json()
+        assert eco["ledger"]["holds"] is True and eco["ledger"]["minted"] > 0
+        assert eco["policy"]["fee_bps"] == 500
+        assert {r["reason"] for r in eco["policy"]["slashing"]} >= {"forged_receipt"}
+        (row,) = eco["price_index"]["data"]
+        assert row["model"] == "scripted-model" and row["usd_per_mtok_blended"] is not None
+        assert eco["price_index"]["token_usd"] == "0.5"
+        assert row["references"][0]["cheaper_by_percent"] is not None
+        html = (await public.get("/explorer/economics")).text
+        shown = dict(re.findall(r'data-k="([^"]+)">([^<]*)<', html))
+        assert shown["ledger.holds"] == "holds" and "forged_receipt" in html
+        for name in ("minted", "fees", "verification_pool", "insurance_pool"):
+            assert eco["ledger"][name] == ledger[name], name  # the ledger's own totals
+        claims = (await public.get("/explorer/api/v1/claims")).json()["data"]
+        by_name = {c["claim"]: c for c in claims}
+        assert by_name["Requests that succeed"]["samples"] == 1
+        assert by_name["Requests that succeed"]["value"] is None  # n=1: not a claim yet
+        assert by_name["Every token is accounted for"]["value"] is True
+        assert by_name["scripted-model is cheaper than the hyperscalers"]["source"] == "declared"
+        page = (await public.get("/explorer/claims")).text
+        assert "insufficient data (n=1)" in page
+        text = (await public.get("/explorer/api/v1/claims?format=csv")).text
+        assert len(list(csv.DictReader(io.StringIO(text)))) == len(claims)
         await public.aclose()
         beat.cancel()

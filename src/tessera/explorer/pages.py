@@ -44,7 +44,8 @@ def overview(snapshot: dict[str, Any], window: str) -> str:
 <body data-window="{escape(window)}">
 <header><strong>Tessera explorer</strong>
 <a href="/explorer">overview</a> <a href="/explorer/providers">providers</a>
-<a href="/explorer/models">models</a> <a href="/explorer/receipts">check a receipt</a>
+<a href="/explorer/models">models</a> <a href="/explorer/economics">economics</a>
+<a href="/explorer/claims">claims</a> <a href="/explorer/receipts">check a receipt</a>
 <span>the network, measured by its gateway; updated live</span>
 <a href="/explorer/api/v1/network/summary?window={escape(window)}">JSON</a>
 <a href="/explorer/api/v1/requests/recent?format=csv">tape CSV</a></header>
@@ -747,4 +748,115 @@ def _model_provider_tr(p: dict[str, Any]) -> str:
         f'<td class="num">{none if measured is None else _pcts(measured["ttft_ms"])}</td>'
         f'<td class="num">{none if measured is None else _pcts(measured["tokens_per_s"])}</td>'
         "</tr>"
+    )
+
+
+# ---------------------------------------------------------------- economics and claims
+
+
+def economics_page(eco: dict[str, Any]) -> str:
+    """Supply, stake, fees, pools, escrow, the invariant, the policy and the price index."""
+    ledger = eco["ledger"]
+    stake = eco["stake"]
+    paid = eco["paid_by_consumers"]
+    cards = [
+        _card("stake bonded", "stake.bonded", format_tokens(stake["bonded"]),
+              f"{format_tokens(stake['bonded_online'])} by providers online"),
+        _card("paid by consumers, 24 h", "paid_by_consumers.24h", format_tokens(paid["24h"]),
+              f"30 d {format_tokens(paid['30d'])}"),
+    ]  # fmt: skip
+    if ledger is not None:
+        cards += [
+            _card("minted supply", "ledger.minted", format_tokens(ledger["minted"]), "tokens"),
+            _card("protocol fees", "ledger.fees", format_tokens(ledger["fees"]), "tokens"),
+            _card("verification pool", "ledger.verification_pool",
+                  format_tokens(ledger["verification_pool"]), "pays auditors"),
+            _card("insurance pool", "ledger.insurance_pool",
+                  format_tokens(ledger["insurance_pool"]), "covers refunds"),
+            _card("escrow open", "ledger.escrow_open", format_tokens(ledger["escrow_open"]),
+                  "held for running requests"),
+            _card("ledger invariant", "ledger.holds", "holds" if ledger["holds"] else "BROKEN",
+                  "every entry balanced" if ledger["holds"]
+                  else escape("; ".join(ledger["problems"])),
+                  "ok" if ledger["holds"] else "bad"),
+        ]  # fmt: skip
+    policy = eco["policy"]
+    policy_html = '<p class="na">a replica: its owner keeps the ledger and the policy</p>'
+    if policy is not None:
+        rules = [
+            f"<tr><td>{escape(str(r['reason']))}</td>"
+            f'<td class="num">{int(str(r["stake_bps"])) / 100:g} %</td>'
+            f"<td>{'yes' if r['ban'] else 'no'}</td><td>{escape(str(r['description']))}</td>"
+            "</tr>"
+            for r in policy["slashing"]
+        ]
+        policy_html = (
+            f"<p>Protocol fee {policy['fee_bps'] / 100:g} % of each request's cost, "
+            f"{policy['verification_share_bps'] / 100:g} % of it to the verification pool; "
+            f"stake unbonds after {policy['unbonding_delay_s'] / 86400:g} days and stays "
+            "slashable until then.</p><h3>The slashing table</h3>"
+            + _table(
+                ["reason", "stake taken", "ban", "what triggers it"], rules, "no rules", "slashing"
+            )
+        )
+    return _page(
+        "Economics",
+        'data-page="economics"',
+        '<a href="/explorer/api/v1/economics">JSON</a>',
+        f"<h1>Economics</h1><p>as of {_time(eco['as_of'])} (snapshot {eco['version']}); "
+        "amounts in tokens.</p>"
+        f'<section class="cards">{"".join(cards)}</section>'
+        f"<h2>Fees and slashing</h2>{policy_html}"
+        f"<h2>Price index</h2>{_price_index(eco['price_index'])}",
+    )
+
+
+def _price_index(index: dict[str, Any]) -> str:
+    rate = (
+        f"one token at {escape(index['token_usd'])} USD ({escape(index['rate'])})"
+        if index["token_usd"]
+        else "no exchange rate declared for the token, so prices stay in tokens and no "
+        "comparison in dollars is made"
+    )
+    rows = []
+    for row in index["data"]:
+        for ref in row["references"] or [{}]:
+            saving = ref.get("cheaper_by_percent")
+            rows.append(
+                f'<tr data-model="{escape(row["model"])}"><td>{escape(row["model"])}</td>'
+                f'<td class="num">{format_tokens(row["median_price_input_per_mtok"])} / '
+                f"{format_tokens(row['median_price_output_per_mtok'])}</td>"
+                f'<td class="num">{escape(row["usd_per_mtok_blended"] or "—")}</td>'
+                f"<td>{escape(ref.get('vendor', '—'))} {escape(ref.get('model', ''))}</td>"
+                f'<td class="num">{escape(ref.get("usd_per_mtok_blended", "—"))}</td>'
+                f'<td class="num">{"—" if saving is None else f"{saving:+.1f} %"}</td></tr>'
+            )
+    head = ["model", "network median in/out per 1M (tokens)", "USD per 1M (blended)",
+            "reference", "its USD per 1M (blended)", "cheaper by"]  # fmt: skip
+    return (
+        f"<p>Reference list prices of {escape(index['references_as_of'])}; blend "
+        f"{escape(index['blend'])}; {rate}.</p>"
+        + _table(head, rows, "no model is served now", "price-index")
+    )
+
+
+def claims_page(claims: dict[str, Any]) -> str:
+    rows = [
+        f'<tr data-claim="{i}"><td>{escape(c["claim"])}</td>'
+        f'<td class="{"na" if c["value"] is None else ""}" data-k="claims.{i}.shown">'
+        f"{escape(c['shown'])}</td><td>{escape(c['window'])}</td>"
+        f"<td>{'—' if c['samples'] is None else c['samples']}</td>"
+        f"<td>{escape(c['source'])}</td><td>{escape(c['formula'])}</td>"
+        f'<td><a href="{escape(c["data"])}">data</a></td></tr>'
+        for i, c in enumerate(claims["data"])
+    ]
+    head = ["claim", "live value", "window", "n", "source", "formula", "data"]
+    return _page(
+        "Claims",
+        'data-page="claims"',
+        '<a href="/explorer/api/v1/claims">JSON</a>',
+        f"<h1>Claims, checked live</h1><p>as of {_time(claims['as_of'])} (snapshot "
+        f"{claims['version']}). Each claim the network makes, its value now, and how it is "
+        "computed from the public data linked beside it.</p>"
+        + _table(head, rows, "no claims", "claims"),
     )

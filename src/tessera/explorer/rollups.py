@@ -172,6 +172,7 @@ class AuditRow:
     status: str  # passed | cleared | upheld | inconclusive
     slashed_units: int
     refunded_units: int
+    provider_id: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -184,10 +185,12 @@ class SlashRow:
     slashed_units: int
     refunded_units: int
     reference: str  # "audit:<request id>": its evidence is that request's audit case
+    provider_id: str = ""
 
 
 RECENT = 20  # audits and slashes kept per provider
 KEEP_REQUESTS = 10_000  # requests a request page can show (the newest)
+LOG_SIZE = 500  # audits and slashes kept network-wide, newest first
 EARNING_DAYS = 30  # days of per-provider earnings kept
 
 
@@ -262,6 +265,8 @@ class Rollups:
         # The newest requests by id, for their pages, and the audit each one had.
         self.requests: OrderedDict[str, TapeRow] = OrderedDict()
         self.request_audits: dict[str, AuditRow] = {}
+        self.audit_log: deque[AuditRow] = deque(maxlen=LOG_SIZE)
+        self.slash_log: deque[SlashRow] = deque(maxlen=LOG_SIZE)
 
     # ------------------------------------------------------------ events
 
@@ -323,6 +328,7 @@ class Rollups:
             totals.audits_passed += passed
             totals.audits_failed += not passed
             totals.audits.appendleft(row)
+            self.audit_log.appendleft(row)
             self._audited(row)
         self.version += 1
 
@@ -333,6 +339,7 @@ class Rollups:
     def audit_inconclusive(self, row: AuditRow, provider_id: str) -> None:
         """A case that ended without a verdict: on the provider's record, in no count."""
         self._provider(provider_id).audits.appendleft(row)
+        self.audit_log.appendleft(row)
         self._audited(row)
         self.version += 1
 
@@ -354,6 +361,7 @@ class Rollups:
             totals.slashed_units += units
             totals.refunded_units += refunded
             totals.slashes.appendleft(row)
+            self.slash_log.appendleft(row)
         self.version += 1
 
     def _provider(self, provider_id: str) -> ProviderTotals:
@@ -535,12 +543,11 @@ class Presence:
             checks[slot] += 1
             ups[slot] += online
 
-    def uptime(self, provider_id: str, now: float, minutes: int) -> tuple[float | None, int]:
-        """(the share of checks that found it online in the last ``minutes``, checks);
-        None when no check fell in the window."""
+    def counts(self, provider_id: str, now: float, minutes: int) -> tuple[int, int]:
+        """(checks that found it online, checks) in the last ``minutes``."""
         checks = self._checks.get(provider_id)
         if checks is None:
-            return None, 0
+            return 0, 0
         ups = self._online[provider_id]
         minute = int(now) // MINUTE
         last = self._minute[provider_id]
@@ -550,6 +557,21 @@ class Presence:
                 continue  # not written yet, or overwritten: unknown
             seen += checks[m % PRESENCE_MINUTES]
             online += ups[m % PRESENCE_MINUTES]
+        return online, seen
+
+    def uptime(self, provider_id: str, now: float, minutes: int) -> tuple[float | None, int]:
+        """(the share of checks that found it online in the last ``minutes``, checks);
+        None when no check fell in the window."""
+        online, seen = self.counts(provider_id, now, minutes)
+        return (None if seen == 0 else round(online / seen, 4)), seen
+
+    def network(self, now: float, minutes: int) -> tuple[float | None, int]:
+        """The same share over every provider: all their online checks / all checks."""
+        online = seen = 0
+        for provider_id in self._checks:
+            up, n = self.counts(provider_id, now, minutes)
+            online += up
+            seen += n
         return (None if seen == 0 else round(online / seen, 4)), seen
 
     def windows(self, provider_id: str, now: float) -> dict[str, Any]:

@@ -118,6 +118,31 @@ def install_explorer_routes(app: FastAPI, explorer: Explorer) -> None:
             return _csv([line for m in rows for line in flat_model(m)], "models.csv")
         return {"object": "list", "version": explorer.current()["version"], "data": rows}
 
+    @app.get("/explorer/economics", include_in_schema=False)
+    async def economics_page() -> HTMLResponse:
+        return HTMLResponse(explorer.economics_html(), headers=CACHE)
+
+    @app.get("/explorer/api/v1/economics", tags=["explorer"])
+    async def economics() -> dict[str, Any]:
+        """Supply, stake, fees, pools, open escrow and the ledger invariant; the fee
+        policy and slashing table in force; and the price index: each served model's
+        network median price against a dated list of hyperscaler prices (in dollars only
+        at an exchange rate the operator declares)."""
+        return explorer.economics()
+
+    @app.get("/explorer/claims", include_in_schema=False)
+    async def claims_page() -> HTMLResponse:
+        return HTMLResponse(explorer.claims_html(), headers=CACHE)
+
+    @app.get("/explorer/api/v1/claims", tags=["explorer"])
+    async def claims(format: Format = "json") -> Any:
+        """Each public claim of the network with its live value, formula, window, sample
+        size and the JSON it is computed from; "insufficient data" when too few samples."""
+        body = explorer.claims()
+        if format == "csv":
+            return _csv(body["data"], "claims.csv")
+        return body
+
     @app.get("/explorer/api/v1/network/summary", tags=["explorer"])
     async def network_summary(window: Window = "24h") -> dict[str, Any]:
         """The network now and over the window: providers, requests, tokens, success rate,

@@ -18,10 +18,14 @@ import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import asdict, replace
+from decimal import Decimal
 from importlib import resources
 from typing import Any
 
+from tessera.explorer.claims import claims as network_claims
 from tessera.explorer.pages import (
+    claims_page,
+    economics_page,
     live_fragments,
     models_page,
     overview,
@@ -31,7 +35,15 @@ from tessera.explorer.pages import (
     receipts_page,
     request_page,
 )
-from tessera.explorer.rollups import AuditRow, Presence, Rollups, SlashRow, TapeRow
+from tessera.explorer.price_index import load_references, price_index
+from tessera.explorer.rollups import (
+    UPTIME_WINDOWS,
+    AuditRow,
+    Presence,
+    Rollups,
+    SlashRow,
+    TapeRow,
+)
 from tessera.explorer.snapshot import LedgerView, ProviderView, build_snapshot
 from tessera.gateway.events import AuditClosed, EventBus, RequestFinished, Slashed
 from tessera.gateway.liveness_routes import current_view, epoch_view
@@ -56,6 +68,7 @@ class Explorer:
         interval_s: float = 2.0,
         max_streams: int = 200,
         clock: Callable[[], float] = time.time,
+        token_usd: Decimal | None = None,
     ) -> None:
         self._gateway = gateway
         self.interval_s = interval_s
@@ -63,6 +76,8 @@ class Explorer:
         self.clock = clock
         self.rollups = Rollups()
         self.presence = Presence()
+        self.token_usd = token_usd
+        self.references = load_references()
         self._models: tuple[int, list[dict[str, Any]]] | None = None
         self.snapshot: dict[str, Any] = {}
         self.version = 0
@@ -119,6 +134,7 @@ class Explorer:
             status=event.status,
             slashed_units=event.slashed_units,
             refunded_units=event.refunded_units,
+            provider_id=event.provider_id,
         )
         if event.status in PASSED_AUDITS:
             self.rollups.audit(True, now, row, event.provider_id)
@@ -136,6 +152,7 @@ class Explorer:
             slashed_units=event.slashed_units,
             refunded_units=event.refunded_units,
             reference=event.reference,
+            provider_id=event.provider_id,
         )
         self.rollups.slash(event.slashed_units, event.refunded_units, now, row, event.provider_id)
 
@@ -297,12 +314,14 @@ class Explorer:
         for row in snapshot["providers"]:
             pid = row["provider_id"]
             totals = self.rollups.providers.get(pid)
+            kinds = {model: kind for model, kind, _ in self.seen[pid].weights}
             for offer in row["declared"]["models"]:
                 name = offer["model"]
                 stats = None if totals is None else totals.models.get(name)
                 by_model.setdefault(name, []).append(
                     {
                         "provider_id": pid,
+                        "kind": kinds.get(name),
                         "label": row["label"],
                         "region": row["region"],
                         "status": row["status"],
@@ -316,11 +335,15 @@ class Explorer:
         models = []
         for name, providers in sorted(by_model.items()):
             live = [p for p in providers if p["status"] != "offline"]
+            kind = next((p.pop("kind") for p in providers if "kind" in p), None)
+            for p in providers:
+                p.pop("kind", None)
             outputs = sorted(p["price_output_per_mtok"] for p in live)
             pinned = None if catalog is None else catalog.get(name)
             models.append(
                 {
                     "model": name,
+                    "kind": kind,
                     "audited": pinned is not None,
                     "providers_online": len(live),
                     "providers_seen": len(providers),
@@ -333,6 +356,55 @@ class Explorer:
             )
         self._models = (snapshot["version"], models)
         return models
+
+    def economics(self) -> dict[str, Any]:
+        """Supply, stake, fees, pools, open escrow, the invariant, the fee policy and the
+        slashing table in force, and the price index against the dated references."""
+        snapshot = self.current()
+        gateway = self._gateway()
+        policy = None
+        if gateway is not None and gateway.bookkeeper is not None:
+            book_policy = gateway.bookkeeper.book.policy
+            policy = {
+                "fee_bps": book_policy.fees.fee_bps,
+                "verification_share_bps": book_policy.fees.verification_share_bps,
+                "unbonding_delay_s": book_policy.unbonding_delay_s,
+                "slashing": book_policy.slashing.public(),
+            }
+        providers = snapshot["providers"]
+        return {
+            "object": "explorer.economics",
+            "version": snapshot["version"],
+            "as_of": snapshot["as_of"],
+            "ledger": snapshot["ledger"],
+            "stake": {
+                "bonded": sum(r["bonded"] for r in providers),
+                "bonded_online": sum(r["bonded"] for r in providers if r["status"] != "offline"),
+                "providers": len(providers),
+            },
+            "paid_by_consumers": {
+                w: snapshot["windows"][w]["kpis"]["cost"] for w in ("24h", "30d", "all")
+            },
+            "policy": policy,
+            "price_index": price_index(self.models(), self.references, self.token_usd),
+        }
+
+    def claims(self) -> dict[str, Any]:
+        snapshot = self.current()
+        uptime = self.presence.network(snapshot["as_of"], UPTIME_WINDOWS["24h"])
+        index = price_index(self.models(), self.references, self.token_usd)
+        return {
+            "object": "list",
+            "version": snapshot["version"],
+            "as_of": snapshot["as_of"],
+            "data": network_claims(snapshot, uptime, index),
+        }
+
+    def economics_html(self) -> str:
+        return economics_page(self.economics())
+
+    def claims_html(self) -> str:
+        return claims_page(self.claims())
 
     def models_html(self) -> str:
         return models_page(self.current(), self.models())

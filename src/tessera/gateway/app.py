@@ -161,6 +161,7 @@ def create_app(settings: GatewaySettings, runtime: Runtime | None = None) -> Fas
         lambda: getattr(app.state, "gateway", None),
         interval_s=settings.explorer_interval_s,
         max_streams=settings.explorer_max_streams,
+        token_usd=settings.explorer_token_usd,
     )
     explorer.subscribe_to(events)
 
