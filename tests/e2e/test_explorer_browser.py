@@ -14,7 +14,9 @@ import asyncio
 import contextlib
 import csv
 import io
+import json
 import os
+import signal
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -25,6 +27,7 @@ from openai import AsyncOpenAI
 from playwright.async_api import Page, async_playwright, expect
 
 from support.debian import ensure_program
+from support.live_network import TEXT_MODEL, LiveNetwork
 from support.scripted_peers import MODEL, Peer, answer, live_gateway, priced
 from support.tiny_model import REPO_ROOT
 
@@ -54,9 +57,9 @@ async def serve_jobs(peer: Peer) -> None:
                 await answer(peer, frame, text="a fable")
 
 
-async def ask(client: AsyncOpenAI) -> str:
+async def ask(client: AsyncOpenAI, model: str = MODEL) -> str:
     raw = await client.chat.completions.with_raw_response.create(
-        model=MODEL, messages=[{"role": "user", "content": "Tell me a fable."}], max_tokens=4
+        model=model, messages=[{"role": "user", "content": "Tell me a fable."}], max_tokens=4
     )
     return raw.headers["x-request-id"]
 
@@ -66,6 +69,10 @@ def watch(page: Page, problems: list[str]) -> None:
         "console", lambda m: problems.append(f"console: {m.text}") if m.type == "error" else None
     )
     page.on("pageerror", lambda e: problems.append(f"page error: {e}"))
+    page.on(
+        "response",
+        lambda r: problems.append(f"HTTP {r.status}: {r.url}") if r.status >= 400 else None,
+    )
 
 
 async def test_the_explorer_in_chromium(tmp_path: Path, chromium: str) -> None:
@@ -170,3 +177,85 @@ async def test_the_explorer_in_chromium(tmp_path: Path, chromium: str) -> None:
         beat.cancel()
         await openai.close()
         await public.aclose()
+
+
+async def test_receipts_verify_in_chromium_and_a_killed_provider_turns_offline(
+    network: LiveNetwork, chromium: str
+) -> None:
+    """On a real network (gateway and provider processes): a receipt pasted on its request
+    page verifies in the browser, and each tampering is refused with the check that failed;
+    a provider's page turns offline, live, when its process is killed with SIGKILL."""
+    openai = AsyncOpenAI(base_url=f"{network.base}/v1", api_key=network.api_key, max_retries=0)
+    consumer = httpx.AsyncClient(
+        base_url=network.base, timeout=60, headers={"Authorization": f"Bearer {network.api_key}"}
+    )
+    first, second = await ask(openai, TEXT_MODEL), await ask(openai, TEXT_MODEL)
+    receipt = (await consumer.get(f"/v1/receipts/{first}")).json()
+    other = (await consumer.get(f"/v1/receipts/{second}")).json()
+    problems: list[str] = []
+    async with async_playwright() as playwright:
+        browser = await playwright.chromium.launch(executable_path=chromium, args=FLAGS)
+        try:
+            context = await browser.new_context(viewport=DESKTOP)
+            page = await context.new_page()
+            watch(page, problems)
+            await page.goto(f"{network.base}/explorer/requests/{first}")
+            await expect(page.locator('[data-k="request.status"]')).to_have_text("ok")
+
+            async def check(pasted: dict[str, Any]) -> list[str]:
+                await page.fill("#receipt", json.dumps(pasted, indent=2))
+                await page.click("text=Verify in this browser")
+                await expect(page.locator("#receipt-result[data-verdict]")).to_have_count(1)
+                verdict = await page.locator("#receipt-result").get_attribute("data-verdict")
+                lines = await page.locator("#receipt-result p").all_inner_texts()
+                await page.evaluate("document.getElementById('receipt-result')"
+                                    ".removeAttribute('data-verdict')")  # fmt: skip
+                return [verdict or "", *lines]
+
+            good = await check(receipt)
+            assert good[0] == "pass", good
+            assert sum(line.startswith("✓") for line in good) == 4, good
+            await page.screenshot(path=SCREENSHOTS / "explorer-request-desktop.png", full_page=True)
+            more = json.loads(json.dumps(receipt))
+            more["receipt"]["completion_tokens"] += 1  # a bigger bill than was signed
+            refused = await check(more)
+            assert refused[0] == "fail"
+            assert any("provider's signature does not verify" in x for x in refused), refused
+            forged = json.loads(json.dumps(receipt))
+            sig = forged["gateway_signature"]
+            forged["gateway_signature"] = ("0" if sig[0] != "0" else "1") + sig[1:]
+            refused = await check(forged)
+            assert any("countersignature does not verify" in x for x in refused), refused
+            assert any(x.startswith("✓ the provider's signature") for x in refused), refused
+            elsewhere = await check(other)  # genuine, but another request's
+            assert elsewhere[0] == "fail" and any("another request" in x for x in elsewhere)
+            garbage = await check({"receipt": "no"})
+            assert garbage[0] == "fail" and "not a Tessera receipt" in garbage[1]
+
+            # A provider's page, live; its process is killed and the page says offline.
+            listed = (await consumer.get("/explorer/api/v1/providers")).json()["data"]
+            victim = next(r for r in listed if r["label"] == "e2e-1")
+            await page.goto(f"{network.base}/explorer/providers/{victim['provider_id']}")
+            status = page.locator('[data-k="provider.status"]')
+            await expect(status).to_have_text("routable")
+            await expect(page.locator("body[data-version]")).to_have_count(1, timeout=10_000)
+            await page.screenshot(
+                path=SCREENSHOTS / "explorer-provider-desktop.png", full_page=True
+            )
+            proc = next(p for name, p in network.network.processes if name == "provider-1")
+            os.kill(proc.pid, signal.SIGKILL)
+            await expect(status).to_have_text("offline", timeout=30_000)  # no reload
+
+            phone = await browser.new_context(viewport=PHONE, is_mobile=True)
+            small = await phone.new_page()
+            watch(small, problems)
+            await small.goto(f"{network.base}/explorer/requests/{first}")
+            await small.screenshot(path=SCREENSHOTS / "explorer-request-phone.png", full_page=True)
+            await small.goto(f"{network.base}/explorer/providers/{victim['provider_id']}")
+            await expect(small.locator('[data-k="provider.status"]')).to_have_text("offline")
+            await small.screenshot(path=SCREENSHOTS / "explorer-provider-phone.png", full_page=True)
+        finally:
+            await browser.close()
+    assert problems == []
+    await openai.close()
+    await consumer.aclose()

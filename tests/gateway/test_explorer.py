@@ -14,8 +14,12 @@ from typing import Any
 
 import httpx
 import pytest
+from nacl.signing import SigningKey
 
-from support.scripted_peers import answer, chat_body, live_gateway, priced
+from tessera.protocol.signing import public_key_hex
+
+from support.audit_peers import catalog_file, join, join_validators, stop, wait_status
+from support.scripted_peers import Peer, answer, chat_body, live_gateway, priced
 
 pytestmark = pytest.mark.integration
 
@@ -348,3 +352,50 @@ async def test_economics_and_claims_are_the_ledgers_and_the_windows(gateway_dir:
         assert len(list(csv.DictReader(io.StringIO(text)))) == len(claims)
         await public.aclose()
         beat.cancel()
+
+
+async def test_a_caught_cheat_shows_its_slash_evidence_and_refund(gateway_dir: Path) -> None:
+    async def says_something_else(peer: Peer, job: dict[str, Any]) -> None:
+        await answer(peer, job, text="not what the model says")
+
+    keys = [SigningKey.generate() for _ in range(3)]
+    async with live_gateway(
+        gateway_dir,
+        catalog_file=catalog_file(gateway_dir),
+        validator_keys=[public_key_hex(k) for k in keys],
+        min_stake_units=10**9,
+        explorer_interval_s=0.1,
+    ) as gw:
+        async with gw.client() as client, httpx.AsyncClient(base_url=gw.base) as public:
+            tasks = await join_validators(gw, client, gateway_dir, keys)
+            cheat, more = await join(
+                gw, gateway_dir, "cheat", stake=True, on_job=says_something_else
+            )
+            tasks += more
+            await wait_status(client, cheat, "routable")
+            response = await client.post("/v1/chat/completions", json=chat_body())
+            assert response.status_code == 200, response.text
+            request_id = response.headers["x-request-id"]
+            slashes = await until(public, "/explorer/api/v1/slashes", lambda b: b["data"])
+            (slash,) = slashes["data"]
+            assert slash["provider_id"] == cheat.provider_id
+            assert slash["reference"] == f"audit:{request_id}"
+            assert slash["refunded_units"] == 5_000 and slash["slashed_units"] > 0
+            audits = (await until(public, "/explorer/api/v1/audits", lambda b: b["data"]))["data"]
+            assert [(a["request_id"], a["status"]) for a in audits] == [(request_id, "upheld")]
+            page = (await public.get("/explorer/slashes")).text
+            assert f'href="/v1/audit-cases/{request_id}"' in page
+            assert (await public.get(f"/v1/audit-cases/{request_id}")).status_code == 200
+            detail = (await public.get(f"/explorer/api/v1/requests/{request_id}")).json()
+            assert detail["audit"]["status"] == "upheld"
+            assert "capture" in {e["kind"] for e in detail["entries"]}
+            provider = (await public.get(f"/explorer/api/v1/providers/{cheat.provider_id}")).json()
+            record = provider["record"]
+            assert record["slashes"]["count"] == 1 and record["audits"]["failed"] == 1
+            assert provider["reputation"]["slashes"] == 1
+            html = (await public.get(f"/explorer/providers/{cheat.provider_id}")).text
+            assert "tampered_output" in html and f"audit case {request_id}" in html
+            text = (await public.get("/explorer/api/v1/slashes?format=csv")).text
+            (line,) = list(csv.DictReader(io.StringIO(text)))
+            assert line["refunded_units"] == "5000"
+            stop(tasks)

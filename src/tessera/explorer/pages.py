@@ -38,13 +38,14 @@ def overview(snapshot: dict[str, Any], window: str) -> str:
         for w, label in WINDOW_NAMES.items()
     )
     return f"""<!doctype html>
-<html lang="en"><head><meta charset="utf-8">
+<html lang="en"><head><meta charset="utf-8"><link rel="icon" href="data:,">
 <meta name="viewport" content="width=device-width,initial-scale=1">
 <title>Tessera explorer</title><style>{CSS}</style></head>
 <body data-window="{escape(window)}">
 <header><strong>Tessera explorer</strong>
 <a href="/explorer">overview</a> <a href="/explorer/providers">providers</a>
-<a href="/explorer/models">models</a> <a href="/explorer/economics">economics</a>
+<a href="/explorer/models">models</a> <a href="/explorer/audits">audits</a>
+<a href="/explorer/slashes">slashes</a> <a href="/explorer/economics">economics</a>
 <a href="/explorer/claims">claims</a> <a href="/explorer/receipts">check a receipt</a>
 <span>the network, measured by its gateway; updated live</span>
 <a href="/explorer/api/v1/network/summary?window={escape(window)}">JSON</a>
@@ -95,7 +96,7 @@ def providers_page(
         or "none"
     )
     return f"""<!doctype html>
-<html lang="en"><head><meta charset="utf-8">
+<html lang="en"><head><meta charset="utf-8"><link rel="icon" href="data:,">
 <meta name="viewport" content="width=device-width,initial-scale=1">
 <title>Providers · Tessera explorer</title><style>{CSS}</style></head>
 <body data-page="providers">
@@ -300,7 +301,7 @@ def provider_page(detail: dict[str, Any]) -> str:
     row = detail["provider"]
     pid = escape(row["provider_id"])
     return f"""<!doctype html>
-<html lang="en"><head><meta charset="utf-8">
+<html lang="en"><head><meta charset="utf-8"><link rel="icon" href="data:,">
 <meta name="viewport" content="width=device-width,initial-scale=1">
 <title>Provider {pid[:12]} · Tessera explorer</title><style>{CSS}</style></head>
 <body data-page="provider" data-provider="{pid}">
@@ -679,7 +680,7 @@ def _entries(entries: list[dict[str, Any]] | None) -> str:
 
 def _page(title: str, body_attrs: str, links: str, main: str) -> str:
     return f"""<!doctype html>
-<html lang="en"><head><meta charset="utf-8">
+<html lang="en"><head><meta charset="utf-8"><link rel="icon" href="data:,">
 <meta name="viewport" content="width=device-width,initial-scale=1">
 <title>{title} · Tessera explorer</title><style>{CSS}</style></head>
 <body {body_attrs}>
@@ -859,4 +860,65 @@ def claims_page(claims: dict[str, Any]) -> str:
         f"{claims['version']}). Each claim the network makes, its value now, and how it is "
         "computed from the public data linked beside it.</p>"
         + _table(head, rows, "no claims", "claims"),
+    )
+
+
+# ---------------------------------------------------------------- audits and slashes
+
+
+def _who(provider_id: str) -> str:
+    if not provider_id:
+        return '<span class="na">—</span>'
+    return f'<a href="/explorer/providers/{escape(provider_id)}">{escape(provider_id[:12])}</a>'
+
+
+def audits_page(snapshot: dict[str, Any], rows: list[dict[str, Any]]) -> str:
+    month = snapshot["windows"]["30d"]["kpis"]
+    body = [
+        f"<tr><td>{_time(a['at'])}</td><td>{_who(a['provider_id'])}</td>"
+        f'<td><a href="/explorer/requests/{escape(a["request_id"])}">'
+        f"{escape(a['request_id'])}</a></td><td>{escape(a['model'])}</td>"
+        f'<td class="{"bad" if a["status"] == "upheld" else "ok"}">{escape(a["status"])}</td>'
+        f'<td class="num">{format_tokens(a["slashed_units"])}</td>'
+        f'<td class="num">{format_tokens(a["refunded_units"])}</td>'
+        f'<td><a href="/v1/audit-cases/{escape(a["request_id"])}">evidence</a></td></tr>'
+        for a in rows
+    ]
+    head = ["closed", "provider", "request", "model", "outcome", "slashed", "refunded",
+            "evidence"]  # fmt: skip
+    return _page(
+        "Audits",
+        'data-page="audits"',
+        '<a href="/explorer/api/v1/audits">JSON</a> '
+        '<a href="/explorer/api/v1/audits?format=csv">CSV</a>',
+        f'<h1>Audits</h1><p>In 30 days: <span data-k="audits.passed">'
+        f'{month["audits_passed"]}</span> passed, <span data-k="audits.failed">'
+        f"{month['audits_failed']}</span> failed. The newest {len(rows)} closed cases since "
+        "this gateway started; each links to its evidence (the audit case with every "
+        "re-run and its numbers).</p>" + _table(head, body, "no audit closed yet", "audits"),
+    )
+
+
+def slashes_page(snapshot: dict[str, Any], rows: list[dict[str, Any]]) -> str:
+    month = snapshot["windows"]["30d"]["kpis"]
+    body = [
+        f"<tr><td>{_time(s['at'])}</td><td>{_who(s['provider_id'])}</td>"
+        f"<td>{escape(s['model'])}</td><td>{escape(s['reason'])}</td>"
+        f'<td class="num">{format_tokens(s["slashed_units"])}</td>'
+        f'<td class="num">{format_tokens(s["refunded_units"])}</td>'
+        f"<td>{_evidence(s['reference'])}</td></tr>"
+        for s in rows
+    ]
+    head = ["when", "provider", "model", "reason", "stake taken", "refunded to consumers",
+            "evidence"]  # fmt: skip
+    return _page(
+        "Slashes",
+        'data-page="slashes"',
+        '<a href="/explorer/api/v1/slashes">JSON</a> '
+        '<a href="/explorer/api/v1/slashes?format=csv">CSV</a>',
+        f'<h1>Slashes</h1><p>In 30 days: <span data-k="slashes.count">{month["slashes"]}'
+        f"</span> slashes took {format_tokens(month['slashed_units'])} tokens of stake and "
+        f"refunded {format_tokens(month['refunded_units'])} to consumers. The rules are on "
+        '<a href="/explorer/economics">economics</a>.</p>'
+        + _table(head, body, "nobody has been slashed", "slashes"),
     )

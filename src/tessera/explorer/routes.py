@@ -118,6 +118,33 @@ def install_explorer_routes(app: FastAPI, explorer: Explorer) -> None:
             return _csv([line for m in rows for line in flat_model(m)], "models.csv")
         return {"object": "list", "version": explorer.current()["version"], "data": rows}
 
+    @app.get("/explorer/audits", include_in_schema=False)
+    async def audits_page() -> HTMLResponse:
+        return HTMLResponse(explorer.audits_html(), headers=CACHE)
+
+    @app.get("/explorer/api/v1/audits", tags=["explorer"])
+    async def audits(format: Format = "json") -> Any:
+        """The newest closed audit cases (newest first): provider, request, model, outcome,
+        stake slashed and refunded; the evidence of each is ``/v1/audit-cases/{request}``."""
+        rows = explorer.audits()
+        if format == "csv":
+            return _csv(rows, "audits.csv")
+        return {"object": "list", "version": explorer.current()["version"], "data": rows}
+
+    @app.get("/explorer/slashes", include_in_schema=False)
+    async def slashes_page() -> HTMLResponse:
+        return HTMLResponse(explorer.slashes_html(), headers=CACHE)
+
+    @app.get("/explorer/api/v1/slashes", tags=["explorer"])
+    async def slashes(format: Format = "json") -> Any:
+        """Every recent slash (newest first): provider, model, reason (a row of the
+        slashing table), stake taken, refunded to consumers, and the evidence reference
+        (``audit:<request id>``: that request's audit case)."""
+        rows = explorer.slashes()
+        if format == "csv":
+            return _csv(rows, "slashes.csv")
+        return {"object": "list", "version": explorer.current()["version"], "data": rows}
+
     @app.get("/explorer/economics", include_in_schema=False)
     async def economics_page() -> HTMLResponse:
         return HTMLResponse(explorer.economics_html(), headers=CACHE)

@@ -24,6 +24,7 @@ from typing import Any
 
 from tessera.explorer.claims import claims as network_claims
 from tessera.explorer.pages import (
+    audits_page,
     claims_page,
     economics_page,
     live_fragments,
@@ -34,6 +35,7 @@ from tessera.explorer.pages import (
     providers_page,
     receipts_page,
     request_page,
+    slashes_page,
 )
 from tessera.explorer.price_index import load_references, price_index
 from tessera.explorer.rollups import (
@@ -399,6 +401,19 @@ class Explorer:
             "as_of": snapshot["as_of"],
             "data": network_claims(snapshot, uptime, index),
         }
+
+    def audits(self) -> list[dict[str, Any]]:
+        """The newest closed audit cases, network-wide (bounded: LOG_SIZE)."""
+        return [asdict(row) for row in self.rollups.audit_log]
+
+    def slashes(self) -> list[dict[str, Any]]:
+        return [asdict(row) for row in self.rollups.slash_log]
+
+    def audits_html(self) -> str:
+        return audits_page(self.current(), self.audits())
+
+    def slashes_html(self) -> str:
+        return slashes_page(self.current(), self.slashes())
 
     def economics_html(self) -> str:
         return economics_page(self.economics())
