@@ -55,11 +55,31 @@ DatabaseUrl = Annotated[
 ]
 
 
-def _logging(verbose: bool) -> None:
+LogFormatOption = Annotated[
+    str,
+    typer.Option(
+        "--log-format",
+        envvar="TESSERA_LOG_FORMAT",
+        help="text (for people) or json (one object per line, with its request id).",
+    ),
+]
+
+
+def _logging(verbose: bool, log_format: str = "text") -> None:
+    from tessera.log_format import json_handler
+
+    if log_format not in ("text", "json"):
+        console.print(f"[bold red]error:[/] --log-format must be text or json, not {log_format!r}")
+        raise typer.Exit(2)
+    handler: logging.Handler = (
+        json_handler()
+        if log_format == "json"
+        else RichHandler(console=console, show_path=False, rich_tracebacks=True)
+    )
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.INFO,
         format="%(message)s",
-        handlers=[RichHandler(console=console, show_path=False, rich_tracebacks=True)],
+        handlers=[handler],
     )
     for noisy in ("httpx", "uvicorn.access", "websockets"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
@@ -141,6 +161,7 @@ def gateway(
         ),
     ] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+    log_format: LogFormatOption = "text",
 ) -> None:
     """Run a gateway: the OpenAI-compatible API and the provider hub."""
     from tessera.gateway.app import create_app
@@ -149,7 +170,7 @@ def gateway(
     from tessera.units import parse_tokens
 
     restrict_new_files()
-    _logging(verbose)
+    _logging(verbose, log_format)
     extra: dict[str, object] = {}
     if dev:
         extra["dev_mode"] = True
@@ -258,6 +279,7 @@ def provider(
         typer.Option(help="On SIGTERM or Ctrl-C, seconds running jobs may finish (default 30)."),
     ] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+    log_format: LogFormatOption = "text",
 ) -> None:
     """Run a provider agent: load models, dial out to the gateway, serve jobs.
 
@@ -274,7 +296,7 @@ def provider(
     from tessera.provider.turn_gate import TurnGate
 
     restrict_new_files()
-    _logging(verbose)
+    _logging(verbose, log_format)
     extra: dict[str, object] = {}
     if sla_uptime is not None:
         if not 0 <= sla_uptime <= 100:

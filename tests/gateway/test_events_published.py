@@ -47,3 +47,13 @@ async def test_requests_and_providers_are_published_as_events(gateway: LiveGatew
     assert [e.provider_id for e in seen if isinstance(e, ProviderLeft)] == [peer.provider_id]
     assert "tessera_provider_joins_total 1.0" in metrics
     assert 'tessera_tokens_total{direction="completion"} 1.0' in metrics
+    # By model and provider; a model nobody served is not a label (consumers choose names).
+    by = f'model="{MODEL}",provider="{peer.provider_id}"'
+    assert f'tessera_model_requests_total{{{by},status="ok"}} 1.0' in metrics
+    assert f"tessera_provider_time_to_first_token_seconds_count{{{by}}} 1.0" in metrics
+    assert f'tessera_model_request_duration_seconds_count{{model="{MODEL}"}} 1.0' in metrics
+    assert f'tessera_paid_units_total{{model="{MODEL}"}} {float(REAL)}' in metrics
+    assert 'tessera_model_requests_total{model="none",provider="none",status="error"} 1.0' in (
+        metrics
+    )
+    assert "nope" not in metrics

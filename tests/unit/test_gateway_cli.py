@@ -25,3 +25,10 @@ def test_a_chain_needs_both_its_url_and_its_deployment(
     assert result.exit_code == 2
     assert "--chain-url and --deployment go together" in " ".join(result.output.split())
     assert list(tmp_path.iterdir()) == []  # refused before the gateway made anything
+
+
+def test_an_unknown_log_format_is_refused_before_anything_starts(tmp_path: Path) -> None:
+    result = runner.invoke(app, ["gateway", "--data-dir", str(tmp_path), "--log-format", "xml"])
+    assert result.exit_code == 2
+    assert "--log-format must be text or json" in " ".join(result.output.split())
+    assert list(tmp_path.iterdir()) == []

@@ -23,6 +23,7 @@ from typing import Any
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from tessera.errors import PayloadTooLarge, TesseraError, openai_error_body
+from tessera.log_format import REQUEST_ID
 
 log = logging.getLogger("tessera.gateway")
 STACK_EVERY_S = 60.0
@@ -51,6 +52,7 @@ class RequestIdAndBodyLimit:
             await self.app(scope, receive, send)
             return
         request_id = new_request_id()
+        REQUEST_ID.set(request_id)  # this request's task and what it starts: its log lines
         scope.setdefault("state", {})["request_id"] = request_id
         header_id = (b"x-request-id", request_id.encode())
         started = False

@@ -2,7 +2,16 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from typing import Any
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    Summary,
+    generate_latest,
+)
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from tessera.gateway.events import (
@@ -125,6 +134,48 @@ class GatewayMetrics:
             "Base units of stake slashed.",
             registry=self.registry,
         )
+        # Per model and provider: counters, and latency as sum and count (a mean per
+        # provider) rather than histograms, which would multiply series by buckets across
+        # thousands of providers; the by-model histograms carry the distribution.
+        self.model_requests = Counter(
+            "tessera_model_requests_total",
+            "Finished requests by model, provider and outcome (ok, error, cancelled).",
+            ["model", "provider", "status"],
+            registry=self.registry,
+        )
+        self.model_latency = Histogram(
+            "tessera_model_request_duration_seconds",
+            "Time from request to last byte, by model.",
+            ["model"],
+            registry=self.registry,
+            buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 120),
+        )
+        self.model_ttft = Histogram(
+            "tessera_model_time_to_first_token_seconds",
+            "Time to first token, by model.",
+            ["model"],
+            registry=self.registry,
+            buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 30),
+        )
+        self.provider_latency = Summary(
+            "tessera_provider_request_duration_seconds",
+            "Time from request to last byte, by model and provider (sum and count).",
+            ["model", "provider"],
+            registry=self.registry,
+        )
+        self.provider_ttft = Summary(
+            "tessera_provider_time_to_first_token_seconds",
+            "Time to first token, by model and provider (sum and count).",
+            ["model", "provider"],
+            registry=self.registry,
+        )
+        self.paid_units = Counter(
+            "tessera_paid_units_total",
+            "Base units consumers were charged (captured from escrow), by model.",
+            ["model"],
+            registry=self.registry,
+        )
+        self._children: dict[tuple[str, str, str], tuple[Any, ...]] = {}
 
     def subscribe_to(self, events: EventBus) -> None:
         """Count what the gateway publishes (see events.py)."""
@@ -138,6 +189,30 @@ class GatewayMetrics:
         self.latency.labels(endpoint=event.endpoint).observe(event.latency_s)
         self.tokens.labels(direction="prompt").inc(event.prompt_tokens)
         self.tokens.labels(direction="completion").inc(event.completion_tokens)
+        # A model name is a label only once a provider served it: names consumers make up
+        # (unknown models) would otherwise grow the registry without bound.
+        served = event.provider_id is not None
+        key = (event.model if served else "none", event.provider_id or "none", event.status)
+        children = self._children.get(key)
+        if children is None:  # label lookups once per (model, provider, status), not per request
+            model, provider, status = key
+            children = self._children[key] = (
+                self.model_requests.labels(model=model, provider=provider, status=status),
+                self.model_latency.labels(model=model),
+                self.provider_latency.labels(model=model, provider=provider),
+                self.model_ttft.labels(model=model),
+                self.provider_ttft.labels(model=model, provider=provider),
+                self.paid_units.labels(model=model),
+            )
+        requests, latency, provider_latency, ttft, provider_ttft, paid = children
+        requests.inc()
+        latency.observe(event.latency_s)
+        provider_latency.observe(event.latency_s)
+        if event.ttft_ms is not None:
+            ttft.observe(event.ttft_ms / 1000)
+            provider_ttft.observe(event.ttft_ms / 1000)
+        if event.cost:
+            paid.inc(event.cost)
 
     def _slashed(self, event: Slashed) -> None:
         self.slashes.labels(reason=event.reason).inc()
