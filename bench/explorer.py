@@ -22,6 +22,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 from openai import OpenAI
@@ -33,8 +34,9 @@ sys.path[:0] = [str(REPO / "src"), str(REPO / "tests")]
 
 from tessera.demo import Network, create_api_key, free_port, wait_for_network  # noqa: E402
 from tessera.explorer.pages import live_fragments, overview  # noqa: E402
-from tessera.explorer.rollups import Rollups, TapeRow  # noqa: E402
-from tessera.explorer.snapshot import LedgerView, ProviderView, build_snapshot  # noqa: E402
+from tessera.explorer.rollups import TapeRow  # noqa: E402
+from tessera.explorer.service import Explorer  # noqa: E402
+from tessera.explorer.snapshot import ProviderView  # noqa: E402
 from tessera.provider.model_hash import weights_sha256  # noqa: E402
 from tessera.store.api_keys import ApiKeyStore, KeyLimits  # noqa: E402
 from tessera.store.engine import create_engine, database_url_for  # noqa: E402
@@ -167,11 +169,14 @@ def request_path(console: Console, requests: int) -> dict[str, list[float]]:
     return samples
 
 
-def snapshot_cost(providers: int, requests: int) -> tuple[float, float, float]:
-    """(rollups fill s per 100k requests, snapshot build ms, page render ms)."""
+def snapshot_cost(providers: int, requests: int) -> dict[str, float]:
+    """What one snapshot costs at this many providers: the rollups' fill (s per 100k
+    events), the rebuild (presence checks and the snapshot, ms), the overview's render, the
+    models list, the claims, and one provider page (ms)."""
     rng = random.Random(7)
     now = time.time()
-    rollups = Rollups()
+    explorer = Explorer(lambda: None, clock=lambda: now)  # a clock the loop below moves
+    rollups = explorer.rollups
     ids = [f"{i:064x}" for i in range(providers)]
     started = time.perf_counter()
     for i in range(requests):
@@ -183,8 +188,8 @@ def snapshot_cost(providers: int, requests: int) -> tuple[float, float, float]:
         )  # fmt: skip
     fill = (time.perf_counter() - started) / requests * 100_000
     regions = ["US-east", "DE-eu", "JP-apac", "BR-sa"]
-    views = [
-        ProviderView(
+    explorer.seen = {
+        pid: ProviderView(
             provider_id=pid,
             label=f"p{i}",
             region=rng.choice(regions),
@@ -193,18 +198,36 @@ def snapshot_cost(providers: int, requests: int) -> tuple[float, float, float]:
             routable=True,
             active_jobs=rng.randrange(4),
             max_concurrent_jobs=4,
+            prices=(("tiny", 10**8, 3 * 10**8),),
+            weights=(("tiny", "text", "ab" * 32),),
         )
         for i, pid in enumerate(ids)
-    ]
-    ledger = LedgerView(10**18, 10**12, 10**10, 10**10, 10**9, ())
-    started = time.perf_counter()
-    snapshot = build_snapshot(rollups, views, ledger, now, 1)
-    build = (time.perf_counter() - started) * 1000
-    started = time.perf_counter()
-    live_fragments(snapshot, "24h")
-    overview(snapshot, "24h")
-    render = (time.perf_counter() - started) * 1000
-    return fill, build, render
+    }
+    out = {"fill": fill}
+
+    def timed_ms(name: str, work: Any) -> Any:
+        started = time.perf_counter()
+        result = work()
+        out[name] = (time.perf_counter() - started) * 1000
+        return result
+
+    snapshot = timed_ms("first rebuild", explorer.rebuild)
+    timed_ms("first models", explorer.models)
+    # Steady state: 2 s later, 1,000 more requests spread over the providers.
+    now += 2
+    for i in range(1_000):
+        rollups.request(
+            TapeRow(f"req_more_{i}", now, "tiny", rng.choice(ids), "ok", 20, 40, 12_000,
+                    300.0, rng.lognormvariate(4, 0.6)),
+            rng.lognormvariate(4, 0.5),
+        )  # fmt: skip
+    snapshot = timed_ms("rebuild", explorer.rebuild)
+    timed_ms("render", lambda: (live_fragments(snapshot, "24h"), overview(snapshot, "24h")))
+    timed_ms("models", explorer.models)
+    timed_ms("claims", explorer.claims)
+    detail = timed_ms("provider", lambda: asyncio.run(explorer.provider(ids[0])))
+    assert detail is not None
+    return out
 
 
 def main() -> None:
@@ -216,11 +239,29 @@ def main() -> None:
     console = Console()
 
     table = Table(title=f"Snapshot at scale ({args.rollup_requests:,} requests over 24 h)")
-    for column in ("providers", "fill per 100k events (s)", "build (ms)", "render page (ms)"):
+    columns = ("providers", "fill per 100k events (s)", "first rebuild (ms)",
+               "rebuild (ms)", "overview (ms)", "first models (ms)", "models (ms)",
+               "claims (ms)", "provider page (ms)")  # fmt: skip
+    for column in columns:
         table.add_column(column, justify="right")
     for count in (int(c) for c in args.providers.split(",")):
-        fill, build, render = snapshot_cost(count, args.rollup_requests)
-        table.add_row(f"{count:,}", f"{fill:.2f}", f"{build:.1f}", f"{render:.1f}")
+        cost = snapshot_cost(count, args.rollup_requests)
+        table.add_row(
+            f"{count:,}",
+            f"{cost['fill']:.2f}",
+            *(
+                f"{cost[k]:.1f}"
+                for k in (
+                    "first rebuild",
+                    "rebuild",
+                    "render",
+                    "first models",
+                    "models",
+                    "claims",
+                    "provider",
+                )
+            ),
+        )
     console.print(table)
 
     samples = request_path(console, args.requests)

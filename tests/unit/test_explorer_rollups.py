@@ -3,6 +3,8 @@ before, say "insufficient data" rather than 0, and stay bounded in memory."""
 
 from __future__ import annotations
 
+import random
+
 import pytest
 
 from tessera.explorer.rollups import (
@@ -17,6 +19,7 @@ from tessera.explorer.rollups import (
     SlashRow,
     TapeRow,
     percentile,
+    percentiles,
 )
 
 T0 = 1_780_000_000.0  # a fixed time: the rollups take time as an argument
@@ -157,3 +160,33 @@ def test_presence_counts_checks_per_minute_and_forgets_after_a_day() -> None:
     later = now + DAY + 3600
     presence.observe(pid, True, later)
     assert presence.uptime(pid, later, 24 * 60) == (1.0, 1)
+
+
+def test_presence_sums_equal_a_plain_count_of_every_check() -> None:
+    rng = random.Random(3)
+    presence = Presence()
+    pid = "ef" * 32
+    seen: list[tuple[int, bool]] = []
+    t = T0
+    for _ in range(3000):
+        t += rng.choice([2, 2, 2, 60, 600, 5000])  # steady checks, gaps, long gaps
+        online = rng.random() < 0.8
+        presence.observe(pid, online, t)
+        seen.append((int(t) // 60, online))
+        last = int(t) // 60
+        for minutes in (5, 30, 1440):
+            now = t + rng.choice([0, 30, 120])
+            low = max(int(now) // 60 - minutes, last - 1440)
+            high = min(int(now) // 60, last)
+            kept = [up for minute, up in seen if low < minute <= high]
+            assert presence.counts(pid, now, minutes) == (sum(kept), len(kept))
+
+
+def test_percentiles_read_the_same_bins_as_percentile() -> None:
+    rng = random.Random(5)
+    for _ in range(200):
+        histogram = [rng.choice([0, 0, 1, 3, 20]) for _ in range(64)]
+        quick = percentiles(histogram, 1.0)
+        for name, q in (("p50", 0.5), ("p75", 0.75), ("p90", 0.9), ("p99", 0.99)):
+            assert quick[name] == percentile(histogram, q, 1.0)[0]
+        assert quick["samples"] == sum(histogram)

@@ -12,9 +12,11 @@ Pure: no clock and no I/O. Callers pass the time of each event and of each quest
 from __future__ import annotations
 
 import math
+from bisect import bisect_left
 from collections import OrderedDict, deque
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
+from itertools import accumulate
 from typing import Any
 
 MINUTE, HOUR, DAY = 60, 3600, 86_400
@@ -130,11 +132,17 @@ def percentile(histogram: list[int], q: float, floor: float) -> tuple[float | No
 
 
 def percentiles(histogram: list[int], floor: float) -> dict[str, Any]:
-    """p50, p75, p90 and p99 of a histogram with its sample count (None each when short)."""
+    """p50, p75, p90 and p99 of a histogram with its sample count (None each when short):
+    one cumulative pass, then a binary search per quantile."""
+    cumulative = list(accumulate(histogram))
+    n = cumulative[-1] if cumulative else 0
     out: dict[str, Any] = {}
-    n = 0
     for name, q in (("p50", 0.50), ("p75", 0.75), ("p90", 0.90), ("p99", 0.99)):
-        out[name], n = percentile(histogram, q, floor)
+        if n < MIN_SAMPLES:
+            out[name] = None
+            continue
+        index = min(bisect_left(cumulative, max(1, math.ceil(q * n))), _BINS - 1)
+        out[name] = round(_edge(index, floor), 3)
     out["samples"] = n
     return out
 
@@ -150,9 +158,14 @@ class ModelStats:
     ttft: list[int] = field(default_factory=lambda: [0] * _BINS)
     tps: list[int] = field(default_factory=lambda: [0] * _BINS)
 
+    _cached: tuple[int, dict[str, Any]] | None = field(default=None, repr=False, compare=False)
+
     def as_dict(self) -> dict[str, Any]:
+        """Recomputed only after a new request (snapshots ask for every provider's)."""
+        if self._cached is not None and self._cached[0] == self.requests:
+            return self._cached[1]
         settled = self.ok + self.errors
-        return {
+        out = {
             "requests": self.requests,
             "ok": self.ok,
             "errors": self.errors,
@@ -160,6 +173,8 @@ class ModelStats:
             "ttft_ms": percentiles(self.ttft, _MS_FLOOR),
             "tokens_per_s": percentiles(self.tps, _TPS_FLOOR),
         }
+        self._cached = (self.requests, out)
+        return out
 
 
 @dataclass(frozen=True, slots=True)
@@ -216,10 +231,15 @@ class ProviderTotals:
     slashes: deque[SlashRow] = field(default_factory=lambda: deque(maxlen=RECENT))
     slash_count: int = 0
 
+    _cached: tuple[int, dict[str, Any]] | None = field(default=None, repr=False, compare=False)
+
     def as_dict(self) -> dict[str, Any]:
+        """Recomputed only after a new request (every snapshot asks for every provider's)."""
+        if self._cached is not None and self._cached[0] == self.requests:
+            return self._cached[1]
         settled = self.ok + self.errors
         p50, n = percentile(self.ttft, 0.50, _MS_FLOOR)
-        return {
+        out = {
             "requests": self.requests,
             "ok": self.ok,
             "errors": self.errors,
@@ -230,6 +250,8 @@ class ProviderTotals:
             "ttft_samples": n,
             "last_request_at": self.last_at,
         }
+        self._cached = (self.requests, out)
+        return out
 
     def detail(self) -> dict[str, Any]:
         """Everything the provider page shows of its record, newest first."""
@@ -271,24 +293,26 @@ class Rollups:
     # ------------------------------------------------------------ events
 
     def request(self, row: TapeRow, tokens_per_s: float | None = None) -> None:
+        ok = row.status == "ok"
+        error = row.status == "error"
+        ttft_bin = _bin(row.ttft_ms, _MS_FLOOR) if ok and row.ttft_ms is not None else -1
+        tps_bin = _bin(tokens_per_s, _TPS_FLOOR) if ok and tokens_per_s is not None else -1
         for bucket in self._buckets(row.at):
             bucket.requests += 1
-            if row.status == "ok":
-                bucket.ok += 1
-            elif row.status == "error":
-                bucket.errors += 1
+            bucket.ok += ok
+            bucket.errors += error
             bucket.prompt_tokens += row.prompt_tokens
             bucket.completion_tokens += row.completion_tokens
             bucket.cost += row.cost
-            if row.ttft_ms is not None and row.status == "ok":
-                bucket.ttft[_bin(row.ttft_ms, _MS_FLOOR)] += 1
-            if tokens_per_s is not None and row.status == "ok":
-                bucket.tps[_bin(tokens_per_s, _TPS_FLOOR)] += 1
+            if ttft_bin >= 0:
+                bucket.ttft[ttft_bin] += 1
+            if tps_bin >= 0:
+                bucket.tps[tps_bin] += 1
         if row.provider_id is not None:
             totals = self._provider(row.provider_id)
             totals.requests += 1
-            totals.ok += row.status == "ok"
-            totals.errors += row.status == "error"
+            totals.ok += ok
+            totals.errors += error
             totals.tokens += row.prompt_tokens + row.completion_tokens
             totals.earned_cost += row.cost
             totals.last_at = max(totals.last_at or row.at, row.at)
@@ -296,14 +320,13 @@ class Rollups:
             if stats is None:
                 stats = totals.models[row.model] = ModelStats()
             stats.requests += 1
-            stats.ok += row.status == "ok"
-            stats.errors += row.status == "error"
-            if row.ttft_ms is not None and row.status == "ok":
-                ttft_bin = _bin(row.ttft_ms, _MS_FLOOR)
+            stats.ok += ok
+            stats.errors += error
+            if ttft_bin >= 0:
                 totals.ttft[ttft_bin] += 1
                 stats.ttft[ttft_bin] += 1
-            if tokens_per_s is not None and row.status == "ok":
-                stats.tps[_bin(tokens_per_s, _TPS_FLOOR)] += 1
+            if tps_bin >= 0:
+                stats.tps[tps_bin] += 1
             if row.cost:
                 day = int(row.at) - int(row.at) % DAY
                 totals.cost_by_day[day] = totals.cost_by_day.get(day, 0) + row.cost
@@ -521,6 +544,7 @@ class Presence:
         self._checks: dict[str, bytearray] = {}
         self._online: dict[str, bytearray] = {}
         self._minute: dict[str, int] = {}  # the last minute written, per provider
+        self._day: dict[str, list[int]] = {}  # [online, checks] over the whole ring
 
     def observe(self, provider_id: str, online: bool, now: float) -> None:
         minute = int(now) // MINUTE
@@ -529,12 +553,22 @@ class Presence:
             checks = self._checks[provider_id] = bytearray(PRESENCE_MINUTES)
             self._online[provider_id] = bytearray(PRESENCE_MINUTES)
             self._minute[provider_id] = minute
+            self._day[provider_id] = [0, 0]
         ups = self._online[provider_id]
+        day = self._day[provider_id]
         last = self._minute[provider_id]
         if minute > last:  # clear the minutes skipped since (nobody looked: unknown)
-            for m in range(last + 1, min(minute, last + PRESENCE_MINUTES) + 1):
-                checks[m % PRESENCE_MINUTES] = 0
-                ups[m % PRESENCE_MINUTES] = 0
+            if minute - last >= PRESENCE_MINUTES:
+                checks[:] = bytes(PRESENCE_MINUTES)
+                ups[:] = bytes(PRESENCE_MINUTES)
+                day[0] = day[1] = 0
+            else:
+                for m in range(last + 1, minute + 1):
+                    slot = m % PRESENCE_MINUTES
+                    day[0] -= ups[slot]
+                    day[1] -= checks[slot]
+                    checks[slot] = 0
+                    ups[slot] = 0
             self._minute[provider_id] = minute
         elif minute < last:
             return  # a clock step back: the ring keeps what it has
@@ -542,22 +576,32 @@ class Presence:
         if checks[slot] < 255:
             checks[slot] += 1
             ups[slot] += online
+            day[0] += online
+            day[1] += 1
 
     def counts(self, provider_id: str, now: float, minutes: int) -> tuple[int, int]:
-        """(checks that found it online, checks) in the last ``minutes``."""
+        """(checks that found it online, checks) in the last ``minutes``: sums over at most
+        two slices of the rings (C loops, microseconds even for a day)."""
         checks = self._checks.get(provider_id)
         if checks is None:
             return 0, 0
-        ups = self._online[provider_id]
-        minute = int(now) // MINUTE
         last = self._minute[provider_id]
-        seen = online = 0
-        for m in range(minute - minutes + 1, minute + 1):
-            if m > last or m <= last - PRESENCE_MINUTES:
-                continue  # not written yet, or overwritten: unknown
-            seen += checks[m % PRESENCE_MINUTES]
-            online += ups[m % PRESENCE_MINUTES]
-        return online, seen
+        if minutes >= PRESENCE_MINUTES and int(now) // MINUTE == last:
+            online, seen = self._day[provider_id]  # the whole ring: kept as it is written
+            return online, seen
+        # Minutes in the window that the ring still holds: (low, high], high <= last.
+        high = min(int(now) // MINUTE, last)
+        low = max(int(now) // MINUTE - minutes, last - PRESENCE_MINUTES)
+        if high <= low:
+            return 0, 0
+        ups = self._online[provider_id]
+        start, end = (low + 1) % PRESENCE_MINUTES, high % PRESENCE_MINUTES + 1
+        if start < end:
+            return sum(ups[start:end]), sum(checks[start:end])
+        return (
+            sum(ups[start:]) + sum(ups[:end]),
+            sum(checks[start:]) + sum(checks[:end]),
+        )
 
     def uptime(self, provider_id: str, now: float, minutes: int) -> tuple[float | None, int]:
         """(the share of checks that found it online in the last ``minutes``, checks);

@@ -88,6 +88,7 @@ class Explorer:
         self._changed = asyncio.Event()
         self._fragments: dict[tuple[int, str], dict[str, str]] = {}
         self._rows: dict[str, dict[str, Any]] = {}  # provider id -> its row in the snapshot
+        self._row_cache: dict[str, tuple[ProviderView, int, dict[str, Any]]] = {}
         self._details: dict[tuple[int, str], dict[str, Any]] = {}
         self._request_details: dict[tuple[int, str], dict[str, Any]] = {}
         self._entry_reads = asyncio.Semaphore(ENTRY_READS)
@@ -188,7 +189,9 @@ class Explorer:
             self.presence.observe(view.provider_id, view.online, now)
         ledger = None if gateway is None else _ledger_view(gateway)
         self.version += 1
-        self.snapshot = build_snapshot(self.rollups, providers, ledger, now, self.version)
+        self.snapshot = build_snapshot(
+            self.rollups, providers, ledger, now, self.version, self._row_cache
+        )
         self._rows = {row["provider_id"]: row for row in self.snapshot["providers"]}
         self._fragments.clear()
         self._details.clear()

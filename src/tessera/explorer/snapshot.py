@@ -54,7 +54,10 @@ def build_snapshot(
     ledger: LedgerView | None,
     now: float,
     version: int,
+    rows: dict[str, tuple[ProviderView, int, dict[str, Any]]] | None = None,
 ) -> dict[str, Any]:
+    """``rows``: the caller's cache of provider rows, reused while a provider's view and
+    request count are unchanged (most of them, at 10,000 providers, every 2 s)."""
     everyone = list(providers)
     live = [p for p in everyone if p.online]
     gpus: Counter[str] = Counter()
@@ -79,11 +82,28 @@ def build_snapshot(
         "windows": {name: rollups.summary(now, name) for name in WINDOWS},
         "requests_per_minute": rollups.series(now, "1h", "requests")["points"],
         "tape": [asdict(row) for row in rollups.tape],
-        "providers": [_provider_row(p, rollups) for p in everyone],
+        "providers": [_cached_row(p, rollups, rows) for p in everyone],
         "ledger": None
         if ledger is None
         else {**asdict(ledger), "problems": list(ledger.problems), "holds": not ledger.problems},
     }
+
+
+def _cached_row(
+    view: ProviderView,
+    rollups: Rollups,
+    rows: dict[str, tuple[ProviderView, int, dict[str, Any]]] | None,
+) -> dict[str, Any]:
+    if rows is None:
+        return _provider_row(view, rollups)
+    totals = rollups.providers.get(view.provider_id)
+    requests = -1 if totals is None else totals.requests
+    cached = rows.get(view.provider_id)
+    if cached is not None and cached[1] == requests and cached[0] == view:
+        return cached[2]
+    row = _provider_row(view, rollups)
+    rows[view.provider_id] = (view, requests, row)
+    return row
 
 
 def _provider_row(view: ProviderView, rollups: Rollups) -> dict[str, Any]:
