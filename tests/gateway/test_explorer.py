@@ -383,6 +383,13 @@ async def test_a_caught_cheat_shows_its_slash_evidence_and_refund(gateway_dir: P
             assert slash["refunded_units"] == 5_000 and slash["slashed_units"] > 0
             audits = (await until(public, "/explorer/api/v1/audits", lambda b: b["data"]))["data"]
             assert [(a["request_id"], a["status"]) for a in audits] == [(request_id, "upheld")]
+            tape = await until(
+                public,
+                "/explorer/api/v1/requests/recent",
+                lambda b: any(r["audit"] == "upheld" for r in b["data"]),
+            )
+            row = next(r for r in tape["data"] if r["request_id"] == request_id)
+            assert row["audit"] == "upheld" and row["region"] is not None
             page = (await public.get("/explorer/slashes")).text
             assert f'href="/v1/audit-cases/{request_id}"' in page
             assert (await public.get(f"/v1/audit-cases/{request_id}")).status_code == 200

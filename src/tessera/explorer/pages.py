@@ -58,8 +58,8 @@ def overview(snapshot: dict[str, Any], window: str) -> str:
 <div id="spark">{fragments["spark"]}</div>
 <h2>Latest requests</h2>
 <div class="scroll"><table><thead><tr><th>request</th><th>model</th><th>provider</th>
-<th>status</th><th>tokens in/out</th><th>cost (tokens)</th><th>latency ms</th>
-<th>TTFT ms</th></tr></thead><tbody id="tape">{fragments["tape"]}</tbody></table></div>
+<th>region</th><th>status</th><th>tokens in/out</th><th>cost (tokens)</th>
+<th>latency ms</th><th>TTFT ms</th><th>audit</th></tr></thead><tbody id="tape">{fragments["tape"]}</tbody></table></div>
 </main>
 <script src="/explorer/static/explorer.js"></script>
 </body></html>"""
@@ -198,7 +198,7 @@ def kpi_cards(snapshot: dict[str, Any], window: str) -> str:
 
 def tape_rows(tape: list[dict[str, Any]]) -> str:
     if not tape:
-        return '<tr><td colspan="8" class="na">no requests yet</td></tr>'
+        return '<tr><td colspan="10" class="na">no requests yet</td></tr>'
     rows = []
     for row in tape:
         provider = row["provider_id"]
@@ -214,12 +214,20 @@ def tape_rows(tape: list[dict[str, Any]]) -> str:
             f'<a href="/explorer/requests/{escape(row["request_id"])}">'
             f"{escape(row['request_id'])}</a></td>"
             f"<td>{escape(row['model'])}</td><td>{who}</td>"
+            f"<td>{escape(row.get('region') or '—')}</td>"
             f'<td class="{status_cls}">{escape(row["status"])}</td>'
             f'<td class="num">{row["prompt_tokens"]}/{row["completion_tokens"]}</td>'
             f'<td class="num">{format_tokens(row["cost"])}</td>'
-            f'<td class="num">{row["latency_ms"]:.0f}</td><td class="num">{ttft}</td></tr>'
+            f'<td class="num">{row["latency_ms"]:.0f}</td><td class="num">{ttft}</td>'
+            f"<td>{_audit_cell(row.get('audit'))}</td></tr>"
         )
     return "".join(rows)
+
+
+def _audit_cell(status: str | None) -> str:
+    if status is None:
+        return '<span class="na">—</span>'
+    return f'<span class="{"bad" if status == "upheld" else "ok"}">{escape(status)}</span>'
 
 
 def sparkline(points: list[dict[str, Any]], width: int = 600, height: int = 80) -> str:

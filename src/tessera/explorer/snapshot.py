@@ -13,7 +13,7 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from tessera.explorer.rollups import WINDOWS, Rollups
+from tessera.explorer.rollups import WINDOWS, Rollups, TapeRow
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,6 +59,7 @@ def build_snapshot(
     """``rows``: the caller's cache of provider rows, reused while a provider's view and
     request count are unchanged (most of them, at 10,000 providers, every 2 s)."""
     everyone = list(providers)
+    regions = {p.provider_id: p.region for p in everyone}
     live = [p for p in everyone if p.online]
     gpus: Counter[str] = Counter()
     for p in live:
@@ -81,11 +82,22 @@ def build_snapshot(
         },
         "windows": {name: rollups.summary(now, name) for name in WINDOWS},
         "requests_per_minute": rollups.series(now, "1h", "requests")["points"],
-        "tape": [asdict(row) for row in rollups.tape],
+        "tape": [_tape_row(row, rollups, regions) for row in rollups.tape],
         "providers": [_cached_row(p, rollups, rows) for p in everyone],
         "ledger": None
         if ledger is None
         else {**asdict(ledger), "problems": list(ledger.problems), "holds": not ledger.problems},
+    }
+
+
+def _tape_row(row: TapeRow, rollups: Rollups, regions: dict[str, str]) -> dict[str, Any]:
+    """A tape line: the request as the tape keeps it, its provider's declared region, and
+    its audit's outcome once one closed (None: not audited, or not yet)."""
+    audit = rollups.request_audits.get(row.request_id)
+    return {
+        **asdict(row),
+        "region": None if row.provider_id is None else regions.get(row.provider_id),
+        "audit": None if audit is None else audit.status,
     }
 
 
