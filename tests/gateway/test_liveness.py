@@ -220,6 +220,22 @@ async def test_downtime_beyond_the_sla_is_slashed_into_the_insurance_pool(
             assert await bonded(client, provider) == DEFAULT_STAKE
         assert await journal_problems(gw) == []
 
+        # The explorer heard the same epochs and downtime slashes as they happened.
+        epochs = await poll(
+            client,
+            "/explorer/api/v1/epochs",
+            lambda b: sum(e["slashed_units"] for e in b["data"]) == taken,
+        )
+        assert sum(e["breached"] for e in epochs["data"]) == sum(
+            e["breach"] for e in crashed["epochs"]
+        )
+        assert all(e["providers"] == e["met"] + e["breached"] for e in epochs["data"])
+        slashes = (await client.get("/explorer/api/v1/slashes")).json()["data"]
+        downtime = [s for s in slashes if s["reason"] == "downtime"]
+        assert {s["provider_id"] for s in downtime} == {crash.id}
+        assert sum(s["slashed_units"] for s in downtime) == taken
+        assert all(s["reference"].startswith(f"downtime:{crash.id}:") for s in downtime)
+        assert "breached" in (await client.get("/explorer/epochs")).text
         bad = await client.get("/v1/providers/not-a-key/uptime")
         assert bad.status_code == 400 and bad.json()["error"]["param"] == "provider_id"
         unknown = await uptime(client, "ab" * 32)

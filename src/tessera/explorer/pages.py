@@ -45,8 +45,8 @@ def overview(snapshot: dict[str, Any], window: str) -> str:
 <header><strong>Tessera explorer</strong>
 <a href="/explorer">overview</a> <a href="/explorer/providers">providers</a>
 <a href="/explorer/models">models</a> <a href="/explorer/audits">audits</a>
-<a href="/explorer/slashes">slashes</a> <a href="/explorer/economics">economics</a>
-<a href="/explorer/claims">claims</a> <a href="/explorer/receipts">check a receipt</a>
+<a href="/explorer/slashes">slashes</a> <a href="/explorer/epochs">epochs</a>
+<a href="/explorer/economics">economics</a> <a href="/explorer/claims">claims</a> <a href="/explorer/receipts">check a receipt</a>
 <span>the network, measured by its gateway; updated live</span>
 <a href="/explorer/api/v1/network/summary?window={escape(window)}">JSON</a>
 <a href="/explorer/api/v1/requests/recent?format=csv">tape CSV</a></header>
@@ -929,4 +929,31 @@ def slashes_page(snapshot: dict[str, Any], rows: list[dict[str, Any]]) -> str:
         f"refunded {format_tokens(month['refunded_units'])} to consumers. The rules are on "
         '<a href="/explorer/economics">economics</a>.</p>'
         + _table(head, body, "nobody has been slashed", "slashes"),
+    )
+
+
+def _ratio(share: float | None) -> str:
+    return "—" if share is None else f"{share * 100:.1f} %"
+
+
+def epochs_page(snapshot: dict[str, Any], rows: list[dict[str, Any]]) -> str:
+    body = [
+        f'<tr data-epoch="{e["epoch_start"]}"><td>{_time(e["epoch_start"])}</td>'
+        f'<td class="num">{e["epoch_s"]}</td><td class="num">{e["providers"]}</td>'
+        f'<td class="num ok">{e["met"]}</td>'
+        f'<td class="num {"bad" if e["breached"] else ""}">{e["breached"]}</td>'
+        f'<td class="num">{_ratio(e["met_share"])}</td><td class="num">{format_tokens(e["slashed_units"])}</td></tr>'
+        for e in rows
+    ]
+    head = ["epoch start", "length s", "providers judged", "met SLA", "breached", "met",
+            "stake taken"]  # fmt: skip
+    return _page(
+        "Uptime epochs",
+        'data-page="epochs"',
+        '<a href="/explorer/api/v1/epochs">JSON</a> '
+        '<a href="/explorer/api/v1/epochs?format=csv">CSV</a>',
+        f"<h1>Uptime epochs</h1><p>as of {_time(snapshot['as_of'])}. At the end of each "
+        "epoch every provider seen in it is judged against the uptime it declared (its SLA); "
+        "a breach takes the slashing table's downtime share of its stake. Each provider's "
+        "epochs are on its page.</p>" + _table(head, body, "no epoch has closed yet", "epochs"),
     )

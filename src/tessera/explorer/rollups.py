@@ -203,7 +203,20 @@ class SlashRow:
     provider_id: str = ""
 
 
+@dataclass
+class EpochRow:
+    """One uptime epoch across the network: providers judged against their SLA."""
+
+    epoch_start: int
+    epoch_s: int
+    providers: int = 0
+    met: int = 0
+    breached: int = 0
+    slashed_units: int = 0
+
+
 RECENT = 20  # audits and slashes kept per provider
+KEEP_EPOCHS = 1_000  # uptime epochs kept (42 days of hourly epochs)
 KEEP_REQUESTS = 10_000  # requests a request page can show (the newest)
 LOG_SIZE = 500  # audits and slashes kept network-wide, newest first
 EARNING_DAYS = 30  # days of per-provider earnings kept
@@ -289,6 +302,7 @@ class Rollups:
         self.request_audits: dict[str, AuditRow] = {}
         self.audit_log: deque[AuditRow] = deque(maxlen=LOG_SIZE)
         self.slash_log: deque[SlashRow] = deque(maxlen=LOG_SIZE)
+        self.epochs: OrderedDict[int, EpochRow] = OrderedDict()
 
     # ------------------------------------------------------------ events
 
@@ -385,6 +399,19 @@ class Rollups:
             totals.refunded_units += refunded
             totals.slashes.appendleft(row)
             self.slash_log.appendleft(row)
+        self.version += 1
+
+    def epoch(self, start: int, epoch_s: int, met: int, breached: int, slashed: int) -> None:
+        """An uptime epoch closed (a gateway may report one epoch in parts)."""
+        row = self.epochs.get(start)
+        if row is None:
+            row = self.epochs[start] = EpochRow(start, epoch_s)
+            while len(self.epochs) > KEEP_EPOCHS:
+                self.epochs.popitem(last=False)
+        row.providers += met + breached
+        row.met += met
+        row.breached += breached
+        row.slashed_units += slashed
         self.version += 1
 
     def _provider(self, provider_id: str) -> ProviderTotals:

@@ -145,6 +145,19 @@ def install_explorer_routes(app: FastAPI, explorer: Explorer) -> None:
             return _csv(rows, "slashes.csv")
         return {"object": "list", "version": explorer.current()["version"], "data": rows}
 
+    @app.get("/explorer/epochs", include_in_schema=False)
+    async def epochs_page() -> HTMLResponse:
+        return HTMLResponse(explorer.epochs_html(), headers=CACHE)
+
+    @app.get("/explorer/api/v1/epochs", tags=["explorer"])
+    async def epochs(format: Format = "json") -> Any:
+        """Closed uptime epochs (newest first): providers judged, how many met their SLA
+        and how many breached it, and the stake taken for downtime."""
+        rows = explorer.epochs()
+        if format == "csv":
+            return _csv(rows, "epochs.csv")
+        return {"object": "list", "version": explorer.current()["version"], "data": rows}
+
     @app.get("/explorer/economics", include_in_schema=False)
     async def economics_page() -> HTMLResponse:
         return HTMLResponse(explorer.economics_html(), headers=CACHE)

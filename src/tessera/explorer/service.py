@@ -27,6 +27,7 @@ from tessera.explorer.pages import (
     audits_page,
     claims_page,
     economics_page,
+    epochs_page,
     live_fragments,
     models_page,
     overview,
@@ -47,7 +48,13 @@ from tessera.explorer.rollups import (
     TapeRow,
 )
 from tessera.explorer.snapshot import LedgerView, ProviderView, build_snapshot
-from tessera.gateway.events import AuditClosed, EventBus, RequestFinished, Slashed
+from tessera.gateway.events import (
+    AuditClosed,
+    EpochClosed,
+    EventBus,
+    RequestFinished,
+    Slashed,
+)
 from tessera.gateway.liveness_routes import current_view, epoch_view
 from tessera.gateway.status_routes import status_view
 from tessera.verify.reputation import FORMULA as REPUTATION_FORMULA
@@ -104,6 +111,12 @@ class Explorer:
         events.subscribe(RequestFinished, self._request)
         events.subscribe(AuditClosed, self._audit)
         events.subscribe(Slashed, self._slash)
+        events.subscribe(
+            EpochClosed,
+            lambda e: self.rollups.epoch(
+                e.epoch_start, e.epoch_s, e.met, e.breached, e.slashed_units
+            ),
+        )
 
     def _request(self, event: RequestFinished) -> None:
         decode_s = event.latency_s - (event.ttft_ms or 0) / 1000
@@ -411,6 +424,20 @@ class Explorer:
 
     def slashes(self) -> list[dict[str, Any]]:
         return [asdict(row) for row in self.rollups.slash_log]
+
+    def epochs(self) -> list[dict[str, Any]]:
+        """Closed uptime epochs, newest first, with the share of providers that met their
+        SLA (None when none was judged)."""
+        return [
+            {
+                **asdict(row),
+                "met_share": None if row.providers == 0 else round(row.met / row.providers, 4),
+            }
+            for row in reversed(self.rollups.epochs.values())
+        ]
+
+    def epochs_html(self) -> str:
+        return epochs_page(self.current(), self.epochs())
 
     def audits_html(self) -> str:
         return audits_page(self.current(), self.audits())

@@ -277,7 +277,9 @@ def create_app(settings: GatewaySettings, runtime: Runtime | None = None) -> Fas
 
         def new_liveness(keeper: Bookkeeper) -> Liveness:
             connected = member.is_connected if member is not None else hub.sessions.__contains__
-            return Liveness(settings, keeper, UptimeStore(engine), connected, clock=runtime.wall)
+            return Liveness(
+                settings, keeper, UptimeStore(engine), connected, clock=runtime.wall, events=events
+            )
 
         payments: Money
         switched: SwitchedMoney | None = None

@@ -29,6 +29,7 @@ from typing import Any
 from tessera.gateway.bus import Bus, BusError
 from tessera.gateway.events import (
     AuditClosed,
+    EpochClosed,
     Event,
     EventBus,
     ProviderJoined,
@@ -46,6 +47,7 @@ KINDS: dict[type, str] = {
     ProviderLeft: "provider_left",
     AuditClosed: "audit_closed",
     Slashed: "slashed",
+    EpochClosed: "epoch_closed",
 }
 
 

@@ -88,8 +88,21 @@ class Slashed:
     reference: str = ""
 
 
-Event = RequestFinished | ProviderJoined | ProviderLeft | AuditClosed | Slashed
-E = TypeVar("E", RequestFinished, ProviderJoined, ProviderLeft, AuditClosed, Slashed)
+@dataclass(frozen=True, slots=True)
+class EpochClosed:
+    """An uptime epoch ended: how many providers it judged, how many met their SLA, and
+    the stake taken for downtime."""
+
+    epoch_start: int  # Unix seconds
+    epoch_s: int
+    providers: int
+    met: int
+    breached: int
+    slashed_units: int
+
+
+Event = RequestFinished | ProviderJoined | ProviderLeft | AuditClosed | Slashed | EpochClosed
+E = TypeVar("E", RequestFinished, ProviderJoined, ProviderLeft, AuditClosed, Slashed, EpochClosed)
 
 
 class EventSink(Protocol):

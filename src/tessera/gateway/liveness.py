@@ -36,6 +36,7 @@ from datetime import UTC, datetime
 
 from tessera.config import GatewaySettings
 from tessera.gateway.bookkeeper import Bookkeeper
+from tessera.gateway.events import EpochClosed, EventSink, Slashed
 from tessera.ledger.journal import DuplicateEntry
 from tessera.market.uptime import CurrentEpoch, EpochReport, UptimeTracker
 from tessera.protocol.wire import Capabilities
@@ -72,9 +73,12 @@ class Liveness:
         store: UptimeStore,
         is_connected: Callable[[str], bool],
         clock: Callable[[], float] = time.time,
+        events: EventSink | None = None,
     ) -> None:
         """``is_connected(provider_id)`` is the hub's word on whether the provider has a
-        session now; events that disagree with it are stale and dropped."""
+        session now; events that disagree with it are stale and dropped. ``events`` hears
+        each closed epoch and each downtime slash."""
+        self.events = events
         self.epoch_s = max(1, round(settings.sla_epoch_s))
         self.tracker = UptimeTracker(self.epoch_s * 1000)
         self.bookkeeper = bookkeeper
@@ -216,6 +220,24 @@ class Liveness:
         except Exception:
             log.exception("could not store %d uptime row(s)", len(rows))
         breaches = sum(r.breach for r in reports)
+        if self.events is not None:
+            by_epoch: dict[int, list[tuple[bool, int]]] = {}
+            for report, row in zip(reports, rows, strict=True):
+                by_epoch.setdefault(report.epoch_start_ms // 1000, []).append(
+                    (report.breach, row.slashed)
+                )
+            for start, judged in sorted(by_epoch.items()):
+                missed = sum(breach for breach, _ in judged)
+                self.events.publish(
+                    EpochClosed(
+                        epoch_start=start,
+                        epoch_s=self.epoch_s,
+                        providers=len(judged),
+                        met=len(judged) - missed,
+                        breached=missed,
+                        slashed_units=sum(units for _, units in judged),
+                    )
+                )
         log.info(
             "uptime epoch(s) closed: %d provider report(s), %d breach(es), %d unit(s) slashed",
             len(reports),
@@ -255,6 +277,8 @@ class Liveness:
             log.exception("could not slash provider %s for downtime", pid[:12])
             return 0
         self.slashed_total += outcome.taken
+        if self.events is not None:
+            self.events.publish(Slashed(pid, "", DOWNTIME, outcome.taken, 0, reference))
         log.warning(
             "provider %s slashed %d unit(s) for downtime: %d of %d ms down, SLA %d bps",
             pid[:12],
