@@ -208,10 +208,11 @@ def test_an_audited_cheater_is_slashed_on_chain_and_its_consumer_refunded(
         upheld = [c for c in cases if c["status"] == "upheld"]
         assert upheld and {c["reason"] for c in upheld} == {"wrong_model"}
 
-        # Proposed at once; taken only after the challenge window.
+        # Proposed at once, one per upheld case; taken only after the challenge window
+        # (every proposal must be made before the clock jumps past it).
         wait_for(
-            "the slash proposal",
-            lambda: http.get("/v1/chain").json()["slashing"]["proposed"] >= 1,
+            "a slash proposal per upheld case",
+            lambda: http.get("/v1/chain").json()["slashing"]["proposed"] >= len(upheld),
         )
         assert client.bonded(accounts["cheater"]) == STAKE
 
