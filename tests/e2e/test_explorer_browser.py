@@ -159,6 +159,38 @@ async def test_the_explorer_in_chromium(tmp_path: Path, chromium: str) -> None:
                     path=SCREENSHOTS / "explorer-providers-phone.png", full_page=True
                 )
 
+                # Every other page, at both widths: loads clean, shows its JSON's numbers.
+                economics = (await public.get("/explorer/api/v1/economics")).json()
+                models = (await public.get("/explorer/api/v1/models")).json()["data"]
+                checks = {
+                    "models": (
+                        f'[data-k="models.{MODEL}.providers_online"]',
+                        str(models[0]["providers_online"]),
+                    ),
+                    "economics": ('[data-k="ledger.holds"]', "holds"),
+                    "claims": ('[data-k="claims.0.shown"]', None),
+                    "audits": ('[data-k="audits.failed"]', "0"),
+                    "slashes": ('[data-k="slashes.count"]', "0"),
+                    "epochs": ("#epochs, main p.na", None),
+                    "receipts": ("#receipt-form", None),
+                }
+                assert economics["ledger"]["holds"] is True
+                for name, (selector, text) in checks.items():
+                    for width, viewing in (("desktop", page), ("phone", small)):
+                        await viewing.goto(f"{gw.base}/explorer/{name}")
+                        shown = viewing.locator(selector).first
+                        await expect(shown).to_be_attached()
+                        if text is not None:
+                            await expect(shown).to_have_text(text)
+                        await viewing.screenshot(
+                            path=SCREENSHOTS / f"explorer-{name}-{width}.png", full_page=True
+                        )
+                claims = (await public.get("/explorer/api/v1/claims")).json()["data"]
+                await page.goto(f"{gw.base}/explorer/claims")
+                await expect(page.locator('[data-k="claims.0.shown"]')).to_have_text(
+                    claims[0]["shown"]
+                )
+
                 # JavaScript off: the same numbers, from the HTML alone.
                 static = await browser.new_context(viewport=DESKTOP, java_script_enabled=False)
                 await static.route("**/*", local_only)

@@ -18,7 +18,7 @@ WINDOW_NAMES = {"1h": "1 hour", "24h": "24 hours", "7d": "7 days", "30d": "30 da
 CSS = """
 body{font:14px/1.45 system-ui,sans-serif;margin:0;color:#1b1f24;background:#f6f7f9}
 header{background:#14213d;color:#fff;padding:12px 20px;display:flex;gap:16px;align-items:baseline;flex-wrap:wrap}
-header a{color:#fca311;text-decoration:none}main{padding:16px 20px;max-width:1200px;margin:auto}
+header a{color:#fca311;text-decoration:none}header nav{display:flex;gap:10px;flex-wrap:wrap}main{padding:16px 20px;max-width:1200px;margin:auto}
 .cards{display:grid;grid-template-columns:repeat(auto-fill,minmax(170px,1fr));gap:10px}
 .card{background:#fff;border:1px solid #dde1e6;border-radius:8px;padding:10px 12px}
 .card .k{font-size:12px;color:#57606a}.card .v{font-size:22px;font-weight:600}
@@ -28,6 +28,24 @@ th,td{border-bottom:1px solid #eaeef2;padding:5px 8px;text-align:left;white-spac
 th{background:#f0f2f5}td.num{text-align:right;font-variant-numeric:tabular-nums}
 .scroll{overflow-x:auto}nav.windows a{margin-right:10px}svg{background:#fff;border:1px solid #dde1e6;border-radius:8px}
 """
+
+
+PAGES = (
+    ("overview", "/explorer"),
+    ("providers", "/explorer/providers"),
+    ("models", "/explorer/models"),
+    ("audits", "/explorer/audits"),
+    ("slashes", "/explorer/slashes"),
+    ("epochs", "/explorer/epochs"),
+    ("economics", "/explorer/economics"),
+    ("claims", "/explorer/claims"),
+    ("check a receipt", "/explorer/receipts"),
+)
+NAV = (
+    "<header><strong>Tessera explorer</strong>\n<nav>"
+    + " ".join(f'<a href="{href}">{name}</a>' for name, href in PAGES)
+    + "</nav>"
+)
 
 
 def overview(snapshot: dict[str, Any], window: str) -> str:
@@ -42,11 +60,7 @@ def overview(snapshot: dict[str, Any], window: str) -> str:
 <meta name="viewport" content="width=device-width,initial-scale=1">
 <title>Tessera explorer</title><style>{CSS}</style></head>
 <body data-window="{escape(window)}">
-<header><strong>Tessera explorer</strong>
-<a href="/explorer">overview</a> <a href="/explorer/providers">providers</a>
-<a href="/explorer/models">models</a> <a href="/explorer/audits">audits</a>
-<a href="/explorer/slashes">slashes</a> <a href="/explorer/epochs">epochs</a>
-<a href="/explorer/economics">economics</a> <a href="/explorer/claims">claims</a> <a href="/explorer/receipts">check a receipt</a>
+{NAV}
 <span>the network, measured by its gateway; updated live</span>
 <a href="/explorer/api/v1/network/summary?window={escape(window)}">JSON</a>
 <a href="/explorer/api/v1/requests/recent?format=csv">tape CSV</a></header>
@@ -100,9 +114,7 @@ def providers_page(
 <meta name="viewport" content="width=device-width,initial-scale=1">
 <title>Providers · Tessera explorer</title><style>{CSS}</style></head>
 <body data-page="providers">
-<header><strong>Tessera explorer</strong>
-<a href="/explorer">overview</a> <a href="/explorer/providers">providers</a>
-<a href="/explorer/models">models</a>
+{NAV}
 <a href="/explorer/api/v1/providers?sort={sort}{"&" + query if query else ""}">JSON</a>
 <a href="/explorer/api/v1/providers?format=csv&sort={sort}{"&" + query if query else ""}">CSV</a>
 </header>
@@ -296,11 +308,6 @@ def _time(unix_s: float) -> str:
 
 
 # ---------------------------------------------------------------- provider page
-
-NAV = (
-    "<header><strong>Tessera explorer</strong>"
-    ' <a href="/explorer">overview</a> <a href="/explorer/providers">providers</a>'
-)
 
 
 def provider_page(detail: dict[str, Any]) -> str:
@@ -692,7 +699,7 @@ def _page(title: str, body_attrs: str, links: str, main: str) -> str:
 <meta name="viewport" content="width=device-width,initial-scale=1">
 <title>{title} · Tessera explorer</title><style>{CSS}</style></head>
 <body {body_attrs}>
-{NAV} <a href="/explorer/receipts">check a receipt</a>
+{NAV}
 {links}</header>
 <main>{main}</main>
 </body></html>"""
