@@ -85,6 +85,11 @@ async def test_a_request_shows_everywhere_alike_and_without_its_text(gateway_dir
         assert request_id in html
         shown = dict(re.findall(r'data-k="([^"]+)">([^<]*)<', html))
         assert shown["kpis.requests"] == str(summary["kpis"]["requests"])
+        charts = re.findall(r'<figure data-metric="([a-z_0-9]+)"><figcaption>([^<]+)<', html)
+        assert [m for m, _ in charts] == ["requests", "success_rate", "ttft_p50_ms"]
+        assert all("1 hour, per minute" in caption for _, caption in charts)
+        weekly = (await public.get("/explorer?window=7d")).text
+        assert "7 days, per hour" in weekly
         assert shown["network.providers_online"] == str(summary["network"]["providers_online"])
         assert shown["ledger.holds"] == "holds"
         # CSV is the JSON, row for row.

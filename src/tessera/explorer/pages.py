@@ -26,7 +26,7 @@ header a{color:#fca311;text-decoration:none}header nav{display:flex;gap:10px;fle
 table{border-collapse:collapse;width:100%;background:#fff;font-size:13px}
 th,td{border-bottom:1px solid #eaeef2;padding:5px 8px;text-align:left;white-space:nowrap}
 th{background:#f0f2f5}td.num{text-align:right;font-variant-numeric:tabular-nums}
-.scroll{overflow-x:auto}nav.windows a{margin-right:10px}svg{background:#fff;border:1px solid #dde1e6;border-radius:8px}
+.scroll{overflow-x:auto}figure{margin:0 0 12px}figcaption{font-size:12px;color:#57606a}nav.windows a{margin-right:10px}svg{background:#fff;border:1px solid #dde1e6;border-radius:8px}
 """
 
 
@@ -48,8 +48,8 @@ NAV = (
 )
 
 
-def overview(snapshot: dict[str, Any], window: str) -> str:
-    fragments = live_fragments(snapshot, window)
+def overview(snapshot: dict[str, Any], window: str, fragments: dict[str, str] | None = None) -> str:
+    fragments = fragments or live_fragments(snapshot, window)
     links = " ".join(
         f'<a href="/explorer?window={w}"{" aria-current=page" if w == window else ""}>'
         f"{escape(label)}</a>"
@@ -68,7 +68,7 @@ def overview(snapshot: dict[str, Any], window: str) -> str:
 <nav class="windows">Window: {links}</nav>
 <p id="asof">{fragments["asof"]}</p>
 <section id="kpis" class="cards">{fragments["kpis"]}</section>
-<h2>Requests per minute, last hour</h2>
+<h2>Over the window</h2>
 <div id="spark">{fragments["spark"]}</div>
 <h2>Latest requests</h2>
 <div class="scroll"><table><thead><tr><th>request</th><th>model</th><th>provider</th>
@@ -159,14 +159,41 @@ def _provider_tr(row: dict[str, Any]) -> str:
     )
 
 
-def live_fragments(snapshot: dict[str, Any], window: str) -> dict[str, str]:
-    """The parts of the overview that change: what the stream sends to a live page."""
+CHARTS = (
+    ("requests", "requests", "{:g}"),
+    ("success_rate", "success rate", "{:.1%}"),
+    ("ttft_p50_ms", "TTFT p50 (ms)", "{:g}"),
+)
+
+
+def live_fragments(
+    snapshot: dict[str, Any], window: str, series: dict[str, dict[str, Any]] | None = None
+) -> dict[str, str]:
+    """The parts of the overview that change: what the stream sends to a live page.
+    ``series``: the window's series by metric (None: the last hour's requests only)."""
+    if series is None:
+        charts = sparkline(snapshot["requests_per_minute"])
+    else:
+        charts = "".join(
+            f'<figure data-metric="{metric}"><figcaption>{escape(title)}, '
+            f"{escape(WINDOW_NAMES[window])}, per {_step(series[metric]['step_s'])}"
+            f"</figcaption>{sparkline(series[metric]['points'], fmt=fmt)}</figure>"
+            for metric, title, fmt in CHARTS
+        )
     return {
         "asof": f"as of {_time(snapshot['as_of'])} (snapshot {snapshot['version']})",
         "kpis": kpi_cards(snapshot, window),
-        "spark": sparkline(snapshot["requests_per_minute"]),
+        "spark": charts,
         "tape": tape_rows(snapshot["tape"]),
     }
+
+
+def _step(seconds: int) -> str:
+    for size, unit in ((86_400, "day"), (3600, "hour"), (60, "minute")):
+        if seconds % size == 0:
+            count = seconds // size
+            return unit if count == 1 else f"{count} {unit}s"
+    return f"{seconds} s"
 
 
 def kpi_cards(snapshot: dict[str, Any], window: str) -> str:
@@ -242,23 +269,42 @@ def _audit_cell(status: str | None) -> str:
     return f'<span class="{"bad" if status == "upheld" else "ok"}">{escape(status)}</span>'
 
 
-def sparkline(points: list[dict[str, Any]], width: int = 600, height: int = 80) -> str:
-    """Requests per minute as an SVG polyline (server-drawn; no chart library)."""
-    values = [p["value"] or 0 for p in points]
-    top = max(values, default=0)
-    if not values:
+def sparkline(
+    points: list[dict[str, Any]], width: int = 600, height: int = 80, fmt: str = "{:g}"
+) -> str:
+    """A series as an SVG line drawn on the server (no chart library); a point without data
+    (None) breaks the line rather than drawing a 0."""
+    if not points:
         return '<p class="na">no data</p>'
+    values = [p["value"] for p in points]
+    known = [v for v in values if v is not None]
+    if not known:
+        return f'<p class="na">no data in these {len(values)} points</p>'
+    top = max(known)
     step = width / max(1, len(values) - 1)
-    coords = " ".join(
-        f"{i * step:.1f},{height - 4 - (v / top * (height - 8) if top else 0):.1f}"
-        for i, v in enumerate(values)
+    runs: list[list[str]] = [[]]
+    for i, v in enumerate(values):
+        if v is None:
+            if runs[-1]:
+                runs.append([])
+            continue
+        y = height - 4 - (v / top * (height - 8) if top else 0)
+        runs[-1].append(f"{i * step:.1f},{y:.1f}")
+    lines = "".join(
+        f'<polyline fill="none" stroke="#1f6feb" stroke-width="2" '
+        f'vector-effect="non-scaling-stroke" points="{" ".join(run)}"/>'
+        if len(run) > 1
+        else f'<circle cx="{run[0].split(",")[0]}" cy="{run[0].split(",")[1]}" r="2" '
+        'fill="#1f6feb"/>'
+        for run in runs
+        if run
     )
+    peak = fmt.format(top)
     return (
         f'<svg viewBox="0 0 {width} {height}" width="100%" height="{height}" role="img" '
-        f'preserveAspectRatio="none" aria-label="requests per minute, peak {top}">'
-        f'<polyline fill="none" stroke="#1f6feb" stroke-width="2" '
-        f'vector-effect="non-scaling-stroke" points="{coords}"/></svg>'
-        f'<div class="d">peak {top}/min; {len(values)} minutes, oldest left</div>'
+        f'preserveAspectRatio="none" aria-label="peak {escape(peak)}">{lines}</svg>'
+        f'<div class="d">peak {escape(peak)}; {len(values)} points, oldest left; '
+        f"{len(values) - len(known)} without data</div>"
     )
 
 

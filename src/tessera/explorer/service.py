@@ -24,6 +24,7 @@ from typing import Any
 
 from tessera.explorer.claims import claims as network_claims
 from tessera.explorer.pages import (
+    CHARTS,
     audits_page,
     claims_page,
     economics_page,
@@ -222,11 +223,15 @@ class Explorer:
         key = (snapshot["version"], window)
         cached = self._fragments.get(key)
         if cached is None:
-            cached = self._fragments[key] = live_fragments(snapshot, window)
+            series = {
+                metric: self.rollups.series(snapshot["as_of"], window, metric)
+                for metric, _, _ in CHARTS
+            }
+            cached = self._fragments[key] = live_fragments(snapshot, window, series)
         return cached
 
     def page(self, window: str) -> str:
-        return overview(self.current(), window)
+        return overview(self.current(), window, self.fragments(window))
 
     def providers(
         self, region: str | None, model: str | None, status: str | None, sort: str
