@@ -145,6 +145,15 @@ async def test_providers_are_listed_as_measured_and_stay_listed_offline(gateway_
         assert (await public.get(f"/explorer/api/v1/providers?region={region}")).json()["data"]
         assert not (await public.get("/explorer/api/v1/providers?region=ZZ")).json()["data"]
         assert not (await public.get("/explorer/api/v1/providers?model=other")).json()["data"]
+        prefix = peer.provider_id[:8]
+        found = (await public.get(f"/explorer/api/v1/providers?q={prefix}")).json()
+        assert found["total"] == 1 and found["data"][0]["uptime_24h"]["checks"] >= 1
+        assert (await public.get("/explorer/api/v1/providers?q=zz")).json()["total"] == 0
+        assert (await public.get("/explorer/api/v1/providers?gpu=H100")).json()["total"] == 0
+        paged = (await public.get("/explorer/api/v1/providers?offset=1")).json()
+        assert paged["total"] == 1 and paged["data"] == []
+        form = (await public.get(f"/explorer/providers?q={prefix}&status=")).text
+        assert 'data-k="providers.total">1<' in form and '<form method="get"' in form
         text = (await public.get("/explorer/api/v1/providers?format=csv")).text
         (line,) = list(csv.DictReader(io.StringIO(text)))
         assert line["provider_id"] == peer.provider_id and line["requests"] == "1"
@@ -407,6 +416,9 @@ async def test_a_caught_cheat_shows_its_slash_evidence_and_refund(gateway_dir: P
             assert provider["reputation"]["slashes"] == 1
             html = (await public.get(f"/explorer/providers/{cheat.provider_id}")).text
             assert "tampered_output" in html and f"audit case {request_id}" in html
+            claims = (await public.get("/explorer/api/v1/claims")).json()["data"]
+            caught = next(c for c in claims if c["claim"].startswith("Cheaters are caught"))
+            assert caught["value"] == 1 and caught["samples"] == 1  # on its first request
             text = (await public.get("/explorer/api/v1/slashes?format=csv")).text
             (line,) = list(csv.DictReader(io.StringIO(text)))
             assert line["refunded_units"] == "5000"

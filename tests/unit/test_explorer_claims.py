@@ -73,6 +73,7 @@ def test_claims_say_insufficient_data_rather_than_a_number() -> None:
     assert rate["value"] is None and rate["shown"] == "insufficient data (n=0)"
     assert out["Provider uptime"]["value"] is None
     assert out["Every token is accounted for"]["value"] is True
+    assert out["Cheaters are caught within N requests"]["shown"] == "no cheater caught yet"
     cheaper = out["tessera-tiny is cheaper than the hyperscalers"]
     assert cheaper["value"] is None and "no exchange rate" in cheaper["shown"]
     for i in range(6):
@@ -81,7 +82,9 @@ def test_claims_say_insufficient_data_rather_than_a_number() -> None:
         )
     snapshot["windows"] = {w: rollups.summary(now, w) for w in ("24h", "30d")}
     index = price_index(MODELS, REFERENCES, Decimal("1"))
-    out = {c["claim"]: c for c in claims(snapshot, (0.9, 300), index)}
+    out = {c["claim"]: c for c in claims(snapshot, (0.9, 300), index, [12, 3, 40])}
+    caught = out["Cheaters are caught within N requests"]
+    assert caught["value"] == 40 and "median 12" in caught["shown"]
     assert out["Requests that succeed"]["value"] == round(5 / 6, 4)
     assert out["Provider uptime"]["shown"] == "90.00 %"
     assert "cheaper than B small" in out["tessera-tiny is cheaper than the hyperscalers"]["shown"]

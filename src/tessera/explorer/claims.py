@@ -39,9 +39,11 @@ def claims(
     snapshot: dict[str, Any],
     uptime: tuple[float | None, int],
     index: dict[str, Any],
+    caught_after: list[int] | None = None,
 ) -> list[dict[str, Any]]:
     """``uptime``: (mean share of checks that found providers connected over 24 h,
-    checks)."""
+    checks); ``caught_after``: per provider caught cheating, the requests it had served
+    when its first audit was upheld."""
     day = snapshot["windows"]["24h"]["kpis"]
     month = snapshot["windows"]["30d"]["kpis"]
     network = snapshot["network"]
@@ -111,6 +113,26 @@ def claims(
             "/explorer/api/v1/network/summary?window=30d",
         ),
     ]
+    caught = sorted(caught_after or [])
+    out.append(
+        {
+            "claim": "Cheaters are caught within N requests",
+            "value": caught[-1] if caught else None,
+            # Each cheater caught is a fact, not a sample: one is enough to state it.
+            "shown": (
+                f"within {caught[-1]} requests (median {caught[len(caught) // 2]}) for all "
+                f"{len(caught)} providers caught"
+                if caught
+                else "no cheater caught yet"
+            ),
+            "formula": "requests a provider had served when its first audit was upheld; "
+            "the largest over every provider caught since this gateway started",
+            "window": "since start",
+            "samples": len(caught),
+            "data": "/explorer/api/v1/audits",
+            "source": "measured",
+        }
+    )
     ledger = snapshot["ledger"]
     if ledger is not None:
         out.append(

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from html import escape
 from typing import Any
+from urllib.parse import urlencode
 
 from tessera.units import format_tokens
 
@@ -82,32 +83,51 @@ def overview(snapshot: dict[str, Any], window: str, fragments: dict[str, str] | 
 def providers_page(
     snapshot: dict[str, Any],
     rows: list[dict[str, Any]],
-    region: str | None,
-    model: str | None,
-    status: str | None,
+    total: int,
+    filters: dict[str, str],
     sort: str,
+    offset: int,
+    limit: int,
 ) -> str:
-    """Every provider seen, filtered and sorted as asked; declared and measured apart."""
-    query = "&".join(
-        f"{k}={escape(v)}"
-        for k, v in (("region", region), ("model", model), ("status", status))
-        if v
-    )
+    """Every provider seen, filtered, sorted and paged as asked; declared and measured
+    apart. The filter form is a plain GET form: it works without JavaScript."""
+
+    def link(**change: Any) -> str:
+        params = {**filters, "sort": sort, "offset": offset, "limit": limit, **change}
+        return escape("/explorer/providers?" + urlencode(params))
+
     sorts = " ".join(
-        f'<a href="/explorer/providers?sort={name}{"&" + query if query else ""}"'
-        f"{' aria-current=page' if name == sort else ''}>{name}</a>"
+        f'<a href="{link(sort=name, offset=0)}"{" aria-current=page" if name == sort else ""}>'
+        f"{name}</a>"
         for name in ("status", "requests", "stake", "reputation", "price", "region")
     )
     body = "".join(_provider_tr(row) for row in rows) or (
-        '<tr><td colspan="10" class="na">no provider matches</td></tr>'
+        '<tr><td colspan="11" class="na">no provider matches</td></tr>'
     )
-    filters = (
-        ", ".join(
-            f"{k} = {escape(v)}"
-            for k, v in (("region", region), ("model", model), ("status", status))
-            if v
+    shown = ", ".join(f"{k} = {escape(v)}" for k, v in filters.items()) or "none"
+    pages = []
+    if offset > 0:
+        pages.append(f'<a href="{link(offset=max(0, offset - limit))}">previous</a>')
+    if offset + limit < total:
+        pages.append(f'<a href="{link(offset=offset + limit)}">next</a>')
+    inputs = "".join(
+        f'<label>{label} <input name="{name}" value="{escape(filters.get(name, ""))}" '
+        f'maxlength="100" size="12"></label> '
+        for name, label in (
+            ("q", "id or label"),
+            ("region", "region"),
+            ("model", "model"),
+            ("gpu", "GPU"),
         )
-        or "none"
+    )
+    statuses = "".join(
+        f'<option value="{v}"{" selected" if filters.get("status", "") == v else ""}>'
+        f"{v or 'any'}</option>"
+        for v in ("", "routable", "joining", "offline")
+    )
+    api = escape(f"/explorer/api/v1/providers?{urlencode({**filters, 'sort': sort})}")
+    csv_link = escape(
+        f"/explorer/api/v1/providers?{urlencode({**filters, 'sort': sort, 'format': 'csv'})}"
     )
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><link rel="icon" href="data:,">
@@ -115,18 +135,22 @@ def providers_page(
 <title>Providers · Tessera explorer</title><style>{CSS}</style></head>
 <body data-page="providers">
 {NAV}
-<a href="/explorer/api/v1/providers?sort={sort}{"&" + query if query else ""}">JSON</a>
-<a href="/explorer/api/v1/providers?format=csv&sort={sort}{"&" + query if query else ""}">CSV</a>
+<a href="{api}">JSON</a> <a href="{csv_link}">CSV</a>
 </header>
 <main>
-<p>{len(rows)} of {len(snapshot["providers"])} providers seen since this gateway started;
-filters: {filters}. Sort: {sorts}.
+<form method="get" action="/explorer/providers" id="filters">{inputs}
+<label>status <select name="status">{statuses}</select></label>
+<input type="hidden" name="sort" value="{escape(sort)}">
+<button type="submit">filter</button></form>
+<p><span data-k="providers.total">{total}</span> of {len(snapshot["providers"])} providers
+seen since this gateway started match (filters: {shown}); showing {offset + 1 if rows else 0}
+to {offset + len(rows)}. {" ".join(pages)} Sort: {sorts}.
 As of {_time(snapshot["as_of"])}. <em>Declared</em> is what a provider announced;
 <em>measured</em> is what this gateway saw.</p>
 <div class="scroll"><table><thead><tr><th>provider</th><th>status</th><th>region</th>
 <th>GPUs (declared)</th><th>models and prices per 1M in/out (declared)</th>
-<th>stake (tokens)</th><th>reputation</th><th>requests (measured)</th>
-<th>success</th><th>TTFT p50 ms</th></tr></thead>
+<th>stake (tokens)</th><th>reputation</th><th>uptime 24 h (seen)</th>
+<th>requests (measured)</th><th>success</th><th>TTFT p50 ms</th></tr></thead>
 <tbody id="providers">{body}</tbody></table></div>
 </main></body></html>"""
 
@@ -152,6 +176,7 @@ def _provider_tr(row: dict[str, Any]) -> str:
         f"<td>{escape(row['region'])}</td><td>{gpus}</td><td>{models}</td>"
         f'<td class="num">{format_tokens(row["bonded"])}</td>'
         f'<td class="num">{"—" if row["reputation"] is None else row["reputation"]}</td>'
+        f'<td class="num">{_share(row["uptime_24h"]) if "uptime_24h" in row else "—"}</td>'
         f'<td class="num" data-k="requests">{measured.get("requests", 0)}</td>'
         f'<td class="num">{"—" if rate is None else f"{rate * 100:.1f} %"}</td>'
         f'<td class="num">{"—" if ttft is None else f"{ttft:g}"}'

@@ -243,6 +243,7 @@ class ProviderTotals:
     refunded_units: int = 0
     slashes: deque[SlashRow] = field(default_factory=lambda: deque(maxlen=RECENT))
     slash_count: int = 0
+    caught_after: int | None = None  # its requests when its first audit was upheld
 
     _cached: tuple[int, dict[str, Any]] | None = field(default=None, repr=False, compare=False)
 
@@ -364,6 +365,8 @@ class Rollups:
             totals = self._provider(provider_id)
             totals.audits_passed += passed
             totals.audits_failed += not passed
+            if not passed and totals.caught_after is None:
+                totals.caught_after = totals.requests
             totals.audits.appendleft(row)
             self.audit_log.appendleft(row)
             self._audited(row)
@@ -413,6 +416,11 @@ class Rollups:
         row.breached += breached
         row.slashed_units += slashed
         self.version += 1
+
+    def caught_after(self) -> list[int]:
+        """For every provider caught cheating: the requests it had served when its first
+        audit was upheld (how long a cheat lasted here)."""
+        return [t.caught_after for t in self.providers.values() if t.caught_after is not None]
 
     def _provider(self, provider_id: str) -> ProviderTotals:
         totals = self.providers.get(provider_id)

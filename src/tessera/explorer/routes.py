@@ -40,31 +40,55 @@ def install_explorer_routes(app: FastAPI, explorer: Explorer) -> None:
     async def explorer_page(window: Window = "24h") -> HTMLResponse:
         return HTMLResponse(explorer.page(window), headers=CACHE)
 
+    def filters_of(
+        region: str | None, model: str | None, status: str | None, gpu: str | None, q: str | None
+    ) -> dict[str, str]:
+        given = {"region": region, "model": model, "status": status, "gpu": gpu, "q": q}
+        return {k: v for k, v in given.items() if v}
+
     @app.get("/explorer/providers", include_in_schema=False)
     async def providers_page(
         region: str | None = _text(),
         model: str | None = _text(),
-        status: Status | None = None,
+        status: Annotated[Status | Literal[""] | None, Query()] = None,
+        gpu: str | None = _text(),
+        q: str | None = _text(),
         sort: Sort = "status",
+        offset: Annotated[int, Query(ge=0, le=10**7)] = 0,
+        limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     ) -> HTMLResponse:
-        return HTMLResponse(explorer.providers_html(region, model, status, sort), headers=CACHE)
+        filters = filters_of(region, model, status or None, gpu, q)
+        html = explorer.providers_html(filters, sort, offset, limit)
+        return HTMLResponse(html, headers=CACHE)
 
     @app.get("/explorer/api/v1/providers", tags=["explorer"])
     async def providers(
         region: str | None = _text(),
         model: str | None = _text(),
         status: Status | None = None,
+        gpu: str | None = _text(),
+        q: str | None = _text(),
         sort: Sort = "status",
+        offset: Annotated[int, Query(ge=0, le=10**7)] = 0,
+        limit: Annotated[int, Query(ge=1, le=10_000)] = 1000,
         format: Format = "json",
     ) -> Any:
         """Every provider seen since this gateway started (one that left is ``offline``),
-        filtered by region, model and status: what it declared (GPUs, models, prices)
-        apart from what this gateway measured (requests, success rate, TTFT p50 with its
-        sample count), with its stake and reputation."""
-        rows = explorer.providers(region, model, status, sort)
+        filtered by region, model, status, GPU (a substring of a declared GPU's name) and
+        ``q`` (a provider id prefix or a substring of its label), sorted and paged: what
+        it declared (GPUs, models, prices) apart from what this gateway measured
+        (requests, success rate, TTFT p50 with its sample count, uptime over 24 h with
+        its check count), with its stake and reputation. ``total`` counts every match."""
+        rows = explorer.providers(filters_of(region, model, status, gpu, q), sort)
+        page = rows[offset : offset + limit]
         if format == "csv":
-            return _csv([flat_provider(r) for r in rows], "providers.csv")
-        return {"object": "list", "version": explorer.current()["version"], "data": rows}
+            return _csv([flat_provider(r) for r in page], "providers.csv")
+        return {
+            "object": "list",
+            "version": explorer.current()["version"],
+            "total": len(rows),
+            "data": page,
+        }
 
     async def detail_of(provider_id: str) -> dict[str, Any]:
         if not PROVIDER_ID.fullmatch(provider_id):

@@ -89,6 +89,7 @@ class Explorer:
         self.token_usd = token_usd
         self.references = load_references()
         self._models: tuple[int, list[dict[str, Any]]] | None = None
+        self._listed: tuple[Any, list[dict[str, Any]]] | None = None
         self.snapshot: dict[str, Any] = {}
         self.version = 0
         self.streams = 0
@@ -233,24 +234,38 @@ class Explorer:
     def page(self, window: str) -> str:
         return overview(self.current(), window, self.fragments(window))
 
-    def providers(
-        self, region: str | None, model: str | None, status: str | None, sort: str
-    ) -> list[dict[str, Any]]:
-        """The providers list, filtered and sorted (descending for counts and stake)."""
-        rows = [
-            row
-            for row in self.current()["providers"]
-            if (region is None or row["region"] == region)
-            and (status is None or row["status"] == status)
-            and (model is None or any(m["model"] == model for m in row["declared"]["models"]))
-        ]
-        return sorted(rows, key=_SORTS[sort])
+    def providers(self, filters: dict[str, str], sort: str) -> list[dict[str, Any]]:
+        """The providers list, filtered and sorted (descending for counts and stake), each
+        row with its 24 h uptime as seen; built once per snapshot and query."""
+        snapshot = self.current()
+        key = (snapshot["version"], sort, tuple(sorted(filters.items())))
+        if self._listed is not None and self._listed[0] == key:
+            return self._listed[1]
+        region, model, status = filters.get("region"), filters.get("model"), filters.get("status")
+        gpu = (filters.get("gpu") or "").lower()
+        q = (filters.get("q") or "").lower()
+        now = snapshot["as_of"]
+        day = UPTIME_WINDOWS["24h"]
+        rows = []
+        for row in snapshot["providers"]:
+            if (
+                (region is None or row["region"] == region)
+                and (status is None or row["status"] == status)
+                and (model is None or any(m["model"] == model for m in row["declared"]["models"]))
+                and (not gpu or any(gpu in g.lower() for g in row["declared"]["gpus"]))
+                and (not q or row["provider_id"].startswith(q) or q in (row["label"] or "").lower())
+            ):
+                share, checks = self.presence.uptime(row["provider_id"], now, day)
+                rows.append({**row, "uptime_24h": {"uptime": share, "checks": checks}})
+        rows.sort(key=_SORTS[sort])
+        self._listed = (key, rows)
+        return rows
 
-    def providers_html(
-        self, region: str | None, model: str | None, status: str | None, sort: str
-    ) -> str:
-        rows = self.providers(region, model, status, sort)
-        return providers_page(self.current(), rows, region, model, status, sort)
+    def providers_html(self, filters: dict[str, str], sort: str, offset: int, limit: int) -> str:
+        rows = self.providers(filters, sort)
+        return providers_page(
+            self.current(), rows[offset : offset + limit], len(rows), filters, sort, offset, limit
+        )
 
     async def provider(self, provider_id: str) -> dict[str, Any] | None:
         """One provider's page data, built at most once per snapshot (a crowd on one page
@@ -420,7 +435,7 @@ class Explorer:
             "object": "list",
             "version": snapshot["version"],
             "as_of": snapshot["as_of"],
-            "data": network_claims(snapshot, uptime, index),
+            "data": network_claims(snapshot, uptime, index, self.rollups.caught_after()),
         }
 
     def audits(self) -> list[dict[str, Any]]:
@@ -531,6 +546,7 @@ def flat_provider(row: dict[str, Any]) -> dict[str, Any]:
         "models": ";".join(m["model"] for m in row["declared"]["models"]),
         "bonded": row["bonded"],
         "reputation": row["reputation"],
+        "uptime_24h": (row.get("uptime_24h") or {}).get("uptime"),
         "requests": measured.get("requests", 0),
         "success_rate": measured.get("success_rate"),
         "ttft_p50_ms": measured.get("ttft_p50_ms"),
