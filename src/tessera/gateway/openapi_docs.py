@@ -143,6 +143,14 @@ OPERATIONS: dict[tuple[str, str], Answers] = {
     ("get", "/explorer/api/v1/network/series"): Answers((400,), csv=True),
     ("get", "/explorer/api/v1/requests/recent"): Answers((400,), csv=True),
     ("get", "/explorer/api/v1/providers"): Answers((400,), csv=True),
+    ("get", "/explorer/api/v1/providers/{provider_id}"): Answers((400, 404)),
+    ("get", "/explorer/api/v1/requests/{request_id}"): Answers((400, 404)),
+    ("get", "/explorer/api/v1/models"): Answers((400,), csv=True),
+    ("get", "/explorer/api/v1/audits"): Answers((400,), csv=True),
+    ("get", "/explorer/api/v1/slashes"): Answers((400,), csv=True),
+    ("get", "/explorer/api/v1/epochs"): Answers((400,), csv=True),
+    ("get", "/explorer/api/v1/economics"): Answers(),
+    ("get", "/explorer/api/v1/claims"): Answers((400,), csv=True),
 }
 METHODS = ("get", "put", "post", "delete", "options", "head", "patch", "trace")
 
