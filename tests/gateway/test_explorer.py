@@ -255,6 +255,8 @@ async def test_a_requests_page_shows_its_money_without_its_consumer(gateway_dir:
         row = detail["request"]
         assert row["provider_id"] == peer.provider_id and row["cost"] == 5000
         assert row["price_input_per_mtok"] is not None
+        assert f"provider={peer.provider_id[:16]}" in row["route"]
+        assert "score=" in row["route"] and "considered=1/1" in row["route"]
         assert detail["audit"] is None
         gateway = (await public.get("/v1/gateway")).json()
         assert detail["gateway"]["public_key"] == gateway["public_key"]
@@ -271,6 +273,7 @@ async def test_a_requests_page_shows_its_money_without_its_consumer(gateway_dir:
         facts = dict(re.findall(r'data-k="([^"]+)">([^<]*)<', html))
         assert facts["request.cost"] == "0.000005 tokens" and facts["request.status"] == "ok"
         assert gateway["public_key"] in html and 'src="/explorer/static/receipt.js"' in html
+        assert "considered=1/1</code>" in html
         # The overview's tape links to it (once a snapshot has it); the checker also
         # stands alone.
         await until(

@@ -684,6 +684,7 @@ def request_page(detail: dict[str, Any]) -> str:
         ("latency", f"{row['latency_ms']:g} ms", ""),
         ("time to first token", ttft, ""),
         ("audit", _request_audit(detail["audit"]), ""),
+        ("why this provider", _route_text(row.get("route")), "request.route"),
     ]
     rows = "".join(
         f"<tr><th>{escape(name)}</th><td"
@@ -730,6 +731,12 @@ gateway's countersignature itself, with nothing from this server but the key it 
 </form>
 <div id="receipt-result" aria-live="polite"></div>
 <script src="/explorer/static/receipt.js"></script>"""
+
+
+def _route_text(route: str | None) -> str:
+    if not route:
+        return '<span class="na">not recorded (no provider was chosen)</span>'
+    return "<br>".join(f"<code>{escape(part.strip())}</code>" for part in route.split(";"))
 
 
 def _request_audit(audit: dict[str, Any] | None) -> str:

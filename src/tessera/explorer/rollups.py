@@ -115,6 +115,7 @@ class TapeRow:
     ttft_ms: float | None
     price_input_per_mtok: int | None = None  # the offer it was served at
     price_output_per_mtok: int | None = None
+    route: str | None = None  # why this provider (the router's explanation)
 
 
 def percentile(histogram: list[int], q: float, floor: float) -> tuple[float | None, int]:

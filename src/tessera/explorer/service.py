@@ -65,6 +65,7 @@ log = logging.getLogger("tessera.explorer")
 PASSED_AUDITS = frozenset({"passed", "cleared"})
 HEARTBEAT_S = 15.0
 EPOCHS_SHOWN = 48  # uptime epochs on a provider's page
+ROUTE_CHARS = 500  # of a request's route explanation, kept
 ENTRY_READS = 4  # journal reads for request pages at once
 # Accounts a request's entries may name that belong to a consumer: shown as "consumer".
 CONSUMER_KINDS = frozenset({"balance", "hold", "withdrawing"})
@@ -139,6 +140,7 @@ class Explorer:
                 ttft_ms=None if event.ttft_ms is None else round(event.ttft_ms, 1),
                 price_input_per_mtok=event.price_input_per_mtok,
                 price_output_per_mtok=event.price_output_per_mtok,
+                route=None if event.route is None else event.route[:ROUTE_CHARS],
             ),
             tps,
         )

@@ -43,6 +43,9 @@ class RequestFinished:
     latency_s: float
     ttft_ms: float | None
     at: datetime
+    # Why this provider: the router's reason, score and its parts, candidates considered,
+    # and any fallback or failover on the way (the x-tessera-route header's text).
+    route: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -308,6 +308,7 @@ class Serving:
                 latency_s=time.perf_counter() - ctx.started,
                 ttft_ms=ctx.ttft_ms,
                 at=datetime.now(UTC),
+                route=ctx.route,
             )
         )
 
