@@ -786,6 +786,9 @@ def _page(title: str, body_attrs: str, links: str, main: str) -> str:
 # ---------------------------------------------------------------- models
 
 
+MODEL_ROWS = 100  # providers shown per model on the page (the JSON and CSV have all)
+
+
 def models_page(snapshot: dict[str, Any], models: list[dict[str, Any]]) -> str:
     """Per model, every provider serving it: price, region, uptime over three windows,
     latency and throughput percentiles with sample sizes (measured apart from declared)."""
@@ -793,7 +796,13 @@ def models_page(snapshot: dict[str, Any], models: list[dict[str, Any]]) -> str:
     for m in models:
         name = escape(m["model"])
         median = m["median_price_output_per_mtok"]
-        rows = [_model_provider_tr(p) for p in m["providers"]]
+        rows = [_model_provider_tr(p) for p in m["providers"][:MODEL_ROWS]]
+        more = len(m["providers"]) - MODEL_ROWS
+        if more > 0:
+            rows.append(
+                f'<tr><td colspan="8" class="na">and {more} more (offline last, then by '
+                "price): every one is in the JSON and the CSV</td></tr>"
+            )
         head = ["provider", "status", "region", "price in/out per 1M (declared)",
                 "uptime 5 min / 30 min / 24 h (seen)", "requests",
                 "TTFT ms p50/p75/p90/p99", "decode tokens/s p50/p75/p90/p99"]  # fmt: skip

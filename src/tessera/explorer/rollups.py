@@ -421,7 +421,8 @@ class Rollups:
     def caught_after(self) -> list[int]:
         """For every provider caught cheating: the requests it had served when its first
         audit was upheld (how long a cheat lasted here)."""
-        return [t.caught_after for t in self.providers.values() if t.caught_after is not None]
+        totals = list(self.providers.values())  # a copy: may run in a worker thread
+        return [t.caught_after for t in totals if t.caught_after is not None]
 
     def _provider(self, provider_id: str) -> ProviderTotals:
         totals = self.providers.get(provider_id)
@@ -648,7 +649,7 @@ class Presence:
     def network(self, now: float, minutes: int) -> tuple[float | None, int]:
         """The same share over every provider: all their online checks / all checks."""
         online = seen = 0
-        for provider_id in self._checks:
+        for provider_id in list(self._checks):  # a copy: may run in a worker thread
             up, n = self.counts(provider_id, now, minutes)
             online += up
             seen += n
