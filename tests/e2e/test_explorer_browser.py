@@ -185,6 +185,13 @@ async def test_the_explorer_in_chromium(tmp_path: Path, chromium: str) -> None:
                         await viewing.screenshot(
                             path=SCREENSHOTS / f"explorer-{name}-{width}.png", full_page=True
                         )
+                # A live list: the models page counts a new request without a reload.
+                await page.goto(f"{gw.base}/explorer/models")
+                await expect(page.locator("body[data-version]")).to_have_count(1, timeout=10_000)
+                count = page.locator(f'tr[data-provider="{peer.provider_id}"] [data-k="requests"]')
+                before = int(await count.inner_text())
+                await ask(openai)
+                await expect(count).to_have_text(str(before + 1), timeout=10_000)
                 claims = (await public.get("/explorer/api/v1/claims")).json()["data"]
                 await page.goto(f"{gw.base}/explorer/claims")
                 await expect(page.locator('[data-k="claims.0.shown"]')).to_have_text(

@@ -327,6 +327,27 @@ async def test_models_list_every_provider_with_uptime_and_percentiles(gateway_di
         )
         page = (await public.get(f"/explorer/providers/{peer.provider_id}")).text
         assert "Seen connected by this gateway" in page
+        # Live: the models page's stream sends its <main>, and a request changes it.
+        events: list[dict[str, Any]] = []
+
+        async def listen() -> None:
+            async with public.stream("GET", "/explorer/api/v1/stream?page=models") as stream:
+                async for line in stream.aiter_lines():
+                    if line.startswith("data: "):
+                        events.append(json.loads(line[6:]))
+
+        listener = asyncio.create_task(listen())
+        async with asyncio.timeout(10):
+            while not events:
+                await asyncio.sleep(0.05)
+        assert '<td class="num" data-k="requests">5</td>' in events[-1]["html"]["main"]
+        await one_request(client, peer)
+        async with asyncio.timeout(10):
+            while '<td class="num" data-k="requests">6</td>' not in events[-1]["html"]["main"]:
+                await asyncio.sleep(0.05)
+        listener.cancel()
+        bad = await public.get("/explorer/api/v1/stream?page=ledger")
+        assert bad.status_code == 400
         await public.aclose()
         beat.cancel()
 

@@ -771,16 +771,31 @@ def _entries(entries: list[dict[str, Any]] | None) -> str:
     return _table(["entry", "kind", "at", "postings (tokens)"], rows, "no entries", "entries")
 
 
-def _page(title: str, body_attrs: str, links: str, main: str) -> str:
+LIVE_MAIN = '<main id="main">'
+
+
+def _page(title: str, body_attrs: str, links: str, main: str, live: bool = False) -> str:
+    """A page in the explorer's frame; a ``live`` one has its <main> replaced by the
+    stream at every snapshot (pages with a form are not live: typing would be lost)."""
+    script = '<script src="/explorer/static/explorer.js"></script>' if live else ""
+    opening = LIVE_MAIN if live else "<main>"
+    live_attr = ' data-live="1"' if live else ""
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><link rel="icon" href="data:,">
 <meta name="viewport" content="width=device-width,initial-scale=1">
 <title>{title} · Tessera explorer</title><style>{CSS}</style></head>
-<body {body_attrs}>
+<body {body_attrs}{live_attr}>
 {NAV}
 {links}</header>
-<main>{main}</main>
+{opening}{main}</main>
+{script}
 </body></html>"""
+
+
+def main_part(page: str) -> str:
+    """The inside of a live page's <main>: what its stream sends."""
+    start = page.index(LIVE_MAIN) + len(LIVE_MAIN)
+    return page[start : page.rindex("</main>")]
 
 
 # ---------------------------------------------------------------- models
@@ -824,6 +839,7 @@ def models_page(snapshot: dict[str, Any], models: list[dict[str, Any]]) -> str:
         f"<h1>Models</h1><p>as of {_time(snapshot['as_of'])} (snapshot "
         f"{snapshot['version']}). Uptime is the share of this gateway's checks (one per "
         "snapshot) that found the provider connected.</p>" + body,
+        live=True,
     )
 
 
@@ -911,6 +927,7 @@ def economics_page(eco: dict[str, Any]) -> str:
         f'<section class="cards">{"".join(cards)}</section>'
         f"<h2>Fees and slashing</h2>{policy_html}"
         f"<h2>Price index</h2>{_price_index(eco['price_index'])}",
+        live=True,
     )
 
 
@@ -962,6 +979,7 @@ def claims_page(claims: dict[str, Any]) -> str:
         f"{claims['version']}). Each claim the network makes, its value now, and how it is "
         "computed from the public data linked beside it.</p>"
         + _table(head, rows, "no claims", "claims"),
+        live=True,
     )
 
 
@@ -998,6 +1016,7 @@ def audits_page(snapshot: dict[str, Any], rows: list[dict[str, Any]]) -> str:
         f"{month['audits_failed']}</span> failed. The newest {len(rows)} closed cases since "
         "this gateway started; each links to its evidence (the audit case with every "
         "re-run and its numbers).</p>" + _table(head, body, "no audit closed yet", "audits"),
+        live=True,
     )
 
 
@@ -1023,6 +1042,7 @@ def slashes_page(snapshot: dict[str, Any], rows: list[dict[str, Any]]) -> str:
         f"refunded {format_tokens(month['refunded_units'])} to consumers. The rules are on "
         '<a href="/explorer/economics">economics</a>.</p>'
         + _table(head, body, "nobody has been slashed", "slashes"),
+        live=True,
     )
 
 
@@ -1050,4 +1070,5 @@ def epochs_page(snapshot: dict[str, Any], rows: list[dict[str, Any]]) -> str:
         "epoch every provider seen in it is judged against the uptime it declared (its SLA); "
         "a breach takes the slashing table's downtime share of its stake. Each provider's "
         "epochs are on its page.</p>" + _table(head, body, "no epoch has closed yet", "epochs"),
+        live=True,
     )

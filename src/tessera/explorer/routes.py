@@ -8,13 +8,15 @@ OpenAI's namespace). Every answer is cut from the last snapshot; lists and serie
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+import functools
+from collections.abc import Awaitable, Callable
 from typing import Annotated, Any, Literal, TypeVar
 
 from fastapi import FastAPI, Path, Query
 from fastapi.responses import HTMLResponse, PlainTextResponse, Response, StreamingResponse
 
 from tessera.errors import InvalidRequest, NoCapacity, NotFound
+from tessera.explorer.pages import main_part
 from tessera.explorer.rollups import KEEP_REQUESTS, SERIES_METRICS
 from tessera.explorer.service import SORTS, Explorer, flat_model, flat_provider, to_csv
 from tessera.gateway.verification_routes import PROVIDER_ID
@@ -24,6 +26,7 @@ Metric = Literal[SERIES_METRICS]  # type: ignore[valid-type]
 Format = Literal["json", "csv"]
 Sort = Literal[SORTS]  # type: ignore[valid-type]
 Status = Literal["routable", "joining", "offline"]
+LivePage = Literal["models", "economics", "claims", "audits", "slashes", "epochs"]
 
 
 def _text() -> Any:
@@ -248,10 +251,14 @@ def install_explorer_routes(app: FastAPI, explorer: Explorer) -> None:
             return _csv(snapshot["tape"], "requests-recent.csv")
         return {"object": "list", "version": snapshot["version"], "data": snapshot["tape"]}
 
+    async def live_main(page: str) -> dict[str, str]:
+        return {"main": main_part(await off_loop(explorer.live_page, page))}
+
     @app.get("/explorer/api/v1/stream", include_in_schema=False)
     async def stream(
         window: Window = "24h",
         provider: str | None = Query(None, pattern=r"^[0-9a-f]{64}$"),
+        page: LivePage | None = None,
     ) -> StreamingResponse:
         if explorer.streams >= explorer.max_streams:
             raise NoCapacity(
@@ -259,15 +266,14 @@ def install_explorer_routes(app: FastAPI, explorer: Explorer) -> None:
                 "to see newer numbers.",
                 code="explorer_full",
             )
+        render: Callable[[], Awaitable[dict[str, str]]]
         if provider is not None:
             await detail_of(provider)  # 404 before the stream starts
-
-            def render() -> Any:
-                return explorer.provider_fragments(provider)
+            render = functools.partial(explorer.provider_fragments, provider)
+        elif page is not None:
+            render = functools.partial(live_main, page)
         else:
-
-            def render() -> Any:
-                return explorer.overview_fragments(window)
+            render = functools.partial(explorer.overview_fragments, window)
 
         return StreamingResponse(
             explorer.stream(render),

@@ -473,6 +473,18 @@ class Explorer:
     def claims_html(self) -> str:
         return claims_page(self.claims())
 
+    def live_page(self, name: str) -> str:
+        """One of LIVE_PAGES, rendered now (the stream sends its <main>)."""
+        builders: dict[str, Callable[[], str]] = {
+            "models": self.models_html,
+            "economics": self.economics_html,
+            "claims": self.claims_html,
+            "audits": self.audits_html,
+            "slashes": self.slashes_html,
+            "epochs": self.epochs_html,
+        }
+        return builders[name]()
+
     def models_html(self) -> str:
         return models_page(self.current(), self.models())
 

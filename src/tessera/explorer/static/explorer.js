@@ -8,9 +8,12 @@
   var provider = document.body.getAttribute("data-provider");
   var page = document.body.getAttribute("data-page");
   if (page === "providers") return; // the list is a snapshot with filters: reload it
+  var live = document.body.getAttribute("data-live") === "1";
   var url = provider
     ? "/explorer/api/v1/stream?provider=" + encodeURIComponent(provider)
-    : "/explorer/api/v1/stream?window=" + encodeURIComponent(win);
+    : live
+      ? "/explorer/api/v1/stream?page=" + encodeURIComponent(page)
+      : "/explorer/api/v1/stream?window=" + encodeURIComponent(win);
   var source = new EventSource(url);
   source.addEventListener("snapshot", function (event) {
     var message = JSON.parse(event.data);
