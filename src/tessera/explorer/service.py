@@ -351,17 +351,18 @@ class Explorer:
         gateway = self._gateway()
         catalog = None if gateway is None else gateway.verifier.catalog
         by_model: dict[str, list[dict[str, Any]]] = {}
+        kind_of: dict[str, str] = {}  # a model's kind, as its first provider announced it
         for row in snapshot["providers"]:
             pid = row["provider_id"]
             totals = self.rollups.providers.get(pid)
-            kinds = {model: kind for model, kind, _ in self.seen[pid].weights}
+            for model, kind, _ in self.seen[pid].weights:
+                kind_of.setdefault(model, kind)
             for offer in row["declared"]["models"]:
                 name = offer["model"]
                 stats = None if totals is None else totals.models.get(name)
                 by_model.setdefault(name, []).append(
                     {
                         "provider_id": pid,
-                        "kind": kinds.get(name),
                         "label": row["label"],
                         "region": row["region"],
                         "status": row["status"],
@@ -375,15 +376,12 @@ class Explorer:
         models = []
         for name, providers in sorted(by_model.items()):
             live = [p for p in providers if p["status"] != "offline"]
-            kind = next((p.pop("kind") for p in providers if "kind" in p), None)
-            for p in providers:
-                p.pop("kind", None)
             outputs = sorted(p["price_output_per_mtok"] for p in live)
             pinned = None if catalog is None else catalog.get(name)
             models.append(
                 {
                     "model": name,
-                    "kind": kind,
+                    "kind": kind_of.get(name),
                     "audited": pinned is not None,
                     "providers_online": len(live),
                     "providers_seen": len(providers),
