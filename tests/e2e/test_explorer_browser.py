@@ -23,12 +23,17 @@ from urllib.parse import urlsplit
 
 import httpx
 import pytest
+from nacl.signing import SigningKey
 from openai import AsyncOpenAI
 from playwright.async_api import Page, async_playwright, expect
 
+from tessera.protocol.signing import public_key_hex
+from tessera.units import format_tokens
+
+from support.audit_peers import catalog_file, join, join_validators, stop, wait_status
 from support.debian import ensure_program
 from support.live_network import TEXT_MODEL, LiveNetwork
-from support.scripted_peers import MODEL, Peer, answer, live_gateway, priced
+from support.scripted_peers import MODEL, Peer, answer, chat_body, live_gateway, priced
 from support.tiny_model import REPO_ROOT
 
 pytestmark = pytest.mark.e2e
@@ -298,3 +303,59 @@ async def test_receipts_verify_in_chromium_and_a_killed_provider_turns_offline(
     assert problems == []
     await openai.close()
     await consumer.aclose()
+
+
+async def test_a_slash_shows_its_evidence_and_refund_in_chromium(
+    tmp_path: Path, chromium: str
+) -> None:
+    """A provider caught answering with another model's text: in the browser, the slashes
+    page shows the slash with the consumer's refund, and its evidence link opens the audit
+    case; the request's page shows the audit upheld."""
+
+    async def says_something_else(peer: Peer, job: dict[str, Any]) -> None:
+        await answer(peer, job, text="not what the model says")
+
+    keys = [SigningKey.generate() for _ in range(3)]
+    async with live_gateway(
+        tmp_path,
+        catalog_file=catalog_file(tmp_path),
+        validator_keys=[public_key_hex(k) for k in keys],
+        min_stake_units=10**9,
+        explorer_interval_s=0.2,
+    ) as gw:
+        async with gw.client() as client, httpx.AsyncClient(base_url=gw.base) as public:
+            tasks = await join_validators(gw, client, tmp_path, keys)
+            cheat, more = await join(gw, tmp_path, "cheat", stake=True, on_job=says_something_else)
+            tasks += more
+            await wait_status(client, cheat, "routable")
+            response = await client.post("/v1/chat/completions", json=chat_body())
+            assert response.status_code == 200, response.text
+            request_id = response.headers["x-request-id"]
+            async with asyncio.timeout(30):
+                while not (await public.get("/explorer/api/v1/audits")).json()["data"]:
+                    await asyncio.sleep(0.1)
+            (slash,) = (await public.get("/explorer/api/v1/slashes")).json()["data"]
+            problems: list[str] = []
+            async with async_playwright() as playwright:
+                browser = await playwright.chromium.launch(executable_path=chromium, args=FLAGS)
+                try:
+                    page = await (await browser.new_context(viewport=DESKTOP)).new_page()
+                    watch(page, problems)
+                    await page.goto(f"{gw.base}/explorer/slashes")
+                    row = page.locator("#slashes tbody tr").first
+                    await expect(row).to_contain_text("tampered_output")
+                    await expect(row).to_contain_text(format_tokens(slash["refunded_units"]))
+                    await expect(page.locator('[data-k="slashes.count"]')).to_have_text("1")
+                    await page.screenshot(
+                        path=SCREENSHOTS / "explorer-slashes-caught-desktop.png", full_page=True
+                    )
+                    await row.locator(f"text=audit case {request_id}").click()
+                    await expect(page).to_have_url(f"{gw.base}/v1/audit-cases/{request_id}")
+                    case = json.loads(await page.locator("body").inner_text())
+                    assert case["status"] == "upheld" and case["refunded"] == 5_000
+                    await page.goto(f"{gw.base}/explorer/requests/{request_id}")
+                    await expect(page.locator("#facts")).to_contain_text("upheld")
+                finally:
+                    await browser.close()
+            assert problems == []
+            stop(tasks)

@@ -36,6 +36,12 @@ def _text() -> Any:
 
 
 T = TypeVar("T")
+CACHE_DAY = {"Cache-Control": "public, max-age=86400"}
+FAVICON = (
+    '<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 16 16">'
+    '<rect width="16" height="16" rx="3" fill="#14213d"/>'
+    '<path d="M3 4h10v2H9v7H7V6H3z" fill="#fca311"/></svg>'
+)
 CACHE = {"Cache-Control": "public, max-age=2"}
 SCRIPTS = frozenset({"explorer.js", "receipt.js"})
 RequestId = Annotated[str, Path(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_.:-]+$")]
@@ -125,6 +131,11 @@ def install_explorer_routes(app: FastAPI, explorer: Explorer) -> None:
     @app.get("/explorer/receipts", include_in_schema=False)
     async def receipts_page() -> HTMLResponse:
         return HTMLResponse(explorer.receipts_html(), headers=CACHE)
+
+    @app.get("/favicon.ico", include_in_schema=False)
+    async def favicon() -> Response:
+        """Browsers ask every origin for one (JSON answers opened in a tab too)."""
+        return Response(FAVICON, media_type="image/svg+xml", headers=CACHE_DAY)
 
     @app.get("/explorer/static/{name}", include_in_schema=False)
     async def explorer_static(name: str) -> Response:
