@@ -145,7 +145,7 @@ def install_explorer_routes(app: FastAPI, explorer: Explorer) -> None:
 
     @app.get("/explorer/models", include_in_schema=False)
     async def models_page() -> HTMLResponse:
-        return HTMLResponse(await off_loop(explorer.models_html), headers=CACHE)
+        return HTMLResponse(await explorer.rendered("models"), headers=CACHE)
 
     @app.get("/explorer/api/v1/models", tags=["explorer"])
     async def models(format: Format = "json") -> Any:
@@ -161,7 +161,7 @@ def install_explorer_routes(app: FastAPI, explorer: Explorer) -> None:
 
     @app.get("/explorer/audits", include_in_schema=False)
     async def audits_page() -> HTMLResponse:
-        return HTMLResponse(explorer.audits_html(), headers=CACHE)
+        return HTMLResponse(await explorer.rendered("audits"), headers=CACHE)
 
     @app.get("/explorer/api/v1/audits", tags=["explorer"])
     async def audits(format: Format = "json") -> Any:
@@ -174,7 +174,7 @@ def install_explorer_routes(app: FastAPI, explorer: Explorer) -> None:
 
     @app.get("/explorer/slashes", include_in_schema=False)
     async def slashes_page() -> HTMLResponse:
-        return HTMLResponse(explorer.slashes_html(), headers=CACHE)
+        return HTMLResponse(await explorer.rendered("slashes"), headers=CACHE)
 
     @app.get("/explorer/api/v1/slashes", tags=["explorer"])
     async def slashes(format: Format = "json") -> Any:
@@ -188,7 +188,7 @@ def install_explorer_routes(app: FastAPI, explorer: Explorer) -> None:
 
     @app.get("/explorer/epochs", include_in_schema=False)
     async def epochs_page() -> HTMLResponse:
-        return HTMLResponse(explorer.epochs_html(), headers=CACHE)
+        return HTMLResponse(await explorer.rendered("epochs"), headers=CACHE)
 
     @app.get("/explorer/api/v1/epochs", tags=["explorer"])
     async def epochs(format: Format = "json") -> Any:
@@ -201,7 +201,7 @@ def install_explorer_routes(app: FastAPI, explorer: Explorer) -> None:
 
     @app.get("/explorer/economics", include_in_schema=False)
     async def economics_page() -> HTMLResponse:
-        return HTMLResponse(await off_loop(explorer.economics_html), headers=CACHE)
+        return HTMLResponse(await explorer.rendered("economics"), headers=CACHE)
 
     @app.get("/explorer/api/v1/economics", tags=["explorer"])
     async def economics() -> dict[str, Any]:
@@ -213,7 +213,7 @@ def install_explorer_routes(app: FastAPI, explorer: Explorer) -> None:
 
     @app.get("/explorer/claims", include_in_schema=False)
     async def claims_page() -> HTMLResponse:
-        return HTMLResponse(await off_loop(explorer.claims_html), headers=CACHE)
+        return HTMLResponse(await explorer.rendered("claims"), headers=CACHE)
 
     @app.get("/explorer/api/v1/claims", tags=["explorer"])
     async def claims(format: Format = "json") -> Any:
@@ -263,7 +263,7 @@ def install_explorer_routes(app: FastAPI, explorer: Explorer) -> None:
         return {"object": "list", "version": snapshot["version"], "data": snapshot["tape"]}
 
     async def live_main(page: str) -> dict[str, str]:
-        return {"main": main_part(await off_loop(explorer.live_page, page))}
+        return {"main": main_part(await explorer.rendered(page))}
 
     @app.get("/explorer/api/v1/stream", include_in_schema=False)
     async def stream(

@@ -91,6 +91,9 @@ class Explorer:
         self.references = load_references()
         self._models: tuple[int, list[dict[str, Any]]] | None = None
         self._listed: tuple[Any, list[dict[str, Any]]] | None = None
+        self._rendered: dict[str, tuple[int, str]] = {}
+        self._answers: dict[str, tuple[int, dict[str, Any]]] = {}  # JSON, per snapshot
+        self._render_locks: dict[str, asyncio.Lock] = {}
         self.snapshot: dict[str, Any] = {}
         self.version = 0
         self.streams = 0
@@ -399,6 +402,9 @@ class Explorer:
         """Supply, stake, fees, pools, open escrow, the invariant, the fee policy and the
         slashing table in force, and the price index against the dated references."""
         snapshot = self.current()
+        cached = self._answers.get("economics")
+        if cached is not None and cached[0] == snapshot["version"]:
+            return cached[1]
         gateway = self._gateway()
         policy = None
         if gateway is not None and gateway.bookkeeper is not None:
@@ -410,7 +416,7 @@ class Explorer:
                 "slashing": book_policy.slashing.public(),
             }
         providers = snapshot["providers"]
-        return {
+        answer = {
             "object": "explorer.economics",
             "version": snapshot["version"],
             "as_of": snapshot["as_of"],
@@ -426,17 +432,24 @@ class Explorer:
             "policy": policy,
             "price_index": price_index(self.models(), self.references, self.token_usd),
         }
+        self._answers["economics"] = (snapshot["version"], answer)
+        return answer
 
     def claims(self) -> dict[str, Any]:
         snapshot = self.current()
+        cached = self._answers.get("claims")
+        if cached is not None and cached[0] == snapshot["version"]:
+            return cached[1]
         uptime = self.presence.network(snapshot["as_of"], UPTIME_WINDOWS["24h"])
         index = price_index(self.models(), self.references, self.token_usd)
-        return {
+        answer = {
             "object": "list",
             "version": snapshot["version"],
             "as_of": snapshot["as_of"],
             "data": network_claims(snapshot, uptime, index, self.rollups.caught_after()),
         }
+        self._answers["claims"] = (snapshot["version"], answer)
+        return answer
 
     def audits(self) -> list[dict[str, Any]]:
         """The newest closed audit cases, network-wide (bounded: LOG_SIZE)."""
@@ -470,6 +483,22 @@ class Explorer:
 
     def claims_html(self) -> str:
         return claims_page(self.claims())
+
+    async def rendered(self, name: str) -> str:
+        """One of LIVE_PAGES as HTML, rendered at most once per snapshot whoever asks (a
+        crowd of visitors or live pages costs one render), in a worker thread."""
+        version = self.current()["version"]
+        cached = self._rendered.get(name)
+        if cached is not None and cached[0] == version:
+            return cached[1]
+        lock = self._render_locks.setdefault(name, asyncio.Lock())
+        async with lock:
+            cached = self._rendered.get(name)
+            if cached is not None and cached[0] == version:
+                return cached[1]
+            html = await asyncio.to_thread(self.live_page, name)
+            self._rendered[name] = (version, html)
+            return html
 
     def live_page(self, name: str) -> str:
         """One of LIVE_PAGES, rendered now (the stream sends its <main>)."""
