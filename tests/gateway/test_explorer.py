@@ -77,6 +77,7 @@ async def test_a_request_shows_everywhere_alike_and_without_its_text(gateway_dir
 
         summary = (await public.get("/explorer/api/v1/network/summary?window=1h")).json()
         assert summary["kpis"]["requests"] == 1 and summary["kpis"]["cost"] == 5000
+        assert summary["kpis"]["earned"] == 5000 - 5000 * 500 // 10_000  # after the 5 % fee
         assert summary["network"]["providers_online"] == 1
         assert summary["ledger"]["holds"] is True and summary["ledger"]["problems"] == []
         page = await public.get("/explorer?window=1h")
@@ -206,6 +207,7 @@ async def test_a_providers_page_shows_its_record_and_why_and_updates_live(
         assert stats["requests"] == 1 and stats["ttft_ms"]["p50"] is None  # n=1: too few
         assert stats["ttft_ms"]["samples"] == 1
         assert detail["record"]["paid_by_day"][0]["cost"] == 5000
+        assert detail["record"]["paid_by_day"][0]["earned"] == 4750
         assert detail["reputation"]["formula"][0].startswith("score = ")
         assert detail["routing"]["connected"] is True
         assert detail["routing"]["models"][0]["model"] == "scripted-model"

@@ -245,8 +245,17 @@ def kpi_cards(snapshot: dict[str, Any], window: str) -> str:
         _counted("slashes", "slashes", now, before),
         _card("paid by consumers", f"windows.{window}.kpis.cost", format_tokens(now["cost"]),
               "tokens, base units /1e9"),
+
     ]  # fmt: skip
-    if ledger is not None:
+    if ledger is not None:  # a replica does not know the fee split: its owner does
+        cards.append(
+            _card(
+                "paid to providers",
+                f"windows.{window}.kpis.earned",
+                format_tokens(now["earned"]),
+                "after the protocol fee",
+            )
+        )
         state = "holds" if ledger["holds"] else "BROKEN"
         cls = "ok" if ledger["holds"] else "bad"
         detail = (
@@ -451,7 +460,7 @@ def provider_main(detail: dict[str, Any]) -> str:
         f"<h2>Reputation</h2>{_reputation(reputation)}"
         f"<h2>Audits</h2>{_audits(record.get('audits'))}"
         f"<h2>Slashes</h2>{_slashes(record.get('slashes'))}"
-        f"<h2>Paid for its answers, per day</h2>{_per_day(record.get('paid_by_day', []))}"
+        f"<h2>Paid and earned per day</h2>{_per_day(record.get('paid_by_day', []))}"
     )
 
 
@@ -645,10 +654,12 @@ def _slashes(slashes: dict[str, Any] | None) -> str:
 
 def _per_day(days: list[dict[str, Any]]) -> str:
     rows = [
-        f'<tr><td>{_time(d["day"])[:10]}</td><td class="num">{format_tokens(d["cost"])}</td></tr>'
+        f'<tr><td>{_time(d["day"])[:10]}</td><td class="num">{format_tokens(d["cost"])}</td>'
+        f'<td class="num">{format_tokens(d["earned"])}</td></tr>'
         for d in reversed(days)
     ]
-    return _table(["day (UTC)", "paid (tokens)"], rows, "nothing paid yet", "per-day")
+    head = ["day (UTC)", "paid by consumers (tokens)", "earned, after the protocol fee"]
+    return _table(head, rows, "nothing paid yet", "per-day")
 
 
 # ---------------------------------------------------------------- requests and receipts

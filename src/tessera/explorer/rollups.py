@@ -77,6 +77,7 @@ class Bucket:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     cost: int = 0
+    earned: int = 0  # the providers' share of ``cost`` (after the protocol fee)
     audits_passed: int = 0
     audits_failed: int = 0
     slashes: int = 0
@@ -94,7 +95,7 @@ class Bucket:
 
 
 _COUNTS = (
-    "requests", "ok", "errors", "prompt_tokens", "completion_tokens", "cost",
+    "requests", "ok", "errors", "prompt_tokens", "completion_tokens", "cost", "earned",
     "audits_passed", "audits_failed", "slashes", "slashed_units", "refunded_units",
 )  # fmt: skip
 
@@ -237,6 +238,7 @@ class ProviderTotals:
     ttft: list[int] = field(default_factory=lambda: [0] * _BINS)
     models: dict[str, ModelStats] = field(default_factory=dict)
     cost_by_day: dict[int, int] = field(default_factory=dict)  # day start -> paid
+    earned_by_day: dict[int, int] = field(default_factory=dict)  # day start -> its share
     audits_passed: int = 0
     audits_failed: int = 0
     audits: deque[AuditRow] = field(default_factory=lambda: deque(maxlen=RECENT))
@@ -274,7 +276,8 @@ class ProviderTotals:
             **self.as_dict(),
             "models": {name: stats.as_dict() for name, stats in sorted(self.models.items())},
             "paid_by_day": [
-                {"day": day, "cost": cost} for day, cost in sorted(self.cost_by_day.items())
+                {"day": day, "cost": cost, "earned": self.earned_by_day.get(day, 0)}
+                for day, cost in sorted(self.cost_by_day.items())
             ],
             "audits": {
                 "passed": self.audits_passed,
@@ -308,7 +311,9 @@ class Rollups:
 
     # ------------------------------------------------------------ events
 
-    def request(self, row: TapeRow, tokens_per_s: float | None = None) -> None:
+    def request(self, row: TapeRow, tokens_per_s: float | None = None, earned: int = 0) -> None:
+        """A request finished; ``earned`` is its provider's share of the cost (the caller
+        knows the fee policy)."""
         ok = row.status == "ok"
         error = row.status == "error"
         ttft_bin = _bin(row.ttft_ms, _MS_FLOOR) if ok and row.ttft_ms is not None else -1
@@ -320,6 +325,7 @@ class Rollups:
             bucket.prompt_tokens += row.prompt_tokens
             bucket.completion_tokens += row.completion_tokens
             bucket.cost += row.cost
+            bucket.earned += earned
             if ttft_bin >= 0:
                 bucket.ttft[ttft_bin] += 1
             if tps_bin >= 0:
@@ -346,6 +352,7 @@ class Rollups:
             if row.cost:
                 day = int(row.at) - int(row.at) % DAY
                 totals.cost_by_day[day] = totals.cost_by_day.get(day, 0) + row.cost
+                totals.earned_by_day[day] = totals.earned_by_day.get(day, 0) + earned
         self.tape.appendleft(row)
         self.requests[row.request_id] = row
         if len(self.requests) > KEEP_REQUESTS:
@@ -453,6 +460,7 @@ class Rollups:
             if totals.cost_by_day and min(totals.cost_by_day) < horizon:
                 for day in [d for d in totals.cost_by_day if d < horizon]:
                     del totals.cost_by_day[day]
+                    totals.earned_by_day.pop(day, None)
 
     # ------------------------------------------------------------ questions
 
@@ -539,6 +547,7 @@ def _kpis(bucket: Bucket) -> dict[str, Any]:
         "completion_tokens": bucket.completion_tokens,
         "tokens": bucket.prompt_tokens + bucket.completion_tokens,
         "cost": bucket.cost,
+        "earned": bucket.earned,
         "ttft_p50_ms": ttft50,
         "ttft_p95_ms": ttft95,
         "ttft_samples": n_ttft,

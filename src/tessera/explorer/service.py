@@ -58,6 +58,7 @@ from tessera.gateway.events import (
 )
 from tessera.gateway.liveness_routes import current_view, epoch_view
 from tessera.gateway.status_routes import status_view
+from tessera.ledger.pricing import split_fee
 from tessera.verify.reputation import FORMULA as REPUTATION_FORMULA
 
 log = logging.getLogger("tessera.explorer")
@@ -146,7 +147,20 @@ class Explorer:
                 route=None if event.route is None else event.route[:ROUTE_CHARS],
             ),
             tps,
+            self._earned(event.cost),
         )
+
+    def _earned(self, cost: int) -> int:
+        """The provider's share of ``cost`` by the ledger's own split (0 on a replica,
+        whose owner keeps the ledger)."""
+        if not cost:
+            return 0
+        gateway = self._gateway()
+        keeper = None if gateway is None else gateway.bookkeeper
+        if keeper is None:
+            return 0
+        fees = keeper.book.policy.fees
+        return split_fee(cost, fees.fee_bps, fees.verification_share_bps)[0]
 
     def _audit(self, event: AuditClosed) -> None:
         now = self.clock()
