@@ -22,6 +22,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import httpx
@@ -36,10 +37,12 @@ from tessera.demo import Network, create_api_key, free_port, wait_for_network  #
 from tessera.explorer.pages import live_fragments, overview  # noqa: E402
 from tessera.explorer.rollups import TapeRow  # noqa: E402
 from tessera.explorer.service import Explorer  # noqa: E402
-from tessera.explorer.snapshot import ProviderView  # noqa: E402
+from tessera.market.registry import ProviderRegistry  # noqa: E402
+from tessera.protocol.wire import Capabilities  # noqa: E402
 from tessera.provider.model_hash import weights_sha256  # noqa: E402
 from tessera.store.api_keys import ApiKeyStore, KeyLimits  # noqa: E402
 from tessera.store.engine import create_engine, database_url_for  # noqa: E402
+from tessera.verify.catalog import Catalog  # noqa: E402
 
 from support.tiny_model import ensure_tiny_model  # noqa: E402
 from support.upstream_process import running_upstream  # noqa: E402
@@ -187,22 +190,36 @@ def snapshot_cost(providers: int, requests: int) -> dict[str, float]:
             rng.lognormvariate(4, 0.5),
         )  # fmt: skip
     fill = (time.perf_counter() - started) / requests * 100_000
+    # A real registry of connected providers, as the gateway keeps them.
+    registry = ProviderRegistry()
     regions = ["US-east", "DE-eu", "JP-apac", "BR-sa"]
-    explorer.seen = {
-        pid: ProviderView(
-            provider_id=pid,
-            label=f"p{i}",
-            region=rng.choice(regions),
-            gpus=("NVIDIA H100",) * rng.choice([1, 2, 4, 8]),
-            models=("tiny",),
-            routable=True,
-            active_jobs=rng.randrange(4),
-            max_concurrent_jobs=4,
-            prices=(("tiny", 10**8, 3 * 10**8),),
-            weights=(("tiny", "text", "ab" * 32),),
-        )
-        for i, pid in enumerate(ids)
-    }
+    for i, pid in enumerate(ids):
+        caps = Capabilities.model_validate(
+            {
+                "public_key": pid,
+                "agent_version": "0.1.0",
+                "models": [
+                    {"name": "tiny", "weights_sha256": "ab" * 32, "kind": "text",
+                     "context_length": 2048, "price_input_per_mtok": 10**8,
+                     "price_output_per_mtok": 3 * 10**8}
+                ],
+                "hardware": {"cpu": "x", "cpu_cores": 16, "ram_bytes": 64 << 30,
+                             "gpus": [{"name": "NVIDIA H100", "memory_bytes": 80 << 30}]
+                             * rng.choice([1, 2, 4, 8])},
+                "region": rng.choice(regions),
+                "max_concurrent_jobs": 4,
+                "label": f"p{i}",
+            }
+        )  # fmt: skip
+        registry.add(pid, caps, now=now, status={"tiny": "routable"})
+    gateway = SimpleNamespace(
+        registry=registry,
+        payments=SimpleNamespace(bonded=lambda pid: 10**9),
+        bookkeeper=None,
+        verifier=SimpleNamespace(catalog=Catalog()),
+    )
+    explorer._gateway = lambda: gateway
+    lives = [registry.get(pid) for pid in ids]
     out = {"fill": fill}
 
     def timed_ms(name: str, work: Any) -> Any:
@@ -213,8 +230,12 @@ def snapshot_cost(providers: int, requests: int) -> dict[str, float]:
 
     snapshot = timed_ms("first rebuild", explorer.rebuild)
     timed_ms("first models", explorer.models)
-    # Steady state: 2 s later, 1,000 more requests spread over the providers.
+    # Steady state: 2 s later, 1,000 more requests spread over the providers, and a
+    # tenth of them with a different load.
     now += 2
+    for live in rng.sample(lives, len(lives) // 10):
+        if live is not None:
+            live.active_jobs = rng.randrange(4)
     for i in range(1_000):
         rollups.request(
             TapeRow(f"req_more_{i}", now, "tiny", rng.choice(ids), "ok", 20, 40, 12_000,
@@ -225,6 +246,7 @@ def snapshot_cost(providers: int, requests: int) -> dict[str, float]:
     timed_ms("render", lambda: (live_fragments(snapshot, "24h"), overview(snapshot, "24h")))
     timed_ms("models", explorer.models)
     timed_ms("claims", explorer.claims)
+    explorer._gateway = lambda: None  # the page's record and rows (not the live status)
     detail = timed_ms("provider", lambda: asyncio.run(explorer.provider(ids[0])))
     assert detail is not None
     return out

@@ -103,6 +103,7 @@ class Explorer:
         self._fragments: dict[tuple[int, str], dict[str, str]] = {}
         self._rows: dict[str, dict[str, Any]] = {}  # provider id -> its row in the snapshot
         self._row_cache: dict[str, tuple[ProviderView, int, dict[str, Any]]] = {}
+        self._views: dict[str, tuple[tuple[Any, ...], ProviderView]] = {}
         self._details: dict[tuple[int, str], dict[str, Any]] = {}
         self._request_details: dict[tuple[int, str], dict[str, Any]] = {}
         self._entry_reads = asyncio.Semaphore(ENTRY_READS)
@@ -209,11 +210,7 @@ class Explorer:
         now = self.clock()
         self.rollups.forget_before(now)
         gateway = self._gateway()
-        online = (
-            {}
-            if gateway is None
-            else {p.provider_id: _provider_view(p, gateway) for p in gateway.registry.all()}
-        )
+        online = {} if gateway is None else self._live_views(gateway)
         for provider_id, view in self.seen.items():
             if provider_id not in online and view.online:
                 self.seen[provider_id] = replace(view, online=False, active_jobs=0)
@@ -234,6 +231,31 @@ class Explorer:
         self._changed.set()
         self._changed = asyncio.Event()
         return self.snapshot
+
+    def _live_views(self, gateway: Any) -> dict[str, ProviderView]:
+        """A view of every connected provider, reused while nothing it shows changed:
+        its card (fixed for a connection), status mapping (replaced, never mutated, by the
+        registry), load, stake and reputation. At 10,000 providers most are unchanged."""
+        views: dict[str, ProviderView] = {}
+        cache = self._views
+        for live in gateway.registry.all():
+            pid = live.provider_id
+            try:
+                bonded = int(gateway.payments.bonded(pid))
+            except Exception:  # a replica whose owner is changing hands: shown as 0
+                bonded = 0
+            key = (live.capabilities, live.status, live.active_jobs, bonded, live.reputation)
+            cached = cache.get(pid)
+            if cached is not None and _same(cached[0], key):
+                views[pid] = cached[1]
+                continue
+            view = _provider_view(live, bonded)
+            cache[pid] = (key, view)
+            views[pid] = view
+        if len(cache) > 2 * len(views) + 1000:  # forget providers long gone
+            for pid in [p for p in cache if p not in views]:
+                del cache[pid]
+        return views
 
     def current(self) -> dict[str, Any]:
         return self.snapshot or self.rebuild()
@@ -649,12 +671,20 @@ def to_csv(rows: list[dict[str, Any]]) -> str:
     return out.getvalue()
 
 
-def _provider_view(live: Any, gateway: Any) -> ProviderView:
+def _same(old: tuple[Any, ...], new: tuple[Any, ...]) -> bool:
+    """The card and status by identity (both are replaced, never changed in place), the
+    numbers by value."""
+    return (
+        old[0] is new[0]
+        and old[1] is new[1]
+        and old[2] == new[2]
+        and old[3] == new[3]
+        and old[4] == new[4]
+    )
+
+
+def _provider_view(live: Any, bonded: int) -> ProviderView:
     card = live.capabilities
-    try:
-        bonded = int(gateway.payments.bonded(live.provider_id))
-    except Exception:  # a replica whose owner is changing hands: shown as 0, not an error
-        bonded = 0
     return ProviderView(
         provider_id=live.provider_id,
         label=card.label,

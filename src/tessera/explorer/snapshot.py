@@ -111,7 +111,7 @@ def _cached_row(
     totals = rollups.providers.get(view.provider_id)
     requests = -1 if totals is None else totals.requests
     cached = rows.get(view.provider_id)
-    if cached is not None and cached[1] == requests and cached[0] == view:
+    if cached is not None and cached[1] == requests and (cached[0] is view or cached[0] == view):
         return cached[2]
     row = _provider_row(view, rollups)
     rows[view.provider_id] = (view, requests, row)
