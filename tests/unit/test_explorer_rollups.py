@@ -92,10 +92,10 @@ def test_memory_is_bounded_by_the_buckets_kept() -> None:
 
 def test_audits_and_slashes_count_in_their_window() -> None:
     rollups = Rollups()
-    rollups.audit(True, T0 - 100)
-    rollups.audit(False, T0 - 100)
-    rollups.slash(500, 200, T0 - 100)
-    rollups.audit(True, T0 - 3 * DAY)
+    rollups.audit(AuditRow(T0 - 100, "req-1", "m", "passed", 0, 0, "p"))
+    rollups.audit(AuditRow(T0 - 100, "req-2", "m", "upheld", 0, 0, "p"))
+    rollups.slash(SlashRow(T0 - 100, "m", "tampered_output", 500, 200, "audit:req-2", "p"))
+    rollups.audit(AuditRow(T0 - 3 * DAY, "req-3", "m", "cleared", 0, 0, "p"))
     kpis = rollups.summary(T0, "24h")["kpis"]
     assert (kpis["audits_passed"], kpis["audits_failed"], kpis["slashes"]) == (1, 1, 1)
     assert (kpis["slashed_units"], kpis["refunded_units"]) == (500, 200)
@@ -108,15 +108,14 @@ def test_a_providers_record_keeps_models_audits_slashes_and_days_bounded() -> No
     for i in range(6):
         rollups.request(row(T0 - DAY - i, ttft=40.0 + i, n=i), tokens_per_s=20.0)
     rollups.request(row(T0, status="error", ttft=None, n=99))
-    passed = AuditRow(T0, "req-1", "tessera-tiny", "passed", 0, 0)
-    upheld = AuditRow(T0 + 1, "req-2", "tessera-tiny", "upheld", 500, 200)
-    rollups.audit(True, T0, passed, provider)
-    rollups.audit(False, T0 + 1, upheld, provider)
-    rollups.audit_inconclusive(
-        AuditRow(T0 + 2, "req-3", "tessera-tiny", "inconclusive", 0, 0), provider
+    passed = AuditRow(T0, "req-1", "tessera-tiny", "passed", 0, 0, provider)
+    upheld = AuditRow(T0 + 1, "req-2", "tessera-tiny", "upheld", 500, 200, provider)
+    rollups.audit(passed)
+    rollups.audit(upheld)
+    rollups.audit(AuditRow(T0 + 2, "req-3", "tessera-tiny", "inconclusive", 0, 0, provider))
+    rollups.slash(
+        SlashRow(T0 + 1, "tessera-tiny", "wrong_output", 500, 200, "audit:req-2", provider)
     )
-    slash = SlashRow(T0 + 1, "tessera-tiny", "wrong_output", 500, 200, "audit:req-2")
-    rollups.slash(500, 200, T0 + 1, slash, provider)
     detail = rollups.providers[provider].detail()
     model = detail["models"]["tessera-tiny"]
     assert (model["requests"], model["ok"], model["errors"]) == (7, 6, 1)
@@ -136,7 +135,7 @@ def test_a_providers_record_keeps_models_audits_slashes_and_days_bounded() -> No
     rollups.forget_before(T0 + (EARNING_DAYS + 2) * DAY)
     assert rollups.providers[provider].detail()["paid_by_day"] == []
     for _ in range(RECENT + 5):
-        rollups.audit(True, T0, passed, provider)
+        rollups.audit(passed)
     assert len(rollups.providers[provider].detail()["audits"]["recent"]) == RECENT
 
 

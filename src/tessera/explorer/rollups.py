@@ -217,6 +217,7 @@ class EpochRow:
     slashed_units: int = 0
 
 
+PASSED_AUDITS = frozenset({"passed", "cleared"})  # audit outcomes that count as passed
 RECENT = 20  # audits and slashes kept per provider
 KEEP_EPOCHS = 1_000  # uptime epochs kept (42 days of hourly epochs)
 KEEP_REQUESTS = 10_000  # requests a request page can show (the newest)
@@ -235,10 +236,9 @@ class ProviderTotals:
     tokens: int = 0
     earned_cost: int = 0  # what consumers paid for its answers (before fees)
     last_at: float | None = None
-    ttft: list[int] = field(default_factory=lambda: [0] * _BINS)
     models: dict[str, ModelStats] = field(default_factory=dict)
-    cost_by_day: dict[int, int] = field(default_factory=dict)  # day start -> paid
-    earned_by_day: dict[int, int] = field(default_factory=dict)  # day start -> its share
+    # Day start -> [paid by consumers, its share after the protocol fee].
+    by_day: dict[int, list[int]] = field(default_factory=dict)
     audits_passed: int = 0
     audits_failed: int = 0
     audits: deque[AuditRow] = field(default_factory=lambda: deque(maxlen=RECENT))
@@ -255,7 +255,8 @@ class ProviderTotals:
         if self._cached is not None and self._cached[0] == self.requests:
             return self._cached[1]
         settled = self.ok + self.errors
-        p50, n = percentile(self.ttft, 0.50, _MS_FLOOR)
+        ttft = [sum(column) for column in zip(*(m.ttft for m in self.models.values()), strict=True)]
+        p50, n = percentile(ttft or [0] * _BINS, 0.50, _MS_FLOOR)
         out = {
             "requests": self.requests,
             "ok": self.ok,
@@ -276,8 +277,8 @@ class ProviderTotals:
             **self.as_dict(),
             "models": {name: stats.as_dict() for name, stats in sorted(self.models.items())},
             "paid_by_day": [
-                {"day": day, "cost": cost, "earned": self.earned_by_day.get(day, 0)}
-                for day, cost in sorted(self.cost_by_day.items())
+                {"day": day, "cost": cost, "earned": earned}
+                for day, (cost, earned) in sorted(self.by_day.items())
             ],
             "audits": {
                 "passed": self.audits_passed,
@@ -345,14 +346,16 @@ class Rollups:
             stats.ok += ok
             stats.errors += error
             if ttft_bin >= 0:
-                totals.ttft[ttft_bin] += 1
                 stats.ttft[ttft_bin] += 1
             if tps_bin >= 0:
                 stats.tps[tps_bin] += 1
             if row.cost:
                 day = int(row.at) - int(row.at) % DAY
-                totals.cost_by_day[day] = totals.cost_by_day.get(day, 0) + row.cost
-                totals.earned_by_day[day] = totals.earned_by_day.get(day, 0) + earned
+                paid = totals.by_day.get(day)
+                if paid is None:
+                    paid = totals.by_day[day] = [0, 0]
+                paid[0] += row.cost
+                paid[1] += earned
         self.tape.appendleft(row)
         self.requests[row.request_id] = row
         if len(self.requests) > KEEP_REQUESTS:
@@ -360,56 +363,36 @@ class Rollups:
             self.request_audits.pop(gone, None)
         self.version += 1
 
-    def audit(
-        self, passed: bool, at: float, row: AuditRow | None = None, provider_id: str = ""
-    ) -> None:
-        """An audit case closed; with ``row``, also kept on its provider's record."""
-        for bucket in self._buckets(at):
-            if passed:
-                bucket.audits_passed += 1
-            else:
-                bucket.audits_failed += 1
-        if row is not None:
-            totals = self._provider(provider_id)
-            totals.audits_passed += passed
-            totals.audits_failed += not passed
-            if not passed and totals.caught_after is None:
+    def audit(self, row: AuditRow) -> None:
+        """An audit case closed: counted in its windows when it reached a verdict (passed
+        or cleared; upheld), kept on its provider's record and its request's either way."""
+        verdict = True if row.status in PASSED_AUDITS else False if row.status == "upheld" else None
+        totals = self._provider(row.provider_id)
+        if verdict is not None:
+            for bucket in self._buckets(row.at):
+                bucket.audits_passed += verdict
+                bucket.audits_failed += not verdict
+            totals.audits_passed += verdict
+            totals.audits_failed += not verdict
+            if not verdict and totals.caught_after is None:
                 totals.caught_after = totals.requests
-            totals.audits.appendleft(row)
-            self.audit_log.appendleft(row)
-            self._audited(row)
-        self.version += 1
-
-    def _audited(self, row: AuditRow) -> None:
+        totals.audits.appendleft(row)
+        self.audit_log.appendleft(row)
         if row.request_id in self.requests:
             self.request_audits[row.request_id] = row
-
-    def audit_inconclusive(self, row: AuditRow, provider_id: str) -> None:
-        """A case that ended without a verdict: on the provider's record, in no count."""
-        self._provider(provider_id).audits.appendleft(row)
-        self.audit_log.appendleft(row)
-        self._audited(row)
         self.version += 1
 
-    def slash(
-        self,
-        units: int,
-        refunded: int,
-        at: float,
-        row: SlashRow | None = None,
-        provider_id: str = "",
-    ) -> None:
-        for bucket in self._buckets(at):
+    def slash(self, row: SlashRow) -> None:
+        for bucket in self._buckets(row.at):
             bucket.slashes += 1
-            bucket.slashed_units += units
-            bucket.refunded_units += refunded
-        if row is not None:
-            totals = self._provider(provider_id)
-            totals.slash_count += 1
-            totals.slashed_units += units
-            totals.refunded_units += refunded
-            totals.slashes.appendleft(row)
-            self.slash_log.appendleft(row)
+            bucket.slashed_units += row.slashed_units
+            bucket.refunded_units += row.refunded_units
+        totals = self._provider(row.provider_id)
+        totals.slash_count += 1
+        totals.slashed_units += row.slashed_units
+        totals.refunded_units += row.refunded_units
+        totals.slashes.appendleft(row)
+        self.slash_log.appendleft(row)
         self.version += 1
 
     def epoch(self, start: int, epoch_s: int, met: int, breached: int, slashed: int) -> None:
@@ -457,10 +440,9 @@ class Rollups:
                 del store[start]
         horizon = now - EARNING_DAYS * DAY
         for totals in self.providers.values():
-            if totals.cost_by_day and min(totals.cost_by_day) < horizon:
-                for day in [d for d in totals.cost_by_day if d < horizon]:
-                    del totals.cost_by_day[day]
-                    totals.earned_by_day.pop(day, None)
+            if totals.by_day and min(totals.by_day) < horizon:
+                for day in [d for d in totals.by_day if d < horizon]:
+                    del totals.by_day[day]
 
     # ------------------------------------------------------------ questions
 

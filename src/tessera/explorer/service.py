@@ -63,7 +63,6 @@ from tessera.verify.reputation import FORMULA as REPUTATION_FORMULA
 
 log = logging.getLogger("tessera.explorer")
 
-PASSED_AUDITS = frozenset({"passed", "cleared"})
 HEARTBEAT_S = 15.0
 EPOCHS_SHOWN = 48  # uptime epochs on a provider's page
 ROUTE_CHARS = 500  # of a request's route explanation, kept
@@ -164,35 +163,30 @@ class Explorer:
         return split_fee(cost, fees.fee_bps, fees.verification_share_bps)[0]
 
     def _audit(self, event: AuditClosed) -> None:
-        now = self.clock()
-        row = AuditRow(
-            at=now,
-            request_id=event.request_id,
-            model=event.model,
-            status=event.status,
-            slashed_units=event.slashed_units,
-            refunded_units=event.refunded_units,
-            provider_id=event.provider_id,
+        self.rollups.audit(
+            AuditRow(
+                at=self.clock(),
+                request_id=event.request_id,
+                model=event.model,
+                status=event.status,
+                slashed_units=event.slashed_units,
+                refunded_units=event.refunded_units,
+                provider_id=event.provider_id,
+            )
         )
-        if event.status in PASSED_AUDITS:
-            self.rollups.audit(True, now, row, event.provider_id)
-        elif event.status == "upheld":
-            self.rollups.audit(False, now, row, event.provider_id)
-        else:
-            self.rollups.audit_inconclusive(row, event.provider_id)
 
     def _slash(self, event: Slashed) -> None:
-        now = self.clock()
-        row = SlashRow(
-            at=now,
-            model=event.model,
-            reason=event.reason,
-            slashed_units=event.slashed_units,
-            refunded_units=event.refunded_units,
-            reference=event.reference,
-            provider_id=event.provider_id,
+        self.rollups.slash(
+            SlashRow(
+                at=self.clock(),
+                model=event.model,
+                reason=event.reason,
+                slashed_units=event.slashed_units,
+                refunded_units=event.refunded_units,
+                reference=event.reference,
+                provider_id=event.provider_id,
+            )
         )
-        self.rollups.slash(event.slashed_units, event.refunded_units, now, row, event.provider_id)
 
     # ------------------------------------------------------------ snapshots
 
