@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import re
 
-from tessera.explorer.pages import _model_provider_tr, sparkline
+from tessera.explorer.network_pages import _model_provider_tr
+from tessera.explorer.pages import sparkline
 
 
 def test_a_chart_breaks_where_there_is_no_data() -> None:

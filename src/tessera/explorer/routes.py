@@ -16,7 +16,7 @@ from fastapi import FastAPI, Path, Query
 from fastapi.responses import HTMLResponse, PlainTextResponse, Response, StreamingResponse
 
 from tessera.errors import InvalidRequest, NoCapacity, NotFound
-from tessera.explorer.pages import main_part
+from tessera.explorer.frame import main_part
 from tessera.explorer.rollups import KEEP_REQUESTS, SERIES_METRICS
 from tessera.explorer.service import SORTS, Explorer, flat_model, flat_provider, to_csv
 from tessera.gateway.verification_routes import PROVIDER_ID

@@ -23,23 +23,18 @@ from importlib import resources
 from typing import Any
 
 from tessera.explorer.claims import claims as network_claims
-from tessera.explorer.pages import (
-    CHARTS,
+from tessera.explorer.network_pages import (
     audits_page,
     claims_page,
     economics_page,
     epochs_page,
-    live_fragments,
     models_page,
-    overview,
-    provider_main,
-    provider_page,
-    providers_page,
-    receipts_page,
-    request_page,
     slashes_page,
 )
+from tessera.explorer.pages import CHARTS, live_fragments, overview, providers_page
 from tessera.explorer.price_index import load_references, price_index
+from tessera.explorer.provider_page import provider_main, provider_page
+from tessera.explorer.request_page import receipts_page, request_page
 from tessera.explorer.rollups import (
     UPTIME_WINDOWS,
     AuditRow,
