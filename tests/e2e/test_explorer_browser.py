@@ -23,14 +23,12 @@ from urllib.parse import urlsplit
 
 import httpx
 import pytest
-from nacl.signing import SigningKey
 from openai import AsyncOpenAI
 from playwright.async_api import Page, async_playwright, expect
 
-from tessera.protocol.signing import public_key_hex
 from tessera.units import format_tokens
 
-from support.audit_peers import catalog_file, join, join_validators, stop, wait_status
+from support.audit_peers import gateway_with_a_cheat
 from support.debian import ensure_program
 from support.live_network import TEXT_MODEL, LiveNetwork
 from support.scripted_peers import MODEL, Peer, answer, chat_body, live_gateway, priced
@@ -312,22 +310,8 @@ async def test_a_slash_shows_its_evidence_and_refund_in_chromium(
     page shows the slash with the consumer's refund, and its evidence link opens the audit
     case; the request's page shows the audit upheld."""
 
-    async def says_something_else(peer: Peer, job: dict[str, Any]) -> None:
-        await answer(peer, job, text="not what the model says")
-
-    keys = [SigningKey.generate() for _ in range(3)]
-    async with live_gateway(
-        tmp_path,
-        catalog_file=catalog_file(tmp_path),
-        validator_keys=[public_key_hex(k) for k in keys],
-        min_stake_units=10**9,
-        explorer_interval_s=0.2,
-    ) as gw:
-        async with gw.client() as client, httpx.AsyncClient(base_url=gw.base) as public:
-            tasks = await join_validators(gw, client, tmp_path, keys)
-            cheat, more = await join(gw, tmp_path, "cheat", stake=True, on_job=says_something_else)
-            tasks += more
-            await wait_status(client, cheat, "routable")
+    async with gateway_with_a_cheat(tmp_path, explorer_interval_s=0.2) as (gw, client, _, _):
+        async with httpx.AsyncClient(base_url=gw.base) as public:
             response = await client.post("/v1/chat/completions", json=chat_body())
             assert response.status_code == 200, response.text
             request_id = response.headers["x-request-id"]
@@ -358,4 +342,3 @@ async def test_a_slash_shows_its_evidence_and_refund_in_chromium(
                 finally:
                     await browser.close()
             assert problems == []
-            stop(tasks)

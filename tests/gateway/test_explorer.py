@@ -14,12 +14,9 @@ from typing import Any
 
 import httpx
 import pytest
-from nacl.signing import SigningKey
 
-from tessera.protocol.signing import public_key_hex
-
-from support.audit_peers import catalog_file, join, join_validators, stop, wait_status
-from support.scripted_peers import Peer, answer, chat_body, live_gateway, priced
+from support.audit_peers import gateway_with_a_cheat
+from support.scripted_peers import answer, chat_body, live_gateway, priced
 
 pytestmark = pytest.mark.integration
 
@@ -395,24 +392,8 @@ async def test_economics_and_claims_are_the_ledgers_and_the_windows(gateway_dir:
 
 
 async def test_a_caught_cheat_shows_its_slash_evidence_and_refund(gateway_dir: Path) -> None:
-    async def says_something_else(peer: Peer, job: dict[str, Any]) -> None:
-        await answer(peer, job, text="not what the model says")
-
-    keys = [SigningKey.generate() for _ in range(3)]
-    async with live_gateway(
-        gateway_dir,
-        catalog_file=catalog_file(gateway_dir),
-        validator_keys=[public_key_hex(k) for k in keys],
-        min_stake_units=10**9,
-        explorer_interval_s=0.1,
-    ) as gw:
-        async with gw.client() as client, httpx.AsyncClient(base_url=gw.base) as public:
-            tasks = await join_validators(gw, client, gateway_dir, keys)
-            cheat, more = await join(
-                gw, gateway_dir, "cheat", stake=True, on_job=says_something_else
-            )
-            tasks += more
-            await wait_status(client, cheat, "routable")
+    async with gateway_with_a_cheat(gateway_dir, explorer_interval_s=0.1) as (gw, client, cheat, _):
+        async with httpx.AsyncClient(base_url=gw.base) as public:
             response = await client.post("/v1/chat/completions", json=chat_body())
             assert response.status_code == 200, response.text
             request_id = response.headers["x-request-id"]
@@ -448,4 +429,3 @@ async def test_a_caught_cheat_shows_its_slash_evidence_and_refund(gateway_dir: P
             text = (await public.get("/explorer/api/v1/slashes?format=csv")).text
             (line,) = list(csv.DictReader(io.StringIO(text)))
             assert line["refunded_units"] == "5000"
-            stop(tasks)

@@ -29,6 +29,7 @@ from support.audit_peers import (
     bonded,
     catalog_file,
     fail_audit,
+    gateway_with_a_cheat,
     join,
     join_validators,
     model_status,
@@ -39,7 +40,6 @@ from support.audit_peers import (
 from support.scripted_peers import (
     MODEL,
     Peer,
-    answer,
     answer_tokens,
     chat_body,
     done_frame,
@@ -248,44 +248,28 @@ async def test_the_catalog_pins_weights_and_newcomers_must_pass_the_challenge(
 
 
 async def test_two_failed_audits_of_three_slash_refund_and_ban(gateway_dir: Path) -> None:
-    async def says_something_else(peer: Peer, job: dict[str, Any]) -> None:
-        await answer(peer, job, text="not what the model says")
-
-    keys = [SigningKey.generate() for _ in range(3)]
-    async with live_gateway(
-        gateway_dir,
-        catalog_file=catalog_file(gateway_dir),
-        validator_keys=[public_key_hex(k) for k in keys],
-        min_stake_units=10**9,
-    ) as gw:
-        async with gw.client() as client:
-            tasks = await join_validators(gw, client, gateway_dir, keys)
-            cheat, more = await join(
-                gw, gateway_dir, "cheat", stake=True, on_job=says_something_else
-            )
-            tasks += more
-            await wait_status(client, cheat, "routable")
-            stake = await bonded(client, cheat)
-            before = (await client.get("/v1/account")).json()["balance"]
-            response = await client.post("/v1/chat/completions", json=chat_body())
-            assert response.status_code == 200, response.text
-            assert response.headers["x-tessera-provider"] == cheat.provider_id
-            assert int(response.headers["x-tessera-cost"]) == 5_000
-            cases = await poll(
-                client,
-                f"/v1/audit-cases?provider={cheat.provider_id}",
-                lambda body: body["data"] and body["data"][0]["status"] in CLOSED,
-            )
-            case = cases["data"][0]
-            detail = (await client.get(f"/v1/audit-cases/{case['request_id']}")).json()
-            after = (await client.get("/v1/account")).json()["balance"]
-            left = await bonded(client, cheat)
-            status = await model_status(client, cheat)
-            paid = [
-                (await client.get(f"/v1/providers/{public_key_hex(k)}")).json()["earnings"]
-                for k in keys
-            ]
-            pool = (await client.get("/v1/ledger")).json()["verification_pool"]
+    async with gateway_with_a_cheat(gateway_dir) as (_, client, cheat, keys):
+        stake = await bonded(client, cheat)
+        before = (await client.get("/v1/account")).json()["balance"]
+        response = await client.post("/v1/chat/completions", json=chat_body())
+        assert response.status_code == 200, response.text
+        assert response.headers["x-tessera-provider"] == cheat.provider_id
+        assert int(response.headers["x-tessera-cost"]) == 5_000
+        cases = await poll(
+            client,
+            f"/v1/audit-cases?provider={cheat.provider_id}",
+            lambda body: body["data"] and body["data"][0]["status"] in CLOSED,
+        )
+        case = cases["data"][0]
+        detail = (await client.get(f"/v1/audit-cases/{case['request_id']}")).json()
+        after = (await client.get("/v1/account")).json()["balance"]
+        left = await bonded(client, cheat)
+        status = await model_status(client, cheat)
+        paid = [
+            (await client.get(f"/v1/providers/{public_key_hex(k)}")).json()["earnings"]
+            for k in keys
+        ]
+        pool = (await client.get("/v1/ledger")).json()["verification_pool"]
         # The request's fee put 125 units in the pool; the first auditor's 4 scored tokens at
         # its input price would be 4000, so it gets all 125 and the pool is empty.
         assert sum(paid) == 125 and pool == 0
@@ -296,7 +280,6 @@ async def test_two_failed_audits_of_three_slash_refund_and_ban(gateway_dir: Path
         assert case["refunded"] == 5_000
         assert left == stake - stake // 2 and case["slashed"] == stake // 2
         assert status == "banned"
-        stop(tasks)
 
 
 async def test_one_lying_auditor_cannot_slash_an_honest_provider(gateway_dir: Path) -> None:

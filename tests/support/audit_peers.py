@@ -5,7 +5,8 @@ tests/gateway/test_verification.py and the chain's slashing test."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,7 @@ from nacl.signing import SigningKey
 
 from tessera.dev_money import stake_provider
 from tessera.key_file import load_or_create_key
+from tessera.protocol.signing import public_key_hex
 from tessera.verify.catalog import (
     Catalog,
     CatalogModel,
@@ -30,6 +32,7 @@ from support.scripted_peers import (
     answer_tokens,
     audit_result,
     chat_body,
+    live_gateway,
     poll,
 )
 
@@ -137,6 +140,38 @@ async def wait_status(client: httpx.AsyncClient, peer: Peer, status: str) -> Non
 
 async def bonded(client: httpx.AsyncClient, peer: Peer) -> int:
     return int((await client.get(f"/v1/providers/{peer.provider_id}")).json()["bonded"])
+
+
+async def says_something_else(peer: Peer, job: dict[str, Any]) -> None:
+    """A cheat: answers with text the model does not produce."""
+    await answer(peer, job, text="not what the model says")
+
+
+@asynccontextmanager
+async def gateway_with_a_cheat(
+    gateway_dir: Path, **settings: Any
+) -> AsyncIterator[tuple[LiveGateway, httpx.AsyncClient, Peer, list[SigningKey]]]:
+    """A gateway with three validators and one staked provider that answers with another
+    model's text, routable: (gateway, consumer client, the cheat, validator keys)."""
+    keys = [SigningKey.generate() for _ in range(3)]
+    async with live_gateway(
+        gateway_dir,
+        catalog_file=catalog_file(gateway_dir),
+        validator_keys=[public_key_hex(k) for k in keys],
+        min_stake_units=10**9,
+        **settings,
+    ) as gw:
+        async with gw.client() as client:
+            tasks = await join_validators(gw, client, gateway_dir, keys)
+            cheat, more = await join(
+                gw, gateway_dir, "cheat", stake=True, on_job=says_something_else
+            )
+            tasks += more
+            try:
+                await wait_status(client, cheat, "routable")
+                yield gw, client, cheat, keys
+            finally:
+                stop(tasks)
 
 
 def stop(tasks: list[asyncio.Task[None]]) -> None:
