@@ -99,6 +99,18 @@ async def test_a_request_shows_everywhere_alike_and_without_its_text(gateway_dir
             await public.get("/explorer/api/v1/network/series?metric=requests&window=1h")
         ).json()
         assert sum(p["value"] for p in series["points"]) == 1
+        # A model nobody serves is not written on the public tape as the consumer typed it.
+        made_up = await client.post(
+            "/v1/chat/completions", json=chat_body(model="buy-my-coin-at-example")
+        )
+        assert made_up.status_code == 404
+        tape = await until(
+            public,
+            "/explorer/api/v1/requests/recent",
+            lambda body: body["data"][0]["request_id"] == made_up.headers["x-request-id"],
+        )
+        assert tape["data"][0]["model"] == "(unknown model)"
+        assert "buy-my-coin" not in (await public.get("/explorer")).text + json.dumps(tape)
         # Counts, ids and times only: never what was asked or answered.
         everything = html + text + json.dumps(summary) + json.dumps(events)
         assert SECRET_PROMPT not in everything and SECRET_ANSWER not in everything

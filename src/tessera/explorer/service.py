@@ -125,11 +125,12 @@ class Explorer:
         tps = None
         if event.ttft_ms is not None and event.completion_tokens > 1 and decode_s > 0:
             tps = (event.completion_tokens - 1) / decode_s
+        gateway = self._gateway()
         self.rollups.request(
             TapeRow(
                 request_id=event.request_id,
                 at=event.at.timestamp(),
-                model=event.model,
+                model=_public_model(event, gateway),
                 provider_id=event.provider_id,
                 status=event.status,
                 prompt_tokens=event.prompt_tokens,
@@ -142,20 +143,8 @@ class Explorer:
                 route=None if event.route is None else event.route[:ROUTE_CHARS],
             ),
             tps,
-            self._earned(event.cost),
+            _earned(event.cost, gateway),
         )
-
-    def _earned(self, cost: int) -> int:
-        """The provider's share of ``cost`` by the ledger's own split (0 on a replica,
-        whose owner keeps the ledger)."""
-        if not cost:
-            return 0
-        gateway = self._gateway()
-        keeper = None if gateway is None else gateway.bookkeeper
-        if keeper is None:
-            return 0
-        fees = keeper.book.policy.fees
-        return split_fee(cost, fees.fee_bps, fees.verification_share_bps)[0]
 
     def _audit(self, event: AuditClosed) -> None:
         self.rollups.audit(
@@ -658,6 +647,30 @@ def to_csv(rows: list[dict[str, Any]]) -> str:
     for row in rows:
         writer.writerow({k: "" if v is None else v for k, v in row.items()})
     return out.getvalue()
+
+
+UNSERVED = "(unknown model)"
+
+
+def _public_model(event: RequestFinished, gateway: Any) -> str:
+    """The model as the public tape shows it: a name some provider serves, else a
+    placeholder, so nobody can write text of their choosing on the explorer by asking
+    for a model that does not exist."""
+    if event.provider_id is not None:
+        return event.model
+    if gateway is not None and gateway.registry.offer(event.model) is not None:
+        return event.model
+    return UNSERVED
+
+
+def _earned(cost: int, gateway: Any) -> int:
+    """The provider's share of ``cost`` by the ledger's own split (0 on a replica,
+    whose owner keeps the ledger)."""
+    keeper = None if gateway is None or not cost else gateway.bookkeeper
+    if keeper is None:
+        return 0
+    fees = keeper.book.policy.fees
+    return split_fee(cost, fees.fee_bps, fees.verification_share_bps)[0]
 
 
 def _same(old: tuple[Any, ...], new: tuple[Any, ...]) -> bool:
