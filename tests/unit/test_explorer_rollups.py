@@ -132,8 +132,11 @@ def test_a_providers_record_keeps_models_audits_slashes_and_days_bounded() -> No
     # Paid per day: two days, and days past EARNING_DAYS are dropped.
     assert sum(d["cost"] for d in detail["paid_by_day"]) == 7000
     assert len(detail["paid_by_day"]) == 2
-    rollups.forget_before(T0 + (EARNING_DAYS + 2) * DAY)
-    assert rollups.providers[provider].detail()["paid_by_day"] == []
+    later = T0 + (EARNING_DAYS + 2) * DAY
+    assert rollups.providers[provider].detail(later)["paid_by_day"] == []
+    # A request on a new day drops the days past EARNING_DAYS from what is kept.
+    rollups.request(TapeRow("req-late", later, "tessera-tiny", provider, "ok", 1, 1, 90, 5.0, 1.0))
+    assert list(rollups.providers[provider].by_day) == [later - later % DAY]
     for _ in range(RECENT + 5):
         rollups.audit(passed)
     assert len(rollups.providers[provider].detail()["audits"]["recent"]) == RECENT

@@ -271,14 +271,17 @@ class ProviderTotals:
         self._cached = (self.requests, out)
         return out
 
-    def detail(self) -> dict[str, Any]:
-        """Everything the provider page shows of its record, newest first."""
+    def detail(self, now: float | None = None) -> dict[str, Any]:
+        """Everything the provider page shows of its record, newest first; paid per day
+        over the EARNING_DAYS before ``now`` (all kept days without it)."""
+        horizon = -math.inf if now is None else now - EARNING_DAYS * DAY
         return {
             **self.as_dict(),
             "models": {name: stats.as_dict() for name, stats in sorted(self.models.items())},
             "paid_by_day": [
                 {"day": day, "cost": cost, "earned": earned}
                 for day, (cost, earned) in sorted(self.by_day.items())
+                if day > horizon
             ],
             "audits": {
                 "passed": self.audits_passed,
@@ -352,7 +355,9 @@ class Rollups:
             if row.cost:
                 day = int(row.at) - int(row.at) % DAY
                 paid = totals.by_day.get(day)
-                if paid is None:
+                if paid is None:  # a new day: the ones past EARNING_DAYS go
+                    for old in [d for d in totals.by_day if d <= day - EARNING_DAYS * DAY]:
+                        del totals.by_day[old]
                     paid = totals.by_day[day] = [0, 0]
                 paid[0] += row.cost
                 paid[1] += earned
@@ -432,17 +437,13 @@ class Rollups:
             yield bucket
 
     def forget_before(self, now: float) -> None:
-        """Drop minute buckets older than two days, hour buckets older than 32 days and
-        providers' earnings older than EARNING_DAYS."""
+        """Drop minute buckets older than two days and hour buckets older than 32 days.
+        (A provider's earnings drop their days past EARNING_DAYS as it opens a new day:
+        touching 10,000 providers here would hold the loop.)"""
         for store, keep in ((self.minutes, KEEP_MINUTES), (self.hours, KEEP_HOURS)):
             horizon = now - keep
             for start in [s for s in store if s < horizon]:
                 del store[start]
-        horizon = now - EARNING_DAYS * DAY
-        for totals in self.providers.values():
-            if totals.by_day and min(totals.by_day) < horizon:
-                for day in [d for d in totals.by_day if d < horizon]:
-                    del totals.by_day[day]
 
     # ------------------------------------------------------------ questions
 

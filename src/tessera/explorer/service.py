@@ -16,7 +16,7 @@ import io
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import asdict, replace
 from decimal import Decimal
 from importlib import resources
@@ -43,7 +43,7 @@ from tessera.explorer.rollups import (
     SlashRow,
     TapeRow,
 )
-from tessera.explorer.snapshot import LedgerView, ProviderView, build_snapshot
+from tessera.explorer.snapshot import LedgerView, ProviderView, snapshot_steps
 from tessera.gateway.events import (
     AuditClosed,
     EpochClosed,
@@ -59,6 +59,7 @@ from tessera.verify.reputation import FORMULA as REPUTATION_FORMULA
 log = logging.getLogger("tessera.explorer")
 
 HEARTBEAT_S = 15.0
+SLICE_S = 0.004  # the longest a rebuild holds the loop before letting requests through
 EPOCHS_SHOWN = 48  # uptime epochs on a provider's page
 ROUTE_CHARS = 500  # of a request's route explanation, kept
 ENTRY_READS = 4  # journal reads for request pages at once
@@ -93,6 +94,7 @@ class Explorer:
         self.version = 0
         self.streams = 0
         self.build_s = 0.0  # how long the last snapshot took to build
+        self.longest_slice_s = 0.0  # the longest the loop waited on one slice of it
         self._changed = asyncio.Event()
         self._fragments: dict[tuple[int, str], dict[str, str]] = {}
         self._rows: dict[str, dict[str, Any]] = {}  # provider id -> its row in the snapshot
@@ -175,65 +177,100 @@ class Explorer:
     # ------------------------------------------------------------ snapshots
 
     async def run(self) -> None:
-        """Rebuild the snapshot every interval until cancelled."""
+        """Rebuild the snapshot every interval until cancelled, a slice at a time: the
+        loop serves requests whenever a slice has run SLICE_S, so no rebuild stalls it
+        for long (10,000 providers take tens of milliseconds in all)."""
         while True:
             try:
-                self.rebuild()
+                steps = self._rebuild_steps()
+                done = False
+                while not done:
+                    started = time.perf_counter()
+                    deadline = started + SLICE_S
+                    for _ in steps:
+                        if time.perf_counter() >= deadline:
+                            break
+                    else:
+                        done = True
+                    taken = time.perf_counter() - started
+                    self.longest_slice_s = max(self.longest_slice_s, taken)
+                    await asyncio.sleep(0)
             except Exception:
                 log.exception("the explorer's snapshot failed; the last one stays")
             await asyncio.sleep(self.interval_s)
 
     def rebuild(self) -> dict[str, Any]:
+        """Rebuild the snapshot at once (the first visitor before ``run`` built one)."""
+        for _ in self._rebuild_steps():
+            pass
+        return self.snapshot
+
+    def _rebuild_steps(self) -> Iterator[None]:
+        """The rebuild, yielding after each provider: their views, what was seen of them,
+        then the snapshot itself (snapshot_steps). An event folded between two steps lands
+        in this snapshot or the next; every provider is read once."""
         started = time.perf_counter()
         now = self.clock()
         self.rollups.forget_before(now)
         gateway = self._gateway()
-        online = {} if gateway is None else self._live_views(gateway)
-        for provider_id, view in self.seen.items():
+        online: dict[str, ProviderView] = {}
+        if gateway is not None:
+            for live in gateway.registry.all():
+                self._live_view(gateway, live, online)
+                yield
+            self._forget_views(online)
+        seen = self.seen
+        for provider_id, view in list(seen.items()):
             if provider_id not in online and view.online:
-                self.seen[provider_id] = replace(view, online=False, active_jobs=0)
-        self.seen.update(online)
-        providers = list(self.seen.values())
+                seen[provider_id] = replace(view, online=False, active_jobs=0)
+            yield
+        seen.update(online)
+        providers = list(seen.values())
         for view in providers:
             self.presence.observe(view.provider_id, view.online, now)
+            yield
         ledger = None if gateway is None else _ledger_view(gateway)
-        self.version += 1
-        self.snapshot = build_snapshot(
-            self.rollups, providers, ledger, now, self.version, self._row_cache
+        snapshot = yield from snapshot_steps(
+            self.rollups, providers, ledger, now, self.version + 1, self._row_cache
         )
-        self._rows = {row["provider_id"]: row for row in self.snapshot["providers"]}
+        rows = {}
+        for row in snapshot["providers"]:
+            rows[row["provider_id"]] = row
+            yield
+        self.version += 1
+        self.snapshot = snapshot
+        self._rows = rows
         self._fragments.clear()
         self._details.clear()
         self._request_details.clear()
         self.build_s = time.perf_counter() - started
         self._changed.set()
         self._changed = asyncio.Event()
-        return self.snapshot
 
-    def _live_views(self, gateway: Any) -> dict[str, ProviderView]:
-        """A view of every connected provider, reused while nothing it shows changed:
-        its card (fixed for a connection), status mapping (replaced, never mutated, by the
-        registry), load, stake and reputation. At 10,000 providers most are unchanged."""
-        views: dict[str, ProviderView] = {}
+    def _live_view(self, gateway: Any, live: Any, views: dict[str, ProviderView]) -> None:
+        """A connected provider's view into ``views``, reused while nothing it shows
+        changed: its card (fixed for a connection), status mapping (replaced, never
+        mutated, by the registry), load, stake and reputation. At 10,000 providers most
+        are unchanged."""
+        pid = live.provider_id
+        try:
+            bonded = int(gateway.payments.bonded(pid))
+        except Exception:  # a replica whose owner is changing hands: shown as 0
+            bonded = 0
+        key = (live.capabilities, live.status, live.active_jobs, bonded, live.reputation)
+        cached = self._views.get(pid)
+        if cached is not None and _same(cached[0], key):
+            views[pid] = cached[1]
+            return
+        view = _provider_view(live, bonded)
+        self._views[pid] = (key, view)
+        views[pid] = view
+
+    def _forget_views(self, views: dict[str, ProviderView]) -> None:
         cache = self._views
-        for live in gateway.registry.all():
-            pid = live.provider_id
-            try:
-                bonded = int(gateway.payments.bonded(pid))
-            except Exception:  # a replica whose owner is changing hands: shown as 0
-                bonded = 0
-            key = (live.capabilities, live.status, live.active_jobs, bonded, live.reputation)
-            cached = cache.get(pid)
-            if cached is not None and _same(cached[0], key):
-                views[pid] = cached[1]
-                continue
-            view = _provider_view(live, bonded)
-            cache[pid] = (key, view)
-            views[pid] = view
         if len(cache) > 2 * len(views) + 1000:  # forget providers long gone
             for pid in [p for p in cache if p not in views]:
                 del cache[pid]
-        return views
 
     def current(self) -> dict[str, Any]:
         return self.snapshot or self.rebuild()
@@ -308,7 +345,7 @@ class Explorer:
             "as_of": snapshot["as_of"],
             "provider": row,
             "offers": _offers(view, gateway),
-            "record": None if totals is None else totals.detail(),
+            "record": None if totals is None else totals.detail(snapshot["as_of"]),
             "seen_online": self.presence.windows(provider_id, snapshot["as_of"]),
             "reputation": None,
             "ledger": None,

@@ -9,7 +9,7 @@ measured ones (what the gateway saw: requests, latencies, audits).
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Generator, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -48,42 +48,62 @@ class LedgerView:
     problems: tuple[str, ...]  # the live invariant check: empty when it holds
 
 
-def build_snapshot(
+def snapshot_steps(
     rollups: Rollups,
-    providers: Iterable[ProviderView],
+    providers: Sequence[ProviderView],
     ledger: LedgerView | None,
     now: float,
     version: int,
     rows: dict[str, tuple[ProviderView, int, dict[str, Any]]] | None = None,
-) -> dict[str, Any]:
-    """``rows``: the caller's cache of provider rows, reused while a provider's view and
+) -> Generator[None, None, dict[str, Any]]:
+    """Build the snapshot, yielding after each provider so that a caller on an event loop
+    can let requests through now and then (10,000 providers take tens of milliseconds);
+    the snapshot is the generator's return value.
+
+    ``rows``: the caller's cache of provider rows, reused while a provider's view and
     request count are unchanged (most of them, at 10,000 providers, every 2 s)."""
-    everyone = list(providers)
-    regions = {p.provider_id: p.region for p in everyone}
-    live = [p for p in everyone if p.online]
+    regions: dict[str, str] = {}
     gpus: Counter[str] = Counter()
-    for p in live:
-        gpus.update(p.gpus)
+    live_regions: Counter[str] = Counter()
+    models: Counter[str] = Counter()
+    online = routable = busy = slots = 0
+    provider_rows = []
+    for p in providers:
+        regions[p.provider_id] = p.region
+        provider_rows.append(_cached_row(p, rollups, rows))
+        if p.online:
+            online += 1
+            routable += p.routable
+            busy += p.active_jobs
+            slots += p.max_concurrent_jobs
+            gpus.update(p.gpus)
+            live_regions[p.region] += 1
+            models.update(p.models)
+        yield
+    windows = {}
+    for name in WINDOWS:  # a few milliseconds each over a busy day of minutes
+        windows[name] = rollups.summary(now, name)
+        yield
     return {
         "object": "explorer.snapshot",
         "version": version,
         "as_of": now,
         "network": {
-            "providers_online": len(live),
-            "providers_routable": sum(1 for p in live if p.routable),
-            "busy_slots": sum(p.active_jobs for p in live),
-            "slots": sum(p.max_concurrent_jobs for p in live),
+            "providers_online": online,
+            "providers_routable": routable,
+            "busy_slots": busy,
+            "slots": slots,
             "declared": {
                 "gpus": dict(sorted(gpus.items())),
                 "gpu_count": sum(gpus.values()),
-                "regions": dict(sorted(Counter(p.region for p in live).items())),
-                "models": dict(sorted(Counter(m for p in live for m in p.models).items())),
+                "regions": dict(sorted(live_regions.items())),
+                "models": dict(sorted(models.items())),
             },
         },
-        "windows": {name: rollups.summary(now, name) for name in WINDOWS},
+        "windows": windows,
         "requests_per_minute": rollups.series(now, "1h", "requests")["points"],
         "tape": [_tape_row(row, rollups, regions) for row in rollups.tape],
-        "providers": [_cached_row(p, rollups, rows) for p in everyone],
+        "providers": provider_rows,
         "ledger": None
         if ledger is None
         else {**asdict(ledger), "problems": list(ledger.problems), "holds": not ledger.problems},
