@@ -241,6 +241,10 @@ def test_one_bad_choice_among_n_is_named() -> None:
 def test_delivered_text_must_be_the_decoded_tokens() -> None:
     verdict = score(text_job(), [honest(delivered="one two four")])
     assert verdict.reason == TAMPERED_OUTPUT and checks(verdict) == ["text"]
+    # Findings are public: where the texts part, in numbers, never the texts.
+    detail = verdict.findings[0].detail
+    assert "from character 8" in detail and "12 characters" in detail
+    assert "two" not in detail and "four" not in detail
 
 
 def test_a_stop_string_cuts_the_text_at_its_first_occurrence() -> None:

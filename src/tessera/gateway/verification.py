@@ -79,6 +79,7 @@ from tessera.verify.challenge import (
     check_text_challenge,
 )
 from tessera.verify.disputes import Case
+from tessera.verify.evidence import public_evidence
 from tessera.verify.receipts import ReceiptCheck, check_receipt
 from tessera.verify.reputation import ReputationBook
 from tessera.verify.sampling import AuditPolicy, audit_rate, should_audit
@@ -574,7 +575,9 @@ class Verifier:
                 await self._violation(auditor, subject.request_id, "bad_audit_result", problem)
             else:
                 verdict = self._score(subject, entry, answer)
-                evidence = {"verdict": verdict.public(), "result": answer.model_dump(mode="json")}
+                evidence = public_evidence(
+                    {"verdict": verdict.public(), "result": answer.model_dump(mode="json")}
+                )
                 if verdict.passed:
                     outcome = "passed"
                 elif verdict.reason is not None:

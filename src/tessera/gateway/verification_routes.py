@@ -1,8 +1,9 @@
 """Receipts, audits, dispute cases, the model catalog and provider reputation over HTTP.
 
 A consumer reads only its own receipts. Everything else is public, for the explorer:
-audits carry their evidence (per-token numbers and the auditor's signed result), never a
-prompt or an output (receipts commit to those by hash).
+audits carry their evidence (per-token numbers and the auditor's result with its output
+text replaced by a hash: verify/evidence.py), never a prompt or an output (receipts commit
+to those by hash).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from fastapi import FastAPI, Query, Request
 
 from tessera.errors import InvalidRequest, NotFound
 from tessera.store.verification import AuditRow, CaseRow
+from tessera.verify.evidence import public_evidence
 
 PROVIDER_ID = re.compile(r"[0-9a-f]{64}")
 ProviderQuery = Annotated[
@@ -46,7 +48,7 @@ def audit_view(row: AuditRow) -> dict[str, Any]:
         "model": row.model,
         "outcome": row.outcome,
         "reason": row.reason,
-        "evidence": json.loads(row.evidence_json),
+        "evidence": public_evidence(json.loads(row.evidence_json)),
         "created_at": row.created_at.isoformat(),
     }
 

@@ -62,7 +62,6 @@ WRONG_MODEL = "wrong_model"
 TAMPERED_OUTPUT = "tampered_output"
 CHECKS = frozenset({"usage", "text", "length", "logprob", "rank", "eos", "cosine", "shape"})
 MAX_FINDINGS = 20
-_SHOWN_CHARS = 80  # of a text in a finding's detail
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,8 +150,16 @@ def _cap(findings: list[Finding]) -> tuple[Finding, ...]:
     return tuple(findings[i] for i in sorted(keep))
 
 
-def _short(text: str) -> str:
-    return repr(text if len(text) <= _SHOWN_CHARS else text[:_SHOWN_CHARS] + "…")
+def _text_difference(delivered: str, expected: str) -> str:
+    """Where two texts part, in numbers only: findings are public, outputs are not."""
+    at = next(
+        (i for i, (a, b) in enumerate(zip(delivered, expected, strict=False)) if a != b),
+        min(len(delivered), len(expected)),
+    )
+    return (
+        f"the delivered text ({len(delivered)} characters) differs from the tokens decoded "
+        f"({len(expected)} characters) from character {at}"
+    )
 
 
 def first_stop(text: str, stops: Sequence[str]) -> int | None:
@@ -257,7 +264,7 @@ def _check_text_and_length(
             "text",
             i,
             None,
-            f"delivered {_short(choice.text)}; the tokens decode to {_short(expected)}",
+            _text_difference(choice.text, expected),
             TAMPERED_OUTPUT,
         )
     finish = choice.finish_reason
