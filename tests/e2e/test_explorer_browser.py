@@ -176,6 +176,10 @@ async def test_the_explorer_in_chromium(tmp_path: Path, chromium: str) -> None:
                     "slashes": ('[data-k="slashes.count"]', "0"),
                     "epochs": ("#epochs, main p.na", None),
                     "receipts": ("#receipt-form", None),
+                    f"models/{MODEL}": (
+                        '[data-k="model.providers_online"]',
+                        str(models[0]["providers_online"]),
+                    ),
                 }
                 assert economics["ledger"]["holds"] is True
                 for name, (selector, text) in checks.items():
@@ -186,7 +190,8 @@ async def test_the_explorer_in_chromium(tmp_path: Path, chromium: str) -> None:
                         if text is not None:
                             await expect(shown).to_have_text(text)
                         await viewing.screenshot(
-                            path=SCREENSHOTS / f"explorer-{name}-{width}.png", full_page=True
+                            path=SCREENSHOTS / f"explorer-{name.replace('/', '-')}-{width}.png",
+                            full_page=True,
                         )
                 # A live list: the models page counts a new request without a reload.
                 await page.goto(f"{gw.base}/explorer/models")
@@ -195,6 +200,15 @@ async def test_the_explorer_in_chromium(tmp_path: Path, chromium: str) -> None:
                 before = int(await count.inner_text())
                 await ask(openai)
                 await expect(count).to_have_text(str(before + 1), timeout=10_000)
+                # A model's page is live too: its request count follows without a reload.
+                await page.goto(f"{gw.base}/explorer/models/{MODEL}?window=1h")
+                await expect(page.locator("body[data-version]")).to_have_count(1, timeout=10_000)
+                shown = page.locator('[data-k="kpis.requests"]')
+                before = int(await shown.inner_text())
+                await ask(openai)
+                await expect(shown).to_have_text(str(before + 1), timeout=10_000)
+                twin = (await public.get(f"/explorer/api/v1/models/{MODEL}?window=1h")).json()
+                assert twin["summary"]["kpis"]["requests"] == before + 1
                 claims = (await public.get("/explorer/api/v1/claims")).json()["data"]
                 await page.goto(f"{gw.base}/explorer/claims")
                 await expect(page.locator('[data-k="claims.0.shown"]')).to_have_text(
@@ -333,10 +347,29 @@ async def test_a_slash_shows_its_evidence_and_refund_in_chromium(
                     await page.screenshot(
                         path=SCREENSHOTS / "explorer-slashes-caught-desktop.png", full_page=True
                     )
-                    await row.locator(f"text=audit case {request_id}").click()
-                    await expect(page).to_have_url(f"{gw.base}/v1/audit-cases/{request_id}")
-                    case = json.loads(await page.locator("body").inner_text())
-                    assert case["status"] == "upheld" and case["refunded"] == 5_000
+                    # Follow the evidence link (read, then opened: the live page may swap
+                    # the row under a click).
+                    link = row.locator(f"text=audit case {request_id}")
+                    href = await link.get_attribute("href")
+                    assert href == f"/explorer/audits/{request_id}"
+                    await page.goto(f"{gw.base}{href}")
+                    case = (await public.get(f"/explorer/api/v1/audits/{request_id}")).json()
+                    assert case["case"]["status"] == "upheld" and case["case"]["refunded"] == 5_000
+                    await expect(page.locator('[data-k="case.status"]')).to_contain_text("upheld")
+                    await expect(page.locator('[data-k="case.refunded"]')).to_have_text(
+                        f"{format_tokens(case['case']['refunded'])} tokens"
+                    )
+                    await expect(page.locator("section.audit").first).to_contain_text("failed")
+                    await page.screenshot(
+                        path=SCREENSHOTS / "explorer-audit-case-desktop.png", full_page=True
+                    )
+                    phone = await (await browser.new_context(viewport=PHONE)).new_page()
+                    watch(phone, problems)
+                    await phone.goto(f"{gw.base}/explorer/audits/{request_id}")
+                    await expect(phone.locator('[data-k="case.status"]')).to_contain_text("upheld")
+                    await phone.screenshot(
+                        path=SCREENSHOTS / "explorer-audit-case-phone.png", full_page=True
+                    )
                     await page.goto(f"{gw.base}/explorer/requests/{request_id}")
                     await expect(page.locator("#facts")).to_contain_text("upheld")
                 finally:

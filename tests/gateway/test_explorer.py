@@ -9,11 +9,14 @@ import csv
 import io
 import json
 import re
+from html import escape as escaped
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+
+from tessera.units import format_tokens
 
 from support.audit_peers import gateway_with_a_cheat
 from support.scripted_peers import answer, chat_body, live_gateway, priced
@@ -338,11 +341,33 @@ async def test_models_list_every_provider_with_uptime_and_percentiles(gateway_di
         )
         page = (await public.get(f"/explorer/providers/{peer.provider_id}")).text
         assert "Seen connected by this gateway" in page
+        # The model's own page: its providers and its requests over the window.
+        assert 'href="/explorer/models/scripted-model"' in html
+        detail = (await public.get("/explorer/api/v1/models/scripted-model?window=1h")).json()
+        assert detail["window"] == "1h" and detail["model"]["model"] == "scripted-model"
+        (served,) = detail["model"]["providers"]  # as in the list, a later snapshot
+        assert served["provider_id"] == peer.provider_id and served["measured"] == row["measured"]
+        kpis = detail["summary"]["kpis"]
+        assert kpis["requests"] == 5 and kpis["ttft_samples"] == 5
+        assert sum(p["value"] for p in detail["series"]["requests"]["points"]) == 5
+        series = await public.get(
+            "/explorer/api/v1/network/series?metric=requests&window=1h&model=scripted-model"
+        )
+        assert series.json()["points"] == detail["series"]["requests"]["points"]
+        model_html = (await public.get("/explorer/models/scripted-model?window=1h")).text
+        assert '<div class="v " data-k="kpis.requests">5</div>' in model_html
+        assert peer.provider_id in model_html and 'data-metric="tokens_per_s_p50"' in model_html
+        for unknown in ("/explorer/api/v1/models/no-such-model", "/explorer/models/a/b%3Cc"):
+            gone = await public.get(unknown)
+            assert gone.status_code == 404, unknown
+            assert "no provider this gateway has seen" in gone.json()["error"]["message"]
+        unserved = await public.get("/explorer/api/v1/network/series?model=no-such-model")
+        assert unserved.status_code == 404
         # Live: the models page's stream sends its <main>, and a request changes it.
         events: list[dict[str, Any]] = []
 
-        async def listen() -> None:
-            async with public.stream("GET", "/explorer/api/v1/stream?page=models") as stream:
+        async def listen(path: str = "/explorer/api/v1/stream?page=models") -> None:
+            async with public.stream("GET", path) as stream:
                 async for line in stream.aiter_lines():
                     if line.startswith("data: "):
                         events.append(json.loads(line[6:]))
@@ -359,6 +384,16 @@ async def test_models_list_every_provider_with_uptime_and_percentiles(gateway_di
         listener.cancel()
         bad = await public.get("/explorer/api/v1/stream?page=ledger")
         assert bad.status_code == 400
+        # The model page is live too: its stream sends its <main>.
+        events.clear()
+        listener = asyncio.create_task(listen("/explorer/api/v1/stream?model=scripted-model"))
+        async with asyncio.timeout(10):
+            while not events:
+                await asyncio.sleep(0.05)
+        assert '<div class="v " data-k="kpis.requests">6</div>' in events[-1]["html"]["main"]
+        listener.cancel()
+        gone = await public.get("/explorer/api/v1/stream?model=no-such-model")
+        assert gone.status_code == 404
         await public.aclose()
         beat.cancel()
 
@@ -424,8 +459,31 @@ async def test_a_caught_cheat_shows_its_slash_evidence_and_refund(gateway_dir: P
             row = next(r for r in tape["data"] if r["request_id"] == request_id)
             assert row["audit"] == "upheld" and row["region"] is not None
             page = (await public.get("/explorer/slashes")).text
-            assert f'href="/v1/audit-cases/{request_id}"' in page
-            assert (await public.get(f"/v1/audit-cases/{request_id}")).status_code == 200
+            assert f'href="/explorer/audits/{request_id}"' in page
+            # The evidence: the case as /v1/audit-cases has it, the slash citing it, and
+            # an HTML page with the failed rules and the money.
+            case = (await public.get(f"/v1/audit-cases/{request_id}")).json()
+            evidence = (await public.get(f"/explorer/api/v1/audits/{request_id}")).json()
+            assert evidence["case"] == case and case["status"] == "upheld"
+            assert evidence["slashes"] == [slash]
+            assert evidence["request"]["request_id"] == request_id
+            failed = [a for a in case["audits"] if a["outcome"] == "failed"]
+            assert len(failed) >= 2
+            findings = failed[0]["evidence"]["verdict"]["findings"]
+            html = (await public.get(f"/explorer/audits/{request_id}")).text
+            assert 'data-k="case.status"' in html and "upheld" in html
+            assert escaped(findings[0]["detail"]) in html
+            # Public evidence never holds the answer: neither the cheat's nor the auditors'.
+            answered = response.json()["choices"][0]["message"]["content"]
+            audits_json = (await public.get(f"/v1/audits?request_id={request_id}")).text
+            for shown in (json.dumps(case), json.dumps(evidence), html, audits_json):
+                assert answered not in shown and '"text":' not in shown
+            assert "text_sha256" in json.dumps(failed[0]["evidence"]["result"])
+            assert f'data-k="case.refunded">{format_tokens(case["refunded"])} tokens' in html
+            for missing in ("req_never_audited", "x" * 100):
+                gone = await public.get(f"/explorer/api/v1/audits/{missing}")
+                assert gone.status_code == 404 and "not audited" in gone.json()["error"]["message"]
+            assert (await public.get("/explorer/audits/%3Cb%3E")).status_code == 400
             detail = (await public.get(f"/explorer/api/v1/requests/{request_id}")).json()
             assert detail["audit"]["status"] == "upheld"
             assert "capture" in {e["kind"] for e in detail["entries"]}

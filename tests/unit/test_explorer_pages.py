@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import re
 
-from tessera.explorer.network_pages import _model_provider_tr
+from tessera.explorer.network_pages import model_provider_tr
 from tessera.explorer.pages import sparkline
 
 
@@ -33,6 +33,6 @@ def test_announced_text_is_escaped() -> None:
         "uptime": {w: {"uptime": None, "checks": 0} for w in ("5m", "30m", "24h")},
         "measured": None,
     }
-    html = _model_provider_tr(row)
+    html = model_provider_tr(row)
     assert "<script>" not in html and "<img" not in html
     assert "&lt;script&gt;" in html and "&quot;&gt;&lt;img" in html

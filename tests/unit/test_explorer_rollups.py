@@ -84,8 +84,8 @@ def test_memory_is_bounded_by_the_buckets_kept() -> None:
     for minute in range(0, 40 * 24 * 60, 7):
         rollups.request(row(T0 - minute * 60, n=minute))
     rollups.forget_before(T0)
-    assert len(rollups.minutes) <= 2 * 24 * 60
-    assert len(rollups.hours) <= 32 * 24 + 1
+    assert len(rollups.network.minutes) <= 2 * 24 * 60
+    assert len(rollups.network.hours) <= 32 * 24 + 1
     assert len(rollups.tape) == 3
     assert rollups.summary(T0, "all")["kpis"]["requests"] == len(range(0, 40 * 24 * 60, 7))
 

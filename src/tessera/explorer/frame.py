@@ -130,7 +130,7 @@ def who(provider_id: str) -> str:
 def evidence(reference: str) -> str:
     kind, _, ident = reference.partition(":")
     if kind == "audit" and ident:
-        return f'<a href="/v1/audit-cases/{escape(ident)}">audit case {escape(ident)}</a>'
+        return f'<a href="/explorer/audits/{escape(ident)}">audit case {escape(ident)}</a>'
     return escape(reference) or "—"
 
 
@@ -144,7 +144,7 @@ def audit_table(rows: list[dict[str, Any]], with_provider: bool) -> str:
         f'<td class="{"bad" if a["status"] == "upheld" else "ok"}">{escape(a["status"])}</td>'
         f'<td class="num">{format_tokens(a["slashed_units"])}</td>'
         f'<td class="num">{format_tokens(a["refunded_units"])}</td>'
-        f'<td><a href="/v1/audit-cases/{escape(a["request_id"])}">evidence</a></td></tr>'
+        f'<td><a href="/explorer/audits/{escape(a["request_id"])}">evidence</a></td></tr>'
         for a in rows
     ]
     head = ["closed", *(["provider"] if with_provider else []), "request", "model", "outcome",

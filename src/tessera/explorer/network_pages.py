@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from html import escape
 from typing import Any
+from urllib.parse import quote
 
 from tessera.explorer.frame import (
     audit_table,
@@ -20,6 +21,12 @@ from tessera.explorer.frame import (
 )
 from tessera.units import format_tokens
 
+
+def model_href(name: str) -> str:
+    """A model's page (names may hold '/', as Hugging Face names do)."""
+    return "/explorer/models/" + quote(name, safe="/")
+
+
 MODEL_ROWS = 100  # providers shown per model on the page (the JSON and CSV have all)
 
 
@@ -30,7 +37,7 @@ def models_page(snapshot: dict[str, Any], models: list[dict[str, Any]]) -> str:
     for m in models:
         name = escape(m["model"])
         median = m["median_price_output_per_mtok"]
-        rows = [_model_provider_tr(p) for p in m["providers"][:MODEL_ROWS]]
+        rows = [model_provider_tr(p) for p in m["providers"][:MODEL_ROWS]]
         more = len(m["providers"]) - MODEL_ROWS
         if more > 0:
             rows.append(
@@ -41,7 +48,8 @@ def models_page(snapshot: dict[str, Any], models: list[dict[str, Any]]) -> str:
                 "uptime 5 min / 30 min / 24 h (seen)", "requests",
                 "TTFT ms p50/p75/p90/p99", "decode tokens/s p50/p75/p90/p99"]  # fmt: skip
         sections.append(
-            f'<section data-model="{name}"><h2 id="{name}">{name}</h2>'
+            f'<section data-model="{name}"><h2 id="{name}">'
+            f'<a href="{escape(model_href(m["model"]))}">{name}</a></h2>'
             f"<p>{'audited: its weights are pinned in the catalog' if m['audited'] else 'not audited'}; "
             f'<span data-k="models.{name}.providers_online">{m["providers_online"]}</span> '
             f"providers online of {m['providers_seen']} seen; median output price "
@@ -62,7 +70,7 @@ def models_page(snapshot: dict[str, Any], models: list[dict[str, Any]]) -> str:
     )
 
 
-def _model_provider_tr(p: dict[str, Any]) -> str:
+def model_provider_tr(p: dict[str, Any]) -> str:
     measured = p["measured"]
     status_cls = {"routable": "ok", "offline": "bad"}.get(p["status"], "na")
     uptime = " / ".join(share(p["uptime"][w]) for w in ("5m", "30m", "24h"))

@@ -167,20 +167,27 @@ def live_fragments(
     """The parts of the overview that change: what the stream sends to a live page.
     ``series``: the window's series by metric (None: the last hour's requests only)."""
     if series is None:
-        charts = sparkline(snapshot["requests_per_minute"])
+        drawn = sparkline(snapshot["requests_per_minute"])
     else:
-        charts = "".join(
-            f'<figure data-metric="{metric}"><figcaption>{escape(title)}, '
-            f"{escape(WINDOW_NAMES[window])}, per {_step(series[metric]['step_s'])}"
-            f"</figcaption>{sparkline(series[metric]['points'], fmt=fmt)}</figure>"
-            for metric, title, fmt in CHARTS
-        )
+        drawn = charts(series, window, CHARTS)
     return {
         "asof": f"as of {utc(snapshot['as_of'])} (snapshot {snapshot['version']})",
         "kpis": kpi_cards(snapshot, window),
-        "spark": charts,
+        "spark": drawn,
         "tape": tape_rows(snapshot["tape"]),
     }
+
+
+def charts(
+    series: dict[str, dict[str, Any]], window: str, which: tuple[tuple[str, str, str], ...]
+) -> str:
+    """One drawn chart per (metric, title, number format) in ``which``."""
+    return "".join(
+        f'<figure data-metric="{metric}"><figcaption>{escape(title)}, '
+        f"{escape(WINDOW_NAMES[window])}, per {_step(series[metric]['step_s'])}"
+        f"</figcaption>{sparkline(series[metric]['points'], fmt=fmt)}</figure>"
+        for metric, title, fmt in which
+    )
 
 
 def _step(seconds: int) -> str:
@@ -204,18 +211,7 @@ def kpi_cards(snapshot: dict[str, Any], window: str) -> str:
               ", ".join(f"{escape(k)} {v}" for k, v in declared["gpus"].items()) or "CPU only"),
         card("regions", "network.declared.regions", str(len(declared["regions"])),
               ", ".join(escape(k) for k in declared["regions"]) or "none"),
-        _counted("requests", "requests", now, before),
-        _counted("tokens", "tokens", now, before),
-        _rate(now, before),
-        _percentile("TTFT p50 (ms)", "ttft_p50_ms", now, "ttft_samples"),
-        _percentile("TTFT p95 (ms)", "ttft_p95_ms", now, "ttft_samples"),
-        _percentile("decode tokens/s p50", "tokens_per_s_p50", now, "tokens_per_s_samples"),
-        _counted("audits passed", "audits_passed", now, before),
-        _counted("audits failed", "audits_failed", now, before),
-        _counted("slashes", "slashes", now, before),
-        card("paid by consumers", f"windows.{window}.kpis.cost", format_tokens(now["cost"]),
-              "tokens, base units /1e9"),
-
+        *window_cards(now, before, f"windows.{window}.kpis"),
     ]  # fmt: skip
     if ledger is not None:  # a replica does not know the fee split: its owner does
         cards.append(
@@ -310,6 +306,24 @@ def sparkline(
         f'<div class="d">peak {escape(peak)}; {len(values)} points, oldest left; '
         f"{len(values) - len(known)} without data</div>"
     )
+
+
+def window_cards(now: dict[str, Any], before: dict[str, Any] | None, path: str) -> list[str]:
+    """A window's measured KPIs as cards, each against the previous window; ``path``:
+    where its JSON twin keeps them."""
+    return [
+        _counted("requests", "requests", now, before),
+        _counted("tokens", "tokens", now, before),
+        _rate(now, before),
+        _percentile("TTFT p50 (ms)", "ttft_p50_ms", now, "ttft_samples"),
+        _percentile("TTFT p95 (ms)", "ttft_p95_ms", now, "ttft_samples"),
+        _percentile("decode tokens/s p50", "tokens_per_s_p50", now, "tokens_per_s_samples"),
+        _counted("audits passed", "audits_passed", now, before),
+        _counted("audits failed", "audits_failed", now, before),
+        _counted("slashes", "slashes", now, before),
+        card("paid by consumers", f"{path}.cost", format_tokens(now["cost"]),
+             "tokens, base units /1e9"),
+    ]  # fmt: skip
 
 
 def _counted(title: str, name: str, now: dict[str, Any], before: dict[str, Any] | None) -> str:

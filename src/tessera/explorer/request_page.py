@@ -106,7 +106,7 @@ def _request_audit(audit: dict[str, Any] | None) -> str:
     )
     return (
         f'<span class="{cls}">{escape(audit["status"])}</span>{money}: '
-        f'<a href="/v1/audit-cases/{escape(audit["request_id"])}">evidence</a>'
+        f'<a href="/explorer/audits/{escape(audit["request_id"])}">evidence</a>'
     )
 
 

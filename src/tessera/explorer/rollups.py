@@ -223,6 +223,8 @@ KEEP_EPOCHS = 1_000  # uptime epochs kept (42 days of hourly epochs)
 KEEP_REQUESTS = 10_000  # requests a request page can show (the newest)
 LOG_SIZE = 500  # audits and slashes kept network-wide, newest first
 EARNING_DAYS = 30  # days of per-provider earnings kept
+MAX_MODELS = 200  # models with their own timeline (a model page's charts)
+UNSERVED = "(unknown model)"  # the public name of a model no provider serves
 
 
 @dataclass
@@ -297,135 +299,18 @@ class ProviderTotals:
         }
 
 
-class Rollups:
-    def __init__(self, tape_size: int = 50) -> None:
+class Timeline:
+    """The buckets of one stream of events (the whole network, or one model's requests):
+    minutes for two days, hours for 32 days, days for ever."""
+
+    def __init__(self) -> None:
         self.minutes: dict[int, Bucket] = {}
         self.hours: dict[int, Bucket] = {}
         self.days: dict[int, Bucket] = {}
-        self.tape: deque[TapeRow] = deque(maxlen=tape_size)
         self.first_at: float | None = None
-        self.version = 0  # bumped by every event: a snapshot is stale when it differs
-        self.providers: dict[str, ProviderTotals] = {}
-        # The newest requests by id, for their pages, and the audit each one had.
-        self.requests: OrderedDict[str, TapeRow] = OrderedDict()
-        self.request_audits: dict[str, AuditRow] = {}
-        self.audit_log: deque[AuditRow] = deque(maxlen=LOG_SIZE)
-        self.slash_log: deque[SlashRow] = deque(maxlen=LOG_SIZE)
-        self.epochs: OrderedDict[int, EpochRow] = OrderedDict()
 
-    # ------------------------------------------------------------ events
-
-    def request(self, row: TapeRow, tokens_per_s: float | None = None, earned: int = 0) -> None:
-        """A request finished; ``earned`` is its provider's share of the cost (the caller
-        knows the fee policy)."""
-        ok = row.status == "ok"
-        error = row.status == "error"
-        ttft_bin = _bin(row.ttft_ms, _MS_FLOOR) if ok and row.ttft_ms is not None else -1
-        tps_bin = _bin(tokens_per_s, _TPS_FLOOR) if ok and tokens_per_s is not None else -1
-        for bucket in self._buckets(row.at):
-            bucket.requests += 1
-            bucket.ok += ok
-            bucket.errors += error
-            bucket.prompt_tokens += row.prompt_tokens
-            bucket.completion_tokens += row.completion_tokens
-            bucket.cost += row.cost
-            bucket.earned += earned
-            if ttft_bin >= 0:
-                bucket.ttft[ttft_bin] += 1
-            if tps_bin >= 0:
-                bucket.tps[tps_bin] += 1
-        if row.provider_id is not None:
-            totals = self._provider(row.provider_id)
-            totals.requests += 1
-            totals.ok += ok
-            totals.errors += error
-            totals.tokens += row.prompt_tokens + row.completion_tokens
-            totals.earned_cost += row.cost
-            totals.last_at = max(totals.last_at or row.at, row.at)
-            stats = totals.models.get(row.model)
-            if stats is None:
-                stats = totals.models[row.model] = ModelStats()
-            stats.requests += 1
-            stats.ok += ok
-            stats.errors += error
-            if ttft_bin >= 0:
-                stats.ttft[ttft_bin] += 1
-            if tps_bin >= 0:
-                stats.tps[tps_bin] += 1
-            if row.cost:
-                day = int(row.at) - int(row.at) % DAY
-                paid = totals.by_day.get(day)
-                if paid is None:  # a new day: the ones past EARNING_DAYS go
-                    for old in [d for d in totals.by_day if d <= day - EARNING_DAYS * DAY]:
-                        del totals.by_day[old]
-                    paid = totals.by_day[day] = [0, 0]
-                paid[0] += row.cost
-                paid[1] += earned
-        self.tape.appendleft(row)
-        self.requests[row.request_id] = row
-        if len(self.requests) > KEEP_REQUESTS:
-            gone, _ = self.requests.popitem(last=False)
-            self.request_audits.pop(gone, None)
-        self.version += 1
-
-    def audit(self, row: AuditRow) -> None:
-        """An audit case closed: counted in its windows when it reached a verdict (passed
-        or cleared; upheld), kept on its provider's record and its request's either way."""
-        verdict = True if row.status in PASSED_AUDITS else False if row.status == "upheld" else None
-        totals = self._provider(row.provider_id)
-        if verdict is not None:
-            for bucket in self._buckets(row.at):
-                bucket.audits_passed += verdict
-                bucket.audits_failed += not verdict
-            totals.audits_passed += verdict
-            totals.audits_failed += not verdict
-            if not verdict and totals.caught_after is None:
-                totals.caught_after = totals.requests
-        totals.audits.appendleft(row)
-        self.audit_log.appendleft(row)
-        if row.request_id in self.requests:
-            self.request_audits[row.request_id] = row
-        self.version += 1
-
-    def slash(self, row: SlashRow) -> None:
-        for bucket in self._buckets(row.at):
-            bucket.slashes += 1
-            bucket.slashed_units += row.slashed_units
-            bucket.refunded_units += row.refunded_units
-        totals = self._provider(row.provider_id)
-        totals.slash_count += 1
-        totals.slashed_units += row.slashed_units
-        totals.refunded_units += row.refunded_units
-        totals.slashes.appendleft(row)
-        self.slash_log.appendleft(row)
-        self.version += 1
-
-    def epoch(self, start: int, epoch_s: int, met: int, breached: int, slashed: int) -> None:
-        """An uptime epoch closed (a gateway may report one epoch in parts)."""
-        row = self.epochs.get(start)
-        if row is None:
-            row = self.epochs[start] = EpochRow(start, epoch_s)
-            while len(self.epochs) > KEEP_EPOCHS:
-                self.epochs.popitem(last=False)
-        row.providers += met + breached
-        row.met += met
-        row.breached += breached
-        row.slashed_units += slashed
-        self.version += 1
-
-    def caught_after(self) -> list[int]:
-        """For every provider caught cheating: the requests it had served when its first
-        audit was upheld (how long a cheat lasted here)."""
-        totals = list(self.providers.values())  # a copy: may run in a worker thread
-        return [t.caught_after for t in totals if t.caught_after is not None]
-
-    def _provider(self, provider_id: str) -> ProviderTotals:
-        totals = self.providers.get(provider_id)
-        if totals is None:
-            totals = self.providers[provider_id] = ProviderTotals()
-        return totals
-
-    def _buckets(self, at: float) -> Iterable[Bucket]:
+    def buckets(self, at: float) -> Iterable[Bucket]:
+        """The minute, hour and day buckets of ``at`` (made when missing)."""
         if self.first_at is None or at < self.first_at:
             self.first_at = at
         second = int(at)
@@ -437,15 +322,11 @@ class Rollups:
             yield bucket
 
     def forget_before(self, now: float) -> None:
-        """Drop minute buckets older than two days and hour buckets older than 32 days.
-        (A provider's earnings drop their days past EARNING_DAYS as it opens a new day:
-        touching 10,000 providers here would hold the loop.)"""
+        """Drop minute buckets older than two days and hour buckets older than 32 days."""
         for store, keep in ((self.minutes, KEEP_MINUTES), (self.hours, KEEP_HOURS)):
             horizon = now - keep
             for start in [s for s in store if s < horizon]:
                 del store[start]
-
-    # ------------------------------------------------------------ questions
 
     def window(self, now: float, name: str) -> Bucket:
         """Everything in the window ending at ``now``."""
@@ -508,6 +389,169 @@ class Rollups:
             if low <= bucket_start < end:
                 total.add(bucket)
         return total
+
+
+class Rollups:
+    def __init__(self, tape_size: int = 50) -> None:
+        self.network = Timeline()
+        self.by_model: dict[str, Timeline] = {}  # models some provider serves
+        self.tape: deque[TapeRow] = deque(maxlen=tape_size)
+        self.version = 0  # bumped by every event: a snapshot is stale when it differs
+        self.providers: dict[str, ProviderTotals] = {}
+        # The newest requests by id, for their pages, and the audit each one had.
+        self.requests: OrderedDict[str, TapeRow] = OrderedDict()
+        self.request_audits: dict[str, AuditRow] = {}
+        self.audit_log: deque[AuditRow] = deque(maxlen=LOG_SIZE)
+        self.slash_log: deque[SlashRow] = deque(maxlen=LOG_SIZE)
+        self.epochs: OrderedDict[int, EpochRow] = OrderedDict()
+
+    # ------------------------------------------------------------ events
+
+    def request(self, row: TapeRow, tokens_per_s: float | None = None, earned: int = 0) -> None:
+        """A request finished; ``earned`` is its provider's share of the cost (the caller
+        knows the fee policy)."""
+        ok = row.status == "ok"
+        error = row.status == "error"
+        ttft_bin = _bin(row.ttft_ms, _MS_FLOOR) if ok and row.ttft_ms is not None else -1
+        tps_bin = _bin(tokens_per_s, _TPS_FLOOR) if ok and tokens_per_s is not None else -1
+        for bucket in self._buckets(row.at, row.model):
+            bucket.requests += 1
+            bucket.ok += ok
+            bucket.errors += error
+            bucket.prompt_tokens += row.prompt_tokens
+            bucket.completion_tokens += row.completion_tokens
+            bucket.cost += row.cost
+            bucket.earned += earned
+            if ttft_bin >= 0:
+                bucket.ttft[ttft_bin] += 1
+            if tps_bin >= 0:
+                bucket.tps[tps_bin] += 1
+        if row.provider_id is not None:
+            totals = self._provider(row.provider_id)
+            totals.requests += 1
+            totals.ok += ok
+            totals.errors += error
+            totals.tokens += row.prompt_tokens + row.completion_tokens
+            totals.earned_cost += row.cost
+            totals.last_at = max(totals.last_at or row.at, row.at)
+            stats = totals.models.get(row.model)
+            if stats is None:
+                stats = totals.models[row.model] = ModelStats()
+            stats.requests += 1
+            stats.ok += ok
+            stats.errors += error
+            if ttft_bin >= 0:
+                stats.ttft[ttft_bin] += 1
+            if tps_bin >= 0:
+                stats.tps[tps_bin] += 1
+            if row.cost:
+                day = int(row.at) - int(row.at) % DAY
+                paid = totals.by_day.get(day)
+                if paid is None:  # a new day: the ones past EARNING_DAYS go
+                    for old in [d for d in totals.by_day if d <= day - EARNING_DAYS * DAY]:
+                        del totals.by_day[old]
+                    paid = totals.by_day[day] = [0, 0]
+                paid[0] += row.cost
+                paid[1] += earned
+        self.tape.appendleft(row)
+        self.requests[row.request_id] = row
+        if len(self.requests) > KEEP_REQUESTS:
+            gone, _ = self.requests.popitem(last=False)
+            self.request_audits.pop(gone, None)
+        self.version += 1
+
+    def audit(self, row: AuditRow) -> None:
+        """An audit case closed: counted in its windows when it reached a verdict (passed
+        or cleared; upheld), kept on its provider's record and its request's either way."""
+        verdict = True if row.status in PASSED_AUDITS else False if row.status == "upheld" else None
+        totals = self._provider(row.provider_id)
+        if verdict is not None:
+            for bucket in self._buckets(row.at, row.model):
+                bucket.audits_passed += verdict
+                bucket.audits_failed += not verdict
+            totals.audits_passed += verdict
+            totals.audits_failed += not verdict
+            if not verdict and totals.caught_after is None:
+                totals.caught_after = totals.requests
+        totals.audits.appendleft(row)
+        self.audit_log.appendleft(row)
+        if row.request_id in self.requests:
+            self.request_audits[row.request_id] = row
+        self.version += 1
+
+    def slash(self, row: SlashRow) -> None:
+        for bucket in self._buckets(row.at, row.model):
+            bucket.slashes += 1
+            bucket.slashed_units += row.slashed_units
+            bucket.refunded_units += row.refunded_units
+        totals = self._provider(row.provider_id)
+        totals.slash_count += 1
+        totals.slashed_units += row.slashed_units
+        totals.refunded_units += row.refunded_units
+        totals.slashes.appendleft(row)
+        self.slash_log.appendleft(row)
+        self.version += 1
+
+    def epoch(self, start: int, epoch_s: int, met: int, breached: int, slashed: int) -> None:
+        """An uptime epoch closed (a gateway may report one epoch in parts)."""
+        row = self.epochs.get(start)
+        if row is None:
+            row = self.epochs[start] = EpochRow(start, epoch_s)
+            while len(self.epochs) > KEEP_EPOCHS:
+                self.epochs.popitem(last=False)
+        row.providers += met + breached
+        row.met += met
+        row.breached += breached
+        row.slashed_units += slashed
+        self.version += 1
+
+    def caught_after(self) -> list[int]:
+        """For every provider caught cheating: the requests it had served when its first
+        audit was upheld (how long a cheat lasted here)."""
+        totals = list(self.providers.values())  # a copy: may run in a worker thread
+        return [t.caught_after for t in totals if t.caught_after is not None]
+
+    def _provider(self, provider_id: str) -> ProviderTotals:
+        totals = self.providers.get(provider_id)
+        if totals is None:
+            totals = self.providers[provider_id] = ProviderTotals()
+        return totals
+
+    def _buckets(self, at: float, model: str) -> Iterable[Bucket]:
+        """The network's buckets of ``at`` and, for a model some provider serves (up to
+        MAX_MODELS of them: names are announced by anyone), the model's."""
+        yield from self.network.buckets(at)
+        if not model or model == UNSERVED:
+            return
+        timeline = self.by_model.get(model)
+        if timeline is None:
+            if len(self.by_model) >= MAX_MODELS:
+                return
+            timeline = self.by_model[model] = Timeline()
+        yield from timeline.buckets(at)
+
+    def forget_before(self, now: float) -> None:
+        """Drop minute buckets older than two days and hour buckets older than 32 days.
+        (A provider's earnings drop their days past EARNING_DAYS as it opens a new day:
+        touching 10,000 providers here would hold the loop.)"""
+        self.network.forget_before(now)
+        for timeline in self.by_model.values():
+            timeline.forget_before(now)
+
+    # ------------------------------------------------------------ questions
+
+    def timeline(self, model: str | None = None) -> Timeline | None:
+        """The network's timeline, or a model's (None for a model never served)."""
+        return self.network if model is None else self.by_model.get(model)
+
+    def window(self, now: float, name: str) -> Bucket:
+        return self.network.window(now, name)
+
+    def summary(self, now: float, name: str) -> dict[str, Any]:
+        return self.network.summary(now, name)
+
+    def series(self, now: float, name: str, metric: str) -> dict[str, Any]:
+        return self.network.series(now, name, metric)
 
 
 def _window_length(name: str) -> int | None:

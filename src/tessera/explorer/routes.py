@@ -45,6 +45,7 @@ FAVICON = (
 CACHE = {"Cache-Control": "public, max-age=2"}
 SCRIPTS = frozenset({"explorer.js", "receipt.js"})
 RequestId = Annotated[str, Path(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_.:-]+$")]
+ModelPath = Annotated[str, Path(min_length=1, max_length=200)]
 
 
 def install_explorer_routes(app: FastAPI, explorer: Explorer) -> None:
@@ -159,6 +160,51 @@ def install_explorer_routes(app: FastAPI, explorer: Explorer) -> None:
             return _csv([line for m in rows for line in flat_model(m)], "models.csv")
         return {"object": "list", "version": explorer.current()["version"], "data": rows}
 
+    @app.get("/explorer/models/{model:path}", include_in_schema=False)
+    async def model_page(model: ModelPath, window: Window = "24h") -> HTMLResponse:
+        detail = await model_of(model, window)
+        return HTMLResponse(explorer.model_html(detail), headers=CACHE)
+
+    @app.get("/explorer/api/v1/models/{model:path}", tags=["explorer"])
+    async def model_detail(model: ModelPath, window: Window = "24h") -> dict[str, Any]:
+        """One model: every provider serving it (as in the models list) and what this
+        gateway measured of its requests over the window — KPIs against the previous
+        window, and series of requests, success rate, TTFT p50 and decode tokens/s p50
+        (a point without enough samples is null). A name may contain '/'."""
+        return await model_of(model, window)
+
+    async def model_of(model: str, window: str) -> dict[str, Any]:
+        detail = await off_loop(explorer.model, model, window)
+        if detail is None:
+            raise NotFound(
+                f"no provider this gateway has seen announces a model named '{model[:200]}'; "
+                "the served models are listed at /explorer/api/v1/models",
+                param="model",
+            )
+        return detail
+
+    @app.get("/explorer/audits/{request_id}", include_in_schema=False)
+    async def audit_case_page(request_id: RequestId) -> HTMLResponse:
+        detail = await case_of(request_id)
+        return HTMLResponse(explorer.audit_case_html(detail), headers=CACHE)
+
+    @app.get("/explorer/api/v1/audits/{request_id}", tags=["explorer"])
+    async def audit_case(request_id: RequestId) -> dict[str, Any]:
+        """One audit case as evidence: its outcome and reason, every auditor's answer (the
+        rules that failed, at which token, by how much; the numbers behind them), the
+        stake taken and the refund, the request if still kept, and the slashes citing it.
+        Keep this JSON as the case's evidence bundle."""
+        return await case_of(request_id)
+
+    async def case_of(request_id: str) -> dict[str, Any]:
+        detail = await explorer.audit_case(request_id)
+        if detail is None:
+            raise NotFound(
+                f"request '{request_id}' has no audit case (it was not audited)",
+                param="request_id",
+            )
+        return detail
+
     @app.get("/explorer/audits", include_in_schema=False)
     async def audits_page() -> HTMLResponse:
         return HTMLResponse(await explorer.rendered("audits"), headers=CACHE)
@@ -243,12 +289,17 @@ def install_explorer_routes(app: FastAPI, explorer: Explorer) -> None:
     async def network_series(
         metric: Metric = Query("requests"),
         window: Window = "1h",
+        model: str | None = Query(None, min_length=1, max_length=200),
         format: Format = "json",
     ) -> Any:
         """One metric over the window, oldest point first, at most 300 points; a point
-        without enough samples for a percentile is null (no data), never 0."""
+        without enough samples for a percentile is null (no data), never 0. With
+        ``model``: that model's requests only."""
         snapshot = explorer.current()
-        series = explorer.rollups.series(snapshot["as_of"], window, metric)
+        timeline = explorer.rollups.timeline(model)
+        if timeline is None:
+            raise NotFound(f"no request for a model named '{model}' was served", param="model")
+        series = timeline.series(snapshot["as_of"], window, metric)
         if format == "csv":
             return _csv(series["points"], f"{metric}-{window}.csv")
         return {"object": "explorer.series", "version": snapshot["version"], **series}
@@ -262,6 +313,10 @@ def install_explorer_routes(app: FastAPI, explorer: Explorer) -> None:
             return _csv(snapshot["tape"], "requests-recent.csv")
         return {"object": "list", "version": snapshot["version"], "data": snapshot["tape"]}
 
+    async def model_main(model: str, window: str) -> dict[str, str]:
+        detail = await off_loop(explorer.model, model, window)
+        return {} if detail is None else {"main": main_part(explorer.model_html(detail))}
+
     async def live_main(page: str) -> dict[str, str]:
         return {"main": main_part(await explorer.rendered(page))}
 
@@ -270,6 +325,7 @@ def install_explorer_routes(app: FastAPI, explorer: Explorer) -> None:
         window: Window = "24h",
         provider: str | None = Query(None, pattern=r"^[0-9a-f]{64}$"),
         page: LivePage | None = None,
+        model: str | None = Query(None, min_length=1, max_length=200),
     ) -> StreamingResponse:
         if explorer.streams >= explorer.max_streams:
             raise NoCapacity(
@@ -281,6 +337,9 @@ def install_explorer_routes(app: FastAPI, explorer: Explorer) -> None:
         if provider is not None:
             await detail_of(provider)  # 404 before the stream starts
             render = functools.partial(explorer.provider_fragments, provider)
+        elif model is not None:
+            await model_of(model, window)  # 404 before the stream starts
+            render = functools.partial(model_main, model, window)
         elif page is not None:
             render = functools.partial(live_main, page)
         else:

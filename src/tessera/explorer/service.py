@@ -22,7 +22,9 @@ from decimal import Decimal
 from importlib import resources
 from typing import Any
 
+from tessera.explorer.audit_case_page import audit_case_page
 from tessera.explorer.claims import claims as network_claims
+from tessera.explorer.model_page import MODEL_CHARTS, model_page
 from tessera.explorer.network_pages import (
     audits_page,
     claims_page,
@@ -36,6 +38,7 @@ from tessera.explorer.price_index import load_references, price_index
 from tessera.explorer.provider_page import provider_main, provider_page
 from tessera.explorer.request_page import receipts_page, request_page
 from tessera.explorer.rollups import (
+    UNSERVED,
     UPTIME_WINDOWS,
     AuditRow,
     Presence,
@@ -53,6 +56,7 @@ from tessera.gateway.events import (
 )
 from tessera.gateway.liveness_routes import current_view, epoch_view
 from tessera.gateway.status_routes import status_view
+from tessera.gateway.verification_routes import audit_view, case_view
 from tessera.ledger.pricing import split_fee
 from tessera.verify.reputation import FORMULA as REPUTATION_FORMULA
 
@@ -102,6 +106,8 @@ class Explorer:
         self._views: dict[str, tuple[tuple[Any, ...], ProviderView]] = {}
         self._details: dict[tuple[int, str], dict[str, Any]] = {}
         self._request_details: dict[tuple[int, str], dict[str, Any]] = {}
+        self._model_details: dict[tuple[int, str, str], dict[str, Any]] = {}
+        self._case_details: dict[tuple[int, str], dict[str, Any]] = {}
         self._entry_reads = asyncio.Semaphore(ENTRY_READS)
         # Every provider seen since this gateway started, as last seen: one that left is
         # listed offline rather than vanishing (bounded by providers, not by time).
@@ -243,6 +249,8 @@ class Explorer:
         self._fragments.clear()
         self._details.clear()
         self._request_details.clear()
+        self._model_details.clear()
+        self._case_details.clear()
         self.build_s = time.perf_counter() - started
         self._changed.set()
         self._changed = asyncio.Event()
@@ -389,6 +397,79 @@ class Explorer:
         }
         self._request_details[key] = detail
         return detail
+
+    def model(self, name: str, window: str) -> dict[str, Any] | None:
+        """One model: its entry in the models list (every provider serving it) and what
+        this gateway measured of it over the window, with charts; built at most once per
+        snapshot and window. None for a model no provider this gateway saw announced and
+        none of its requests were served."""
+        snapshot = self.current()
+        key = (snapshot["version"], name, window)
+        cached = self._model_details.get(key)
+        if cached is not None:
+            return cached
+        entry = next((m for m in self.models() if m["model"] == name), None)
+        timeline = self.rollups.timeline(name)
+        if entry is None and timeline is None:
+            return None
+        if entry is None:  # served once, announced by nobody seen now
+            entry = {"model": name, "kind": None, "audited": False, "providers_online": 0,
+                     "providers_seen": 0, "median_price_output_per_mtok": None,
+                     "providers": []}  # fmt: skip
+        now = snapshot["as_of"]
+        detail = {
+            "object": "explorer.model",
+            "version": snapshot["version"],
+            "as_of": now,
+            "window": window,
+            "model": entry,
+            "summary": None if timeline is None else timeline.summary(now, window),
+            "series": {}
+            if timeline is None
+            else {metric: timeline.series(now, window, metric) for metric, _, _ in MODEL_CHARTS},
+        }
+        self._model_details[key] = detail
+        return detail
+
+    def model_html(self, detail: dict[str, Any]) -> str:
+        return model_page(detail)
+
+    async def audit_case(self, request_id: str) -> dict[str, Any] | None:
+        """One audit case, its evidence and what it cost the provider: the case and every
+        audit in it (as ``/v1/audit-cases/{id}``), the request if still kept, and the slashes
+        that cite it. One indexed read, at most once per case per snapshot and at most
+        ENTRY_READS at a time; None for a request that was never audited."""
+        snapshot = self.current()
+        key = (snapshot["version"], request_id)
+        cached = self._case_details.get(key)
+        if cached is not None:
+            return cached
+        gateway = self._gateway()
+        if gateway is None:
+            return None
+        store = gateway.verifier.store
+        async with self._entry_reads:
+            row = await store.case(request_id)
+            audits = [] if row is None else await store.audits(request_id=request_id, limit=10)
+        if row is None:
+            return None
+        reference = f"audit:{request_id}"
+        request = self.rollups.requests.get(request_id)
+        totals = self.rollups.providers.get(row.provider_id)
+        slashes = [] if totals is None else list(totals.slashes)
+        detail = {
+            "object": "explorer.audit_case",
+            "version": snapshot["version"],
+            "as_of": snapshot["as_of"],
+            "case": {**case_view(row), "audits": [audit_view(a) for a in reversed(audits)]},
+            "request": None if request is None else asdict(request),
+            "slashes": [asdict(s) for s in slashes if s.reference == reference],
+        }
+        self._case_details[key] = detail
+        return detail
+
+    def audit_case_html(self, detail: dict[str, Any]) -> str:
+        return audit_case_page(detail)
 
     def gateway_identity(self) -> dict[str, str] | None:
         gateway = self._gateway()
@@ -684,9 +765,6 @@ def to_csv(rows: list[dict[str, Any]]) -> str:
     for row in rows:
         writer.writerow({k: "" if v is None else v for k, v in row.items()})
     return out.getvalue()
-
-
-UNSERVED = "(unknown model)"
 
 
 def _public_model(event: RequestFinished, gateway: Any) -> str:

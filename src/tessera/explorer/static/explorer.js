@@ -9,9 +9,13 @@
   var page = document.body.getAttribute("data-page");
   if (page === "providers") return; // the list is a snapshot with filters: reload it
   var live = document.body.getAttribute("data-live") === "1";
+  var model = document.body.getAttribute("data-model");
   var url = provider
     ? "/explorer/api/v1/stream?provider=" + encodeURIComponent(provider)
-    : live
+    : model
+      ? "/explorer/api/v1/stream?model=" + encodeURIComponent(model) +
+        "&window=" + encodeURIComponent(win)
+      : live
       ? "/explorer/api/v1/stream?page=" + encodeURIComponent(page)
       : "/explorer/api/v1/stream?window=" + encodeURIComponent(win);
   var source = new EventSource(url);
