@@ -137,6 +137,15 @@ async def test_bad_parameters_are_refused_and_streams_are_capped(gateway_dir: Pa
             full = await public.get("/explorer/api/v1/stream")
             assert full.status_code == 503 and full.json()["error"]["code"] == "explorer_full"
             assert (await public.get("/explorer")).status_code == 200  # the page still works
+            # The index lists every JSON answer, each of which answers.
+            index = (await public.get("/explorer/api")).json()["data"]
+            assert (await public.get("/explorer/api/v1")).json()["data"] == index
+            paths = {entry["path"]: entry for entry in index}
+            assert paths["/explorer/api/v1/providers"]["csv"] is True
+            assert "/explorer/api/v1/models/{model}" in paths
+            for path in paths:
+                if "{" not in path and not path.endswith("/stream"):
+                    assert (await public.get(path)).status_code == 200, path
 
 
 async def test_providers_are_listed_as_measured_and_stay_listed_offline(gateway_dir: Path) -> None:
@@ -172,6 +181,14 @@ async def test_providers_are_listed_as_measured_and_stay_listed_offline(gateway_
         assert line["provider_id"] == peer.provider_id and line["requests"] == "1"
         page = (await public.get("/explorer/providers")).text
         assert peer.provider_id in page and ">routable<" in page
+        # Its badge says what the list says; the network's counts it.
+        badge = await public.get(f"/explorer/providers/{peer.provider_id}/badge.svg")
+        assert badge.headers["content-type"] == "image/svg+xml" and "<svg" in badge.text
+        assert "routable · 100.0% up 24h" in badge.text and "#1a7f37" in badge.text
+        network = (await public.get("/explorer/badge.svg")).text
+        assert "1 providers · 100.0% ok 24h" in network
+        unknown = await public.get(f"/explorer/providers/{'0' * 64}/badge.svg")
+        assert unknown.status_code == 404
         # It leaves: listed offline, its measured record kept.
         beat.cancel()
         await peer.ws.close()
@@ -184,6 +201,8 @@ async def test_providers_are_listed_as_measured_and_stay_listed_offline(gateway_
         offline = await public.get("/explorer/api/v1/providers?status=offline")
         assert [r["provider_id"] for r in offline.json()["data"]] == [peer.provider_id]
         assert ">offline<" in (await public.get("/explorer/providers?status=offline")).text
+        badge = await public.get(f"/explorer/providers/{peer.provider_id}/badge.svg")
+        assert "offline · " in badge.text and "#cf222e" in badge.text
         bad = await public.get("/explorer/api/v1/providers?sort=cheapest")
         assert bad.status_code == 400
         await public.aclose()
@@ -238,7 +257,7 @@ async def test_a_providers_page_shows_its_record_and_why_and_updates_live(
         await peer.ws.close()
         async with asyncio.timeout(10):
             while not any(
-                'data-k="provider.status">offline<' in e["html"].get("detail", "") for e in events
+                'data-k="provider.status">offline<' in e["html"].get("main", "") for e in events
             ):
                 await asyncio.sleep(0.05)
         listener.cancel()

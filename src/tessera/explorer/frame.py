@@ -49,10 +49,13 @@ NAV = (
 LIVE_MAIN = '<main id="main">'
 
 
-def framed(title: str, body_attrs: str, links: str, main: str, live: bool = False) -> str:
+def framed(
+    title: str, body_attrs: str, links: str, main: str, live: bool = False, script: bool = False
+) -> str:
     """A page in the explorer's frame; a ``live`` one has its <main> replaced by the
-    stream at every snapshot (pages with a form are not live: typing would be lost)."""
-    script = '<script src="/explorer/static/explorer.js"></script>' if live else ""
+    stream at every snapshot (pages with a form are not live: typing would be lost); one
+    with ``script`` runs the stream too but names the parts it replaces itself."""
+    script_tag = '<script src="/explorer/static/explorer.js"></script>' if live or script else ""
     opening = LIVE_MAIN if live else "<main>"
     live_attr = ' data-live="1"' if live else ""
     return f"""<!doctype html>
@@ -63,7 +66,7 @@ def framed(title: str, body_attrs: str, links: str, main: str, live: bool = Fals
 {NAV}
 {links}</header>
 {opening}{main}</main>
-{script}
+{script_tag}
 </body></html>"""
 
 

@@ -13,7 +13,7 @@ from html import escape
 from typing import Any
 from urllib.parse import urlencode
 
-from tessera.explorer.frame import CSS, NAV, card, share, utc
+from tessera.explorer.frame import card, framed, share, utc
 from tessera.units import format_tokens
 
 WINDOW_NAMES = {"1h": "1 hour", "24h": "24 hours", "7d": "7 days", "30d": "30 days", "all": "all"}
@@ -26,16 +26,13 @@ def overview(snapshot: dict[str, Any], window: str, fragments: dict[str, str] | 
         f"{escape(label)}</a>"
         for w, label in WINDOW_NAMES.items()
     )
-    return f"""<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><link rel="icon" href="data:,">
-<meta name="viewport" content="width=device-width,initial-scale=1">
-<title>Tessera explorer</title><style>{CSS}</style></head>
-<body data-window="{escape(window)}">
-{NAV}
-<span>the network, measured by its gateway; updated live</span>
-<a href="/explorer/api/v1/network/summary?window={escape(window)}">JSON</a>
-<a href="/explorer/api/v1/requests/recent?format=csv">tape CSV</a></header>
-<main>
+    return framed(
+        "Overview",
+        f'data-window="{escape(window)}"',
+        "<span>the network, measured by its gateway; updated live</span>\n"
+        f'<a href="/explorer/api/v1/network/summary?window={escape(window)}">JSON</a>\n'
+        '<a href="/explorer/api/v1/requests/recent?format=csv">tape CSV</a>',
+        f"""
 <nav class="windows">Window: {links}</nav>
 <p id="asof">{fragments["asof"]}</p>
 <section id="kpis" class="cards">{fragments["kpis"]}</section>
@@ -45,9 +42,9 @@ def overview(snapshot: dict[str, Any], window: str, fragments: dict[str, str] | 
 <div class="scroll"><table><thead><tr><th>request</th><th>model</th><th>provider</th>
 <th>region</th><th>status</th><th>tokens in/out</th><th>cost (tokens)</th>
 <th>latency ms</th><th>TTFT ms</th><th>audit</th></tr></thead><tbody id="tape">{fragments["tape"]}</tbody></table></div>
-</main>
-<script src="/explorer/static/explorer.js"></script>
-</body></html>"""
+""",
+        script=True,
+    )
 
 
 def providers_page(
@@ -99,16 +96,11 @@ def providers_page(
     csv_link = escape(
         f"/explorer/api/v1/providers?{urlencode({**filters, 'sort': sort, 'format': 'csv'})}"
     )
-    return f"""<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><link rel="icon" href="data:,">
-<meta name="viewport" content="width=device-width,initial-scale=1">
-<title>Providers · Tessera explorer</title><style>{CSS}</style></head>
-<body data-page="providers">
-{NAV}
-<a href="{api}">JSON</a> <a href="{csv_link}">CSV</a>
-</header>
-<main>
-<form method="get" action="/explorer/providers" id="filters">{inputs}
+    return framed(
+        "Providers",
+        'data-page="providers"',
+        f'<a href="{api}">JSON</a> <a href="{csv_link}">CSV</a>',
+        f"""<form method="get" action="/explorer/providers" id="filters">{inputs}
 <label>status <select name="status">{statuses}</select></label>
 <input type="hidden" name="sort" value="{escape(sort)}">
 <button type="submit">filter</button></form>
@@ -122,7 +114,8 @@ As of {utc(snapshot["as_of"])}. <em>Declared</em> is what a provider announced;
 <th>stake (tokens)</th><th>reputation</th><th>uptime 24 h (seen)</th>
 <th>requests (measured)</th><th>success</th><th>TTFT p50 ms</th></tr></thead>
 <tbody id="providers">{body}</tbody></table></div>
-</main></body></html>"""
+""",
+    )
 
 
 def _provider_tr(row: dict[str, Any]) -> str:

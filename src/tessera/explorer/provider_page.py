@@ -8,11 +8,10 @@ from html import escape
 from typing import Any
 
 from tessera.explorer.frame import (
-    CSS,
-    NAV,
     audit_table,
     bps,
     card,
+    framed,
     pcts,
     share,
     slash_table,
@@ -27,16 +26,13 @@ def provider_page(detail: dict[str, Any]) -> str:
     its formula, why it gets (no) work, audits, slashes with evidence, earnings per day."""
     row = detail["provider"]
     pid = escape(row["provider_id"])
-    return f"""<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><link rel="icon" href="data:,">
-<meta name="viewport" content="width=device-width,initial-scale=1">
-<title>Provider {pid[:12]} · Tessera explorer</title><style>{CSS}</style></head>
-<body data-page="provider" data-provider="{pid}">
-{NAV}
-<a href="/explorer/api/v1/providers/{pid}">JSON</a></header>
-<main id="detail">{provider_main(detail)}</main>
-<script src="/explorer/static/explorer.js"></script>
-</body></html>"""
+    return framed(
+        f"Provider {pid[:12]}",
+        f'data-page="provider" data-provider="{pid}"',
+        f'<a href="/explorer/api/v1/providers/{pid}">JSON</a>',
+        provider_main(detail),
+        live=True,
+    )
 
 
 def provider_main(detail: dict[str, Any]) -> str:

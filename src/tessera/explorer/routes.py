@@ -16,6 +16,7 @@ from fastapi import FastAPI, Path, Query
 from fastapi.responses import HTMLResponse, PlainTextResponse, Response, StreamingResponse
 
 from tessera.errors import InvalidRequest, NoCapacity, NotFound
+from tessera.explorer.badge import network_badge, provider_badge
 from tessera.explorer.frame import main_part
 from tessera.explorer.rollups import KEEP_REQUESTS, SERIES_METRICS
 from tessera.explorer.service import SORTS, Explorer, flat_model, flat_provider, to_csv
@@ -43,6 +44,7 @@ FAVICON = (
     '<path d="M3 4h10v2H9v7H7V6H3z" fill="#fca311"/></svg>'
 )
 CACHE = {"Cache-Control": "public, max-age=2"}
+CACHE_BADGE = {"Cache-Control": "public, max-age=60"}  # embedded elsewhere: fetched often
 SCRIPTS = frozenset({"explorer.js", "receipt.js"})
 RequestId = Annotated[str, Path(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_.:-]+$")]
 ModelPath = Annotated[str, Path(min_length=1, max_length=200)]
@@ -128,6 +130,28 @@ def install_explorer_routes(app: FastAPI, explorer: Explorer) -> None:
         sizes, audits, slashes with evidence, paid per day), its reputation with the
         formula, its ledger account, why it is routed or not, and uptime per epoch."""
         return await detail_of(provider_id)
+
+    @app.get("/explorer/providers/{provider_id}/badge.svg", include_in_schema=False)
+    async def provider_badge_svg(provider_id: str) -> Response:
+        """A badge for a provider's README: its status now and its uptime over a day."""
+        detail = await detail_of(provider_id)
+        seen = detail["seen_online"]["24h"]
+        svg = provider_badge(detail["provider"]["status"], seen["uptime"], seen["checks"])
+        return Response(svg, media_type="image/svg+xml", headers=CACHE_BADGE)
+
+    @app.get("/explorer/badge.svg", include_in_schema=False)
+    async def network_badge_svg() -> Response:
+        snapshot = explorer.current()
+        rate = snapshot["windows"]["24h"]["kpis"]["success_rate"]
+        svg = network_badge(snapshot["network"]["providers_online"], rate)
+        return Response(svg, media_type="image/svg+xml", headers=CACHE_BADGE)
+
+    @app.get("/explorer/api", tags=["explorer"])
+    @app.get("/explorer/api/v1", tags=["explorer"], include_in_schema=False)
+    async def api_index() -> dict[str, Any]:
+        """Every JSON answer of the explorer, with what it holds and whether it also
+        answers CSV (``?format=csv``): the same numbers as the pages."""
+        return {"object": "list", "data": _index(app)}
 
     @app.get("/explorer/receipts", include_in_schema=False)
     async def receipts_page() -> HTMLResponse:
@@ -381,6 +405,27 @@ async def off_loop(work: Callable[..., T], *args: Any) -> T:
     if isinstance(explorer_current, Explorer):
         explorer_current.current()  # the first snapshot is built here, on the loop
     return await asyncio.to_thread(work, *args)
+
+
+def _index(app: FastAPI) -> list[dict[str, Any]]:
+    """The explorer's JSON routes from the OpenAPI document (built once by FastAPI)."""
+    paths = app.openapi().get("paths", {})
+    out = []
+    for path, item in sorted(paths.items()):
+        get = item.get("get")
+        if not path.startswith("/explorer/api/v1/") or get is None:
+            continue
+        params = [p["name"] for p in get.get("parameters", [])]
+        out.append(
+            {
+                "path": path,
+                "summary": get.get("summary", ""),
+                "description": (get.get("description") or "").split("\n\n")[0],
+                "parameters": params,
+                "csv": "format" in params,
+            }
+        )
+    return out
 
 
 def _csv(rows: list[dict[str, Any]], filename: str) -> PlainTextResponse:

@@ -669,7 +669,7 @@ class Explorer:
 
     async def provider_fragments(self, provider_id: str) -> dict[str, str]:
         detail = await self.provider(provider_id)
-        return {} if detail is None else {"detail": provider_main(detail)}
+        return {} if detail is None else {"main": provider_main(detail)}
 
     async def stream(self, render: Callable[[], Awaitable[dict[str, str]]]) -> AsyncIterator[str]:
         """Server-Sent Events: the page's fragments (from ``render``) now and at every new

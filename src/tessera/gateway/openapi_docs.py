@@ -145,6 +145,7 @@ OPERATIONS: dict[tuple[str, str], Answers] = {
     ("get", "/explorer/api/v1/providers"): Answers((400,), csv=True),
     ("get", "/explorer/api/v1/providers/{provider_id}"): Answers((400, 404)),
     ("get", "/explorer/api/v1/requests/{request_id}"): Answers((400, 404)),
+    ("get", "/explorer/api"): Answers(),
     ("get", "/explorer/api/v1/models"): Answers((400,), csv=True),
     ("get", "/explorer/api/v1/models/{model}"): Answers((400, 404)),
     ("get", "/explorer/api/v1/audits/{request_id}"): Answers((400, 404)),
