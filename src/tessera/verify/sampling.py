@@ -45,6 +45,9 @@ import hmac
 import math
 from dataclasses import dataclass
 
+import numpy as np
+import numpy.typing as npt
+
 _DRAW_BYTES = 8
 _DROPPED_BITS = 8 * _DRAW_BYTES - 53
 
@@ -135,3 +138,35 @@ def audit_draw(secret: bytes, request_id: str) -> float:
 def should_audit(secret: bytes, request_id: str, rate: float) -> bool:
     """True when this request's draw falls below ``rate`` (always at 1, never at 0)."""
     return audit_draw(secret, request_id) < rate
+
+
+def audit_rates(
+    policy: AuditPolicy,
+    clean_audits: npt.NDArray[np.int64],
+    failed_audits: npt.NDArray[np.int64],
+    gain: npt.NDArray[np.int64],
+    loss: npt.NDArray[np.int64],
+) -> npt.NDArray[np.float64]:
+    """:func:`audit_rate` for many providers at once (the simulator's form): element for
+    element the same rate, to the last bit (a test holds them together)."""
+    clean = np.asarray(clean_audits, dtype=np.int64)
+    failed = np.asarray(failed_audits, dtype=np.int64)
+    gains = np.asarray(gain, dtype=np.int64)
+    losses = np.asarray(loss, dtype=np.int64)
+    if (clean < 0).any() or (failed < 0).any() or (gains < 0).any():
+        raise ValueError("audit counts and gains are never negative")
+    decayed = np.power(0.5, (clean - policy.probation_audits) / policy.half_life_audits)
+    by_record = np.minimum(1.0, np.maximum(policy.floor_rate, decayed))
+    by_record[(clean < policy.probation_audits) | (failed > 0)] = 1.0
+    target = policy.deterrence * gains.astype(np.float64)
+    safe_loss = np.where(losses > 0, losses, 1).astype(np.float64)
+    economic = target / (policy.detection * safe_loss)
+    # As economic_rate: step up the last bit until rate * detection * loss >= target.
+    short = (economic < 1.0) & (economic * policy.detection * safe_loss < target)
+    while short.any():
+        economic[short] = np.nextafter(economic[short], np.inf)
+        short &= (economic < 1.0) & (economic * policy.detection * safe_loss < target)
+    economic = np.minimum(economic, 1.0)
+    economic[losses <= 0] = 1.0
+    economic[gains == 0] = 0.0
+    return np.minimum(1.0, np.maximum(0.0, np.maximum(by_record, economic)))
