@@ -21,6 +21,7 @@ from tessera.config import GatewaySettings, ProviderSettings, default_data_dir
 from tessera.errors import TesseraError
 from tessera.money_cli import account_app, earnings_app, ledger_app, stake_app
 from tessera.receipt_cli import receipt_app
+from tessera.sim_cli import sim
 from tessera.wallet_cli import wallet_app
 
 app = typer.Typer(
@@ -43,6 +44,7 @@ app.add_typer(receipt_app, name="receipt")
 app.add_typer(catalog_app, name="catalog")
 app.add_typer(chain_app, name="chain")
 app.add_typer(wallet_app, name="wallet")
+app.command(name="sim")(sim)
 provider_app = typer.Typer(
     help="Run a provider agent (with no subcommand), or ask a gateway about it (status)."
 )

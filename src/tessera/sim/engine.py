@@ -1,0 +1,373 @@
+"""One run of a scenario: virtual time in steps, every provider stepped as arrays (the
+fluid background), and a sample of requests followed one by one (the foreground).
+
+Each step:
+
+1. churn flips providers on and off (world.churn_step); a region outage holds a region off;
+2. demand (requests/s, times a flash crowd) is spread over the providers the consumers'
+   region policy allows, in proportion to what each can serve;
+3. each provider's concurrency follows Little's law under batching (the total decode rate
+   at c streams is saturated * c / (c + h)); past its slots a fluid queue builds and drains;
+4. every request a provider served is audited at the real rate (verify.sampling's batch
+   form of ``audit_rate``); a cheated request is caught with the scenario's detection
+   chance, an honest one misflagged with its false-flag chance; a caught provider is
+   slashed (its stake's ``slash_bps``) and banned;
+5. sampled requests see that state: the round trip to their provider, the queue, prefill
+   and decode; a provider whose session ends before the answer does fails the attempt,
+   and the request moves to another (up to ``attempts``).
+
+Money is integer base units: what consumers pay is split by the ledger's own fee rule
+(ledger.pricing.split_fee), summed per step.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+from tessera.ledger.escrow import FeePolicy
+from tessera.ledger.pricing import split_fee
+from tessera.sim.scenario import Scenario
+from tessera.sim.world import Floats, Laws, World, build, churn_step, laws
+from tessera.verify.sampling import AuditPolicy, audit_rates
+
+MAX_SAMPLES = 2_000_000  # foreground requests kept per run (memory bound)
+# Requests are paid for and audited in batches of this much virtual time: a cheat is
+# caught at the request it was caught on, but the ban lands at the batch's end.
+SETTLE_S = 10.0
+
+
+@dataclass
+class Samples:
+    """The foreground's requests, one array per field, appended per step."""
+
+    region: list[np.ndarray] = field(default_factory=list)
+    network_ms: list[np.ndarray] = field(default_factory=list)
+    queue_ms: list[np.ndarray] = field(default_factory=list)
+    prefill_ms: list[np.ndarray] = field(default_factory=list)
+    tpot_ms: list[np.ndarray] = field(default_factory=list)
+    attempts: list[np.ndarray] = field(default_factory=list)
+    ok: list[np.ndarray] = field(default_factory=list)
+
+    def add(self, **columns: np.ndarray) -> None:
+        for name, values in columns.items():
+            getattr(self, name).append(values)
+
+    def joined(self) -> dict[str, np.ndarray]:
+        return {
+            name: np.concatenate(parts) if parts else np.zeros(0)
+            for name, parts in asdict(self).items()
+        }
+
+
+@dataclass
+class Totals:
+    """Counts and money over the run (integers; money in base units)."""
+
+    requests: int = 0
+    output_tokens: int = 0
+    paid: int = 0  # by consumers
+    earned: int = 0  # by providers, after the fee
+    fees: int = 0
+    verification_pool: int = 0
+    slashed: int = 0
+    refunded: int = 0
+    false_slashes: int = 0
+    churn_flips: int = 0
+    steps: int = 0
+    capacity_tps: float = 0.0  # summed over steps, for utilisation
+    served_tps: float = 0.0
+    online_share: list[float] = field(default_factory=list)
+
+
+@dataclass
+class Run:
+    scenario: Scenario
+    seed: int
+    providers: int
+    hours: float
+    world: World
+    samples: dict[str, np.ndarray]
+    totals: Totals
+    wall_s: float
+    events: int  # provider-steps plus foreground requests: the work done
+
+    @property
+    def config_hash(self) -> str:
+        text = json.dumps(
+            {"scenario": asdict(self.scenario), "providers": self.providers, "hours": self.hours},
+            sort_keys=True,
+        )
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def run(
+    scenario: Scenario,
+    seed: int,
+    providers: int | None = None,
+    hours: float | None = None,
+    progress: Any = None,
+) -> Run:
+    """Run one seed. ``progress(done, total)`` is called now and then (for a bar)."""
+    started = time.perf_counter()
+    rng = np.random.default_rng(seed)
+    n = providers or scenario.providers
+    duration = (hours or scenario.hours) * 3600.0
+    world = build(scenario, n, rng)
+    scale = n / scenario.providers  # a smaller fleet gets its share of the demand
+    law = laws(scenario)
+    policy = AuditPolicy(
+        probation_audits=scenario.audits.probation_audits,
+        half_life_audits=scenario.audits.half_life_audits,
+        floor_rate=scenario.audits.floor_rate,
+        deterrence=scenario.audits.deterrence,
+        detection=scenario.cheaters.detection,
+    )
+    fees = FeePolicy()
+    demand = scenario.demand
+    allowed = np.ones(len(scenario.regions), dtype=bool)
+    if demand.allowed_regions:
+        allowed[:] = False
+        for name in demand.allowed_regions:
+            allowed[scenario.region_index(name)] = True
+    demand_share = np.array([r.demand_share for r in scenario.regions])
+    mean_prompt = demand.prompt_tokens_median * np.exp(demand.prompt_tokens_sigma**2 / 2)
+    mean_output = demand.output_tokens_median * np.exp(demand.output_tokens_sigma**2 / 2)
+    totals = Totals()
+    samples = Samples()
+    kept = 0
+    step = scenario.step_s
+    steps = int(np.ceil(duration / step))
+    settle_every = max(1, round(SETTLE_S / step))
+    events = 0
+    # Each provider's serving laws, gathered once (its GPU never changes).
+    gpu = world.gpu
+    sat, half = law.saturated_tps[gpu], law.half_streams[gpu]
+    slots = law.max_streams[gpu]
+    prefill_s = mean_prompt / law.prefill_tps[gpu]
+    # Requests/s at full slots, and the most tokens/s it can serve.
+    service = slots / (prefill_s + mean_output * (slots + half) / sat)
+    capacity = sat * slots / (slots + half)
+    expected = np.zeros(n)  # requests each provider served since the last settlement, on average
+    for i in range(steps):
+        now = i * step
+        totals.churn_flips += churn_step(world, scenario.churn, now, rng)
+        multiplier, outage, lost_share = _events(scenario, now)
+        up = world.online & ~world.banned
+        if outage >= 0:
+            up &= world.region != outage
+        world.online_s[up] += step
+        totals.online_share.append(float(up.mean()))
+        eligible = up & allowed[world.region]
+        weight = np.where(eligible, sat, 0.0)
+        total_weight = weight.sum()
+        rate = demand.requests_per_s * scale * multiplier
+        lam = weight * (rate / total_weight) if total_weight > 0 else np.zeros(n)
+        # Concurrency by Little's law with batching: c = lam * (P/prefill + L (c + h)/sat).
+        load = lam * mean_output / sat
+        with np.errstate(divide="ignore", invalid="ignore"):
+            c_free = lam * (prefill_s + mean_output * half / sat) / (1.0 - load)
+        saturated = (load >= 1.0) | (c_free > slots) | (world.queue > 0)
+        streams = np.where(saturated, slots, c_free)
+        if saturated.any():
+            world.queue = np.where(
+                saturated & up, np.maximum(0.0, world.queue + (lam - service) * step), 0.0
+            )  # an offline provider's waiting requests went elsewhere
+        expected += np.minimum(lam, service) * step if saturated.any() else lam * step
+        totals.capacity_tps += float(capacity[up].sum())
+        totals.served_tps += float(lam.sum()) * mean_output
+        if (i + 1) % settle_every == 0 or i == steps - 1:
+            served = rng.poisson(expected)  # a sum of Poisson counts is Poisson
+            _money_and_audits(world, law, scenario, policy, fees, served, mean_prompt,
+                              mean_output, now, rng, totals)  # fmt: skip
+            expected[:] = 0.0
+        events += n
+        # The foreground: a sample of requests, each seeing this step's state.
+        count = int(rng.poisson(demand.sampled_requests_per_s * multiplier * step))
+        if count and total_weight > 0 and kept < MAX_SAMPLES:
+            drawn = _foreground(world, law, scenario, lam, streams, service, count, now,
+                                demand_share, lost_share, rng)  # fmt: skip
+            samples.add(**drawn)
+            kept += count
+            events += count
+        totals.steps += 1
+        if progress is not None and (i % 60 == 0 or i == steps - 1):
+            progress(i + 1, steps)
+    return Run(
+        scenario=scenario,
+        seed=seed,
+        providers=n,
+        hours=duration / 3600.0,
+        world=world,
+        samples=samples.joined(),
+        totals=totals,
+        wall_s=time.perf_counter() - started,
+        events=events,
+    )
+
+
+def _events(scenario: Scenario, now: float) -> tuple[float, int, float]:
+    """(demand multiplier, region index held offline or -1, share of requests lost to a
+    dead gateway replica) at ``now``."""
+    multiplier, outage, lost = 1.0, -1, 0.0
+    for e in scenario.events:
+        if e.start_s <= now < e.start_s + e.duration_s:
+            if e.kind == "flash-crowd":
+                multiplier *= e.multiplier
+            elif e.kind == "region-outage":
+                outage = scenario.region_index(e.region)
+            elif e.kind == "replica-loss":
+                lost = max(lost, e.share)
+    return multiplier, outage, lost
+
+
+def _money_and_audits(
+    world: World,
+    law: Laws,
+    scenario: Scenario,
+    policy: AuditPolicy,
+    fees: FeePolicy,
+    served: np.ndarray,
+    mean_prompt: float,
+    mean_output: float,
+    now: float,
+    rng: np.random.Generator,
+    totals: Totals,
+) -> None:
+    busy = np.flatnonzero(served)
+    if busy.size == 0:
+        return
+    n_req = served[busy].astype(np.int64)
+    gpu = world.gpu[busy]
+    # What one request costs at this provider's prices (integer base units).
+    cost = (
+        round(mean_prompt) * law.price_in[gpu] + round(mean_output) * law.price_out[gpu]
+    ) // 1_000_000
+    paid = int((cost * n_req).sum())
+    provider_share, fee, verification = split_fee(paid, fees.fee_bps, fees.verification_share_bps)
+    earned_each = cost - cost * fees.fee_bps // 10_000
+    totals.requests += int(n_req.sum())
+    totals.output_tokens += int(n_req.sum()) * round(mean_output)
+    totals.paid += paid
+    # Per provider shares are rounded down; the pennies left go to the fee account, so
+    # the step's split still sums to what consumers paid.
+    per_provider = earned_each * n_req
+    world.earned[busy] += per_provider
+    totals.earned += int(per_provider.sum())
+    totals.fees += fee + (provider_share - int(per_provider.sum()))
+    totals.verification_pool += verification
+    # Audits at the real rate, on this step's requests.
+    exposed = world.stake[busy]
+    slash = np.where(exposed > 0, np.maximum(1, exposed * scenario.audits.slash_bps // 10_000), 0)
+    rates = audit_rates(policy, world.clean_audits[busy], world.failed_audits[busy],
+                        earned_each, slash + earned_each)  # fmt: skip
+    cheats = world.cheat[busy]
+    c = scenario.cheaters
+    # Chance that one request is caught: audited, and (cheated and detected) or misflagged.
+    per_request = np.where(cheats, rates * c.cheat_probability * c.detection, rates * c.false_flag)
+    first = n_req + 1  # the request (1-based) that got the provider caught; past n: none
+    at_risk = per_request > 0
+    if at_risk.any():
+        first = first.copy()
+        first[at_risk] = rng.geometric(per_request[at_risk])
+    caught = first <= n_req
+    clean_requests = np.where(caught, first - 1, n_req)
+    world.clean_audits[busy] += rng.binomial(clean_requests, rates)
+    world.requests[busy] += n_req
+    hit = busy[caught]
+    if hit.size:
+        world.caught_after[hit] = world.requests[hit] - n_req[caught] + first[caught]
+        world.caught_at[hit] = now
+        world.failed_audits[hit] += 1
+        world.banned[hit] = True
+        taken = slash[caught]
+        world.stake[hit] -= taken
+        totals.slashed += int(taken.sum())
+        # The harmed consumer is refunded what it paid, from the slashed stake.
+        refunds = np.minimum(taken, cost[caught])
+        totals.refunded += int(refunds.sum())
+        totals.false_slashes += int((~cheats[caught]).sum())
+
+
+def _foreground(
+    world: World,
+    law: Laws,
+    scenario: Scenario,
+    lam: Floats,
+    streams: Floats,
+    service: Floats,
+    count: int,
+    now: float,
+    demand_share: Floats,
+    lost_share: float,
+    rng: np.random.Generator,
+) -> dict[str, np.ndarray]:
+    """``count`` requests arriving during this step, each routed as the fluid routes
+    (in proportion to each provider's share of the demand), with failover."""
+    demand = scenario.demand
+    region = rng.choice(len(demand_share), size=count, p=demand_share)
+    prompt = rng.lognormal(np.log(demand.prompt_tokens_median), demand.prompt_tokens_sigma, count)
+    output = rng.lognormal(np.log(demand.output_tokens_median), demand.output_tokens_sigma, count)
+    start = now + rng.random(count) * scenario.step_s
+    cumulative = np.cumsum(lam)
+    total = cumulative[-1]
+    network = np.zeros(count)
+    queue = np.zeros(count)
+    prefill = np.zeros(count)
+    tpot = np.zeros(count)
+    attempts = np.zeros(count, dtype=np.int64)
+    ok = np.zeros(count, dtype=bool)
+    pending = np.arange(count)
+    spent = np.zeros(count)  # time lost to failed attempts
+    for attempt in range(1, demand.attempts + 1):
+        if pending.size == 0 or total <= 0:
+            break
+        at = start[pending] + spent[pending]
+        chosen = np.searchsorted(cumulative, rng.random(pending.size) * total, side="right")
+        chosen = np.minimum(chosen, len(lam) - 1)
+        g = world.gpu[chosen]
+        rtt = law.rtt_ms[region[pending], world.region[chosen]] + law.last_mile_ms[region[pending]]
+        wait = np.where(world.queue[chosen] > 0, world.queue[chosen] / service[chosen], 0.0)
+        pre = prompt[pending] / law.prefill_tps[g]
+        per_token = (streams[chosen] + law.half_streams[g]) / law.saturated_tps[g]
+        duration = rtt / 1000.0 + wait + pre + output[pending] * per_token
+        # The attempt fails when the provider's session ends before the answer does, or
+        # the request reached a gateway replica that died (a dead replica keeps its share
+        # of the traffic until the load balancer's health check drops it: every attempt
+        # in that time may land on it).
+        dies = world.online[chosen] & (world.flip_at[chosen] < at + duration)
+        lost = rng.random(pending.size) < lost_share
+        failed = dies | lost
+        attempts[pending] = attempt
+        done = pending[~failed]
+        network[done] = rtt[~failed]
+        queue[done] = wait[~failed] * 1000.0
+        prefill[done] = pre[~failed] * 1000.0
+        tpot[done] = per_token[~failed] * 1000.0
+        ok[done] = True
+        spent[pending[failed]] += np.where(dies, np.maximum(world.flip_at[chosen] - at, 0.0),
+                                           rtt / 1000.0)[failed]  # fmt: skip
+        pending = pending[failed]
+    return {
+        "region": region,
+        "network_ms": network,
+        "queue_ms": queue + spent * 1000.0,  # time lost to failovers counts as waiting
+        "prefill_ms": prefill,
+        "tpot_ms": tpot,
+        "attempts": attempts,
+        "ok": ok,
+    }
+
+
+def money_holds(totals: Totals) -> bool:
+    """Conservation: what consumers paid is exactly the providers' share, the fees and
+    the verification pool; refunds never exceed what was slashed."""
+    return (
+        totals.paid == totals.earned + totals.fees + totals.verification_pool
+        and 0 <= totals.refunded <= totals.slashed
+    )

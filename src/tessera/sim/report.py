@@ -1,0 +1,321 @@
+"""A scenario's report: each seed's figures, their mean with a 95 % confidence interval
+over seeds, as JSON and as Markdown with an SVG plot.
+
+Only what the seeds decide goes in (no wall-clock time), so the same seeds give the same
+files byte for byte; timings are printed by the command and recorded by ``bench/sim.py``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from decimal import Decimal
+from importlib import resources
+from typing import Any
+
+import numpy as np
+
+from tessera.sim.engine import Run, money_holds
+from tessera.sim.world import BASE_UNITS
+from tessera.verify.sampling import AuditPolicy, reputation_rate
+
+# Student's t for a two-sided 95 % interval, by degrees of freedom (seeds - 1).
+_T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306,
+        9: 2.262, 10: 2.228, 15: 2.131, 20: 2.086, 30: 2.042}  # fmt: skip
+SERVERLESS = ("AWS Bedrock", "llama-3.1-8b-instruct")  # the serverless baseline
+SELF_HOSTED = ("AWS", "p5.48xlarge")  # the self-hosting baseline: H100 on demand
+SELF_HOSTED_TPS = 2693.0  # one H100 saturated, Llama-3-8B (research/simulation.md §3d)
+
+
+def seed_figures(run: Run) -> dict[str, Any]:
+    """Everything one seed measured (plain numbers, rounded so the JSON is stable)."""
+    s = run.scenario
+    t = run.totals
+    w = run.world
+    sm = run.samples
+    duration = run.hours * 3600.0
+    ok = sm["ok"].astype(bool)
+    attempts = sm["attempts"]
+    ttft = sm["network_ms"] + sm["queue_ms"] + sm["prefill_ms"]
+    by_region = {}
+    for i, region in enumerate(s.regions):
+        mine = ok & (sm["region"] == i)
+        by_region[region.name] = {
+            "requests": int(mine.sum()),
+            "ttft_ms": _pcts(ttft[mine]),
+            "tpot_ms": _pcts(sm["tpot_ms"][mine]),
+            "split_ms": {
+                part: _r(float(sm[f"{part}_ms"][mine].mean())) if mine.any() else None
+                for part in ("network", "queue", "prefill")
+            },
+        }
+    count = max(1, len(ok))
+    cheaters = w.cheat
+    caught = cheaters & (w.caught_after >= 0)
+    requests_to_catch = w.caught_after[caught]
+    q = _catch_chance(run)
+    tokens_usd = t.paid / BASE_UNITS * s.token_usd
+    per_mtok = tokens_usd / t.output_tokens * 1e6 if t.output_tokens else None
+    serverless, self_hosted = _baselines(t.served_tps / max(t.capacity_tps, 1e-9))
+    gpu_hours = float(w.online_s.sum()) / 3600.0
+    watts = np.array([g.watts for g in s.gpus])[w.gpu]
+    kwh = float((watts * w.online_s).sum()) / 3600.0 / 1000.0
+    income = float(w.earned.sum()) / BASE_UNITS * s.token_usd
+    honest_online = ~w.banned
+    uptime = w.online_s[honest_online] / duration
+    return {
+        "seed": run.seed,
+        "providers": run.providers,
+        "hours": run.hours,
+        "requests": {
+            "served_by_the_network": t.requests,
+            "sampled": len(ok),
+            "success_first_try": _r(float((ok & (attempts == 1)).sum()) / count),
+            "continued_after_failover": _r(float((ok & (attempts > 1)).sum()) / count),
+            "failed": _r(float((~ok).sum()) / count),
+        },
+        "latency_by_region": by_region,
+        "ttft_ms": _pcts(ttft[ok]),
+        "tpot_ms": _pcts(sm["tpot_ms"][ok]),
+        "utilisation": _r(t.served_tps / t.capacity_tps) if t.capacity_tps else None,
+        "online_share": _r(float(np.mean(t.online_share))) if t.online_share else None,
+        "sla": {
+            "declared_uptime": s.sla_uptime,
+            "providers_meeting_it": _r(float((uptime >= s.sla_uptime).mean())) if uptime.size else None,
+        },
+        "cost": {
+            "consumer_usd_per_mtok_output": _r(per_mtok),
+            "serverless_usd_per_mtok": serverless,
+            "self_hosted_usd_per_mtok": self_hosted,
+            "cheaper_than_serverless": _r(1 - per_mtok / serverless) if per_mtok and serverless else None,
+            "cheaper_than_self_hosted": _r(1 - per_mtok / self_hosted) if per_mtok and self_hosted else None,
+        },
+        "cheaters": {
+            "providers": int(cheaters.sum()),
+            "caught": int(caught.sum()),
+            "requests_to_catch_median": _median(requests_to_catch),
+            "requests_to_catch_p90": _pct(requests_to_catch, 90),
+            "catch_chance_per_request": _r(q),
+            "formula_median": None if not q else math.ceil(math.log(0.5) / math.log1p(-q)),
+            "seconds_to_catch_median": _median(w.caught_at[caught]),
+            "false_slashes": t.false_slashes,
+            "slashed_tokens": _r(t.slashed / BASE_UNITS),
+            "refunded_tokens": _r(t.refunded / BASE_UNITS),
+        },
+        "providers_income": {
+            "usd_per_gpu_hour": _r(income / gpu_hours) if gpu_hours else None,
+            "electricity_usd_per_gpu_hour": _r(kwh * s.electricity_usd_per_kwh / gpu_hours) if gpu_hours else None,
+        },
+        "ledger": {
+            "paid": t.paid,
+            "earned": t.earned,
+            "fees": t.fees,
+            "verification_pool": t.verification_pool,
+            "slashed": t.slashed,
+            "refunded": t.refunded,
+            "conserved": money_holds(t),
+        },
+    }  # fmt: skip
+
+
+def report(runs: list[Run]) -> dict[str, Any]:
+    """Every seed's figures and, for each number, the mean and 95 % interval over seeds."""
+    seeds = [seed_figures(r) for r in runs]
+    first = runs[0]
+    return {
+        "scenario": first.scenario.name,
+        "description": first.scenario.description,
+        "config_sha256": first.config_hash,
+        "providers": first.providers,
+        "hours": first.hours,
+        "seeds": [r.seed for r in runs],
+        "summary": _summarise(seeds),
+        "per_seed": seeds,
+    }
+
+
+def to_json(body: dict[str, Any]) -> str:
+    return json.dumps(body, indent=1, sort_keys=True) + "\n"
+
+
+def to_markdown(body: dict[str, Any], plot: str) -> str:
+    """The headline table, latency by region, and the cheater plot."""
+    s = body["summary"]
+
+    def ci(path: str, fmt: str = "{:.3g}") -> str:
+        node: Any = s
+        for part in path.split("."):
+            node = node.get(part) if isinstance(node, dict) else None
+        if not node or node.get("mean") is None:
+            return "n/a"
+        mean, half = node["mean"], node["ci95"]
+        return fmt.format(mean) + ("" if half is None else " ± " + fmt.format(half))
+
+    lines = [
+        f"# Simulation: {body['scenario']}",
+        "",
+        body["description"],
+        "",
+        f"{body['providers']:,} providers, {body['hours']:g} h of virtual time, seeds "
+        f"{', '.join(map(str, body['seeds']))}; config {body['config_sha256']}. Means over "
+        "seeds with their 95 % confidence interval (Student's t).",
+        "",
+        "| measure | value |",
+        "|---|---|",
+        f"| requests served by the network | {ci('requests.served_by_the_network', '{:,.0f}')} |",
+        f"| success on the first provider | {ci('requests.success_first_try', '{:.2%}')} |",
+        f"| continued after a failover | {ci('requests.continued_after_failover', '{:.3%}')} |",
+        f"| failed | {ci('requests.failed', '{:.3%}')} |",
+        f"| TTFT p50 / p99 (ms) | {ci('ttft_ms.p50')} / {ci('ttft_ms.p99')} |",
+        f"| time per output token p50 / p99 (ms) | {ci('tpot_ms.p50')} / {ci('tpot_ms.p99')} |",
+        f"| utilisation of the fleet | {ci('utilisation', '{:.1%}')} |",
+        f"| providers meeting their declared uptime | {ci('sla.providers_meeting_it', '{:.1%}')} |",
+        f"| consumer price, USD per 1M output tokens | {ci('cost.consumer_usd_per_mtok_output')} |",
+        f"| cheaper than serverless ({SERVERLESS[0]} {SERVERLESS[1]}) | {ci('cost.cheaper_than_serverless', '{:.1%}')} |",
+        f"| cheaper than self-hosting on {SELF_HOSTED[0]} {SELF_HOSTED[1]} | {ci('cost.cheaper_than_self_hosted', '{:.1%}')} |",
+        f"| cheaters caught | {ci('cheaters.caught', '{:.0f}')} of {ci('cheaters.providers', '{:.0f}')} |",
+        f"| requests until caught, median (formula) | {ci('cheaters.requests_to_catch_median')} ({ci('cheaters.formula_median')}) |",
+        f"| false slashes of honest providers | {ci('cheaters.false_slashes', '{:.0f}')} |",
+        f"| provider income, USD per GPU-hour | {ci('providers_income.usd_per_gpu_hour')} |",
+        f"| electricity, USD per GPU-hour | {ci('providers_income.electricity_usd_per_gpu_hour')} |",
+        f"| ledger conserved in every seed | {all(seed['ledger']['conserved'] for seed in body['per_seed'])} |",
+        "",
+        "## Latency by consumer region",
+        "",
+        "| region | TTFT p50 | TTFT p99 | network | queue | prefill | TPOT p50 |",
+        "|---|---|---|---|---|---|---|",
+    ]  # fmt: skip
+    for region in body["per_seed"][0]["latency_by_region"]:
+        base = f"latency_by_region.{region}"
+        lines.append(
+            f"| {region} | {ci(base + '.ttft_ms.p50')} | {ci(base + '.ttft_ms.p99')} | "
+            f"{ci(base + '.split_ms.network')} | {ci(base + '.split_ms.queue')} | "
+            f"{ci(base + '.split_ms.prefill')} | {ci(base + '.tpot_ms.p50')} |"
+        )
+    lines += [
+        "",
+        "Times in ms; TTFT = network round trip + queueing (including time lost to "
+        "failovers) + prefill.",
+        "",
+        "## Cheaters: requests served until caught",
+        "",
+        f"![requests until caught]({plot})",
+        "",
+        "The measured share of cheaters caught within n requests against "
+        "1 − (1 − q)ⁿ, q = audit rate × cheat probability × detection.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def catch_plot(runs: list[Run]) -> str:
+    """SVG: the share of cheaters caught within n requests, measured and by formula."""
+    caught = np.concatenate([r.world.caught_after[r.world.cheat & (r.world.caught_after >= 0)]
+                             for r in runs])  # fmt: skip
+    total = sum(int(r.world.cheat.sum()) for r in runs)
+    q = _catch_chance(runs[0])
+    width, height, pad = 560, 260, 40
+    top = max(10, int(np.percentile(caught, 99)) if caught.size else 10)
+    xs = np.linspace(0, top, 60)
+
+    def x(v: float) -> float:
+        return pad + (width - 2 * pad) * v / top
+
+    def y(v: float) -> float:
+        return height - pad - (height - 2 * pad) * v
+
+    measured = [(x(n), y(float((caught <= n).sum()) / max(total, 1))) for n in xs]
+    formula = [(x(n), y(1 - (1 - q) ** n)) for n in xs] if q else []
+
+    def line(points: list[tuple[float, float]], colour: str, dash: str = "") -> str:
+        if not points:
+            return ""
+        coords = " ".join(f"{a:.1f},{b:.1f}" for a, b in points)
+        return (
+            f'<polyline fill="none" stroke="{colour}" stroke-width="2" {dash} points="{coords}"/>'
+        )
+
+    return (
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+        f'font-family="sans-serif" font-size="11"><rect width="{width}" height="{height}" fill="#fff"/>'
+        f'<line x1="{pad}" y1="{y(0)}" x2="{width - pad}" y2="{y(0)}" stroke="#999"/>'
+        f'<line x1="{pad}" y1="{y(0)}" x2="{pad}" y2="{y(1)}" stroke="#999"/>'
+        f'<text x="{pad}" y="{y(1) - 6}">share caught</text>'
+        f'<text x="{width - pad}" y="{height - 10}" text-anchor="end">requests served ({top})</text>'
+        + line(measured, "#14213d")
+        + line(formula, "#fca311", 'stroke-dasharray="5,4"')
+        + f'<text x="{width - pad}" y="{y(0.1)}" text-anchor="end" fill="#14213d">measured</text>'
+        f'<text x="{width - pad}" y="{y(0.2)}" text-anchor="end" fill="#c07a00">1 − (1 − q)ⁿ</text>'
+        "</svg>\n"
+    )
+
+
+def _catch_chance(run: Run) -> float:
+    """The chance one request of an established cheater is caught, at the audit floor:
+    the rate the real policy gives an unblemished record, times cheating, times detection."""
+    s = run.scenario
+    policy = AuditPolicy(
+        probation_audits=s.audits.probation_audits,
+        half_life_audits=s.audits.half_life_audits,
+        floor_rate=s.audits.floor_rate,
+        deterrence=s.audits.deterrence,
+        detection=s.cheaters.detection,
+    )
+    rate = reputation_rate(policy, s.audits.initial_clean_audits, 0)
+    return rate * s.cheaters.cheat_probability * s.cheaters.detection
+
+
+def _baselines(utilisation: float) -> tuple[float | None, float | None]:
+    """USD per 1M output tokens: the serverless list price of the same model's output,
+    and an H100 rented on demand serving at this run's utilisation."""
+    data = json.loads(
+        resources.files("tessera.explorer").joinpath("reference_prices.json").read_text()
+    )
+    serverless = next((Decimal(e["output"]) for e in data["entries"]
+                       if (e["vendor"], e["model"]) == SERVERLESS), None)  # fmt: skip
+    hour = next((Decimal(e["usd_per_gpu_hour"]) for e in data.get("gpu_hours", [])
+                 if (e["vendor"], e["instance"]) == SELF_HOSTED), None)  # fmt: skip
+    self_hosted = None
+    if hour is not None and utilisation > 0:
+        self_hosted = float(hour) / (SELF_HOSTED_TPS * utilisation * 3600.0) * 1e6
+    return (None if serverless is None else float(serverless)), _r(self_hosted)
+
+
+def _summarise(seeds: list[dict[str, Any]]) -> dict[str, Any]:
+    """Mean and 95 % interval of every number found at the same place in every seed."""
+
+    def walk(nodes: list[Any]) -> Any:
+        head = nodes[0]
+        if isinstance(head, dict):
+            return {k: walk([n.get(k) if isinstance(n, dict) else None for n in nodes])
+                    for k in head if k not in ("seed", "ledger")}  # fmt: skip
+        values = [float(v) for v in nodes if isinstance(v, int | float) and not isinstance(v, bool)]
+        if len(values) != len(nodes) or not values:
+            return {"mean": None, "ci95": None, "n": len(values)}
+        mean = sum(values) / len(values)
+        if len(values) < 2:
+            return {"mean": _r(mean), "ci95": None, "n": 1}
+        sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
+        t = _T95.get(len(values) - 1, 1.96)
+        return {"mean": _r(mean), "ci95": _r(t * sd / math.sqrt(len(values))), "n": len(values)}
+
+    return walk(seeds)  # type: ignore[no-any-return]
+
+
+def _pcts(values: np.ndarray) -> dict[str, float | None]:
+    return {f"p{q}": _pct(values, q) for q in (50, 90, 99)}
+
+
+def _pct(values: np.ndarray, q: float) -> float | None:
+    return _r(float(np.percentile(values, q))) if values.size else None
+
+
+def _median(values: np.ndarray) -> float | None:
+    return _pct(values, 50)
+
+
+def _r(value: float | None) -> float | None:
+    """Six significant digits: enough to read, and stable across platforms' last bits."""
+    if value is None or not math.isfinite(value):
+        return None
+    return float(f"{value:.6g}")

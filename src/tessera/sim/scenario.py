@@ -1,0 +1,251 @@
+"""A simulator scenario: the world (GPU classes, regions, churn, cheaters), the demand and
+its events, read from a TOML file in ``scenarios/`` or given as a path.
+
+Every number carries its unit in its name; a file that misses a field, names an unknown
+region or gives a share outside [0, 1] is refused with the field's path, before anything
+runs."""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+NAMES = ("baseline", "churn", "cheaters", "eu-only", "flash-crowd", "replica-loss")
+
+
+class ScenarioError(ValueError):
+    """A scenario file that cannot run; the message names the field."""
+
+
+@dataclass(frozen=True, slots=True)
+class GpuClass:
+    """Serving speed of one kind of card for the scenario's model, measured elsewhere
+    (research/simulation.md §3d): one stream's decode speed, the saturated total, and
+    the streams it batches at most."""
+
+    name: str
+    share: float
+    single_stream_tps: float
+    saturated_tps: float
+    max_streams: int
+    prefill_tps: float
+    price_output_usd_per_mtok: float
+    watts: float
+
+
+@dataclass(frozen=True, slots=True)
+class Region:
+    name: str
+    provider_share: float
+    demand_share: float
+    last_mile_ms: float
+    lat: float
+    lon: float
+
+
+@dataclass(frozen=True, slots=True)
+class Churn:
+    """Sessions are Weibull (shape < 1: many short, some very long), downtimes Pareto
+    (heavy-tailed), both given by their mean (research/simulation.md §3e)."""
+
+    session_mean_s: float
+    session_shape: float
+    downtime_mean_s: float
+    downtime_shape: float
+
+
+@dataclass(frozen=True, slots=True)
+class Cheaters:
+    """A share of providers that substitute a cheaper model on a share of requests."""
+
+    share: float = 0.0
+    cheat_probability: float = 1.0
+    detection: float = 0.95  # an audit of a cheated request is upheld with this chance
+    false_flag: float = 0.0  # an audit of an honest request is upheld with this chance
+
+
+@dataclass(frozen=True, slots=True)
+class Audits:
+    """The gateway's audit policy (verify.sampling.AuditPolicy) and the stake at risk."""
+
+    probation_audits: int = 20
+    half_life_audits: float = 25.0
+    floor_rate: float = 0.02
+    deterrence: float = 2.0
+    stake_tokens: int = 10
+    slash_bps: int = 5_000
+    # Clean audits every provider has when the run starts: an established network is past
+    # probation (a newcomer is audited on every request until probation_audits).
+    initial_clean_audits: int = 200
+
+
+@dataclass(frozen=True, slots=True)
+class Demand:
+    requests_per_s: float  # across the network, before events
+    prompt_tokens_median: float
+    prompt_tokens_sigma: float  # lognormal
+    output_tokens_median: float
+    output_tokens_sigma: float
+    sampled_requests_per_s: float  # the foreground: requests followed one by one
+    allowed_regions: tuple[str, ...] = ()  # empty: any region
+    attempts: int = 3  # a request fails over up to this many providers
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """Something that happens for a while: ``flash-crowd`` multiplies demand,
+    ``region-outage`` takes every provider of a region offline, ``replica-loss`` fails
+    ``share`` of the attempts (each lands on the dead gateway replica with that chance;
+    the consumer's retry tries again)."""
+
+    kind: str
+    start_s: float
+    duration_s: float
+    multiplier: float = 1.0
+    region: str = ""
+    share: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class Scenario:
+    name: str
+    description: str
+    providers: int
+    hours: float
+    step_s: float
+    seeds: int
+    token_usd: float  # dollars per token, to compare with dollar prices
+    electricity_usd_per_kwh: float
+    sla_uptime: float  # the uptime a provider declares (share of the run online)
+    gpus: tuple[GpuClass, ...]
+    regions: tuple[Region, ...]
+    churn: Churn
+    demand: Demand
+    cheaters: Cheaters = field(default_factory=Cheaters)
+    audits: Audits = field(default_factory=Audits)
+    events: tuple[Event, ...] = ()
+
+    def region_index(self, name: str) -> int:
+        return [r.name for r in self.regions].index(name)
+
+
+def load(name_or_path: str) -> Scenario:
+    """A scenario by its name (one of NAMES) or from a TOML file's path."""
+    return parse(_raw(name_or_path, depth=0))
+
+
+def _raw(name_or_path: str, depth: int) -> dict[str, Any]:
+    """A scenario file's table; one with ``base = "NAME"`` is that scenario with this
+    file's fields put over it (tables merged, lists replaced)."""
+    path = Path(name_or_path)
+    if path.suffix == ".toml" or path.exists():
+        try:
+            text = path.read_text()
+        except OSError as exc:
+            raise ScenarioError(f"cannot read {path}: {exc.strerror}") from None
+    elif name_or_path in NAMES:
+        text = resources.files("tessera.sim").joinpath(f"scenarios/{name_or_path}.toml").read_text()
+    else:
+        raise ScenarioError(
+            f"no scenario '{name_or_path}': name one of {', '.join(NAMES)} or a .toml file"
+        )
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ScenarioError(f"{name_or_path}: not valid TOML ({exc})") from None
+    base = raw.pop("base", None)
+    if base is None:
+        return raw
+    if depth > 4:
+        raise ScenarioError(f"{name_or_path}: scenarios build on each other in a loop")
+    return _merged(_raw(str(base), depth + 1), raw)
+
+
+def _merged(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merged(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def parse(raw: dict[str, Any]) -> Scenario:
+    try:
+        gpus = tuple(GpuClass(**g) for g in raw["gpus"])
+        regions = tuple(Region(**r) for r in raw["regions"])
+        demand = raw["demand"]
+        scenario = Scenario(
+            name=raw["name"],
+            description=raw.get("description", ""),
+            providers=int(raw["providers"]),
+            hours=float(raw["hours"]),
+            step_s=float(raw.get("step_s", 1.0)),
+            seeds=int(raw.get("seeds", 5)),
+            token_usd=float(raw["token_usd"]),
+            electricity_usd_per_kwh=float(raw["electricity_usd_per_kwh"]),
+            sla_uptime=float(raw["sla_uptime"]),
+            gpus=gpus,
+            regions=regions,
+            churn=Churn(**raw["churn"]),
+            demand=Demand(
+                **{**demand, "allowed_regions": tuple(demand.get("allowed_regions", ()))}
+            ),
+            cheaters=Cheaters(**raw.get("cheaters", {})),
+            audits=Audits(**raw.get("audits", {})),
+            events=tuple(Event(**e) for e in raw.get("events", ())),
+        )
+    except KeyError as exc:
+        raise ScenarioError(f"the scenario misses the field {exc.args[0]!r}") from None
+    except TypeError as exc:
+        raise ScenarioError(f"the scenario has a field it cannot take: {exc}") from None
+    _check(scenario)
+    return scenario
+
+
+def _check(s: Scenario) -> None:
+    def share(value: float, where: str) -> None:
+        if not 0.0 <= value <= 1.0:
+            raise ScenarioError(f"{where} must lie in [0, 1], not {value}")
+
+    if s.providers < 1 or s.hours <= 0 or s.step_s <= 0 or s.seeds < 1:
+        raise ScenarioError("providers, hours, step_s and seeds must be positive")
+    for i, g in enumerate(s.gpus):
+        share(g.share, f"gpus[{i}].share")
+        if not 0 < g.single_stream_tps <= g.saturated_tps or g.max_streams < 1:
+            raise ScenarioError(
+                f"gpus[{i}]: need 0 < single_stream_tps <= saturated_tps and max_streams >= 1"
+            )
+    for i, r in enumerate(s.regions):
+        share(r.provider_share, f"regions[{i}].provider_share")
+        share(r.demand_share, f"regions[{i}].demand_share")
+    for name, parts in (("gpus", [g.share for g in s.gpus]),
+                        ("regions' provider_share", [r.provider_share for r in s.regions]),
+                        ("regions' demand_share", [r.demand_share for r in s.regions])):  # fmt: skip
+        if abs(sum(parts) - 1.0) > 1e-6:
+            raise ScenarioError(f"the {name} must add up to 1, not {sum(parts):g}")
+    known = {r.name for r in s.regions}
+    for name in s.demand.allowed_regions:
+        if name not in known:
+            raise ScenarioError(f"demand.allowed_regions names '{name}', not a region here")
+    for i, e in enumerate(s.events):
+        if e.kind not in ("flash-crowd", "region-outage", "replica-loss"):
+            raise ScenarioError(f"events[{i}].kind '{e.kind}' is not a known event")
+        if e.kind == "region-outage" and e.region not in known:
+            raise ScenarioError(f"events[{i}].region '{e.region}' is not a region here")
+        share(e.share, f"events[{i}].share")
+    share(s.sla_uptime, "sla_uptime")
+    share(s.cheaters.share, "cheaters.share")
+    share(s.cheaters.cheat_probability, "cheaters.cheat_probability")
+    share(s.cheaters.detection, "cheaters.detection")
+    share(s.cheaters.false_flag, "cheaters.false_flag")
+    if s.audits.initial_clean_audits < 0 or not 0 <= s.audits.slash_bps <= 10_000:
+        raise ScenarioError("audits.initial_clean_audits >= 0, audits.slash_bps in 0..10000")
+    if min(s.churn.session_mean_s, s.churn.downtime_mean_s) <= 0:
+        raise ScenarioError("churn means must be positive")
+    if s.churn.downtime_shape <= 1:
+        raise ScenarioError("churn.downtime_shape must exceed 1 (a Pareto law needs it for a mean)")

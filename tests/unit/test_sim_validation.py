@@ -1,0 +1,168 @@
+"""The simulator against closed forms: churn's long-run availability, the audit catch law
+1 - (1 - q)^n, retry success 1 - (1 - a)^k, money conserved to the base unit, and the same
+seed giving the same report byte for byte."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from tessera.cli import app
+from tessera.sim.engine import money_holds, run
+from tessera.sim.report import report, to_json
+from tessera.sim.scenario import NAMES, Churn, Event, ScenarioError, load, parse
+from tessera.sim.world import build, churn_step
+
+
+def test_every_shipped_scenario_loads() -> None:
+    for name in NAMES:
+        scenario = load(name)
+        assert scenario.name == name and scenario.providers == 1_000_000
+
+
+def test_long_run_availability_is_the_renewal_share() -> None:
+    """A provider alternating sessions and downtimes is online E[S] / (E[S] + E[D]) of
+    the time, whatever the laws' shapes (renewal theory)."""
+    churn = Churn(
+        session_mean_s=600.0, session_shape=0.7, downtime_mean_s=200.0, downtime_shape=2.5
+    )
+    scenario = dataclasses.replace(load("baseline"), churn=churn)
+    rng = np.random.default_rng(3)
+    world = build(scenario, 20_000, rng)
+    shares = []
+    for step in range(0, 6 * 3600, 10):
+        churn_step(world, churn, float(step), rng)
+        if step >= 3600:
+            shares.append(world.online.mean())
+    assert abs(float(np.mean(shares)) - 600 / 800) < 0.01
+
+
+def test_cheaters_are_caught_as_the_formula_says() -> None:
+    """Established cheaters audited at the floor rate p, cheating with chance c and caught
+    with chance d per audited cheat: P(caught within n) = 1 - (1 - p c d)^n, inside the
+    binomial 99.9 % band at several n."""
+    base = load("cheaters")
+    scenario = dataclasses.replace(
+        base,
+        cheaters=dataclasses.replace(base.cheaters, share=0.3, false_flag=0.0),
+        churn=Churn(10**9, 1.0, 1.0, 2.5),  # nobody leaves: every cheater keeps serving
+    )
+    result = run(scenario, seed=5, providers=6_000, hours=0.5)
+    w = result.world
+    caught = w.caught_after[w.cheat & (w.caught_after >= 0)]
+    total = int(w.cheat.sum())
+    served = w.requests[w.cheat]
+    q = (
+        scenario.audits.floor_rate
+        * scenario.cheaters.cheat_probability
+        * scenario.cheaters.detection
+    )
+    # Every cheater served each n below, or was caught first: all exposed to the law.
+    assert ((served >= 100) | (w.caught_after[w.cheat] >= 0)).all()
+    for n in (5, 20, 50, 100):
+        expected = 1 - (1 - q) ** n
+        seen = float((caught <= n).sum()) / total
+        band = 3.3 * math.sqrt(expected * (1 - expected) / total)
+        assert abs(seen - expected) <= band + 0.005, (n, seen, expected)
+    assert result.totals.false_slashes == 0 and money_holds(result.totals)
+
+
+def test_retries_succeed_as_one_minus_failure_to_the_attempts() -> None:
+    """Each attempt lands on a dead gateway replica with chance 1 - a and is retried, up
+    to k attempts: a request succeeds with chance 1 - (1 - a)^k."""
+    base = load("baseline")
+    lost = 0.4
+    scenario = dataclasses.replace(
+        base,
+        churn=Churn(10**9, 1.0, 1.0, 2.5),
+        events=(Event(kind="replica-loss", start_s=0.0, duration_s=10**9, share=lost),),
+        demand=dataclasses.replace(base.demand, sampled_requests_per_s=400.0, attempts=3),
+    )
+    result = run(scenario, seed=9, providers=2_000, hours=0.05)
+    ok = result.samples["ok"]
+    attempts = result.samples["attempts"]
+    n = len(ok)
+    band = 3.3 * math.sqrt(0.1 / n)
+    assert abs(ok.mean() - (1 - lost**3)) < band
+    assert abs((attempts == 1).mean() - (1 - lost)) < band
+    assert abs(((attempts == 2) & ok).mean() - lost * (1 - lost)) < band
+
+
+def test_money_is_conserved_to_the_base_unit_and_seeds_repeat() -> None:
+    scenario = load("cheaters")
+    first = run(scenario, seed=2, providers=3_000, hours=0.05)
+    again = run(scenario, seed=2, providers=3_000, hours=0.05)
+    t = first.totals
+    assert t.paid > 0 and money_holds(t)
+    assert t.paid == t.earned + t.fees + t.verification_pool
+    assert int(first.world.earned.sum()) == t.earned
+    assert to_json(report([first])) == to_json(report([again]))
+    other = run(scenario, seed=3, providers=3_000, hours=0.05)
+    assert to_json(report([other])) != to_json(report([first]))
+
+
+def test_a_flash_crowd_builds_a_queue_that_drains() -> None:
+    base = load("flash-crowd")
+    scenario = dataclasses.replace(
+        base,
+        events=(
+            dataclasses.replace(base.events[0], start_s=60.0, duration_s=60.0, multiplier=4.0),
+        ),
+        demand=dataclasses.replace(base.demand, sampled_requests_per_s=200.0),
+    )
+    result = run(scenario, seed=1, providers=2_000, hours=240 / 3600)
+    queue = result.samples["queue_ms"]
+    assert queue.size and float(np.percentile(queue, 99)) > 0
+
+
+def test_the_command_writes_the_same_report_twice(tmp_path: Path) -> None:
+    runner = CliRunner()
+    args = [
+        "sim",
+        "eu-only",
+        "--providers",
+        "2000",
+        "--hours",
+        "0.02",
+        "--seeds",
+        "2",
+        "--jobs",
+        "1",
+    ]
+    for out in ("a", "b"):
+        result = runner.invoke(app, [*args, "--out", str(tmp_path / out)])
+        assert result.exit_code == 0, result.output
+    for name in ("eu-only.json", "eu-only.md", "eu-only-caught.svg"):
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
+    assert "| region | TTFT p50" in (tmp_path / "a" / "eu-only.md").read_text()
+    bad = runner.invoke(app, ["sim", "moon-base"])
+    assert bad.exit_code == 2 and "no scenario 'moon-base'" in bad.output
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [({"providers": 0}, "must be positive"),
+     ({"sla_uptime": 1.5}, "sla_uptime must lie in [0, 1]"),
+     ({"demand": {"allowed_regions": ["XX-nowhere"]}}, "not a region here"),
+     ({"events": [{"kind": "meteor", "start_s": 0, "duration_s": 1}]}, "not a known event"),
+     ({"gpus": []}, "gpus must add up to 1")],
+)  # fmt: skip
+def test_a_bad_scenario_is_refused_with_its_field(change: dict[str, object], message: str) -> None:
+    import tomllib
+    from importlib import resources
+
+    raw = tomllib.loads(
+        resources.files("tessera.sim").joinpath("scenarios/baseline.toml").read_text()
+    )
+    for key, value in change.items():
+        if isinstance(value, dict):
+            raw[key] = {**raw[key], **value}
+        else:
+            raw[key] = value
+    with pytest.raises(ScenarioError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        parse(raw)
