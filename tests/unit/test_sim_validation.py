@@ -51,10 +51,10 @@ def test_cheaters_are_caught_as_the_formula_says() -> None:
         base,
         cheaters=dataclasses.replace(base.cheaters, share=0.3, false_flag=0.0),
         churn=Churn(10**9, 1.0, 1.0, 2.5),  # nobody leaves: every cheater keeps serving
+        demand=dataclasses.replace(base.demand, sampled_requests_per_s=1.0),
     )
-    result = run(scenario, seed=5, providers=6_000, hours=0.5)
+    result = run(scenario, seed=5, providers=6_000, hours=0.15)
     w = result.world
-    caught = w.caught_after[w.cheat & (w.caught_after >= 0)]
     total = int(w.cheat.sum())
     served = w.requests[w.cheat]
     q = (
@@ -62,12 +62,16 @@ def test_cheaters_are_caught_as_the_formula_says() -> None:
         * scenario.cheaters.cheat_probability
         * scenario.cheaters.detection
     )
-    # Every cheater served each n below, or was caught first: all exposed to the law.
-    assert ((served >= 100) | (w.caught_after[w.cheat] >= 0)).all()
+    after = w.caught_after[w.cheat]
     for n in (5, 20, 50, 100):
+        # Among the cheaters exposed to n requests (served n, or caught by then): the
+        # router sends an expensive card little work, so not every cheater reaches n.
+        within = (after >= 0) & (after <= n)
+        exposed = int((within | (served >= n)).sum())
+        assert exposed > 0.8 * total
         expected = 1 - (1 - q) ** n
-        seen = float((caught <= n).sum()) / total
-        band = 3.3 * math.sqrt(expected * (1 - expected) / total)
+        seen = float(within.sum()) / exposed
+        band = 3.3 * math.sqrt(expected * (1 - expected) / exposed)
         assert abs(seen - expected) <= band + 0.005, (n, seen, expected)
     assert result.totals.false_slashes == 0 and money_holds(result.totals)
 
@@ -81,13 +85,16 @@ def test_retries_succeed_as_one_minus_failure_to_the_attempts() -> None:
         base,
         churn=Churn(10**9, 1.0, 1.0, 2.5),
         events=(Event(kind="replica-loss", start_s=0.0, duration_s=10**9, share=lost),),
-        demand=dataclasses.replace(base.demand, sampled_requests_per_s=400.0, attempts=3),
+        # Light demand: no provider is ever full, so only the dead replica fails attempts.
+        demand=dataclasses.replace(
+            base.demand, requests_per_s=100_000.0, sampled_requests_per_s=150.0, attempts=3
+        ),
     )
     result = run(scenario, seed=9, providers=2_000, hours=0.05)
     ok = result.samples["ok"]
     attempts = result.samples["attempts"]
     n = len(ok)
-    band = 3.3 * math.sqrt(0.1 / n)
+    band = 3.3 * math.sqrt(0.25 / n)
     assert abs(ok.mean() - (1 - lost**3)) < band
     assert abs((attempts == 1).mean() - (1 - lost)) < band
     assert abs(((attempts == 2) & ok).mean() - lost * (1 - lost)) < band
@@ -113,7 +120,7 @@ def test_a_flash_crowd_builds_a_queue_that_drains() -> None:
         events=(
             dataclasses.replace(base.events[0], start_s=60.0, duration_s=60.0, multiplier=4.0),
         ),
-        demand=dataclasses.replace(base.demand, sampled_requests_per_s=200.0),
+        demand=dataclasses.replace(base.demand, sampled_requests_per_s=40.0),
     )
     result = run(scenario, seed=1, providers=2_000, hours=240 / 3600)
     queue = result.samples["queue_ms"]
@@ -148,7 +155,7 @@ def test_the_command_writes_the_same_report_twice(tmp_path: Path) -> None:
     ("change", "message"),
     [({"providers": 0}, "must be positive"),
      ({"sla_uptime": 1.5}, "sla_uptime must lie in [0, 1]"),
-     ({"demand": {"allowed_regions": ["XX-nowhere"]}}, "not a region here"),
+     ({"demand": {"policy": {"regions_allow": ["atlantis"]}}}, "demand.policy"),
      ({"events": [{"kind": "meteor", "start_s": 0, "duration_s": 1}]}, "not a known event"),
      ({"gpus": []}, "gpus must add up to 1")],
 )  # fmt: skip
@@ -166,3 +173,17 @@ def test_a_bad_scenario_is_refused_with_its_field(change: dict[str, object], mes
             raw[key] = value
     with pytest.raises(ScenarioError, match=message.replace("[", r"\[").replace("]", r"\]")):
         parse(raw)
+
+
+def test_the_consumers_policy_is_applied_by_the_real_router() -> None:
+    """eu-only consumers send ``regions_allow = ["eu"]``: the gateway's own policy code
+    keeps every request on EU providers (here DE), and the cheap cards win the most."""
+    scenario = load("eu-only")
+    result = run(scenario, seed=4, providers=3_000, hours=0.03)
+    ok = result.samples["ok"].astype(bool)
+    served_by = result.samples["provider"][ok]
+    regions = {scenario.regions[r].name for r in result.world.region[served_by]}
+    assert regions == {"DE-eu"}
+    base = run(load("baseline"), seed=4, providers=3_000, hours=0.03)
+    everywhere = base.samples["provider"][base.samples["ok"].astype(bool)]
+    assert len({int(r) for r in base.world.region[everywhere]}) == len(scenario.regions)

@@ -32,14 +32,17 @@ import numpy as np
 
 from tessera.ledger.escrow import FeePolicy
 from tessera.ledger.pricing import split_fee
+from tessera.sim.routing import GroupRouter
 from tessera.sim.scenario import Scenario
 from tessera.sim.world import Floats, Laws, World, build, churn_step, laws
+from tessera.verify.reputation import Reputation
 from tessera.verify.sampling import AuditPolicy, audit_rates
 
 MAX_SAMPLES = 2_000_000  # foreground requests kept per run (memory bound)
 # Requests are paid for and audited in batches of this much virtual time: a cheat is
 # caught at the request it was caught on, but the ban lands at the batch's end.
 SETTLE_S = 10.0
+ROUTE_DRAWS = 200  # routed requests per step that split the demand between groups
 
 
 @dataclass
@@ -53,6 +56,7 @@ class Samples:
     tpot_ms: list[np.ndarray] = field(default_factory=list)
     attempts: list[np.ndarray] = field(default_factory=list)
     ok: list[np.ndarray] = field(default_factory=list)
+    provider: list[np.ndarray] = field(default_factory=list)  # who answered (index)
 
     def add(self, **columns: np.ndarray) -> None:
         for name, values in columns.items():
@@ -130,11 +134,10 @@ def run(
     )
     fees = FeePolicy()
     demand = scenario.demand
-    allowed = np.ones(len(scenario.regions), dtype=bool)
-    if demand.allowed_regions:
-        allowed[:] = False
-        for name in demand.allowed_regions:
-            allowed[scenario.region_index(name)] = True
+    groups = GroupRouter(scenario, law, seed)
+    group = groups.group_of(world)
+    by_group = np.argsort(group, kind="stable")  # providers ordered by group
+    bounds = np.searchsorted(group[by_group], np.arange(groups.size + 1))
     demand_share = np.array([r.demand_share for r in scenario.regions])
     mean_prompt = demand.prompt_tokens_median * np.exp(demand.prompt_tokens_sigma**2 / 2)
     mean_output = demand.output_tokens_median * np.exp(demand.output_tokens_sigma**2 / 2)
@@ -154,6 +157,8 @@ def run(
     service = slots / (prefill_s + mean_output * (slots + half) / sat)
     capacity = sat * slots / (slots + half)
     expected = np.zeros(n)  # requests each provider served since the last settlement, on average
+    streams = np.zeros(n)
+    tokens = (round(mean_prompt), round(mean_output))
     for i in range(steps):
         now = i * step
         totals.churn_flips += churn_step(world, scenario.churn, now, rng)
@@ -163,11 +168,20 @@ def run(
             up &= world.region != outage
         world.online_s[up] += step
         totals.online_share.append(float(up.mean()))
-        eligible = up & allowed[world.region]
-        weight = np.where(eligible, sat, 0.0)
-        total_weight = weight.sum()
+        # The real router splits the demand between groups; within a group, members
+        # share it in proportion to what each can serve.
         rate = demand.requests_per_s * scale * multiplier
-        lam = weight * (rate / total_weight) if total_weight > 0 else np.zeros(n)
+        share, allowed = _route(groups, world, group, up, streams, slots, prefill_s, service,
+                                sat, half, now, tokens, rate)  # fmt: skip
+        group_capacity = np.bincount(group, weights=np.where(up, capacity, 0.0),
+                                     minlength=groups.size)  # fmt: skip
+        group_service = np.bincount(group, weights=np.where(up, service, 0.0),
+                                    minlength=groups.size).astype(np.float64)  # fmt: skip
+        group_rate = fill(share, group_service, allowed, rate)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            per_capacity = np.where(group_capacity > 0, group_rate / group_capacity, 0.0)
+        lam = np.where(up, per_capacity[group] * capacity, 0.0)
+        total_weight = float(lam.sum())
         # Concurrency by Little's law with batching: c = lam * (P/prefill + L (c + h)/sat).
         load = lam * mean_output / sat
         with np.errstate(divide="ignore", invalid="ignore"):
@@ -190,8 +204,12 @@ def run(
         # The foreground: a sample of requests, each seeing this step's state.
         count = int(rng.poisson(demand.sampled_requests_per_s * multiplier * step))
         if count and total_weight > 0 and kept < MAX_SAMPLES:
-            drawn = _foreground(world, law, scenario, lam, streams, service, count, now,
-                                demand_share, lost_share, rng)  # fmt: skip
+            # A member is picked in proportion to its demand (its capacity, where the
+            # router's batch gave its group none this step but picks it now).
+            pick = lam + 1e-9 * np.where(up, capacity, 0.0)
+            drawn = _foreground(world, law, scenario, pick, streams, service, count, now,
+                                demand_share, lost_share, rng, groups, by_group, bounds,
+                                tokens)  # fmt: skip
             samples.add(**drawn)
             kept += count
             events += count
@@ -209,6 +227,80 @@ def run(
         wall_s=time.perf_counter() - started,
         events=events,
     )
+
+
+def fill(share: Floats, full: Floats, allowed: np.ndarray, rate: float) -> Floats:
+    """Requests/s per group: ``rate`` split as the router's ``share`` says, but a group
+    takes no more than it serves with every slot busy (the router skips a provider with
+    no free slot), the overflow going to the groups still open in the same proportions.
+    When every ``allowed`` group is full the rest waits in their queues, spread by size."""
+    out = np.zeros_like(share)
+    open_ = (share > 0) & (full > 0)
+    left = rate
+    while left > 1e-9 * rate and open_.any():
+        weights = np.where(open_, share, 0.0)
+        give = left * weights / weights.sum()
+        room = full - out
+        over = open_ & (give >= room)
+        out += np.where(over, room, give)
+        left = rate - out.sum()
+        if not over.any():
+            break
+        open_ &= ~over
+    if left > 1e-9 * rate:
+        size = np.where(allowed, full, 0.0)
+        if size.sum() > 0:
+            out += left * size / size.sum()
+    return out
+
+
+def _route(
+    groups: GroupRouter,
+    world: World,
+    group: np.ndarray,
+    up: np.ndarray,
+    streams: Floats,
+    slots: Floats,
+    prefill_s: Floats,
+    service: Floats,
+    sat: Floats,
+    half: Floats,
+    now: float,
+    tokens: tuple[int, int],
+    rate: float,
+) -> tuple[Floats, np.ndarray]:
+    """Show the router each group as its members are now (count online, mean load, speed,
+    reputation by the real formula, stake) and return the share of ROUTE_DRAWS routed
+    requests each group won, and which groups the consumers' policy allows."""
+    size = groups.size
+
+    def mean(values: np.ndarray) -> Floats:
+        total = np.bincount(group, weights=np.where(up, values, 0.0), minlength=size)
+        return total / np.maximum(online, 1.0)
+
+    online = np.bincount(group, weights=up.astype(np.float64), minlength=size)
+    wait = np.where(world.queue > 0, world.queue / service, 0.0)
+    load = mean(streams / slots)
+    ttft = mean((prefill_s + wait) * 1000.0)
+    speed = mean(sat / (streams + half))
+    completed, passed, failed = (
+        mean(world.requests),
+        mean(world.clean_audits),
+        mean(world.failed_audits),
+    )
+    seen = mean(world.online_s)
+    reputation = np.array([
+        Reputation(jobs_completed=int(completed[i]), audits_passed=int(passed[i]),
+                   audits_failed=round(float(failed[i])), online_s=float(seen[i]),
+                   seen_s=float(seen[i])).score()
+        for i in range(size)
+    ])  # fmt: skip
+    groups.sync(now, online, load, ttft, speed, reputation, mean(world.stake))
+    # One draw stands for rate / ROUTE_DRAWS requests/s; each lasts about a request's
+    # time at its group's speed, so it adds that many streams over the group's members.
+    duration = mean(prefill_s + tokens[1] * (streams + half) / sat)
+    jobs = rate / ROUTE_DRAWS * duration / np.maximum(online, 1.0)
+    return groups.shares(ROUTE_DRAWS, tokens[0], tokens[1], now, jobs), groups.allowed()
 
 
 def _events(scenario: Scenario, now: float) -> tuple[float, int, float]:
@@ -306,15 +398,22 @@ def _foreground(
     demand_share: Floats,
     lost_share: float,
     rng: np.random.Generator,
+    groups: GroupRouter,
+    by_group: np.ndarray,
+    bounds: np.ndarray,
+    tokens: tuple[int, int],
 ) -> dict[str, np.ndarray]:
-    """``count`` requests arriving during this step, each routed as the fluid routes
-    (in proportion to each provider's share of the demand), with failover."""
+    """``count`` requests arriving during this step, each routed by the real router to a
+    group and to a member of it in proportion to its share of the demand, with failover
+    (each attempt routed afresh)."""
     demand = scenario.demand
     region = rng.choice(len(demand_share), size=count, p=demand_share)
     prompt = rng.lognormal(np.log(demand.prompt_tokens_median), demand.prompt_tokens_sigma, count)
     output = rng.lognormal(np.log(demand.output_tokens_median), demand.output_tokens_sigma, count)
     start = now + rng.random(count) * scenario.step_s
-    cumulative = np.cumsum(lam)
+    cumulative = np.cumsum(lam[by_group])
+    low = np.concatenate(([0.0], cumulative))[bounds[:-1]]  # each group's span of it
+    high = np.concatenate(([0.0], cumulative))[bounds[1:]]
     total = cumulative[-1]
     network = np.zeros(count)
     queue = np.zeros(count)
@@ -322,14 +421,23 @@ def _foreground(
     tpot = np.zeros(count)
     attempts = np.zeros(count, dtype=np.int64)
     ok = np.zeros(count, dtype=bool)
+    provider = np.zeros(count, dtype=np.int64)
     pending = np.arange(count)
     spent = np.zeros(count)  # time lost to failed attempts
     for attempt in range(1, demand.attempts + 1):
         if pending.size == 0 or total <= 0:
             break
         at = start[pending] + spent[pending]
-        chosen = np.searchsorted(cumulative, rng.random(pending.size) * total, side="right")
-        chosen = np.minimum(chosen, len(lam) - 1)
+        routed = np.array(
+            [groups.choose(int(prompt[j]), int(output[j]), now) for j in pending], dtype=object
+        )
+        unrouted = np.array([g is None for g in routed], dtype=bool)
+        picked = np.where(unrouted, 0, routed).astype(np.int64)
+        span = high[picked] - low[picked]
+        unrouted |= span <= 0
+        u = low[picked] + rng.random(pending.size) * span
+        index = np.minimum(np.searchsorted(cumulative, u, side="right"), len(lam) - 1)
+        chosen = by_group[index]
         g = world.gpu[chosen]
         rtt = law.rtt_ms[region[pending], world.region[chosen]] + law.last_mile_ms[region[pending]]
         wait = np.where(world.queue[chosen] > 0, world.queue[chosen] / service[chosen], 0.0)
@@ -342,7 +450,7 @@ def _foreground(
         # in that time may land on it).
         dies = world.online[chosen] & (world.flip_at[chosen] < at + duration)
         lost = rng.random(pending.size) < lost_share
-        failed = dies | lost
+        failed = dies | lost | unrouted
         attempts[pending] = attempt
         done = pending[~failed]
         network[done] = rtt[~failed]
@@ -350,6 +458,7 @@ def _foreground(
         prefill[done] = pre[~failed] * 1000.0
         tpot[done] = per_token[~failed] * 1000.0
         ok[done] = True
+        provider[done] = chosen[~failed]
         spent[pending[failed]] += np.where(dies, np.maximum(world.flip_at[chosen] - at, 0.0),
                                            rtt / 1000.0)[failed]  # fmt: skip
         pending = pending[failed]
@@ -361,6 +470,7 @@ def _foreground(
         "tpot_ms": tpot,
         "attempts": attempts,
         "ok": ok,
+        "provider": provider,
     }
 
 

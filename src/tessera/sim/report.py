@@ -75,6 +75,13 @@ def seed_figures(run: Run) -> dict[str, Any]:
             "failed": _r(float((~ok).sum()) / count),
         },
         "latency_by_region": by_region,
+        "requests_by_gpu": {
+            g.name: _r(float((w.gpu[sm["provider"][ok]] == i).mean())) if ok.any() else None
+            for i, g in enumerate(s.gpus)
+        },
+        "providers_by_gpu": {
+            g.name: _r(float((w.gpu == i).mean())) for i, g in enumerate(s.gpus)
+        },
         "ttft_ms": _pcts(ttft[ok]),
         "tpot_ms": _pcts(sm["tpot_ms"][ok]),
         "utilisation": _r(t.served_tps / t.capacity_tps) if t.capacity_tps else None,
@@ -196,6 +203,21 @@ def to_markdown(body: dict[str, Any], plot: str) -> str:
         "",
         "Times in ms; TTFT = network round trip + queueing (including time lost to "
         "failovers) + prefill.",
+        "",
+        "## Who serves: the router's choices by GPU class",
+        "",
+        "| GPU class | share of providers | share of requests |",
+        "|---|---|---|",
+    ]
+    for gpu in body["per_seed"][0]["requests_by_gpu"]:
+        lines.append(
+            f"| {gpu} | {ci('providers_by_gpu.' + gpu, '{:.1%}')} | "
+            f"{ci('requests_by_gpu.' + gpu, '{:.1%}')} |"
+        )
+    lines += [
+        "",
+        "Requests are routed by the gateway's own router (market.routing) under the "
+        "consumers' policy: price, speed, free capacity, reputation and stake decide.",
         "",
         "## Cheaters: requests served until caught",
         "",

@@ -7,12 +7,17 @@ runs."""
 
 from __future__ import annotations
 
+import re
 import tomllib
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from tessera.market.policy import Policy, PolicyError
+
+REGION = re.compile(r"[A-Z]{2}(-[a-z0-9-]{1,30})?")  # as a provider announces it
 NAMES = ("baseline", "churn", "cheaters", "eu-only", "flash-crowd", "replica-loss")
 
 
@@ -90,7 +95,9 @@ class Demand:
     output_tokens_median: float
     output_tokens_sigma: float
     sampled_requests_per_s: float  # the foreground: requests followed one by one
-    allowed_regions: tuple[str, ...] = ()  # empty: any region
+    # The consumers' routing policy: an API request's ``provider`` object, parsed and
+    # applied by the gateway's own code (regions_allow, sort, max_price, ...).
+    policy: Mapping[str, Any] = field(default_factory=dict)
     attempts: int = 3  # a request fails over up to this many providers
 
 
@@ -192,9 +199,7 @@ def parse(raw: dict[str, Any]) -> Scenario:
             gpus=gpus,
             regions=regions,
             churn=Churn(**raw["churn"]),
-            demand=Demand(
-                **{**demand, "allowed_regions": tuple(demand.get("allowed_regions", ()))}
-            ),
+            demand=Demand(**demand),
             cheaters=Cheaters(**raw.get("cheaters", {})),
             audits=Audits(**raw.get("audits", {})),
             events=tuple(Event(**e) for e in raw.get("events", ())),
@@ -229,9 +234,16 @@ def _check(s: Scenario) -> None:
         if abs(sum(parts) - 1.0) > 1e-6:
             raise ScenarioError(f"the {name} must add up to 1, not {sum(parts):g}")
     known = {r.name for r in s.regions}
-    for name in s.demand.allowed_regions:
-        if name not in known:
-            raise ScenarioError(f"demand.allowed_regions names '{name}', not a region here")
+    try:
+        Policy.parse(dict(s.demand.policy), source="scenario")
+    except (PolicyError, TypeError, ValueError, AttributeError) as exc:
+        raise ScenarioError(f"demand.policy: {exc}") from None
+    for region in s.regions:
+        if not REGION.fullmatch(region.name):
+            raise ScenarioError(
+                f"region '{region.name}' is not a provider region (a country code, optionally "
+                "with a suffix: DE-eu)"
+            )
     for i, e in enumerate(s.events):
         if e.kind not in ("flash-crowd", "region-outage", "replica-loss"):
             raise ScenarioError(f"events[{i}].kind '{e.kind}' is not a known event")
