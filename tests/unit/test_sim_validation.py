@@ -14,6 +14,7 @@ from typer.testing import CliRunner
 
 from tessera.cli import app
 from tessera.sim.engine import money_holds, run
+from tessera.sim.money import _shares
 from tessera.sim.report import report, to_json
 from tessera.sim.scenario import NAMES, Churn, Event, ScenarioError, load, parse
 from tessera.sim.world import build, churn_step
@@ -187,3 +188,21 @@ def test_the_consumers_policy_is_applied_by_the_real_router() -> None:
     base = run(load("baseline"), seed=4, providers=3_000, hours=0.03)
     everywhere = base.samples["provider"][base.samples["ok"].astype(bool)]
     assert len({int(r) for r in base.world.region[everywhere]}) == len(scenario.regions)
+
+
+def test_members_shares_of_a_groups_earnings_sum_exactly() -> None:
+    weights = np.array([3, 1, 1, 7, 2], dtype=np.int64)
+    for total in (0, 1, 13, 10**6 + 7, 2**61 + 12345):  # the last takes the big-int path
+        parts = _shares(total, weights)
+        assert int(parts.sum()) == total and (parts >= 0).all()
+        ideal = [total * int(w) / int(weights.sum()) for w in weights]
+        assert all(abs(int(p) - i) <= 1 for p, i in zip(parts, ideal, strict=True))
+
+
+def test_the_ledger_check_runs_on_every_run_and_finds_tampering() -> None:
+    scenario = load("cheaters")
+    result = run(scenario, seed=6, providers=1_500, hours=0.02)
+    assert result.totals.ledger_problems == [] and result.totals.slashed > 0
+    assert result.totals.slashed == result.totals.refunded + result.totals.insurance_pool
+    result.totals.ledger_problems.append("a member's earnings differ")
+    assert not money_holds(result.totals)

@@ -16,8 +16,8 @@ Each step:
    and decode; a provider whose session ends before the answer does fails the attempt,
    and the request moves to another (up to ``attempts``).
 
-Money is integer base units: what consumers pay is split by the ledger's own fee rule
-(ledger.pricing.split_fee), summed per step.
+Money moves through the gateway's own ledger (sim/money.py): holds, captures with the
+fee split, slashes with refunds, in integer base units, checked by the book's invariant.
 """
 
 from __future__ import annotations
@@ -30,8 +30,8 @@ from typing import Any
 
 import numpy as np
 
-from tessera.ledger.escrow import FeePolicy
-from tessera.ledger.pricing import split_fee
+from tessera.ledger.pricing import Price
+from tessera.sim.money import Money
 from tessera.sim.routing import GroupRouter
 from tessera.sim.scenario import Scenario
 from tessera.sim.world import Floats, Laws, World, build, churn_step, laws
@@ -79,9 +79,11 @@ class Totals:
     earned: int = 0  # by providers, after the fee
     fees: int = 0
     verification_pool: int = 0
+    insurance_pool: int = 0
     slashed: int = 0
     refunded: int = 0
     false_slashes: int = 0
+    ledger_problems: list[str] = field(default_factory=list)  # the book's own check
     churn_flips: int = 0
     steps: int = 0
     capacity_tps: float = 0.0  # summed over steps, for utilisation
@@ -132,12 +134,12 @@ def run(
         deterrence=scenario.audits.deterrence,
         detection=scenario.cheaters.detection,
     )
-    fees = FeePolicy()
     demand = scenario.demand
     groups = GroupRouter(scenario, law, seed)
     group = groups.group_of(world)
     by_group = np.argsort(group, kind="stable")  # providers ordered by group
     bounds = np.searchsorted(group[by_group], np.arange(groups.size + 1))
+    money = Money(groups, law, world, group)
     demand_share = np.array([r.demand_share for r in scenario.regions])
     mean_prompt = demand.prompt_tokens_median * np.exp(demand.prompt_tokens_sigma**2 / 2)
     mean_output = demand.output_tokens_median * np.exp(demand.output_tokens_sigma**2 / 2)
@@ -197,8 +199,8 @@ def run(
         totals.served_tps += float(lam.sum()) * mean_output
         if (i + 1) % settle_every == 0 or i == steps - 1:
             served = rng.poisson(expected)  # a sum of Poisson counts is Poisson
-            _money_and_audits(world, law, scenario, policy, fees, served, mean_prompt,
-                              mean_output, now, rng, totals)  # fmt: skip
+            _money_and_audits(world, law, scenario, policy, money, i, served, tokens, now,
+                              rng, totals)  # fmt: skip
             expected[:] = 0.0
         events += n
         # The foreground: a sample of requests, each seeing this step's state.
@@ -216,6 +218,9 @@ def run(
         totals.steps += 1
         if progress is not None and (i % 60 == 0 or i == steps - 1):
             progress(i + 1, steps)
+    for name, value in money.totals().items():
+        setattr(totals, name, value)
+    totals.ledger_problems = money.problems(world)
     return Run(
         scenario=scenario,
         seed=seed,
@@ -323,37 +328,28 @@ def _money_and_audits(
     law: Laws,
     scenario: Scenario,
     policy: AuditPolicy,
-    fees: FeePolicy,
+    money: Money,
+    settlement: int,
     served: np.ndarray,
-    mean_prompt: float,
-    mean_output: float,
+    tokens: tuple[int, int],
     now: float,
     rng: np.random.Generator,
     totals: Totals,
 ) -> None:
+    """Charge the served requests through the ledger, then audit them at the real rate."""
     busy = np.flatnonzero(served)
     if busy.size == 0:
         return
     n_req = served[busy].astype(np.int64)
     gpu = world.gpu[busy]
-    # What one request costs at this provider's prices (integer base units).
-    cost = (
-        round(mean_prompt) * law.price_in[gpu] + round(mean_output) * law.price_out[gpu]
-    ) // 1_000_000
-    paid = int((cost * n_req).sum())
-    provider_share, fee, verification = split_fee(paid, fees.fee_bps, fees.verification_share_bps)
-    earned_each = cost - cost * fees.fee_bps // 10_000
+    prompt, output = tokens
+    money.settle(settlement, served, world, prompt, output, now)
     totals.requests += int(n_req.sum())
-    totals.output_tokens += int(n_req.sum()) * round(mean_output)
-    totals.paid += paid
-    # Per provider shares are rounded down; the pennies left go to the fee account, so
-    # the step's split still sums to what consumers paid.
-    per_provider = earned_each * n_req
-    world.earned[busy] += per_provider
-    totals.earned += int(per_provider.sum())
-    totals.fees += fee + (provider_share - int(per_provider.sum()))
-    totals.verification_pool += verification
-    # Audits at the real rate, on this step's requests.
+    totals.output_tokens += int(n_req.sum()) * output
+    # What one request earns its provider and what a caught cheat loses (base units).
+    cost = np.array([Price(int(law.price_in[g]), int(law.price_out[g])).cost(prompt, output)
+                     for g in range(len(law.price_out))], dtype=np.int64)[gpu]  # fmt: skip
+    earned_each = cost - cost * money.book.policy.fees.fee_bps // 10_000
     exposed = world.stake[busy]
     slash = np.where(exposed > 0, np.maximum(1, exposed * scenario.audits.slash_bps // 10_000), 0)
     rates = audit_rates(policy, world.clean_audits[busy], world.failed_audits[busy],
@@ -371,19 +367,17 @@ def _money_and_audits(
     clean_requests = np.where(caught, first - 1, n_req)
     world.clean_audits[busy] += rng.binomial(clean_requests, rates)
     world.requests[busy] += n_req
-    hit = busy[caught]
-    if hit.size:
-        world.caught_after[hit] = world.requests[hit] - n_req[caught] + first[caught]
-        world.caught_at[hit] = now
-        world.failed_audits[hit] += 1
-        world.banned[hit] = True
-        taken = slash[caught]
-        world.stake[hit] -= taken
-        totals.slashed += int(taken.sum())
-        # The harmed consumer is refunded what it paid, from the slashed stake.
-        refunds = np.minimum(taken, cost[caught])
-        totals.refunded += int(refunds.sum())
-        totals.false_slashes += int((~cheats[caught]).sum())
+    for k in np.flatnonzero(caught):
+        provider = int(busy[k])
+        world.caught_after[provider] = int(world.requests[provider] - n_req[k] + first[k])
+        world.caught_at[provider] = now
+        world.failed_audits[provider] += 1
+        world.banned[provider] = True
+        if slash[k] > 0:  # its stake, the harmed consumer refunded its request first
+            taken, _ = money.slash(provider, int(slash[k]), int(cost[k]),
+                                   f"audit:{settlement}:{provider}", now)  # fmt: skip
+            world.stake[provider] -= taken
+        totals.false_slashes += int(not cheats[k])
 
 
 def _foreground(
@@ -475,9 +469,11 @@ def _foreground(
 
 
 def money_holds(totals: Totals) -> bool:
-    """Conservation: what consumers paid is exactly the providers' share, the fees and
-    the verification pool; refunds never exceed what was slashed."""
+    """Conservation: the ledger's own invariant check found nothing; what consumers paid
+    is exactly the providers' earnings, the fees and the verification pool; what was
+    slashed went to the harmed consumers and the insurance pool, to the base unit."""
     return (
-        totals.paid == totals.earned + totals.fees + totals.verification_pool
-        and 0 <= totals.refunded <= totals.slashed
+        not totals.ledger_problems
+        and totals.paid == totals.earned + totals.fees + totals.verification_pool
+        and totals.slashed == totals.refunded + totals.insurance_pool
     )
