@@ -452,7 +452,11 @@ async def test_economics_and_claims_are_the_ledgers_and_the_windows(gateway_dir:
         page = (await public.get("/explorer/claims")).text
         assert "insufficient data (n=1)" in page
         text = (await public.get("/explorer/api/v1/claims?format=csv")).text
-        assert len(list(csv.DictReader(io.StringIO(text)))) == len(claims)
+        lines = list(csv.DictReader(io.StringIO(text)))
+        assert len(lines) == len(claims)
+        assert [line["simulation"] for line in lines] == [
+            c["simulation"]["command"] for c in claims
+        ]
         await public.aclose()
         beat.cancel()
 

@@ -8,6 +8,7 @@ from decimal import Decimal
 from tessera.explorer.claims import claims
 from tessera.explorer.price_index import load_references, price_index
 from tessera.explorer.rollups import Rollups, TapeRow
+from tessera.sim.scenario import load
 
 REFERENCES = load_references(
     """{"as_of": "2025-01-15", "entries": [
@@ -88,3 +89,21 @@ def test_claims_say_insufficient_data_rather_than_a_number() -> None:
     assert out["Requests that succeed"]["value"] == round(5 / 6, 4)
     assert out["Provider uptime"]["shown"] == "90.00 %"
     assert "cheaper than B small" in out["tessera-tiny is cheaper than the hyperscalers"]["shown"]
+
+
+def test_each_claim_names_a_simulator_scenario_that_exists() -> None:
+    rollups = Rollups()
+    now = 1_780_000_000.0
+    snapshot = {
+        "windows": {w: rollups.summary(now, w) for w in ("24h", "30d")},
+        "network": {"providers_routable": 0, "providers_online": 0, "declared": {"gpu_count": 0}},
+        "ledger": {"holds": True, "problems": []},
+    }
+    out = claims(snapshot, (None, 0), price_index(MODELS, REFERENCES, None))
+    for claim in out:
+        scenario = claim["simulation"]["scenario"]
+        assert load(scenario).name == scenario  # the file ships and parses
+        assert claim["simulation"]["command"].startswith(f"tessera sim {scenario}")
+    by_claim = {c["claim"]: c["simulation"]["scenario"] for c in out}
+    assert by_claim["Cheaters are caught within N requests"] == "cheaters"
+    assert by_claim["Requests that succeed"] == "churn"

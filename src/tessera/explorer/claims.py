@@ -24,6 +24,7 @@ def _claim(
 ) -> dict[str, Any]:
     enough = value is not None and (samples is None or samples >= MIN_SAMPLES)
     return {
+        "simulation": simulation(claim),
         "claim": claim,
         "value": value if enough else None,
         "shown": shown if enough else f"insufficient data (n={samples or 0})",
@@ -32,6 +33,30 @@ def _claim(
         "samples": samples,
         "data": data,
         "source": source,
+    }
+
+
+# The simulator scenario that tests each claim at a million providers (src/tessera/sim/
+# scenarios/NAME.toml; run it with ``tessera sim NAME``), by the claim's first words.
+SCENARIOS = (
+    ("Providers serving", "baseline"),
+    ("Requests that succeed", "churn"),
+    ("Median time to first token", "baseline"),
+    ("Provider uptime", "churn"),
+    ("Audited answers", "cheaters"),
+    ("Cheaters pay", "cheaters"),
+    ("Cheaters are caught", "cheaters"),
+    ("Every token", "baseline"),
+)
+
+
+def simulation(claim: str) -> dict[str, str]:
+    """The scenario behind a claim, and how to run it (price claims: the baseline)."""
+    name = next((n for prefix, n in SCENARIOS if claim.startswith(prefix)), "baseline")
+    return {
+        "scenario": name,
+        "command": f"tessera sim {name} --out report",
+        "file": f"src/tessera/sim/scenarios/{name}.toml",
     }
 
 
@@ -131,6 +156,7 @@ def claims(
             "samples": len(caught),
             "data": "/explorer/api/v1/audits",
             "source": "measured",
+            "simulation": simulation("Cheaters are caught"),
         }
     )
     ledger = snapshot["ledger"]

@@ -185,17 +185,21 @@ def claims_page(claims: dict[str, Any]) -> str:
         f"{escape(c['shown'])}</td><td>{escape(c['window'])}</td>"
         f"<td>{'—' if c['samples'] is None else c['samples']}</td>"
         f"<td>{escape(c['source'])}</td><td>{escape(c['formula'])}</td>"
-        f'<td><a href="{escape(c["data"])}">data</a></td></tr>'
+        f'<td><a href="{escape(c["data"])}">data</a></td>'
+        f"<td><code>{escape(c['simulation']['command'])}</code></td></tr>"
         for i, c in enumerate(claims["data"])
     ]
-    head = ["claim", "live value", "window", "n", "source", "formula", "data"]
+    head = ["claim", "live value", "window", "n", "source", "formula", "data",
+            "at a million providers"]  # fmt: skip
     return framed(
         "Claims",
         'data-page="claims"',
         '<a href="/explorer/api/v1/claims">JSON</a>',
         f"<h1>Claims, checked live</h1><p>as of {utc(claims['as_of'])} (snapshot "
         f"{claims['version']}). Each claim the network makes, its value now, and how it is "
-        "computed from the public data linked beside it.</p>"
+        "computed from the public data linked beside it, and the simulator scenario that "
+        "tests it at a million providers (the gateway's own routing, audit and ledger "
+        "code over a modelled fleet: <code>tessera sim NAME</code>).</p>"
         + table(head, rows, "no claims", "claims"),
         live=True,
     )

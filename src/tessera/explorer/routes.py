@@ -291,7 +291,8 @@ def install_explorer_routes(app: FastAPI, explorer: Explorer) -> None:
         size and the JSON it is computed from; "insufficient data" when too few samples."""
         body = await off_loop(explorer.claims)
         if format == "csv":
-            return _csv(body["data"], "claims.csv")
+            flat = [{**c, "simulation": c["simulation"]["command"]} for c in body["data"]]
+            return _csv(flat, "claims.csv")
         return body
 
     @app.get("/explorer/api/v1/network/summary", tags=["explorer"])
