@@ -509,7 +509,9 @@ def run_demo(
         console.print(
             Panel(
                 f"gateway  {base}/v1\nexplorer {base}/explorer\napi key  {api_key}\n"
-                f"state and logs in {data_dir}; Ctrl-C stops the network",
+                f"state and logs in {data_dir}; Ctrl-C stops the network\n"
+                "the same routing, audits and ledger at a million providers: "
+                "`.venv/bin/tessera sim baseline --out report` (a few minutes)",
                 title="the network is up",
             )
         )

@@ -206,3 +206,27 @@ def test_the_ledger_check_runs_on_every_run_and_finds_tampering() -> None:
     assert result.totals.slashed == result.totals.refunded + result.totals.insurance_pool
     result.totals.ledger_problems.append("a member's earnings differ")
     assert not money_holds(result.totals)
+
+
+def test_littles_law_holds_between_the_fluid_and_the_sampled_requests() -> None:
+    """The background's requests in service (from its batching fixed point) equal the
+    routed rate times the mean service time the sampled requests saw, L = lambda W,
+    within 2 %: two different computations of the same queue agree."""
+    base = load("baseline")
+    card = dataclasses.replace(base.gpus[0], share=1.0)
+    scenario = dataclasses.replace(
+        base,
+        gpus=(card,),
+        churn=Churn(10**9, 1.0, 1.0, 2.5),
+        cheaters=dataclasses.replace(base.cheaters, share=0.0),
+        demand=dataclasses.replace(base.demand, requests_per_s=300_000.0,
+                                   sampled_requests_per_s=2_000.0),
+    )  # fmt: skip
+    result = run(scenario, seed=8, providers=2_000, hours=20 / 3600)
+    w = result.world
+    in_service = float(w.streams.sum())
+    rate = float(w.rate.sum())
+    last = result.samples["ok"].astype(bool)
+    mean_service_s = float(result.samples["service_ms"][last].mean()) / 1000.0
+    assert (w.queue == 0).all() and in_service > 0
+    assert abs(in_service - rate * mean_service_s) / in_service < 0.02

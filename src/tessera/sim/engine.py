@@ -57,6 +57,7 @@ class Samples:
     attempts: list[np.ndarray] = field(default_factory=list)
     ok: list[np.ndarray] = field(default_factory=list)
     provider: list[np.ndarray] = field(default_factory=list)  # who answered (index)
+    service_ms: list[np.ndarray] = field(default_factory=list)  # prefill + decode, answered
 
     def add(self, **columns: np.ndarray) -> None:
         for name, values in columns.items():
@@ -190,6 +191,7 @@ def run(
             c_free = lam * (prefill_s + mean_output * half / sat) / (1.0 - load)
         saturated = (load >= 1.0) | (c_free > slots) | (world.queue > 0)
         streams = np.where(saturated, slots, c_free)
+        world.streams, world.rate = streams, lam
         if saturated.any():
             world.queue = np.where(
                 saturated & up, np.maximum(0.0, world.queue + (lam - service) * step), 0.0
@@ -465,6 +467,7 @@ def _foreground(
         "attempts": attempts,
         "ok": ok,
         "provider": provider,
+        "service_ms": prefill + tpot * output,
     }
 
 

@@ -47,6 +47,8 @@ class World:
     online_s: Floats  # time spent online during the run
     earned: Ints  # base units, after the protocol fee
     queue: Floats  # requests waiting for a slot (fluid)
+    streams: Floats  # requests in service (fluid), as of the last step
+    rate: Floats  # requests/s routed to it, as of the last step
 
     @property
     def size(self) -> int:
@@ -128,6 +130,8 @@ def build(scenario: Scenario, providers: int, rng: np.random.Generator) -> World
         online_s=np.zeros(n),
         earned=zeros.copy(),
         queue=np.zeros(n),
+        streams=np.zeros(n),
+        rate=np.zeros(n),
     )
 
 
