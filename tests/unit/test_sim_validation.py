@@ -211,7 +211,7 @@ def test_the_ledger_check_runs_on_every_run_and_finds_tampering() -> None:
 def test_littles_law_holds_between_the_fluid_and_the_sampled_requests() -> None:
     """The background's requests in service (from its batching fixed point) equal the
     routed rate times the mean service time the sampled requests saw, L = lambda W,
-    within 2 %: two different computations of the same queue agree."""
+    within the sampled mean's confidence interval: two computations of one queue agree."""
     base = load("baseline")
     card = dataclasses.replace(base.gpus[0], share=1.0)
     scenario = dataclasses.replace(
@@ -222,11 +222,15 @@ def test_littles_law_holds_between_the_fluid_and_the_sampled_requests() -> None:
         demand=dataclasses.replace(base.demand, requests_per_s=300_000.0,
                                    sampled_requests_per_s=2_000.0),
     )  # fmt: skip
-    result = run(scenario, seed=8, providers=2_000, hours=20 / 3600)
+    result = run(scenario, seed=8, providers=2_000, hours=120 / 3600)
     w = result.world
     in_service = float(w.streams.sum())
     rate = float(w.rate.sum())
-    last = result.samples["ok"].astype(bool)
-    mean_service_s = float(result.samples["service_ms"][last].mean()) / 1000.0
-    assert (w.queue == 0).all() and in_service > 0
-    assert abs(in_service - rate * mean_service_s) / in_service < 0.02
+    # The requests of the last step, which saw the state the fluid ended in.
+    last = result.samples["ok"].astype(bool) & (result.samples["at"] >= 115.0)
+    service = result.samples["service_ms"][last] / 1000.0
+    mean_service_s = float(service.mean())
+    # Within the sample mean's 99.9 % interval (lengths are lognormal: a wide spread).
+    band = 3.3 * float(service.std()) / math.sqrt(service.size) / mean_service_s
+    assert (w.queue == 0).all() and in_service > 0 and service.size > 5_000
+    assert abs(in_service - rate * mean_service_s) / in_service < band

@@ -41,8 +41,9 @@ from tessera.verify.sampling import AuditPolicy, audit_rates
 MAX_SAMPLES = 2_000_000  # foreground requests kept per run (memory bound)
 # Requests are paid for and audited in batches of this much virtual time: a cheat is
 # caught at the request it was caught on, but the ban lands at the batch's end.
-SETTLE_S = 10.0
-ROUTE_DRAWS = 200  # routed requests per step that split the demand between groups
+SETTLE_S = 30.0
+ROUTE_DRAWS = 200  # routed requests that split the demand between groups
+ROUTE_S = 15.0  # how often the router is shown the groups again and splits the demand
 
 
 @dataclass
@@ -58,6 +59,7 @@ class Samples:
     ok: list[np.ndarray] = field(default_factory=list)
     provider: list[np.ndarray] = field(default_factory=list)  # who answered (index)
     service_ms: list[np.ndarray] = field(default_factory=list)  # prefill + decode, answered
+    at: list[np.ndarray] = field(default_factory=list)  # when it arrived (virtual s)
 
     def add(self, **columns: np.ndarray) -> None:
         for name, values in columns.items():
@@ -140,7 +142,7 @@ def run(
     group = groups.group_of(world)
     by_group = np.argsort(group, kind="stable")  # providers ordered by group
     bounds = np.searchsorted(group[by_group], np.arange(groups.size + 1))
-    money = Money(groups, law, world, group)
+    money = Money(groups, law, world, group, by_group, bounds)
     demand_share = np.array([r.demand_share for r in scenario.regions])
     mean_prompt = demand.prompt_tokens_median * np.exp(demand.prompt_tokens_sigma**2 / 2)
     mean_output = demand.output_tokens_median * np.exp(demand.output_tokens_sigma**2 / 2)
@@ -150,6 +152,9 @@ def run(
     step = scenario.step_s
     steps = int(np.ceil(duration / step))
     settle_every = max(1, round(SETTLE_S / step))
+    route_every = max(1, round(ROUTE_S / step))
+    share = allowed = np.zeros(0)
+    last_event = (1.0, -1)
     events = 0
     # Each provider's serving laws, gathered once (its GPU never changes).
     gpu = world.gpu
@@ -174,8 +179,11 @@ def run(
         # The real router splits the demand between groups; within a group, members
         # share it in proportion to what each can serve.
         rate = demand.requests_per_s * scale * multiplier
-        share, allowed = _route(groups, world, group, up, streams, slots, prefill_s, service,
-                                sat, half, now, tokens, rate)  # fmt: skip
+        # Shown the groups anew every ROUTE_S, and at once when an event starts or ends.
+        if i % route_every == 0 or (multiplier, outage) != last_event:
+            share, allowed = _route(groups, world, group, up, streams, slots, prefill_s,
+                                    service, sat, half, now, tokens, rate)  # fmt: skip
+            last_event = (multiplier, outage)
         group_capacity = np.bincount(group, weights=np.where(up, capacity, 0.0),
                                      minlength=groups.size)  # fmt: skip
         group_service = np.bincount(group, weights=np.where(up, service, 0.0),
@@ -468,6 +476,7 @@ def _foreground(
         "ok": ok,
         "provider": provider,
         "service_ms": prefill + tpot * output,
+        "at": start,
     }
 
 

@@ -29,10 +29,20 @@ WORST_CASE = 2  # a hold covers this many times the expected output
 
 
 class Money:
-    def __init__(self, groups: GroupRouter, law: Laws, world: World, group: Ints) -> None:
+    def __init__(
+        self,
+        groups: GroupRouter,
+        law: Laws,
+        world: World,
+        group: Ints,
+        by_group: Ints,
+        bounds: Ints,
+    ) -> None:
+        """``by_group``: the providers ordered by group, group i at bounds[i]:bounds[i+1]."""
         self.book = Book(BookPolicy(), retain_entries=False)
         self.groups = groups
         self.group = group
+        self.members = [by_group[bounds[i] : bounds[i + 1]] for i in range(groups.size)]
         self.prices = [
             Price(int(law.price_in[g.gpu]), int(law.price_out[g.gpu])) for g in groups.groups
         ]
@@ -70,7 +80,7 @@ class Money:
                                         g.provider_id, at)  # fmt: skip
             self.paid += cost
             earned = self.book.ledger.balance(earnings_of(g.provider_id)) - before
-            members = np.flatnonzero((self.group == i) & (served > 0))
+            members = self.members[i][served[self.members[i]] > 0]
             world.earned[members] += _shares(earned, served[members])
 
     def slash(
@@ -91,7 +101,7 @@ class Money:
         """The book's own invariant check, and the members' earnings against their groups'."""
         problems = self.book.check()
         for i, g in enumerate(self.groups.groups):
-            mine = int(world.earned[self.group == i].sum())
+            mine = int(world.earned[self.members[i]].sum())
             ledger = self.book.ledger.balance(earnings_of(g.provider_id))
             if mine != ledger:
                 problems.append(f"group {i}: members earned {mine}, the ledger says {ledger}")

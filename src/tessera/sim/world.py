@@ -101,10 +101,8 @@ def build(scenario: Scenario, providers: int, rng: np.random.Generator) -> World
     """A fleet drawn from the scenario's shares, each provider in the middle of a session
     or a downtime as the churn laws' long-run shares have it."""
     n = providers
-    gpu = rng.choice(len(scenario.gpus), size=n, p=[g.share for g in scenario.gpus])
-    region = rng.choice(
-        len(scenario.regions), size=n, p=[r.provider_share for r in scenario.regions]
-    )
+    gpu = exact(n, [g.share for g in scenario.gpus], rng)
+    region = exact(n, [r.provider_share for r in scenario.regions], rng)
     churn = scenario.churn
     up = churn.session_mean_s / (churn.session_mean_s + churn.downtime_mean_s)
     online = rng.random(n) < up
@@ -133,6 +131,19 @@ def build(scenario: Scenario, providers: int, rng: np.random.Generator) -> World
         streams=np.zeros(n),
         rate=np.zeros(n),
     )
+
+
+def exact(n: int, shares: list[float], rng: np.random.Generator) -> npt.NDArray[np.int64]:
+    """``n`` labels in exactly the given shares (largest remainder), in random order: a
+    fleet of 3 with shares 1/3 each has one of each, not whatever three draws give."""
+    ideal = np.array(shares) * n
+    counts = np.floor(ideal).astype(np.int64)
+    short = n - int(counts.sum())
+    if short > 0:
+        counts[np.argsort(-(ideal - counts), kind="stable")[:short]] += 1
+    labels = np.repeat(np.arange(len(shares)), counts)
+    rng.shuffle(labels)
+    return labels
 
 
 def sessions(churn: Churn, rng: np.random.Generator, n: int) -> Floats:
