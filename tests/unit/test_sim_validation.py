@@ -13,7 +13,7 @@ import pytest
 from typer.testing import CliRunner
 
 from tessera.cli import app
-from tessera.sim.engine import money_holds, run
+from tessera.sim.engine import fill, money_holds, run
 from tessera.sim.money import _shares
 from tessera.sim.report import report, to_json
 from tessera.sim.scenario import NAMES, Churn, Event, ScenarioError, load, parse
@@ -234,3 +234,19 @@ def test_littles_law_holds_between_the_fluid_and_the_sampled_requests() -> None:
     band = 3.3 * float(service.std()) / math.sqrt(service.size) / mean_service_s
     assert (w.queue == 0).all() and in_service > 0 and service.size > 5_000
     assert abs(in_service - rate * mean_service_s) / in_service < band
+
+
+def test_a_full_group_takes_no_more_and_the_overflow_goes_where_the_router_prefers() -> None:
+    share = np.array([0.5, 0.5, 0.0])
+    full = np.array([10.0, 100.0, 50.0])
+    allowed = np.array([True, True, True])
+    assert fill(share, full, allowed, 60.0).tolist() == [10.0, 50.0, 0.0]
+    assert fill(share, full, allowed, 20.0).tolist() == [10.0, 10.0, 0.0]
+    # Past every open group's room the rest queues, spread by size over the allowed.
+    over = fill(share, full, allowed, 320.0)
+    left = 320.0 - 110.0
+    assert over.sum() == pytest.approx(320.0) and (over >= full - 1e-9).all()
+    assert over.tolist() == pytest.approx([10 + left * 10 / 160, 100 + left * 100 / 160,
+                                           left * 50 / 160])  # fmt: skip
+    nobody = fill(np.zeros(3), full, np.zeros(3, dtype=bool), 10.0)
+    assert nobody.tolist() == [0.0, 0.0, 0.0]
