@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -67,9 +68,12 @@ def start_provider(
     region: str,
     embeddings: bool = True,
     max_concurrent_jobs: int = 2,
+    price: tuple[int, int] | None = None,
 ) -> None:
     """A staked provider serving the tiny model and, with ``embeddings``, all-MiniLM-L6-v2
-    (sentence-transformers and MiniLM cost a provider about 2 s of CPU more at start)."""
+    (sentence-transformers and MiniLM cost a provider about 2 s of CPU more at start);
+    ``price``: (input, output) base units per 1M tokens (default 100 and 300 x index)."""
+    price_in, price_out = price or (100 * index, 300 * index)
     minilm = ["--model", "minilm"] if embeddings else []
     network.spawn(
         f"provider-{index}",
@@ -80,8 +84,8 @@ def start_provider(
             *minilm,
             "--region", region,
             "--label", f"e2e-{index}",
-            "--price-in", str(100 * index),
-            "--price-out", str(300 * index),
+            "--price-in", str(price_in),
+            "--price-out", str(price_out),
             "--key-file", str(provider_key_file(network, index)),
             "--threads", "1",
             "--max-concurrent-jobs", str(max_concurrent_jobs),
@@ -95,8 +99,11 @@ def start_network(
     providers: int = 2,
     embeddings: bool = True,
     max_concurrent_jobs: int = 2,
+    prices: Sequence[tuple[int, int]] | None = None,
+    regions: Sequence[str] = ("US-east", "DE-eu"),
 ) -> LiveNetwork:
-    """A dev gateway and ``providers`` providers (see :func:`start_provider`), all connected."""
+    """A dev gateway and ``providers`` providers (see :func:`start_provider`), all
+    connected; provider i gets ``prices[i]`` and ``regions[i % len(regions)]``."""
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     network = Network(data_dir)
@@ -107,8 +114,10 @@ def start_network(
         fund_account(base, api_key)
         for i in range(providers):
             stake_provider(base, provider_key_file(network, i + 1))
-            region = ["US-east", "DE-eu"][i % 2]
-            start_provider(network, base, model_dir, i + 1, region, embeddings, max_concurrent_jobs)
+            region = regions[i % len(regions)]
+            price = None if prices is None else prices[i]
+            start_provider(network, base, model_dir, i + 1, region, embeddings,
+                           max_concurrent_jobs, price)  # fmt: skip
         wait_for_network(base, providers, network, timeout_s=240)
     except BaseException:
         network.stop()

@@ -111,12 +111,11 @@ def install_explorer_routes(app: FastAPI, explorer: Explorer) -> None:
                 "a provider id is its public key: 64 lowercase hex characters",
                 param="provider_id",
             )
-        detail = await explorer.provider(provider_id)
-        if detail is None:
-            raise NotFound(
-                f"no provider {provider_id} has been seen by this gateway", param="provider_id"
-            )
-        return detail
+        return found(
+            await explorer.provider(provider_id),
+            f"no provider {provider_id} has been seen by this gateway",
+            "provider_id",
+        )
 
     @app.get("/explorer/providers/{provider_id}", include_in_schema=False)
     async def provider_page(provider_id: str) -> HTMLResponse:
@@ -198,14 +197,12 @@ def install_explorer_routes(app: FastAPI, explorer: Explorer) -> None:
         return await model_of(model, window)
 
     async def model_of(model: str, window: str) -> dict[str, Any]:
-        detail = await off_loop(explorer.model, model, window)
-        if detail is None:
-            raise NotFound(
-                f"no provider this gateway has seen announces a model named '{model[:200]}'; "
-                "the served models are listed at /explorer/api/v1/models",
-                param="model",
-            )
-        return detail
+        return found(
+            await off_loop(explorer.model, model, window),
+            f"no provider this gateway has seen announces a model named '{model[:200]}'; "
+            "the served models are listed at /explorer/api/v1/models",
+            "model",
+        )
 
     @app.get("/explorer/audits/{request_id}", include_in_schema=False)
     async def audit_case_page(request_id: RequestId) -> HTMLResponse:
@@ -221,13 +218,11 @@ def install_explorer_routes(app: FastAPI, explorer: Explorer) -> None:
         return await case_of(request_id)
 
     async def case_of(request_id: str) -> dict[str, Any]:
-        detail = await explorer.audit_case(request_id)
-        if detail is None:
-            raise NotFound(
-                f"request '{request_id}' has no audit case (it was not audited)",
-                param="request_id",
-            )
-        return detail
+        return found(
+            await explorer.audit_case(request_id),
+            f"request '{request_id}' has no audit case (it was not audited)",
+            "request_id",
+        )
 
     @app.get("/explorer/audits", include_in_schema=False)
     async def audits_page() -> HTMLResponse:
@@ -378,14 +373,12 @@ def install_explorer_routes(app: FastAPI, explorer: Explorer) -> None:
 
     # After /requests/recent, which this pattern would otherwise take.
     async def request_of(request_id: str) -> dict[str, Any]:
-        detail = await explorer.request(request_id)
-        if detail is None:
-            raise NotFound(
-                f"request '{request_id}' is not among the newest {KEEP_REQUESTS:,} this "
-                "gateway keeps; its receipt can still be checked at /explorer/receipts",
-                param="request_id",
-            )
-        return detail
+        return found(
+            await explorer.request(request_id),
+            f"request '{request_id}' is not among the newest {KEEP_REQUESTS:,} this "
+            "gateway keeps; its receipt can still be checked at /explorer/receipts",
+            "request_id",
+        )
 
     @app.get("/explorer/requests/{request_id}", include_in_schema=False)
     async def request_page(request_id: RequestId) -> HTMLResponse:
@@ -406,6 +399,13 @@ async def off_loop(work: Callable[..., T], *args: Any) -> T:
     if isinstance(explorer_current, Explorer):
         explorer_current.current()  # the first snapshot is built here, on the loop
     return await asyncio.to_thread(work, *args)
+
+
+def found(detail: dict[str, Any] | None, missing: str, param: str) -> dict[str, Any]:
+    """``detail``, or a 404 that says what is missing and where to look instead."""
+    if detail is None:
+        raise NotFound(missing, param=param)
+    return detail
 
 
 def _index(app: FastAPI) -> list[dict[str, Any]]:

@@ -33,7 +33,7 @@ import numpy as np
 from tessera.ledger.pricing import Price
 from tessera.sim.money import Money
 from tessera.sim.routing import GroupRouter
-from tessera.sim.scenario import Scenario
+from tessera.sim.scenario import Scenario, audit_policy
 from tessera.sim.world import Floats, Laws, World, build, churn_step, laws
 from tessera.verify.reputation import Reputation
 from tessera.verify.sampling import AuditPolicy, audit_rates
@@ -130,13 +130,7 @@ def run(
     world = build(scenario, n, rng)
     scale = n / scenario.providers  # a smaller fleet gets its share of the demand
     law = laws(scenario)
-    policy = AuditPolicy(
-        probation_audits=scenario.audits.probation_audits,
-        half_life_audits=scenario.audits.half_life_audits,
-        floor_rate=scenario.audits.floor_rate,
-        deterrence=scenario.audits.deterrence,
-        detection=scenario.cheaters.detection,
-    )
+    policy = audit_policy(scenario)
     demand = scenario.demand
     groups = GroupRouter(scenario, law, seed)
     group = groups.group_of(world)
@@ -216,12 +210,8 @@ def run(
         # The foreground: a sample of requests, each seeing this step's state.
         count = int(rng.poisson(demand.sampled_requests_per_s * multiplier * step))
         if count and total_weight > 0 and kept < MAX_SAMPLES:
-            # A member is picked in proportion to its demand (its capacity, where the
-            # router's batch gave its group none this step but picks it now).
-            pick = lam + 1e-9 * np.where(up, capacity, 0.0)
-            drawn = _foreground(world, law, scenario, pick, streams, service, count, now,
-                                demand_share, lost_share, rng, groups, by_group, bounds,
-                                tokens)  # fmt: skip
+            drawn = _foreground(world, law, scenario, lam, streams, service, count, now,
+                                demand_share, lost_share, rng)  # fmt: skip
             samples.add(**drawn)
             kept += count
             events += count
@@ -284,9 +274,9 @@ def _route(
     tokens: tuple[int, int],
     rate: float,
 ) -> tuple[Floats, np.ndarray]:
-    """Show the router each group as its members are now (count online, mean load, speed,
-    reputation by the real formula, stake) and return the share of ROUTE_DRAWS routed
-    requests each group won, and which groups the consumers' policy allows."""
+    """Show the router each group as its members are now (count online, speed,
+    reputation by the real formula, stake), route ROUTE_DRAWS requests through it from
+    idle, and return the share each group won and which groups the policy allows."""
     size = groups.size
 
     def mean(values: np.ndarray) -> Floats:
@@ -295,7 +285,6 @@ def _route(
 
     online = np.bincount(group, weights=up.astype(np.float64), minlength=size)
     wait = np.where(world.queue > 0, world.queue / service, 0.0)
-    load = mean(streams / slots)
     ttft = mean((prefill_s + wait) * 1000.0)
     speed = mean(sat / (streams + half))
     completed, passed, failed = (
@@ -310,7 +299,7 @@ def _route(
                    seen_s=float(seen[i])).score()
         for i in range(size)
     ])  # fmt: skip
-    groups.sync(now, online, load, ttft, speed, reputation, mean(world.stake))
+    groups.sync(now, online, ttft, speed, reputation, mean(world.stake))
     # One draw stands for rate / ROUTE_DRAWS requests/s; each lasts about a request's
     # time at its group's speed, so it adds that many streams over the group's members.
     duration = mean(prefill_s + tokens[1] * (streams + half) / sat)
@@ -402,22 +391,16 @@ def _foreground(
     demand_share: Floats,
     lost_share: float,
     rng: np.random.Generator,
-    groups: GroupRouter,
-    by_group: np.ndarray,
-    bounds: np.ndarray,
-    tokens: tuple[int, int],
 ) -> dict[str, np.ndarray]:
-    """``count`` requests arriving during this step, each routed by the real router to a
-    group and to a member of it in proportion to its share of the demand, with failover
-    (each attempt routed afresh)."""
+    """``count`` of this step's requests, followed one by one: each goes where the step's
+    demand went (the router's decisions for the step, spread over each group's members),
+    with failover (each attempt drawn afresh)."""
     demand = scenario.demand
     region = rng.choice(len(demand_share), size=count, p=demand_share)
     prompt = rng.lognormal(np.log(demand.prompt_tokens_median), demand.prompt_tokens_sigma, count)
     output = rng.lognormal(np.log(demand.output_tokens_median), demand.output_tokens_sigma, count)
     start = now + rng.random(count) * scenario.step_s
-    cumulative = np.cumsum(lam[by_group])
-    low = np.concatenate(([0.0], cumulative))[bounds[:-1]]  # each group's span of it
-    high = np.concatenate(([0.0], cumulative))[bounds[1:]]
+    cumulative = np.cumsum(lam)
     total = cumulative[-1]
     network = np.zeros(count)
     queue = np.zeros(count)
@@ -432,16 +415,8 @@ def _foreground(
         if pending.size == 0 or total <= 0:
             break
         at = start[pending] + spent[pending]
-        routed = np.array(
-            [groups.choose(int(prompt[j]), int(output[j]), now) for j in pending], dtype=object
-        )
-        unrouted = np.array([g is None for g in routed], dtype=bool)
-        picked = np.where(unrouted, 0, routed).astype(np.int64)
-        span = high[picked] - low[picked]
-        unrouted |= span <= 0
-        u = low[picked] + rng.random(pending.size) * span
-        index = np.minimum(np.searchsorted(cumulative, u, side="right"), len(lam) - 1)
-        chosen = by_group[index]
+        drawn = rng.random(pending.size) * total
+        chosen = np.minimum(np.searchsorted(cumulative, drawn, side="right"), len(lam) - 1)
         g = world.gpu[chosen]
         rtt = law.rtt_ms[region[pending], world.region[chosen]] + law.last_mile_ms[region[pending]]
         wait = np.where(world.queue[chosen] > 0, world.queue[chosen] / service[chosen], 0.0)
@@ -454,7 +429,7 @@ def _foreground(
         # in that time may land on it).
         dies = world.online[chosen] & (world.flip_at[chosen] < at + duration)
         lost = rng.random(pending.size) < lost_share
-        failed = dies | lost | unrouted
+        failed = dies | lost
         attempts[pending] = attempt
         done = pending[~failed]
         network[done] = rtt[~failed]

@@ -16,8 +16,9 @@ from typing import Any
 import numpy as np
 
 from tessera.sim.engine import Run, money_holds
+from tessera.sim.scenario import audit_policy
 from tessera.sim.world import BASE_UNITS
-from tessera.verify.sampling import AuditPolicy, reputation_rate
+from tessera.verify.sampling import reputation_rate
 
 # Student's t for a two-sided 95 % interval, by degrees of freedom (seeds - 1).
 _T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306,
@@ -276,13 +277,7 @@ def _catch_chance(run: Run) -> float:
     """The chance one request of an established cheater is caught, at the audit floor:
     the rate the real policy gives an unblemished record, times cheating, times detection."""
     s = run.scenario
-    policy = AuditPolicy(
-        probation_audits=s.audits.probation_audits,
-        half_life_audits=s.audits.half_life_audits,
-        floor_rate=s.audits.floor_rate,
-        deterrence=s.audits.deterrence,
-        detection=s.cheaters.detection,
-    )
+    policy = audit_policy(s)
     rate = reputation_rate(policy, s.audits.initial_clean_audits, 0)
     return rate * s.cheaters.cheat_probability * s.cheaters.detection
 

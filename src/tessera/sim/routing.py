@@ -90,14 +90,14 @@ class GroupRouter:
         self,
         now: float,
         online: np.ndarray,
-        load: np.ndarray,
         ttft_ms: np.ndarray,
         tokens_per_s: np.ndarray,
         reputation: np.ndarray,
         stake: np.ndarray,
     ) -> None:
         """Make the registry what the world is now: a group with members online is
-        connected (the rest leave), with their mean load, speed, reputation and stake."""
+        connected (the rest leave), with their mean speed, reputation and stake (its load
+        is what ``shares`` routes to it)."""
         for i, group in enumerate(self.groups):
             pid = group.provider_id
             live = self.registry.get(pid)
@@ -109,8 +109,6 @@ class GroupRouter:
                 self.registry.add(pid, self._cards[i], now=now, status={MODEL: "routable"})
                 live = self.registry.get(pid)
                 assert live is not None
-            slots = live.max_concurrent_jobs
-            live.active_jobs = min(slots, max(0, round(load[i] * slots)))
             live.health.ttft_ms = float(ttft_ms[i])
             live.health.tokens_per_s = float(tokens_per_s[i])
             live.reputation = float(reputation[i])
@@ -137,12 +135,14 @@ class GroupRouter:
         self, draws: int, prompt_tokens: int, output_tokens: int, now: float, jobs_per_draw: Floats
     ) -> Floats:
         """The share of ``draws`` routed requests each group won, routed one after the
-        other as requests arrive: each adds ``jobs_per_draw`` of its group's load per
-        member, so the router sees a group fill up and moves on, as it does live."""
+        other from idle: each adds ``jobs_per_draw`` of its group's load per member, so
+        the router sees a group fill up and moves on, as it does request by request live.
+        The load the draws leave is the step's: the sampled requests are routed in it."""
         won: Counter[int] = Counter()
         lives = self._live()
-        synced = {g: live.active_jobs for g, live in lives.items()}
-        load = {g: float(jobs) for g, jobs in synced.items()}
+        load = dict.fromkeys(lives, 0.0)
+        for live in lives.values():
+            live.active_jobs = 0
         for _ in range(draws):
             group = self.choose(prompt_tokens, output_tokens, now)
             if group is None:  # every allowed group is full: the rest waits in queues
@@ -152,8 +152,6 @@ class GroupRouter:
             assert live is not None
             load[group] += float(jobs_per_draw[group])
             live.active_jobs = min(live.max_concurrent_jobs, int(load[group]))
-        for g, jobs in synced.items():  # the step's requests see the step's load
-            lives[g].active_jobs = jobs
         out = np.zeros(self.size)
         for group, count in won.items():
             out[group] = count / draws

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from tessera.market.policy import Policy, PolicyError
+from tessera.verify.sampling import AuditPolicy
 
 REGION = re.compile(r"[A-Z]{2}(-[a-z0-9-]{1,30})?")  # as a provider announces it
 NAMES = ("baseline", "churn", "cheaters", "eu-only", "flash-crowd", "replica-loss")
@@ -137,6 +138,18 @@ class Scenario:
 
     def region_index(self, name: str) -> int:
         return [r.name for r in self.regions].index(name)
+
+
+def audit_policy(scenario: Scenario) -> AuditPolicy:
+    """The gateway's audit policy with the scenario's knobs (detection: its cheaters')."""
+    a = scenario.audits
+    return AuditPolicy(
+        probation_audits=a.probation_audits,
+        half_life_audits=a.half_life_audits,
+        floor_rate=a.floor_rate,
+        deterrence=a.deterrence,
+        detection=scenario.cheaters.detection,
+    )
 
 
 def load(name_or_path: str) -> Scenario:
