@@ -12,7 +12,7 @@ from rich.console import Console
 from rich.progress import Progress
 
 from tessera.sim.engine import Run, run
-from tessera.sim.report import catch_plot, report, to_json, to_markdown
+from tessera.sim.report import catch_plot, report, timeline_plot, to_json, to_markdown
 from tessera.sim.scenario import NAMES, Scenario, ScenarioError, load
 
 console = Console(stderr=True)
@@ -50,12 +50,14 @@ def sim(
     runs = run_seeds(chosen, count, providers, hours, jobs or min(count, os.cpu_count() or 1))
     body = report(runs)
     plot_name = f"{chosen.name}-caught.svg"
-    markdown = to_markdown(body, plot_name)
+    timeline_name = f"{chosen.name}-ttft.svg"
+    markdown = to_markdown(body, plot_name, timeline_name)
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
         (out / f"{chosen.name}.json").write_text(to_json(body))
         (out / f"{chosen.name}.md").write_text(markdown)
         (out / plot_name).write_text(catch_plot(runs))
+        (out / timeline_name).write_text(timeline_plot(body))
         console.print(f"report written to {out / chosen.name}.md and .json")
     print(markdown)
     for r in runs:

@@ -113,7 +113,9 @@ def seed_figures(run: Run) -> dict[str, Any]:
         "providers_income": {
             "usd_per_gpu_hour": _r(income / gpu_hours) if gpu_hours else None,
             "electricity_usd_per_gpu_hour": _r(kwh * s.electricity_usd_per_kwh / gpu_hours) if gpu_hours else None,
+            **_margins(run, watts),
         },
+        "by_minute": _by_minute(sm, ok, ttft),
         "ledger": {
             "paid": t.paid,
             "earned": t.earned,
@@ -124,6 +126,48 @@ def seed_figures(run: Run) -> dict[str, Any]:
             "conserved": money_holds(t),
         },
     }  # fmt: skip
+
+
+def _margins(run: Run, watts: np.ndarray) -> dict[str, float | None]:
+    """Among honest providers that were online: the share whose earnings fell short of
+    their electricity, and the Gini coefficient of earnings (0: even; 1: one took all)."""
+    w = run.world
+    s = run.scenario
+    mine = (w.online_s > 0) & ~w.cheat
+    if not mine.any():
+        return {"share_below_electricity": None, "gini_of_earnings": None}
+    earned = w.earned[mine].astype(np.float64) / BASE_UNITS * s.token_usd
+    power = watts[mine] * w.online_s[mine] / 3600.0 / 1000.0 * s.electricity_usd_per_kwh
+    ordered = np.sort(earned)
+    n = ordered.size
+    total = float(ordered.sum())
+    # Gini from the sorted values: 1 - 2 * (area under the Lorenz curve).
+    gini = 0.0 if total == 0 else float((2 * np.arange(1, n + 1) - n - 1) @ ordered / (n * total))
+    return {
+        "share_below_electricity": _r(float((earned < power).mean())),
+        "gini_of_earnings": _r(gini),
+    }
+
+
+def _by_minute(sm: dict[str, np.ndarray], ok: np.ndarray, ttft: np.ndarray) -> list[dict[str, Any]]:
+    """The sampled requests minute by minute: how many, the share answered, TTFT p50/p99."""
+    if sm["at"].size == 0:
+        return []
+    minute = (sm["at"] // 60).astype(np.int64)
+    out = []
+    for m in range(int(minute.max()) + 1):
+        mine = minute == m
+        answered = mine & ok
+        out.append(
+            {
+                "minute": m,
+                "requests": int(mine.sum()),
+                "answered": _r(float(answered.sum()) / max(1, int(mine.sum()))),
+                "ttft_ms_p50": _pct(ttft[answered], 50),
+                "ttft_ms_p99": _pct(ttft[answered], 99),
+            }
+        )
+    return out
 
 
 def report(runs: list[Run]) -> dict[str, Any]:
@@ -146,7 +190,7 @@ def to_json(body: dict[str, Any]) -> str:
     return json.dumps(body, indent=1, sort_keys=True) + "\n"
 
 
-def to_markdown(body: dict[str, Any], plot: str) -> str:
+def to_markdown(body: dict[str, Any], plot: str, timeline: str = "") -> str:
     """The headline table, latency by region, and the cheater plot."""
     s = body["summary"]
 
@@ -186,6 +230,8 @@ def to_markdown(body: dict[str, Any], plot: str) -> str:
         f"| false slashes of honest providers | {ci('cheaters.false_slashes', '{:.0f}')} |",
         f"| provider income, USD per GPU-hour | {ci('providers_income.usd_per_gpu_hour')} |",
         f"| electricity, USD per GPU-hour | {ci('providers_income.electricity_usd_per_gpu_hour')} |",
+        f"| honest providers earning less than their electricity | {ci('providers_income.share_below_electricity', '{:.1%}')} |",
+        f"| Gini of providers' earnings | {ci('providers_income.gini_of_earnings', '{:.2f}')} |",
         f"| ledger conserved in every seed | {all(seed['ledger']['conserved'] for seed in body['per_seed'])} |",
         "",
         "## Latency by consumer region",
@@ -205,6 +251,17 @@ def to_markdown(body: dict[str, Any], plot: str) -> str:
         "Times in ms; TTFT = network round trip + queueing (including time lost to "
         "failovers) + prefill.",
         "",
+        *(
+            [
+                f"![TTFT minute by minute]({timeline})",
+                "",
+                "TTFT p50 (dark) and p99 (orange) of the sampled requests, minute by minute, "
+                "one line per seed.",
+                "",
+            ]
+            if timeline
+            else []
+        ),
         "## Who serves: the router's choices by GPU class",
         "",
         "| GPU class | share of providers | share of requests |",
@@ -229,6 +286,42 @@ def to_markdown(body: dict[str, Any], plot: str) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def timeline_plot(body: dict[str, Any]) -> str:
+    """SVG: the sampled requests' TTFT p50 and p99 minute by minute, every seed drawn, so a
+    flash crowd or an outage shows where it starts and how long the backlog lasts."""
+    width, height, pad = 560, 260, 44
+    seeds = [seed["by_minute"] for seed in body["per_seed"]]
+    minutes = max((len(s) for s in seeds), default=0)
+    values = [row[k] for s in seeds for row in s for k in ("ttft_ms_p50", "ttft_ms_p99")
+              if row[k] is not None]  # fmt: skip
+    top = max(values, default=1.0) * 1.05
+    last = max(1, minutes - 1)
+
+    def line(rows: list[dict[str, Any]], key: str, colour: str) -> str:
+        coords = " ".join(
+            f"{pad + (width - 2 * pad) * r['minute'] / last:.1f},"
+            f"{height - pad - (height - 2 * pad) * r[key] / top:.1f}"
+            for r in rows
+            if r[key] is not None
+        )
+        return f'<polyline fill="none" stroke="{colour}" stroke-width="1.5" points="{coords}"/>'
+
+    lines = "".join(line(s, "ttft_ms_p50", "#14213d") + line(s, "ttft_ms_p99", "#fca311")
+                    for s in seeds)  # fmt: skip
+    return (
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+        f'font-family="sans-serif" font-size="11"><rect width="{width}" height="{height}" fill="#fff"/>'
+        f'<line x1="{pad}" y1="{height - pad}" x2="{width - pad}" y2="{height - pad}" stroke="#999"/>'
+        f'<line x1="{pad}" y1="{height - pad}" x2="{pad}" y2="{pad}" stroke="#999"/>'
+        f'<text x="{pad}" y="{pad - 8}">TTFT ms (top {top:,.0f})</text>'
+        f'<text x="{width - pad}" y="{height - 12}" text-anchor="end">minute ({minutes})</text>'
+        f"{lines}"
+        f'<text x="{width - pad}" y="{pad}" text-anchor="end" fill="#14213d">p50</text>'
+        f'<text x="{width - pad}" y="{pad + 14}" text-anchor="end" fill="#c07a00">p99</text>'
+        "</svg>\n"
+    )
 
 
 def catch_plot(runs: list[Run]) -> str:
@@ -305,7 +398,7 @@ def _summarise(seeds: list[dict[str, Any]]) -> dict[str, Any]:
         head = nodes[0]
         if isinstance(head, dict):
             return {k: walk([n.get(k) if isinstance(n, dict) else None for n in nodes])
-                    for k in head if k not in ("seed", "ledger")}  # fmt: skip
+                    for k in head if k not in ("seed", "ledger", "by_minute")}  # fmt: skip
         values = [float(v) for v in nodes if isinstance(v, int | float) and not isinstance(v, bool)]
         if len(values) != len(nodes) or not values:
             return {"mean": None, "ci95": None, "n": len(values)}
