@@ -17,9 +17,10 @@ from fastapi.responses import HTMLResponse, PlainTextResponse, Response, Streami
 
 from tessera.errors import InvalidRequest, NoCapacity, NotFound
 from tessera.explorer.badge import network_badge, provider_badge
+from tessera.explorer.export import flat_model, flat_provider, to_csv
 from tessera.explorer.frame import main_part
 from tessera.explorer.rollups import KEEP_REQUESTS, SERIES_METRICS
-from tessera.explorer.service import SORTS, Explorer, flat_model, flat_provider, to_csv
+from tessera.explorer.service import SORTS, Explorer
 from tessera.gateway.verification_routes import PROVIDER_ID
 
 Window = Literal["1h", "24h", "7d", "30d", "all"]

@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import csv
-import io
 import json
 import logging
 import time
@@ -24,6 +22,15 @@ from typing import Any
 
 from tessera.explorer.audit_case_page import audit_case_page
 from tessera.explorer.claims import claims as network_claims
+from tessera.explorer.gateway_reads import (
+    gateway_identity_of,
+    ledger_view,
+    live_parts,
+    offers_of,
+    provider_view,
+    public_entry,
+    same_key,
+)
 from tessera.explorer.model_page import MODEL_CHARTS, model_page
 from tessera.explorer.network_pages import (
     audits_page,
@@ -46,7 +53,7 @@ from tessera.explorer.rollups import (
     SlashRow,
     TapeRow,
 )
-from tessera.explorer.snapshot import LedgerView, ProviderView, snapshot_steps
+from tessera.explorer.snapshot import ProviderView, snapshot_steps
 from tessera.gateway.events import (
     AuditClosed,
     EpochClosed,
@@ -54,21 +61,15 @@ from tessera.gateway.events import (
     RequestFinished,
     Slashed,
 )
-from tessera.gateway.liveness_routes import current_view, epoch_view
-from tessera.gateway.status_routes import status_view
 from tessera.gateway.verification_routes import audit_view, case_view
 from tessera.ledger.pricing import split_fee
-from tessera.verify.reputation import FORMULA as REPUTATION_FORMULA
 
 log = logging.getLogger("tessera.explorer")
 
 HEARTBEAT_S = 15.0
 SLICE_S = 0.004  # the longest a rebuild holds the loop before letting requests through
-EPOCHS_SHOWN = 48  # uptime epochs on a provider's page
 ROUTE_CHARS = 500  # of a request's route explanation, kept
 ENTRY_READS = 4  # journal reads for request pages at once
-# Accounts a request's entries may name that belong to a consumer: shown as "consumer".
-CONSUMER_KINDS = frozenset({"balance", "hold", "withdrawing"})
 
 
 class Explorer:
@@ -235,7 +236,7 @@ class Explorer:
         for view in providers:
             self.presence.observe(view.provider_id, view.online, now)
             yield
-        ledger = None if gateway is None else _ledger_view(gateway)
+        ledger = None if gateway is None else ledger_view(gateway)
         snapshot = yield from snapshot_steps(
             self.rollups, providers, ledger, now, self.version + 1, self._row_cache
         )
@@ -267,10 +268,10 @@ class Explorer:
             bonded = 0
         key = (live.capabilities, live.status, live.active_jobs, bonded, live.reputation)
         cached = self._views.get(pid)
-        if cached is not None and _same(cached[0], key):
+        if cached is not None and same_key(cached[0], key):
             views[pid] = cached[1]
             return
-        view = _provider_view(live, bonded)
+        view = provider_view(live, bonded)
         self._views[pid] = (key, view)
         views[pid] = view
 
@@ -352,7 +353,7 @@ class Explorer:
             "version": snapshot["version"],
             "as_of": snapshot["as_of"],
             "provider": row,
-            "offers": _offers(view, gateway),
+            "offers": offers_of(view, gateway),
             "record": None if totals is None else totals.detail(snapshot["as_of"]),
             "seen_online": self.presence.windows(provider_id, snapshot["as_of"]),
             "reputation": None,
@@ -361,7 +362,7 @@ class Explorer:
             "uptime": None,
         }
         if gateway is not None:
-            detail.update(await _live_parts(gateway, provider_id))
+            detail.update(await live_parts(gateway, provider_id))
         self._details[key] = detail
         return detail
 
@@ -393,7 +394,7 @@ class Explorer:
             "request": asdict(row),
             "audit": None if audit is None else asdict(audit),
             "entries": entries,
-            "gateway": None if gateway is None else _gateway_identity(gateway),
+            "gateway": None if gateway is None else gateway_identity_of(gateway),
         }
         self._request_details[key] = detail
         return detail
@@ -473,7 +474,7 @@ class Explorer:
 
     def gateway_identity(self) -> dict[str, str] | None:
         gateway = self._gateway()
-        return None if gateway is None else _gateway_identity(gateway)
+        return None if gateway is None else gateway_identity_of(gateway)
 
     def models(self) -> list[dict[str, Any]]:
         """Every model any provider seen has declared, each with every provider serving it:
@@ -707,66 +708,6 @@ _SORTS: dict[str, Callable[[dict[str, Any]], Any]] = {
 SORTS = tuple(_SORTS)
 
 
-def flat_provider(row: dict[str, Any]) -> dict[str, Any]:
-    """A providers-list row as one CSV line (nested parts joined)."""
-    measured = row["measured"] or {}
-    return {
-        "provider_id": row["provider_id"],
-        "label": row["label"],
-        "status": row["status"],
-        "region": row["region"],
-        "gpus": ";".join(row["declared"]["gpus"]),
-        "models": ";".join(m["model"] for m in row["declared"]["models"]),
-        "bonded": row["bonded"],
-        "reputation": row["reputation"],
-        "uptime_24h": (row.get("uptime_24h") or {}).get("uptime"),
-        "requests": measured.get("requests", 0),
-        "success_rate": measured.get("success_rate"),
-        "ttft_p50_ms": measured.get("ttft_p50_ms"),
-        "cost": measured.get("cost", 0),
-    }
-
-
-def flat_model(model: dict[str, Any]) -> list[dict[str, Any]]:
-    """A model's providers as CSV lines: one per (model, provider)."""
-    lines = []
-    for p in model["providers"]:
-        measured = p["measured"] or {}
-        ttft = measured.get("ttft_ms") or {}
-        tps = measured.get("tokens_per_s") or {}
-        lines.append(
-            {
-                "model": model["model"],
-                "audited": model["audited"],
-                "provider_id": p["provider_id"],
-                "status": p["status"],
-                "region": p["region"],
-                "price_input_per_mtok": p["price_input_per_mtok"],
-                "price_output_per_mtok": p["price_output_per_mtok"],
-                **{f"uptime_{w}": p["uptime"][w]["uptime"] for w in ("5m", "30m", "24h")},
-                "uptime_checks_24h": p["uptime"]["24h"]["checks"],
-                "requests": measured.get("requests", 0),
-                **{f"ttft_{q}_ms": ttft.get(q) for q in ("p50", "p75", "p90", "p99")},
-                "ttft_samples": ttft.get("samples", 0),
-                **{f"tokens_per_s_{q}": tps.get(q) for q in ("p50", "p75", "p90", "p99")},
-                "tokens_per_s_samples": tps.get("samples", 0),
-            }
-        )
-    return lines
-
-
-def to_csv(rows: list[dict[str, Any]]) -> str:
-    """A list of flat dicts as CSV, columns in the first row's order."""
-    out = io.StringIO()
-    if not rows:
-        return ""
-    writer = csv.DictWriter(out, fieldnames=list(rows[0]), lineterminator="\n")
-    writer.writeheader()
-    for row in rows:
-        writer.writerow({k: "" if v is None else v for k, v in row.items()})
-    return out.getvalue()
-
-
 def _public_model(event: RequestFinished, gateway: Any) -> str:
     """The model as the public tape shows it: a name some provider serves, else a
     placeholder, so nobody can write text of their choosing on the explorer by asking
@@ -786,127 +727,3 @@ def _earned(cost: int, gateway: Any) -> int:
         return 0
     fees = keeper.book.policy.fees
     return split_fee(cost, fees.fee_bps, fees.verification_share_bps)[0]
-
-
-def _same(old: tuple[Any, ...], new: tuple[Any, ...]) -> bool:
-    """The card and status by identity (both are replaced, never changed in place), the
-    numbers by value."""
-    return (
-        old[0] is new[0]
-        and old[1] is new[1]
-        and old[2] == new[2]
-        and old[3] == new[3]
-        and old[4] == new[4]
-    )
-
-
-def _provider_view(live: Any, bonded: int) -> ProviderView:
-    card = live.capabilities
-    return ProviderView(
-        provider_id=live.provider_id,
-        label=card.label,
-        region=card.region,
-        gpus=tuple(g.name for g in card.hardware.gpus),
-        models=tuple(m.name for m in card.models),
-        routable=any(status == "routable" for status in live.status.values())
-        or (not live.status and bool(card.models)),
-        active_jobs=live.active_jobs,
-        max_concurrent_jobs=card.max_concurrent_jobs,
-        statuses=tuple(sorted(live.status.items())),
-        prices=tuple(
-            (m.name, m.price_input_per_mtok, m.price_output_per_mtok) for m in card.models
-        ),
-        weights=tuple((m.name, m.kind, m.weights_sha256) for m in card.models),
-        bonded=bonded,
-        reputation=round(float(live.reputation), 4),
-        agent_version=card.agent_version,
-        connected_at=live.connected_at,
-    )
-
-
-def _offers(view: ProviderView, gateway: Any) -> list[dict[str, Any]]:
-    """The models a provider announced, with weight hashes, prices and whether the
-    network audits them (pinned in the catalog with the same weights)."""
-    catalog = None if gateway is None else gateway.verifier.catalog
-    prices = {model: (pin, pout) for model, pin, pout in view.prices}
-    offers = []
-    for model, kind, weights in view.weights:
-        pinned = None if catalog is None else catalog.get(model)
-        pin, pout = prices.get(model, (0, 0))
-        offers.append(
-            {
-                "model": model,
-                "kind": kind,
-                "weights_sha256": weights,
-                "price_input_per_mtok": pin,
-                "price_output_per_mtok": pout,
-                "audited": pinned is not None and pinned.weights_sha256 == weights,
-                "status": dict(view.statuses).get(model),
-            }
-        )
-    return offers
-
-
-async def _live_parts(gateway: Any, provider_id: str) -> dict[str, Any]:
-    """What the gateway knows of a provider now: reputation with its formula, ledger
-    account, why it is (not) routed, and uptime per epoch against its SLA."""
-    reputation = gateway.verifier.reputation.get(provider_id).public()
-    keeper = gateway.bookkeeper
-    ledger = None
-    if keeper is not None:
-        account = keeper.book.provider(provider_id)
-        ledger = {
-            "earnings": account.earnings,
-            "balance": account.balance,
-            "bonded": account.bonded,
-            "unbonding": sum(t.amount for t in account.unbonding),
-        }
-    routing = await status_view(gateway, provider_id, uptime_epochs=EPOCHS_SHOWN)
-    summary = None if routing is None else routing.pop("uptime", None)
-    uptime = None
-    if summary is not None:
-        uptime = {
-            "epoch_s": summary.epoch_s,
-            "current": current_view(summary.current),
-            "epochs": [epoch_view(row) for row in summary.epochs],
-        }
-    return {
-        "reputation": {**reputation, "formula": list(REPUTATION_FORMULA)},
-        "ledger": ledger,
-        "routing": routing,
-        "uptime": uptime,
-    }
-
-
-def public_entry(entry: Any, provider_id: str | None) -> dict[str, Any]:
-    """A journal entry as anyone may see it: amounts and the provider's and system
-    accounts by name, a consumer's accounts only as ``consumer`` (a request id must not
-    reveal whose it was)."""
-    postings = []
-    for posting in entry.postings:
-        kind = posting.account.kind.value
-        owner = posting.account.owner
-        if kind in CONSUMER_KINDS and owner != provider_id:
-            owner = "consumer"
-        postings.append({"account": f"{kind}:{owner}" if owner else kind, "amount": posting.amount})
-    return {"entry_id": entry.entry_id, "kind": entry.kind, "at": entry.at, "postings": postings}
-
-
-def _gateway_identity(gateway: Any) -> dict[str, str]:
-    return {"id": gateway.settings.gateway_id, "public_key": gateway.verifier.public_key}
-
-
-def _ledger_view(gateway: Any) -> LedgerView | None:
-    keeper = gateway.bookkeeper
-    if keeper is None:  # a replica: the owner's explorer shows the ledger
-        return None
-    book = keeper.book
-    system = book.system()
-    return LedgerView(
-        minted=system["minted"],
-        fees=system["fees"],
-        verification_pool=system["verification_pool"],
-        insurance_pool=system["insurance_pool"],
-        escrow_open=sum(h.amount for h in book.open_holds()),
-        problems=tuple(book.check()),
-    )
