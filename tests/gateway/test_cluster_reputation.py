@@ -25,8 +25,9 @@ class Owner:
         self.refreshed.append(provider_id)
 
 
-def finished(status: str, provider_id: object = PROVIDER) -> bytes:
-    return json.dumps({"request_id": "r", "provider_id": provider_id, "status": status}).encode()
+def finished(status: str, provider_id: object = PROVIDER, code: str | None = None) -> bytes:
+    event = {"request_id": "r", "provider_id": provider_id, "status": status, "error_code": code}
+    return json.dumps(event).encode()
 
 
 async def test_jobs_finished_on_other_replicas_count_once_on_the_owner() -> None:
@@ -37,7 +38,10 @@ async def test_jobs_finished_on_other_replicas_count_once_on_the_owner() -> None
     for replica, body in (
         ("b", finished("ok")),
         ("b", finished("ok")),
-        ("c", finished("error")),
+        ("c", finished("error", code="provider_failed")),
+        ("c", finished("error", code="invalid_prompt")),  # the client's fault: not counted
+        ("c", finished("error", code="not_delivered")),  # lost on the client's side
+        ("c", finished("error", code=["not", "a", "code"])),  # type: ignore[arg-type]
         ("b", finished("cancelled")),  # the client left: nobody's fault
         ("a", finished("ok")),  # its own: counted when it finished there
         ("b", b"not json"),

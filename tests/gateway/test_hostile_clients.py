@@ -4,7 +4,8 @@ A token id at or above the vocabulary made providers answer ``invalid_prompt``; 
 gateway retried it on three providers and counted three provider failures, so three
 such requests opened every breaker. A request the client got wrong is a 400, never a
 provider's failure, never retried elsewhere; the gateway refuses what it can check itself
-before any provider sees it. And a provider cannot dodge work by calling an honest request
+before any provider sees it, and its public record (reputation) is not lowered either.
+And a provider cannot dodge work by calling an honest request
 the client's fault: what the gateway checked, the provider's refusal contradicts.
 """
 
@@ -150,4 +151,7 @@ async def test_a_client_error_mid_answer_is_not_the_providers_failure(gateway: L
             assert response.json()["error"]["code"] == "invalid_prompt"
         record = await health(client, peer)
         assert (record["breaker"], record["failures_in_row"]) == ("closed", 0)
+        # Nor is its public record lowered (market.refusals.job_event).
+        reputation = (await client.get(f"/v1/providers/{peer.provider_id}/reputation")).json()
+        assert reputation["jobs_failed"] == 0, reputation
     beat.cancel()

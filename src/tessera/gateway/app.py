@@ -82,6 +82,7 @@ from tessera.ledger.escrow import FeePolicy, OpenHold
 from tessera.ledger.slashing_table import SlashingTable
 from tessera.market.load_shedding import LoadGauge
 from tessera.market.quotes import TEMPLATE_TOKENS_PER_MESSAGE, TEMPLATE_TOKENS_PER_PROMPT
+from tessera.market.refusals import job_event
 from tessera.market.registry import ProviderRegistry
 from tessera.market.stake_policy import StakePolicy
 from tessera.protocol.openai_api import (
@@ -353,8 +354,10 @@ def create_app(settings: GatewaySettings, runtime: Runtime | None = None) -> Fas
             member.view.on_provider_removed.append(remote_removed)
 
         def request_finished(event: RequestFinished) -> None:
-            if event.status == "error" and event.provider_id is not None:
-                verifier.reputation.job_failed(event.provider_id)
+            if event.provider_id is not None and event.status == "error":
+                failed = job_event(event.status, event.error_code)
+                if failed is not None:
+                    verifier.reputation.record(event.provider_id, failed)
             request_log.submit(
                 RequestRecord(
                     account_id=event.account_id,

@@ -18,6 +18,7 @@ import logging
 from tessera.gateway.bus import Bus, BusMessage, Subscription
 from tessera.gateway.event_feed import SUBJECT_PREFIX
 from tessera.gateway.verification import Verifier
+from tessera.market.refusals import job_event
 from tessera.verify.reputation import ReputationBook
 
 log = logging.getLogger("tessera.gateway.cluster_reputation")
@@ -50,16 +51,17 @@ class CompletionsIntake:
         try:
             event = json.loads(message.data)
             provider_id, status = event["provider_id"], event["status"]
-        except (ValueError, KeyError, TypeError):
+            code = event.get("error_code")
+        except (ValueError, KeyError, TypeError, AttributeError):
             return
         if not isinstance(provider_id, str) or len(provider_id) != 64:
             return
-        if status == "ok":
-            self.verifier.reputation.job_completed(provider_id)
-        elif status == "error":
-            self.verifier.reputation.job_failed(provider_id)
-        else:
+        if not isinstance(status, str) or not isinstance(code, str | None):
             return
+        counted = job_event(status, code)
+        if counted is None:
+            return
+        self.verifier.reputation.record(provider_id, counted)
         self.counted += 1
         self.verifier.refresh_score(provider_id)
 

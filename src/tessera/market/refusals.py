@@ -34,6 +34,7 @@ Pure: no clock, no I/O.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Literal
 
 from tessera.market.quotes import TEMPLATE_TOKENS_PER_MESSAGE, TEMPLATE_TOKENS_PER_PROMPT
 from tessera.protocol.wire import Job, ModelOffer
@@ -49,10 +50,28 @@ CLIENT_CODES: dict[str, str | None] = {
 }
 BUSY = "busy"  # full with other work: neither side's fault
 FALSE_REFUSAL = "false_refusal"  # a refusal the gateway's own checks contradict
+# Failed requests whose provider did its work: the answer was lost on the client's side
+# (``not_delivered``), the gateway could not store the hold, or the provider was full.
+NOT_THE_PROVIDERS = frozenset({BUSY, "not_delivered", "ledger_unavailable"})
 
 
 def blames_client(code: str) -> bool:
     return code in CLIENT_CODES
+
+
+def job_event(status: str, error_code: str | None) -> Literal["job_completed", "job_failed"] | None:
+    """What a finished request does to its provider's completion record (the event name
+    ``verify.reputation`` counts): an answer completes, a failure fails, and a request the
+    client got wrong, one abandoned, and one lost on the gateway's or the client's side
+    (NOT_THE_PROVIDERS) count for nothing.
+    The gateway's own and its replicas' records use this one rule."""
+    if status == "ok":
+        return "job_completed"
+    if status != "error":
+        return None
+    if error_code is not None and (blames_client(error_code) or error_code in NOT_THE_PROVIDERS):
+        return None
+    return "job_failed"
 
 
 def _sequences(job: Job) -> Sequence[str | Sequence[int]]:

@@ -90,6 +90,17 @@ class Reputation:
         }
 
 
+# Events that move one counter by one, by name.
+EVENTS = {
+    "job_completed": "jobs_completed",
+    "job_failed": "jobs_failed",
+    "audit_passed": "audits_passed",
+    "audit_failed": "audits_failed",
+    "audit_cleared": "audits_cleared",
+    "dissent": "dissents",
+    "receipt_refused": "receipts_refused",
+    "slashed": "slashes",
+}
 _COUNTERS = tuple(f.name for f in fields(Reputation) if f.type in ("int", int))
 _SECONDS = tuple(f.name for f in fields(Reputation) if f.type in ("float", float))
 
@@ -115,6 +126,17 @@ class ReputationBook:
     def _bump(self, provider_id: str, counter: str) -> None:
         record = self.get(provider_id)
         setattr(record, counter, getattr(record, counter) + 1)
+
+    def record(self, provider_id: str, event: str) -> None:
+        """Count ``event`` (one of EVENTS, as ``verify.penalties`` and
+        ``market.refusals.job_event`` name them) for the provider."""
+        try:
+            counter = EVENTS[event]
+        except KeyError:
+            raise ValueError(
+                f"unknown reputation event {event!r}; known: {sorted(EVENTS)}"
+            ) from None
+        self._bump(provider_id, counter)
 
     def job_completed(self, provider_id: str) -> None:
         self._bump(provider_id, "jobs_completed")
