@@ -9,11 +9,12 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from tessera.ledger.slashing_table import SlashingTable
+from tessera.verify.penalties import cheat_exposure
 from tessera.verify.sampling import (
     AuditPolicy,
     audit_draw,
     audit_rate,
-    cheat_loss,
     economic_rate,
     reputation_rate,
     should_audit,
@@ -51,11 +52,11 @@ def test_any_failure_puts_the_rate_back_to_one() -> None:
 
 def test_the_worked_example_in_tokens() -> None:
     earnings = 2 * TOKEN // 1000  # 0.002 tokens
-    loss = cheat_loss(exposed_stake=10 * TOKEN, slash_bps=5_000, earnings=earnings)
+    loss = cheat_exposure(SlashingTable(), 10 * TOKEN, earnings)  # wrong_model: 50 %
     assert loss == 5 * TOKEN + earnings
     assert economic_rate(POLICY, earnings, loss) == pytest.approx(0.000888, rel=1e-3)
     assert audit_rate(POLICY, 10_000, 0, earnings, loss) == POLICY.floor_rate
-    big = cheat_loss(10 * TOKEN, 5_000, TOKEN)
+    big = cheat_exposure(SlashingTable(), 10 * TOKEN, TOKEN)
     assert audit_rate(POLICY, 10_000, 0, TOKEN, big) == pytest.approx(2 / (0.9 * 6))
 
 
@@ -72,16 +73,6 @@ def test_nothing_to_lose_means_always_audited_and_nothing_to_gain_means_reputati
     assert economic_rate(POLICY, 5, 0) == 1.0
     assert economic_rate(POLICY, 0, 0) == 0.0
     assert audit_rate(POLICY, 10_000, 0, 0, 0) == POLICY.floor_rate
-
-
-def test_cheat_loss_takes_what_the_slashing_table_takes() -> None:
-    assert cheat_loss(0, 5_000, 7) == 7
-    assert cheat_loss(1, 5_000, 0) == 1  # at least one unit while stake is exposed
-    assert cheat_loss(10 * TOKEN, 10_000, 0) == 10 * TOKEN
-    with pytest.raises(ValueError):
-        cheat_loss(-1, 5_000, 0)
-    with pytest.raises(ValueError):
-        cheat_loss(1, 10_001, 0)
 
 
 policies = st.builds(

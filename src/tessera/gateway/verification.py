@@ -72,6 +72,7 @@ from tessera.store.verification import (
     VerificationStore,
     ViolationRow,
 )
+from tessera.verify.auditors import Candidate, auditor_order
 from tessera.verify.catalog import Catalog, CatalogModel
 from tessera.verify.challenge import (
     challenge_job,
@@ -80,6 +81,14 @@ from tessera.verify.challenge import (
 )
 from tessera.verify.disputes import Case
 from tessera.verify.evidence import public_evidence
+from tessera.verify.penalties import (
+    Penalty,
+    auditor_pay,
+    bans,
+    cheat_exposure,
+    close,
+    penalty_for,
+)
 from tessera.verify.receipts import ReceiptCheck, check_receipt
 from tessera.verify.reputation import ReputationBook
 from tessera.verify.sampling import AuditPolicy, audit_rate, should_audit
@@ -390,12 +399,9 @@ class Verifier:
             await self._penalise(
                 provider_id,
                 job.model,
-                kind,
                 f"receipt for job {job.job_id}: {result.detail}",
+                penalty_for(kind, None, 0, 0),
                 reference=f"receipt:{job.job_id}",
-                consumer=None,
-                refund=0,
-                earnings=0,
             )
 
     def accepted(
@@ -454,11 +460,9 @@ class Verifier:
         earnings = split_fee(cost, fees.fee_bps, fees.verification_share_bps)[0]
         view = self.bookkeeper.book.provider(provider_id)
         exposed = view.bonded + sum(t.amount for t in view.unbonding)
-        slash = self.bookkeeper.book.policy.slashing.amount("wrong_model", exposed)
+        loss = cheat_exposure(self.bookkeeper.book.policy.slashing, exposed, earnings)
         rep = self.reputation.get(provider_id)
-        rate = audit_rate(
-            self.policy, rep.clean_audits(), rep.audits_failed, earnings, slash + earnings
-        )
+        rate = audit_rate(self.policy, rep.clean_audits(), rep.audits_failed, earnings, loss)
         request_id = done.receipt.request_id
         if not should_audit(self.secret, request_id, rate):
             return
@@ -485,13 +489,10 @@ class Verifier:
         return self.bookkeeper
 
     def _eligible_auditors(self, subject: Subject, excluded: set[str]) -> list[str]:
-        """Who may audit now: trusted, serving the same weights, free, not excluded.
-
-        Validators come first, then providers by reputation; within a tier the order is
-        random, so nobody can predict (or arrange) who audits a given request.
-        """
+        """Who may audit now: serving the same weights, free, not excluded; trusted and in
+        the order ``verify.auditors`` decides."""
         validators = set(self.settings.validator_keys)
-        found = []
+        candidates = []
         for live in self.registry.serving(subject.model):
             pid = live.provider_id
             offer = live.offers.get(subject.model)
@@ -500,14 +501,11 @@ class Verifier:
             if offer.weights_sha256 != subject.offer.weights_sha256:
                 continue
             rep = self.reputation.get(pid)
-            trusted = pid in validators or (
-                rep.audits_failed == 0
-                and rep.clean_audits() >= self.settings.auditor_min_clean_audits
-            )
-            if trusted:
-                tier = 0 if pid in validators else 1
-                found.append((tier, -round(live.reputation, 2), self.hub.rng.random(), pid))
-        return [item[-1] for item in sorted(found)]
+            candidates.append(
+                Candidate(pid, pid in validators, rep.clean_audits(), rep.audits_failed,
+                          live.reputation)
+            )  # fmt: skip
+        return auditor_order(candidates, self.settings.auditor_min_clean_audits, self.hub.rng)
 
     async def _audit_case(self, subject: Subject, entry: CatalogModel) -> None:
         case = Case(subject.request_id, subject.provider_id, subject.model)
@@ -623,7 +621,7 @@ class Verifier:
         if live is None or subject.model not in live.offers:
             return
         scored = subject.prompt_tokens + sum(c.completion_tokens for c in subject.choices)
-        amount = scored * live.offers[subject.model].price_input_per_mtok // 1_000_000
+        amount = auditor_pay(scored, live.offers[subject.model].price_input_per_mtok)
         if amount <= 0:
             return
         try:
@@ -634,32 +632,23 @@ class Verifier:
             log.warning("could not pay auditor %s: %s", auditor[:12], exc)
 
     async def _close_case(self, case: Case, subject: Subject, opened: datetime) -> None:
-        status = case.status
-        if status == "open" or (status == "passed" and not case.verdicts):
-            status = "inconclusive"
+        closed = close(case)
+        status = closed.status
         slashed = refunded = 0
         provider_id = subject.provider_id
-        if status == "passed":
-            self.reputation.audit_passed(provider_id)
-        elif status == "cleared":
-            self.reputation.audit_cleared(provider_id)
-        elif status == "upheld":
-            self.reputation.audit_failed(provider_id)
-            reason = case.reason or "wrong_model"
+        if closed.reputation_event is not None:
+            self.reputation.record(provider_id, closed.reputation_event)
+        if closed.reason is not None:
             slashed, refunded = await self._penalise(
                 provider_id,
                 subject.model,
-                reason,
                 f"audit case {subject.request_id}: 2 of 3 auditors failed it",
+                penalty_for(closed.reason, subject.consumer, subject.cost, subject.earnings),
                 reference=f"audit:{subject.request_id}",
-                consumer=subject.consumer,
-                refund=subject.cost,
-                earnings=subject.earnings,
             )
-        if status in ("upheld", "cleared"):
-            for dissenter in case.dissenters():
-                self.reputation.dissent(dissenter)
-                self._refresh_score(dissenter)
+        for dissenter in closed.dissenters:
+            self.reputation.dissent(dissenter)
+            self._refresh_score(dissenter)
         self._refresh_score(provider_id)
         await self.store.upsert_case(
             CaseRow(
@@ -667,7 +656,7 @@ class Verifier:
                 provider_id=provider_id,
                 model=subject.model,
                 status=status,
-                reason=case.reason if status == "upheld" else None,
+                reason=closed.reason,
                 slashed_units=slashed,
                 refunded_units=refunded,
                 opened_at=opened,
@@ -688,27 +677,25 @@ class Verifier:
         self,
         provider_id: str,
         model: str,
-        reason: str,
         evidence: str,
+        penalty: Penalty,
         *,
         reference: str,
-        consumer: str | None,
-        refund: int,
-        earnings: int,
     ) -> tuple[int, int]:
-        """Refund the consumer, slash stake by the table, ban if due; (slashed, refunded)."""
+        """Apply ``penalty`` in its order (``verify.penalties``): the clawback, the slash by
+        the table, a ban if due; (slashed, refunded)."""
+        reason = penalty.reason
         refunded = 0
-        if consumer is not None and refund > 0:
-            claw = min(earnings, refund)
+        if penalty.consumer is not None and penalty.clawback > 0:
             try:
                 entry = await self._keeper().clawback(
-                    provider_id, consumer, claw, f"clawback:{reference}"
+                    provider_id, penalty.consumer, penalty.clawback, f"clawback:{reference}"
                 )
                 if entry is not None:
                     refunded += sum(p.amount for p in entry.postings if p.amount > 0)
             except LedgerError as exc:
                 log.warning("clawback for %s failed: %s", reference, exc)
-        harmed = [(consumer, refund - refunded)] if consumer and refund > refunded else []
+        harmed = penalty.owed_after(refunded)
         slashed = 0
         try:
             outcome = await self._keeper().slash(
@@ -720,8 +707,8 @@ class Verifier:
             log.warning("no stake slashed from %s for %s: %s", provider_id[:12], reason, exc)
         self.reputation.slashed(provider_id)
         rule = self._keeper().book.policy.slashing.rule(reason)
-        if rule.ban or self.reputation.get(provider_id).audits_failed >= (
-            self.settings.ban_after_failures
+        if bans(
+            rule, self.reputation.get(provider_id).audits_failed, self.settings.ban_after_failures
         ):
             await self.ban(provider_id, model, reason)
         self._refresh_score(provider_id)

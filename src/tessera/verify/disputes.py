@@ -132,3 +132,13 @@ class Case:
             ],
             "failed_auditors": list(self.failed_auditors),
         }
+
+
+def upheld_chance(first_fails: float, next_fails: float) -> float:
+    """The chance a case ends upheld when the first auditor fails the request with chance
+    ``first_fails`` and each later one, independently, with ``next_fails``: the first
+    fails, then at least one of the (at most) two more agrees."""
+    for chance in (first_fails, next_fails):
+        if not 0.0 <= chance <= 1.0:
+            raise ValueError("chances lie in [0, 1]")
+    return first_fails * (1.0 - (1.0 - next_fails) ** 2)

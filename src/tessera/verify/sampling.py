@@ -18,8 +18,8 @@ The rate::
     economic_rate   = deterrence * gain / (detection * loss)     (1 when loss <= 0)
 
 ``gain`` is what cheating on this one request can earn (its earnings, base units); ``loss``
-what a caught cheat loses: the slash (its share of the exposed stake, see
-:func:`cheat_loss`) plus the forfeited earnings. ``detection`` is the chance that an
+what a caught cheat loses: the slash (its share of the exposed stake) plus the forfeited
+earnings (``verify.penalties.cheat_exposure``). ``detection`` is the chance that an
 audit of a cheated request ends in an upheld case (the auditor flags it and 2 of 3 agree).
 Because rate >= economic_rate, whenever rate < 1::
 
@@ -114,16 +114,6 @@ def audit_rate(
         reputation_rate(policy, clean_audits, failed_audits), economic_rate(policy, gain, loss)
     )
     return min(1.0, max(0.0, rate))
-
-
-def cheat_loss(exposed_stake: int, slash_bps: int, earnings: int) -> int:
-    """Base units a caught cheat loses: its slash (``slash_bps`` of the exposed stake, at
-    least one unit while any is exposed, as the slashing table takes it) plus the
-    request's forfeited earnings."""
-    if exposed_stake < 0 or earnings < 0 or not 0 <= slash_bps <= 10_000:
-        raise ValueError("stake and earnings are >= 0 and slash_bps lies in 0..10000")
-    slash = max(1, exposed_stake * slash_bps // 10_000) if exposed_stake and slash_bps else 0
-    return slash + earnings
 
 
 def audit_draw(secret: bytes, request_id: str) -> float:
