@@ -23,13 +23,17 @@ concurrency limit, whose end no one can predict; 60 s for a zero limit). Subject
 for a minute with nothing in flight are forgotten, which changes no decision: their
 buckets would be full again.
 
-:class:`WaitingRoom` is the gateway-wide bound on requests waiting for a provider slot.
+:class:`WaitingRoom` is the gateway-wide bound on requests waiting for a provider slot;
+:func:`room_left` its batch form for the simulator.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Literal
+
+import numpy as np
+import numpy.typing as npt
 
 Scope = Literal["key", "account"]
 
@@ -294,3 +298,13 @@ class WaitingRoom:
 
     def leave(self) -> None:
         self.waiting = max(self.waiting - 1, 0)
+
+
+def room_left(room: WaitingRoom, waiting: npt.ArrayLike) -> npt.NDArray[np.float64]:
+    """:meth:`WaitingRoom.enter` for many rooms at once (the simulator's form): element for
+    element, how many more requests enter a room like ``room`` holding ``waiting`` before
+    the first is turned away (``inf``: unbounded). A test holds it to the single form."""
+    waits = np.asarray(waiting, dtype=np.float64)
+    if room.max_waiting is None:
+        return np.full(waits.shape, np.inf)
+    return np.maximum(room.max_waiting - waits, 0.0)

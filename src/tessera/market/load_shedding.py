@@ -26,6 +26,9 @@ Rules, in order:
   under the target. Refusing costs a small fraction of serving, so the loop drains.
 
 A refusal changes no state and says how long to wait (``retry_after_s``).
+
+:func:`starts` is the batch form of :meth:`LoadGauge.refusal` for the simulator: how many
+requests many gateway states admit, one after another, before the first refusal.
 """
 
 from __future__ import annotations
@@ -34,6 +37,9 @@ import math
 from collections import deque
 from dataclasses import dataclass
 from typing import Literal
+
+import numpy as np
+import numpy.typing as npt
 
 Reason = Literal["loop_lag", "in_flight", "queue"]
 
@@ -139,3 +145,33 @@ class LoadGauge:
             if limit is not None and waiting >= limit:
                 return Shed("queue", self.retry_after_s)
         return None
+
+
+def starts(
+    gauge: LoadGauge,
+    in_flight: npt.ArrayLike,
+    waiting: npt.ArrayLike,
+    answer_rate_per_s: npt.ArrayLike,
+) -> npt.NDArray[np.float64]:
+    """:meth:`LoadGauge.refusal` for many gateway states at once (the simulator's form).
+
+    Element for element: how many requests, arriving one after another at a gateway that
+    runs ``in_flight`` requests of which ``waiting`` have no answer yet, start before the
+    first is refused, each one started adding one to both counts (``inf``: no bound). The
+    answer rate is given, where the gauge measures it: with ``answer_rate(now_s)`` equal
+    to it, calling ``refusal`` in that loop counts the same (a test holds them together).
+    The lag rule reads the gauge's own samples, as the single form does.
+    """
+    flights = np.asarray(in_flight, dtype=np.float64)
+    waits = np.asarray(waiting, dtype=np.float64)
+    rates = np.asarray(answer_rate_per_s, dtype=np.float64)
+    shape = np.broadcast_shapes(flights.shape, waits.shape, rates.shape)
+    if gauge.overloaded:
+        return np.zeros(shape)
+    out = np.full(shape, np.inf)
+    if gauge.max_in_flight is not None:
+        out = np.minimum(out, np.maximum(gauge.max_in_flight - flights, 0.0))
+    if gauge.queue_s is not None:
+        limit = np.maximum(gauge.min_queue, np.ceil(rates * gauge.queue_s))
+        out = np.minimum(out, np.maximum(limit - waits, 0.0))
+    return out

@@ -36,6 +36,7 @@ def seed_figures(run: Run) -> dict[str, Any]:
     sm = run.samples
     duration = run.hours * 3600.0
     ok = sm["ok"].astype(bool)
+    refused = sm["refused"].astype(bool)
     attempts = sm["attempts"]
     ttft = sm["network_ms"] + sm["queue_ms"] + sm["prefill_ms"]
     by_region = {}
@@ -71,9 +72,17 @@ def seed_figures(run: Run) -> dict[str, Any]:
         "requests": {
             "served_by_the_network": t.requests,
             "sampled": len(ok),
+            "answered": _r(float(ok.sum()) / count),
             "success_first_try": _r(float((ok & (attempts == 1)).sum()) / count),
             "continued_after_failover": _r(float((ok & (attempts > 1)).sum()) / count),
-            "failed": _r(float((~ok).sum()) / count),
+            "answered_after_refusal": _r(float((ok & (sm["tries"] > 1)).sum()) / count),
+            "refused": _r(float(refused.sum()) / count),
+            "failed": _r(float((~ok & ~refused).sum()) / count),
+        },
+        "gateway": {
+            "replicas": t.replicas,
+            "refused_share_of_requests": _r(t.refused / t.offered) if t.offered else None,
+            "refused_share_of_tries": _r(t.refusals / t.tries) if t.tries else None,
         },
         "latency_by_region": by_region,
         "requests_by_gpu": {
@@ -115,7 +124,7 @@ def seed_figures(run: Run) -> dict[str, Any]:
             "electricity_usd_per_gpu_hour": _r(kwh * s.electricity_usd_per_kwh / gpu_hours) if gpu_hours else None,
             **_margins(run, watts),
         },
-        "by_minute": _by_minute(sm, ok, ttft),
+        "by_minute": _by_minute(sm, ok, refused, ttft),
         "ledger": {
             "paid": t.paid,
             "earned": t.earned,
@@ -149,8 +158,11 @@ def _margins(run: Run, watts: np.ndarray) -> dict[str, float | None]:
     }
 
 
-def _by_minute(sm: dict[str, np.ndarray], ok: np.ndarray, ttft: np.ndarray) -> list[dict[str, Any]]:
-    """The sampled requests minute by minute: how many, the share answered, TTFT p50/p99."""
+def _by_minute(
+    sm: dict[str, np.ndarray], ok: np.ndarray, refused: np.ndarray, ttft: np.ndarray
+) -> list[dict[str, Any]]:
+    """The sampled requests by the minute they were first sent: how many, the shares
+    answered and refused, the answered ones' TTFT p50/p99."""
     if sm["at"].size == 0:
         return []
     minute = (sm["at"] // 60).astype(np.int64)
@@ -163,6 +175,7 @@ def _by_minute(sm: dict[str, np.ndarray], ok: np.ndarray, ttft: np.ndarray) -> l
                 "minute": m,
                 "requests": int(mine.sum()),
                 "answered": _r(float(answered.sum()) / max(1, int(mine.sum()))),
+                "refused": _r(float((mine & refused).sum()) / max(1, int(mine.sum()))),
                 "ttft_ms_p50": _pct(ttft[answered], 50),
                 "ttft_ms_p99": _pct(ttft[answered], 99),
             }
@@ -208,17 +221,22 @@ def to_markdown(body: dict[str, Any], plot: str, timeline: str = "") -> str:
         "",
         body["description"],
         "",
-        f"{body['providers']:,} providers, {body['hours']:g} h of virtual time, seeds "
+        f"{body['providers']:,} providers behind {_replicas(body)} gateway replicas, "
+        f"{body['hours']:g} h of virtual time, seeds "
         f"{', '.join(map(str, body['seeds']))}; config {body['config_sha256']}. Means over "
         "seeds with their 95 % confidence interval (Student's t).",
         "",
         "| measure | value |",
         "|---|---|",
         f"| requests served by the network | {ci('requests.served_by_the_network', '{:,.0f}')} |",
-        f"| success on the first provider | {ci('requests.success_first_try', '{:.2%}')} |",
-        f"| continued after a failover | {ci('requests.continued_after_failover', '{:.3%}')} |",
-        f"| failed | {ci('requests.failed', '{:.3%}')} |",
-        f"| TTFT p50 / p99 (ms) | {ci('ttft_ms.p50')} / {ci('ttft_ms.p99')} |",
+        f"| answered (success), of all sampled requests | {ci('requests.answered', '{:.2%}')} |",
+        f"| … on the first provider | {ci('requests.success_first_try', '{:.2%}')} |",
+        f"| … after a failover to another provider | {ci('requests.continued_after_failover', '{:.3%}')} |",
+        f"| refused by the gateway on every try (503: not a success) | {ci('requests.refused', '{:.2%}')} |",
+        f"| failed (every provider attempt failed) | {ci('requests.failed', '{:.3%}')} |",
+        f"| answered only on a retry after a refusal (part of answered) | {ci('requests.answered_after_refusal', '{:.2%}')} |",
+        f"| gateway refusals: share of the network's requests / of all tries | {ci('gateway.refused_share_of_requests', '{:.2%}')} / {ci('gateway.refused_share_of_tries', '{:.2%}')} |",
+        f"| TTFT p50 / p99 of answered requests (ms) | {ci('ttft_ms.p50')} / {ci('ttft_ms.p99')} |",
         f"| time per output token p50 / p99 (ms) | {ci('tpot_ms.p50')} / {ci('tpot_ms.p99')} |",
         f"| utilisation of the fleet | {ci('utilisation', '{:.1%}')} |",
         f"| providers meeting their declared uptime | {ci('sla.providers_meeting_it', '{:.1%}')} |",
@@ -234,6 +252,14 @@ def to_markdown(body: dict[str, Any], plot: str, timeline: str = "") -> str:
         f"| Gini of providers' earnings | {ci('providers_income.gini_of_earnings', '{:.2f}')} |",
         f"| ledger conserved in every seed | {all(seed['ledger']['conserved'] for seed in body['per_seed'])} |",
         "",
+        "Answered, refused and failed add up to every sampled request. A request is sent "
+        "to the gateway once and, each time its replicas refuse it for overload (503 with "
+        "Retry-After), again after the Retry-After, as the openai SDK does, up to the "
+        "scenario's retries: refused on every try, it counts as refused: not a success and not a "
+        "provider's failure (no provider saw it, no money moved, no provider's uptime "
+        "counts it). TTFT counts answered requests from their first try, the Retry-After "
+        "waits included.",
+        "",
         "## Latency by consumer region",
         "",
         "| region | TTFT p50 | TTFT p99 | network | queue | prefill | TPOT p50 |",
@@ -248,15 +274,15 @@ def to_markdown(body: dict[str, Any], plot: str, timeline: str = "") -> str:
         )
     lines += [
         "",
-        "Times in ms; TTFT = network round trip + queueing (including time lost to "
-        "failovers) + prefill.",
+        "Times in ms, of answered requests; TTFT = network round trip + queueing (at the "
+        "gateway for a provider slot, and the time lost to refusals and failovers) + prefill.",
         "",
         *(
             [
                 f"![TTFT minute by minute]({timeline})",
                 "",
-                "TTFT p50 (dark) and p99 (orange) of the sampled requests, minute by minute, "
-                "one line per seed.",
+                "TTFT p50 (dark) and p99 (orange) of the answered sampled requests, minute "
+                "by minute (by when each was first sent), one line per seed.",
                 "",
             ]
             if timeline
@@ -286,6 +312,11 @@ def to_markdown(body: dict[str, Any], plot: str, timeline: str = "") -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def _replicas(body: dict[str, Any]) -> str:
+    counts = {seed["gateway"]["replicas"] for seed in body["per_seed"]}
+    return ", ".join(f"{c:,}" for c in sorted(counts))
 
 
 def timeline_plot(body: dict[str, Any]) -> str:

@@ -100,6 +100,31 @@ class Demand:
     # applied by the gateway's own code (regions_allow, sort, max_price, ...).
     policy: Mapping[str, Any] = field(default_factory=dict)
     attempts: int = 3  # a request fails over up to this many providers
+    # A consumer refused with 429/503 tries again after the Retry-After this many times:
+    # the openai SDK's default (max_retries = 2; it waits what Retry-After says, up to
+    # 60 s), so a request is sent at most three times before the consumer sees the error.
+    retries_after_refusal: int = 2
+
+
+@dataclass(frozen=True, slots=True)
+class Gateway:
+    """The gateway replicas the demand reaches and their overload settings.
+
+    The settings default to the gateway's own (``GatewaySettings``; a test holds them
+    equal) and mean what they mean there: each replica refuses a request fast (503 with
+    Retry-After) when it runs ``max_in_flight_requests``, when ``max_waiting_requests``
+    wait for a provider slot, or when more wait for their first token than it answered in
+    ``overload_queue_s`` (at least ``overload_min_queue``). ``replicas`` serve the
+    scenario's fleet, behind a load balancer that spreads requests evenly; a smaller run
+    gets its share, as the demand does. The event loop's lag rule needs the gateway's CPU,
+    which the simulator does not model: it never fires here."""
+
+    replicas: int = 1
+    max_in_flight_requests: int | None = 4096
+    max_waiting_requests: int | None = 256
+    overload_queue_s: float | None = 1.0
+    overload_min_queue: int = 256
+    overload_retry_after_s: int = 2
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,6 +160,7 @@ class Scenario:
     cheaters: Cheaters = field(default_factory=Cheaters)
     audits: Audits = field(default_factory=Audits)
     events: tuple[Event, ...] = ()
+    gateway: Gateway = field(default_factory=Gateway)
 
     def region_index(self, name: str) -> int:
         return [r.name for r in self.regions].index(name)
@@ -216,6 +242,7 @@ def parse(raw: dict[str, Any]) -> Scenario:
             cheaters=Cheaters(**raw.get("cheaters", {})),
             audits=Audits(**raw.get("audits", {})),
             events=tuple(Event(**e) for e in raw.get("events", ())),
+            gateway=Gateway(**raw.get("gateway", {})),
         )
     except KeyError as exc:
         raise ScenarioError(f"the scenario misses the field {exc.args[0]!r}") from None
@@ -272,5 +299,22 @@ def _check(s: Scenario) -> None:
         raise ScenarioError("audits.initial_clean_audits >= 0, audits.slash_bps in 0..10000")
     if min(s.churn.session_mean_s, s.churn.downtime_mean_s) <= 0:
         raise ScenarioError("churn means must be positive")
+    _check_gateway(s.gateway)
+    if s.demand.retries_after_refusal < 0:
+        raise ScenarioError("demand.retries_after_refusal must not be negative")
     if s.churn.downtime_shape <= 1:
         raise ScenarioError("churn.downtime_shape must exceed 1 (a Pareto law needs it for a mean)")
+
+
+def _check_gateway(g: Gateway) -> None:
+    """The bounds ``GatewaySettings`` puts on the same fields."""
+    if g.replicas < 1 or g.overload_min_queue < 1 or g.overload_retry_after_s < 1:
+        raise ScenarioError(
+            "gateway.replicas, overload_min_queue and overload_retry_after_s must be >= 1"
+        )
+    if g.max_in_flight_requests is not None and g.max_in_flight_requests < 1:
+        raise ScenarioError("gateway.max_in_flight_requests must be >= 1")
+    if g.max_waiting_requests is not None and g.max_waiting_requests < 0:
+        raise ScenarioError("gateway.max_waiting_requests must be >= 0")
+    if g.overload_queue_s is not None and g.overload_queue_s <= 0:
+        raise ScenarioError("gateway.overload_queue_s must be positive")
