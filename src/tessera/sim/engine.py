@@ -716,7 +716,9 @@ def _queue_step(
     # On providers: every online provider's streams (an offline one has none unless it
     # was saturated when it left).
     in_service = float(world.streams.sum() - world.streams[full[~live]].sum())
-    hold = door.may_wait(in_service, float(served @ prefill_s), float(served.sum()))
+    # Not ``served @ prefill_s``: BLAS threads would fight the seeds run in parallel.
+    in_prefill = float((served * prefill_s).sum())
+    hold = door.may_wait(in_service, in_prefill, float(served.sum()))
     waiting = float(queue.sum())
     refused = 0.0
     if waiting > hold:
