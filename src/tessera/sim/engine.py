@@ -45,12 +45,13 @@ import numpy as np
 from tessera.ledger.pricing import Price
 from tessera.market.admission import WaitingRoom, room_left
 from tessera.market.load_shedding import LoadGauge, starts
+from tessera.sim.audits import Cheating, Counts, Rules, audit, audit_rules
 from tessera.sim.money import Money
 from tessera.sim.routing import GroupRouter
 from tessera.sim.scenario import Gateway, Scenario, audit_policy
 from tessera.sim.world import Floats, Ints, Laws, World, build, churn_step, laws
 from tessera.verify.reputation import Reputation
-from tessera.verify.sampling import AuditPolicy, audit_rates
+from tessera.verify.sampling import AuditPolicy
 
 MAX_SAMPLES = 2_000_000  # foreground requests kept per run (memory bound)
 # Requests are paid for and audited in batches of this much virtual time: a cheat is
@@ -196,8 +197,10 @@ class Totals:
     verification_pool: int = 0
     insurance_pool: int = 0
     slashed: int = 0
-    refunded: int = 0
-    false_slashes: int = 0
+    refunded: int = 0  # by slashes
+    clawed_back: int = 0  # refunds out of the cheats' earnings
+    auditors_paid: int = 0  # from the verification pool
+    cases: Counts = field(default_factory=Counts)  # audits, disputes and their outcomes
     ledger_problems: list[str] = field(default_factory=list)  # the book's own check
     churn_flips: int = 0
     steps: int = 0
@@ -251,6 +254,7 @@ def run(
     scale = n / scenario.providers  # a smaller fleet gets its share of the demand
     law = laws(scenario)
     policy = audit_policy(scenario)
+    rules = audit_rules(scenario)
     demand = scenario.demand
     groups = GroupRouter(scenario, law, seed)
     group = groups.group_of(world)
@@ -335,8 +339,8 @@ def run(
         totals.served_tps += served_per_s * mean_output
         if (i + 1) % settle_every == 0 or i == steps - 1:
             settled = rng.poisson(expected)  # a sum of Poisson counts is Poisson
-            _money_and_audits(world, law, scenario, policy, money, i, settled, tokens, now,
-                              rng, totals)  # fmt: skip
+            _money_and_audits(world, law, scenario, policy, rules, money, i, settled, tokens,
+                              now, rng, totals)  # fmt: skip
             expected[:] = 0.0
         events += n
         # The foreground: a sample of requests, each seeing this step's state.
@@ -456,6 +460,7 @@ def _money_and_audits(
     law: Laws,
     scenario: Scenario,
     policy: AuditPolicy,
+    rules: Rules,
     money: Money,
     settlement: int,
     served: np.ndarray,
@@ -464,7 +469,8 @@ def _money_and_audits(
     rng: np.random.Generator,
     totals: Totals,
 ) -> None:
-    """Charge the served requests through the ledger, then audit them at the real rate."""
+    """Charge the served requests through the ledger, then audit them at the real rate;
+    disputes and penalties follow the gateway's rules (sim/audits.py)."""
     busy = np.flatnonzero(served)
     if busy.size == 0:
         return
@@ -474,38 +480,14 @@ def _money_and_audits(
     money.settle(settlement, served, world, prompt, output, now)
     totals.requests += int(n_req.sum())
     totals.output_tokens += int(n_req.sum()) * output
-    # What one request earns its provider and what a caught cheat loses (base units).
+    # What one request costs its consumer and earns its provider (base units).
     cost = np.array([Price(int(law.price_in[g]), int(law.price_out[g])).cost(prompt, output)
                      for g in range(len(law.price_out))], dtype=np.int64)[gpu]  # fmt: skip
     earned_each = cost - cost * money.book.policy.fees.fee_bps // 10_000
-    exposed = world.stake[busy]
-    slash = np.where(exposed > 0, np.maximum(1, exposed * scenario.audits.slash_bps // 10_000), 0)
-    rates = audit_rates(policy, world.clean_audits[busy], world.failed_audits[busy],
-                        earned_each, slash + earned_each)  # fmt: skip
-    cheats = world.cheat[busy]
     c = scenario.cheaters
-    # Chance that one request is caught: audited, and (cheated and detected) or misflagged.
-    per_request = np.where(cheats, rates * c.cheat_probability * c.detection, rates * c.false_flag)
-    first = n_req + 1  # the request (1-based) that got the provider caught; past n: none
-    at_risk = per_request > 0
-    if at_risk.any():
-        first = first.copy()
-        first[at_risk] = rng.geometric(per_request[at_risk])
-    caught = first <= n_req
-    clean_requests = np.where(caught, first - 1, n_req)
-    world.clean_audits[busy] += rng.binomial(clean_requests, rates)
-    world.requests[busy] += n_req
-    for k in np.flatnonzero(caught):
-        provider = int(busy[k])
-        world.caught_after[provider] = int(world.requests[provider] - n_req[k] + first[k])
-        world.caught_at[provider] = now
-        world.failed_audits[provider] += 1
-        world.banned[provider] = True
-        if slash[k] > 0:  # its stake, the harmed consumer refunded its request first
-            taken, _ = money.slash(provider, int(slash[k]), int(cost[k]),
-                                   f"audit:{settlement}:{provider}", now)  # fmt: skip
-            world.stake[provider] -= taken
-        totals.false_slashes += int(not cheats[k])
+    cheating = Cheating(c.cheat_probability, c.detection, c.false_flag)
+    audit(world, law, policy, rules, cheating, money, busy, n_req, cost, earned_each,
+          prompt + output, now, settlement, rng, totals.cases)  # fmt: skip
 
 
 class Foreground:
@@ -739,11 +721,13 @@ def _count_tries(totals: Totals, retries: Retries, tries: Floats, refused_share:
 
 
 def money_holds(totals: Totals) -> bool:
-    """Conservation: the ledger's own invariant check found nothing; what consumers paid
-    is exactly the providers' earnings, the fees and the verification pool; what was
-    slashed went to the harmed consumers and the insurance pool, to the base unit."""
+    """Conservation: the ledger's own invariant check found nothing; what consumers paid,
+    less what was clawed back for them, is exactly the providers' earnings (auditors'
+    pay included), the fees and the verification pool; what was slashed went to the
+    harmed consumers and the insurance pool, to the base unit."""
     return (
         not totals.ledger_problems
-        and totals.paid == totals.earned + totals.fees + totals.verification_pool
+        and totals.paid - totals.clawed_back
+        == totals.earned + totals.fees + totals.verification_pool
         and totals.slashed == totals.refunded + totals.insurance_pool
     )

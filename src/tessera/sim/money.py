@@ -5,8 +5,10 @@ group of providers is one provider account whose stake is the sum of its members
 settlement, each group's requests are one hold of the worst case (the batch's prompts and
 twice its expected output at the group's prices) and one capture of the real cost: the
 escrow splits it into the providers' earnings, the protocol fee and the verification
-pool, and returns the rest, exactly as for a live request. A caught cheater's stake is
-slashed through the same code, the harmed consumers refunded first. Members' earnings are
+pool, and returns the rest, exactly as for a live request. An upheld case against a
+member moves money as the gateway's does (``verify.penalties``): the consumer's refund
+clawed back from the member's earnings, then its stake slashed through the group's, the
+slash paying what the clawback did not. Auditors are paid from the verification pool. Members' earnings are
 the group's capture shared by requests served (largest remainder, so they sum exactly).
 
 The book's own invariant check (``Book.check``) runs at the end of every run.
@@ -22,6 +24,7 @@ from tessera.ledger.pricing import Price
 from tessera.ledger.spend_caps import SpendCaps
 from tessera.sim.routing import GroupRouter
 from tessera.sim.world import BASE_UNITS, Ints, Laws, World
+from tessera.verify.penalties import Penalty
 
 CONSUMERS = "consumers"
 KEY = "sim"  # the consumers' API key, as the spend caps see it
@@ -49,7 +52,9 @@ class Money:
         self.caps = SpendCaps()
         self.paid = 0
         self.slashed = 0
-        self.refunded = 0
+        self.refunded = 0  # by slashes
+        self.clawed_back = 0  # refunds out of the cheats' earnings
+        self.auditors_paid = 0
         # Deposits: enough for a week of the largest demand at the dearest price.
         self.book.mint(CONSUMERS, 10**9 * BASE_UNITS, "deposit", 0.0)
         stakes = np.zeros(groups.size, dtype=np.int64)
@@ -81,21 +86,44 @@ class Money:
             self.paid += cost
             earned = self.book.ledger.balance(earnings_of(g.provider_id)) - before
             members = self.members[i][served[self.members[i]] > 0]
-            world.earned[members] += _shares(earned, served[members])
+            world.earned[members] += exact_shares(earned, served[members])
 
-    def slash(
-        self, provider: int, amount: int, refund: int, reference: str, at: float
-    ) -> tuple[int, int]:
-        """Slash a caught member through its group's stake; (taken, refunded)."""
+    def penalise(
+        self, world: World, provider: int, penalty: Penalty, slash: int, reference: str, at: float
+    ) -> int:
+        """An upheld case against a member, in the gateway's order (``verify.penalties``):
+        the consumer's refund clawed back from what the member earned, then ``slash``
+        (the table's share of the member's stake) taken through its group's stake, which
+        pays the consumer what the clawback did not. Returns the stake taken."""
         g = self.groups.groups[int(self.group[provider])]
+        clawed = 0
+        claw = min(penalty.clawback, int(world.earned[provider]))  # its own earnings only
+        if claw > 0:
+            entry = self.book.clawback(g.provider_id, CONSUMERS, claw, f"clawback:{reference}", at)
+            if entry is not None:
+                clawed = sum(p.amount for p in entry.postings if p.amount > 0)
+                world.earned[provider] -= clawed
+        self.clawed_back += clawed
+        if slash <= 0:
+            return 0
         outcome = self.book.slash(
-            g.provider_id, "wrong_model", reference, [(CONSUMERS, refund)], reference, at,
-            amount=amount,
+            g.provider_id, penalty.reason, reference, penalty.owed_after(clawed),
+            f"slash:{reference}", at, amount=slash,
         )  # fmt: skip
-        refunded = sum(pay for _, pay in outcome.to_consumers)
         self.slashed += outcome.taken
-        self.refunded += refunded
-        return outcome.taken, refunded
+        self.refunded += sum(pay for _, pay in outcome.to_consumers)
+        return outcome.taken
+
+    def pay_auditor(
+        self, world: World, auditor: int, amount: int, reference: str, at: float
+    ) -> int:
+        """Pay a member for its audits from the verification pool (what is left of it)."""
+        g = self.groups.groups[int(self.group[auditor])]
+        entry = self.book.pay_auditor(g.provider_id, amount, reference, at) if amount > 0 else None
+        paid = 0 if entry is None else sum(p.amount for p in entry.postings if p.amount > 0)
+        world.earned[auditor] += paid
+        self.auditors_paid += paid
+        return paid
 
     def problems(self, world: World) -> list[str]:
         """The book's own invariant check, and the members' earnings against their groups'."""
@@ -118,10 +146,12 @@ class Money:
             "insurance_pool": ledger.balance(INSURANCE_POOL),
             "slashed": self.slashed,
             "refunded": self.refunded,
+            "clawed_back": self.clawed_back,
+            "auditors_paid": self.auditors_paid,
         }
 
 
-def _shares(total: int, weights: Ints) -> Ints:
+def exact_shares(total: int, weights: Ints) -> Ints:
     """``total`` split in proportion to ``weights``, in integers that sum to it exactly
     (largest remainder)."""
     if weights.size == 0:

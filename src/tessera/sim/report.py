@@ -115,9 +115,18 @@ def seed_figures(run: Run) -> dict[str, Any]:
             "catch_chance_per_request": _r(q),
             "formula_median": None if not q else math.ceil(math.log(0.5) / math.log1p(-q)),
             "seconds_to_catch_median": _median(w.caught_at[caught]),
-            "false_slashes": t.false_slashes,
+            "false_slashes": t.cases.false_slashes,
             "slashed_tokens": _r(t.slashed / BASE_UNITS),
-            "refunded_tokens": _r(t.refunded / BASE_UNITS),
+            "refunded_tokens": _r((t.refunded + t.clawed_back) / BASE_UNITS),
+        },
+        "audits": {
+            "audits": t.cases.audits,
+            "disputes": t.cases.disputes,
+            "upheld": t.cases.upheld,
+            "cleared": t.cases.cleared,
+            "inconclusive": t.cases.inconclusive,
+            "dissents": t.cases.dissents,
+            "auditors_paid_tokens": _r(t.auditors_paid / BASE_UNITS),
         },
         "providers_income": {
             "usd_per_gpu_hour": _r(income / gpu_hours) if gpu_hours else None,
@@ -132,6 +141,8 @@ def seed_figures(run: Run) -> dict[str, Any]:
             "verification_pool": t.verification_pool,
             "slashed": t.slashed,
             "refunded": t.refunded,
+            "clawed_back": t.clawed_back,
+            "auditors_paid": t.auditors_paid,
             "conserved": money_holds(t),
         },
     }  # fmt: skip
@@ -245,7 +256,8 @@ def to_markdown(body: dict[str, Any], plot: str, timeline: str = "") -> str:
         f"| cheaper than self-hosting on {SELF_HOSTED[0]} {SELF_HOSTED[1]} | {ci('cost.cheaper_than_self_hosted', '{:.1%}')} |",
         f"| cheaters caught | {ci('cheaters.caught', '{:.0f}')} of {ci('cheaters.providers', '{:.0f}')} |",
         f"| requests until caught, median (formula) | {ci('cheaters.requests_to_catch_median')} ({ci('cheaters.formula_median')}) |",
-        f"| false slashes of honest providers | {ci('cheaters.false_slashes', '{:.0f}')} |",
+        f"| audits / disputes (first vote failed) / upheld / cleared | {ci('audits.audits', '{:.0f}')} / {ci('audits.disputes', '{:.0f}')} / {ci('audits.upheld', '{:.0f}')} / {ci('audits.cleared', '{:.0f}')} |",
+        f"| false slashes (upheld over a request not cheated) | {ci('cheaters.false_slashes', '{:.0f}')} |",
         f"| provider income, USD per GPU-hour | {ci('providers_income.usd_per_gpu_hour')} |",
         f"| electricity, USD per GPU-hour | {ci('providers_income.electricity_usd_per_gpu_hour')} |",
         f"| honest providers earning less than their electricity | {ci('providers_income.share_below_electricity', '{:.1%}')} |",
@@ -308,7 +320,11 @@ def to_markdown(body: dict[str, Any], plot: str, timeline: str = "") -> str:
         f"![requests until caught]({plot})",
         "",
         "The measured share of cheaters caught within n requests against "
-        "1 − (1 − q)ⁿ, q = audit rate × cheat probability × detection.",
+        "1 − (1 − q)ⁿ, q = audit rate × cheat probability × d(1 − (1 − d)²): an auditor "
+        "fails a cheated request with chance d, and a case is upheld when 2 of 3 do. A "
+        "failed first vote opens a dispute that the gateway's own Case, auditor order, "
+        "penalty order and ban rule decide (verify.disputes, verify.auditors, "
+        "verify.penalties).",
         "",
     ]
     return "\n".join(lines)
@@ -399,11 +415,12 @@ def catch_plot(runs: list[Run]) -> str:
 
 def _catch_chance(run: Run) -> float:
     """The chance one request of an established cheater is caught, at the audit floor:
-    the rate the real policy gives an unblemished record, times cheating, times detection."""
+    the rate the real policy gives an unblemished record, times cheating, times the chance
+    an audit of a cheated request is upheld (2 of 3 auditors: the policy's detection)."""
     s = run.scenario
     policy = audit_policy(s)
     rate = reputation_rate(policy, s.audits.initial_clean_audits, 0)
-    return rate * s.cheaters.cheat_probability * s.cheaters.detection
+    return rate * s.cheaters.cheat_probability * policy.detection
 
 
 def _baselines(utilisation: float) -> tuple[float | None, float | None]:

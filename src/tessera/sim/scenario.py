@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from tessera.market.policy import Policy, PolicyError
+from tessera.verify.disputes import upheld_chance
 from tessera.verify.sampling import AuditPolicy
 
 REGION = re.compile(r"[A-Z]{2}(-[a-z0-9-]{1,30})?")  # as a provider announces it
@@ -69,13 +70,17 @@ class Cheaters:
 
     share: float = 0.0
     cheat_probability: float = 1.0
-    detection: float = 0.95  # an audit of a cheated request is upheld with this chance
-    false_flag: float = 0.0  # an audit of an honest request is upheld with this chance
+    # An auditor's vote fails a cheated request with this chance (each auditor on its
+    # own); a case needs 2 of 3 failing votes (verify.disputes).
+    detection: float = 0.95
+    false_flag: float = 0.0  # an auditor's vote fails a request that was not cheated
 
 
 @dataclass(frozen=True, slots=True)
 class Audits:
-    """The gateway's audit policy (verify.sampling.AuditPolicy) and the stake at risk."""
+    """The gateway's audit policy (verify.sampling.AuditPolicy), its auditor and ban
+    settings (GatewaySettings' defaults), and the stake at risk: ``slash_bps`` is the
+    slashing table's share for ``wrong_model`` (the default table's)."""
 
     probation_audits: int = 20
     half_life_audits: float = 25.0
@@ -83,6 +88,8 @@ class Audits:
     deterrence: float = 2.0
     stake_tokens: int = 10
     slash_bps: int = 5_000
+    auditor_min_clean_audits: int = 20
+    ban_after_failures: int = 2
     # Clean audits every provider has when the run starts: an established network is past
     # probation (a newcomer is audited on every request until probation_audits).
     initial_clean_audits: int = 200
@@ -167,14 +174,16 @@ class Scenario:
 
 
 def audit_policy(scenario: Scenario) -> AuditPolicy:
-    """The gateway's audit policy with the scenario's knobs (detection: its cheaters')."""
+    """The gateway's audit policy with the scenario's knobs; its ``detection`` is the
+    chance an audit of a cheated request ends upheld (2 of 3 auditors, each failing it
+    with the cheaters' ``detection``)."""
     a = scenario.audits
     return AuditPolicy(
         probation_audits=a.probation_audits,
         half_life_audits=a.half_life_audits,
         floor_rate=a.floor_rate,
         deterrence=a.deterrence,
-        detection=scenario.cheaters.detection,
+        detection=upheld_chance(scenario.cheaters.detection, scenario.cheaters.detection),
     )
 
 
@@ -295,8 +304,10 @@ def _check(s: Scenario) -> None:
     share(s.cheaters.cheat_probability, "cheaters.cheat_probability")
     share(s.cheaters.detection, "cheaters.detection")
     share(s.cheaters.false_flag, "cheaters.false_flag")
-    if s.audits.initial_clean_audits < 0 or not 0 <= s.audits.slash_bps <= 10_000:
-        raise ScenarioError("audits.initial_clean_audits >= 0, audits.slash_bps in 0..10000")
+    if s.audits.initial_clean_audits < 0 or not 0 < s.audits.slash_bps <= 10_000:
+        raise ScenarioError("audits.initial_clean_audits >= 0, audits.slash_bps in 1..10000")
+    if s.audits.auditor_min_clean_audits < 0 or s.audits.ban_after_failures < 1:
+        raise ScenarioError("audits.auditor_min_clean_audits >= 0, audits.ban_after_failures >= 1")
     if min(s.churn.session_mean_s, s.churn.downtime_mean_s) <= 0:
         raise ScenarioError("churn means must be positive")
     _check_gateway(s.gateway)

@@ -1,0 +1,70 @@
+"""The simulator's audits follow the gateway's rules: 2-of-3 disputes, the penalty's
+order, bans, auditor pay and the settings' defaults."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+from tessera.config import GatewaySettings
+from tessera.ledger.slashing_table import SlashingTable
+from tessera.sim.audits import audit_rules
+from tessera.sim.engine import money_holds, run
+from tessera.sim.scenario import Audits, Churn, load
+from tessera.verify.disputes import upheld_chance
+
+
+def test_the_audit_settings_default_to_the_gateways() -> None:
+    gateway = GatewaySettings()
+    audits = Audits()
+    assert audits.auditor_min_clean_audits == gateway.auditor_min_clean_audits
+    assert audits.ban_after_failures == gateway.ban_after_failures
+    rules = audit_rules(load("baseline"))
+    assert rules.slashing.public() == SlashingTable().public()  # the default table
+
+
+def test_honest_providers_misjudged_are_cleared_by_two_of_three() -> None:
+    """No cheaters, each auditor failing an honest request with chance f: disputes are f
+    of the audits, and a dispute is upheld with chance 1 - (1 - f)^2 (not f): the false
+    slashes the 2-of-3 rule leaves. Both inside a binomial 99.9 % band."""
+    base = load("cheaters")
+    f = 0.05
+    scenario = dataclasses.replace(
+        base,
+        cheaters=dataclasses.replace(base.cheaters, share=0.0, false_flag=f),
+        churn=Churn(10**9, 1.0, 1.0, 2.5),
+        demand=dataclasses.replace(base.demand, sampled_requests_per_s=1.0),
+    )
+    result = run(scenario, seed=3, providers=3_000, hours=0.1)
+    cases = result.totals.cases
+    assert cases.audits > 2_000
+    band = 3.3 * math.sqrt(f * (1 - f) / cases.audits)
+    assert abs(cases.disputes / cases.audits - f) <= band
+    decided = cases.upheld + cases.cleared
+    assert cases.inconclusive == cases.disputes - decided
+    assert decided > 0.95 * cases.disputes  # auditors were found for nearly every case
+    p = upheld_chance(1.0, f)
+    assert abs(cases.upheld / decided - p) <= 3.3 * math.sqrt(p * (1 - p) / decided) + 0.005
+    assert cases.false_slashes == cases.upheld  # nobody cheated: every slash was false
+    # Every cleared case leaves its first auditor dissenting; an upheld one may too.
+    assert cases.dissents >= cases.cleared
+    assert money_holds(result.totals)
+
+
+def test_penalties_claw_back_first_pay_auditors_and_conserve_money() -> None:
+    base = load("cheaters")
+    scenario = dataclasses.replace(
+        base,
+        cheaters=dataclasses.replace(base.cheaters, share=0.2),
+        demand=dataclasses.replace(base.demand, sampled_requests_per_s=1.0),
+    )
+    result = run(scenario, seed=2, providers=3_000, hours=0.1)
+    t = result.totals
+    w = result.world
+    assert t.cases.upheld > 0 and t.slashed > 0
+    assert t.clawed_back > 0  # the consumer's refund came out of earnings first
+    assert t.auditors_paid > 0  # paid from the verification pool
+    # Every upheld case bans (the table's wrong_model rule says so): caught cheaters
+    # serve no more.
+    assert (w.banned == (w.failed_audits > 0)).all()
+    assert money_holds(t) and t.ledger_problems == []
