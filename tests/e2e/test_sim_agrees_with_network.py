@@ -73,7 +73,7 @@ def test_the_simulator_routes_and_charges_as_the_real_network(
         gpus=cards,
         regions=(Region("US-east", 1.0, 1.0, 1.0, 39.0, -77.5),),
         churn=Churn(10**9, 1.0, 1.0, 2.5),
-        cheaters=dataclasses.replace(base_scenario.cheaters, share=0.0),
+        cheaters=(),
         audits=dataclasses.replace(base_scenario.audits, initial_clean_audits=0),
         demand=dataclasses.replace(
             base_scenario.demand,

@@ -31,7 +31,8 @@ def test_honest_providers_misjudged_are_cleared_by_two_of_three() -> None:
     f = 0.05
     scenario = dataclasses.replace(
         base,
-        cheaters=dataclasses.replace(base.cheaters, share=0.0, false_flag=f),
+        cheaters=(),
+        audits=dataclasses.replace(base.audits, false_flag=f),
         churn=Churn(10**9, 1.0, 1.0, 2.5),
         demand=dataclasses.replace(base.demand, sampled_requests_per_s=1.0),
     )
@@ -55,7 +56,7 @@ def test_penalties_claw_back_first_pay_auditors_and_conserve_money() -> None:
     base = load("cheaters")
     scenario = dataclasses.replace(
         base,
-        cheaters=dataclasses.replace(base.cheaters, share=0.2),
+        cheaters=tuple(dataclasses.replace(c, share=c.share * 2) for c in base.cheaters),
         demand=dataclasses.replace(base.demand, sampled_requests_per_s=1.0),
     )
     result = run(scenario, seed=2, providers=3_000, hours=0.1)
@@ -64,7 +65,8 @@ def test_penalties_claw_back_first_pay_auditors_and_conserve_money() -> None:
     assert t.cases.upheld > 0 and t.slashed > 0
     assert t.clawed_back > 0  # the consumer's refund came out of earnings first
     assert t.auditors_paid > 0  # paid from the verification pool
-    # Every upheld case bans (the table's wrong_model rule says so): caught cheaters
-    # serve no more.
-    assert (w.banned == (w.failed_audits > 0)).all()
+    # Every upheld case and every refused forged receipt bans (the table's rules say so):
+    # caught cheaters serve no more.
+    assert (w.banned == (w.caught_after >= 0)).all()
+    assert t.cases.receipts_refused > 0 and t.cases.upheld > 0
     assert money_holds(t) and t.ledger_problems == []

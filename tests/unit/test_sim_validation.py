@@ -44,35 +44,43 @@ def test_long_run_availability_is_the_renewal_share() -> None:
 
 
 def test_cheaters_are_caught_as_the_formula_says() -> None:
-    """Established cheaters audited at the floor rate p, cheating with chance c, each
-    auditor failing a cheated request with chance d and a case upheld by 2 of 3:
-    P(caught within n) = 1 - (1 - p c d (1 - (1 - d)^2))^n, inside the binomial 99.9 %
-    band at several n."""
+    """Established cheaters of each kind, cheating with chance c. Audited kinds, at the
+    floor rate p, each auditor failing a cheated request with chance d and a case upheld
+    by 2 of 3: P(caught within n) = 1 - (1 - p c d (1 - (1 - d)^2))^n. Forged receipts,
+    each checked: 1 - (1 - c)^n. Inside the binomial 99.9 % band at several n."""
     base = load("cheaters")
+    kinds = tuple(dataclasses.replace(c, share=c.share * 1.5) for c in base.cheaters)
+    assert {c.kind for c in kinds} == {"wrong_model", "tampered_output", "forged_receipt"}
     scenario = dataclasses.replace(
         base,
-        cheaters=dataclasses.replace(base.cheaters, share=0.3, false_flag=0.0),
+        cheaters=kinds,
+        audits=dataclasses.replace(base.audits, false_flag=0.0),
         churn=Churn(10**9, 1.0, 1.0, 2.5),  # nobody leaves: every cheater keeps serving
         demand=dataclasses.replace(base.demand, sampled_requests_per_s=1.0),
     )
     result = run(scenario, seed=5, providers=6_000, hours=0.15)
     w = result.world
-    total = int(w.cheat.sum())
-    served = w.requests[w.cheat]
-    d = scenario.cheaters.detection
-    q = scenario.audits.floor_rate * scenario.cheaters.cheat_probability * d * (1 - (1 - d) ** 2)
-    after = w.caught_after[w.cheat]
-    for n in (5, 20, 50, 100):
-        # Among the cheaters exposed to n requests (served n, or caught by then): the
-        # router sends an expensive card little work, so not every cheater reaches n.
-        within = (after >= 0) & (after <= n)
-        exposed = int((within | (served >= n)).sum())
-        assert exposed > 0.8 * total
-        expected = 1 - (1 - q) ** n
-        seen = float(within.sum()) / exposed
-        band = 3.3 * math.sqrt(expected * (1 - expected) / exposed)
-        assert abs(seen - expected) <= band + 0.005, (n, seen, expected)
+    for index, kind in enumerate(kinds):
+        mine = w.cheat_kind == index
+        total = int(mine.sum())
+        served = w.requests[mine]
+        c, d = kind.cheat_probability, kind.detection
+        q = scenario.audits.floor_rate * c * d * (1 - (1 - d) ** 2) if kind.audited else c
+        after = w.caught_after[mine]
+        for n in (5, 20, 50, 100):
+            # Among the cheaters exposed to n requests (served n, or caught by then): the
+            # router sends an expensive card little work, so not every cheater reaches n.
+            within = (after >= 0) & (after <= n)
+            exposed = int((within | (served >= n)).sum())
+            assert exposed > 0.8 * total
+            expected = 1 - (1 - q) ** n
+            seen = float(within.sum()) / exposed
+            band = 3.3 * math.sqrt(expected * (1 - expected) / exposed)
+            assert abs(seen - expected) <= band + 0.005, (kind.kind, n, seen, expected)
     assert result.totals.cases.false_slashes == 0 and money_holds(result.totals)
+    # Each forger is caught by its first refused receipt, and banned: refused once.
+    forgers_caught = int(((w.cheat_kind == 2) & (w.caught_after >= 0)).sum())
+    assert result.totals.cases.receipts_refused == forgers_caught > 0
 
 
 def test_retries_succeed_as_one_minus_failure_to_the_attempts() -> None:
@@ -166,7 +174,11 @@ def test_the_command_writes_the_same_report_twice(tmp_path: Path) -> None:
      ({"sla_uptime": 1.5}, "sla_uptime must lie in [0, 1]"),
      ({"demand": {"policy": {"regions_allow": ["atlantis"]}}}, "demand.policy"),
      ({"events": [{"kind": "meteor", "start_s": 0, "duration_s": 1}]}, "not a known event"),
-     ({"gpus": []}, "gpus must add up to 1")],
+     ({"gpus": []}, "gpus must add up to 1"),
+     ({"cheaters": [{"kind": "bribery", "share": 0.1}]}, "'bribery' is not one of"),
+     ({"cheaters": [{"share": 0.7}, {"kind": "forged_receipt", "share": 0.4}]}, "at most 1"),
+     ({"cheaters": {"share": 0.1, "false_flag": 0.01}}, "moved to audits.false_flag"),
+     ({"cheaters": {"share": 0.1, "detection": 0.0}}, "must be above 0")],
 )  # fmt: skip
 def test_a_bad_scenario_is_refused_with_its_field(change: dict[str, object], message: str) -> None:
     import tomllib
@@ -176,7 +188,7 @@ def test_a_bad_scenario_is_refused_with_its_field(change: dict[str, object], mes
         resources.files("tessera.sim").joinpath("scenarios/baseline.toml").read_text()
     )
     for key, value in change.items():
-        if isinstance(value, dict):
+        if isinstance(value, dict) and isinstance(raw.get(key), dict):
             raw[key] = {**raw[key], **value}
         else:
             raw[key] = value
@@ -226,7 +238,7 @@ def test_littles_law_holds_between_the_fluid_and_the_sampled_requests() -> None:
         base,
         gpus=(card,),
         churn=Churn(10**9, 1.0, 1.0, 2.5),
-        cheaters=dataclasses.replace(base.cheaters, share=0.0),
+        cheaters=(),
         demand=dataclasses.replace(base.demand, requests_per_s=300_000.0,
                                    sampled_requests_per_s=2_000.0),
     )  # fmt: skip

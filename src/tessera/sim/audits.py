@@ -1,22 +1,29 @@
-"""Audits, disputes and penalties in the simulator, by the gateway's own rules.
+"""Receipts, audits, disputes and penalties in the simulator, by the gateway's own rules.
+
+Cheaters come in the kinds the network checks (``scenario.CHEAT_KINDS``). A forged
+receipt is refused by the gateway's check of every receipt: the request is not charged,
+and the provider is penalised as the verifier does it (``verify.penalties``: no consumer
+to refund, the slashing table's share, a ban by the rule). The other kinds are caught by
+audits:
 
 Every settlement, each provider's requests are audited at the rate the gateway's policy
 gives its record (``verify.sampling.audit_rates``, the batch form of ``audit_rate``, with
 ``verify.penalties.cheat_exposures`` as what a caught cheat loses). An audit's first vote
-fails a request the provider cheated on with the scenario's ``detection`` chance, and
-any request with its ``false_flag`` chance; those audits are counted in bulk (a clean
-audit passes). A failed first vote opens a dispute, followed one by one through the real
-``verify.disputes.Case``: the auditors are the ones ``verify.auditors.auditor_order``
-picks from a sample of online providers (``CANDIDATES``), each later vote failing the
-request with the same chances (an auditor that cheats answers the audit with its own
-substitute, failing it, with its ``cheat_probability``), and ``verify.penalties.close``
-says what the closed case does: a clean record for a cleared case, and for an upheld one
-the failure, the penalty in the gateway's order (clawback, then the slashing table's share
-of the member's stake), and a ban when ``bans`` says so. Auditors are paid
-``auditor_pay`` per audit from the verification pool.
+fails a request the provider cheated on with its kind's ``detection`` chance, and any
+other request with the audits' ``false_flag`` chance; those audits are counted in bulk
+(a clean audit passes). A failed first vote opens a dispute, followed one by one through
+the real ``verify.disputes.Case``: the auditors are the ones ``verify.auditors.
+auditor_order`` picks from a sample of online providers (``CANDIDATES``), each later vote
+failing the request with the same chances (an auditor that substitutes models answers the
+audit with its own substitute, failing it, as often as it cheats), and
+``verify.penalties.close`` says what the closed case does: a clean record for a cleared
+case, and for an upheld one the failure, the penalty in the gateway's order (clawback,
+then the slashing table's share of the member's stake), and a ban when ``bans`` says so.
+Auditors are paid ``auditor_pay`` per audit from the verification pool.
 
 What the bulk first vote leaves out: the first auditor is taken to be honest (a cheating
-auditor's vote is modelled from the second on).
+auditor's vote is modelled from the second on). Penalties land at the settlement's end,
+as in the rest of the simulator (engine.SETTLE_S).
 """
 
 from __future__ import annotations
@@ -28,7 +35,7 @@ import numpy as np
 from tessera.ledger.slashing_table import DEFAULT_RULES, SlashingTable
 from tessera.sim.money import CONSUMERS, Money, exact_shares
 from tessera.sim.scenario import Scenario
-from tessera.sim.world import Ints, Laws, World
+from tessera.sim.world import Bools, Floats, Ints, Laws, World
 from tessera.verify.auditors import Candidate, auditor_order
 from tessera.verify.disputes import Case, upheld_chance
 from tessera.verify.penalties import (
@@ -46,7 +53,6 @@ from tessera.verify.scoring import WRONG_MODEL, Verdict
 CANDIDATES = 24  # online providers drawn to find a case's auditors
 PAID_AUDITORS = 8  # a settlement's audits are shared by the first this many in order
 PASSED = Verdict(True, None, (), {})
-FAILED = Verdict(False, WRONG_MODEL, (), {})
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,13 +75,75 @@ class Counts:
     inconclusive: int = 0
     dissents: int = 0
     false_slashes: int = 0  # upheld over a request that was not cheated
+    receipts_refused: int = 0  # forged receipts the gateway's check refused
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class Cheating:
-    share_cheated: float  # of a cheater's requests
-    detection: float  # an auditor's vote fails a cheated request
+    """The scenario's kinds of cheating as arrays indexed by ``world.cheat_kind + 1``
+    (0: an honest provider)."""
+
+    probability: Floats  # the share of its requests a provider cheats on
+    detection: Floats  # an auditor's vote fails a cheated request (audited kinds)
+    audited: Bools  # caught by audits (else by the receipt check)
+    reasons: tuple[str, ...]  # the slashing table's reason ("" for honest)
     false_flag: float  # an auditor's vote fails a request that was not cheated
+
+
+def cheating_of(scenario: Scenario) -> Cheating:
+    kinds = scenario.cheaters
+    return Cheating(
+        probability=np.array([0.0, *(c.cheat_probability for c in kinds)]),
+        detection=np.array([0.0, *(c.detection for c in kinds)]),
+        audited=np.array([False, *(c.audited for c in kinds)]),
+        reasons=("", *(c.kind for c in kinds)),
+        false_flag=scenario.audits.false_flag,
+    )
+
+
+def receipts(
+    world: World, cheating: Cheating, busy: Ints, served: Ints, rng: np.random.Generator
+) -> Ints:
+    """The gateway checks every receipt: for each provider ``busy[k]`` that forges them,
+    the request (1-based, among ``served[k]``) whose forged receipt is refused, or 0 when
+    none was sent. A refused request is not charged (the gateway releases its hold)."""
+    kind = world.cheat_kind[busy].astype(np.int64) + 1
+    forges = ~cheating.audited[kind] & (kind > 0) & (served > 0)
+    caught = np.zeros(busy.size, dtype=np.int64)
+    if forges.any():
+        first = rng.geometric(np.maximum(cheating.probability[kind[forges]], 1e-12))
+        caught[forges] = np.where(first <= served[forges], first, 0)
+    return caught
+
+
+def penalise_receipts(
+    world: World,
+    rules: Rules,
+    cheating: Cheating,
+    money: Money,
+    busy: Ints,
+    served: Ints,
+    refused: Ints,
+    now: float,
+    settlement: int,
+    counts: Counts,
+) -> None:
+    """A refused forged receipt, as the gateway's verifier takes it: no consumer to refund
+    (nothing was charged), the table's slash, and a ban when the rule says so."""
+    for k in np.flatnonzero(refused):
+        provider = int(busy[k])
+        reason = cheating.reasons[int(world.cheat_kind[provider]) + 1]
+        counts.receipts_refused += 1
+        if world.caught_after[provider] < 0:
+            world.caught_after[provider] = int(world.requests[provider] - served[k] + refused[k])
+            world.caught_at[provider] = now
+        slash = rules.slashing.amount(reason, int(world.stake[provider]))
+        reference = f"receipt:{settlement}:{provider}"
+        penalty = penalty_for(reason, None, 0, 0)
+        world.stake[provider] -= money.penalise(world, provider, penalty, slash, reference, now)
+        rule = rules.slashing.rule(reason)
+        if bans(rule, int(world.failed_audits[provider]), rules.ban_after_failures):
+            world.banned[provider] = True
 
 
 def audit(
@@ -100,14 +168,14 @@ def audit(
     loss = cheat_exposures(rules.slashing, world.stake[busy], earned)
     rates = audit_rates(policy, world.clean_audits[busy], world.failed_audits[busy], earned, loss)
     audits = rng.binomial(served, rates)
-    cheats = world.cheat[busy]
-    c = cheating
-    cheated_and_seen = np.where(cheats, c.share_cheated * c.detection, 0.0)
-    misjudged = np.where(cheats, 1.0 - c.share_cheated, 1.0) * c.false_flag
+    kind = world.cheat_kind[busy].astype(np.int64) + 1
+    share = cheating.probability[kind]
+    audited = cheating.audited[kind]
+    cheated_and_seen = np.where(audited, share * cheating.detection[kind], 0.0)
+    misjudged = (1.0 - share) * cheating.false_flag
     first_fails = cheated_and_seen + misjudged
     disputed = rng.binomial(audits, first_fails)
     world.clean_audits[busy] += audits - disputed
-    world.requests[busy] += served
     counts.audits += int(audits.sum())
     _pay_auditors(world, law, rules, money, int(audits.sum()), tokens, now, settlement, rng)
     for k in np.flatnonzero(disputed):
@@ -119,7 +187,7 @@ def audit(
             if world.banned[provider]:
                 break  # banned at an earlier case: the rest were not served by it
             cheated = bool(rng.random() < cheated_share)
-            closed = _dispute(world, rules, c, provider, cheated, now, rng)
+            closed = _dispute(world, rules, cheating, provider, cheated, now, rng)
             _apply(world, rules, money, closed, provider, cheated, int(cost[k]),
                    int(earned[k]), int(world.requests[provider] - served[k] + position),
                    f"audit:{settlement}:{provider}:{position}", now, counts)  # fmt: skip
@@ -157,7 +225,14 @@ def _dispute(
     now: float,
     rng: np.random.Generator,
 ) -> Closed:
-    """One disputed request's case, vote by vote, through the real ``Case``."""
+    """One disputed request's case, vote by vote, through the real ``Case``: an honest
+    auditor fails a cheated request with its kind's detection and any other with the
+    false-flag chance; an auditor that substitutes models answers with its own
+    substitute as often as it cheats, failing the request."""
+    kind = int(world.cheat_kind[provider]) + 1
+    reason = c.reasons[kind] if cheated else WRONG_MODEL
+    failed = Verdict(False, reason, (), {})
+    honest_fail = float(c.detection[kind]) if cheated else c.false_flag
     case = Case(f"sim-{provider}", str(provider), "sim")
     order = auditor_order(
         _candidates(world, provider, now, rng), rules.auditor_min_clean_audits, rng
@@ -168,10 +243,10 @@ def _dispute(
         if number == 0:
             fails = True  # the bulk first vote that opened the dispute
         else:
-            honest_fail = c.detection if cheated else c.false_flag
-            own_cheat = c.share_cheated if world.cheat[int(auditor)] else 0.0
-            fails = bool(rng.random() < own_cheat + (1.0 - own_cheat) * honest_fail)
-        case.add(auditor, FAILED if fails else PASSED)
+            theirs = int(world.cheat_kind[int(auditor)]) + 1
+            own = float(c.probability[theirs]) if c.reasons[theirs] == WRONG_MODEL else 0.0
+            fails = bool(rng.random() < own + (1.0 - own) * honest_fail)
+        case.add(auditor, failed if fails else PASSED)
     return close(case)
 
 

@@ -45,7 +45,16 @@ import numpy as np
 from tessera.ledger.pricing import Price
 from tessera.market.admission import WaitingRoom, room_left
 from tessera.market.load_shedding import LoadGauge, starts
-from tessera.sim.audits import Cheating, Counts, Rules, audit, audit_rules
+from tessera.sim.audits import (
+    Cheating,
+    Counts,
+    Rules,
+    audit,
+    audit_rules,
+    cheating_of,
+    penalise_receipts,
+    receipts,
+)
 from tessera.sim.money import Money
 from tessera.sim.routing import GroupRouter
 from tessera.sim.scenario import Gateway, Scenario, audit_policy
@@ -255,6 +264,7 @@ def run(
     law = laws(scenario)
     policy = audit_policy(scenario)
     rules = audit_rules(scenario)
+    cheating = cheating_of(scenario)
     demand = scenario.demand
     groups = GroupRouter(scenario, law, seed)
     group = groups.group_of(world)
@@ -339,7 +349,7 @@ def run(
         totals.served_tps += served_per_s * mean_output
         if (i + 1) % settle_every == 0 or i == steps - 1:
             settled = rng.poisson(expected)  # a sum of Poisson counts is Poisson
-            _money_and_audits(world, law, scenario, policy, rules, money, i, settled, tokens,
+            _money_and_audits(world, law, policy, rules, cheating, money, i, settled, tokens,
                               now, rng, totals)  # fmt: skip
             expected[:] = 0.0
         events += n
@@ -458,9 +468,9 @@ def _events(scenario: Scenario, now: float) -> tuple[float, int, float]:
 def _money_and_audits(
     world: World,
     law: Laws,
-    scenario: Scenario,
     policy: AuditPolicy,
     rules: Rules,
+    cheating: Cheating,
     money: Money,
     settlement: int,
     served: np.ndarray,
@@ -469,23 +479,28 @@ def _money_and_audits(
     rng: np.random.Generator,
     totals: Totals,
 ) -> None:
-    """Charge the served requests through the ledger, then audit them at the real rate;
-    disputes and penalties follow the gateway's rules (sim/audits.py)."""
+    """Check receipts, charge the served requests through the ledger (a refused forged
+    receipt is not charged), then audit them at the real rate; disputes and penalties
+    follow the gateway's rules (sim/audits.py)."""
     busy = np.flatnonzero(served)
     if busy.size == 0:
         return
     n_req = served[busy].astype(np.int64)
+    refused = receipts(world, cheating, busy, n_req, rng)
+    charged = served.copy()
+    charged[busy] -= refused > 0
     gpu = world.gpu[busy]
     prompt, output = tokens
-    money.settle(settlement, served, world, prompt, output, now)
+    money.settle(settlement, charged, world, prompt, output, now)
     totals.requests += int(n_req.sum())
     totals.output_tokens += int(n_req.sum()) * output
+    world.requests[busy] += n_req
+    penalise_receipts(world, rules, cheating, money, busy, n_req, refused, now, settlement,
+                      totals.cases)  # fmt: skip
     # What one request costs its consumer and earns its provider (base units).
     cost = np.array([Price(int(law.price_in[g]), int(law.price_out[g])).cost(prompt, output)
                      for g in range(len(law.price_out))], dtype=np.int64)[gpu]  # fmt: skip
     earned_each = cost - cost * money.book.policy.fees.fee_bps // 10_000
-    c = scenario.cheaters
-    cheating = Cheating(c.cheat_probability, c.detection, c.false_flag)
     audit(world, law, policy, rules, cheating, money, busy, n_req, cost, earned_each,
           prompt + output, now, settlement, rng, totals.cases)  # fmt: skip
 

@@ -18,6 +18,7 @@ import numpy as np
 from tessera.sim.engine import Run, money_holds
 from tessera.sim.scenario import audit_policy
 from tessera.sim.world import BASE_UNITS
+from tessera.verify.disputes import upheld_chance
 from tessera.verify.sampling import reputation_rate
 
 # Student's t for a two-sided 95 % interval, by degrees of freedom (seeds - 1).
@@ -54,8 +55,6 @@ def seed_figures(run: Run) -> dict[str, Any]:
     count = max(1, len(ok))
     cheaters = w.cheat
     caught = cheaters & (w.caught_after >= 0)
-    requests_to_catch = w.caught_after[caught]
-    q = _catch_chance(run)
     tokens_usd = t.paid / BASE_UNITS * s.token_usd
     per_mtok = tokens_usd / t.output_tokens * 1e6 if t.output_tokens else None
     serverless, self_hosted = _baselines(t.served_tps / max(t.capacity_tps, 1e-9))
@@ -110,11 +109,8 @@ def seed_figures(run: Run) -> dict[str, Any]:
         "cheaters": {
             "providers": int(cheaters.sum()),
             "caught": int(caught.sum()),
-            "requests_to_catch_median": _median(requests_to_catch),
-            "requests_to_catch_p90": _pct(requests_to_catch, 90),
-            "catch_chance_per_request": _r(q),
-            "formula_median": None if not q else math.ceil(math.log(0.5) / math.log1p(-q)),
-            "seconds_to_catch_median": _median(w.caught_at[caught]),
+            "by_kind": {c.kind: _kind(run, i) for i, c in enumerate(s.cheaters)},
+            "receipts_refused": t.cases.receipts_refused,
             "false_slashes": t.cases.false_slashes,
             "slashed_tokens": _r(t.slashed / BASE_UNITS),
             "refunded_tokens": _r((t.refunded + t.clawed_back) / BASE_UNITS),
@@ -255,7 +251,10 @@ def to_markdown(body: dict[str, Any], plot: str, timeline: str = "") -> str:
         f"| cheaper than serverless ({SERVERLESS[0]} {SERVERLESS[1]}) | {ci('cost.cheaper_than_serverless', '{:.1%}')} |",
         f"| cheaper than self-hosting on {SELF_HOSTED[0]} {SELF_HOSTED[1]} | {ci('cost.cheaper_than_self_hosted', '{:.1%}')} |",
         f"| cheaters caught | {ci('cheaters.caught', '{:.0f}')} of {ci('cheaters.providers', '{:.0f}')} |",
-        f"| requests until caught, median (formula) | {ci('cheaters.requests_to_catch_median')} ({ci('cheaters.formula_median')}) |",
+        *(
+            f"| {kind}: requests until caught, median (formula) | {ci(f'cheaters.by_kind.{kind}.requests_to_catch_median')} ({ci(f'cheaters.by_kind.{kind}.formula_median')}) |"
+            for kind in body["summary"].get("cheaters", {}).get("by_kind", {})
+        ),
         f"| audits / disputes (first vote failed) / upheld / cleared | {ci('audits.audits', '{:.0f}')} / {ci('audits.disputes', '{:.0f}')} / {ci('audits.upheld', '{:.0f}')} / {ci('audits.cleared', '{:.0f}')} |",
         f"| false slashes (upheld over a request not cheated) | {ci('cheaters.false_slashes', '{:.0f}')} |",
         f"| provider income, USD per GPU-hour | {ci('providers_income.usd_per_gpu_hour')} |",
@@ -319,9 +318,11 @@ def to_markdown(body: dict[str, Any], plot: str, timeline: str = "") -> str:
         "",
         f"![requests until caught]({plot})",
         "",
-        "The measured share of cheaters caught within n requests against "
-        "1 − (1 − q)ⁿ, q = audit rate × cheat probability × d(1 − (1 − d)²): an auditor "
-        "fails a cheated request with chance d, and a case is upheld when 2 of 3 do. A "
+        "The measured share of each kind of cheater caught within n requests against "
+        "1 − (1 − q)ⁿ. For the audited kinds, q = audit rate × cheat probability × "
+        "d(1 − (1 − d)²): an auditor fails a cheated request with chance d, and a case is "
+        "upheld when 2 of 3 do; a forged receipt is refused whenever one is sent (q = its "
+        "cheat probability), by the gateway's receipt check on every request. A "
         "failed first vote opens a dispute that the gateway's own Case, auditor order, "
         "penalty order and ban rule decide (verify.disputes, verify.auditors, "
         "verify.penalties).",
@@ -371,14 +372,22 @@ def timeline_plot(body: dict[str, Any]) -> str:
     )
 
 
+COLOURS = ("#14213d", "#2a9d8f", "#e76f51", "#6a4c93")
+
+
 def catch_plot(runs: list[Run]) -> str:
-    """SVG: the share of cheaters caught within n requests, measured and by formula."""
-    caught = np.concatenate([r.world.caught_after[r.world.cheat & (r.world.caught_after >= 0)]
-                             for r in runs])  # fmt: skip
-    total = sum(int(r.world.cheat.sum()) for r in runs)
-    q = _catch_chance(runs[0])
+    """SVG: per kind of cheater, the share caught within n requests, measured (solid)
+    and by the formula 1 - (1 - q)^n (dashed)."""
+    kinds = runs[0].scenario.cheaters
+    caught = [
+        np.concatenate([r.world.caught_after[(r.world.cheat_kind == i) & (r.world.caught_after >= 0)]
+                        for r in runs])
+        for i in range(len(kinds))
+    ]  # fmt: skip
+    totals = [sum(int((r.world.cheat_kind == i).sum()) for r in runs) for i in range(len(kinds))]
+    everything = np.concatenate(caught) if caught else np.zeros(0)
     width, height, pad = 560, 260, 40
-    top = max(10, int(np.percentile(caught, 99)) if caught.size else 10)
+    top = max(10, int(np.percentile(everything, 99)) if everything.size else 10)
     xs = np.linspace(0, top, 60)
 
     def x(v: float) -> float:
@@ -386,9 +395,6 @@ def catch_plot(runs: list[Run]) -> str:
 
     def y(v: float) -> float:
         return height - pad - (height - 2 * pad) * v
-
-    measured = [(x(n), y(float((caught <= n).sum()) / max(total, 1))) for n in xs]
-    formula = [(x(n), y(1 - (1 - q) ** n)) for n in xs] if q else []
 
     def line(points: list[tuple[float, float]], colour: str, dash: str = "") -> str:
         if not points:
@@ -398,29 +404,61 @@ def catch_plot(runs: list[Run]) -> str:
             f'<polyline fill="none" stroke="{colour}" stroke-width="2" {dash} points="{coords}"/>'
         )
 
+    drawn = ""
+    for i, kind in enumerate(kinds):
+        colour = COLOURS[i % len(COLOURS)]
+        q = _catch_chance(runs[0], i)
+        measured = [(x(n), y(float((caught[i] <= n).sum()) / max(totals[i], 1))) for n in xs]
+        formula = [(x(n), y(1 - (1 - q) ** n)) for n in xs] if q else []
+        drawn += line(measured, colour) + line(formula, colour, 'stroke-dasharray="5,4"')
+        drawn += (
+            f'<text x="{width - pad}" y="{y(0.05 + 0.08 * i)}" text-anchor="end" '
+            f'fill="{colour}">{kind.kind}</text>'
+        )
     return (
         f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
         f'font-family="sans-serif" font-size="11"><rect width="{width}" height="{height}" fill="#fff"/>'
         f'<line x1="{pad}" y1="{y(0)}" x2="{width - pad}" y2="{y(0)}" stroke="#999"/>'
         f'<line x1="{pad}" y1="{y(0)}" x2="{pad}" y2="{y(1)}" stroke="#999"/>'
-        f'<text x="{pad}" y="{y(1) - 6}">share caught</text>'
+        f'<text x="{pad}" y="{y(1) - 6}">share caught (solid: measured; dashed: 1 − (1 − q)ⁿ)</text>'
         f'<text x="{width - pad}" y="{height - 10}" text-anchor="end">requests served ({top})</text>'
-        + line(measured, "#14213d")
-        + line(formula, "#fca311", 'stroke-dasharray="5,4"')
-        + f'<text x="{width - pad}" y="{y(0.1)}" text-anchor="end" fill="#14213d">measured</text>'
-        f'<text x="{width - pad}" y="{y(0.2)}" text-anchor="end" fill="#c07a00">1 − (1 − q)ⁿ</text>'
-        "</svg>\n"
+        + drawn
+        + "</svg>\n"
     )
 
 
-def _catch_chance(run: Run) -> float:
-    """The chance one request of an established cheater is caught, at the audit floor:
-    the rate the real policy gives an unblemished record, times cheating, times the chance
-    an audit of a cheated request is upheld (2 of 3 auditors: the policy's detection)."""
+def _kind(run: Run, index: int) -> dict[str, Any]:
+    """How the cheaters of one kind fared: caught, and after how many requests, against
+    the formula."""
+    w = run.world
+    mine = w.cheat_kind == index
+    caught = mine & (w.caught_after >= 0)
+    requests_to_catch = w.caught_after[caught]
+    q = _catch_chance(run, index)
+    return {
+        "providers": int(mine.sum()),
+        "caught": int(caught.sum()),
+        "requests_to_catch_median": _median(requests_to_catch),
+        "requests_to_catch_p90": _pct(requests_to_catch, 90),
+        "catch_chance_per_request": _r(q),
+        "formula_median": None if not q else math.ceil(math.log(0.5) / math.log1p(-q)),
+        "seconds_to_catch_median": _median(w.caught_at[caught]),
+    }
+
+
+def _catch_chance(run: Run, index: int) -> float:
+    """The chance one request of an established cheater of the kind is caught. Audited
+    kinds: the rate the real policy gives an unblemished record, at the audit floor, times
+    cheating, times the chance an audit of a cheated request is upheld (2 of 3 auditors,
+    each with the kind's detection d: d(1 - (1 - d)^2)). A forged receipt: every one is
+    checked, so the chance it is sent."""
     s = run.scenario
+    kind = s.cheaters[index]
+    if not kind.audited:
+        return kind.cheat_probability
     policy = audit_policy(s)
     rate = reputation_rate(policy, s.audits.initial_clean_audits, 0)
-    return rate * s.cheaters.cheat_probability * policy.detection
+    return rate * kind.cheat_probability * upheld_chance(kind.detection, kind.detection)
 
 
 def _baselines(utilisation: float) -> tuple[float | None, float | None]:

@@ -64,16 +64,29 @@ class Churn:
     downtime_shape: float
 
 
+# The ways to cheat the network checks, by the slashing table's reason: substituting a
+# cheaper model (caught by audits, statistically), output or token counts the model did
+# not produce (caught by audits, exactly), and a forged receipt (caught by the gateway's
+# receipt check on every request, not by sampling).
+CHEAT_KINDS = ("wrong_model", "tampered_output", "forged_receipt")
+AUDITED_KINDS = ("wrong_model", "tampered_output")
+
+
 @dataclass(frozen=True, slots=True)
 class Cheaters:
-    """A share of providers that substitute a cheaper model on a share of requests."""
+    """A share of providers that cheat one way (``kind``, one of CHEAT_KINDS) on a share
+    of their requests. ``detection``: the chance one auditor's vote fails a cheated
+    request (each auditor on its own; a case needs 2 of 3 failing votes, see
+    verify.disputes); a forged receipt is caught whenever one is sent."""
 
+    kind: str = "wrong_model"
     share: float = 0.0
     cheat_probability: float = 1.0
-    # An auditor's vote fails a cheated request with this chance (each auditor on its
-    # own); a case needs 2 of 3 failing votes (verify.disputes).
     detection: float = 0.95
-    false_flag: float = 0.0  # an auditor's vote fails a request that was not cheated
+
+    @property
+    def audited(self) -> bool:
+        return self.kind in AUDITED_KINDS
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,6 +101,7 @@ class Audits:
     deterrence: float = 2.0
     stake_tokens: int = 10
     slash_bps: int = 5_000
+    false_flag: float = 0.0  # an auditor's vote fails a request that was not cheated
     auditor_min_clean_audits: int = 20
     ban_after_failures: int = 2
     # Clean audits every provider has when the run starts: an established network is past
@@ -164,7 +178,7 @@ class Scenario:
     regions: tuple[Region, ...]
     churn: Churn
     demand: Demand
-    cheaters: Cheaters = field(default_factory=Cheaters)
+    cheaters: tuple[Cheaters, ...] = ()  # one table per kind ([[cheaters]] in TOML)
     audits: Audits = field(default_factory=Audits)
     events: tuple[Event, ...] = ()
     gateway: Gateway = field(default_factory=Gateway)
@@ -176,14 +190,18 @@ class Scenario:
 def audit_policy(scenario: Scenario) -> AuditPolicy:
     """The gateway's audit policy with the scenario's knobs; its ``detection`` is the
     chance an audit of a cheated request ends upheld (2 of 3 auditors, each failing it
-    with the cheaters' ``detection``)."""
+    with the cheaters' ``detection``): the least over the audited kinds, so the audit
+    rate deters the hardest to see."""
     a = scenario.audits
     return AuditPolicy(
         probation_audits=a.probation_audits,
         half_life_audits=a.half_life_audits,
         floor_rate=a.floor_rate,
         deterrence=a.deterrence,
-        detection=upheld_chance(scenario.cheaters.detection, scenario.cheaters.detection),
+        detection=min(
+            (upheld_chance(c.detection, c.detection) for c in scenario.cheaters if c.audited),
+            default=upheld_chance(Cheaters().detection, Cheaters().detection),
+        ),
     )
 
 
@@ -248,7 +266,7 @@ def parse(raw: dict[str, Any]) -> Scenario:
             regions=regions,
             churn=Churn(**raw["churn"]),
             demand=Demand(**demand),
-            cheaters=Cheaters(**raw.get("cheaters", {})),
+            cheaters=_cheaters(raw.get("cheaters", ())),
             audits=Audits(**raw.get("audits", {})),
             events=tuple(Event(**e) for e in raw.get("events", ())),
             gateway=Gateway(**raw.get("gateway", {})),
@@ -259,6 +277,17 @@ def parse(raw: dict[str, Any]) -> Scenario:
         raise ScenarioError(f"the scenario has a field it cannot take: {exc}") from None
     _check(scenario)
     return scenario
+
+
+def _cheaters(raw: Any) -> tuple[Cheaters, ...]:
+    """``[cheaters]`` (one kind) or ``[[cheaters]]`` (several)."""
+    tables = [raw] if isinstance(raw, dict) else list(raw)
+    for table in tables:
+        if isinstance(table, dict) and "false_flag" in table:
+            raise ScenarioError(
+                "cheaters.false_flag moved to audits.false_flag (it is the auditors')"
+            )
+    return tuple(Cheaters(**table) for table in tables)
 
 
 def _check(s: Scenario) -> None:
@@ -300,10 +329,19 @@ def _check(s: Scenario) -> None:
             raise ScenarioError(f"events[{i}].region '{e.region}' is not a region here")
         share(e.share, f"events[{i}].share")
     share(s.sla_uptime, "sla_uptime")
-    share(s.cheaters.share, "cheaters.share")
-    share(s.cheaters.cheat_probability, "cheaters.cheat_probability")
-    share(s.cheaters.detection, "cheaters.detection")
-    share(s.cheaters.false_flag, "cheaters.false_flag")
+    for i, c in enumerate(s.cheaters):
+        if c.kind not in CHEAT_KINDS:
+            raise ScenarioError(
+                f"cheaters[{i}].kind '{c.kind}' is not one of {', '.join(CHEAT_KINDS)}"
+            )
+        share(c.share, f"cheaters[{i}].share")
+        share(c.cheat_probability, f"cheaters[{i}].cheat_probability")
+        share(c.detection, f"cheaters[{i}].detection")
+        if c.audited and c.detection == 0:
+            raise ScenarioError(f"cheaters[{i}].detection must be above 0 for an audited kind")
+    if sum(c.share for c in s.cheaters) > 1.0 + 1e-9:
+        raise ScenarioError("the cheaters' shares must add up to at most 1")
+    share(s.audits.false_flag, "audits.false_flag")
     if s.audits.initial_clean_audits < 0 or not 0 < s.audits.slash_bps <= 10_000:
         raise ScenarioError("audits.initial_clean_audits >= 0, audits.slash_bps in 1..10000")
     if s.audits.auditor_min_clean_audits < 0 or s.audits.ban_after_failures < 1:

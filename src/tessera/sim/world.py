@@ -37,6 +37,7 @@ class World:
     online: Bools
     flip_at: Floats  # when the current session or downtime ends (virtual seconds)
     cheat: Bools
+    cheat_kind: npt.NDArray[np.int8]  # index into the scenario's cheaters, -1: honest
     banned: Bools
     stake: Ints
     requests: Ints  # served, as counted by the background
@@ -109,7 +110,10 @@ def build(scenario: Scenario, providers: int, rng: np.random.Generator) -> World
     flip_at = np.where(
         online, sessions(churn, rng, n) * rng.random(n), downtimes(churn, rng, n) * rng.random(n)
     )
-    cheat = rng.random(n) < scenario.cheaters.share
+    # Each provider's kind of cheating by the cheaters' shares (-1: honest).
+    bounds = np.cumsum([c.share for c in scenario.cheaters])
+    drawn = np.searchsorted(bounds, rng.random(n), side="right")
+    cheat_kind = np.where(drawn < len(bounds), drawn, -1).astype(np.int8)
     stake = np.full(n, scenario.audits.stake_tokens * BASE_UNITS, dtype=np.int64)
     zeros = np.zeros(n, dtype=np.int64)
     return World(
@@ -117,7 +121,8 @@ def build(scenario: Scenario, providers: int, rng: np.random.Generator) -> World
         region=region.astype(np.int8),
         online=online,
         flip_at=flip_at,
-        cheat=cheat,
+        cheat=cheat_kind >= 0,
+        cheat_kind=cheat_kind,
         banned=np.zeros(n, dtype=bool),
         stake=stake,
         requests=zeros.copy(),
