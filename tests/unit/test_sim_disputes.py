@@ -1,5 +1,5 @@
-"""The simulator's audits follow the gateway's rules: 2-of-3 disputes, the penalty's
-order, bans, auditor pay and the settings' defaults."""
+"""The simulator follows the gateway's rules: 2-of-3 disputes, the penalty's order,
+bans, auditor pay, circuit breakers and the settings' defaults."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from tessera.config import GatewaySettings
 from tessera.ledger.slashing_table import SlashingTable
 from tessera.sim.audits import audit_rules
 from tessera.sim.engine import money_holds, run
-from tessera.sim.scenario import Audits, Churn, load
+from tessera.sim.scenario import Audits, Churn, Faults, Gateway, load
 from tessera.verify.disputes import upheld_chance
 
 
@@ -70,3 +70,45 @@ def test_penalties_claw_back_first_pay_auditors_and_conserve_money() -> None:
     assert (w.banned == (w.caught_after >= 0)).all()
     assert t.cases.receipts_refused > 0 and t.cases.upheld > 0
     assert money_holds(t) and t.ledger_problems == []
+
+
+def _openings(policy: Gateway, horizon_s: float, step_s: float) -> int:
+    """How often a broken provider's breaker opens in ``horizon_s`` when it is sent work
+    every step: ``failures`` at the start, then one trial as each backoff ends (on the
+    first step after it), each doubling the backoff up to its cap."""
+    opened, backoff, t = 1, policy.breaker_backoff_s, 0.0
+    while True:
+        t = math.ceil((t + backoff) / step_s) * step_s  # the trial's step
+        if t >= horizon_s:
+            return opened
+        opened += 1
+        backoff = min(backoff * 2, policy.breaker_backoff_max_s)
+
+
+def test_the_gateways_breakers_keep_broken_providers_out() -> None:
+    """Providers that stay connected but fail every job: the real breaker opens after
+    ``breaker_failures`` in a row and lets one trial through per backoff, so each fails
+    failures + (openings - 1) jobs, the openings following the doubling backoff. They
+    serve and earn nothing, and the requests they failed are answered elsewhere."""
+    base = load("baseline")
+    scenario = dataclasses.replace(
+        base,
+        cheaters=(),
+        churn=Churn(10**9, 1.0, 1.0, 2.5),  # always connected: sent work every step
+        faults=Faults(broken_share=0.03),
+        demand=dataclasses.replace(base.demand, sampled_requests_per_s=20.0),
+    )
+    horizon = 600.0
+    result = run(scenario, seed=4, providers=3_000, hours=horizon / 3600)
+    b = result.totals.breakers
+    w = result.world
+    assert b.broken == int(w.broken.sum()) > 50
+    opened = _openings(scenario.gateway, horizon, scenario.step_s)
+    assert abs(b.openings / b.broken - opened) < 0.2
+    failures = scenario.gateway.breaker_failures + opened - 1
+    assert abs(b.failed_jobs / b.broken - failures) < 0.3
+    assert not w.earned[w.broken].any() and not w.requests[w.broken].any()
+    s = result.samples
+    assert not w.broken[s["provider"][s["ok"]]].any()  # answered elsewhere
+    assert float(s["ok"].mean()) > 0.999
+    assert money_holds(result.totals)

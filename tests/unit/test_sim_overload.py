@@ -75,6 +75,9 @@ def test_the_scenarios_gateway_settings_default_to_the_gateways() -> None:
         "overload_queue_s",
         "overload_min_queue",
         "overload_retry_after_s",
+        "breaker_failures",
+        "breaker_backoff_s",
+        "breaker_backoff_max_s",
     ):
         assert getattr(Gateway(), name) == fields[name].default, name
     # The shipped scenarios say them too, and a file without a [gateway] table still loads.

@@ -55,6 +55,7 @@ from tessera.sim.audits import (
     penalise_receipts,
     receipts,
 )
+from tessera.sim.breakers import BreakerCounts, Breakers
 from tessera.sim.money import Money
 from tessera.sim.routing import GroupRouter
 from tessera.sim.scenario import Gateway, Scenario, audit_policy
@@ -210,6 +211,7 @@ class Totals:
     clawed_back: int = 0  # refunds out of the cheats' earnings
     auditors_paid: int = 0  # from the verification pool
     cases: Counts = field(default_factory=Counts)  # audits, disputes and their outcomes
+    breakers: BreakerCounts = field(default_factory=BreakerCounts)  # broken providers
     ledger_problems: list[str] = field(default_factory=list)  # the book's own check
     churn_flips: int = 0
     steps: int = 0
@@ -298,6 +300,8 @@ def run(
     delay = max(1, round(scenario.gateway.overload_retry_after_s / step))
     retries = Retries(demand.retries_after_refusal, delay)
     foreground = Foreground(delay)
+    breakers = Breakers(world, scenario.gateway)
+    failing_over = 0.0  # requests a broken provider failed or never got, routed again
     for i in range(steps):
         now = i * step
         totals.churn_flips += churn_step(world, scenario.churn, now, rng)
@@ -307,11 +311,12 @@ def run(
             up &= world.region != outage
         world.online_s[up] += step
         totals.online_share.append(float(up.mean()))
+        up[breakers.shut(now)] = False  # connected, but their breakers are open
         # The real router splits the demand between groups; within a group, members
         # share it in proportion to what each can serve. Refused requests sent again
         # come on top of the consumers' new ones.
         tries = retries.arriving(demand.requests_per_s * scale * multiplier * step)
-        rate = float(tries.sum()) / step
+        rate = (float(tries.sum()) + failing_over) / step
         # Shown the groups anew every ROUTE_S, and at once when an event starts or ends.
         if i % route_every == 0 or (multiplier, outage) != last_event:
             share, allowed = _route(groups, world, group, up, streams, slots, prefill_s,
@@ -329,17 +334,21 @@ def run(
             per_capacity = np.where(group_capacity > 0, group_rate / group_capacity, 0.0)
         lam = np.where(up, per_capacity[group] * capacity, 0.0)
         total_weight = float(lam.sum())
+        # A broken provider fails what reaches it at once, until its breaker opens: none
+        # of its share is served there, all of it is routed again (sim/breakers.py).
+        failing_over, _ = breakers.fail(lam, step, now, rng)
+        work = np.where(world.broken, 0.0, lam) if failing_over else lam
         # Concurrency by Little's law with batching: c = lam * (P/prefill + L (c + h)/sat).
-        load = lam * mean_output / sat
+        load = work * mean_output / sat
         with np.errstate(divide="ignore", invalid="ignore"):
-            c_free = lam * (prefill_s + mean_output * half / sat) / (1.0 - load)
+            c_free = work * (prefill_s + mean_output * half / sat) / (1.0 - load)
         saturated = (load >= 1.0) | (c_free > slots) | (world.queue > 0)
         streams = np.where(saturated, slots, c_free)
-        world.streams, world.rate = streams, lam
+        world.streams, world.rate = streams, work
         queue_before = world.queue
-        served, refused_share = lam, 0.0
+        served, refused_share = work, 0.0
         if saturated.any():
-            served, refused_share = _queue_step(world, door, up, saturated, lam, service,
+            served, refused_share = _queue_step(world, door, up, saturated, work, service,
                                                 prefill_s, step)  # fmt: skip
         _count_tries(totals, retries, tries, refused_share)
         expected += served * step
@@ -363,6 +372,7 @@ def run(
             progress(i + 1, steps)
     for name, value in money.totals().items():
         setattr(totals, name, value)
+    totals.breakers = breakers.counts
     totals.ledger_problems = money.problems(world)
     return Run(
         scenario=scenario,
@@ -649,7 +659,8 @@ def _attempts(
         # in that time may land on it).
         dies = world.online[chosen] & (world.flip_at[chosen] < at + duration)
         lost = rng.random(pending.size) < state.lost_share
-        failed = dies | lost
+        broken = world.broken[chosen]  # fails the job at once; the gateway fails over
+        failed = dies | lost | broken
         attempts[pending] = attempt
         done = pending[~failed]
         network[done] = rtt[~failed]
@@ -658,8 +669,10 @@ def _attempts(
         tpot[done] = per_token[~failed] * 1000.0
         ok[done] = True
         provider[done] = chosen[~failed]
+        lost_s = np.where(broken, rtt / 1000.0 + scenario.faults.fail_after_ms / 1000.0,
+                          rtt / 1000.0)  # fmt: skip
         spent[pending[failed]] += np.where(dies, np.maximum(world.flip_at[chosen] - at, 0.0),
-                                           rtt / 1000.0)[failed]  # fmt: skip
+                                           lost_s)[failed]  # fmt: skip
         pending = pending[failed]
     return {
         "region": region,

@@ -115,6 +115,7 @@ def seed_figures(run: Run) -> dict[str, Any]:
             "slashed_tokens": _r(t.slashed / BASE_UNITS),
             "refunded_tokens": _r((t.refunded + t.clawed_back) / BASE_UNITS),
         },
+        "broken_providers": _broken(t),
         "audits": {
             "audits": t.cases.audits,
             "disputes": t.cases.disputes,
@@ -255,6 +256,7 @@ def to_markdown(body: dict[str, Any], plot: str, timeline: str = "") -> str:
             f"| {kind}: requests until caught, median (formula) | {ci(f'cheaters.by_kind.{kind}.requests_to_catch_median')} ({ci(f'cheaters.by_kind.{kind}.formula_median')}) |"
             for kind in body["summary"].get("cheaters", {}).get("by_kind", {})
         ),
+        f"| broken providers: jobs each failed, breaker openings each, time shut out | {ci('broken_providers.failed_jobs_each')}, {ci('broken_providers.breaker_openings_each')}, {ci('broken_providers.share_of_time_shut_out', '{:.1%}')} |",
         f"| audits / disputes (first vote failed) / upheld / cleared | {ci('audits.audits', '{:.0f}')} / {ci('audits.disputes', '{:.0f}')} / {ci('audits.upheld', '{:.0f}')} / {ci('audits.cleared', '{:.0f}')} |",
         f"| false slashes (upheld over a request not cheated) | {ci('cheaters.false_slashes', '{:.0f}')} |",
         f"| provider income, USD per GPU-hour | {ci('providers_income.usd_per_gpu_hour')} |",
@@ -425,6 +427,18 @@ def catch_plot(runs: list[Run]) -> str:
         + drawn
         + "</svg>\n"
     )
+
+
+def _broken(t: Any) -> dict[str, Any]:
+    """What broken providers cost, and how the gateway's breakers held them off."""
+    b = t.breakers
+    steps = b.broken * t.steps
+    return {
+        "providers": b.broken,
+        "failed_jobs_each": _r(b.failed_jobs / b.broken) if b.broken else None,
+        "breaker_openings_each": _r(b.openings / b.broken) if b.broken else None,
+        "share_of_time_shut_out": _r(b.shut_steps / steps) if steps else None,
+    }
 
 
 def _kind(run: Run, index: int) -> dict[str, Any]:

@@ -54,6 +54,16 @@ class Region:
 
 
 @dataclass(frozen=True, slots=True)
+class Faults:
+    """Providers that stay connected but fail every job (a crashed driver or backend
+    behind a live agent): what churn does not cover, and what the gateway's circuit
+    breakers are for. A job sent to one fails after ``fail_after_ms``."""
+
+    broken_share: float = 0.0
+    fail_after_ms: float = 50.0
+
+
+@dataclass(frozen=True, slots=True)
 class Churn:
     """Sessions are Weibull (shape < 1: many short, some very long), downtimes Pareto
     (heavy-tailed), both given by their mean (research/simulation.md §3e)."""
@@ -146,6 +156,11 @@ class Gateway:
     overload_queue_s: float | None = 1.0
     overload_min_queue: int = 256
     overload_retry_after_s: int = 2
+    # The circuit breaker (market.health.BreakerPolicy): open after this many failures in
+    # a row, for a backoff that doubles on each reopening up to its cap.
+    breaker_failures: int = 3
+    breaker_backoff_s: float = 5.0
+    breaker_backoff_max_s: float = 300.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -182,6 +197,7 @@ class Scenario:
     audits: Audits = field(default_factory=Audits)
     events: tuple[Event, ...] = ()
     gateway: Gateway = field(default_factory=Gateway)
+    faults: Faults = field(default_factory=Faults)
 
     def region_index(self, name: str) -> int:
         return [r.name for r in self.regions].index(name)
@@ -270,6 +286,7 @@ def parse(raw: dict[str, Any]) -> Scenario:
             audits=Audits(**raw.get("audits", {})),
             events=tuple(Event(**e) for e in raw.get("events", ())),
             gateway=Gateway(**raw.get("gateway", {})),
+            faults=Faults(**raw.get("faults", {})),
         )
     except KeyError as exc:
         raise ScenarioError(f"the scenario misses the field {exc.args[0]!r}") from None
@@ -342,6 +359,9 @@ def _check(s: Scenario) -> None:
     if sum(c.share for c in s.cheaters) > 1.0 + 1e-9:
         raise ScenarioError("the cheaters' shares must add up to at most 1")
     share(s.audits.false_flag, "audits.false_flag")
+    share(s.faults.broken_share, "faults.broken_share")
+    if s.faults.fail_after_ms < 0:
+        raise ScenarioError("faults.fail_after_ms must not be negative")
     if s.audits.initial_clean_audits < 0 or not 0 < s.audits.slash_bps <= 10_000:
         raise ScenarioError("audits.initial_clean_audits >= 0, audits.slash_bps in 1..10000")
     if s.audits.auditor_min_clean_audits < 0 or s.audits.ban_after_failures < 1:
@@ -367,3 +387,7 @@ def _check_gateway(g: Gateway) -> None:
         raise ScenarioError("gateway.max_waiting_requests must be >= 0")
     if g.overload_queue_s is not None and g.overload_queue_s <= 0:
         raise ScenarioError("gateway.overload_queue_s must be positive")
+    if g.breaker_failures < 1 or not 0 < g.breaker_backoff_s <= g.breaker_backoff_max_s:
+        raise ScenarioError(
+            "gateway.breaker_failures >= 1 and 0 < breaker_backoff_s <= breaker_backoff_max_s"
+        )

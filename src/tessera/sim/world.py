@@ -38,6 +38,7 @@ class World:
     flip_at: Floats  # when the current session or downtime ends (virtual seconds)
     cheat: Bools
     cheat_kind: npt.NDArray[np.int8]  # index into the scenario's cheaters, -1: honest
+    broken: Bools  # connected, but fails every job (scenario.Faults)
     banned: Bools
     stake: Ints
     requests: Ints  # served, as counted by the background
@@ -114,6 +115,8 @@ def build(scenario: Scenario, providers: int, rng: np.random.Generator) -> World
     bounds = np.cumsum([c.share for c in scenario.cheaters])
     drawn = np.searchsorted(bounds, rng.random(n), side="right")
     cheat_kind = np.where(drawn < len(bounds), drawn, -1).astype(np.int8)
+    broken_share = scenario.faults.broken_share
+    broken = rng.random(n) < broken_share if broken_share > 0 else np.zeros(n, dtype=bool)
     stake = np.full(n, scenario.audits.stake_tokens * BASE_UNITS, dtype=np.int64)
     zeros = np.zeros(n, dtype=np.int64)
     return World(
@@ -123,6 +126,7 @@ def build(scenario: Scenario, providers: int, rng: np.random.Generator) -> World
         flip_at=flip_at,
         cheat=cheat_kind >= 0,
         cheat_kind=cheat_kind,
+        broken=broken,
         banned=np.zeros(n, dtype=bool),
         stake=stake,
         requests=zeros.copy(),
