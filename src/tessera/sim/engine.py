@@ -1,5 +1,6 @@
 """One run of a scenario: virtual time in steps, every provider stepped as arrays (the
-fluid background), and a sample of requests followed one by one (the foreground).
+fluid background), and a sample of requests followed one by one (the foreground,
+sim/foreground.py).
 
 Each step:
 
@@ -10,21 +11,13 @@ Each step:
 3. each provider's concurrency follows Little's law under batching (the total decode rate
    at c streams is saturated * c / (c + h)); past its slots requests wait at the gateway
    (a fluid queue), held to what the gateway's overload rules let wait: the rest is
-   refused (below);
+   refused (sim/overload.py);
 4. every request a provider served is audited at the real rate (verify.sampling's batch
    form of ``audit_rate``); a cheated request is caught with the scenario's detection
    chance, an honest one misflagged with its false-flag chance; a caught provider is
    slashed (its stake's ``slash_bps``) and banned;
-5. sampled requests see that state: the round trip to their provider, the queue, prefill
-   and decode; a provider whose session ends before the answer does fails the attempt,
-   and the request moves to another (up to ``attempts``).
-
-The gateway refuses overload as its replicas do (:class:`Door`): the fluid's requests
-waiting for a slot are the replicas' waiting room, held to what the gateway's own rules
-allow (market.load_shedding, market.admission, with the scenario's ``[gateway]``
-settings); the excess is refused with Retry-After and consumers send it again
-(:class:`Retries`); sampled requests are refused with the step's refused share. A refused
-request reaches no provider and moves no money.
+5. sampled requests see that state (:class:`~tessera.sim.step.Step`), followed one by one
+   (sim/foreground.py).
 
 Money moves through the gateway's own ledger (sim/money.py): holds, captures with the
 fee split, slashes with refunds, in integer base units, checked by the book's invariant.
@@ -36,15 +29,12 @@ import hashlib
 import json
 import math
 import time
-from collections import deque
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
 
 from tessera.ledger.pricing import Price
-from tessera.market.admission import WaitingRoom, room_left
-from tessera.market.load_shedding import LoadGauge, starts
 from tessera.sim.audits import (
     Cheating,
     Counts,
@@ -56,143 +46,21 @@ from tessera.sim.audits import (
     receipts,
 )
 from tessera.sim.breakers import BreakerCounts, Breakers
+from tessera.sim.foreground import Foreground
 from tessera.sim.money import Money
+from tessera.sim.overload import Door, Retries, queue_step
 from tessera.sim.routing import GroupRouter
-from tessera.sim.scenario import Gateway, Scenario, audit_policy
-from tessera.sim.world import Floats, Ints, Laws, World, build, churn_step, laws
+from tessera.sim.scenario import Scenario, audit_policy
+from tessera.sim.step import Step
+from tessera.sim.world import Floats, Laws, World, build, churn_step, laws
 from tessera.verify.reputation import Reputation
 from tessera.verify.sampling import AuditPolicy
 
-MAX_SAMPLES = 2_000_000  # foreground requests kept per run (memory bound)
 # Requests are paid for and audited in batches of this much virtual time: a cheat is
 # caught at the request it was caught on, but the ban lands at the batch's end.
 SETTLE_S = 30.0
 ROUTE_DRAWS = 200  # routed requests that split the demand between groups
 ROUTE_S = 15.0  # how often the router is shown the groups again and splits the demand
-
-
-@dataclass
-class Samples:
-    """The foreground's requests, one array per field, appended per step."""
-
-    region: list[np.ndarray] = field(default_factory=list)
-    network_ms: list[np.ndarray] = field(default_factory=list)
-    queue_ms: list[np.ndarray] = field(default_factory=list)
-    prefill_ms: list[np.ndarray] = field(default_factory=list)
-    tpot_ms: list[np.ndarray] = field(default_factory=list)
-    attempts: list[np.ndarray] = field(default_factory=list)
-    ok: list[np.ndarray] = field(default_factory=list)
-    provider: list[np.ndarray] = field(default_factory=list)  # who answered (index)
-    service_ms: list[np.ndarray] = field(default_factory=list)  # prefill + decode, answered
-    at: list[np.ndarray] = field(default_factory=list)  # when it was first sent (virtual s)
-    refused: list[np.ndarray] = field(default_factory=list)  # the gateway refused every try
-    tries: list[np.ndarray] = field(default_factory=list)  # times sent to the gateway
-
-    def add(self, **columns: np.ndarray) -> None:
-        for name, values in columns.items():
-            getattr(self, name).append(values)
-
-    def joined(self) -> dict[str, np.ndarray]:
-        return {
-            name: np.concatenate(parts) if parts else np.zeros(0)
-            for name, parts in asdict(self).items()
-        }
-
-
-class Door:
-    """The gateway replicas' overload rules over the fluid: how many requests they let
-    wait for a provider slot, by the gateway's own code and settings.
-
-    Replicas share the load evenly, so each holds a ``1 / replicas`` share of every
-    count. A request waiting for a slot is in flight with no answer yet (the load gauge
-    counts it in both) and in the dispatcher's waiting room; one in prefill is in flight
-    with no answer yet; one streaming is only in flight. So the requests a replica still
-    admits, one after another, on top of those on providers, are what may wait
-    (``starts`` and ``room_left``: the batch forms of the rules). A request that finds a
-    free slot is never refused here: the scenario has replicas enough for the fleet's
-    slots, so the rules bind on the queue, where the gateway's would."""
-
-    def __init__(self, settings: Gateway, replicas: int) -> None:
-        self.replicas = replicas
-        self.gauge = LoadGauge(
-            None,  # the lag rule: the simulator does not model the gateway's CPU
-            settings.max_in_flight_requests,
-            retry_after_s=settings.overload_retry_after_s,
-            queue_s=settings.overload_queue_s,
-            min_queue=settings.overload_min_queue,
-        )
-        self.room = WaitingRoom(settings.max_waiting_requests)
-
-    def may_wait(self, in_service: float, in_prefill: float, answers_per_s: float) -> float:
-        """The most requests the replicas together let wait for a slot, while
-        ``in_service`` run on providers (``in_prefill`` of them before their first
-        token) and answers begin at ``answers_per_s``."""
-        r = self.replicas
-        admits = starts(self.gauge, in_service / r, in_prefill / r, answers_per_s / r)
-        return float(min(admits.item(), room_left(self.room, 0.0).item())) * r
-
-
-class Retries:
-    """Refused requests coming back after Retry-After, in the fluid (requests).
-
-    ``arriving`` gives a step's tries by how often each was refused before (0: a first
-    try); ``refuse`` sends the refused share of each back ``delay`` steps later, except
-    for the last try a consumer allows itself: that refusal is the answer it keeps. A
-    fluid has no time finer than its step: a retry lands ``round(Retry-After / step)``
-    steps after its refusal, at least one."""
-
-    def __init__(self, retries: int, delay_steps: int) -> None:
-        self.retries = retries
-        self.due: deque[Floats] = deque(np.zeros(retries) for _ in range(delay_steps))
-
-    def arriving(self, fresh: float) -> Floats:
-        back = self.due.popleft()
-        self.due.append(np.zeros(self.retries))
-        return np.concatenate(([fresh], back))
-
-    def refuse(self, tries: Floats, share: float) -> float:
-        """Send the refused back; returns the requests refused on their last try."""
-        refused = tries * share
-        self.due[-1] += refused[:-1]
-        return float(refused[-1])
-
-
-@dataclass
-class Arrivals:
-    """Sampled requests reaching the gateway in a step, new ones and retries."""
-
-    region: Ints
-    prompt: Floats
-    output: Floats
-    at: Floats  # first sent (virtual s)
-    refusals: Ints  # how often the gateway refused it so far
-
-    @classmethod
-    def joined(cls, parts: list[Arrivals]) -> Arrivals:
-        return cls(*(np.concatenate([getattr(p, f) for p in parts]) for f in _ARRIVAL_FIELDS))
-
-    def take(self, which: np.ndarray) -> Arrivals:
-        return Arrivals(*(getattr(self, f)[which] for f in _ARRIVAL_FIELDS))
-
-    def __len__(self) -> int:
-        return len(self.at)
-
-
-_ARRIVAL_FIELDS = ("region", "prompt", "output", "at", "refusals")
-
-
-@dataclass(frozen=True)
-class Step:
-    """What the background decided in one step, as the sampled requests see it."""
-
-    now: float
-    lam: Floats  # requests/s routed to each provider (refused ones included)
-    routed_per_s: float  # their sum
-    streams: Floats
-    service: Floats
-    queue_before: Floats  # waiting for each provider's slot when the step began
-    refused_share: float  # of the step's tries, refused at the gateway
-    lost_share: float  # of attempts landing on a dead gateway replica
 
 
 @dataclass
@@ -348,8 +216,8 @@ def run(
         queue_before = world.queue
         served, refused_share = work, 0.0
         if saturated.any():
-            served, refused_share = _queue_step(world, door, up, saturated, work, service,
-                                                prefill_s, step)  # fmt: skip
+            served, refused_share = queue_step(world, door, up, saturated, work, service,
+                                               prefill_s, step)  # fmt: skip
         _count_tries(totals, retries, tries, refused_share)
         expected += served * step
         served_per_s = float(served.sum())
@@ -513,231 +381,6 @@ def _money_and_audits(
     earned_each = cost - cost * money.book.policy.fees.fee_bps // 10_000
     audit(world, law, policy, rules, cheating, money, busy, n_req, cost, earned_each,
           prompt + output, now, settlement, rng, totals.cases)  # fmt: skip
-
-
-class Foreground:
-    """The sampled requests: drawn each step, followed one by one; a refused one is
-    carried to the step its retry lands in (one still waiting when the run ends is left
-    out, as the background's queue is)."""
-
-    def __init__(self, delay_steps: int) -> None:
-        self.samples = Samples()
-        self.kept = 0
-        self.carried: deque[list[Arrivals]] = deque([] for _ in range(delay_steps))
-
-    def step(
-        self,
-        world: World,
-        law: Laws,
-        scenario: Scenario,
-        state: Step,
-        count: int,
-        demand_share: Floats,
-        rng: np.random.Generator,
-    ) -> int:
-        """Follow ``count`` new requests and the retries due now; returns how many."""
-        parts = self.carried.popleft()
-        self.carried.append([])
-        if state.routed_per_s <= 0:  # nobody to send them to: retries wait a step
-            self.carried[0].extend(parts)
-            return 0
-        if count and self.kept < MAX_SAMPLES:
-            parts.append(_new_requests(scenario, count, state.now, demand_share, rng))
-            self.kept += count
-        if not parts:
-            return 0
-        arrivals = Arrivals.joined(parts)
-        finished, again = _foreground(world, law, scenario, state, arrivals, rng)
-        self.samples.add(**finished)
-        if len(again):
-            self.carried[-1].append(again)
-        return len(arrivals)
-
-
-def _new_requests(
-    scenario: Scenario, count: int, now: float, demand_share: Floats, rng: np.random.Generator
-) -> Arrivals:
-    """``count`` requests sent during the step from ``now``: region, lengths, time."""
-    demand = scenario.demand
-    region = rng.choice(len(demand_share), size=count, p=demand_share)
-    prompt = rng.lognormal(np.log(demand.prompt_tokens_median), demand.prompt_tokens_sigma, count)
-    output = rng.lognormal(np.log(demand.output_tokens_median), demand.output_tokens_sigma, count)
-    start = now + rng.random(count) * scenario.step_s
-    return Arrivals(region, prompt, output, start, np.zeros(count, dtype=np.int64))
-
-
-def _foreground(
-    world: World,
-    law: Laws,
-    scenario: Scenario,
-    state: Step,
-    arrivals: Arrivals,
-    rng: np.random.Generator,
-) -> tuple[dict[str, np.ndarray], Arrivals]:
-    """The step's arrivals at the gateway: each refused with the step's refused share (the
-    fluid's; a refusal does not depend on who sent it). A refused request comes back
-    after Retry-After while the consumer has retries left, else ends refused; an admitted
-    one is served (:func:`_attempts`). Returns the finished ones and those coming back."""
-    refused = np.zeros(len(arrivals), dtype=bool)
-    if state.refused_share > 0:
-        refused = rng.random(len(arrivals)) < state.refused_share
-    again = refused & (arrivals.refusals < scenario.demand.retries_after_refusal)
-    back = arrivals.take(again)
-    back.refusals = back.refusals + 1
-    retry_after_s = float(scenario.gateway.overload_retry_after_s)
-    served = _attempts(world, law, scenario, state, arrivals.take(~refused), rng)
-    gave_up = _refused(arrivals.take(refused & ~again), retry_after_s)
-    finished = {name: np.concatenate((served[name], gave_up[name])) for name in served}
-    return finished, back
-
-
-def _refused(requests: Arrivals, retry_after_s: float) -> dict[str, np.ndarray]:
-    """Requests the gateway refused on every try: no provider, no tokens, no answer; the
-    consumer waited Retry-After between its tries."""
-    count = len(requests)
-    zeros = np.zeros(count)
-    return {
-        "region": requests.region,
-        "network_ms": zeros,
-        "queue_ms": requests.refusals * retry_after_s * 1000.0,
-        "prefill_ms": zeros,
-        "tpot_ms": zeros,
-        "attempts": np.zeros(count, dtype=np.int64),
-        "ok": np.zeros(count, dtype=bool),
-        "provider": np.zeros(count, dtype=np.int64),
-        "service_ms": zeros,
-        "at": requests.at,
-        "refused": np.ones(count, dtype=bool),
-        "tries": requests.refusals + 1,
-    }
-
-
-def _attempts(
-    world: World,
-    law: Laws,
-    scenario: Scenario,
-    state: Step,
-    requests: Arrivals,
-    rng: np.random.Generator,
-) -> dict[str, np.ndarray]:
-    """Admitted requests, followed one by one: each goes where the step's demand went
-    (the router's decisions for the step, spread over each group's members), with
-    failover (each attempt drawn afresh). Time lost to refusals and failed attempts
-    counts as waiting."""
-    demand = scenario.demand
-    lam, streams, service = state.lam, state.streams, state.service
-    count = len(requests)
-    region, prompt, output, start = requests.region, requests.prompt, requests.output, requests.at
-    cumulative = np.cumsum(lam)
-    total = cumulative[-1]
-    network = np.zeros(count)
-    queue = np.zeros(count)
-    prefill = np.zeros(count)
-    tpot = np.zeros(count)
-    attempts = np.zeros(count, dtype=np.int64)
-    ok = np.zeros(count, dtype=bool)
-    provider = np.zeros(count, dtype=np.int64)
-    pending = np.arange(count)
-    # Time lost before a provider answered: Retry-After per refusal, then failed attempts.
-    spent = requests.refusals * float(scenario.gateway.overload_retry_after_s)
-    for attempt in range(1, demand.attempts + 1):
-        if pending.size == 0 or total <= 0:
-            break
-        at = start[pending] + spent[pending]
-        drawn = rng.random(pending.size) * total
-        chosen = np.minimum(np.searchsorted(cumulative, drawn, side="right"), len(lam) - 1)
-        g = world.gpu[chosen]
-        rtt = law.rtt_ms[region[pending], world.region[chosen]] + law.last_mile_ms[region[pending]]
-        waiting = _queue_at(world, state, chosen, np.clip(at - state.now, 0.0, scenario.step_s))
-        wait = np.where(waiting > 0, waiting / service[chosen], 0.0)
-        pre = prompt[pending] / law.prefill_tps[g]
-        per_token = (streams[chosen] + law.half_streams[g]) / law.saturated_tps[g]
-        duration = rtt / 1000.0 + wait + pre + output[pending] * per_token
-        # The attempt fails when the provider's session ends before the answer does, or
-        # the request reached a gateway replica that died (a dead replica keeps its share
-        # of the traffic until the load balancer's health check drops it: every attempt
-        # in that time may land on it).
-        dies = world.online[chosen] & (world.flip_at[chosen] < at + duration)
-        lost = rng.random(pending.size) < state.lost_share
-        broken = world.broken[chosen]  # fails the job at once; the gateway fails over
-        failed = dies | lost | broken
-        attempts[pending] = attempt
-        done = pending[~failed]
-        network[done] = rtt[~failed]
-        queue[done] = wait[~failed] * 1000.0
-        prefill[done] = pre[~failed] * 1000.0
-        tpot[done] = per_token[~failed] * 1000.0
-        ok[done] = True
-        provider[done] = chosen[~failed]
-        lost_s = np.where(broken, rtt / 1000.0 + scenario.faults.fail_after_ms / 1000.0,
-                          rtt / 1000.0)  # fmt: skip
-        spent[pending[failed]] += np.where(dies, np.maximum(world.flip_at[chosen] - at, 0.0),
-                                           lost_s)[failed]  # fmt: skip
-        pending = pending[failed]
-    return {
-        "region": region,
-        "network_ms": network,
-        "queue_ms": queue + spent * 1000.0,  # time lost to refusals and failovers counts
-        "prefill_ms": prefill,
-        "tpot_ms": tpot,
-        "attempts": attempts,
-        "ok": ok,
-        "provider": provider,
-        "service_ms": prefill + tpot * output,
-        "at": start,
-        "refused": np.zeros(count, dtype=bool),
-        "tries": requests.refusals + 1,
-    }
-
-
-def _queue_at(world: World, state: Step, chosen: Ints, into_s: Floats) -> Floats:
-    """The fluid queue of each chosen provider ``into_s`` seconds into the step: it moves
-    at arrivals less service from where the step began, and stops where the step ended
-    (empty, or held to the gateway's bound)."""
-    before, after = state.queue_before[chosen], world.queue[chosen]
-    moving = before + (state.lam[chosen] - state.service[chosen]) * into_s
-    return np.clip(moving, np.minimum(before, after), np.maximum(before, after))
-
-
-def _queue_step(
-    world: World,
-    door: Door,
-    up: np.ndarray,
-    saturated: np.ndarray,
-    lam: Floats,
-    service: Floats,
-    prefill_s: Floats,
-    step: float,
-) -> tuple[Floats, float]:
-    """Move the fluid queues through one step, held to what the gateway lets wait.
-
-    Past their slots providers' requests wait at the gateway (the hub waits for a free
-    slot); whatever the replicas' rules do not let wait is refused, taken from every
-    queue in proportion. Returns the requests/s each provider served (arrivals plus what
-    its queue gave up) and the share of the step's tries refused. Only the saturated
-    providers have a queue, so only they are computed (most of them, most steps)."""
-    full = np.flatnonzero(saturated)
-    live = up[full]
-    before = world.queue[full]
-    # An offline provider's waiting requests went elsewhere.
-    queue = np.where(live, np.maximum(0.0, before + (lam[full] - service[full]) * step), 0.0)
-    served = lam.copy()
-    served[full] = np.where(live, lam[full] + (before - queue) / step, 0.0)
-    # On providers: every online provider's streams (an offline one has none unless it
-    # was saturated when it left).
-    in_service = float(world.streams.sum() - world.streams[full[~live]].sum())
-    # Not ``served @ prefill_s``: BLAS threads would fight the seeds run in parallel.
-    in_prefill = float((served * prefill_s).sum())
-    hold = door.may_wait(in_service, in_prefill, float(served.sum()))
-    waiting = float(queue.sum())
-    refused = 0.0
-    if waiting > hold:
-        refused = waiting - hold
-        queue *= hold / waiting
-    world.queue = np.zeros_like(lam)
-    world.queue[full] = queue
-    offered = float(lam.sum()) * step
-    return served, (refused / offered if offered > 0 else 0.0)
 
 
 def _count_tries(totals: Totals, retries: Retries, tries: Floats, refused_share: float) -> None:
