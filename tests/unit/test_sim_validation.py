@@ -43,6 +43,25 @@ def test_long_run_availability_is_the_renewal_share() -> None:
     assert abs(float(np.mean(shares)) - 600 / 800) < 0.01
 
 
+@pytest.mark.parametrize("shape", [1.0, 0.6])
+def test_the_fleet_starts_in_its_long_run_state(shape: float) -> None:
+    """At the start, what is left of the sessions in progress has the equilibrium mean
+    E[S^2] / (2 E[S]) (a random moment falls in a long session more often): for Weibull
+    sessions of shape k and scale l, l Gamma(1 + 2/k) / (2 Gamma(1 + 1/k)); the mean
+    itself for exponential ones. Downtimes (Lomax, shape a): mean * (a - 1) / (a - 2)."""
+    base = load("baseline")
+    churn = Churn(900.0, shape, 600.0, 3.5)
+    world = build(dataclasses.replace(base, churn=churn), 200_000, np.random.default_rng(7))
+    scale = churn.session_mean_s / math.gamma(1 + 1 / shape)
+    residual = world.flip_at[world.online]
+    expected = scale * math.gamma(1 + 2 / shape) / (2 * math.gamma(1 + 1 / shape))
+    assert abs(residual.mean() - expected) < 3.3 * residual.std() / math.sqrt(residual.size)
+    a = churn.downtime_shape
+    down = world.flip_at[~world.online]
+    expected_down = churn.downtime_mean_s * (a - 1) / (a - 2)
+    assert abs(down.mean() - expected_down) < 3.3 * down.std() / math.sqrt(down.size)
+
+
 def test_cheaters_are_caught_as_the_formula_says() -> None:
     """Established cheaters of each kind, cheating with chance c. Audited kinds, at the
     floor rate p, each auditor failing a cheated request with chance d and a case upheld

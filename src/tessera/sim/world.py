@@ -108,9 +108,7 @@ def build(scenario: Scenario, providers: int, rng: np.random.Generator) -> World
     churn = scenario.churn
     up = churn.session_mean_s / (churn.session_mean_s + churn.downtime_mean_s)
     online = rng.random(n) < up
-    flip_at = np.where(
-        online, sessions(churn, rng, n) * rng.random(n), downtimes(churn, rng, n) * rng.random(n)
-    )
+    flip_at = np.where(online, residual_sessions(churn, rng, n), residual_downtimes(churn, rng, n))
     # Each provider's kind of cheating by the cheaters' shares (-1: honest).
     bounds = np.cumsum([c.share for c in scenario.cheaters])
     drawn = np.searchsorted(bounds, rng.random(n), side="right")
@@ -166,6 +164,24 @@ def downtimes(churn: Churn, rng: np.random.Generator, n: int) -> Floats:
     """Downtimes: Pareto (Lomax) with the given shape, scaled to the given mean."""
     a = churn.downtime_shape
     return churn.downtime_mean_s * (a - 1.0) * rng.pareto(a, n)
+
+
+def residual_sessions(churn: Churn, rng: np.random.Generator, n: int) -> Floats:
+    """What is left of the sessions in progress at a random moment of a long run: a
+    uniform share of a length-biased session (a moment falls in a long session more
+    often). For a Weibull law, (S*/scale)^k is Gamma(1 + 1/k); for k = 1 (exponential)
+    the residual is again exponential with the same mean, as memorylessness says."""
+    k = churn.session_shape
+    scale = churn.session_mean_s / math.gamma(1.0 + 1.0 / k)
+    biased = scale * rng.gamma(1.0 + 1.0 / k, 1.0, n) ** (1.0 / k)
+    return biased * rng.random(n)
+
+
+def residual_downtimes(churn: Churn, rng: np.random.Generator, n: int) -> Floats:
+    """What is left of the downtimes in progress at a random moment: for a Lomax law of
+    shape a, another Lomax of shape a - 1 with the same scale."""
+    a = churn.downtime_shape
+    return churn.downtime_mean_s * (a - 1.0) * rng.pareto(a - 1.0, n)
 
 
 def churn_step(world: World, churn: Churn, now: float, rng: np.random.Generator) -> int:
