@@ -1,16 +1,18 @@
 """The simulator follows the gateway's rules: 2-of-3 disputes, the penalty's order,
-bans, auditor pay, circuit breakers and the settings' defaults."""
+bans, auditor pay, circuit breakers, sticky conversations and the settings' defaults."""
 
 from __future__ import annotations
 
 import dataclasses
 import math
 
+import numpy as np
+
 from tessera.config import GatewaySettings
 from tessera.ledger.slashing_table import SlashingTable
 from tessera.sim.audits import audit_rules
-from tessera.sim.engine import money_holds, run
-from tessera.sim.scenario import Audits, Churn, Faults, Gateway, load
+from tessera.sim.engine import Run, money_holds, run
+from tessera.sim.scenario import Audits, Churn, Faults, Gateway, Scenario, load
 from tessera.verify.disputes import upheld_chance
 
 
@@ -112,3 +114,40 @@ def test_the_gateways_breakers_keep_broken_providers_out() -> None:
     assert not w.broken[s["provider"][s["ok"]]].any()  # answered elsewhere
     assert float(s["ok"].mean()) > 0.999
     assert money_holds(result.totals)
+
+
+def _chat(ttl_s: float) -> tuple[Scenario, Run]:
+    base = load("chat")
+    scenario = dataclasses.replace(
+        base,
+        gpus=(dataclasses.replace(base.gpus[0], share=1.0),),  # one group: always kept
+        cheaters=(),
+        churn=Churn(600.0, 1.0, 600.0, 2.5),  # exponential sessions: memoryless
+        gateway=dataclasses.replace(base.gateway, sticky_ttl_s=ttl_s),
+        demand=dataclasses.replace(base.demand, requests_per_s=100_000.0,
+                                   sampled_requests_per_s=20.0),
+    )  # fmt: skip
+    return scenario, run(scenario, seed=9, providers=2_000, hours=0.25)
+
+
+def test_a_chats_next_turn_goes_back_to_its_provider_while_its_session_lasts() -> None:
+    """Sessions exponential with mean m, the next turn sent Exp(theta) after the answer:
+    it finds its provider in the same session (and its cache) with chance m / (m + theta),
+    times the chance the session also outlasts the answer, inside the binomial 99.9 %
+    band; there it prefills only the new message."""
+    scenario, result = _chat(ttl_s=600.0)
+    s = result.samples
+    later = s["ok"] & (s["turn"] > 0)
+    warm = later & s["warm"]
+    m, theta = scenario.churn.session_mean_s, scenario.demand.think_time_s
+    # The session must also outlast the answer itself (D: round trip, prefill, decode).
+    answer_s = (s["network_ms"] + s["service_ms"])[later] / 1000.0
+    expected = m / (m + theta) * float(np.mean(np.exp(-answer_s / m)))
+    n = int(later.sum())
+    assert n > 3_000
+    band = 3.3 * math.sqrt(expected * (1 - expected) / n)
+    assert abs(float(warm.sum()) / n - expected) <= band + 0.002
+    assert np.median(s["prefill_ms"][warm]) < 0.5 * np.median(s["prefill_ms"][later & ~warm])
+    # Without the sticky table (a TTL of 0) no turn finds its cache.
+    _, cold = _chat(ttl_s=0.0)
+    assert not cold.samples["warm"].any() and (cold.samples["turn"] > 0).any()

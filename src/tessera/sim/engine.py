@@ -167,9 +167,11 @@ def run(
     door = Door(scenario.gateway, totals.replicas)
     delay = max(1, round(scenario.gateway.overload_retry_after_s / step))
     retries = Retries(demand.retries_after_refusal, delay)
-    foreground = Foreground(delay)
+    foreground = Foreground(delay, scenario)
     breakers = Breakers(world, scenario.gateway)
     failing_over = 0.0  # requests a broken provider failed or never got, routed again
+    chats = demand.conversation_turns_mean > 1
+    keeps = np.zeros(groups.size, dtype=bool)
     for i in range(steps):
         now = i * step
         totals.churn_flips += churn_step(world, scenario.churn, now, rng)
@@ -189,6 +191,8 @@ def run(
         if i % route_every == 0 or (multiplier, outage) != last_event:
             share, allowed = _route(groups, world, group, up, streams, slots, prefill_s,
                                     service, sat, half, now, tokens, rate)  # fmt: skip
+            if chats:  # where the router keeps a conversation, under the load just routed
+                keeps = groups.keeps_sticky(tokens[0], tokens[1], now)
             last_event = (multiplier, outage)
         group_capacity = np.bincount(group, weights=np.where(up, capacity, 0.0),
                                      minlength=groups.size)  # fmt: skip
@@ -233,7 +237,7 @@ def run(
         # The foreground: a sample of requests, each seeing this step's state.
         count = int(rng.poisson(demand.sampled_requests_per_s * multiplier * step))
         state = Step(now, lam, total_weight, streams, service, queue_before, refused_share,
-                     lost_share)  # fmt: skip
+                     lost_share, group, keeps)  # fmt: skip
         events += foreground.step(world, law, scenario, state, count, demand_share, rng)
         totals.steps += 1
         if progress is not None and (i % 60 == 0 or i == steps - 1):

@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
+from tessera.sim.conversations import Conversations
 from tessera.sim.overload import queue_at
 from tessera.sim.scenario import Scenario
 from tessera.sim.step import Step
@@ -38,6 +39,8 @@ class Samples:
     at: list[np.ndarray] = field(default_factory=list)  # when it was first sent (virtual s)
     refused: list[np.ndarray] = field(default_factory=list)  # the gateway refused every try
     tries: list[np.ndarray] = field(default_factory=list)  # times sent to the gateway
+    turn: list[np.ndarray] = field(default_factory=list)  # of its conversation (0: first)
+    warm: list[np.ndarray] = field(default_factory=list)  # prefilled on a cached prefix
 
     def add(self, **columns: np.ndarray) -> None:
         for name, values in columns.items():
@@ -59,6 +62,10 @@ class Arrivals:
     output: Floats
     at: Floats  # first sent (virtual s)
     refusals: Ints  # how often the gateway refused it so far
+    conversation: Ints  # its conversation's id (sim/conversations.py)
+    turn: Ints  # 0: the conversation's first
+    turns_left: Ints  # turns still to come after this one
+    history: Floats  # tokens of the conversation before this turn's message
 
     @classmethod
     def joined(cls, parts: list[Arrivals]) -> Arrivals:
@@ -71,7 +78,10 @@ class Arrivals:
         return len(self.at)
 
 
-_ARRIVAL_FIELDS = ("region", "prompt", "output", "at", "refusals")
+_ARRIVAL_FIELDS = (
+    "region", "prompt", "output", "at", "refusals", "conversation", "turn", "turns_left",
+    "history",
+)  # fmt: skip
 
 
 class Foreground:
@@ -79,10 +89,12 @@ class Foreground:
     carried to the step its retry lands in (one still waiting when the run ends is left
     out, as the background's queue is)."""
 
-    def __init__(self, delay_steps: int) -> None:
+    def __init__(self, delay_steps: int, scenario: Scenario) -> None:
         self.samples = Samples()
         self.kept = 0
         self.carried: deque[list[Arrivals]] = deque([] for _ in range(delay_steps))
+        self.conversations = Conversations(scenario.gateway.sticky_ttl_s)
+        self.next_turns: dict[int, list[Arrivals]] = {}  # by the step they arrive in
 
     def step(
         self,
@@ -97,32 +109,79 @@ class Foreground:
         """Follow ``count`` new requests and the retries due now; returns how many."""
         parts = self.carried.popleft()
         self.carried.append([])
+        parts += self.next_turns.pop(round(state.now / scenario.step_s), [])
         if state.routed_per_s <= 0:  # nobody to send them to: retries wait a step
             self.carried[0].extend(parts)
             return 0
         if count and self.kept < MAX_SAMPLES:
-            parts.append(_new_requests(scenario, count, state.now, demand_share, rng))
+            parts.append(_new_requests(scenario, count, state.now, demand_share, rng,
+                                       self.conversations))  # fmt: skip
             self.kept += count
         if not parts:
             return 0
         arrivals = Arrivals.joined(parts)
-        finished, again = _foreground(world, law, scenario, state, arrivals, rng)
+        finished, again, answered = _foreground(world, law, scenario, state, arrivals, rng,
+                                                self.conversations)  # fmt: skip
         self.samples.add(**finished)
         if len(again):
             self.carried[-1].append(again)
+        self._next_turns(world, scenario, answered, rng)
         return len(arrivals)
+
+    def _next_turns(
+        self,
+        world: World,
+        scenario: Scenario,
+        answered: tuple[Arrivals, Floats, Ints],
+        rng: np.random.Generator,
+    ) -> None:
+        """Remember where each answered turn was served, and send its conversation's
+        next turn a think time later, the whole conversation so far as its prompt."""
+        turns, done, provider = answered
+        going_on = turns.turns_left > 0
+        if not going_on.any():
+            return
+        turns, done, provider = turns.take(going_on), done[going_on], provider[going_on]
+        self.conversations.remember(world, turns.conversation, turns.turn, provider, done)
+        demand = scenario.demand
+        count = len(turns)
+        history = turns.prompt + turns.output
+        message = rng.lognormal(
+            np.log(demand.prompt_tokens_median), demand.prompt_tokens_sigma, count
+        )
+        output = rng.lognormal(
+            np.log(demand.output_tokens_median), demand.output_tokens_sigma, count
+        )
+        at = done + rng.exponential(demand.think_time_s, count)
+        nxt = Arrivals(turns.region, history + message, output, at,
+                       np.zeros(count, dtype=np.int64), turns.conversation, turns.turn + 1,
+                       turns.turns_left - 1, history)  # fmt: skip
+        lands = np.floor(at / scenario.step_s).astype(np.int64)
+        for index in np.unique(lands):
+            self.next_turns.setdefault(int(index), []).append(nxt.take(lands == index))
 
 
 def _new_requests(
-    scenario: Scenario, count: int, now: float, demand_share: Floats, rng: np.random.Generator
+    scenario: Scenario,
+    count: int,
+    now: float,
+    demand_share: Floats,
+    rng: np.random.Generator,
+    conversations: Conversations,
 ) -> Arrivals:
-    """``count`` requests sent during the step from ``now``: region, lengths, time."""
+    """``count`` requests sent during the step from ``now``: region, lengths, time, and
+    how many turns their conversations will have."""
     demand = scenario.demand
     region = rng.choice(len(demand_share), size=count, p=demand_share)
     prompt = rng.lognormal(np.log(demand.prompt_tokens_median), demand.prompt_tokens_sigma, count)
     output = rng.lognormal(np.log(demand.output_tokens_median), demand.output_tokens_sigma, count)
     start = now + rng.random(count) * scenario.step_s
-    return Arrivals(region, prompt, output, start, np.zeros(count, dtype=np.int64))
+    zeros = np.zeros(count, dtype=np.int64)
+    turns_left = zeros
+    if demand.conversation_turns_mean > 1:  # geometric: mean turns, at least one
+        turns_left = rng.geometric(1.0 / demand.conversation_turns_mean, count) - 1
+    return Arrivals(region, prompt, output, start, zeros, conversations.open(count), zeros,
+                    turns_left, np.zeros(count))  # fmt: skip
 
 
 def _foreground(
@@ -132,11 +191,14 @@ def _foreground(
     state: Step,
     arrivals: Arrivals,
     rng: np.random.Generator,
-) -> tuple[dict[str, np.ndarray], Arrivals]:
+    conversations: Conversations,
+) -> tuple[dict[str, np.ndarray], Arrivals, tuple[Arrivals, Floats, Ints]]:
     """The step's arrivals at the gateway: each refused with the step's refused share (the
     fluid's; a refusal does not depend on who sent it). A refused request comes back
     after Retry-After while the consumer has retries left, else ends refused; an admitted
-    one is served (:func:`_attempts`). Returns the finished ones and those coming back."""
+    one is served (:func:`_attempts`), a conversation's next turn first offered to the
+    provider of the last (sim/conversations.py). Returns the finished ones, those coming
+    back, and the answered ones with when their answers ended and who gave them."""
     refused = np.zeros(len(arrivals), dtype=bool)
     if state.refused_share > 0:
         refused = rng.random(len(arrivals)) < state.refused_share
@@ -144,10 +206,19 @@ def _foreground(
     back = arrivals.take(again)
     back.refusals = back.refusals + 1
     retry_after_s = float(scenario.gateway.overload_retry_after_s)
-    served = _attempts(world, law, scenario, state, arrivals.take(~refused), rng)
+    admitted = arrivals.take(~refused)
+    sticky_to = np.full(len(admitted), -1, dtype=np.int64)
+    if admitted.turn.any():
+        sticky_to = conversations.targets(world, state, admitted.conversation, admitted.turn,
+                                          admitted.at)  # fmt: skip
+    served = _attempts(world, law, scenario, state, admitted, sticky_to, rng)
     gave_up = _refused(arrivals.take(refused & ~again), retry_after_s)
     finished = {name: np.concatenate((served[name], gave_up[name])) for name in served}
-    return finished, back
+    ok = served["ok"]
+    done = (
+        served["at"] + (served["queue_ms"] + served["network_ms"] + served["service_ms"]) / 1000.0
+    )
+    return finished, back, (admitted.take(ok), done[ok], served["provider"][ok])
 
 
 def _refused(requests: Arrivals, retry_after_s: float) -> dict[str, np.ndarray]:
@@ -168,6 +239,8 @@ def _refused(requests: Arrivals, retry_after_s: float) -> dict[str, np.ndarray]:
         "at": requests.at,
         "refused": np.ones(count, dtype=bool),
         "tries": requests.refusals + 1,
+        "turn": requests.turn,
+        "warm": np.zeros(count, dtype=bool),
     }
 
 
@@ -177,12 +250,14 @@ def _attempts(
     scenario: Scenario,
     state: Step,
     requests: Arrivals,
+    sticky_to: Ints,
     rng: np.random.Generator,
 ) -> dict[str, np.ndarray]:
     """Admitted requests, followed one by one: each goes where the step's demand went
     (the router's decisions for the step, spread over each group's members), with
-    failover (each attempt drawn afresh). Time lost to refusals and failed attempts
-    counts as waiting."""
+    failover (each attempt drawn afresh). A conversation's turn with a provider in
+    ``sticky_to`` (not -1) tries it first, and prefills only its new message there. Time
+    lost to refusals and failed attempts counts as waiting."""
     demand = scenario.demand
     lam, streams, service = state.lam, state.streams, state.service
     count = len(requests)
@@ -196,6 +271,7 @@ def _attempts(
     attempts = np.zeros(count, dtype=np.int64)
     ok = np.zeros(count, dtype=bool)
     provider = np.zeros(count, dtype=np.int64)
+    warm = np.zeros(count, dtype=bool)
     pending = np.arange(count)
     # Time lost before a provider answered: Retry-After per refusal, then failed attempts.
     spent = requests.refusals * float(scenario.gateway.overload_retry_after_s)
@@ -205,11 +281,16 @@ def _attempts(
         at = start[pending] + spent[pending]
         drawn = rng.random(pending.size) * total
         chosen = np.minimum(np.searchsorted(cumulative, drawn, side="right"), len(lam) - 1)
+        cached = np.zeros(pending.size)
+        if attempt == 1 and (sticky_to >= 0).any():
+            back = sticky_to[pending] >= 0
+            chosen[back] = sticky_to[pending][back]
+            cached[back] = requests.history[pending][back]
         g = world.gpu[chosen]
         rtt = law.rtt_ms[region[pending], world.region[chosen]] + law.last_mile_ms[region[pending]]
         waiting = queue_at(world, state, chosen, np.clip(at - state.now, 0.0, scenario.step_s))
         wait = np.where(waiting > 0, waiting / service[chosen], 0.0)
-        pre = prompt[pending] / law.prefill_tps[g]
+        pre = (prompt[pending] - cached) / law.prefill_tps[g]
         per_token = (streams[chosen] + law.half_streams[g]) / law.saturated_tps[g]
         duration = rtt / 1000.0 + wait + pre + output[pending] * per_token
         # The attempt fails when the provider's session ends before the answer does, or
@@ -228,6 +309,7 @@ def _attempts(
         tpot[done] = per_token[~failed] * 1000.0
         ok[done] = True
         provider[done] = chosen[~failed]
+        warm[done] = cached[~failed] > 0
         lost_s = np.where(broken, rtt / 1000.0 + scenario.faults.fail_after_ms / 1000.0,
                           rtt / 1000.0)  # fmt: skip
         spent[pending[failed]] += np.where(dies, np.maximum(world.flip_at[chosen] - at, 0.0),
@@ -246,4 +328,6 @@ def _attempts(
         "at": start,
         "refused": np.zeros(count, dtype=bool),
         "tries": requests.refusals + 1,
+        "turn": requests.turn,
+        "warm": warm,
     }

@@ -130,6 +130,7 @@ def seed_figures(run: Run) -> dict[str, Any]:
             "electricity_usd_per_gpu_hour": _r(kwh * s.electricity_usd_per_kwh / gpu_hours) if gpu_hours else None,
             **_margins(run, watts),
         },
+        "conversations": _conversations(sm, ok, ttft),
         "by_minute": _by_minute(sm, ok, refused, ttft),
         "ledger": {
             "paid": t.paid,
@@ -256,7 +257,7 @@ def to_markdown(body: dict[str, Any], plot: str, timeline: str = "") -> str:
             f"| {kind}: requests until caught, median (formula) | {ci(f'cheaters.by_kind.{kind}.requests_to_catch_median')} ({ci(f'cheaters.by_kind.{kind}.formula_median')}) |"
             for kind in body["summary"].get("cheaters", {}).get("by_kind", {})
         ),
-        f"| broken providers: jobs each failed, breaker openings each, time shut out | {ci('broken_providers.failed_jobs_each')}, {ci('broken_providers.breaker_openings_each')}, {ci('broken_providers.share_of_time_shut_out', '{:.1%}')} |",
+        *_optional_rows(body, ci),
         f"| audits / disputes (first vote failed) / upheld / cleared | {ci('audits.audits', '{:.0f}')} / {ci('audits.disputes', '{:.0f}')} / {ci('audits.upheld', '{:.0f}')} / {ci('audits.cleared', '{:.0f}')} |",
         f"| false slashes (upheld over a request not cheated) | {ci('cheaters.false_slashes', '{:.0f}')} |",
         f"| provider income, USD per GPU-hour | {ci('providers_income.usd_per_gpu_hour')} |",
@@ -427,6 +428,38 @@ def catch_plot(runs: list[Run]) -> str:
         + drawn
         + "</svg>\n"
     )
+
+
+def _optional_rows(body: dict[str, Any], ci: Any) -> list[str]:
+    """Rows for what only some scenarios have: chats, broken providers."""
+    summary = body["summary"]
+    rows = []
+    if (summary["conversations"]["later_turns"]["mean"] or 0) > 0:
+        rows += [
+            f"| chats: later turns back on their provider (sticky) | {ci('conversations.sticky_share_of_later_turns', '{:.1%}')} |",
+            f"| chats: prefill / TTFT p50 of later turns, sticky vs elsewhere (ms) | {ci('conversations.prefill_ms_p50_sticky')} vs {ci('conversations.prefill_ms_p50_elsewhere')} / {ci('conversations.ttft_ms_p50_sticky')} vs {ci('conversations.ttft_ms_p50_elsewhere')} |",
+        ]
+    if (summary["broken_providers"]["providers"]["mean"] or 0) > 0:
+        rows.append(
+            f"| broken providers: jobs each failed, breaker openings each, time shut out | {ci('broken_providers.failed_jobs_each')}, {ci('broken_providers.breaker_openings_each')}, {ci('broken_providers.share_of_time_shut_out', '{:.1%}')} |"
+        )
+    return rows
+
+
+def _conversations(sm: dict[str, np.ndarray], ok: np.ndarray, ttft: np.ndarray) -> dict[str, Any]:
+    """Chats: how often a later turn found its provider again (sticky, with the
+    conversation's prefix in its cache), and what that saved."""
+    later = ok & (sm["turn"] > 0)
+    warm, cold = later & sm["warm"].astype(bool), later & ~sm["warm"].astype(bool)
+    return {
+        "later_turns": int(later.sum()),
+        "later_turns_share": _r(float(later.sum()) / max(1, int(ok.sum()))),
+        "sticky_share_of_later_turns": _r(float(warm.sum()) / later.sum()) if later.any() else None,
+        "prefill_ms_p50_sticky": _pct(sm["prefill_ms"][warm], 50),
+        "prefill_ms_p50_elsewhere": _pct(sm["prefill_ms"][cold], 50),
+        "ttft_ms_p50_sticky": _pct(ttft[warm], 50),
+        "ttft_ms_p50_elsewhere": _pct(ttft[cold], 50),
+    }
 
 
 def _broken(t: Any) -> dict[str, Any]:

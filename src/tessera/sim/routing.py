@@ -157,6 +157,32 @@ class GroupRouter:
             out[group] = count / draws
         return out
 
+    def keeps_sticky(self, prompt_tokens: int, output_tokens: int, now: float) -> np.ndarray:
+        """Per group: whether the real router keeps a conversation whose last turn was
+        served there (``RouteRequest.sticky``: kept while its score is at least
+        ``STICKY_MIN_SHARE`` of the best), under the load ``shares`` left."""
+        out = np.zeros(self.size, dtype=bool)
+        pool = self.registry.pool(MODEL)
+        for group in self._live():
+            pid = self.groups[group].provider_id
+            decision = self.router.choose(
+                pool,
+                RouteRequest(
+                    model=MODEL,
+                    policy=self.policy,
+                    prompt_tokens=prompt_tokens,
+                    output_tokens=output_tokens,
+                    sticky=pid,
+                ),
+                now,
+            )
+            out[group] = (
+                isinstance(decision, Decision)
+                and decision.reason == "sticky"
+                and decision.provider.provider_id == pid
+            )
+        return out
+
     def allowed(self) -> np.ndarray:
         """Which groups the consumers' policy lets serve them (busy or not)."""
         out = np.zeros(self.size, dtype=bool)

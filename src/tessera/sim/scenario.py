@@ -20,7 +20,7 @@ from tessera.verify.disputes import upheld_chance
 from tessera.verify.sampling import AuditPolicy
 
 REGION = re.compile(r"[A-Z]{2}(-[a-z0-9-]{1,30})?")  # as a provider announces it
-NAMES = ("baseline", "churn", "cheaters", "eu-only", "flash-crowd", "replica-loss")
+NAMES = ("baseline", "churn", "cheaters", "eu-only", "flash-crowd", "replica-loss", "chat")
 
 
 class ScenarioError(ValueError):
@@ -135,6 +135,11 @@ class Demand:
     # the openai SDK's default (max_retries = 2; it waits what Retry-After says, up to
     # 60 s), so a request is sent at most three times before the consumer sees the error.
     retries_after_refusal: int = 2
+    # Chats: a new request opens a conversation of this many turns on average (geometric;
+    # 1: single requests), the next turn sent this long (exponential) after the answer,
+    # its prompt the whole conversation so far (sim/conversations.py).
+    conversation_turns_mean: float = 1.0
+    think_time_s: float = 30.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,6 +166,9 @@ class Gateway:
     breaker_failures: int = 3
     breaker_backoff_s: float = 5.0
     breaker_backoff_max_s: float = 300.0
+    # A conversation's next turn goes to the provider that served the last one for this
+    # long (market.sticky.StickyTable; 0: never).
+    sticky_ttl_s: float = 600.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -371,6 +379,10 @@ def _check(s: Scenario) -> None:
     _check_gateway(s.gateway)
     if s.demand.retries_after_refusal < 0:
         raise ScenarioError("demand.retries_after_refusal must not be negative")
+    if s.demand.conversation_turns_mean < 1 or s.demand.think_time_s <= 0:
+        raise ScenarioError("demand.conversation_turns_mean >= 1 and demand.think_time_s > 0")
+    if s.gateway.sticky_ttl_s < 0:
+        raise ScenarioError("gateway.sticky_ttl_s must not be negative")
     if s.churn.downtime_shape <= 1:
         raise ScenarioError("churn.downtime_shape must exceed 1 (a Pareto law needs it for a mean)")
 

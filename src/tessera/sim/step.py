@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from tessera.sim.world import Floats
+from tessera.sim.world import Bools, Floats, Ints
 
 
 @dataclass(frozen=True)
@@ -24,3 +24,5 @@ class Step:
     queue_before: Floats  # waiting for each provider's slot when the step began
     refused_share: float  # of the step's tries, refused at the gateway
     lost_share: float  # of attempts landing on a dead gateway replica
+    group: Ints  # each provider's (GPU class, region) group
+    sticky_keeps: Bools  # per group: the router keeps a conversation there (sim/routing.py)
