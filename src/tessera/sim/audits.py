@@ -34,7 +34,7 @@ import numpy as np
 
 from tessera.ledger.slashing_table import DEFAULT_RULES, SlashingTable
 from tessera.sim.money import CONSUMERS, Money, exact_shares
-from tessera.sim.scenario import Scenario
+from tessera.sim.scenario import Scenario, resolved
 from tessera.sim.world import Bools, Floats, Ints, Laws, World
 from tessera.verify.auditors import Candidate, auditor_order
 from tessera.verify.disputes import Case, upheld_chance
@@ -94,10 +94,10 @@ def cheating_of(scenario: Scenario) -> Cheating:
     kinds = scenario.cheaters
     return Cheating(
         probability=np.array([0.0, *(c.cheat_probability for c in kinds)]),
-        detection=np.array([0.0, *(c.detection for c in kinds)]),
+        detection=np.array([0.0, *(c.seen for c in kinds)]),
         audited=np.array([False, *(c.audited for c in kinds)]),
         reasons=("", *(c.kind for c in kinds)),
-        false_flag=scenario.audits.false_flag,
+        false_flag=resolved(scenario.audits.false_flag, "audits.false_flag"),
     )
 
 

@@ -254,7 +254,7 @@ def to_markdown(body: dict[str, Any], plot: str, timeline: str = "") -> str:
         f"| cheaper than self-hosting on {SELF_HOSTED[0]} {SELF_HOSTED[1]} | {ci('cost.cheaper_than_self_hosted', '{:.1%}')} |",
         f"| cheaters caught | {ci('cheaters.caught', '{:.0f}')} of {ci('cheaters.providers', '{:.0f}')} |",
         *(
-            f"| {kind}: requests until caught, median (formula) | {ci(f'cheaters.by_kind.{kind}.requests_to_catch_median')} ({ci(f'cheaters.by_kind.{kind}.formula_median')}) |"
+            f"| {kind}: requests until caught, median (formula); an audit vote fails it | {ci(f'cheaters.by_kind.{kind}.requests_to_catch_median')} ({ci(f'cheaters.by_kind.{kind}.formula_median')}); {ci(f'cheaters.by_kind.{kind}.vote_fails_it', '{:.1%}')} |"
             for kind in body["summary"].get("cheaters", {}).get("by_kind", {})
         ),
         *_optional_rows(body, ci),
@@ -478,6 +478,7 @@ def _kind(run: Run, index: int) -> dict[str, Any]:
     """How the cheaters of one kind fared: caught, and after how many requests, against
     the formula."""
     w = run.world
+    kind = run.scenario.cheaters[index]
     mine = w.cheat_kind == index
     caught = mine & (w.caught_after >= 0)
     requests_to_catch = w.caught_after[caught]
@@ -485,6 +486,7 @@ def _kind(run: Run, index: int) -> dict[str, Any]:
     return {
         "providers": int(mine.sum()),
         "caught": int(caught.sum()),
+        "vote_fails_it": _r(kind.seen) if kind.audited else None,  # receipts: checked
         "requests_to_catch_median": _median(requests_to_catch),
         "requests_to_catch_p90": _pct(requests_to_catch, 90),
         "catch_chance_per_request": _r(q),
@@ -505,7 +507,7 @@ def _catch_chance(run: Run, index: int) -> float:
         return kind.cheat_probability
     policy = audit_policy(s)
     rate = reputation_rate(policy, s.audits.initial_clean_audits, 0)
-    return rate * kind.cheat_probability * upheld_chance(kind.detection, kind.detection)
+    return rate * kind.cheat_probability * upheld_chance(kind.seen, kind.seen)
 
 
 def _baselines(utilisation: float) -> tuple[float | None, float | None]:

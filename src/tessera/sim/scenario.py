@@ -10,12 +10,13 @@ from __future__ import annotations
 import re
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
 from tessera.market.policy import Policy, PolicyError
+from tessera.sim.evidence import Evidence, vote_chances
 from tessera.verify.disputes import upheld_chance
 from tessera.verify.sampling import AuditPolicy
 
@@ -92,11 +93,17 @@ class Cheaters:
     kind: str = "wrong_model"
     share: float = 0.0
     cheat_probability: float = 1.0
-    detection: float = 0.95
+    # None: what the gateway's scoring code makes of the modelled evidence (sim/evidence.py)
+    detection: float | None = None
 
     @property
     def audited(self) -> bool:
         return self.kind in AUDITED_KINDS
+
+    @property
+    def seen(self) -> float:
+        """``detection``, once the scenario filled it in (parse does)."""
+        return resolved(self.detection, f"cheaters ({self.kind}).detection")
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,7 +118,9 @@ class Audits:
     deterrence: float = 2.0
     stake_tokens: int = 10
     slash_bps: int = 5_000
-    false_flag: float = 0.0  # an auditor's vote fails a request that was not cheated
+    # An auditor's vote fails a request that was not cheated (None: scored from the
+    # modelled evidence of honest providers, sim/evidence.py).
+    false_flag: float | None = None
     auditor_min_clean_audits: int = 20
     ban_after_failures: int = 2
     # Clean audits every provider has when the run starts: an established network is past
@@ -206,6 +215,7 @@ class Scenario:
     events: tuple[Event, ...] = ()
     gateway: Gateway = field(default_factory=Gateway)
     faults: Faults = field(default_factory=Faults)
+    evidence: Evidence = field(default_factory=Evidence)
 
     def region_index(self, name: str) -> int:
         return [r.name for r in self.regions].index(name)
@@ -223,8 +233,8 @@ def audit_policy(scenario: Scenario) -> AuditPolicy:
         floor_rate=a.floor_rate,
         deterrence=a.deterrence,
         detection=min(
-            (upheld_chance(c.detection, c.detection) for c in scenario.cheaters if c.audited),
-            default=upheld_chance(Cheaters().detection, Cheaters().detection),
+            (upheld_chance(c.seen, c.seen) for c in scenario.cheaters if c.audited),
+            default=AuditPolicy().detection,
         ),
     )
 
@@ -295,13 +305,40 @@ def parse(raw: dict[str, Any]) -> Scenario:
             events=tuple(Event(**e) for e in raw.get("events", ())),
             gateway=Gateway(**raw.get("gateway", {})),
             faults=Faults(**raw.get("faults", {})),
+            evidence=Evidence(**raw.get("evidence", {})),
         )
     except KeyError as exc:
         raise ScenarioError(f"the scenario misses the field {exc.args[0]!r}") from None
     except TypeError as exc:
         raise ScenarioError(f"the scenario has a field it cannot take: {exc}") from None
+    scenario = _scored(scenario)
     _check(scenario)
     return scenario
+
+
+def resolved(value: float | None, where: str) -> float:
+    """A chance the scenario left to the scoring code, after parse filled it in."""
+    if value is None:
+        raise ScenarioError(f"{where} is unset: build scenarios with load() or parse()")
+    return value
+
+
+def _scored(s: Scenario) -> Scenario:
+    """Fill in every detection and false-flag chance the scenario leaves to the scoring
+    code (sim/evidence.py); a forged receipt is always seen by the receipt check."""
+    unset = s.audits.false_flag is None or any(c.detection is None for c in s.cheaters)
+    if not unset:
+        return s
+    d = s.demand
+    chances = vote_chances(s.evidence, d.output_tokens_median, d.output_tokens_sigma)
+    cheaters = tuple(
+        c if c.detection is not None else replace(c, detection=chances.get(c.kind, 1.0))
+        for c in s.cheaters
+    )
+    audits = s.audits
+    if audits.false_flag is None:
+        audits = replace(audits, false_flag=chances["honest"])
+    return replace(s, cheaters=cheaters, audits=audits)
 
 
 def _cheaters(raw: Any) -> tuple[Cheaters, ...]:
@@ -361,12 +398,12 @@ def _check(s: Scenario) -> None:
             )
         share(c.share, f"cheaters[{i}].share")
         share(c.cheat_probability, f"cheaters[{i}].cheat_probability")
-        share(c.detection, f"cheaters[{i}].detection")
+        share(c.seen, f"cheaters[{i}].detection")
         if c.audited and c.detection == 0:
             raise ScenarioError(f"cheaters[{i}].detection must be above 0 for an audited kind")
     if sum(c.share for c in s.cheaters) > 1.0 + 1e-9:
         raise ScenarioError("the cheaters' shares must add up to at most 1")
-    share(s.audits.false_flag, "audits.false_flag")
+    share(resolved(s.audits.false_flag, "audits.false_flag"), "audits.false_flag")
     share(s.faults.broken_share, "faults.broken_share")
     if s.faults.fail_after_ms < 0:
         raise ScenarioError("faults.fail_after_ms must not be negative")
