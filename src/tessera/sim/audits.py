@@ -40,6 +40,7 @@ from tessera.verify.auditors import Candidate, auditor_order
 from tessera.verify.disputes import Case, upheld_chance
 from tessera.verify.penalties import (
     Closed,
+    Penalty,
     auditor_pay,
     bans,
     cheat_exposures,
@@ -134,16 +135,9 @@ def penalise_receipts(
         provider = int(busy[k])
         reason = cheating.reasons[int(world.cheat_kind[provider]) + 1]
         counts.receipts_refused += 1
-        if world.caught_after[provider] < 0:
-            world.caught_after[provider] = int(world.requests[provider] - served[k] + refused[k])
-            world.caught_at[provider] = now
-        slash = rules.slashing.amount(reason, int(world.stake[provider]))
-        reference = f"receipt:{settlement}:{provider}"
-        penalty = penalty_for(reason, None, 0, 0)
-        world.stake[provider] -= money.penalise(world, provider, penalty, slash, reference, now)
-        rule = rules.slashing.rule(reason)
-        if bans(rule, int(world.failed_audits[provider]), rules.ban_after_failures):
-            world.banned[provider] = True
+        number = int(world.requests[provider] - served[k] + refused[k])
+        _punish(world, rules, money, provider, penalty_for(reason, None, 0, 0), number,
+                f"receipt:{settlement}:{provider}", now)  # fmt: skip
 
 
 def audit(
@@ -277,13 +271,29 @@ def _apply(
     counts.upheld += 1
     counts.false_slashes += int(not cheated)
     world.failed_audits[provider] += 1
+    penalty = penalty_for(closed.reason, CONSUMERS, cost, earned)
+    _punish(world, rules, money, provider, penalty, request_number, reference, now)
+
+
+def _punish(
+    world: World,
+    rules: Rules,
+    money: Money,
+    provider: int,
+    penalty: Penalty,
+    request_number: int,
+    reference: str,
+    now: float,
+) -> None:
+    """A caught provider, as the gateway's verifier takes it: the penalty in its order
+    (the slashing table's share of the member's stake), and a ban when the rule says so.
+    The first catch is recorded (at its ``request_number``) for the catch statistics."""
     if world.caught_after[provider] < 0:
         world.caught_after[provider] = request_number
         world.caught_at[provider] = now
-    penalty = penalty_for(closed.reason, CONSUMERS, cost, earned)
-    slash = rules.slashing.amount(closed.reason, int(world.stake[provider]))
+    slash = rules.slashing.amount(penalty.reason, int(world.stake[provider]))
     world.stake[provider] -= money.penalise(world, provider, penalty, slash, reference, now)
-    rule = rules.slashing.rule(closed.reason)
+    rule = rules.slashing.rule(penalty.reason)
     if bans(rule, int(world.failed_audits[provider]), rules.ban_after_failures):
         world.banned[provider] = True
 

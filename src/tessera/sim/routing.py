@@ -117,16 +117,7 @@ class GroupRouter:
     def choose(self, prompt_tokens: int, output_tokens: int, now: float) -> int | None:
         """The group the real router picks for one request (None: no route)."""
         pool = self.registry.pool(MODEL)
-        decision = self.router.choose(
-            pool,
-            RouteRequest(
-                model=MODEL,
-                policy=self.policy,
-                prompt_tokens=prompt_tokens,
-                output_tokens=output_tokens,
-            ),
-            now,
-        )
+        decision = self.router.choose(pool, self._request(prompt_tokens, output_tokens), now)
         if not isinstance(decision, Decision):
             return None
         return self.by_id[decision.provider.provider_id]
@@ -165,17 +156,8 @@ class GroupRouter:
         pool = self.registry.pool(MODEL)
         for group in self._live():
             pid = self.groups[group].provider_id
-            decision = self.router.choose(
-                pool,
-                RouteRequest(
-                    model=MODEL,
-                    policy=self.policy,
-                    prompt_tokens=prompt_tokens,
-                    output_tokens=output_tokens,
-                    sticky=pid,
-                ),
-                now,
-            )
+            request = self._request(prompt_tokens, output_tokens, sticky=pid)
+            decision = self.router.choose(pool, request, now)
             out[group] = (
                 isinstance(decision, Decision)
                 and decision.reason == "sticky"
@@ -193,6 +175,18 @@ class GroupRouter:
             for live in passing:
                 out[self.by_id[live.provider_id]] = True
         return out
+
+    def _request(
+        self, prompt_tokens: int, output_tokens: int, sticky: str | None = None
+    ) -> RouteRequest:
+        """One request of the consumers' policy, as the gateway builds it."""
+        return RouteRequest(
+            model=MODEL,
+            policy=self.policy,
+            prompt_tokens=prompt_tokens,
+            output_tokens=output_tokens,
+            sticky=sticky,
+        )
 
     def _live(self) -> dict[int, Any]:
         return {
