@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 from dataclasses import dataclass, field, replace
 
 from tessera.errors import QuotaExceeded
@@ -77,7 +78,9 @@ class Payments:
         self.bookkeeper = bookkeeper
         self.registry = registry
         self.stake = stake
-        self._router = Router()  # only its stateless eligibility scan is used here
+        # Only its eligibility scans (by price, every member) are used here: they draw
+        # nothing from its random source.
+        self._router = Router(random.Random(0))
         # One stake filter per model, made once (two per request were built, each
         # formatting its description); dropped whenever the stake policy is replaced.
         self._stake_filters: dict[str, Filter] = {}

@@ -24,6 +24,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import random
 from collections.abc import Coroutine
 from dataclasses import replace
 from typing import Any, TypeVar
@@ -78,7 +79,9 @@ class RemoteMoney:
         self.settle_for_s = settle_for_s
         self.stake_refresh_s = stake_refresh_s
         self.close_wait_s = close_wait_s
-        self._router = Router()  # only its stateless eligibility scan is used here
+        # Only its eligibility scans (by price, every member) are used here: they draw
+        # nothing from its random source.
+        self._router = Router(random.Random(0))
         self._stake_filters: dict[str, Filter] = {}
         self._filters_policy = stake
         self._stakes: dict[str, int] = {}

@@ -104,10 +104,10 @@ def named(parts: tuple[float, ...]) -> dict[str, float]:
 
 
 class Router:
-    def __init__(
-        self, rng: random.Random | None = None, sample: int = 16, stake: Stake | None = None
-    ) -> None:
-        self.rng = rng or random.Random()
+    def __init__(self, rng: random.Random, sample: int = 16, stake: Stake | None = None) -> None:
+        """``rng``: the caller's random source (the gateway's seeded one, or the
+        simulator's): the router draws its sample and its pick among the best from it."""
+        self.rng = rng
         self.sample = sample
         self.stake = stake or (lambda provider_id: 0)
 
