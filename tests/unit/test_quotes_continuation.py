@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from tessera.market.quotes import output_token_bound, prompt_token_bound
+from tessera.market.quotes import chat_prompt_bound, output_token_bound, prompt_token_bound
 from tessera.protocol.wire import ChatMessage, Job, SamplingParams
 
 HANDED = list(range(100, 140))  # 40 output ids another provider already delivered
@@ -47,3 +47,17 @@ def test_empty_continue_from_changes_nothing() -> None:
     assert prompt_token_bound(plain.model_copy(update={"continue_from": []}), 10_000) == (
         prompt_token_bound(plain, 10_000)
     )
+
+
+def test_a_chats_bound_from_its_bytes_is_the_jobs_bound() -> None:
+    """The simulator bounds a modelled chat by its message's bytes: the same number the
+    gateway's bound gives the job."""
+    for text in ("hi", "héllo wörld", "x" * 700):
+        job = Job(
+            job_id="r.1",
+            model="m",
+            kind="chat",
+            messages=[ChatMessage(role="user", content=text)],
+            params=SamplingParams(max_tokens=4),
+        )
+        assert chat_prompt_bound(len(text.encode("utf-8"))) == prompt_token_bound(job, 10**6)

@@ -78,6 +78,8 @@ def test_the_scenarios_gateway_settings_default_to_the_gateways() -> None:
         "breaker_failures",
         "breaker_backoff_s",
         "breaker_backoff_max_s",
+        "sticky_ttl_s",
+        "default_max_tokens",
     ):
         assert getattr(Gateway(), name) == fields[name].default, name
     # The shipped scenarios say them too, and a file without a [gateway] table still loads.

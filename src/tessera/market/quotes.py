@@ -45,6 +45,12 @@ def prompt_token_bound(job: Job, context_length: int) -> int:
     )
 
 
+def chat_prompt_bound(message_bytes: int) -> int:
+    """:func:`prompt_token_bound` of a one-message chat whose message is ``message_bytes``
+    of UTF-8 (before the context cap): what a model of chats can bound without the text."""
+    return TEMPLATE_TOKENS_PER_PROMPT + TEMPLATE_TOKENS_PER_MESSAGE + message_bytes
+
+
 def prompt_token_floor(job: Job, max_bytes_per_token: int) -> int:
     """At most as many tokens as the longest sequence of ``job`` takes in any tokenizer
     whose tokens cover at most ``max_bytes_per_token`` bytes each: a lower bound on the

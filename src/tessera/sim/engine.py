@@ -140,7 +140,8 @@ def run(
     group = groups.group_of(world)
     by_group = np.argsort(group, kind="stable")  # providers ordered by group
     bounds = np.searchsorted(group[by_group], np.arange(groups.size + 1))
-    money = Money(groups, law, world, group, by_group, bounds)
+    max_tokens = demand.max_tokens or scenario.gateway.default_max_tokens
+    money = Money(groups, law, world, group, by_group, bounds, max_tokens)
     demand_share = np.array([r.demand_share for r in scenario.regions])
     mean_prompt = demand.prompt_tokens_median * np.exp(demand.prompt_tokens_sigma**2 / 2)
     mean_output = demand.output_tokens_median * np.exp(demand.output_tokens_sigma**2 / 2)

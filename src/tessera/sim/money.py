@@ -2,8 +2,9 @@
 
 Consumers are one account (their deposits minted at the start); each (GPU class, region)
 group of providers is one provider account whose stake is the sum of its members'. Every
-settlement, each group's requests are one hold of the worst case (the batch's prompts and
-twice its expected output at the group's prices) and one capture of the real cost: the
+settlement, each group's requests are one hold of the worst case as the gateway bounds
+it (each prompt's bound from its bytes, and every token ``max_tokens`` allows, at the
+group's prices) and one capture of the real cost: the
 escrow splits it into the providers' earnings, the protocol fee and the verification
 pool, and returns the rest, exactly as for a live request. An upheld case against a
 member moves money as the gateway's does (``verify.penalties``): the consumer's refund
@@ -22,13 +23,16 @@ from tessera.ledger.accounts import FEES, INSURANCE_POOL, VERIFICATION_POOL, ear
 from tessera.ledger.book import Book, BookPolicy
 from tessera.ledger.pricing import Price
 from tessera.ledger.spend_caps import SpendCaps
+from tessera.market.quotes import chat_prompt_bound
 from tessera.sim.routing import GroupRouter
 from tessera.sim.world import BASE_UNITS, Ints, Laws, World
 from tessera.verify.penalties import Penalty
 
 CONSUMERS = "consumers"
 KEY = "sim"  # the consumers' API key, as the spend caps see it
-WORST_CASE = 2  # a hold covers this many times the expected output
+# A prompt's UTF-8 bytes per token (English text runs about four): the gateway bounds a
+# prompt by its bytes, not its tokens.
+BYTES_PER_TOKEN = 4
 
 
 class Money:
@@ -40,8 +44,10 @@ class Money:
         group: Ints,
         by_group: Ints,
         bounds: Ints,
+        max_tokens: int,
     ) -> None:
-        """``by_group``: the providers ordered by group, group i at bounds[i]:bounds[i+1]."""
+        """``by_group``: the providers ordered by group, group i at bounds[i]:bounds[i+1];
+        ``max_tokens``: each request's, as the gateway bounds its output."""
         self.book = Book(BookPolicy(), retain_entries=False)
         self.groups = groups
         self.group = group
@@ -50,6 +56,7 @@ class Money:
             Price(int(law.price_in[g.gpu]), int(law.price_out[g.gpu])) for g in groups.groups
         ]
         self.caps = SpendCaps()
+        self.max_tokens = max_tokens
         self.paid = 0
         self.slashed = 0
         self.refunded = 0  # by slashes
@@ -66,7 +73,13 @@ class Money:
                 self.book.bond(g.provider_id, stake, f"bond:{g.provider_id}", 0.0)
 
     def settle(
-        self, settlement: int, served: Ints, world: World, prompt: int, output: int, at: float
+        self,
+        settlement: int,
+        served: Ints,
+        world: World,
+        prompt: int,
+        output: int,
+        at: float,
     ) -> None:
         """Charge every group for the requests its members served since the last
         settlement, and credit each member its share of the group's earnings."""
@@ -78,7 +91,9 @@ class Money:
                 continue
             price = self.prices[i]
             request_id = f"settle:{settlement}:{i}"
-            worst = price.cost(n * prompt, n * output * WORST_CASE)
+            # The gateway's hold: the prompt's bound and every token max_tokens allows.
+            bound = chat_prompt_bound(prompt * BYTES_PER_TOKEN)
+            worst = price.worst_case(n * bound, n * self.max_tokens)
             self.book.hold(CONSUMERS, KEY, self.caps, request_id, worst, at)
             before = self.book.ledger.balance(earnings_of(g.provider_id))
             _, cost = self.book.capture(request_id, price, n * prompt, n * output,

@@ -149,6 +149,9 @@ class Demand:
     # its prompt the whole conversation so far (sim/conversations.py).
     conversation_turns_mean: float = 1.0
     think_time_s: float = 30.0
+    # What the consumers ask for as max_tokens (None: they set none, and the gateway's
+    # default_max_tokens applies): the hold covers that many output tokens.
+    max_tokens: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -178,6 +181,7 @@ class Gateway:
     # A conversation's next turn goes to the provider that served the last one for this
     # long (market.sticky.StickyTable; 0: never).
     sticky_ttl_s: float = 600.0
+    default_max_tokens: int = 512  # max_tokens when the client sets none
 
 
 @dataclass(frozen=True, slots=True)
@@ -420,6 +424,8 @@ def _check(s: Scenario) -> None:
         raise ScenarioError("demand.conversation_turns_mean >= 1 and demand.think_time_s > 0")
     if s.gateway.sticky_ttl_s < 0:
         raise ScenarioError("gateway.sticky_ttl_s must not be negative")
+    if s.gateway.default_max_tokens < 1 or (s.demand.max_tokens or 1) < 1:
+        raise ScenarioError("gateway.default_max_tokens and demand.max_tokens must be >= 1")
     if s.churn.downtime_shape <= 1:
         raise ScenarioError("churn.downtime_shape must exceed 1 (a Pareto law needs it for a mean)")
 
