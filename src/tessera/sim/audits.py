@@ -190,9 +190,12 @@ def audit(
 def _candidates(
     world: World, exclude: int, now: float, rng: np.random.Generator
 ) -> list[Candidate]:
-    """Online, unbanned providers drawn at random, with their record as the router sees it."""
+    """Online, unbanned providers drawn at random, with their record as the router sees
+    it. A broken one is left out: its answer would fail, and the gateway would ask the
+    next auditor (``Case.auditor_failed``)."""
     drawn = np.unique(rng.integers(0, world.size, size=CANDIDATES))
-    drawn = drawn[world.online[drawn] & ~world.banned[drawn] & (drawn != exclude)]
+    able = world.online[drawn] & ~world.banned[drawn] & ~world.broken[drawn]
+    drawn = drawn[able & (drawn != exclude)]
     found = []
     for i in drawn:
         record = Reputation(
