@@ -22,12 +22,20 @@ DEFAULT_FUNDS = 100 * TOKEN
 DEFAULT_STAKE = 10 * TOKEN
 
 
-def fund_account(base: str, api_key: str, units: int = DEFAULT_FUNDS) -> dict[str, Any]:
-    """Mint ``units`` into the API key's account; returns the account view."""
+def fund_account(
+    base: str, api_key: str, units: int = DEFAULT_FUNDS, idempotency_key: str | None = None
+) -> dict[str, Any]:
+    """Mint ``units`` into the API key's account; returns the account view. A caller that
+    retries after an error passes the same ``idempotency_key`` each time: an error answer
+    does not prove the deposit was not made (a replica may time out waiting for the
+    ledger's owner that made it), and the same key is never applied twice."""
     response = httpx.post(
         f"{base}/v1/account/fund",
         json={"amount": units},
-        headers={"Authorization": f"Bearer {api_key}", "Idempotency-Key": uuid.uuid4().hex},
+        headers={
+            "Authorization": f"Bearer {api_key}",
+            "Idempotency-Key": idempotency_key or uuid.uuid4().hex,
+        },
         timeout=30,
     )
     response.raise_for_status()

@@ -19,6 +19,7 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -367,8 +368,11 @@ def test_an_owner_that_loses_its_lock_stops_answering_for_the_ledger_and_pays_th
             20,
             "B taking the ledger over",
         )
+        # A forwards it to B now. Retried with one Idempotency-Key, as a client must: an
+        # error answered while the ownership moves does not prove the deposit was not made.
+        deposit = uuid.uuid4().hex
         _wait(
-            lambda: bool(fund_account(base["a"], key, units=5)),  # A forwards it to B now
+            lambda: bool(fund_account(base["a"], key, units=5, idempotency_key=deposit)),
             10,
             "a deposit through A after its lock was lost",
         )
