@@ -39,8 +39,9 @@ def sim(
         int | None, typer.Option(min=1, max=64, help="Seeds run at once (default: the cores).")
     ] = None,
 ) -> None:
-    """Run SCENARIO through the real routing, audit and fee policies over a modelled fleet,
-    and print its headline table (same seeds, same report, byte for byte)."""
+    """Run SCENARIO over a modelled fleet through the gateway's own routing, overload,
+    breaker, audit, dispute and ledger code, and print its headline table (same seeds,
+    same report, byte for byte)."""
     try:
         chosen = load(scenario)
     except ScenarioError as exc:
