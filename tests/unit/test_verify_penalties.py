@@ -97,6 +97,14 @@ def test_the_batch_exposure_decides_as_the_single_form(
     assert [int(x) for x in batch] == [cheat_exposure(table, s, e) for s, e in rows]
 
 
+def test_the_batch_exposure_is_exact_where_the_product_would_overflow() -> None:
+    """stake * bps passes 2**63 for a stake near 1e15 base units (a million tokens)."""
+    table = SlashingTable([SlashRule("wrong_model", 9_254, True, "x")])
+    stakes = [996_704_077_962_195, 2**62, 2**63 - 1]
+    batch = cheat_exposures(table, np.array(stakes, dtype=np.int64), np.zeros(3, dtype=np.int64))
+    assert [int(x) for x in batch] == [cheat_exposure(table, s, 0) for s in stakes]
+
+
 def test_exposure_and_auditor_pay_in_base_units() -> None:
     table = SlashingTable()
     assert cheat_exposure(table, 0, 7) == 7

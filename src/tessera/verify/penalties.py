@@ -120,8 +120,10 @@ def cheat_exposures(
     """:func:`cheat_exposure` for many providers at once, element for element the same."""
     stake = np.asarray(exposed_stake, dtype=np.int64)
     bps = table.rule(WRONG_MODEL).stake_bps
-    # stake * bps stays below 2**63 for any stake under 9.2e14 base units times 1e4.
-    slash = np.where(stake > 0, np.maximum(1, stake * bps // 10_000), 0)
+    # stake * bps // 10_000 without the product (it passes 2**63 above 9.2e14 base units):
+    # with stake = 10_000 q + r, it is q * bps + r * bps // 10_000, exactly.
+    q, r = np.divmod(stake, 10_000)
+    slash = np.where(stake > 0, np.maximum(1, q * bps + r * bps // 10_000), 0)
     return slash + np.asarray(earnings, dtype=np.int64)
 
 
