@@ -1,7 +1,8 @@
-"""The gateway's ASGI app: routes that parse, call the serving layer, and map the result.
+"""The gateway's ASGI app: the process's parts built and wired, and its routes installed.
 
 ``create_app(settings)`` builds everything a gateway process needs; the lifespan opens
-the store (running migrations), the request-log writer and the provider hub.
+the store (running migrations), the request-log writer and the provider hub. The routes,
+error handlers and response plumbing live in their own modules.
 """
 
 from __future__ import annotations
@@ -9,31 +10,18 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, replace
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, TypeVar
 
-from fastapi import FastAPI, Request, WebSocket
-from fastapi.exceptions import RequestValidationError
-from fastapi.openapi.utils import get_openapi
-from fastapi.responses import JSONResponse, Response, StreamingResponse
-from pydantic import BaseModel
-from starlette.exceptions import HTTPException as StarletteHTTPException
+from fastapi import FastAPI
 
 from tessera import __version__
 from tessera.config import GatewaySettings
-from tessera.errors import (
-    ConfigError,
-    TesseraError,
-    error_headers,
-    openai_error_body,
-)
+from tessera.errors import ConfigError, TesseraError
 from tessera.explorer.routes import install_explorer_routes
 from tessera.explorer.service import Explorer
-from tessera.gateway.admission import RequestAdmission, token_bound
+from tessera.gateway.admission import RequestAdmission
 from tessera.gateway.auth import ApiKeyAuth, KeyChangeWatcher
 from tessera.gateway.bookkeeper import Bookkeeper
 from tessera.gateway.bus import Bus
@@ -42,22 +30,24 @@ from tessera.gateway.cluster_audits import AuditIntake, AuditSender, BanShare
 from tessera.gateway.cluster_reputation import CompletionsIntake, follow_stored_reputation
 from tessera.gateway.cluster_requests import RunningDesk, sweep_left_in_flight
 from tessera.gateway.dispatch import Dispatcher
+from tessera.gateway.error_handlers import install_error_handlers, tessera_error_response
 from tessera.gateway.event_feed import EventFeed
 from tessera.gateway.events import EventBus, ProviderJoined, ProviderLeft, RequestFinished
 from tessera.gateway.fast_routes import FrontDoorApp, InferenceRoutes
-from tessera.gateway.header_values import header_value
+from tessera.gateway.gateway_state import Gateway, gateway_of
 from tessera.gateway.http_limits import RequestIdAndBodyLimit
 from tessera.gateway.hub import ProviderHub
+from tessera.gateway.inference_routes import install_inference_routes
 from tessera.gateway.ledger_ownership import RESTART_IT, own_ledger, watch_ownership
 from tessera.gateway.ledger_service import LedgerService
 from tessera.gateway.liveness import Liveness
 from tessera.gateway.liveness_routes import install_liveness_routes
 from tessera.gateway.load_shedding import LagMonitor, ShedOverload
-from tessera.gateway.metrics import CONTENT_TYPE_LATEST, GatewayMetrics
+from tessera.gateway.metrics import GatewayMetrics
 from tessera.gateway.money import Money
-from tessera.gateway.money_routes import install_money_routes, payer_of
+from tessera.gateway.money_routes import install_money_routes
 from tessera.gateway.nats_bus import NatsBus
-from tessera.gateway.openapi_docs import describe
+from tessera.gateway.openapi_docs import install_openapi
 from tessera.gateway.owner_forwarding import ForwardToOwner, OwnerDoor
 from tessera.gateway.payments import Payments
 from tessera.gateway.remote_money import RemoteMoney
@@ -67,9 +57,6 @@ from tessera.gateway.replica import (
     replica_name,
     watch_for_takeover,
 )
-from tessera.gateway.request_body import invalid_parameter, parse_json, validated
-from tessera.gateway.request_context import RequestContext, Served
-from tessera.gateway.routing import policy_for
 from tessera.gateway.serving import Serving
 from tessera.gateway.status_routes import install_status_routes
 from tessera.gateway.sticky_share import StickyShare
@@ -81,16 +68,9 @@ from tessera.ledger.book import BookPolicy
 from tessera.ledger.escrow import FeePolicy, OpenHold
 from tessera.ledger.slashing_table import SlashingTable
 from tessera.market.load_shedding import LoadGauge
-from tessera.market.quotes import TEMPLATE_TOKENS_PER_MESSAGE, TEMPLATE_TOKENS_PER_PROMPT
 from tessera.market.refusals import job_event
 from tessera.market.registry import ProviderRegistry
 from tessera.market.stake_policy import StakePolicy
-from tessera.protocol.openai_api import (
-    ChatCompletionRequest,
-    CompletionRequest,
-    EmbeddingRequest,
-    OpenAIRequest,
-)
 from tessera.protocol.wire import Capabilities
 from tessera.store.accounts import AccountStore
 from tessera.store.api_keys import ApiKeyStore, hash_api_key
@@ -100,54 +80,17 @@ from tessera.store.ledger import LedgerStore
 from tessera.store.ledger_owner import ledger_owner_lock
 from tessera.store.migrate import upgrade_to_head
 from tessera.store.providers import ProviderStore
-from tessera.store.requests_log import (
-    RequestLog,
-    RequestLogWriter,
-    RequestRecord,
-    in_flight_record,
-)
+from tessera.store.requests_log import RequestLog, RequestLogWriter, RequestRecord
 from tessera.store.uptime import UptimeStore
 from tessera.store.verification import ReceiptWriter, VerificationStore
 from tessera.verify.catalog import Catalog
 from tessera.verify.reputation import ReputationBook
-
-if TYPE_CHECKING:
-    from tessera.gateway.chain_watcher import ChainWatcher
 
 log = logging.getLogger("tessera.gateway")
 PAY_THROUGH_NEW_OWNER = (
     "this replica stops moving money itself and goes on serving, paying through the new "
     "owner; it takes the ledger back if that one stops"
 )
-T = TypeVar("T", bound=BaseModel)
-
-
-@dataclass
-class Gateway:
-    """Everything one gateway process holds, built in the lifespan."""
-
-    settings: GatewaySettings
-    metrics: GatewayMetrics
-    registry: ProviderRegistry
-    hub: ProviderHub
-    serving: Serving
-    auth: ApiKeyAuth
-    keys: ApiKeyStore
-    request_log: RequestLogWriter
-    request_reader: RequestLog
-    # None on a replica that does not own the ledger: the owner answers what needs them
-    # (gateway/owner_forwarding.py); it gets them if it takes the ledger over.
-    bookkeeper: Bookkeeper | None
-    payments: Money
-    ledger_store: LedgerStore
-    accounts: AccountStore
-    verifier: Verifier
-    liveness: Liveness | None
-    admission: RequestAdmission
-    load: LoadGauge
-    events: EventBus
-    cluster: ClusterMember | None = None
-    chain: ChainWatcher | None = None  # on the ledger's owner, when it settles on a chain
 
 
 def create_app(settings: GatewaySettings, runtime: Runtime | None = None) -> FastAPI:
@@ -626,9 +569,9 @@ def create_app(settings: GatewaySettings, runtime: Runtime | None = None) -> Fas
         max_body_bytes=settings.max_body_bytes,
     )
     app.add_middleware(RequestIdAndBodyLimit, max_body_bytes=settings.max_body_bytes)
-    _install_error_handlers(app, metrics)
-    _install_routes(app, metrics, registry, routes)
-    routes.bind(app, functools.partial(_tessera_error_response, metrics))
+    install_error_handlers(app, metrics)
+    install_inference_routes(app, metrics, registry, routes)
+    routes.bind(app, functools.partial(tessera_error_response, metrics))
     install_money_routes(app, gateway_of)
     install_verification_routes(app, gateway_of)
     install_status_routes(app, gateway_of)
@@ -636,7 +579,7 @@ def create_app(settings: GatewaySettings, runtime: Runtime | None = None) -> Fas
     install_chain_routes(app, gateway_of)
     install_explorer_routes(app, explorer)
     app.state.explorer = explorer
-    _install_openapi(app, settings)
+    install_openapi(app, settings)
     return app
 
 
@@ -666,400 +609,3 @@ def load_catalog(settings: GatewaySettings) -> Catalog:
         raise ConfigError(
             f"{exc}; write one with `tessera catalog calibrate MODEL_DIR --catalog FILE`"
         ) from exc
-
-
-def gateway_of(request: Request | WebSocket) -> Gateway:
-    gateway: Gateway = request.app.state.gateway
-    return gateway
-
-
-# ------------------------------------------------------------------ errors
-
-
-def _error_response(request: Request, error: TesseraError) -> JSONResponse:
-    return JSONResponse(
-        openai_error_body(error),
-        status_code=error.status_code,
-        headers={
-            "x-request-id": request.scope.get("state", {}).get("request_id", ""),
-            **error_headers(error),
-        },
-    )
-
-
-def _tessera_error_response(
-    metrics: GatewayMetrics, request: Request, exc: TesseraError
-) -> JSONResponse:
-    metrics.requests.labels(endpoint=_route(request), status=str(exc.status_code)).inc()
-    return _error_response(request, exc)
-
-
-def _install_error_handlers(app: FastAPI, metrics: GatewayMetrics) -> None:
-    """Our errors and the framework's become OpenAI bodies; anything else is a 500 from
-    ``RequestIdAndBodyLimit``, which logs one line without the client's content."""
-
-    @app.exception_handler(TesseraError)
-    async def tessera_error(request: Request, exc: TesseraError) -> JSONResponse:
-        return _tessera_error_response(metrics, request, exc)
-
-    @app.exception_handler(RequestValidationError)
-    async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
-        return _error_response(request, invalid_parameter(exc.errors()))
-
-    @app.exception_handler(StarletteHTTPException)
-    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        error = TesseraError(str(exc.detail))
-        error.status_code = exc.status_code
-        error.error_type = "invalid_request_error" if exc.status_code < 500 else "server_error"
-        error.code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code)
-        response = _error_response(request, error)
-        response.headers.update(exc.headers or {})  # e.g. Allow on a 405
-        return response
-
-
-# ------------------------------------------------------------------ parsing
-
-
-async def parse_body(request: Request, model: type[T]) -> T:
-    """Parse JSON into ``model`` with OpenAI-style 400s that name the bad parameter."""
-    return validated(parse_json(await request.body()), model)
-
-
-async def until_disconnect(request: Request, work: Awaitable[Served]) -> Served | None:
-    """Run ``work``, cancelling it (and so the job) if the client goes away first.
-
-    The work runs in this task (a task of its own and a wait on both cost more than the
-    rest of a short request's bookkeeping); a watcher cancels this task when the client
-    disconnects, and that cancellation is turned back into a None answer here.
-    """
-    current = asyncio.current_task()
-    assert current is not None
-    left = False
-
-    async def watch() -> None:
-        nonlocal left
-        while (await request.receive())["type"] != "http.disconnect":
-            pass
-        left = True
-        current.cancel()
-
-    watcher = asyncio.ensure_future(watch())
-    try:
-        served = await work
-    except asyncio.CancelledError:
-        if not left:
-            raise  # cancelled from outside (a shutdown): not ours to swallow
-        current.uncancel()
-        return None
-    finally:
-        watcher.cancel()
-    if not left:
-        return served
-    # The answer and the client's leaving arrived together: it was never sent. (This task
-    # may still carry the watcher's cancellation, so the stream's cleanup runs apart.)
-    current.uncancel()
-    if served.settle is not None:
-        served.settle(False)
-    if served.finish is not None:
-        finishing = asyncio.ensure_future(served.finish())
-        _finishing.add(finishing)
-        finishing.add_done_callback(_finishing.discard)
-    return None
-
-
-_finishing: set[asyncio.Future[None]] = set()  # cleanups running apart (kept from the GC)
-
-
-def _route(request: Request) -> str:
-    """The matched route's path: a bounded label set, unlike raw URLs."""
-    route = request.scope.get("route")
-    return getattr(route, "path", "other")
-
-
-def _respond(request: Request, served: Served | None, metrics: GatewayMetrics) -> Response:
-    path = _route(request)
-    if served is None:
-        metrics.requests.labels(endpoint=path, status="499").inc()
-        return Response(status_code=499)
-    headers = {
-        "x-request-id": request.scope["state"]["request_id"],
-        "x-tessera-provider": served.provider_id,
-        "x-tessera-max-cost": str(served.held),
-    }
-    if served.route is not None:
-        headers["x-tessera-route"] = header_value(served.route)
-    metrics.requests.labels(endpoint=path, status="200").inc()
-    if served.stream is not None:
-        headers["cache-control"] = "no-cache"
-        return SettlingStreamingResponse(
-            served.stream, served.finish, media_type="text/event-stream", headers=headers
-        )
-    headers["x-tessera-cost"] = str(served.cost or 0)
-    try:
-        return SettledJSONResponse(served.body, served.settle, headers=headers)
-    except BaseException:
-        if served.settle is not None:
-            served.settle(False)  # the answer could not even be rendered: not charged
-        raise
-
-
-class SettledJSONResponse(JSONResponse):
-    """A whole answer that is paid for only once it was handed to the connection.
-
-    ``settle(True)`` runs after the last body byte was sent without error; an answer
-    whose sending failed (the server refused a header, the connection broke) settles
-    with False, and its hold is released. A client that vanished in the instant between
-    the gateway's last check and the write is still charged: no server can tell that.
-    """
-
-    def __init__(self, content: Any, settle: Callable[[bool], None] | None, **kwargs: Any) -> None:
-        super().__init__(content, **kwargs)
-        self._settle = settle
-
-    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        delivered = False
-        try:
-            await super().__call__(scope, receive, send)
-            delivered = True
-        finally:
-            if self._settle is not None:
-                settle, self._settle = self._settle, None
-                settle(delivered)
-
-
-class SettlingStreamingResponse(StreamingResponse):
-    """A stream that settles its payment once sent, even if its body never started.
-
-    The client's leaving is watched by one plain task that cancels this one, as
-    ``until_disconnect`` does, instead of Starlette's task group (an anyio task group and
-    cancel scope per stream, a sizeable share of a short stream's cost): the body's
-    generator then sees the cancellation at its ``await`` and settles what was sent.
-    """
-
-    def __init__(
-        self,
-        content: AsyncIterator[bytes],
-        finish: Callable[[], Awaitable[None]] | None,
-        **kwargs: Any,
-    ) -> None:
-        super().__init__(content, **kwargs)
-        self._finish = finish
-
-    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        current = asyncio.current_task()
-        assert current is not None
-        left = False
-
-        async def watch() -> None:
-            nonlocal left
-            while (await receive())["type"] != "http.disconnect":
-                pass
-            left = True
-            current.cancel()
-
-        watcher = asyncio.ensure_future(watch())
-        try:
-            await self.stream_response(send)
-        except asyncio.CancelledError:
-            if not left:
-                raise  # cancelled from outside (a shutdown): not ours to swallow
-        finally:
-            watcher.cancel()
-            finish = self._finish
-            if left:
-                current.uncancel()
-            if finish is not None and not left:
-                await finish()
-            elif finish is not None:
-                # The client left; this task may still carry the watcher's cancellation
-                # (the stream ended in the same instant), so the cleanup runs apart.
-                finishing = asyncio.ensure_future(finish())
-                _finishing.add(finishing)
-                finishing.add_done_callback(_finishing.discard)
-
-
-# ------------------------------------------------------------------ routes
-
-
-def _install_routes(
-    app: FastAPI, metrics: GatewayMetrics, registry: ProviderRegistry, fast: InferenceRoutes
-) -> None:
-    async def context(request: Request, endpoint: str) -> tuple[RequestContext, Any]:
-        """The request's context, and its key (limits, default routing policy)."""
-        gateway = gateway_of(request)
-        key = await gateway.auth.authenticate(request.headers.get("authorization"))
-        ctx = RequestContext(
-            request_id=request.scope["state"]["request_id"],
-            api_key_id=key.id,
-            endpoint=endpoint,
-            model="",
-            started=time.perf_counter(),
-            payer=payer_of(key),
-        )
-        return ctx, key
-
-    @app.get("/health")
-    async def health() -> dict[str, Any]:
-        return {
-            "status": "ok",
-            "version": __version__,
-            "providers": len(registry),
-            "models": [s.name for s in registry.summaries()],
-        }
-
-    @app.get("/metrics")
-    async def prometheus() -> Response:
-        return Response(metrics.render(), media_type=CONTENT_TYPE_LATEST)
-
-    @app.get("/v1/models")
-    async def list_models(request: Request) -> dict[str, Any]:
-        catalog = gateway_of(request).verifier.catalog
-        return {
-            "object": "list",
-            "data": [
-                {
-                    **model_assurance(catalog.get(s.name) is not None),
-                    "id": s.name,
-                    "object": "model",
-                    "created": 0,
-                    "owned_by": "tessera",
-                    "kind": s.kind,
-                    "providers": s.providers,
-                    "context_length": s.context_length,
-                    "pricing": {
-                        "input_per_mtok": {"min": s.price_input_min, "max": s.price_input_max},
-                        "output_per_mtok": {"min": s.price_output_min, "max": s.price_output_max},
-                        "unit": "base units (1 token = 10^9)",
-                    },
-                    "supports_tools": s.supports_tools,
-                    "embedding_dimensions": s.embedding_dimensions,
-                }
-                for s in registry.summaries()
-            ],
-        }
-
-    async def serve(
-        request: Request,
-        endpoint: str,
-        body_type: type[OpenAIRequest],
-        work: Callable[[Serving], Callable[[Any, RequestContext], Awaitable[Served]]],
-    ) -> Response:
-        """Authenticate, parse, admit, run the work (cancelled if the client leaves), map.
-
-        The admission ticket is released exactly once when the response is over: at once
-        for an error or a whole answer, after the last byte (or the client's departure)
-        for a stream, whose ``finish`` runs after this handler has returned.
-        """
-        gateway = gateway_of(request)
-        ctx, key = await context(request, endpoint)
-        # Admitted before the body is read: malformed requests spend the key's rate too.
-        ticket = gateway.admission.admit(ctx.request_id, key, 0)
-        release = functools.partial(gateway.admission.release, ctx.request_id, ticket)
-        try:
-            body = await parse_body(request, body_type)
-            ctx.model = body.model
-            ctx.policy = policy_for(getattr(key, "policy_json", None), body.provider)
-            tokens = token_bound(body, gateway.settings.default_max_tokens)
-            gateway.admission.take_tokens(ctx.request_id, ticket, tokens)
-        except BaseException:
-            release()
-            raise
-        # An in_flight row now (queued, never awaited); a crash leaves it to be marked.
-        unrecorded = gateway.request_log.started(
-            in_flight_record(ctx.request_id, ctx.api_key_id, endpoint, ctx.model, key.account_id)
-        )
-        try:
-            served = await until_disconnect(request, work(gateway.serving)(body, ctx))
-        except BaseException:
-            release()
-            unrecorded()
-            raise
-        if served is None or served.stream is None:
-            release()
-            if served is None:
-                unrecorded()
-            return _respond(request, served, metrics)
-        finish = served.finish
-
-        async def finish_and_release() -> None:
-            try:
-                if finish is not None:
-                    await finish()
-            finally:
-                release()
-
-        return _respond(request, replace(served, finish=finish_and_release), metrics)
-
-    @app.post(
-        "/v1/chat/completions",
-        openapi_extra=_body_schema(ChatCompletionRequest),
-        response_model=None,
-    )
-    async def chat_completions(request: Request) -> Response:
-        return await serve(request, "chat.completions", ChatCompletionRequest, lambda s: s.chat)
-
-    @app.post("/v1/completions", openapi_extra=_body_schema(CompletionRequest), response_model=None)
-    async def completions(request: Request) -> Response:
-        return await serve(request, "completions", CompletionRequest, lambda s: s.completions)
-
-    @app.post("/v1/embeddings", openapi_extra=_body_schema(EmbeddingRequest), response_model=None)
-    async def embeddings(request: Request) -> Response:
-        return await serve(request, "embeddings", EmbeddingRequest, lambda s: s.embeddings)
-
-    for path, endpoint in (
-        ("/v1/chat/completions", chat_completions),
-        ("/v1/completions", completions),
-        ("/v1/embeddings", embeddings),
-    ):
-        route = next(r for r in app.router.routes if getattr(r, "path", None) == path)
-        fast.add(path, endpoint, route)
-
-    @app.websocket("/v1/providers/connect")
-    async def provider_socket(websocket: WebSocket) -> None:
-        await gateway_of(websocket).hub.serve(websocket)
-
-
-def model_assurance(audited: bool) -> dict[str, Any]:
-    """What a consumer can rely on for one model: audited, and what its bill can be."""
-    if audited:
-        billing = (
-            "Audited: the catalog pins its weights, providers pass a join challenge, and a "
-            "sample of answers is re-scored by other providers; a wrong token count is "
-            "slashed. Completion tokens are the ones the gateway relayed."
-        )
-    else:
-        billing = (
-            "Not audited: the weights are not pinned and nobody re-counts the provider's "
-            "work. Completion tokens are the ones the gateway relayed; prompt tokens are the "
-            "provider's count, capped by the gateway's own bound: UTF-8 bytes of each "
-            f"prompt or input + {TEMPLATE_TOKENS_PER_PROMPT}, + {TEMPLATE_TOKENS_PER_MESSAGE} "
-            "per chat message. On English text that cap is about 4 to 5 times an honest "
-            "count (more on very short inputs)."
-        )
-    return {"audited": audited, "billing": billing}
-
-
-_SCHEMA_DEFS: dict[str, Any] = {}
-
-
-def _body_schema(model: type[BaseModel]) -> dict[str, Any]:
-    """Document a body we parse by hand; its nested types go to components/schemas."""
-    schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
-    _SCHEMA_DEFS.update(schema.pop("$defs", {}))
-    _SCHEMA_DEFS[model.__name__] = schema
-    ref = {"$ref": f"#/components/schemas/{model.__name__}"}
-    return {"requestBody": {"required": True, "content": {"application/json": {"schema": ref}}}}
-
-
-def _install_openapi(app: FastAPI, settings: GatewaySettings) -> None:
-    def openapi() -> dict[str, Any]:
-        if app.openapi_schema is None:
-            schema = get_openapi(
-                title=app.title, version=app.version, description=app.description, routes=app.routes
-            )
-            schema.setdefault("components", {}).setdefault("schemas", {}).update(_SCHEMA_DEFS)
-            fund_max = settings.dev_fund_max_units if settings.dev_mode else None
-            app.openapi_schema = describe(schema, fund_max_units=fund_max)
-        return app.openapi_schema
-
-    app.openapi = openapi  # type: ignore[method-assign]

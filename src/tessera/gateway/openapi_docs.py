@@ -16,6 +16,9 @@ The transport itself may also close a connection with 408 (a head or body too sl
 431 (a head too large) before any operation is chosen; those are stated once, in
 :data:`TRANSPORT_NOTE`. An operation not in :data:`OPERATIONS` gets the statuses its
 parameters imply (400 for any parameter or body, 404 for a path parameter).
+
+:func:`install_openapi` makes the app build its document this way, once; the bodies the
+routes parse by hand are documented with :func:`body_schema`.
 """
 
 from __future__ import annotations
@@ -23,6 +26,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from fastapi import FastAPI
+from fastapi.openapi.utils import get_openapi
+from pydantic import BaseModel
+
+from tessera.config import GatewaySettings
 from tessera.protocol.provider_api import SIGNATURE_HEADER
 
 HEX_PROVIDER_ID = "^[0-9a-f]{64}$"
@@ -236,3 +244,29 @@ def _error_response(status: int) -> dict[str, Any]:
         "headers": headers,
         "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorResponse"}}},
     }
+
+
+_SCHEMA_DEFS: dict[str, Any] = {}
+
+
+def body_schema(model: type[BaseModel]) -> dict[str, Any]:
+    """Document a body we parse by hand; its nested types go to components/schemas."""
+    schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
+    _SCHEMA_DEFS.update(schema.pop("$defs", {}))
+    _SCHEMA_DEFS[model.__name__] = schema
+    ref = {"$ref": f"#/components/schemas/{model.__name__}"}
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": ref}}}}
+
+
+def install_openapi(app: FastAPI, settings: GatewaySettings) -> None:
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = get_openapi(
+                title=app.title, version=app.version, description=app.description, routes=app.routes
+            )
+            schema.setdefault("components", {}).setdefault("schemas", {}).update(_SCHEMA_DEFS)
+            fund_max = settings.dev_fund_max_units if settings.dev_mode else None
+            app.openapi_schema = describe(schema, fund_max_units=fund_max)
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
