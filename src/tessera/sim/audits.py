@@ -37,7 +37,7 @@ from tessera.sim.money import CONSUMERS, Money, exact_shares
 from tessera.sim.scenario import Scenario, resolved
 from tessera.sim.world import Bools, Floats, Ints, Laws, World
 from tessera.verify.auditors import Candidate, auditor_order
-from tessera.verify.disputes import Case, upheld_chance
+from tessera.verify.disputes import Case
 from tessera.verify.penalties import (
     Closed,
     Penalty,
@@ -337,9 +337,3 @@ def audit_rules(scenario: Scenario) -> Rules:
         for rule in DEFAULT_RULES
     ]
     return Rules(SlashingTable(table), a.auditor_min_clean_audits, a.ban_after_failures)
-
-
-def case_detection(detection: float) -> float:
-    """The chance an audit of a cheated request ends upheld: the first vote fails it,
-    then 2 of 3 agree (``verify.disputes.upheld_chance``)."""
-    return upheld_chance(detection, detection)

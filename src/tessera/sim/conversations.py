@@ -21,11 +21,10 @@ from __future__ import annotations
 import numpy as np
 
 from tessera.market.sticky import StickyTable, conversation_digest
+from tessera.sim.money import KEY
+from tessera.sim.routing import MODEL
 from tessera.sim.step import Step
 from tessera.sim.world import Floats, Ints, World
-
-KEY = "sim"  # the consumers' API key, as the table keys conversations
-MODEL = "llama-3.1-8b-instruct"
 
 
 def digest(conversation: int, turn: int) -> str:
