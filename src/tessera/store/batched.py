@@ -18,20 +18,26 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import queue
 import threading
 import weakref
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from sqlalchemy import Connection, Engine
+from sqlalchemy import Connection, Engine, event
 from sqlalchemy import create_engine as create_sync_engine
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.pool import StaticPool
 
 from tessera.store.engine import sqlite_hooks
+from tessera.store.wal_checkpoints import WalCheckpointer
+
+JOURNAL_SIZE_LIMIT_BYTES = 16 * 1024 * 1024  # the WAL a RESTART checkpoint lets start over
 
 T = TypeVar("T")
+
+log = logging.getLogger("tessera.store.batched")
 
 
 _Work = tuple[Callable[[Connection], Any], dict[str, Any], asyncio.Future[Any]]
@@ -50,6 +56,7 @@ class _SqliteWriter:
             url, poolclass=StaticPool, connect_args={"check_same_thread": False}
         )
         sqlite_hooks(self.engine)
+        self.checkpointer = _checkpointer_for(self.engine)
         self._queue: queue.SimpleQueue[_Work | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._serve, name="tessera-sqlite", daemon=True)
         self._thread.start()
@@ -66,10 +73,28 @@ class _SqliteWriter:
             error: BaseException | None = None
             try:
                 result = self._run(fn, options)
+                if self.checkpointer is not None:
+                    self.checkpointer.committed()
             except BaseException as exc:  # handed to the waiting coroutine
                 error = exc
             with contextlib.suppress(RuntimeError):  # its event loop is already closed
                 done.get_loop().call_soon_threadsafe(_settle, done, result, error)
+            checkpointer = self.checkpointer
+            if checkpointer is not None and checkpointer.writer_should_checkpoint(
+                idle=self._queue.empty()
+            ):
+                self._catch_up(checkpointer)
+
+    def _catch_up(self, checkpointer: WalCheckpointer) -> None:
+        """Copy the rest of the WAL from this thread, where nothing commits meanwhile, so
+        that the next commit starts it over (see ``wal_checkpoints.py``)."""
+        try:
+            with self.engine.connect() as conn:
+                row = conn.exec_driver_sql("PRAGMA wal_checkpoint(PASSIVE)").one()
+        except Exception as exc:  # the next transaction's own error will say more
+            log.warning("the writer's checkpoint failed: %s", exc)
+            return
+        checkpointer.writer_checkpointed((int(row[0]), int(row[1]), int(row[2])))
 
     def _run(self, fn: Callable[[Connection], T], options: dict[str, Any]) -> T:
         with self.engine.connect() as conn:
@@ -81,7 +106,27 @@ class _SqliteWriter:
         self._queue.put(None)
         if self._thread is not threading.current_thread():
             self._thread.join(timeout=10)
+        if self.checkpointer is not None:
+            self.checkpointer.close()
         self.engine.dispose()
+
+
+def _checkpointer_for(engine: Engine) -> WalCheckpointer | None:
+    """The writer's commits leave checkpoints to a thread of their own (see
+    ``wal_checkpoints.py``); None for a database without a file (in memory)."""
+    path = engine.url.database
+    if not path or path == ":memory:" or "mode=memory" in path:
+        return None
+
+    @event.listens_for(engine, "connect")
+    def _no_checkpoints_in_commits(dbapi_connection: Any, _record: Any) -> None:
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA wal_autocheckpoint=0")
+        # A WAL started over is cut back to this size rather than kept at its peak.
+        cursor.execute(f"PRAGMA journal_size_limit={JOURNAL_SIZE_LIMIT_BYTES}")
+        cursor.close()
+
+    return WalCheckpointer(path)
 
 
 def _settle(done: asyncio.Future[Any], result: Any, exc: BaseException | None) -> None:
