@@ -88,13 +88,16 @@ class _SqliteWriter:
     def _catch_up(self, checkpointer: WalCheckpointer) -> None:
         """Copy the rest of the WAL from this thread, where nothing commits meanwhile, so
         that the next commit starts it over (see ``wal_checkpoints.py``)."""
-        try:
+
+        def checkpoint() -> tuple[int, int, int]:
             with self.engine.connect() as conn:
                 row = conn.exec_driver_sql("PRAGMA wal_checkpoint(PASSIVE)").one()
+            return int(row[0]), int(row[1]), int(row[2])
+
+        try:
+            checkpointer.writer_catch_up(checkpoint)
         except Exception as exc:  # the next transaction's own error will say more
             log.warning("the writer's checkpoint failed: %s", exc)
-            return
-        checkpointer.writer_checkpointed((int(row[0]), int(row[1]), int(row[2])))
 
     def _run(self, fn: Callable[[Connection], T], options: dict[str, Any]) -> T:
         with self.engine.connect() as conn:

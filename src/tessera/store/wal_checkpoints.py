@@ -29,7 +29,9 @@ from __future__ import annotations
 import logging
 import sqlite3
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
+from urllib.parse import quote
 
 log = logging.getLogger("tessera.store.checkpoints")
 
@@ -53,7 +55,7 @@ class WalCheckpointer:
 
     The writer calls ``committed()`` after each commit (it only counts) and, between
     transactions, ``writer_should_checkpoint(idle)``; when that is true it runs a PASSIVE
-    checkpoint on its own connection and reports it with ``writer_checkpointed``.
+    checkpoint on its own connection through ``writer_catch_up``.
     ``close()`` runs a last checkpoint and ends the thread."""
 
     def __init__(self, path: str, policy: CheckpointPolicy | None = None) -> None:
@@ -66,6 +68,7 @@ class WalCheckpointer:
         self._commits = 0  # since this thread's last checkpoint
         self._unseen = 0  # commits since the last checkpoint by either
         self._wake = threading.Event()
+        self._running = threading.Lock()  # one checkpoint at a time, this thread's or the writer's
         self._closing = False
         self._thread = threading.Thread(
             target=self._serve, name="tessera-sqlite-checkpoint", daemon=True
@@ -86,11 +89,14 @@ class WalCheckpointer:
         stale = self._unseen >= self.policy.stale_commits
         return stale or pages >= 2 * limit or (idle and pages >= limit)
 
-    def writer_checkpointed(self, result: tuple[int, int, int]) -> None:
-        """The writer's own checkpoint ran: ``(busy, WAL pages, pages copied)``."""
+    def writer_catch_up(self, checkpoint: Callable[[], tuple[int, int, int]]) -> None:
+        """Run the writer's ``checkpoint`` (its own connection's PASSIVE checkpoint, giving
+        ``(busy, WAL pages, pages copied)``) once this thread's is done: two at once
+        would leave one of them busy, and the WAL would not start over."""
+        with self._running:
+            busy, pages, copied = checkpoint()
         self.catch_ups += 1
         self._unseen = 0
-        busy, pages, copied = result
         if not busy and copied == pages:
             self._wal_pages = 0  # the next commit starts the WAL over
 
@@ -102,25 +108,30 @@ class WalCheckpointer:
 
     def _serve(self) -> None:
         try:
-            conn = sqlite3.connect(self.path)
+            # mode=rw: never create the file (the engine made it, private, before).
+            conn = sqlite3.connect(f"file:{quote(self.path)}?mode=rw", uri=True)
         except sqlite3.Error as exc:
             log.warning(
                 "cannot open %s for checkpoints (%s); writers' WAL may grow", self.path, exc
             )
             return
         try:
-            while not self._closing:
+            while True:
                 self._wake.wait(self.policy.every_s)
                 self._wake.clear()
-                if self._commits or self._closing:
+                closing = self._closing
+                if self._commits or closing:  # and always a last one on close
                     self._commits = 0
                     self._checkpoint(conn)
+                if closing:
+                    return
         finally:
             conn.close()
 
     def _checkpoint(self, conn: sqlite3.Connection) -> None:
         try:
-            busy, pages, copied = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+            with self._running:
+                busy, pages, copied = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
             self.checkpoints += 1
             self._unseen = 0
             self.last = (busy, pages, copied)
