@@ -33,8 +33,6 @@ from sqlalchemy.pool import StaticPool
 from tessera.store.engine import sqlite_hooks
 from tessera.store.wal_checkpoints import WalCheckpointer
 
-JOURNAL_SIZE_LIMIT_BYTES = 16 * 1024 * 1024  # the WAL a RESTART checkpoint lets start over
-
 T = TypeVar("T")
 
 log = logging.getLogger("tessera.store.batched")
@@ -121,15 +119,13 @@ def _checkpointer_for(engine: Engine) -> WalCheckpointer | None:
     if not path or path == ":memory:" or "mode=memory" in path:
         return None
 
-    @event.listens_for(engine, "connect")
-    def _no_checkpoints_in_commits(dbapi_connection: Any, _record: Any) -> None:
-        cursor = dbapi_connection.cursor()
-        cursor.execute("PRAGMA wal_autocheckpoint=0")
-        # A WAL started over is cut back to this size rather than kept at its peak.
-        cursor.execute(f"PRAGMA journal_size_limit={JOURNAL_SIZE_LIMIT_BYTES}")
-        cursor.close()
-
-    return WalCheckpointer(path)
+    checkpointer = WalCheckpointer(path)
+    event.listen(
+        engine,
+        "connect",
+        lambda dbapi_connection, _record: checkpointer.configure_writer(dbapi_connection),
+    )
+    return checkpointer
 
 
 def _settle(done: asyncio.Future[Any], result: Any, exc: BaseException | None) -> None:

@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from urllib.parse import quote
 
 log = logging.getLogger("tessera.store.checkpoints")
+PAGE_BYTES = 4096  # SQLite's default page size, which our databases use
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,7 +45,7 @@ class CheckpointPolicy:
 
     every_commits: int = 100
     every_s: float = 0.5
-    restart_pages: int = 4_096  # 16 MiB of 4 KiB pages
+    restart_pages: int = 4_096  # 16 MiB of 4 KiB pages; a WAL started over is cut back to it
     # With no checkpoint by either for this many commits (the thread starved of CPU), the
     # writer catches up by its own count.
     stale_commits: int = 400
@@ -53,10 +54,11 @@ class CheckpointPolicy:
 class WalCheckpointer:
     """One thread checkpointing the database at ``path`` while writers go on.
 
-    The writer calls ``committed()`` after each commit (it only counts) and, between
-    transactions, ``writer_should_checkpoint(idle)``; when that is true it runs a PASSIVE
-    checkpoint on its own connection through ``writer_catch_up``.
-    ``close()`` runs a last checkpoint and ends the thread."""
+    The writer's connection is set up by ``configure_writer``; the writer calls
+    ``committed()`` after each commit (it only counts) and, between transactions,
+    ``writer_should_checkpoint(idle)``; when that is true it runs a PASSIVE checkpoint on
+    its own connection through ``writer_catch_up``. ``close()`` runs a last checkpoint
+    and ends the thread."""
 
     def __init__(self, path: str, policy: CheckpointPolicy | None = None) -> None:
         self.path = path
@@ -65,8 +67,7 @@ class WalCheckpointer:
         self.catch_ups = 0  # checkpoints the writer ran
         self.last: tuple[int, int, int] | None = None  # (busy, WAL pages, pages copied)
         self._wal_pages = 0  # as of the last checkpoint
-        self._commits = 0  # since this thread's last checkpoint
-        self._unseen = 0  # commits since the last checkpoint by either
+        self._commits = 0  # since the last checkpoint, this thread's or the writer's
         self._wake = threading.Event()
         self._running = threading.Lock()  # one checkpoint at a time, this thread's or the writer's
         self._closing = False
@@ -75,10 +76,17 @@ class WalCheckpointer:
         )
         self._thread.start()
 
+    def configure_writer(self, dbapi_connection: sqlite3.Connection) -> None:
+        """The writer's connection: no checkpoint inside its commits, and a WAL that
+        starts over cut back to ``restart_pages`` rather than kept at its peak."""
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA wal_autocheckpoint=0")
+        cursor.execute(f"PRAGMA journal_size_limit={self.policy.restart_pages * PAGE_BYTES}")
+        cursor.close()
+
     def committed(self) -> None:
         """One more commit in the WAL (a plain counter: a lost increment costs nothing)."""
         self._commits += 1
-        self._unseen += 1
         if self._commits >= self.policy.every_commits:
             self._wake.set()
 
@@ -86,7 +94,7 @@ class WalCheckpointer:
         """Whether the writer should catch up now (``idle``: nothing is waiting for it)."""
         pages = self._wal_pages
         limit = self.policy.restart_pages
-        stale = self._unseen >= self.policy.stale_commits
+        stale = self._commits >= self.policy.stale_commits
         return stale or pages >= 2 * limit or (idle and pages >= limit)
 
     def writer_catch_up(self, checkpoint: Callable[[], tuple[int, int, int]]) -> None:
@@ -96,7 +104,7 @@ class WalCheckpointer:
         with self._running:
             busy, pages, copied = checkpoint()
         self.catch_ups += 1
-        self._unseen = 0
+        self._commits = 0
         if not busy and copied == pages:
             self._wal_pages = 0  # the next commit starts the WAL over
 
@@ -133,7 +141,6 @@ class WalCheckpointer:
             with self._running:
                 busy, pages, copied = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
             self.checkpoints += 1
-            self._unseen = 0
             self.last = (busy, pages, copied)
             self._wal_pages = max(pages, 0)  # -1: not in WAL mode
         except sqlite3.Error as exc:  # a locked or vanished database: try again next time
