@@ -84,7 +84,7 @@ from front_door_procs import (
     start_tessera,
     wait_quiet,
 )
-from front_door_report import machine, markdown, tables, targets, versions
+from front_door_report import machine, markdown, tables, targets, versions, why_missed
 
 # ================================================================ measuring
 
@@ -423,7 +423,7 @@ def measure(bench: Bench, servers: Servers, rows: list[str], console: Any, workd
             memory(f"{row}: streams")
 
 
-def report(console: Any, results: Results, rows: list[str]) -> None:
+def report(console: Any, results: Results, rows: list[str], duration: int) -> None:
     from rich.table import Table
 
     console.print("rows: " + "; ".join(f"[bold]{row}[/]: {ROWS[row]}" for row in rows))
@@ -442,6 +442,8 @@ def report(console: Any, results: Results, rows: list[str]) -> None:
         style = {"met": "green", "MISSED": "red"}.get(target_row[2], "")
         verdicts.add_row(*target_row, style=style)
     console.print(verdicts)
+    for reason in why_missed(results, duration):
+        console.print(reason.replace("**", ""))
 
 
 def main() -> int:
@@ -479,12 +481,12 @@ def main() -> int:
     info["Versions"] = versions(litellm_version if litellm_exe else "not run", wrk)
     if args.nice:
         os.setpriority(os.PRIO_PROCESS, 0, args.nice)  # inherited by everything started
-    bench = Bench(args, workdir, wrk, results, OthersMeter(lambda: []))
+    bench = Bench(args, workdir, wrk, results, OthersMeter(dict))
     previous = signal.signal(signal.SIGTERM, _interrupt)
     servers = None
     try:
         servers = start_servers(console, workdir, litellm_exe, results)
-        bench.meter.pids = lambda: list(servers.pids().values()) if servers else []
+        bench.meter.servers = servers.pids
         rows = [row for row in ROWS if row in servers.targets()]
         measure(bench, servers, rows, console, workdir)
     except KeyboardInterrupt:
@@ -496,7 +498,7 @@ def main() -> int:
                 servers.stop()
         signal.signal(signal.SIGTERM, previous)
     info["Machine"]["load average at the end"] = " ".join(f"{x:.2f}" for x in os.getloadavg())
-    report(console, results, rows)
+    report(console, results, rows, args.duration)
     if not args.no_results:
         RESULTS.write_text(markdown(results, rows, info, args))
         console.print(f"wrote {RESULTS.relative_to(REPO)}")

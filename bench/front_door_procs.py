@@ -132,32 +132,49 @@ def _own_s() -> float:
 class OthersMeter:
     """How busy processes outside this run kept each of its two cores while a point was
     measured: the noise in a figure, on a machine other people use too. Every process of
-    the run is pinned to one core, so the rest of a core's busy time is someone else's."""
+    the run is pinned to one core, so the rest of a core's busy time is someone else's.
 
-    def __init__(self, pids: Callable[[], list[int]]) -> None:
-        self.pids = pids
+    It also keeps each server's own CPU time over the point: what an answer costs it,
+    which is what says why a throughput or latency target is out of reach."""
 
-    def _ours(self) -> dict[int, float]:
+    def __init__(self, servers: Callable[[], dict[str, int]]) -> None:
+        self.servers = servers  # name -> pid of every process this run started
+
+    def _used(self) -> dict[str, float]:
+        used = {}
+        for name, pid in self.servers().items():
+            with contextlib.suppress(OSError):
+                used[name] = cpu_seconds([pid])
+        return used
+
+    def _ours(self, used: dict[str, float]) -> dict[int, float]:
         ours = {LOAD_CORE: _own_s(), SERVER_CORE: 0.0}
-        for pid in self.pids():
+        for name, pid in self.servers().items():
             with contextlib.suppress(OSError):
                 core = min(os.sched_getaffinity(pid))
-                ours[core] = ours.get(core, 0.0) + cpu_seconds([pid])
+                ours[core] = ours.get(core, 0.0) + used.get(name, 0.0)
         return ours
 
     @contextlib.contextmanager
     def measuring(self, result: dict[str, Any]) -> Iterator[None]:
-        """Sets ``result["others_pct"]``: {core: percent of that core}, over the block."""
-        started, busy, ours = time.monotonic(), busy_per_core_s(), self._ours()
+        """Sets ``result["others_pct"]``: {core: percent of that core}, and
+        ``result["cpu_s"]``: {server: CPU seconds it used}, over the block."""
+        started, busy = time.monotonic(), busy_per_core_s()
+        used = self._used()
+        ours = self._ours(used)
         yield
         elapsed = time.monotonic() - started
-        busy_now, ours_now = busy_per_core_s(), self._ours()
+        busy_now = busy_per_core_s()
+        used_now = self._used()
+        ours_now = self._ours(used_now)
         result["others_pct"] = {
             core: 100
             * max(0.0, busy_now[core] - busy[core] - ours_now[core] + ours[core])
             / elapsed
             for core in (LOAD_CORE, SERVER_CORE)
         }
+        result["wall_s"] = elapsed
+        result["cpu_s"] = {name: used_now[name] - used[name] for name in used_now if name in used}
 
 
 def others_cpu(result: dict[str, Any]) -> str:

@@ -41,6 +41,38 @@ def _added(a: float | None, b: float | None) -> str:
     return f"{a - b:+,.2f}"
 
 
+SERVERS = ("litellm", "gateway", "agent")
+
+
+def answers(result: dict[str, Any]) -> int:
+    """What a point's servers answered, whatever its mode: requests, or whole streams."""
+    if "completed" in result:
+        return int(result["completed"] + result["errors"])
+    if "sent" in result:
+        return int(result["ok"] + result["errors"])
+    return int(result["requests"])
+
+
+def cpu_ms_per(result: dict[str, Any], server: str, count: int) -> float:
+    """Milliseconds of ``server``'s CPU per answer over one point (NaN if it did not run)."""
+    used = (result.get("cpu_s") or {}).get(server)
+    if used is None or not count:
+        return math.nan
+    return 1000 * used / count
+
+
+def core_busy_pct(result: dict[str, Any], row: str) -> float:
+    """How busy the servers kept core 1 during a point: their CPU over its wall time."""
+    used = result.get("cpu_s") or {}
+    wall = result.get("wall_s")
+    if not wall:
+        return math.nan
+    on_core = ("litellm",) if row == "litellm" else ("gateway",)
+    if row == "tessera-shared":
+        on_core = ("gateway", "agent")
+    return 100 * sum(used.get(n, 0.0) for n in on_core) / wall
+
+
 def tables(results: Results, rows: list[str]) -> list[tuple[str, list[str], list[list[str]]]]:
     """Every table as (title, columns, rows of cells): rendered by rich and as Markdown."""
     out = []
@@ -122,6 +154,31 @@ def tables(results: Results, rows: list[str]) -> list[tuple[str, list[str], list
             stream_rows,
         )
     )  # fmt: skip
+    cpu_rows = []
+    for row in rows:
+        if row == "direct":
+            continue
+        for phase, unit, figures in (
+            ("closed loop c=", "", results.closed.get(row, {})),
+            ("open loop ", "/s", results.open.get(row, {})),
+            ("streams ", "", results.streams.get(row, {})),
+        ):
+            for x, r in figures.items():
+                done = answers(r)
+                cpu_rows.append(
+                    [
+                        row, f"{phase}{x}{unit}", str(done),
+                        *(_f(cpu_ms_per(r, name, done), 3) for name in SERVERS),
+                        _f(core_busy_pct(r, row), 0),
+                    ]
+                )  # fmt: skip
+    out.append(
+        (
+            "CPU per answer (a stream counts as one answer), ms",
+            ["path", "point", "answers", *SERVERS, "servers' core busy %"],
+            cpu_rows,
+        )
+    )
     names = sorted({name for _, rss in results.memory for name in rss})
     out.append(
         (
@@ -290,6 +347,76 @@ def versions(litellm_version: str, wrk: str | None) -> dict[str, str]:
     }
 
 
+def why_missed(results: Results, duration: int) -> list[str]:
+    """Why the throughput and latency targets are missed, from this run's own CPU figures:
+    what an answer costs the gateway and the agent bounds what one core can do."""
+    out: list[str] = []
+    split, shared = (
+        results.closed.get("tessera-split", {}),
+        results.closed.get("tessera-shared", {}),
+    )
+    lite = results.closed.get("litellm", {})
+
+    def per(r: dict[str, Any] | None, server: str) -> float:
+        return math.nan if r is None else cpu_ms_per(r, server, answers(r))
+
+    top = split.get(max(split, default=0))
+    gateway = per(top, "gateway")
+    if not math.isnan(gateway):
+        line = (
+            f"**Throughput.** At c={max(split)} the gateway used {gateway:.3f} ms of CPU per "
+            f"answer, so one core answers at most {1000 / gateway:,.0f} req/s. 2,000 req/s "
+            f"needs 0.5 ms or less: {gateway / 0.5:.1f}× less work per answer."
+        )
+        litellm = per(lite.get(max(lite, default=0)), "litellm")
+        if not math.isnan(litellm):
+            line += f" LiteLLM used {litellm:.3f} ms per answer ({litellm / gateway:.1f}×)."
+        out.append(line)
+    top = shared.get(max(shared, default=0))
+    both = per(top, "gateway") + per(top, "agent")
+    if not math.isnan(both):
+        out.append(
+            f"**Sharing a core.** The gateway and the agent together used {both:.3f} ms per "
+            f"answer at c={max(shared)}: at most {1000 / both:,.0f} req/s on one core, where "
+            "1,000 req/s needs 1 ms or less."
+        )
+    one = split.get(1)
+    path = per(one, "gateway") + per(one, "agent")
+    if not math.isnan(path):
+        out.append(
+            f"**Latency at c=1.** Each request runs through the gateway "
+            f"({per(one, 'gateway'):.3f} ms of CPU per answer) and the agent "
+            f"({per(one, 'agent'):.3f} ms) in turn: {path:.3f} ms of CPU on its path before "
+            "any of the extra socket hops (client to gateway, gateway to agent and back), "
+            "where the target allows 1 ms added at the median."
+        )
+    point = results.open.get("tessera-split", {}).get(500)
+    if point and point.get("wall_s"):
+        busy = core_busy_pct(point, "tessera-split")
+        cost = per(point, "gateway")
+        out.append(
+            f"**Open loop at 500/s.** The gateway's core was {busy:.0f} % busy "
+            f"({cost:.3f} ms per answer). Arrivals are random, so requests that come together "
+            f"wait for each other: a 5 ms p99 leaves room for about {5 / cost:.0f} answers "
+            "queued ahead of a request, all the gateway's other work (its batched writes, "
+            "garbage collection) included."
+        )
+    streams = results.streams.get("tessera-split", {})
+    direct = results.streams.get("direct", {}).get(256)
+    light = streams.get(min(streams, default=0))
+    cost = per(light, "gateway")
+    if direct and not math.isnan(cost):
+        asked = (direct["completed"] + direct["errors"]) / duration
+        out.append(
+            f"**256 streams.** A stream cost the gateway {cost:.3f} ms of CPU at "
+            f"{min(streams)} streams (its request, hold and capture, and every chunk relayed). "
+            f"256 streams ask for about {asked:,.0f} streams/s (the direct row's rate), "
+            f"{asked * cost / 1000:.1f} s of CPU per second: more than one core, so chunks "
+            "queue behind each other, first tokens wait and gaps between chunks grow."
+        )
+    return out
+
+
 def markdown(
     results: Results,
     rows: list[str],
@@ -329,6 +456,10 @@ def markdown(
         table(["target", "figure", "verdict", "margin"], targets(results)),
         "",
     ]
+    reasons = why_missed(results, args.duration)
+    if reasons:
+        parts += ["### Why, from this run's CPU figures", ""] + [f"- {r}" for r in reasons]
+        parts.append("")
     for title, columns, cells in tables(results, rows):
         parts += [f"## {title}", "", table(columns, cells), ""]
     parts += [
