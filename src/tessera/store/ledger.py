@@ -43,6 +43,7 @@ from tessera.ledger.journal import (
 )
 from tessera.store.batched import in_transaction
 from tessera.store.dialect import conflict_insert
+from tessera.store.driver_statements import execute_many, scalar
 from tessera.store.engine import SQLITE_BEGIN_OPTION
 from tessera.store.errors import StoreError, translated
 from tessera.store.tables import ledger_balances, ledger_entries, ledger_postings
@@ -182,9 +183,12 @@ def _check_widths(entry: Entry) -> None:
             )
 
 
+_MAX_ENTRY_ID = select(func.max(_entries.entry_id))
+
+
 def _append(conn: Connection, entries: Sequence[Entry]) -> None:
     """The batch as one transaction's statements (see :meth:`LedgerStore.append`)."""
-    stored = int(conn.execute(select(func.max(_entries.entry_id))).scalar() or 0)
+    stored = int(scalar(conn, _MAX_ENTRY_ID) or 0)
     retried = [entry for entry in entries if entry.entry_id <= stored]
     if retried:
         _check_retried(conn, retried)
@@ -229,7 +233,8 @@ def _fresh(entries: Sequence[Entry], stored: int) -> list[Entry]:
 def _insert(conn: Connection, fresh: Sequence[Entry]) -> None:
     """Three executemany statements, whatever the number of entries."""
     statements = _statements(conn.dialect.name)
-    conn.execute(
+    execute_many(
+        conn,
         statements.entries,
         [
             {
@@ -251,10 +256,11 @@ def _insert(conn: Connection, fresh: Sequence[Entry]) -> None:
             posting_rows.append(
                 {"entry_id": entry.entry_id, "account": account, "amount": posting.amount}
             )
-    conn.execute(statements.postings, posting_rows)
+    execute_many(conn, statements.postings, posting_rows)
     last = fresh[-1].entry_id
     # Sorted, so two writers (which would be a bug) lock rows in one order and cannot deadlock.
-    conn.execute(
+    execute_many(
+        conn,
         statements.balances,
         [
             {"account": account, "balance": deltas[account], "last_entry_id": last}

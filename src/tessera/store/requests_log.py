@@ -27,10 +27,12 @@ from typing import Final
 from sqlalchemy import or_, select, update
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.sql.dml import Insert
 
 from tessera.store.batch_writer import BatchWriter
 from tessera.store.batched import in_transaction
 from tessera.store.dialect import conflict_insert
+from tessera.store.driver_statements import execute_many
 from tessera.store.errors import StoreError, translated
 from tessera.store.rows import row_values
 from tessera.store.tables import requests
@@ -128,20 +130,7 @@ class RequestLog:
         rows = [row_values(record) for record in latest.values()]
 
         def write(conn: Connection) -> None:
-            stmt = conflict_insert(conn.dialect.name, requests)
-            stmt = stmt.on_conflict_do_update(
-                index_elements=[requests.c.request_id],
-                set_={
-                    column.name: stmt.excluded[column.name]
-                    for column in requests.columns
-                    if column.name != "request_id"
-                },
-                # ``interrupted``: another replica's start marked it while it was running
-                # here (replicas share the log); its own final record is the truth.
-                # (Two comparisons, not IN: an expanding IN cannot run per row of a batch.)
-                where=or_(requests.c.status == IN_FLIGHT, requests.c.status == INTERRUPTED),
-            )
-            conn.execute(stmt, rows)
+            execute_many(conn, _final_records_upsert(conn.dialect.name), rows)
 
         with translated(self._engine.url):
             await in_transaction(self._engine, write)
@@ -298,3 +287,22 @@ class RequestLogWriter(BatchWriter[RequestRecord]):
 
     async def _write(self, batch: Sequence[RequestRecord]) -> None:
         await self._log.write_many(list(batch))
+
+
+@functools.cache
+def _final_records_upsert(dialect: str) -> Insert:
+    """Insert, or replace a row that is ``in_flight`` or ``interrupted`` (its final record
+    arrived). Built once per dialect: the driver runs it compiled (driver_statements)."""
+    stmt = conflict_insert(dialect, requests)
+    return stmt.on_conflict_do_update(
+        index_elements=[requests.c.request_id],
+        set_={
+            column.name: stmt.excluded[column.name]
+            for column in requests.columns
+            if column.name != "request_id"
+        },
+        # ``interrupted``: another replica's start marked it while it was running
+        # here (replicas share the log); its own final record is the truth.
+        # (Two comparisons, not IN: an expanding IN cannot run per row of a batch.)
+        where=or_(requests.c.status == IN_FLIGHT, requests.c.status == INTERRUPTED),
+    )

@@ -28,6 +28,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from tessera.store.batch_writer import BatchWriter, Queued
 from tessera.store.batched import in_transaction
 from tessera.store.dialect import conflict_insert
+from tessera.store.driver_statements import execute_many
 from tessera.store.errors import StoreError, translated
 from tessera.store.rows import row_values
 from tessera.store.tables import (
@@ -55,6 +56,7 @@ SHA256_HEX_CHARS = 64
 
 # Ids per ``IN (...)`` query: far below both drivers' bind-parameter limits.
 _IN_CHUNK = 1_000
+_INSERT_RECEIPT = insert(receipts)  # built once: the driver runs it compiled (driver_statements)
 
 ReputationStats = dict[str, dict[str, float | int]]
 
@@ -222,7 +224,7 @@ class VerificationStore:
             try:
                 values = [row_values(row) for row in rows]
                 await in_transaction(
-                    self._engine, lambda conn: conn.execute(insert(receipts), values)
+                    self._engine, lambda conn: execute_many(conn, _INSERT_RECEIPT, values)
                 )
             except sa_exc.IntegrityError as exc:
                 stored = await self._stored_receipt_ids(ids)
