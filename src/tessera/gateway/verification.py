@@ -89,7 +89,7 @@ from tessera.verify.penalties import (
     close,
     penalty_for,
 )
-from tessera.verify.receipts import ReceiptCheck, check_receipt
+from tessera.verify.receipts import CheckedBodies, ReceiptCheck, check_receipt
 from tessera.verify.reputation import ReputationBook
 from tessera.verify.sampling import AuditPolicy, audit_rate, should_audit
 from tessera.verify.scoring import Verdict, score_embeddings, score_text
@@ -180,6 +180,7 @@ class Verifier:
             deterrence=settings.audit_deterrence,
         )
         self._tasks: set[asyncio.Task[None]] = set()
+        self._checked_bodies = CheckedBodies()  # from check() to accepted()
         self._audit_slots = asyncio.Semaphore(settings.max_concurrent_audits)
         self._online: dict[str, _Online] = {}
         self._last_tick = clock()
@@ -388,6 +389,8 @@ class Verifier:
             self.reputation.receipt_refused(stream.provider_id)
             self._refresh_score(stream.provider_id)
             self.spawn(self._refused(stream, result))
+        elif result.signed_body is not None and done.receipt is not None:
+            self._checked_bodies.keep(done.receipt, result.signed_body)
         return result
 
     async def _refused(self, stream: JobStream, result: ReceiptCheck) -> None:
@@ -412,7 +415,12 @@ class Verifier:
         if receipt is None or signature is None:
             return None
         signed = countersign(
-            self.key, self.settings.gateway_id, receipt, signature, int(self.clock() * 1000)
+            self.key,
+            self.settings.gateway_id,
+            receipt,
+            signature,
+            int(self.clock() * 1000),
+            receipt_body=self._checked_bodies.take(receipt),
         )
         self.receipts.submit(
             ReceiptRow(

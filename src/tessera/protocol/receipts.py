@@ -109,13 +109,24 @@ def embeddings_sha256(embeddings_b64: list[str]) -> str:
     return sha256_hex(canonical_bytes({"embeddings_b64": embeddings_b64}))
 
 
+def receipt_bytes(receipt: Receipt) -> bytes:
+    """The receipt's canonical bytes: what its provider signs, and what a countersignature
+    covers again inside its own payload."""
+    return canonical_bytes(receipt.model_dump(mode="json"))
+
+
 def sign_receipt(key: SigningKey, receipt: Receipt) -> str:
-    return signing.sign(key, RECEIPT_DOMAIN, receipt.model_dump(mode="json"))
+    return signing.sign_message(key, signing.signed_message(RECEIPT_DOMAIN, receipt_bytes(receipt)))
 
 
-def verify_receipt_signature(receipt: Receipt, signature: str) -> None:
-    """Raise SignatureInvalid unless the receipt's own provider key signed it."""
-    signing.verify(receipt.provider_id, RECEIPT_DOMAIN, receipt.model_dump(mode="json"), signature)
+def verify_receipt_signature(receipt: Receipt, signature: str) -> bytes:
+    """Raise SignatureInvalid unless the receipt's own provider key signed it; the
+    receipt's canonical bytes, for a countersignature to reuse."""
+    body = receipt_bytes(receipt)
+    signing.verify_message(
+        receipt.provider_id, signing.signed_message(RECEIPT_DOMAIN, body), signature
+    )
+    return body
 
 
 class CountersignedReceipt(BaseModel):
@@ -147,17 +158,48 @@ def countersign_payload(
     }
 
 
+def countersign_canonical(
+    receipt_body: bytes, provider_signature: str, gateway_id: str, at_ms: int
+) -> bytes:
+    """``canonical_bytes(countersign_payload(...))`` around the receipt's canonical bytes as
+    they are (``receipt_body``), instead of encoding the receipt a second time. The keys
+    are written in canonical (sorted) order; the receipt's are already."""
+    return b"".join(
+        (
+            b'{"countersigned_at_ms":',
+            canonical_bytes(at_ms),
+            b',"gateway_id":',
+            canonical_bytes(gateway_id),
+            b',"provider_signature":',
+            canonical_bytes(provider_signature),
+            b',"receipt":',
+            receipt_body,
+            b"}",
+        )
+    )
+
+
 def countersign(
-    key: SigningKey, gateway_id: str, receipt: Receipt, provider_signature: str, at_ms: int
+    key: SigningKey,
+    gateway_id: str,
+    receipt: Receipt,
+    provider_signature: str,
+    at_ms: int,
+    receipt_body: bytes | None = None,
 ) -> CountersignedReceipt:
-    payload = countersign_payload(receipt, provider_signature, gateway_id, at_ms)
+    """The gateway's countersignature; ``receipt_body`` is ``receipt_bytes(receipt)`` where
+    the caller has it already (from checking the provider's signature)."""
+    body = receipt_bytes(receipt) if receipt_body is None else receipt_body
+    canonical = countersign_canonical(body, provider_signature, gateway_id, at_ms)
     return CountersignedReceipt(
         receipt=receipt,
         provider_signature=provider_signature,
         gateway_id=gateway_id,
         gateway_public_key=signing.public_key_hex(key),
         countersigned_at_ms=at_ms,
-        gateway_signature=signing.sign(key, COUNTERSIGN_DOMAIN, payload),
+        gateway_signature=signing.sign_message(
+            key, signing.signed_message(COUNTERSIGN_DOMAIN, canonical)
+        ),
     )
 
 

@@ -20,7 +20,12 @@ class SignatureInvalid(ValueError):
 
 
 def _message(domain: str, payload: Any) -> bytes:
-    return domain.encode("ascii") + b"\n" + canonical_bytes(payload)
+    return signed_message(domain, canonical_bytes(payload))
+
+
+def signed_message(domain: str, canonical: bytes) -> bytes:
+    """What a signature covers: the domain tag, then the payload's canonical bytes."""
+    return domain.encode("ascii") + b"\n" + canonical
 
 
 def new_signing_key() -> SigningKey:
@@ -33,14 +38,22 @@ def public_key_hex(key: SigningKey) -> str:
 
 def sign(key: SigningKey, domain: str, payload: Any) -> str:
     """Hex Ed25519 signature of ``payload`` under ``domain``."""
-    return key.sign(_message(domain, payload)).signature.hex()
+    return sign_message(key, _message(domain, payload))
+
+
+def sign_message(key: SigningKey, message: bytes) -> str:
+    """``sign`` for a message already built with :func:`signed_message`."""
+    return key.sign(message).signature.hex()
 
 
 def verify(public_key: str, domain: str, payload: Any, signature: str) -> None:
     """Raise SignatureInvalid unless ``signature`` signs ``payload`` for ``public_key``."""
+    verify_message(public_key, _message(domain, payload), signature)
+
+
+def verify_message(public_key: str, message: bytes, signature: str) -> None:
+    """``verify`` for a message already built with :func:`signed_message`."""
     try:
-        VerifyKey(bytes.fromhex(public_key)).verify(
-            _message(domain, payload), bytes.fromhex(signature)
-        )
+        VerifyKey(bytes.fromhex(public_key)).verify(message, bytes.fromhex(signature))
     except (BadSignatureError, ValueError, TypeError) as exc:
         raise SignatureInvalid("signature does not verify") from exc

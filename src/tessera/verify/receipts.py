@@ -26,7 +26,7 @@ from tessera.protocol.receipts import (
     verify_receipt_signature,
 )
 from tessera.protocol.signing import SignatureInvalid
-from tessera.protocol.wire import Done, Job, ModelOffer
+from tessera.protocol.wire import Done, Job, ModelOffer, Receipt
 
 MISSING = "missing_receipt"
 FORGED = "forged_receipt"
@@ -39,6 +39,9 @@ class ReceiptCheck:
 
     problem: str | None
     detail: str = ""
+    # A good receipt's canonical bytes, as its signature was checked over: the
+    # countersignature covers them again (protocol.receipts.countersign).
+    signed_body: bytes | None = None
 
     @property
     def ok(self) -> bool:
@@ -67,7 +70,7 @@ def check_receipt(
     if receipt.provider_id != provider_id:
         return ReceiptCheck(FORGED, "the receipt names another provider")
     try:
-        verify_receipt_signature(receipt, signature)
+        signed_body = verify_receipt_signature(receipt, signature)
     except SignatureInvalid:
         return ReceiptCheck(FORGED, "the receipt signature does not verify")
     if receipt.job_id != job.job_id or receipt.request_id != request_id_of(job):
@@ -103,4 +106,30 @@ def check_receipt(
         wrong.append("finished_at_ms")
     if wrong:
         return ReceiptCheck(TAMPERED, "the receipt disagrees on " + ", ".join(wrong))
-    return ReceiptCheck(None)
+    return ReceiptCheck(None, signed_body=signed_body)
+
+
+class CheckedBodies:
+    """Good receipts' canonical bytes, from their check to their countersignature.
+
+    Checking a receipt encodes it canonically; countersigning it would encode it again.
+    Kept by job id and handed back only for the very receipt that was checked (another
+    receipt under the same job id is encoded afresh). At most ``limit`` are kept: answers
+    checked but never delivered are dropped oldest first.
+    """
+
+    def __init__(self, limit: int = 4_096) -> None:
+        self.limit = limit
+        self._bodies: dict[str, tuple[Receipt, bytes]] = {}
+
+    def __len__(self) -> int:
+        return len(self._bodies)
+
+    def keep(self, receipt: Receipt, body: bytes) -> None:
+        self._bodies[receipt.job_id] = (receipt, body)
+        if len(self._bodies) > self.limit:
+            del self._bodies[next(iter(self._bodies))]
+
+    def take(self, receipt: Receipt) -> bytes | None:
+        checked, body = self._bodies.pop(receipt.job_id, (None, None))
+        return body if checked is receipt else None
