@@ -382,13 +382,16 @@ def why_missed(results: Results, duration: int) -> list[str]:
         )
     one = split.get(1)
     path = per(one, "gateway") + per(one, "agent")
-    if not math.isnan(path):
+    if one is not None and not math.isnan(path):
         out.append(
-            f"**Latency at c=1.** Each request runs through the gateway "
-            f"({per(one, 'gateway'):.3f} ms of CPU per answer) and the agent "
-            f"({per(one, 'agent'):.3f} ms) in turn: {path:.3f} ms of CPU on its path before "
-            "any of the extra socket hops (client to gateway, gateway to agent and back), "
-            "where the target allows 1 ms added at the median."
+            f"**Latency at c=1.** With one request at a time the gateway spent "
+            f"{per(one, 'gateway'):.3f} ms of CPU per answer and the agent "
+            f"{per(one, 'agent'):.3f} ms, and the gateway's core was "
+            f"{core_busy_pct(one, 'tessera-split'):.0f} % busy. Part of that work runs after "
+            "the answer is sent (the capture and its commit, the countersignature, the "
+            "request log), so the next request mostly arrives while it still runs and waits "
+            "for it; the rest is on the answer's path, with two extra socket hops (client to "
+            "gateway, gateway to agent). The target allows 1 ms added at the median."
         )
     point = results.open.get("tessera-split", {}).get(500)
     if point and point.get("wall_s"):
