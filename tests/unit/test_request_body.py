@@ -7,12 +7,15 @@ import subprocess
 import sys
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from pydantic import TypeAdapter
 
 from tessera.errors import InvalidRequest
 from tessera.gateway.request_body import (
     MAX_JSON_DEPTH,
     IsoDateTime,
+    _nests_deeper_than,
     invalid_parameter,
     parse_json,
 )
@@ -105,6 +108,45 @@ def test_unclosed_brackets_are_refused_before_parsing(opener: bytes) -> None:
 def test_each_level_counts_once_whatever_the_bracket_kind() -> None:
     alternating = b'{"x": ' + b'[{"k": ' * 32 + b"1" + b"}]" * 32 + b"}"
     with pytest.raises(InvalidRequest):
-        parse_json(alternating)  # 65 deep, peeled one level at a time
+        parse_json(alternating)  # 65 deep
     shallow = b'{"x": ' + b'[{"k": ' * 31 + b"1" + b"}]" * 31 + b"}"
     assert parse_json(shallow)["x"]
+
+
+def reference_depth_refusal(body: bytes, limit: int) -> bool:
+    """What the depth check must say of a body without strings, one byte at a time."""
+    depth = 0
+    for char in body.decode():
+        depth += (char in "[{") - (char in "]}")
+        if depth > limit or depth < 0:
+            return True
+    return depth != 0
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(st.sampled_from(["[", "]", "{", "}", "1,", " "]), max_size=400),
+    st.integers(min_value=0, max_value=12),
+)
+def test_the_depth_check_agrees_with_a_byte_walk(parts: list[str], limit: int) -> None:
+    body = "".join(parts).encode()
+    if body.count(b"[") + body.count(b"{") <= limit:
+        return  # too few brackets to nest too deep: json.loads judges the rest
+    assert _nests_deeper_than(body, limit) == reference_depth_refusal(body, limit)
+
+
+def comb(spine: int, tooth_depth: int = 60, teeth: int = 200) -> bytes:
+    """A spine ``spine`` lists deep, each level holding ``teeth`` lists ``tooth_depth``
+    deep: the shape that took peeling one level per pass ``tooth_depth`` passes."""
+    tooth = b"[" * tooth_depth + b"]" * tooth_depth
+    level = b""
+    for _ in range(spine):
+        level = b"[" + b",".join([tooth] * teeth) + (b"," + level if level else b"") + b"]"
+    return b'{"x": ' + level + b"}"
+
+
+def test_a_comb_is_measured_exactly() -> None:
+    assert parse_json(comb(3))["x"]  # 1 + 3 + 60 = 64 deep
+    with pytest.raises(InvalidRequest) as info:
+        parse_json(comb(4))  # 65
+    assert "nests deeper" in info.value.message

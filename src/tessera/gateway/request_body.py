@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Annotated, Any, TypeVar
 
+import numpy as np
 from pydantic import BaseModel, BeforeValidator, ValidationError
 
 from tessera.errors import InvalidRequest
@@ -34,7 +35,8 @@ _NOT_JSON = (
 )
 _NOT_SKELETON = bytes(set(range(256)) - set(b'"[]{}'))
 _STRING = re.compile(rb'"[^"]*"')
-_INNERMOST_PAIR = re.compile(rb"\[\]|\{\}")
+_DEPTH_STEP = bytes.maketrans(b"[{]}", b"\x01\x01\xff\xff")  # +1 opens, -1 (int8) closes
+_DEPTH_SLICE = 1 << 20
 _EXACT_FLOAT_INTS = 2**53  # beyond it a float literal no longer names one integer
 
 
@@ -71,22 +73,29 @@ def _number(text: str) -> float | int:
 
 def _nests_deeper_than(raw: bytes, limit: int) -> bool:
     """Whether the containers in ``raw`` open more than ``limit`` deep (brackets inside
-    strings aside), or never close, in C-speed passes only: a body with few brackets is
+    strings aside), close one never opened, or never close: a body with few brackets is
     answered by two counts; otherwise escapes, then everything but quotes and brackets,
-    then whole strings are dropped, and innermost bracket pairs are peeled off one level
-    per pass. Valid JSON peels to nothing within its depth."""
+    then whole strings are dropped, and the depth after every bracket is one running sum
+    (numpy, in slices so a large body needs little memory). Linear in the body's size
+    whatever its shape: peeling innermost pairs one level per pass cost 64 passes over a
+    body nested 100,000 deep (60 ms of the event loop for a 200 kB request)."""
     if raw.count(b"[") + raw.count(b"{") <= limit:
         return False
     if b"\\" in raw:  # an escaped quote or backslash must not end or start a string
         raw = raw.replace(b"\\\\", b"").replace(b'\\"', b"")
     skeleton = raw.translate(None, _NOT_SKELETON)
-    brackets = _STRING.sub(b"", skeleton)
-    for _ in range(limit):
-        peeled = _INNERMOST_PAIR.sub(b"", brackets)
-        if len(peeled) == len(brackets):
-            break
-        brackets = peeled
-    return bool(brackets)
+    # (A quote left over opens a string never closed: json.loads refuses that.)
+    steps = _STRING.sub(b"", skeleton).translate(_DEPTH_STEP, b'"')
+    depth = 0
+    for start in range(0, len(steps), _DEPTH_SLICE):
+        running = np.cumsum(
+            np.frombuffer(steps, np.int8, min(_DEPTH_SLICE, len(steps) - start), start),
+            dtype=np.int64,
+        )
+        if depth + int(running.max()) > limit or depth + int(running.min()) < 0:
+            return True
+        depth += int(running[-1])
+    return depth != 0
 
 
 def validated(data: dict[str, Any], model: type[T]) -> T:
