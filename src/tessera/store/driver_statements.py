@@ -15,7 +15,8 @@ cannot run exactly as SQLAlchemy would (a Python-side column default to compute,
 dialect with named parameters, a row without a value it needs) goes through
 ``conn.execute`` as before; so does everything on PostgreSQL, where each statement is a
 network round trip anyway. Driver errors are raised as SQLAlchemy's, as
-``conn.execute`` raises them.
+``conn.execute`` raises them. What runs this way skips SQLAlchemy's statement events and
+its ``echo`` log; the transaction around it (BEGIN, COMMIT) still goes through both.
 """
 
 from __future__ import annotations
