@@ -42,6 +42,11 @@ def _added(a: float | None, b: float | None) -> str:
 
 
 SERVERS = ("litellm", "gateway", "agent")
+ON_SERVER_CORE = {  # the servers each row runs on core 1
+    "litellm": ("litellm",),
+    "tessera-shared": ("gateway", "agent"),
+    "tessera-split": ("gateway",),
+}
 
 
 def answers(result: dict[str, Any]) -> int:
@@ -67,10 +72,7 @@ def core_busy_pct(result: dict[str, Any], row: str) -> float:
     wall = result.get("wall_s")
     if not wall:
         return math.nan
-    on_core = ("litellm",) if row == "litellm" else ("gateway",)
-    if row == "tessera-shared":
-        on_core = ("gateway", "agent")
-    return 100 * sum(used.get(n, 0.0) for n in on_core) / wall
+    return 100 * sum(used.get(n, 0.0) for n in ON_SERVER_CORE.get(row, ())) / wall
 
 
 def tables(results: Results, rows: list[str]) -> list[tuple[str, list[str], list[list[str]]]]:
