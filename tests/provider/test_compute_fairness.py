@@ -37,6 +37,7 @@ from support.scripted_peers import account, live_gateway, wait_providers
 
 FLOOD_STREAMS = 6
 HONEST_TOKENS = 24
+SHORT_TOKENS = 5
 
 
 async def test_one_stream_is_not_starved_by_another_tenants_six(
@@ -84,6 +85,49 @@ async def test_one_stream_is_not_starved_by_another_tenants_six(
     # gate when a turn is handed out (measured 66 flood tokens for 24 then, 2.75 to 1).
     # Shared by job, the flood makes six or more for each honest one (203 for 24).
     assert flood_tokens <= 3 * honest + 2 * FLOOD_STREAMS, (honest, flood_tokens)
+
+
+async def test_a_short_answer_runs_back_to_back_beside_another_tenants_six(
+    text_backend: TransformersTextBackend,
+) -> None:
+    """An account that was idle gets its short answer's passes one after another (its
+    idle credit), not one flood pass between each two: its answer takes about its alone
+    time, not twice it."""
+    arrivals: list[tuple[str, int]] = []
+    stop = asyncio.Event()
+
+    async def consume(tenant: str, max_tokens: int, seed: int) -> int:
+        params = SamplingParams(max_tokens=max_tokens, temperature=1.0, seed=seed)
+        produced = 0
+        async for event in text_backend.stream("Once upon a time", params, CancelToken(tenant)):
+            if isinstance(event, Delta):
+                arrivals.append((tenant, len(event.logprobs)))
+                produced += len(event.logprobs)
+        return produced
+
+    async def flood(n: int) -> None:
+        seed = 1000 * n
+        while not stop.is_set():
+            seed += 1
+            await consume("f100d", 64, seed)
+
+    flooders = [asyncio.create_task(flood(n)) for n in range(FLOOD_STREAMS)]
+    between: list[int] = []
+    try:
+        for seed in range(5):
+            while sum(t for who, t in arrivals if who == "f100d") < 3 * FLOOD_STREAMS:
+                await asyncio.sleep(0.005)
+            await asyncio.sleep(0.05)  # the honest tenant has been idle a while
+            assert await consume(f"0be57-{seed}", SHORT_TOKENS, seed) > 0
+            mine = [i for i, (who, _) in enumerate(arrivals) if who == f"0be57-{seed}"]
+            between.append(sum(t for who, t in arrivals[mine[0] : mine[-1]] if who == "f100d"))
+    finally:
+        stop.set()
+        await asyncio.gather(*flooders)
+    # Flood tokens between the answer's first and last token, in each of five tries: 0 now;
+    # 4 to 6 with a turn per pass, when the decoding loop was never waiting as its pass
+    # ended and a flood job took every other turn.
+    assert sorted(between)[2] <= 1, between
 
 
 INFO = ModelInfo("tenant-probe", "b" * 64, "text", 2048)

@@ -72,13 +72,139 @@ def test_the_share_follows_measured_compute_not_turns() -> None:
     assert short_turns == pytest.approx(3 * long_turns, rel=0.05)
 
 
-def test_idleness_is_not_banked() -> None:
-    """A tenant back from a long pause starts level with the busy one, not far behind it
-    (which would let it take every turn until it caught up)."""
-    turns: ComputeTurns[str] = ComputeTurns()
+def test_idleness_is_banked_only_up_to_the_credit() -> None:
+    """A tenant back from a long pause starts the credit (a few mean turns) below the busy
+    one, not 10 s behind it (which would let it take every turn until it caught up)."""
+    turns: ComputeTurns[str] = ComputeTurns(idle_credit_turns=8)
     jobs = {"busy-1": "busy", "busy-2": "busy"}
     drive(turns, jobs, 1000, {"busy": 0.01})  # busy alone for 10 s of compute
-    assert turns.used_s("newcomer") == pytest.approx(turns.used_s("busy"), abs=0.011)
+    assert turns.mean_turn_s == pytest.approx(0.01)
+    assert turns.used_s("newcomer") == pytest.approx(turns.used_s("busy") - 0.08, abs=0.011)
+    level: ComputeTurns[str] = ComputeTurns(idle_credit_turns=0)
+    drive(level, jobs, 1000, {"busy": 0.01})
+    assert level.used_s("newcomer") == pytest.approx(level.used_s("busy"), abs=0.011)
+
+
+def test_a_busy_tenant_gets_no_credit() -> None:
+    """Credit is for a tenant with nothing running: another job of a running tenant starts
+    level with the floor, never below it."""
+    turns: ComputeTurns[str] = ComputeTurns(idle_credit_turns=8)
+    assert turns.arrive("a", "a1")
+    assert turns.done("a", 0.01) is None
+    assert turns.arrive("a", "a1")  # a runs again...
+    assert not turns.arrive("b", "b1")  # ...b waits, with credit below the floor
+    assert not turns.arrive("a", "a2")  # a's second job, while a runs: no credit
+    assert turns.used_s("b") < turns.used_s("a")
+    assert turns.done("a", 0.01) == "b1"
+
+
+def steps(
+    turns: ComputeTurns[str], jobs: dict[str, tuple[str, int]], cost: float, limit: int
+) -> list[str]:
+    """Run jobs that hold their turn between passes (``again``), as decoding loops do.
+
+    ``jobs`` maps a job to its tenant and how many passes it needs (0: it never ends);
+    every pass costs ``cost``. Returns who ran each pass, in order.
+    """
+    order: list[str] = []
+    left = {job: passes for job, (_, passes) in jobs.items()}
+    holder: str | None = None
+    for job, (tenant, _) in jobs.items():
+        if turns.arrive(tenant, job):
+            holder = job
+    while holder is not None and len(order) < limit:
+        order.append(holder)
+        tenant = jobs[holder][0]
+        left[holder] -= 1
+        if left[holder] == 0:  # the job's last pass: it gives the turn back
+            holder = turns.done(tenant, cost)
+            continue
+        granted = turns.again(tenant, cost, holder)
+        if granted is not None:
+            holder = granted
+    return order
+
+
+def test_a_job_keeps_its_turn_while_nobody_waiting_used_less() -> None:
+    turns: ComputeTurns[str] = ComputeTurns()
+    assert turns.arrive("solo", "job")
+    for _ in range(50):
+        assert turns.again("solo", 0.001, "job") is None
+    assert turns.running == 1 and turns.waiting == 0
+
+
+def test_a_tenants_own_jobs_still_take_turns() -> None:
+    """A tie goes to the one waiting: jobs of one tenant alternate pass by pass."""
+    order = steps(ComputeTurns(), {"a1": ("a", 0), "a2": ("a", 0), "a3": ("a", 0)}, 0.001, 30)
+    assert order[:6] == ["a1", "a2", "a3", "a1", "a2", "a3"]
+
+
+def test_a_short_answer_back_from_idle_runs_back_to_back_beside_a_flood() -> None:
+    """Eight flood jobs hold the device; an idle account's five-pass answer then runs its
+    passes one after another instead of one flood pass between each two."""
+    turns: ComputeTurns[str] = ComputeTurns(idle_credit_turns=8)
+    flood = {f"flood-{i}": ("flood", 0) for i in range(8)}
+    steps(turns, flood, 0.002, 200)  # the flood alone for a while: the mean turn is known
+    assert not turns.arrive("honest", "honest")  # a flood job holds the turn: it waits
+    # The flood's job ends its pass and asks again: the honest job has used less.
+    granted = turns.again("flood", 0.002, "the flood job that ran")
+    assert granted == "honest"
+    run = ["honest"]
+    for _ in range(4):
+        assert turns.again("honest", 0.002, "honest") is None  # keeps it
+        run.append("honest")
+    assert turns.done("honest", 0.002) is not None  # back to the flood
+    assert run == ["honest"] * 5
+
+
+def test_a_long_job_back_from_idle_shares_equally_after_its_credit() -> None:
+    jobs = {f"flood-{i}": ("flood", 0) for i in range(8)} | {"honest": ("honest", 0)}
+    turns: ComputeTurns[str] = ComputeTurns(idle_credit_turns=8)
+    steps(turns, {f"warm-{i}": ("flood", 20) for i in range(2)}, 0.001, 40)
+    order = steps(turns, jobs, 0.001, 400)
+    head = order[:8]
+    assert head.count("honest") >= 7, head  # its credit: (nearly) back to back at first
+    tail = Counter("honest" if j == "honest" else "flood" for j in order[40:])
+    assert abs(tail["honest"] - tail["flood"]) <= 2, tail  # then half each
+
+
+def burst_share(turns: ComputeTurns[str], burst: int, pause: int) -> float:
+    """Bursts of ``burst`` passes, each after a pause of ``pause`` passes of a busy flood:
+    the bursting tenant's turns per flood turn."""
+    count: Counter[str] = Counter()
+    holder: str | None = None
+    for job in ("flood-1", "flood-2", "flood-3", "flood-4"):
+        if turns.arrive("flood", job):
+            holder = job
+    burst_left, pause_left = 0, pause
+    for _ in range(5000):
+        if pause_left == 0 and burst_left == 0:
+            burst_left = burst
+            if turns.arrive("burst", "burst"):
+                holder = "burst"
+        assert holder is not None
+        tenant = "burst" if holder == "burst" else "flood"
+        count[tenant] += 1
+        if tenant == "burst":
+            burst_left -= 1
+            if burst_left == 0:
+                pause_left = pause
+                holder = turns.done("burst", 0.001)
+                continue
+        elif burst_left == 0:
+            pause_left -= 1
+        granted = turns.again(tenant, 0.001, holder)
+        if granted is not None:
+            holder = granted
+    return count["burst"] / count["flood"]
+
+
+def test_bursts_and_pauses_never_win_more_than_a_share() -> None:
+    """The credit comes back only as others use compute while the tenant waits, and only
+    up to its bound: bursts of ten passes after pauses of two flood passes get no more
+    turns than the flood (banking the whole pause would give them three times more)."""
+    assert burst_share(ComputeTurns(idle_credit_turns=8), burst=10, pause=2) <= 1.02
+    assert burst_share(ComputeTurns(idle_credit_turns=1e9), burst=10, pause=2) > 3
 
 
 def test_width_lets_that_many_turns_run_at_once() -> None:

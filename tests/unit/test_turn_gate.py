@@ -1,4 +1,5 @@
-"""TurnGate: real threads taking turns; a lone job is not starved by a tenant's many."""
+"""TurnGate: real threads taking turns; a lone job is not starved by a tenant's many, and a
+short answer for an idle account runs back to back beside a flood."""
 
 from __future__ import annotations
 
@@ -84,3 +85,78 @@ def test_an_exception_inside_a_turn_frees_it() -> None:
     thread.start()
     thread.join(5)
     assert done.is_set()
+
+
+def test_a_short_answer_runs_back_to_back_beside_decoding_floods() -> None:
+    """Eight flood jobs hold their turns between passes as decoding loops do; an idle
+    account's five passes then run one after another, with no flood pass between."""
+    gate = TurnGate()
+    order: list[str] = []
+    stop = threading.Event()
+
+    def flood() -> None:
+        with gate.steps("flood") as turns:
+            while not stop.is_set():
+                turns.next()
+                order.append("flood")
+                time.sleep(0.001)
+
+    flooders = [threading.Thread(target=flood) for _ in range(8)]
+    for thread in flooders:
+        thread.start()
+    try:
+        while order.count("flood") < 32:
+            time.sleep(0.001)
+        with gate.steps("honest") as turns:
+            for _ in range(5):
+                turns.next()
+                order.append("honest")
+                time.sleep(0.001)
+        while order.count("flood") < order.index("honest") + 8:
+            time.sleep(0.001)  # the flood has the device back
+    finally:
+        stop.set()
+        for thread in flooders:
+            thread.join(5)
+    first = order.index("honest")
+    assert order[first : first + 5] == ["honest"] * 5, order[first - 2 : first + 8]
+    assert order.count("honest") == 5
+    assert gate.waiting == 0
+
+
+def test_steps_never_overlap_and_free_their_turn_on_an_exception() -> None:
+    gate = TurnGate()
+    inside = 0
+    most = 0
+    lock = threading.Lock()
+
+    def work(tenant: str) -> None:
+        nonlocal inside, most
+        with gate.steps(tenant) as turns:
+            for _ in range(100):
+                turns.next()
+                with lock:
+                    inside += 1
+                    most = max(most, inside)
+                with lock:
+                    inside -= 1
+
+    def failing() -> None:
+        try:
+            with gate.steps("failing") as turns:
+                turns.next()
+                raise RuntimeError("the pass failed")
+        except RuntimeError:
+            pass
+
+    threads = [threading.Thread(target=work, args=(f"t{i % 3}",)) for i in range(6)]
+    threads.append(threading.Thread(target=failing))
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert not any(thread.is_alive() for thread in threads)
+    assert most == 1
+    assert gate.waiting == 0
+    with gate.turn("after"):  # nothing is held
+        pass

@@ -3,11 +3,12 @@
 The same code serves the tiny CPU model in tests and a real model on a GPU. Each stream runs
 its own decoding loop with the KV cache in a worker thread and hands events to the event loop
 with ``call_soon_threadsafe``; the loop is never blocked. The thread checks the cancel token
-before every token, and a consumer that stops iterating cancels it. Every forward pass takes
-a turn at the backend's ``TurnGate`` (one at a time by default, shared when the agent passes
-one gate to all its models): running jobs share the device fairly between the accounts they
-serve (the token's ``tenant``), not equally between jobs, so one account's many jobs cannot
-starve another's one.
+before every token, and a consumer that stops iterating cancels it. Every forward pass runs
+on a turn at the backend's ``TurnGate`` (one at a time by default, shared when the agent
+passes one gate to all its models): running jobs share the device fairly between the
+accounts they serve (the token's ``tenant``), not equally between jobs, so one account's
+many jobs cannot starve another's one, and a short answer for an account that was idle
+runs its passes back to back.
 
 Text contract: streamed text never contains half a UTF-8 character and never runs past a
 stop string (text that could still become a stop string is held back). Logprobs come from
@@ -415,24 +416,25 @@ class TransformersTextBackend:
         detok, stops = primed_text_state(self._decode, continued, params.stop)
         step = torch.tensor([ids], device=self._device)  # the prefill, then one token a step
         past: Any = None
-        with torch.inference_mode():
+        # The job holds its turn from one step to the next (the pass, the sampling that
+        # waits for it (on a GPU the pass is only queued until then), the token's logprobs
+        # and text) until another tenant's waiting job has a better claim: its measured
+        # time is the tenant's, and no other job's step competes with it for the CPU or
+        # the GIL.
+        with torch.inference_mode(), self._gate.steps(cancel.tenant) as turns:
             while not cancel.cancelled:
-                # A turn covers the pass, the sampling that waits for it (on a GPU the pass
-                # is only queued until then) and the token's logprobs: all of a step's
-                # compute, so its measured time is the tenant's and no other job's step
-                # competes with it for the CPU or the GIL.
-                with self._gate.turn(cancel.tenant):
-                    out = model(input_ids=step, past_key_values=past, use_cache=True)
-                    logits = out.logits[0, -1]
-                    position = len(continued) + produced  # in the whole answer
-                    uniform = fresh_uniform() if seed is None else counter_uniform(seed, position)
-                    token = sample_token(logits, params.temperature, params.top_p, uniform)
-                    produced += 1
-                    if token in self._eos_ids:
-                        reason, eos = "stop", True
-                        break
-                    logprobs = torch.log_softmax(logits.float(), dim=-1)
-                    pending.append(self._token_logprob(token, logprobs, params.top_logprobs))
+                turns.next()
+                out = model(input_ids=step, past_key_values=past, use_cache=True)
+                logits = out.logits[0, -1]
+                position = len(continued) + produced  # in the whole answer
+                uniform = fresh_uniform() if seed is None else counter_uniform(seed, position)
+                token = sample_token(logits, params.temperature, params.top_p, uniform)
+                produced += 1
+                if token in self._eos_ids:
+                    reason, eos = "stop", True
+                    break
+                logprobs = torch.log_softmax(logits.float(), dim=-1)
+                pending.append(self._token_logprob(token, logprobs, params.top_logprobs))
                 past = out.past_key_values
                 text = stops.push(detok.push(token))
                 if stops.stopped or produced >= max_new:
