@@ -8,9 +8,10 @@ unhandled 500 or trip every provider's circuit breaker (tests/support/hostile_lo
 and another key keeping 64 long requests in flight. The target is an honest p99 within 2×
 of its unloaded value. The flood's admitted jobs run on the same providers as the honest
 key's: the gateway bounds how many slots they take (market/fair_share.py) and the
-providers give each account's jobs an equal share of their passes
-(market/compute_turns.py), so an honest answer waits about one flood pass per token of
-its own. On one machine they still share the two cores with the gateway and the clients:
+providers give each account's jobs an equal share of their passes, with a few passes of
+credit for an account back from idle (market/compute_turns.py), so an honest short answer
+waits for about one flood pass and then runs its own back to back. On one machine they
+still share the two cores with the gateway and the clients:
 each phase also prints how busy the machine was and how long each server's event loop
 waited for a CPU per second (the kernel's schedstat), which is where the honest tail goes.
 Run::
