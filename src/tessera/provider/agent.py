@@ -123,6 +123,14 @@ class ProviderAgent:
         self.on_status = on_status or (lambda url, status: None)
         self._slots = asyncio.Semaphore(settings.max_concurrent_jobs)
         self._signers = {m.offer.name: ReceiptSigner(key, m.offer) for m in models}
+        # What each model's backend can do, judged once: an isinstance against a runtime
+        # Protocol inspects every member, a few percent of a short job's cost.
+        self._embeds = {
+            m.offer.name: m.backend for m in models if isinstance(m.backend, EmbeddingBackend)
+        }
+        self._generates = {
+            m.offer.name: m.backend for m in models if isinstance(m.backend, TextBackend)
+        }
         # One batcher per text model, so audits that arrive together share a forward pass.
         self._batchers = {
             m.offer.name: ScoreBatcher(m.backend)
@@ -378,10 +386,12 @@ class ProviderAgent:
         signer = self._signers[job.model]
         async with self._slots:
             try:
-                if job.kind == "embedding" and isinstance(served.backend, EmbeddingBackend):
-                    await run_embedding_job(job, served.backend, reply, signer)
-                elif job.kind != "embedding" and isinstance(served.backend, TextBackend):
-                    await run_text_job(job, served.backend, reply, token, signer)
+                embeds = self._embeds.get(job.model)
+                generates = self._generates.get(job.model)
+                if job.kind == "embedding" and embeds is not None:
+                    await run_embedding_job(job, embeds, reply, signer)
+                elif job.kind != "embedding" and generates is not None:
+                    await run_text_job(job, generates, reply, token, signer)
                 else:
                     await reply(
                         JobError(
