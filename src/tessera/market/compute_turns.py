@@ -9,12 +9,12 @@ the *tenant* (an opaque tag the gateway gives each account's jobs) that has used
 compute so far, in measured seconds: an account alone gets everything, two busy accounts
 get half each however many jobs each runs (stride scheduling, like Linux's CFS).
 
-Two things keep a short answer from an account that was idle as quick beside a flood as
-alone, as a desktop scheduler keeps a keypress quick beside a compile:
+Two things keep a short answer from an account that was idle nearly as quick beside a flood
+as alone, as a desktop scheduler keeps a keypress quick beside a compile:
 
 - *Bounded idle credit.* A tenant back from idle starts a few turns (``idle_credit_turns``
-  times the recent mean turn) below the least time of the tenants now busy, never below
-  its own. Idleness is banked only that far: a tenant that stayed busy is level with the
+  times the recent mean turn) below the floor (the time of the tenant granted a turn
+  last, about the least of the busy ones), never below its own. Idleness is banked only that far: a tenant that stayed busy is level with the
   floor and gains nothing, and one that bursts and pauses gets the credit back only after
   the others have used that much compute while it waited, so over time it still gets no
   more than its share.
