@@ -196,6 +196,55 @@ async def test_concurrent_requests_share_commits_and_disk_equals_memory(
         await keeper.close()
 
 
+async def test_one_request_at_a_time_pays_one_commit_for_its_capture_and_the_next_hold(
+    store_engine: AsyncEngine,
+) -> None:
+    """A capture lingers (nobody waits for it: its answer was sent) and goes with the next
+    request's hold; with nothing after it, it goes alone once its time is up."""
+    store = FlakyLedgerStore(store_engine, StoreError("unused"))
+    keeper, _ = await Bookkeeper.open(store, POLICY)
+    keeper.capture_linger_s = 0.2
+    posted = recording(keeper)
+    try:
+        await keeper.mint(ALICE, 100 * TOKEN, "dep-1")
+        for number in range(5):
+            request_id = f"req-{number}"
+            await keeper.hold(ALICE, KEY, CAPS, request_id, TOKEN, {"model": "tiny"})
+            keeper.capture(request_id, PRICE, 100, 10, PROVIDER)
+        assert [len(ids) for ids in store.sent[1:]] == [1, 2, 2, 2, 2]  # hold; capture + hold
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        while len(store.sent) < 7:
+            await asyncio.sleep(0.01)
+        assert loop.time() - started >= 0.15  # the last capture waited for company
+        assert store.sent[-1] == [posted[-1].entry_id]
+        await assert_disk_equals_memory(store, keeper, posted)
+    finally:
+        await keeper.close()
+
+
+async def test_waiting_for_a_lingering_capture_writes_it_at_once(
+    store_engine: AsyncEngine,
+) -> None:
+    """A stream that reports its cost waits for its capture; a flush waits for everything:
+    neither waits out the linger."""
+    store = LedgerStore(store_engine)
+    keeper, _ = await Bookkeeper.open(store, POLICY)
+    keeper.capture_linger_s = 30.0
+    try:
+        await keeper.mint(ALICE, 100 * TOKEN, "dep-1")
+        await keeper.hold(ALICE, KEY, CAPS, "req-1", TOKEN, {"model": "tiny"})
+        _, stored = keeper.capture("req-1", PRICE, 100, 10, PROVIDER)
+        assert stored is not None
+        await asyncio.wait_for(keeper.durable(stored), 5)
+        await keeper.hold(ALICE, KEY, CAPS, "req-2", TOKEN, {"model": "tiny"})
+        keeper.capture("req-2", PRICE, 100, 10, PROVIDER)
+        await asyncio.wait_for(keeper.flush(), 5)
+        assert [e.kind for e in await store.entries_for("req-2")] == ["hold", "capture"]
+    finally:
+        await asyncio.wait_for(keeper.close(), 5)
+
+
 async def test_holds_a_crash_left_open_are_released_once_on_the_next_start(
     migrated_url: str,
 ) -> None:

@@ -35,6 +35,10 @@ from tessera.ledger.staking import SlashOutcome
 log = logging.getLogger("tessera.gateway.bookkeeper")
 
 RESTART = "gateway_restart"
+# A capture is posted after its answer was sent and nobody waits for it (a stream that
+# reports its cost hurries it): it may wait this long to share the next entry's
+# transaction. A SIGKILL in that window loses it as it would a capture still queued.
+CAPTURE_LINGER_S = 0.005
 T = TypeVar("T")
 
 
@@ -83,6 +87,8 @@ class Bookkeeper:
         self.durable_timeout_s = durable_timeout_s
         self.clock = clock
         self.chain_slasher: ChainSlasher | None = None
+        # How long a capture may wait for company in the journal (see journal_writer).
+        self.capture_linger_s = CAPTURE_LINGER_S
 
     @classmethod
     async def open(
@@ -141,6 +147,7 @@ class Bookkeeper:
 
         Returns what the future gives: the entry as stored (its id may differ from the one
         first posted when an earlier entry was refused and taken back)."""
+        self.writer.hurry()  # it may be a lingering capture
         try:
             return await asyncio.wait_for(asyncio.shield(future), self.durable_timeout_s)
         except JournalRefused as exc:
@@ -237,7 +244,7 @@ class Bookkeeper:
         entry, cost = self.book.capture(
             request_id, price, prompt_tokens, completion_tokens, provider, self.clock()
         )
-        return cost, self._submit_quietly(entry)
+        return cost, self._submit_quietly(entry, self.capture_linger_s)
 
     def release(self, request_id: str, reason: str) -> None:
         """Give a hold back (failed or abandoned work). A no-op if already settled."""
@@ -245,9 +252,9 @@ class Bookkeeper:
             return
         self._submit_quietly(self.book.release(request_id, self.clock(), reason))
 
-    def _submit_quietly(self, entry: Entry) -> asyncio.Future[Entry] | None:
+    def _submit_quietly(self, entry: Entry, linger_s: float = 0.0) -> asyncio.Future[Entry] | None:
         try:
-            return self._submit(entry)
+            return self.writer.submit(entry, linger_s)
         except JournalUnavailable:
             # The writer already failed: memory is ahead of disk and the gateway refuses
             # new work; the operator restarts it and the stored journal wins.

@@ -6,7 +6,10 @@ of the in-memory journal. ``submit`` returns a future that completes (with the e
 stored) when the entry is durable; a request awaits it before work starts (the hold) and
 before it reports its cost (the capture). Entries arriving while a batch is being written
 form the next batch, so throughput grows with concurrency instead of paying one commit
-per entry.
+per entry. An entry nobody will wait for soon (a capture posted after its answer was sent)
+may *linger*: it goes with the next entry submitted, or alone when its time is up, so at
+one request at a time a capture and the next request's hold share a transaction instead of
+paying one each. Waiting for any entry (``hurry``) ends the lingering at once.
 
 Transient database errors are retried with capped backoff and keep order. When the store
 refuses a batch for good, the writer bisects it to find the one entry it refuses, stores
@@ -75,6 +78,7 @@ class JournalWriter:
         self._pending: list[_Item] = []
         self._inflight: list[_Item] = []
         self._wake = asyncio.Event()
+        self._linger: asyncio.TimerHandle | None = None
         self._task: asyncio.Task[None] | None = None
         self._closing = False
         self.failure: str | None = None
@@ -86,19 +90,30 @@ class JournalWriter:
     def pending(self) -> int:
         return len(self._pending)
 
-    def submit(self, entry: Entry) -> asyncio.Future[Entry]:
+    def submit(self, entry: Entry, linger_s: float = 0.0) -> asyncio.Future[Entry]:
         """Queue ``entry``; the future completes with it once it (and all before it) is
-        stored, or fails with JournalRefused / JournalUnavailable."""
+        stored, or fails with JournalRefused / JournalUnavailable. With ``linger_s``, the
+        write may wait that long for another entry to share its transaction."""
         if self.failure is not None:
             raise JournalUnavailable(self.failure)
-        item = _Item(entry, asyncio.get_running_loop().create_future())
+        loop = asyncio.get_running_loop()
+        item = _Item(entry, loop.create_future())
         self._pending.append(item)
-        self._wake.set()
+        if linger_s <= 0:
+            self._wake.set()
+        elif self._linger is None and not self._wake.is_set():
+            self._linger = loop.call_later(linger_s, self._wake.set)
         return item.done
+
+    def hurry(self) -> None:
+        """Write what is pending now: somebody waits for it."""
+        if self._pending:
+            self._wake.set()
 
     def flush_future(self) -> asyncio.Future[None]:
         """Completes once everything submitted so far is stored or refused; fails if the
         writer stopped."""
+        self.hurry()
         waiting = [item.done for item in (*self._inflight, *self._pending)]
         if not waiting:
             done = asyncio.get_running_loop().create_future()
@@ -129,6 +144,9 @@ class JournalWriter:
         while True:
             await self._wake.wait()
             self._wake.clear()
+            if self._linger is not None:
+                self._linger.cancel()
+                self._linger = None
             if not self._pending:
                 if self._closing:
                     return
