@@ -40,49 +40,60 @@ HONEST_TOKENS = 24
 SHORT_TOKENS = 5
 
 
-async def test_one_stream_is_not_starved_by_another_tenants_six(
-    text_backend: TransformersTextBackend,
-) -> None:
-    arrivals: list[tuple[str, int]] = []  # (tenant, tokens) in the order deltas arrive
-    stop = asyncio.Event()
+class TenantStreams:
+    """Streams on one backend, each for a tenant; the order their deltas arrive in."""
 
-    async def consume(tenant: str, max_tokens: int, seed: int) -> int:
+    def __init__(self, backend: TransformersTextBackend) -> None:
+        self.backend = backend
+        self.arrivals: list[tuple[str, int]] = []  # (tenant, tokens) as deltas arrive
+        self.stop = asyncio.Event()
+
+    async def consume(self, tenant: str, max_tokens: int, seed: int) -> int:
         params = SamplingParams(max_tokens=max_tokens, temperature=1.0, seed=seed)
         produced = 0
-        stream = text_backend.stream("Once upon a time", params, CancelToken(tenant))
-        async for event in stream:
+        async for event in self.backend.stream("Once upon a time", params, CancelToken(tenant)):
             if isinstance(event, Delta):
-                arrivals.append((tenant, len(event.logprobs)))
+                self.arrivals.append((tenant, len(event.logprobs)))
                 produced += len(event.logprobs)
         return produced
 
-    async def flood(n: int) -> None:
+    async def flood(self, n: int) -> None:
         seed = 1000 * n
-        while not stop.is_set():
+        while not self.stop.is_set():
             seed += 1
-            await consume("f100d", 64, seed)
+            await self.consume("f100d", 64, seed)
 
-    flooders = [asyncio.create_task(flood(n)) for n in range(FLOOD_STREAMS)]
+    async def flood_decoding(self) -> None:
+        """Until every flood stream is decoding."""
+        while sum(t for who, t in self.arrivals if who == "f100d") < 3 * FLOOD_STREAMS:
+            await asyncio.sleep(0.005)
+
+
+async def test_one_stream_is_not_starved_by_another_tenants_six(
+    text_backend: TransformersTextBackend,
+) -> None:
+    streams = TenantStreams(text_backend)
+    flooders = [asyncio.create_task(streams.flood(n)) for n in range(FLOOD_STREAMS)]
     try:
-        while sum(t for who, t in arrivals if who == "f100d") < 3 * FLOOD_STREAMS:
-            await asyncio.sleep(0.005)  # every flood stream is decoding
-        start = len(arrivals)
+        await streams.flood_decoding()
+        start = len(streams.arrivals)
         honest = 0
         for seed in range(20):  # the tiny model may end an answer early: ask again
-            honest += await consume("0be57", HONEST_TOKENS, seed)
+            honest += await streams.consume("0be57", HONEST_TOKENS, seed)
             if honest >= HONEST_TOKENS:
                 break
     finally:
-        stop.set()
+        streams.stop.set()
         await asyncio.gather(*flooders)
+    arrivals = streams.arrivals
     last = max(i for i, (who, _) in enumerate(arrivals) if who != "f100d")
     during = arrivals[start : last + 1]  # the floods run on to the end of their answers
     flood_tokens = sum(t for who, t in during if who == "f100d")
     assert honest >= HONEST_TOKENS
-    # Fair turns: about one flood pass per honest one, plus slack for the passes in flight
-    # when the honest stream starts, for tokens held back a step, and for a busy machine:
-    # with both cores taken by other work, the honest thread is often not yet back at the
-    # gate when a turn is handed out (measured 66 flood tokens for 24 then, 2.75 to 1).
+    # Fair turns: the honest stream's first passes run back to back (its idle credit),
+    # then about one flood pass per honest one, plus slack for the passes in flight when
+    # it starts, for tokens held back a step, and for a busy machine (measured 66 flood
+    # tokens for 24 with a turn per pass and both cores taken by other work, 2.75 to 1).
     # Shared by job, the flood makes six or more for each honest one (203 for 24).
     assert flood_tokens <= 3 * honest + 2 * FLOOD_STREAMS, (honest, flood_tokens)
 
@@ -93,36 +104,20 @@ async def test_a_short_answer_runs_back_to_back_beside_another_tenants_six(
     """An account that was idle gets its short answer's passes one after another (its
     idle credit), not one flood pass between each two: its answer takes about its alone
     time, not twice it."""
-    arrivals: list[tuple[str, int]] = []
-    stop = asyncio.Event()
-
-    async def consume(tenant: str, max_tokens: int, seed: int) -> int:
-        params = SamplingParams(max_tokens=max_tokens, temperature=1.0, seed=seed)
-        produced = 0
-        async for event in text_backend.stream("Once upon a time", params, CancelToken(tenant)):
-            if isinstance(event, Delta):
-                arrivals.append((tenant, len(event.logprobs)))
-                produced += len(event.logprobs)
-        return produced
-
-    async def flood(n: int) -> None:
-        seed = 1000 * n
-        while not stop.is_set():
-            seed += 1
-            await consume("f100d", 64, seed)
-
-    flooders = [asyncio.create_task(flood(n)) for n in range(FLOOD_STREAMS)]
+    streams = TenantStreams(text_backend)
+    flooders = [asyncio.create_task(streams.flood(n)) for n in range(FLOOD_STREAMS)]
     between: list[int] = []
     try:
         for seed in range(5):
-            while sum(t for who, t in arrivals if who == "f100d") < 3 * FLOOD_STREAMS:
-                await asyncio.sleep(0.005)
+            await streams.flood_decoding()
             await asyncio.sleep(0.05)  # the honest tenant has been idle a while
-            assert await consume(f"0be57-{seed}", SHORT_TOKENS, seed) > 0
-            mine = [i for i, (who, _) in enumerate(arrivals) if who == f"0be57-{seed}"]
-            between.append(sum(t for who, t in arrivals[mine[0] : mine[-1]] if who == "f100d"))
+            tenant = f"0be57-{seed}"
+            assert await streams.consume(tenant, SHORT_TOKENS, seed) > 0
+            mine = [i for i, (who, _) in enumerate(streams.arrivals) if who == tenant]
+            during = streams.arrivals[mine[0] : mine[-1]]
+            between.append(sum(t for who, t in during if who == "f100d"))
     finally:
-        stop.set()
+        streams.stop.set()
         await asyncio.gather(*flooders)
     # Flood tokens between the answer's first and last token, in each of five tries: 0 now;
     # 4 to 6 with a turn per pass, when the decoding loop was never waiting as its pass
