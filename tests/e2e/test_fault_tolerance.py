@@ -22,7 +22,6 @@ x-tessera-provider header (and tessera_stream_continuations_total must agree). A
 
 from __future__ import annotations
 
-import asyncio
 import random
 import subprocess
 import sys
@@ -41,9 +40,7 @@ import pytest
 from openai import OpenAI
 
 from tessera.dev_money import DEFAULT_FUNDS
-from tessera.ledger.escrow import CAPTURE, HOLD, RELEASE
-from tessera.store.engine import create_engine, database_url_for
-from tessera.store.ledger import LedgerStore
+from tessera.ledger.escrow import HOLD
 
 from support.fault_network import (
     TEXT_MODEL,
@@ -53,6 +50,7 @@ from support.fault_network import (
     counter_total,
     start_fault_network,
 )
+from support.stored_journal import settled_journal, settlements
 
 pytestmark = pytest.mark.e2e
 
@@ -208,18 +206,6 @@ def load(
             spec = Spec(endpoint, prompt, rng.choice(MODES), stream=rng.random() < 0.65)
             outcome = run_stream(client, spec, inflight) if spec.stream else run_whole(client, spec)
             outcomes.append(outcome)
-
-
-async def journal_settlements(data_dir: Path) -> tuple[list[str], Counter[str], set[str]]:
-    """Problems of the stored journal, settlements per reference, and held references."""
-    engine = create_engine(database_url_for(data_dir))
-    try:
-        store = LedgerStore(engine)
-        entries, problems = await store.load(), await store.check()
-    finally:
-        await engine.dispose()
-    settled = Counter(e.reference for e in entries if e.kind in (CAPTURE, RELEASE))
-    return problems, settled, {e.reference for e in entries if e.kind == HOLD}
 
 
 @pytest.fixture
@@ -392,7 +378,9 @@ def check_account(fault: FaultNetwork, outcomes: list[Outcome]) -> None:
 
 def check_journal(data_dir: Path) -> None:
     """The stored journal is sound, and every hold settled exactly once."""
-    problems, settled, held = asyncio.run(journal_settlements(data_dir))
+    entries, problems = settled_journal(data_dir)  # the last captures written
+    settled = settlements(entries)
+    held = {e.reference for e in entries if e.kind == HOLD}
     assert problems == []
     assert set(settled) <= held
     assert all(settled[reference] == 1 for reference in held), "a hold settled twice or never"

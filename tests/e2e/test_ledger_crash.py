@@ -16,7 +16,6 @@ import sys
 import threading
 import time
 from collections import Counter
-from pathlib import Path
 
 import httpx
 import openai
@@ -25,11 +24,9 @@ import pytest
 from tessera.demo import wait_for_network
 from tessera.dev_money import DEFAULT_FUNDS
 from tessera.ledger.escrow import CAPTURE, HOLD, RELEASE
-from tessera.ledger.journal import Entry
-from tessera.store.engine import create_engine, database_url_for
-from tessera.store.ledger import LedgerStore
 
 from support.live_network import TEXT_MODEL, LiveNetwork
+from support.stored_journal import settled_journal, stored_journal
 
 pytestmark = pytest.mark.e2e
 
@@ -52,15 +49,6 @@ def load(live: LiveNetwork, stop: threading.Event, outcomes: Counter[str], worke
             except (openai.APIError, httpx.HTTPError) as exc:
                 outcomes[type(exc).__name__] += 1
                 time.sleep(0.1)
-
-
-async def stored_journal(data_dir: Path) -> tuple[list[Entry], list[str]]:
-    engine = create_engine(database_url_for(data_dir))
-    try:
-        store = LedgerStore(engine)
-        return await store.load(), await store.check()
-    finally:
-        await engine.dispose()
 
 
 def test_gateway_killed_under_load_leaves_a_sound_ledger(network: LiveNetwork) -> None:
@@ -100,7 +88,7 @@ def test_gateway_killed_under_load_leaves_a_sound_ledger(network: LiveNetwork) -
     for worker in workers:
         worker.join(60)
 
-    entries, problems = asyncio.run(stored_journal(network.data_dir))
+    entries, problems = settled_journal(network.data_dir)  # the last captures written
     holds = [e for e in entries if e.kind == HOLD]
     settlements = Counter(e.reference for e in entries if e.kind in (CAPTURE, RELEASE))
     restart_releases = [
