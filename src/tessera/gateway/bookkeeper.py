@@ -166,8 +166,8 @@ class Bookkeeper:
         """Wait until everything posted so far is stored."""
         await self.durable(self.writer.flush_future())
 
-    def _submit(self, entry: Entry) -> asyncio.Future[Entry]:
-        return self.writer.submit(entry)
+    def _submit(self, entry: Entry, linger_s: float = 0.0) -> asyncio.Future[Entry]:
+        return self.writer.submit(entry, linger_s)
 
     def take_back(self, refused: Entry, later: list[Entry]) -> list[Entry | LedgerError]:
         """The store refused ``refused``: revert it and ``later`` (the entries posted after
@@ -254,7 +254,7 @@ class Bookkeeper:
 
     def _submit_quietly(self, entry: Entry, linger_s: float = 0.0) -> asyncio.Future[Entry] | None:
         try:
-            return self.writer.submit(entry, linger_s)
+            return self._submit(entry, linger_s)
         except JournalUnavailable:
             # The writer already failed: memory is ahead of disk and the gateway refuses
             # new work; the operator restarts it and the stored journal wins.

@@ -14,10 +14,10 @@ as alone, as a desktop scheduler keeps a keypress quick beside a compile:
 
 - *Bounded idle credit.* A tenant back from idle starts a few turns (``idle_credit_turns``
   times the recent mean turn) below the floor (the time of the tenant granted a turn
-  last, about the least of the busy ones), never below its own. Idleness is banked only that far: a tenant that stayed busy is level with the
-  floor and gains nothing, and one that bursts and pauses gets the credit back only after
-  the others have used that much compute while it waited, so over time it still gets no
-  more than its share.
+  last, about the least of the busy ones), never below its own. Idleness is banked only
+  that far: a tenant that stayed busy is level with the floor and gains nothing, and one
+  that bursts and pauses gets the credit back only after the others have used that much
+  compute while it waited, so over time it still gets no more than its share.
 - *A job keeps its turn between passes* (``again``) while nobody waiting has used less:
   a decoding loop is never queued when its pass ends (it samples, then asks again), so
   with a turn per pass a busy tenant's waiting job took every other turn whatever the
@@ -121,7 +121,7 @@ class ComputeTurns(Generic[W]):
         known = self._tenants[tenant]  # it holds a turn, so it is known
         self._charge(known, used_s)
         if self._queued:
-            name, best = min(self._queued.items(), key=lambda kv: (kv[1].used_s, kv[1].arrived))
+            name, best = self._next_in_line()
             if best.used_s <= known.used_s:
                 known.running -= 1
                 self.running -= 1
@@ -142,8 +142,11 @@ class ComputeTurns(Generic[W]):
             self._prune()
         if not self._queued:
             return None
-        name, chosen = min(self._queued.items(), key=lambda kv: (kv[1].used_s, kv[1].arrived))
-        return self._grant(name, chosen)
+        return self._grant(*self._next_in_line())
+
+    def _next_in_line(self) -> tuple[str, _Tenant[W]]:
+        """The queued tenant that has used least (ties: the one waiting longest)."""
+        return min(self._queued.items(), key=lambda kv: (kv[1].used_s, kv[1].arrived))
 
     def _charge(self, known: _Tenant[W], used_s: float) -> None:
         used_s = max(used_s, 0.0)

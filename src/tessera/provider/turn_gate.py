@@ -44,20 +44,9 @@ class TurnGate:
     @contextmanager
     def turn(self, tenant: str) -> Iterator[None]:
         """Hold a turn for ``tenant`` while the block runs (its measured time is charged)."""
-        parked = threading.Event()
-        with self._lock:
-            granted = self._turns.arrive(tenant, parked)
-        if not granted:
-            parked.wait()
-        started = time.perf_counter()
-        try:
+        with self.steps(tenant) as turns:
+            turns.next()
             yield
-        finally:
-            used = time.perf_counter() - started
-            with self._lock:
-                following = self._turns.done(tenant, used)
-            if following is not None:
-                following.set()
 
 
 class Steps:
