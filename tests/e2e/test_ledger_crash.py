@@ -9,7 +9,6 @@ exactly what was minted minus what was captured: nothing lost, nothing charged t
 
 from __future__ import annotations
 
-import asyncio
 import signal
 import subprocess
 import sys
@@ -69,7 +68,7 @@ def test_gateway_killed_under_load_leaves_a_sound_ledger(network: LiveNetwork) -
     served_before_kill = outcomes["ok"]
     network.network.processes.remove(("gateway", gateway))
 
-    entries, at_kill_problems = asyncio.run(stored_journal(network.data_dir))
+    entries, at_kill_problems = stored_journal(network.data_dir)
     assert at_kill_problems == []  # what SIGKILL left on disk is already a sound prefix
     open_at_kill = {e.reference for e in entries if e.kind == HOLD} - {
         e.reference for e in entries if e.kind in (CAPTURE, RELEASE)

@@ -29,9 +29,9 @@ from support.multi_gateway import (
     MultiGatewayNetwork,
     ledger_check,
     start_multi_gateway,
-    stored_journal,
     wait_routable,
 )
+from support.stored_journal import stored_journal
 
 pytestmark = [pytest.mark.integration, pytest.mark.e2e]
 

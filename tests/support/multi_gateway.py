@@ -24,9 +24,6 @@ from openai import OpenAI
 
 from tessera.demo import Network, create_api_key, free_port, wait_for_network
 from tessera.dev_money import DEFAULT_FUNDS, fund_account, stake_provider
-from tessera.ledger.journal import Entry
-from tessera.store.engine import create_engine, database_url_for
-from tessera.store.ledger import LedgerStore
 
 from support.verified_network import environment
 
@@ -156,20 +153,6 @@ def start_multi_gateway(
         network.stop()
         raise
     return MultiGatewayNetwork(network, gateways, key_file, provider_id)
-
-
-async def _stored_journal(data_dir: Path) -> tuple[list[Entry], list[str]]:
-    engine = create_engine(database_url_for(data_dir))
-    try:
-        store = LedgerStore(engine)
-        return await store.load(), await store.check()
-    finally:
-        await engine.dispose()
-
-
-def stored_journal(data_dir: Path) -> tuple[list[Entry], list[str]]:
-    """A gateway's journal as stored on disk, and the problems SQL finds in it."""
-    return asyncio.run(_stored_journal(data_dir))
 
 
 def ledger_check(data_dir: Path) -> subprocess.CompletedProcess[str]:

@@ -19,14 +19,18 @@ from tessera.store.engine import create_engine, database_url_for
 from tessera.store.ledger import LedgerStore
 
 
-async def stored_journal(data_dir: Path) -> tuple[list[Entry], list[str]]:
-    """Every stored entry, and the store's own check of them."""
+async def _stored_journal(data_dir: Path) -> tuple[list[Entry], list[str]]:
     engine = create_engine(database_url_for(data_dir))
     try:
         store = LedgerStore(engine)
         return await store.load(), await store.check()
     finally:
         await engine.dispose()
+
+
+def stored_journal(data_dir: Path) -> tuple[list[Entry], list[str]]:
+    """A gateway's journal as stored on disk, and the problems SQL finds in it."""
+    return asyncio.run(_stored_journal(data_dir))
 
 
 def unsettled(entries: list[Entry]) -> set[str]:
@@ -39,7 +43,7 @@ def settled_journal(data_dir: Path, within_s: float = 5.0) -> tuple[list[Entry],
     (the caller's assertions then say what is missing)."""
     deadline = time.monotonic() + within_s
     while True:
-        entries, problems = asyncio.run(stored_journal(data_dir))
+        entries, problems = stored_journal(data_dir)
         if not unsettled(entries) or time.monotonic() >= deadline:
             return entries, problems
         time.sleep(0.05)
