@@ -164,8 +164,12 @@ def openai_error_body(error: TesseraError) -> dict[str, Any]:
 
 
 def error_headers(error: TesseraError) -> dict[str, str]:
-    """HTTP headers that go with an error: ``Retry-After`` (whole seconds) when it has one."""
+    """HTTP headers that go with an error that has a wait: ``Retry-After`` in whole seconds
+    (rounded up) and ``retry-after-ms`` to the millisecond, which OpenAI's SDKs prefer."""
     retry_after_s = getattr(error, "retry_after_s", None)
     if retry_after_s is None:
         return {}
-    return {"retry-after": str(max(1, math.ceil(retry_after_s)))}
+    return {
+        "retry-after": str(max(1, math.ceil(retry_after_s))),
+        "retry-after-ms": str(max(1, math.ceil(retry_after_s * 1000))),
+    }

@@ -156,7 +156,8 @@ def assert_limited(response: httpx.Response, code: str) -> int:
     error = response.json()["error"]
     assert (error["type"], error["code"]) == ("rate_limit_error", code), error
     retry_after = int(response.headers["retry-after"])
-    assert retry_after >= 1
+    retry_after_ms = int(response.headers["retry-after-ms"])  # what the openai SDK waits
+    assert retry_after >= 1 and retry_after == max(1, -(-retry_after_ms // 1000))
     return retry_after
 
 
@@ -201,10 +202,11 @@ async def test_a_flooding_key_is_refused_beyond_its_limit_and_another_key_is_ser
                 assert "4 concurrent requests" in response.json()["error"]["message"]
             await until(lambda: len(provider.held) == 4)
 
-            started = time.monotonic()
             response = await polite.post("/v1/chat/completions", json=says("hello"))
             assert response.status_code == 200, response.text
-            assert time.monotonic() - started < 3.0  # not queued behind the flood
+            # Not queued behind the flood: its four held requests are still running.
+            assert len(provider.held) == 4
+            assert not any(t.done() for t in flood if t not in refused)
 
             provider.release.set()
             held = await asyncio.gather(*(t for t in flood if t not in refused))
@@ -298,7 +300,7 @@ async def test_requests_and_tokens_per_minute(gateway_dir: Path) -> None:
                 await client.post("/v1/chat/completions", json=says("hi")),
                 "rate_limit_exceeded",
             )
-            assert 15 <= retry <= 20  # a request every 20 s
+            assert 15 <= retry <= 21  # a request every 20 s, spread over a second more
         # Tokens: each request counts its max_tokens.
         key, _ = await new_key(gw, "tokens", KeyLimits(requests_per_minute=1000))
         async with client_for(gw, key) as client:
@@ -375,9 +377,9 @@ async def test_an_overloaded_gateway_answers_fast_instead_of_queueing(gateway_di
             await until(lambda: len(provider.held) == 1)
             waiting = asyncio.create_task(client.post("/v1/chat/completions", json=says("hi")))
             await asyncio.sleep(0.3)  # inside the queue for a provider slot
-            started = time.monotonic()
             refused = await client.post("/v1/chat/completions", json=says("hi"))
-            assert time.monotonic() - started < 1.5
+            # Answered at once, not after the 10 s queue timeout: the one waiting still waits.
+            assert not waiting.done()
             assert refused.status_code == 503, refused.text
             assert refused.json()["error"]["code"] == "gateway_overloaded"
             assert int(refused.headers["retry-after"]) >= 1
@@ -508,10 +510,10 @@ async def test_an_account_leaves_a_slot_of_the_model_for_other_accounts(
             assert sum(len(p.held) for p in both) == 3
             assert not any(t.done() for t in flood)
 
-            started = time.monotonic()
             response = await polite.post("/v1/chat/completions", json=says("hello"))
             assert response.status_code == 200, response.text
-            assert time.monotonic() - started < 2.0  # the free slot was kept for it
+            # The free slot was kept for it: the hog's three waiting requests still wait.
+            assert not any(t.done() for t in flood)
 
             for provider in both:
                 provider.release.set()

@@ -324,7 +324,7 @@ def create_app(settings: GatewaySettings, runtime: Runtime | None = None) -> Fas
 
         events.subscribe(RequestFinished, request_finished)
 
-        admission = RequestAdmission(settings, clock=runtime.monotonic)
+        admission = RequestAdmission(settings, clock=runtime.monotonic, rng=runtime.rng)
         serving = Serving(
             registry,
             Dispatcher(hub, settings, metrics, admission.hedge_slot),

@@ -236,7 +236,12 @@ def _error_response(status: int) -> dict[str, Any]:
     headers: dict[str, Any] = {"x-request-id": REQUEST_ID_HEADER}
     if status == 429:
         headers["retry-after"] = {
-            "description": "Seconds to wait, on a rate limit.",
+            "description": "Seconds to wait, on a rate limit (rounded up).",
+            "schema": {"type": "string"},
+        }
+        headers["retry-after-ms"] = {
+            "description": "The same wait in milliseconds, spread between clients refused "
+            "together so that they do not all come back at once.",
             "schema": {"type": "string"},
         }
     return {
