@@ -10,6 +10,7 @@ from __future__ import annotations
 import secrets
 from decimal import Decimal
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -370,6 +371,12 @@ class ProviderSettings(BaseSettings):
         le=1024,
         description="Forward passes of local models run at once; jobs take turns by account "
         "(None: one on a GPU, on a CPU the cores this process may use / torch threads).",
+    )
+    compute_priority: Literal["normal", "low", "idle"] = Field(
+        "idle",
+        description="CPU priority of the threads that run local models' forward passes: idle "
+        "(Linux SCHED_IDLE: they get the cycles nothing else on the machine wants, so this "
+        "agent's event loop and your other programs go first), low (nice 10) or normal.",
     )
     backoff_initial_s: float = Field(0.5, gt=0, description="First reconnect delay.")
     backoff_max_s: float = Field(30.0, gt=0, description="Longest reconnect delay.")

@@ -6,6 +6,7 @@ another floods. The figures (honest p99 against its unloaded value) are the benc
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 
 import httpx
 import pytest
@@ -53,3 +54,23 @@ async def test_honest_key_is_served_through_hostile_input_and_a_flood(
         assert [r.status_code for r in answers] == [200] * 4, [r.text for r in answers]
     checked = ledger_check(live_network.data_dir)
     assert checked.returncode == 0, checked.stdout + checked.stderr
+
+
+def test_each_provider_agent_yields_its_session_to_the_gateways(live_network: LiveNetwork) -> None:
+    """The agents serve local models at the default compute priority (idle): where the
+    kernel groups processes by session (autogroup), each one's group (it runs in its own,
+    as `tessera demo` starts it) is lowered to nice 19 and the gateway's is not; where it
+    does not, every group is left as it was (provider/compute_priority.py)."""
+    switch = Path("/proc/sys/kernel/sched_autogroup_enabled")
+    grouped = switch.exists() and switch.read_text().strip() == "1"
+    groups = {
+        name: Path(f"/proc/{proc.pid}/autogroup").read_text().strip()
+        for name, proc in live_network.network.processes
+        if Path(f"/proc/{proc.pid}/autogroup").exists()
+    }
+    providers = [n for n, _ in live_network.network.processes if n.startswith("provider")]
+    assert len(providers) == 2
+    assert all(g.endswith("nice 0") for n, g in groups.items() if n == "gateway"), groups
+    want = "nice 19" if grouped else "nice 0"
+    assert all(groups[n].endswith(want) for n in providers if n in groups), groups
+    assert not grouped or set(providers) <= set(groups), groups

@@ -24,6 +24,8 @@ from pathlib import Path
 
 import httpx
 
+from tessera.provider.compute_priority import lower_this_session
+
 MODEL = "tessera-tiny"
 TESTS_DIR = str(Path(__file__).resolve().parents[1])  # for the attack process's imports
 HONEST_CHAT = {
@@ -119,6 +121,13 @@ async def hostile_loop(base: str, key: str, until: float, tally: Tally) -> None:
                     return
 
 
+def retry_wait_s(headers: httpx.Headers) -> float:
+    """How long a 429 says to wait, read as OpenAI's SDK reads it (milliseconds first)."""
+    if "retry-after-ms" in headers:
+        return float(headers["retry-after-ms"]) / 1000
+    return float(headers.get("retry-after", "1"))
+
+
 async def flood_loop(base: str, key: str, until: float, tally: Tally) -> None:
     headers = {"Authorization": f"Bearer {key}"}
     async with httpx.AsyncClient(base_url=base, headers=headers, timeout=120) as client:
@@ -127,7 +136,7 @@ async def flood_loop(base: str, key: str, until: float, tally: Tally) -> None:
                 response = await client.post("/v1/chat/completions", json=FLOOD_CHAT)
                 tally.statuses["flood"][response.status_code] += 1
                 if response.status_code == 429:
-                    wait = float(response.headers.get("retry-after", "1"))
+                    wait = retry_wait_s(response.headers)
                     await asyncio.sleep(min(wait, max(until - time.monotonic(), 0)))
             except httpx.HTTPError:
                 tally.statuses["flood"][0] += 1
@@ -166,7 +175,9 @@ async def run_load(
 
     The attackers run in a process of their own at a lower CPU priority, standing in for
     clients on other machines: in this one the honest client's own event loop would
-    otherwise wait on theirs, and time their work, not the gateway's.
+    otherwise wait on theirs, and time their work, not the gateway's. Where Linux shares
+    the CPU by session (autogroup), a niceness ranks a process only inside its session,
+    so the attack process gets a session of its own and lowers that (nice 19) instead.
     """
     spec = json.dumps(
         [base, hostile_key, flood_key, duration_s, hostile_clients, flood_concurrency]
@@ -179,10 +190,11 @@ async def run_load(
     attacker = await asyncio.create_subprocess_exec(
         sys.executable,
         "-c",
-        "import os, sys; os.nice(10); from support.hostile_load import attack_main; attack_main()",
+        "from support.hostile_load import attack_main; attack_main()",
         spec,
         env=env,
         stdout=asyncio.subprocess.PIPE,
+        start_new_session=True,
     )
     tally = Tally()
     try:
@@ -202,6 +214,8 @@ async def run_load(
 
 def attack_main() -> None:
     """Entry of the attack process: run :func:`attack`, print its statuses as JSON."""
+    os.nice(10)  # what counts where the kernel does not group by session
+    lower_this_session("idle")
     base, hostile_key, flood_key, duration_s, clients, flooders = json.loads(sys.argv[1])
     tally = asyncio.run(attack(base, hostile_key, flood_key, duration_s, clients, flooders))
     json.dump({k: dict(v) for k, v in tally.statuses.items()}, sys.stdout)

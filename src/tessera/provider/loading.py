@@ -75,7 +75,10 @@ def load_local(spec: str, settings: ProviderSettings, gate: TurnGate | None = No
         from tessera.provider.backends.sentence_embed import SentenceEmbeddingBackend
 
         backend = SentenceEmbeddingBackend.load(
-            None, device=settings.device, threads=settings.torch_threads
+            None,
+            device=settings.device,
+            threads=settings.torch_threads,
+            priority=settings.compute_priority,
         )
     else:
         path = Path(spec).expanduser()
@@ -88,7 +91,10 @@ def load_local(spec: str, settings: ProviderSettings, gate: TurnGate | None = No
             from tessera.provider.backends.sentence_embed import SentenceEmbeddingBackend
 
             backend = SentenceEmbeddingBackend.load(
-                path, device=settings.device, threads=settings.torch_threads
+                path,
+                device=settings.device,
+                threads=settings.torch_threads,
+                priority=settings.compute_priority,
             )
         elif (path / "config.json").exists():
             from tessera.provider.backends.transformers_text import TransformersTextBackend
@@ -98,6 +104,7 @@ def load_local(spec: str, settings: ProviderSettings, gate: TurnGate | None = No
                 device=settings.device,
                 dtype=settings.dtype,
                 threads=settings.torch_threads,
+                priority=settings.compute_priority,
                 gate=gate,
             )
         else:

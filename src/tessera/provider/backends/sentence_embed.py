@@ -31,6 +31,7 @@ from tessera.provider.backends.base import (
     ModelInfo,
     PromptTooLong,
 )
+from tessera.provider.compute_priority import ComputePriority, compute_executor
 from tessera.provider.model_hash import weights_sha256
 
 DEFAULT_NAME = "all-MiniLM-L6-v2"
@@ -67,9 +68,12 @@ class SentenceEmbeddingBackend:
 
     info: ModelInfo
 
-    def __init__(self, model: Any, info: ModelInfo) -> None:
-        """Wrap an already loaded SentenceTransformer; most callers want :meth:`load`."""
+    def __init__(self, model: Any, info: ModelInfo, priority: ComputePriority = "normal") -> None:
+        """Wrap an already loaded SentenceTransformer; most callers want :meth:`load`.
+        ``priority``: the CPU priority of the thread that runs its passes."""
         self.info = info
+        # One pass at a time (the lock below): one thread, below the event loop's priority.
+        self._worker = compute_executor(priority, "tessera-embed")
         self._model = model
         self._tokenizer = model.tokenizer
         self._device = model.device
@@ -86,6 +90,7 @@ class SentenceEmbeddingBackend:
         name: str = DEFAULT_NAME,
         device: str = "auto",
         threads: int | None = None,
+        priority: ComputePriority = "normal",
     ) -> SentenceEmbeddingBackend:
         """Load a model directory (blocking: call it in a thread).
 
@@ -119,14 +124,16 @@ class SentenceEmbeddingBackend:
             embedding_dimensions=int(dims),
             vocab_size=int(model[0].auto_model.get_input_embeddings().num_embeddings),
         )
-        return cls(model, info)
+        return cls(model, info, priority)
 
     async def embed(self, inputs: Sequence[str | Sequence[int]]) -> EmbeddingResult:
         """One unit vector per input, in order. Runs in a worker thread."""
-        return await asyncio.to_thread(self._embed_sync, list(inputs))
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._worker, self._embed_sync, list(inputs))
 
     async def close(self) -> None:
-        """Nothing to release beyond memory; kept for the EmbeddingBackend interface."""
+        """Let its worker thread end once the pass it runs (if any) is over."""
+        self._worker.shutdown(wait=False)
 
     # ------------------------------------------------------------------ worker thread
 

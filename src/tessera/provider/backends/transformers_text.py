@@ -68,6 +68,7 @@ from tessera.provider.backends.base import (
     TopToken,
 )
 from tessera.provider.backends.sampling import counter_uniform, fresh_uniform, sample_token
+from tessera.provider.compute_priority import ComputePriority, compute_executor, lower_this_thread
 from tessera.provider.model_hash import weights_sha256
 from tessera.provider.turn_gate import TurnGate
 
@@ -217,8 +218,12 @@ class TransformersTextBackend:
         device: torch.device,
         eos: set[int],
         gate: TurnGate | None = None,
+        priority: ComputePriority = "normal",
     ) -> None:
         self.info = info
+        # Passes run below the event loop's CPU priority (see compute_priority).
+        self._priority: ComputePriority = priority
+        self._scorer = compute_executor(priority, "tessera-score", workers=4)
         # Every forward pass takes a turn: jobs share the device fairly between tenants.
         self._gate = gate if gate is not None else TurnGate()
         self._model: Any = model
@@ -246,12 +251,14 @@ class TransformersTextBackend:
         dtype: str = "auto",
         threads: int | None = None,
         gate: TurnGate | None = None,
+        priority: ComputePriority = "normal",
     ) -> TransformersTextBackend:
         """Load a model directory (blocking: call it in a thread). ConfigError if unusable.
 
         ``device`` auto = cuda when available, else cpu; ``dtype`` auto = bfloat16 on cuda,
         float32 elsewhere. ``threads`` sets torch's CPU threads for the whole process.
-        ``gate`` orders the forward passes (a new one-at-a-time gate when None).
+        ``gate`` orders the forward passes (a new one-at-a-time gate when None);
+        ``priority`` is the CPU priority of the threads that run them.
         """
         model_dir = Path(model_dir)
         if not model_dir.is_dir():
@@ -286,7 +293,7 @@ class TransformersTextBackend:
             context_length=_context_length(model.config, tokenizer, model_dir),
             vocab_size=int(model.get_input_embeddings().num_embeddings),
         )
-        return cls(model, tokenizer, info, dev, _eos_ids(model, tokenizer), gate)
+        return cls(model, tokenizer, info, dev, _eos_ids(model, tokenizer), gate, priority)
 
     @property
     def active_streams(self) -> int:
@@ -362,7 +369,8 @@ class TransformersTextBackend:
             raise BackendError("the backend is closed", code="backend_closed")
         if not requests:
             return []
-        return await asyncio.to_thread(self._score_sync, list(requests))
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._scorer, self._score_sync, list(requests))
 
     async def close(self) -> None:
         """Stop running streams and release the model (and its GPU memory)."""
@@ -370,6 +378,7 @@ class TransformersTextBackend:
             token.cancel()
         threads = list(self._active)
         await asyncio.to_thread(lambda: [t.join(timeout=30) for t in threads])
+        self._scorer.shutdown(wait=False)
         self._model = None
         gc.collect()
         if self._device.type == "cuda":
@@ -387,6 +396,7 @@ class TransformersTextBackend:
         emit: Callable[[Delta | Finish | BaseException], None],
     ) -> None:
         try:
+            lower_this_thread(self._priority)
             self._generate(ids, continued, max_new, params, cancel, emit)
         except BaseException as exc:  # handed to the consumer, re-raised there
             emit(exc)
