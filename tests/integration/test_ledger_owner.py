@@ -121,7 +121,13 @@ async def test_an_owner_whose_session_ends_stops_moving_money(
             assert [e.reference for e in await LedgerStore(admin).load()] == ["dep-1"]
             other = ledger_owner_lock(admin, "gw-next")
             assert await other.try_acquire()  # free for a standby
+            # The old owner's dead session is no claim: trying again (as a replica that lost
+            # the lock watches for a takeover) must not report the lock as its own while
+            # another holds it, or two replicas would own one ledger.
+            assert not await lock.try_acquire()
+            assert not await lock.still_held()
             await other.release()
+            assert await lock.try_acquire()  # free again: the old owner may take it back
         finally:
             await lock.release()
             await keeper.close()

@@ -117,7 +117,12 @@ class PostgresOwnerLock:
 
     async def try_acquire(self) -> bool:
         if self._conn is not None:
-            return True
+            if await self.still_held():
+                return True
+            # Its session ended (and the lock with it): a claim no longer. Dropped before
+            # trying again, or a replica that lost the lock would find it "held" and take
+            # the ledger over beside the one that really holds it.
+            await self.release()
         with translated(self.engine.url):
             conn = await self.engine.connect()
             try:
