@@ -8,7 +8,7 @@ import logging
 import os
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 import typer
 from rich.console import Console
@@ -19,6 +19,7 @@ from tessera.catalog_cli import catalog_app
 from tessera.chain_cli import chain_app
 from tessera.config import GatewaySettings, ProviderSettings, default_data_dir
 from tessera.errors import TesseraError
+from tessera.keys_cli import keys_app
 from tessera.money_cli import account_app, earnings_app, ledger_app, stake_app
 from tessera.receipt_cli import receipt_app
 from tessera.sim_cli import sim
@@ -28,10 +29,6 @@ app = typer.Typer(
     help="Tessera: an open network that turns idle GPUs into one inference cloud.",
     no_args_is_help=True,
     add_completion=False,
-)
-keys_app = typer.Typer(
-    help="Create, list and revoke API keys; set their policies and limits.",
-    no_args_is_help=True,
 )
 models_app = typer.Typer(help="Make and inspect local models.", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
@@ -261,6 +258,12 @@ def provider(
             "on a GPU, on a CPU the cores available divided by --threads."
         ),
     ] = None,
+    compute_priority: Annotated[
+        Literal["idle", "low", "normal"] | None,
+        typer.Option(
+            help="CPU priority of forward passes (default idle: what nothing else wants)."
+        ),
+    ] = None,
     no_retention: Annotated[
         bool,
         typer.Option(
@@ -292,6 +295,7 @@ def provider(
     if context.invoked_subcommand is not None:
         return  # `tessera provider status ...`: the subcommand does the work
     from tessera.private_files import restrict_new_files
+    from tessera.provider.compute_priority import lower_this_session
     from tessera.provider.hardware import probe
     from tessera.provider.identity import load_or_create_key
     from tessera.provider.loading import UpstreamSpec, load_local, load_upstream, turn_width
@@ -311,6 +315,8 @@ def provider(
         extra["no_retention"] = True
     if parallel_passes is not None:
         extra["parallel_passes"] = parallel_passes
+    if compute_priority is not None:
+        extra["compute_priority"] = compute_priority  # else the environment's, or idle
     try:
         settings = ProviderSettings(
             gateway_urls=gateway,
@@ -333,6 +339,8 @@ def provider(
             with console.status(f"loading {spec}…"):
                 served.append(load_local(spec, settings, gate))
             console.print(f"loaded [bold]{served[-1].offer.name}[/] ({spec})")
+        if model:  # the passes yield to other sessions' programs too (compute_priority)
+            lower_this_session(settings.compute_priority)
         if upstream:
             if not (upstream_model and weights_sha256):
                 console.print("[red]--upstream needs --upstream-model and --weights-sha256[/]")
@@ -476,244 +484,6 @@ def provider_status(
 
 def _print_status(url: str, status: str) -> None:
     console.print(f"[cyan]{url}[/] {status}")
-
-
-# ------------------------------------------------------------------ keys
-
-
-async def _keys_store(data_dir: Path, database_url: str | None):  # type: ignore[no-untyped-def]
-    from tessera.store.api_keys import ApiKeyStore
-    from tessera.store.engine import create_engine, database_url_for
-    from tessera.store.migrate import upgrade_to_head
-
-    await asyncio.to_thread(data_dir.mkdir, mode=0o700, parents=True, exist_ok=True)
-    url = database_url or database_url_for(data_dir)
-    await upgrade_to_head(url)
-    engine = create_engine(url)
-    return engine, ApiKeyStore(engine)
-
-
-MaxConcurrency = Annotated[
-    int | None,
-    typer.Option(
-        "--max-concurrency", min=0, help="Requests the key may run at once (0 suspends it)."
-    ),
-]
-Rpm = Annotated[
-    int | None, typer.Option("--rpm", min=0, help="Requests the key may start per minute.")
-]
-Tpm = Annotated[
-    int | None,
-    typer.Option("--tpm", min=0, help="Tokens per minute, each request counting its max_tokens."),
-]
-
-
-@keys_app.command("create")
-def keys_create(
-    name: Annotated[str, typer.Option(help="What the key is for.")] = "default",
-    data_dir: DataDir = default_data_dir(),
-    database_url: DatabaseUrl = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
-    policy: Annotated[str | None, typer.Option(help=POLICY_HELP)] = None,
-    max_concurrency: MaxConcurrency = None,
-    rpm: Rpm = None,
-    tpm: Tpm = None,
-) -> None:
-    """Create an API key. The key is shown once; only its hash is stored.
-
-    Limits not given follow the gateway's defaults (--key-max-concurrent-requests etc.).
-    """
-    from tessera.store.api_keys import KeyLimits
-
-    async def run() -> tuple[str, str]:
-        engine, keys = await _keys_store(data_dir, database_url)
-        try:
-            plaintext, record = await keys.create(
-                name,
-                policy_json=_key_policy(policy),
-                limits=KeyLimits(max_concurrency, rpm, tpm),
-            )
-            return plaintext, record.id
-        finally:
-            await engine.dispose()
-
-    try:
-        plaintext, key_id = asyncio.run(run())
-    except TesseraError as exc:
-        _fail(exc)
-        return
-    if as_json:
-        print(json.dumps({"id": key_id, "name": name, "key": plaintext}))
-    else:
-        console.print(f"created key [bold]{key_id}[/] ({name}); it is shown only now:")
-        print(plaintext)
-
-
-POLICY_HELP = (
-    "Default routing policy, JSON shaped like a request's 'provider' field, e.g. "
-    '\'{"regions_allow": ["eu"]}\'; requests may narrow it, never widen it.'
-)
-
-
-def _key_policy(policy: str | None) -> str | None:
-    """The policy as stored (compact JSON), or a clear error before anything is written."""
-    if policy is None:
-        return None
-    from tessera.gateway.routing import parse_key_policy
-
-    parse_key_policy(policy)
-    return json.dumps(json.loads(policy), separators=(",", ":"))
-
-
-@keys_app.command("policy")
-def keys_policy(
-    key_id: str,
-    policy: Annotated[str | None, typer.Argument(help=POLICY_HELP)] = None,
-    clear: Annotated[bool, typer.Option("--clear", help="Remove the key's policy.")] = False,
-    data_dir: DataDir = default_data_dir(),
-    database_url: DatabaseUrl = None,
-) -> None:
-    """Set (or --clear) an API key's default routing policy."""
-    if (policy is None) == (not clear):
-        console.print("[red]give a policy, or --clear[/]")
-        raise typer.Exit(2)
-
-    async def run() -> bool:
-        engine, keys = await _keys_store(data_dir, database_url)
-        try:
-            return await keys.set_policy(key_id, None if clear else _key_policy(policy))
-        finally:
-            await engine.dispose()
-
-    try:
-        changed = asyncio.run(run())
-    except TesseraError as exc:
-        _fail(exc)
-        return
-    if not changed:
-        console.print(f"[red]no key {key_id}[/]")
-        raise typer.Exit(1)
-    console.print(
-        f"key {key_id}: policy {'cleared' if clear else 'set'} (running gateways apply it "
-        "within a second)"
-    )
-
-
-@keys_app.command("limits")
-def keys_limits(
-    key_id: str,
-    max_concurrency: MaxConcurrency = None,
-    rpm: Rpm = None,
-    tpm: Tpm = None,
-    default: Annotated[
-        bool, typer.Option("--default", help="Drop the key's own limits: gateway defaults.")
-    ] = False,
-    data_dir: DataDir = default_data_dir(),
-    database_url: DatabaseUrl = None,
-) -> None:
-    """Change an API key's own limits; the ones not named stay as they are."""
-    from tessera.store.api_keys import KeyLimits
-
-    given = (max_concurrency, rpm, tpm) != (None, None, None)
-    if given == default:
-        console.print("[red]give --max-concurrency, --rpm or --tpm, or --default[/]")
-        raise typer.Exit(2)
-
-    async def run() -> KeyLimits | None:
-        engine, keys = await _keys_store(data_dir, database_url)
-        try:
-            record = await keys.get(key_id)
-            if record is None:
-                return None
-            old = record.limits
-            new = (
-                KeyLimits()
-                if default
-                else KeyLimits(
-                    old.max_concurrent_requests if max_concurrency is None else max_concurrency,
-                    old.requests_per_minute if rpm is None else rpm,
-                    old.tokens_per_minute if tpm is None else tpm,
-                )
-            )
-            return new if await keys.set_limits(key_id, new) else None
-        finally:
-            await engine.dispose()
-
-    try:
-        limits = asyncio.run(run())
-    except TesseraError as exc:
-        _fail(exc)
-        return
-    if limits is None:
-        console.print(f"[red]no key {key_id}[/]")
-        raise typer.Exit(1)
-    if default:
-        console.print(f"key {key_id}: gateway defaults (running gateways apply it within a second)")
-        return
-
-    def shown(value: int | None) -> str:
-        return "default" if value is None else str(value)
-
-    console.print(
-        f"key {key_id}: concurrency {shown(limits.max_concurrent_requests)}, requests per "
-        f"minute {shown(limits.requests_per_minute)}, tokens per minute "
-        f"{shown(limits.tokens_per_minute)} (running gateways apply it within a second)"
-    )
-
-
-@keys_app.command("list")
-def keys_list(data_dir: DataDir = default_data_dir(), database_url: DatabaseUrl = None) -> None:
-    """List API keys (prefixes only)."""
-    from rich.table import Table
-
-    async def run():  # type: ignore[no-untyped-def]
-        engine, keys = await _keys_store(data_dir, database_url)
-        try:
-            return await keys.list()
-        finally:
-            await engine.dispose()
-
-    def shown(value: int | None) -> str:
-        return "-" if value is None else str(value)
-
-    table = Table("id", "name", "prefix", "created", "revoked", "limits (conc/rpm/tpm)")
-    for record in asyncio.run(run()):
-        limits = record.limits
-        table.add_row(
-            record.id,
-            record.name,
-            record.prefix,
-            str(record.created_at),
-            str(record.revoked_at or ""),
-            "/".join(
-                shown(v)
-                for v in (
-                    limits.max_concurrent_requests,
-                    limits.requests_per_minute,
-                    limits.tokens_per_minute,
-                )
-            ),
-        )
-    Console().print(table)
-
-
-@keys_app.command("revoke")
-def keys_revoke(
-    key_id: str, data_dir: DataDir = default_data_dir(), database_url: DatabaseUrl = None
-) -> None:
-    """Revoke an API key by id."""
-
-    async def run() -> bool:
-        engine, keys = await _keys_store(data_dir, database_url)
-        try:
-            return await keys.revoke(key_id)
-        finally:
-            await engine.dispose()
-
-    if not asyncio.run(run()):
-        console.print(f"[red]no active key {key_id}[/]")
-        raise typer.Exit(1)
-    console.print(f"revoked {key_id} (running gateways refuse it within a second)")
 
 
 # ------------------------------------------------------------------ models

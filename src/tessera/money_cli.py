@@ -332,8 +332,9 @@ def _provider_move(gateway: str, key_file: Path | None, action: str, amount: int
 # ------------------------------------------------------------------ account
 
 
-async def _open_store(data_dir: Path, database_url: str | None) -> Any:
-    """An engine on the migrated database, like `tessera keys` opens it."""
+async def open_store(data_dir: Path, database_url: str | None) -> Any:
+    """An engine on the migrated database (made first if missing), for the offline commands
+    here and in `tessera keys`."""
     from tessera.store.engine import create_engine, database_url_for
     from tessera.store.migrate import upgrade_to_head
 
@@ -364,7 +365,7 @@ def account_create(
     from tessera.store.api_keys import ApiKeyStore
 
     async def run() -> tuple[str, Any]:
-        engine = await _open_store(data_dir, database_url)
+        engine = await open_store(data_dir, database_url)
         try:
             # No account_id: the store makes the account and the key in one transaction.
             return await ApiKeyStore(engine).create(
@@ -529,7 +530,7 @@ def ledger_check(
     from tessera.store.ledger import LedgerStore
 
     async def run() -> tuple[list[str], list[Any] | None, str | None]:
-        engine = await _open_store(data_dir, database_url)
+        engine = await open_store(data_dir, database_url)
         try:
             store = LedgerStore(engine)
             problems = await store.check()
@@ -599,7 +600,7 @@ def _chain_problems(
     async def stored() -> tuple[dict[str, str], list[tuple[str, int, str]]]:
         from sqlalchemy import select
 
-        engine = await _open_store(data_dir, database_url)
+        engine = await open_store(data_dir, database_url)
         try:
             async with engine.connect() as conn:
                 rows = (await conn.execute(select(chain_cursor))).mappings().all()

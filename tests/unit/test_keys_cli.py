@@ -74,3 +74,20 @@ def test_limits_refuses_bad_input(tmp_path: Path) -> None:
     missing = runner.invoke(app, ["keys", "limits", "key_0000000000000000", "--rpm", "3", *where])
     assert missing.exit_code == 1
     assert stored(tmp_path, key_id).limits == KeyLimits()
+
+
+def test_a_policy_the_router_would_refuse_is_a_clear_error_and_changes_nothing(
+    tmp_path: Path,
+) -> None:
+    where = ["--data-dir", str(tmp_path)]
+    key_id = json.loads(keys("create", "--json", *where))["id"]
+    for command in (
+        ["policy", key_id, '{"regions_allow": ["nowhere"]}'],
+        ["create", "--policy", "[1]"],
+    ):
+        result = runner.invoke(app, ["keys", *command, *where])
+        assert result.exit_code == 2, result.output  # fail(): a usage error, no traceback
+        assert "Traceback" not in result.output
+        assert "a key policy is a JSON object" in " ".join(result.output.split())
+    assert stored(tmp_path, key_id).policy_json is None
+    assert keys("list", *where).count("key_") == 1  # the refused create stored nothing
