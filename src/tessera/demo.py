@@ -27,6 +27,7 @@ import socket
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -378,6 +379,32 @@ def money_step(base: str, api_key: str) -> tuple[str, bool, str, str]:
         return "pay per token", False, "-", f"{type(exc).__name__}: {exc}"
 
 
+def _deposit_and_stake(
+    chain: DemoChain, base: str, api_key: str, data_dir: Path, key_files: list[Path]
+) -> str:
+    """The consumer's deposit and every provider's bond, at once: each sends from its own
+    key, after one round of gas and mints from the dev key. Returns the consumer's address."""
+    from tessera.demo_chain import (
+        consumer_key_file,
+        deposit_for,
+        eth_key_file_of,
+        fund_parties,
+        stake_on_chain,
+    )
+
+    fund_parties(
+        chain,
+        [(consumer_key_file(data_dir), DEMO_FUNDS)]
+        + [(eth_key_file_of(key_file), DEFAULT_STAKE) for key_file in key_files],
+    )
+    with ThreadPoolExecutor(max_workers=1 + len(key_files)) as pool:
+        deposit = pool.submit(deposit_for, chain, base, api_key, data_dir, DEMO_FUNDS)
+        stakes = [pool.submit(stake_on_chain, chain, kf, DEFAULT_STAKE) for kf in key_files]
+        for stake in stakes:
+            stake.result()
+        return deposit.result()
+
+
 def _serve_without_providers(
     base: str, api_key: str, data_dir: Path, network: Network, once: bool
 ) -> int:
@@ -425,10 +452,8 @@ def run_demo(
     # web3 and the contracts load only for a chain (other users of this module need none)
     from tessera.demo_chain import (
         SETTLEMENT_ENV,
-        deposit_for,
         forget_chain_ledger,
         settlement_step,
-        stake_on_chain,
         start_chain,
         wait_until_staked,
     )
@@ -450,20 +475,11 @@ def run_demo(
         )  # fmt: skip
         api_key = asyncio.run(create_api_key(data_dir))
         wait_for_network(base, 0, network)
-        consumer = None
-        if on_chain is None:
-            fund_account(base, api_key, DEMO_FUNDS)
-        else:
-            with console.status("depositing the consumer's tokens in the vault…"):
-                consumer = deposit_for(on_chain, base, api_key, data_dir, DEMO_FUNDS)
+        # The providers start first: loading their models takes seconds, the chain's
+        # transactions below take a block each, and the two overlap. An unstaked provider
+        # connects and passes its challenge but gets no work until its stake is counted.
         for i in range(providers):
             region, label, price_in, price_out = REGIONS[i % len(REGIONS)]
-            # Stake first: an unstaked provider connects but gets no work.
-            if on_chain is None:
-                stake_provider(base, key_files[i])
-            else:
-                with console.status(f"provider-{i + 1} binds its key and bonds on chain…"):
-                    stake_on_chain(on_chain, key_files[i], DEFAULT_STAKE)
             network.spawn(
                 f"provider-{i + 1}",
                 [
@@ -480,6 +496,18 @@ def run_demo(
                     "--max-concurrent-jobs", "2",
                 ],
             )  # fmt: skip
+        consumer = None
+        if on_chain is None:
+            fund_account(base, api_key, DEMO_FUNDS)
+            for key_file in key_files[:providers]:
+                stake_provider(base, key_file)
+        else:
+            with console.status(
+                "the consumer deposits in the vault and the providers bond on chain…"
+            ):
+                consumer = _deposit_and_stake(
+                    on_chain, base, api_key, data_dir, key_files[:providers]
+                )
         wait_for_network(base, providers, network)
         if on_chain is not None and providers:
             with console.status("waiting for the gateway to count the stake on chain…"):

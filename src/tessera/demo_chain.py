@@ -27,10 +27,10 @@ from eth_account.messages import encode_defunct
 from tessera.chain.anvil import AnvilNode, start_anvil
 from tessera.chain.client import ChainClient
 from tessera.chain.deploy import DeployParams, deploy_to
-from tessera.chain.keys import create_key_file, load_key_file
+from tessera.chain.keys import EthKey, create_key_file, load_key_file
 from tessera.chain.sender import state_path_for
 from tessera.chain.typed_data import SignedCheque
-from tessera.chain.wallet import Wallet, fund_eth, mint
+from tessera.chain.wallet import Wallet, dev_sender, fund_eth, mint
 from tessera.key_file import load_or_create_key
 from tessera.units import format_tokens
 
@@ -103,12 +103,45 @@ def start_chain(data_dir: Path) -> DemoChain:
         raise
 
 
+def eth_key_file_of(provider_key_file: Path) -> Path:
+    """A provider's Ethereum key file, beside its Ed25519 one."""
+    return provider_key_file.with_name(provider_key_file.stem + "-eth.key")
+
+
+def consumer_key_file(data_dir: Path) -> Path:
+    return data_dir / "consumer-eth.key"
+
+
+def _eth_key(path: Path) -> EthKey:
+    return load_key_file(path) if path.exists() else create_key_file(path)
+
+
+def fund_parties(chain: DemoChain, grants: list[tuple[Path, int]]) -> None:
+    """Gas, and ``tokens`` minted up to the amount asked, for each (key file, tokens),
+    from anvil's dev key: every transaction sent first and then awaited, so they all land
+    in the next block or two instead of a block each, one after the other."""
+    client = chain.client
+    sender = dev_sender(client)
+    try:
+        sent = []
+        for path, tokens in grants:
+            address = _eth_key(path).address
+            if _needs_gas(client, address):
+                sent.append(sender.send({"to": address, "data": "0x"}, value_wei=GAS_WEI))
+            short = _token_shortfall(client, address, tokens)
+            if short > 0:
+                sent.append(sender.send(client.token.functions.mint(address, short)))
+        for tx_hash in sent:
+            sender.wait(tx_hash)
+    finally:
+        sender.close()
+
+
 def stake_on_chain(chain: DemoChain, provider_key_file: Path, stake: int) -> str:
     """The provider's account (its own key file beside the Ed25519 one) binds the
     provider's key and bonds ``stake``; nothing is sent that is already in place."""
     signing_key = load_or_create_key(provider_key_file)
-    eth_file = provider_key_file.with_name(provider_key_file.stem + "-eth.key")
-    key = load_key_file(eth_file) if eth_file.exists() else create_key_file(eth_file)
+    key = _eth_key(eth_key_file_of(provider_key_file))
     client = chain.client
     _gas(client, key.address)
     with Wallet(client, key) as wallet:
@@ -127,11 +160,12 @@ def deposit_for(chain: DemoChain, base: str, api_key: str, data_dir: Path, amoun
     """The consumer's key (``DATA_DIR/consumer-eth.key``): tokens minted to it, linked to
     the API key's account by its signature, ``amount`` deposited for the gateway with a
     custodial cap of all of it. Returns its address once the gateway credited it."""
-    key_file = data_dir / "consumer-eth.key"
-    key = load_key_file(key_file) if key_file.exists() else create_key_file(key_file)
+    key = _eth_key(consumer_key_file(data_dir))
     client = chain.client
     _gas(client, key.address)
-    mint(client, key.address, amount)
+    short = _token_shortfall(client, key.address, amount)
+    if short > 0:
+        mint(client, key.address, short)
     headers = {"Authorization": f"Bearer {api_key}"}
     template = httpx.get(f"{base}/v1/account/chain", headers=headers, timeout=10).json()
     message = template["link_message"].replace("<address>", key.address)
@@ -243,6 +277,15 @@ def _move_ledger_aside(data_dir: Path) -> None:
         sent.with_name(sent.name + suffix).unlink(missing_ok=True)
 
 
+def _needs_gas(client: ChainClient, address: str) -> bool:
+    return client.w3.eth.get_balance(address) < GAS_WEI // 10  # type: ignore[arg-type]
+
+
+def _token_shortfall(client: ChainClient, address: str, amount: int) -> int:
+    """Tokens ``address`` lacks to hold ``amount`` (0 if it has them)."""
+    return max(0, amount - client.token_balance(address))
+
+
 def _gas(client: ChainClient, address: str) -> None:
-    if client.w3.eth.get_balance(address) < GAS_WEI // 10:  # type: ignore[arg-type]
+    if _needs_gas(client, address):
         fund_eth(client, address, GAS_WEI)
