@@ -54,8 +54,8 @@ from support.stored_journal import settled_journal, settlements
 
 pytestmark = pytest.mark.e2e
 
-LOAD_S = 65.0  # seconds of load
-KILLS_S = (5.0, 40.0)  # when kills happen: once streams run, and early enough to come back
+LOAD_S = 45.0  # seconds of load
+KILLS_S = (5.0, 28.0)  # when kills happen: once streams run, and early enough to come back
 WORKERS = 6
 MAX_TOKENS = 40
 CHAT_PROMPTS = [

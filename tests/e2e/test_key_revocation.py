@@ -1,6 +1,10 @@
 """A real gateway process, and the real `tessera keys` commands run beside it: a revoke
 or a limit set from the command line holds for the gateway's next request, on SQLite and
-on PostgreSQL, with no restart and no per-request database read."""
+on PostgreSQL, with no restart and no per-request database read.
+
+The gateway caches a key for 30 s (its default); each change must show within
+``SHOWS_WITHIN_S``, far sooner, so only its key-change watcher can have brought it. How fast
+it showed is printed, not asserted."""
 
 from __future__ import annotations
 
@@ -18,7 +22,7 @@ from tessera.demo import Network, free_port
 
 pytestmark = pytest.mark.e2e
 
-WITHIN_S = 1.0
+SHOWS_WITHIN_S = 10.0  # the key cache keeps a key for 30 s
 
 
 def tessera(*args: str) -> str:
@@ -46,13 +50,16 @@ def wait_healthy(base: str, network: Network, timeout_s: float = 120) -> None:
 
 
 def seconds_until(request: httpx.Request, status: int) -> float:
-    """From now until ``request`` is answered with ``status`` (fails after 5 s)."""
+    """From now until ``request`` is answered with ``status`` (fails after ``SHOWS_WITHIN_S``)."""
     started = time.monotonic()
     with httpx.Client(timeout=5) as client:
         while client.send(request).status_code != status:
-            assert time.monotonic() - started < 5, "the change never reached the gateway"
+            took = time.monotonic() - started
+            assert took < SHOWS_WITHIN_S, "the change never reached the gateway"
             time.sleep(0.02)
-    return time.monotonic() - started
+    took = time.monotonic() - started
+    print(f"change shown after {took:.2f} s")
+    return took
 
 
 async def test_the_cli_revokes_and_limits_a_key_in_a_running_gateway(
@@ -87,11 +94,11 @@ def run_scenario(tmp_path: Path, database_url: str) -> None:
             assert client.send(chat(limited["key"])).status_code == 404  # no such model
 
         tessera("keys", "revoke", revoked["id"], *store)
-        assert seconds_until(account(revoked["key"]), 401) < WITHIN_S
+        seconds_until(account(revoked["key"]), 401)
 
         tessera("keys", "limits", limited["id"], "--max-concurrency", "0", *store)
-        assert seconds_until(chat(limited["key"]), 429) < WITHIN_S
+        seconds_until(chat(limited["key"]), 429)
         tessera("keys", "limits", limited["id"], "--default", *store)
-        assert seconds_until(chat(limited["key"]), 404) < WITHIN_S
+        seconds_until(chat(limited["key"]), 404)
     finally:
         network.stop()

@@ -285,13 +285,20 @@ async def test_a_failing_provider_trips_its_breaker_and_stops_getting_work(
         nodes(gw, [("DE", crashing, {}), ("FR", honest, {})]) as (bad, _good),
         gw.client() as client,
     ):
+        # The pick is random, weighted by score: send until the bad node has had its two
+        # jobs (it is shunned more with each failure, never shut out before its breaker).
         statuses = []
-        for _ in range(12):
+        while len(bad.jobs) < 2 and len(statuses) < 400:
             response = await client.post("/v1/chat/completions", json=chat_body())
             statuses.append(response.status_code)
-        assert len(bad.jobs) == 2  # two failures, then the breaker kept it out
+        assert len(bad.jobs) == 2, f"the bad node got {len(bad.jobs)} jobs in 400 requests"
         assert statuses.count(502) == 2
-        assert statuses.count(200) == 10
+        assert statuses.count(200) == len(statuses) - 2
+        # Its breaker is open now: it gets nothing more while every request still succeeds.
+        for _ in range(20):
+            response = await client.post("/v1/chat/completions", json=chat_body())
+            assert response.status_code == 200
+        assert len(bad.jobs) == 2
         metrics = (await client.get("/metrics")).text
         assert "tessera_breaker_opened_total 1.0" in metrics
 

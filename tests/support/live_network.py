@@ -36,6 +36,11 @@ class LiveNetwork:
 
 def create_key(data_dir: Path, *options: str) -> str:
     """A new API key made by `tessera keys create` (``options``: e.g. "--rpm", "6000")."""
+    return create_key_with_id(data_dir, *options)[0]
+
+
+def create_key_with_id(data_dir: Path, *options: str) -> tuple[str, str]:
+    """A new API key and its id (``key_…``, what the request log names it by)."""
     out = subprocess.run(
         [
             sys.executable,
@@ -53,7 +58,8 @@ def create_key(data_dir: Path, *options: str) -> str:
         text=True,
         timeout=60,
     )
-    return str(json.loads(out.stdout)["key"])
+    made = json.loads(out.stdout)
+    return str(made["key"]), str(made["id"])
 
 
 def provider_key_file(network: Network, index: int) -> Path:
