@@ -247,6 +247,7 @@ def wait_http(url: str, proc: subprocess.Popen[bytes], timeout_s: float, what: s
 
 
 def _logged(cmd: list[str], log: Path, timeout_s: float, **kw: Any) -> bool:
+    log.parent.mkdir(parents=True, exist_ok=True)  # a fresh clone has no .cache/bench yet
     with log.open("ab") as out:
         out.write(f"\n$ {' '.join(cmd)}\n".encode())
         out.flush()
