@@ -11,7 +11,10 @@ C concurrent asyncio workers settle N requests against
 - SQLite as it was before that thread (``sqlite, ckpt in commit``): SQLite's default,
   where the commit that takes the WAL past 1,000 pages copies it back there and then,
 - PostgreSQL (a fresh database on 127.0.0.1:5432, dropped afterwards; skipped with a
-  note if the server is down).
+  note if the server is down), as the gateway writes it: holding the ledger's ownership
+  lock, every append checks in its transaction that the lock is still held (the write
+  fence, store/ledger.py),
+- PostgreSQL without that check (``postgresql, no fence``), as before the fence.
 
 Every row starts on an empty journal. The journal writer group-commits: entries that
 arrive while a batch is written share the next transaction, so entries per batch should
@@ -53,6 +56,7 @@ from tessera.store import batched  # noqa: E402
 from tessera.store.engine import create_engine, database_url_for  # noqa: E402
 from tessera.store.errors import PG_START_HINT  # noqa: E402
 from tessera.store.ledger import LedgerStore  # noqa: E402
+from tessera.store.ledger_owner import ledger_owner_lock  # noqa: E402
 from tessera.store.migrate import upgrade_to_head  # noqa: E402
 
 from support.databases import PG_HOST, PG_PORT, fresh_postgres_database  # noqa: E402
@@ -68,6 +72,7 @@ CAPS = SpendCaps()
 MEMO = {"model": "tiny"}
 WARMUP_REQUESTS = 100
 OLD_SQLITE = "sqlite, ckpt in commit"
+UNFENCED_PG = "postgresql, no fence"
 
 # settle(worker, request_id): one paid request, done when its capture is stored.
 Settle = Callable[[int, str], Awaitable[None]]
@@ -143,11 +148,16 @@ async def memory_row(requests: int, workers: int) -> Row:
     return Row("memory", workers, requests, wall_s, latencies)
 
 
-async def database_row(backend: str, url: str, requests: int, workers: int) -> Row:
+async def database_row(
+    backend: str, url: str, requests: int, workers: int, fenced: bool = True
+) -> Row:
     await upgrade_to_head(url)
     engine = create_engine(url)
+    owner = ledger_owner_lock(engine, "bench")
     try:
-        store = LedgerStore(engine)
+        if not await owner.try_acquire():
+            raise RuntimeError(f"{backend}: the ledger's ownership lock is taken")
+        store = LedgerStore(engine, fence=owner.write_fence() if fenced else None)
         keeper, _ = await Bookkeeper.open(store, BookPolicy())
         posted: list[Entry] = []  # the book need not keep its journal; its listeners see it
         keeper.book.listeners.append(posted.append)
@@ -179,6 +189,7 @@ async def database_row(backend: str, url: str, requests: int, workers: int) -> R
         finally:
             await keeper.close()
     finally:
+        await owner.release()
         await engine.dispose()
     return Row(backend, workers, requests, wall_s, latencies, entries, batches)
 
@@ -238,6 +249,11 @@ async def measure(requests: int, concurrency: list[int], console: Console) -> li
                 status.update(f"PostgreSQL, {workers} worker(s)…")
                 async with fresh_postgres_database(admin) as url:
                     rows.append(await database_row("postgresql", url, requests, workers))
+                status.update(f"PostgreSQL without the write fence, {workers} worker(s)…")
+                async with fresh_postgres_database(admin) as url:
+                    rows.append(
+                        await database_row(UNFENCED_PG, url, requests, workers, fenced=False)
+                    )
     return rows
 
 
@@ -245,7 +261,8 @@ def report(rows: list[Row], requests: int, console: Console) -> None:
     table = Table(
         title=f"Settled requests (durable hold + durable capture), {requests} per row",
         caption="vs memory: throughput against the in-memory Book at the same worker count; "
-        f"'{OLD_SQLITE}': SQLite's own checkpoints, inside the commits (before the thread)",
+        f"'{OLD_SQLITE}': SQLite's own checkpoints, inside the commits (before the thread); "
+        f"'{UNFENCED_PG}': appends that do not check the ownership lock (before the fence)",
     )
     for column in (
         "backend",

@@ -135,6 +135,96 @@ async def test_an_owner_whose_session_ends_stops_moving_money(
             await admin.dispose()
 
 
+_END_OWNER_SESSION = text(
+    "SELECT pg_terminate_backend(pid) FROM pg_locks WHERE locktype = 'advisory' "
+    "AND classid = 32341 AND objid = 1 AND objsubid = 2"
+)
+
+
+@pytest.mark.postgres
+async def test_an_owner_that_lost_its_lock_cannot_append_beside_the_next_one(
+    postgres_admin_user: str,
+) -> None:
+    """The owner's lock session ends and the next owner takes the lock before the old one
+    has checked (its watcher polls every few seconds): the old owner's next append is
+    refused by the fence in its own transaction, the new owner's goes on, and the journal
+    stays one journal."""
+    async with fresh_postgres_database(postgres_admin_user) as url:
+        await upgrade_to_head(url)
+        engine_a, engine_b, admin = create_engine(url), create_engine(url), create_engine(url)
+        lock_a = ledger_owner_lock(engine_a, "gw-a")
+        lock_b = ledger_owner_lock(engine_b, "gw-b")
+        keepers: list[Bookkeeper] = []
+        try:
+            assert await lock_a.try_acquire()
+            old, _ = await Bookkeeper.open(
+                LedgerStore(engine_a, fence=lock_a.write_fence()), BookPolicy()
+            )
+            keepers.append(old)
+            await old.mint("acct-1", 10, "dep-1")  # fenced, and held: stored
+            async with admin.connect() as conn:
+                assert (await conn.execute(_END_OWNER_SESSION)).scalar()
+            assert await lock_b.try_acquire()
+            store_b = LedgerStore(engine_b, fence=lock_b.write_fence())
+            await store_b.wait_for_writers()
+            new, _ = await Bookkeeper.open(store_b, BookPolicy())
+            keepers.append(new)
+
+            with pytest.raises(LedgerUnavailable):
+                await old.mint("acct-1", 5, "dep-2")
+            assert "no longer holds the ledger's ownership lock" in (old.writer.failure or "")
+            await new.mint("acct-1", 7, "dep-3")
+            with pytest.raises(LedgerUnavailable):  # the old writer stays stopped
+                await old.mint("acct-1", 5, "dep-4")
+
+            stored = LedgerStore(admin)
+            assert [(e.entry_id, e.reference) for e in await stored.load()] == [
+                (1, "dep-1"),
+                (2, "dep-3"),
+            ]
+            assert await stored.check() == []
+        finally:
+            for keeper in keepers:
+                await keeper.close()
+            await lock_a.release()
+            await lock_b.release()
+            for engine in (engine_a, engine_b, admin):
+                await engine.dispose()
+
+
+@pytest.mark.postgres
+async def test_the_next_owner_waits_for_an_append_still_in_flight(
+    postgres_admin_user: str,
+) -> None:
+    """An append that was under way when the lock changed hands (it passed its fence, and
+    has not committed yet) ends before the next owner replays: stored and replayed, or
+    rolled back and never stored."""
+    async with fresh_postgres_database(postgres_admin_user) as url:
+        await upgrade_to_head(url)
+        engine, writer = create_engine(url), create_engine(url)
+        try:
+            for outcome in ("commit", "rollback"):
+                async with writer.connect() as conn:
+                    await conn.execute(
+                        text(
+                            "INSERT INTO ledger_entries (entry_id, kind, reference, at, memo) "
+                            "VALUES (1, 'mint', :ref, 0, '{}')"
+                        ),
+                        {"ref": f"in-flight-{outcome}"},
+                    )
+                    waiting = asyncio.create_task(LedgerStore(engine).wait_for_writers())
+                    await asyncio.sleep(0.3)
+                    assert not waiting.done()  # the open transaction holds it back
+                    await (conn.commit() if outcome == "commit" else conn.rollback())
+                    await asyncio.wait_for(waiting, 10)
+                    if outcome == "commit":
+                        await conn.execute(text("DELETE FROM ledger_entries"))
+                        await conn.commit()
+        finally:
+            await engine.dispose()
+            await writer.dispose()
+
+
 async def test_a_file_lock_is_held_until_released(tmp_path: Path) -> None:
     engine = create_engine(f"sqlite:///{tmp_path / 'tessera.db'}")
     lock = ledger_owner_lock(engine, "gw-owner")

@@ -157,7 +157,9 @@ def create_app(settings: GatewaySettings, runtime: Runtime | None = None) -> Fas
         request_reader = RequestLog(engine)
         request_log = RequestLogWriter(request_reader)
         await request_log.start()
-        ledger_store = LedgerStore(engine)
+        # Fenced by the lock: an owner whose lock's session ended cannot append beside
+        # the next owner before it notices (store/ledger.py).
+        ledger_store = LedgerStore(engine, fence=owner.write_fence())
         stake = StakePolicy(
             settings.min_stake_units, settings.min_stake_per_model, settings.min_stake_per_gpu
         )
@@ -204,6 +206,7 @@ def create_app(settings: GatewaySettings, runtime: Runtime | None = None) -> Fas
             if member is not None:
                 await member.hear_the_others()  # their open holds stay open
                 keep = member.keeps
+            await ledger_store.wait_for_writers()  # a lost owner's last append, if any
             keeper, recovery = await Bookkeeper.open(
                 ledger_store,
                 book_policy(settings),

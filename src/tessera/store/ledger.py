@@ -7,6 +7,15 @@ statements whatever the batch size, and the ``ledger_balances`` rows moved in th
 transaction. A batch whose commit outcome was unclear can simply be sent again: entries
 already stored are skipped. :meth:`LedgerStore.check` rebuilds everything from the
 postings in SQL and reports any disagreement.
+
+On PostgreSQL an owner can lose the ledger while it runs (its lock's session ends: see
+store/ledger_owner.py), and its next owner may be replaying the journal before the old
+one has noticed. Two things keep them from writing one journal at once. The old owner's
+every append checks, inside its transaction and after its inserts, that its lock is still
+held (a *write fence*), and rolls back if not. The new owner, before it replays, waits
+for the transactions that were writing the journal to end (:meth:`LedgerStore.
+wait_for_writers`): one that passed its fence before the lock changed hands is then in
+what it replays, and any later one fails its fence.
 """
 
 from __future__ import annotations
@@ -14,7 +23,7 @@ from __future__ import annotations
 import functools
 import json
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,6 +35,7 @@ from sqlalchemy import (
     literal,
     or_,
     select,
+    text,
     union_all,
 )
 from sqlalchemy.engine import Connection
@@ -50,6 +60,10 @@ from tessera.store.tables import ledger_balances, ledger_entries, ledger_posting
 
 NEGATIVE_ACCOUNTS = (MINT, CHAIN, UNCOLLECTED)  # the system accounts that may go below 0
 
+# Run inside an append's transaction, after its inserts: raises JournalConflict when this
+# process may no longer write the journal (see the module docstring).
+WriteFence = Callable[[Connection], None]
+
 
 class JournalConflict(StoreError):
     """The stored journal does not continue the one being written: another writer (a
@@ -64,8 +78,9 @@ _balances = ledger_balances.c
 class LedgerStore:
     """Reads and writes ``ledger_entries``, ``ledger_postings`` and ``ledger_balances``."""
 
-    def __init__(self, engine: AsyncEngine) -> None:
+    def __init__(self, engine: AsyncEngine, fence: WriteFence | None = None) -> None:
         self._engine = engine
+        self._fence = fence
 
     async def load(self) -> list[Entry]:
         """Every entry, in entry_id order, rebuilt exactly as the Ledger made it.
@@ -106,9 +121,21 @@ class LedgerStore:
             # Read max(entry_id), then write: on SQLite take the write lock before the read.
             await in_transaction(
                 self._engine,
-                lambda conn: _append(conn, entries),
+                lambda conn: _append(conn, entries, self._fence),
                 **{SQLITE_BEGIN_OPTION: "IMMEDIATE"},
             )
+
+    async def wait_for_writers(self) -> None:
+        """Return once no transaction that was writing the journal is still open: a lost
+        owner's last append is then either stored or never will be. For the next owner,
+        before it replays. (SQLite needs no wait: the old owner is a dead process, and its
+        open transaction died with it.)"""
+        if self._engine.dialect.name != "postgresql":
+            return
+        with translated(self._engine.url):
+            async with self._engine.begin() as conn:
+                # SHARE conflicts with the ROW EXCLUSIVE an insert holds to its commit.
+                await conn.execute(text("LOCK TABLE ledger_entries IN SHARE MODE"))
 
     async def balances(self) -> dict[Account, int]:
         """Every non-zero stored balance."""
@@ -186,7 +213,7 @@ def _check_widths(entry: Entry) -> None:
 _MAX_ENTRY_ID = select(func.max(_entries.entry_id))
 
 
-def _append(conn: Connection, entries: Sequence[Entry]) -> None:
+def _append(conn: Connection, entries: Sequence[Entry], fence: WriteFence | None) -> None:
     """The batch as one transaction's statements (see :meth:`LedgerStore.append`)."""
     stored = int(scalar(conn, _MAX_ENTRY_ID) or 0)
     retried = [entry for entry in entries if entry.entry_id <= stored]
@@ -195,6 +222,8 @@ def _append(conn: Connection, entries: Sequence[Entry]) -> None:
     fresh = _fresh(entries, stored)
     if fresh:
         _insert(conn, fresh)
+        if fence is not None:  # after the inserts: their table lock is held to the commit
+            fence(conn)
 
 
 def _check_retried(conn: Connection, retried: Sequence[Entry]) -> None:

@@ -15,6 +15,12 @@ database frees when the owner dies, however it dies (SIGKILL included):
 A gateway that finds the lock taken stops with a message that names the owner, or, as a
 standby, waits and takes over once the owner is gone: the journal it then replays is
 complete, and the holds it releases are really orphaned.
+
+A PostgreSQL session can also end under a live owner (a restarted server, a cut
+connection, an administrator), and the owner only notices at its next check. Until then
+its journal appends are fenced by the lock (:meth:`LedgerOwnerLock.write_fence`): each
+checks in its own transaction that the session holding the lock is still this owner's, so
+an owner that lost it cannot write beside the next one (see store/ledger.py).
 """
 
 from __future__ import annotations
@@ -27,14 +33,20 @@ from pathlib import Path
 from typing import Protocol
 
 from sqlalchemy import text
+from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from tessera.store.errors import translated
+from tessera.store.ledger import JournalConflict, WriteFence
 
 # pg_try_advisory_lock(int, int): ours is (0x7E55, 1); migrations use another key.
 _PG_LOCK = (0x7E55, 1)
 _OWNER_FILE_SUFFIX = ".ledger-owner"
 _CHECK_TIMEOUT_S = 5.0
+_HELD_BY = text(
+    "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND granted "
+    f"AND classid = {_PG_LOCK[0]} AND objid = {_PG_LOCK[1]} AND objsubid = 2 AND pid = :pid)"
+)
 
 
 class LedgerOwnerLock(Protocol):
@@ -55,6 +67,11 @@ class LedgerOwnerLock(Protocol):
 
     async def release(self) -> None:
         """Give the lock up (safe to call when not held)."""
+        ...
+
+    def write_fence(self) -> WriteFence | None:
+        """What a journal append runs to prove it still writes for this lock's holder;
+        None where the lock cannot be lost while its holder lives."""
         ...
 
 
@@ -99,6 +116,9 @@ class FileOwnerLock:
     async def still_held(self) -> bool:
         return self._fd is not None  # the kernel keeps it for as long as the descriptor
 
+    def write_fence(self) -> None:
+        return None  # a flock lasts as long as this process
+
     async def release(self) -> None:
         fd, self._fd = self._fd, None
         if fd is not None:
@@ -114,6 +134,7 @@ class PostgresOwnerLock:
         self.engine = engine
         self.owner = owner
         self._conn: AsyncConnection | None = None
+        self._pid: int | None = None  # the server process of the session holding the lock
 
     async def try_acquire(self) -> bool:
         if self._conn is not None:
@@ -126,12 +147,12 @@ class PostgresOwnerLock:
         with translated(self.engine.url):
             conn = await self.engine.connect()
             try:
-                got = (
+                got, pid = (
                     await conn.execute(
-                        text("SELECT pg_try_advisory_lock(:a, :b)"),
+                        text("SELECT pg_try_advisory_lock(:a, :b), pg_backend_pid()"),
                         {"a": _PG_LOCK[0], "b": _PG_LOCK[1]},
                     )
-                ).scalar()
+                ).one()
                 if got:  # the holding session names its owner, for the next one's message
                     await conn.execute(
                         text("SELECT set_config('application_name', :name, false)"),
@@ -145,7 +166,7 @@ class PostgresOwnerLock:
         if not got:
             await conn.close()  # back to the pool: it holds nothing
             return False
-        self._conn = conn
+        self._conn, self._pid = conn, int(pid)
         return True
 
     async def holder(self) -> str | None:
@@ -174,8 +195,25 @@ class PostgresOwnerLock:
             return False
         return True
 
+    def write_fence(self) -> WriteFence:
+        return self._fence
+
+    def _fence(self, conn: Connection) -> None:
+        """Roll the append back unless the lock is held by this owner's session now. Run
+        after the append's inserts, whose table lock makes the next owner's
+        ``wait_for_writers`` wait for this transaction's end: so either this append is in
+        what the next owner replays, or it fails here."""
+        pid = self._pid
+        held = pid is not None and conn.execute(_HELD_BY, {"pid": pid}).scalar()
+        if not held:
+            raise JournalConflict(
+                "this gateway no longer holds the ledger's ownership lock (its database "
+                "session ended); nothing was written, and another gateway may own the "
+                "ledger now"
+            )
+
     async def release(self) -> None:
-        conn, self._conn = self._conn, None
+        conn, self._conn, self._pid = self._conn, None, None
         if conn is None:
             return
         # Never back to the pool: the session (and with it the lock) must end.
