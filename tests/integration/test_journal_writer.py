@@ -307,6 +307,8 @@ async def test_a_second_gateway_on_the_journal_fails_its_waiters_and_takes_no_wo
         theirs, recovery = await Bookkeeper.open(theirs_store, POLICY)
         try:
             assert recovery == Recovery(entries=1, released=())
+            heard: list[str] = []
+            theirs.writer.stopped.append(heard.append)
             await ours.hold(ALICE, KEY, CAPS, "req-ours", TOKEN, {"model": "tiny"})
             # Both books number their next entry 2: theirs collides with ours on disk.
             pending = [
@@ -330,6 +332,8 @@ async def test_a_second_gateway_on_the_journal_fails_its_waiters_and_takes_no_wo
             assert theirs_posted == []
             with pytest.raises(JournalUnavailable):
                 theirs.writer.submit(pending[0])
+            # The writer said once that it stopped, and why (the owner checks its lock then).
+            assert len(heard) == 1 and "another gateway" in heard[0], heard
         finally:
             await theirs.close()
         # Our journal is untouched by theirs.

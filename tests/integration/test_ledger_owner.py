@@ -146,9 +146,9 @@ async def test_an_owner_that_lost_its_lock_cannot_append_beside_the_next_one(
     postgres_admin_user: str,
 ) -> None:
     """The owner's lock session ends and the next owner takes the lock before the old one
-    has checked (its watcher polls every few seconds): the old owner's next append is
-    refused by the fence in its own transaction, the new owner's goes on, and the journal
-    stays one journal."""
+    has checked (its watcher polls every few seconds, here every minute): the old owner's
+    next append is refused by the fence in its own transaction, which has its watcher check
+    the lock at once; the new owner's goes on, and the journal stays one journal."""
     async with fresh_postgres_database(postgres_admin_user) as url:
         await upgrade_to_head(url)
         engine_a, engine_b, admin = create_engine(url), create_engine(url), create_engine(url)
@@ -161,6 +161,12 @@ async def test_an_owner_that_lost_its_lock_cannot_append_beside_the_next_one(
                 LedgerStore(engine_a, fence=lock_a.write_fence()), BookPolicy()
             )
             keepers.append(old)
+            check_now = asyncio.Event()
+            old.writer.stopped.append(lambda why: check_now.set())
+            lost: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+            watcher = asyncio.create_task(
+                watch_ownership(lock_a, lost.set_result, 60.0, check_now=check_now)
+            )
             await old.mint("acct-1", 10, "dep-1")  # fenced, and held: stored
             async with admin.connect() as conn:
                 assert (await conn.execute(_END_OWNER_SESSION)).scalar()
@@ -173,6 +179,8 @@ async def test_an_owner_that_lost_its_lock_cannot_append_beside_the_next_one(
             with pytest.raises(LedgerUnavailable):
                 await old.mint("acct-1", 5, "dep-2")
             assert "no longer holds the ledger's ownership lock" in (old.writer.failure or "")
+            assert "no longer holds" in await asyncio.wait_for(lost, 10)  # not in a minute
+            await watcher
             await new.mint("acct-1", 7, "dep-3")
             with pytest.raises(LedgerUnavailable):  # the old writer stays stopped
                 await old.mint("acct-1", 5, "dep-4")

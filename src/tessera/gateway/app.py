@@ -425,6 +425,9 @@ def create_app(settings: GatewaySettings, runtime: Runtime | None = None) -> Fas
                     following = None
             app.state.owns_ledger = True
             owner_tasks.append(asyncio.create_task(verifier.run_housekeeping()))
+            # A stopped journal (its write fence refused an append) checks the lock at once.
+            check_now = asyncio.Event()
+            keeper.writer.stopped.append(lambda why: check_now.set())
             owner_tasks.append(
                 asyncio.create_task(
                     watch_ownership(
@@ -432,6 +435,7 @@ def create_app(settings: GatewaySettings, runtime: Runtime | None = None) -> Fas
                         lambda why: lost_ledger(keeper, why),
                         interval,
                         RESTART_IT if bus is None else PAY_THROUGH_NEW_OWNER,
+                        check_now,
                     )
                 )
             )

@@ -82,6 +82,8 @@ class JournalWriter:
         self._task: asyncio.Task[None] | None = None
         self._closing = False
         self.failure: str | None = None
+        # Called once, with why, when the writer stops for good (see ``_fail``).
+        self.stopped: list[Callable[[str], None]] = []
         self.written = 0
         self.batches = 0
         self.refusals = 0
@@ -253,11 +255,14 @@ class JournalWriter:
             self._fail(why, [])
 
     def _fail(self, why: str, items: Sequence[_Item]) -> None:
+        first = self.failure is None
         self.failure = why
         log.error("%s; refusing further ledger work", why)
         for item in (*items, *self._pending):
             _reject(item.done, JournalUnavailable(why))
         self._pending = []
+        for hear in self.stopped if first else ():
+            hear(why)
 
 
 def _reject(future: asyncio.Future[Entry], error: JournalUnavailable) -> None:

@@ -59,10 +59,16 @@ async def watch_ownership(
     on_lost: Callable[[str], None],
     interval_s: float,
     next_step: str = RESTART_IT,
+    check_now: asyncio.Event | None = None,
 ) -> None:
-    """Check ``lock`` every ``interval_s``; once it is lost, call ``on_lost(why)`` and end."""
+    """Check ``lock`` every ``interval_s``, and at once whenever ``check_now`` is set (the
+    journal's write fence refused an append: the lock is likely gone); once it is lost,
+    call ``on_lost(why)`` and end."""
+    check_now = check_now or asyncio.Event()
     while True:
-        await asyncio.sleep(interval_s)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(check_now.wait(), interval_s)
+        check_now.clear()
         if not await lock.still_held():
             why = (
                 "this gateway no longer holds the ledger's ownership lock (its database "
