@@ -35,11 +35,19 @@ _id_counter = itertools.count()
 
 
 def new_request_id() -> str:
-    """24 hex characters nobody can predict (a keyed BLAKE2b of a counter): as random as
-    ``secrets.token_hex(12)`` to anyone without the key, but no system call per request,
-    which on the event loop handed the GIL to the database thread every time."""
+    """``req_`` and 32 hex characters: the time in milliseconds (12), then 20 nobody can
+    predict (a keyed BLAKE2b of a counter: 80 bits as random as ``secrets.token_hex`` to
+    anyone without the key, with no system call per request, which on the event loop
+    handed the GIL to the database thread every time).
+
+    Time first, so ids sort by when they were made, as UUIDv7 does: the indexes keyed by
+    request id (the request log's, the receipts', the journal's references) take each new
+    id at their right edge instead of on a random page, so a commit writes one or two
+    pages of each instead of one per request, and a large table is not read back from disk
+    page by page to insert into it (bench/request_ids.py)."""
     counter = next(_id_counter).to_bytes(8, "little")
-    return "req_" + hashlib.blake2b(counter, key=_ID_KEY, digest_size=12).hexdigest()
+    now = int(time.time() * 1000) & 0xFFFF_FFFF_FFFF  # 48 bits: until the year 10889
+    return f"req_{now:012x}" + hashlib.blake2b(counter, key=_ID_KEY, digest_size=10).hexdigest()
 
 
 class RequestIdAndBodyLimit:
