@@ -55,6 +55,7 @@ bench: $(TINY_STAMP)
 	TESSERA_TINY_MODEL_DIR=$(TINY_MODEL) $(BIN)/python bench/gateway_overhead.py
 	TESSERA_TINY_MODEL_DIR=$(TINY_MODEL) $(BIN)/python bench/audit_cost.py
 	$(BIN)/python bench/settled_requests.py
+	$(BIN)/python bench/request_ids.py
 	$(BIN)/python bench/router.py
 	TESSERA_TINY_MODEL_DIR=$(TINY_MODEL) $(BIN)/python bench/hostile_load.py
 	$(BIN)/python bench/front_door.py
