@@ -490,9 +490,17 @@ def create_app(settings: GatewaySettings, runtime: Runtime | None = None) -> Fas
             )
 
         async def take_over() -> None:
-            """The owner died and this replica got the lock: the ledger moves here."""
+            """The owner died and this replica got the lock: the ledger moves here. If the
+            replay fails, nothing has started (the watcher gives the lock back and tries
+            again); if starting the owner's parts fails, what started stops, a new watch
+            begins and the lock is given back."""
             keeper, adopted = await open_ledger()
-            await hold_ledger(keeper, adopted)
+            try:
+                await hold_ledger(keeper, adopted)
+            except Exception:
+                log.exception("could not take the ledger over; giving it up and watching again")
+                await give_up_ledger(keeper)  # stops what started; a new watch waits poll_s
+                await owner.release()
 
         if feed is not None:
             feed.attach(events)

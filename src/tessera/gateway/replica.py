@@ -15,6 +15,7 @@ the way, retried); holds of the dead owner, and of replicas not heard, are relea
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import re
 import secrets
@@ -107,7 +108,12 @@ class ClusterMember:
 async def watch_for_takeover(
     lock: LedgerOwnerLock, take_over: Callable[[], Awaitable[None]], poll_s: float
 ) -> None:
-    """Try the ledger's lock every ``poll_s``; once it is ours, take over and end."""
+    """Try the ledger's lock every ``poll_s``; once it is ours, take over and end.
+
+    A takeover that fails (the database went away again while the journal was replayed,
+    say: an owner's lock is most often lost to a database restart) gives the lock back and
+    keeps watching. Holding the lock without serving the ledger would leave the cluster
+    with no owner until this replica restarts."""
     while True:
         await asyncio.sleep(poll_s)
         try:
@@ -115,10 +121,17 @@ async def watch_for_takeover(
         except Exception:
             log.exception("could not try the ledger's ownership lock; trying again")
             continue
-        if acquired:
-            log.warning("the ledger's owner is gone: this replica takes the ledger over")
+        if not acquired:
+            continue
+        log.warning("the ledger's owner is gone: this replica takes the ledger over")
+        try:
             await take_over()
-            return
+        except Exception:
+            log.exception("taking the ledger over failed; the lock is given back, trying again")
+            with contextlib.suppress(Exception):
+                await lock.release()
+            continue
+        return
 
 
 class SwitchedMoney:
