@@ -16,12 +16,6 @@ connections can take the gateway's memory or sit on its sockets forever. Per con
 - at most as many framing bytes as body bytes (plus one head's worth), so a chunked body
   cannot carry endless trailers or one-byte chunks;
 - idle kept-alive connections closed after ``keepalive_timeout_s`` (uvicorn's own timer);
-- a request answered before its body arrived (a 401, a 429) with more than
-  ``max_discard_bytes`` of it still to come is not read to its end only to throw it away:
-  the gateway stops reading, ends its side after the answer and closes the connection
-  ``discard_grace_s`` later (net/http in Go does the same past 256 KiB). Draining the
-  bodies of refused requests cost a key sending 4.5 MB bodies past its rate limit about a
-  quarter of the gateway's core; kept-alive connections live on below that size;
 - at most ``max_connections`` open connections, HTTP and WebSocket together: one more is
   answered 503 and closed as soon as it is accepted, before it can cost anything.
 
@@ -69,8 +63,6 @@ class HttpLimits:
     body_timeout_s: float = 20.0
     body_min_rate_bytes_per_s: int = 1_000
     max_connections: int = 1_000
-    max_discard_bytes: int = 256 * 1024
-    discard_grace_s: float = 0.5  # for the client to read the answer before a reset
 
     @classmethod
     def of(cls, settings: GatewaySettings) -> HttpLimits:
@@ -218,32 +210,6 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         self._cancel_timer()
         self._reading = "idle"
         super().on_message_complete()
-
-    def on_response_complete(self) -> None:
-        if self._reading == "body" and self._unread_body() > self.limits.max_discard_bytes:
-            self._stop_reading_and_close()
-            return
-        super().on_response_complete()
-
-    def _unread_body(self) -> float:
-        """Body bytes still to come (unbounded for a chunked body). Read from the head only
-        here, for the rare request answered before its body: nothing on the fast path."""
-        for name, value in self.headers:  # uvicorn keeps the names lower-cased
-            if name == b"content-length" and value.isdigit():
-                return int(value) - self._body_bytes
-        return float("inf")
-
-    def _stop_reading_and_close(self) -> None:
-        """The answer is out; the rest of the body is not wanted (see the module doc)."""
-        self._reading = "done"
-        self._cancel_timer()
-        self.server_state.total_requests += 1
-        if self.transport.is_closing():
-            return
-        self.transport.pause_reading()
-        if self.transport.can_write_eof():
-            self.transport.write_eof()
-        self.loop.call_later(self.limits.discard_grace_s, self.transport.close)
 
     # ---------------------------------------------------------------- timers
 
