@@ -62,22 +62,21 @@ class Cluster:
             **kw,  # type: ignore[arg-type]
         )
 
-    def account(self, replica: str, key: str | None = None) -> dict[str, object]:
-        response = httpx.get(
+    def _get_account(self, replica: str, key: str | None = None) -> httpx.Response:
+        return httpx.get(
             f"{self.base[replica]}/v1/account",
             headers={"Authorization": f"Bearer {key or self.key}"},
             timeout=10,
         )
+
+    def account(self, replica: str, key: str | None = None) -> dict[str, object]:
+        response = self._get_account(replica, key)
         assert response.status_code == 200, response.text
         return dict(response.json())
 
     def balance(self, replica: str) -> int | None:
         """The balance, or None while the answer is a 503 to retry (a takeover under way)."""
-        response = httpx.get(
-            f"{self.base[replica]}/v1/account",
-            headers={"Authorization": f"Bearer {self.key}"},
-            timeout=10,
-        )
+        response = self._get_account(replica)
         if response.status_code == 503 and "retry" in response.text:
             return None
         assert response.status_code == 200, response.text
